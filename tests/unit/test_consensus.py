@@ -1,0 +1,159 @@
+"""Consensus: majority vote and Dawid-Skene on planted annotators, gold clamping, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from winnow.core.consensus import (
+    annotator_accuracy_on_gold,
+    dawid_skene,
+    majority_vote,
+)
+from winnow.core.errors import InvalidInput
+
+
+def planted(seed, accuracy, n_items, n_classes, per_item=None):
+    """Annotations from annotators with the given accuracies, errors uniform over wrong classes.
+
+    Every annotator labels every item unless ``per_item`` picks that many distinct annotators.
+    Returns items, annotators, labels (all [a]) and the true class per item [n_items].
+    """
+    rng = np.random.default_rng(seed)
+    n_annotators = len(accuracy)
+    truth = rng.integers(0, n_classes, n_items)
+    if per_item is None:
+        items = np.repeat(np.arange(n_items), n_annotators)
+        annotators = np.tile(np.arange(n_annotators), n_items)
+    else:
+        items = np.repeat(np.arange(n_items), per_item)
+        annotators = rng.permuted(np.tile(np.arange(n_annotators), (n_items, 1)), axis=1)
+        annotators = annotators[:, :per_item].ravel()
+    right = rng.random(items.size) < np.asarray(accuracy)[annotators]
+    wrong = (truth[items] + rng.integers(1, n_classes, items.size)) % n_classes
+    return items, annotators, np.where(right, truth[items], wrong), truth
+
+
+def realised_accuracy(items, annotators, labels, truth, n_annotators):
+    hits = np.bincount(annotators, weights=labels == truth[items], minlength=n_annotators)
+    return hits / np.bincount(annotators, minlength=n_annotators)
+
+
+def test_majority_vote_known_answer():
+    items = np.array([0, 0, 0, 1, 1, 3])
+    annotators = np.array([0, 1, 2, 0, 1, 2])
+    labels = np.array([2, 2, 1, 1, 0, 1])
+    result = majority_vote(items, annotators, labels, n_items=4, n_annotators=4, n_classes=3)
+    np.testing.assert_array_equal(result.labels, [2, 0, -1, 1])  # item 1 ties 0/1 -> lowest id
+    np.testing.assert_allclose(result.confidence, [2 / 3, 0.5, 0.0, 1.0])
+    np.testing.assert_allclose(result.posterior[2], 0.0)
+    # Mean vote share of the labels each annotator gave; annotator 3 gave none.
+    np.testing.assert_allclose(result.annotator_accuracy, [(2 / 3 + 0.5) / 2, (2 / 3 + 0.5) / 2,
+                                                           (1 / 3 + 1) / 2, np.nan])
+    assert result.method == "majority_vote" and result.iterations == 0
+
+
+@pytest.mark.parametrize("model", ["one_coin", "confusion"])
+def test_dawid_skene_finds_planted_bad_annotator(model):
+    # Annotator 0 is good but is out-voted whenever the mediocre ones happen to agree;
+    # annotator 4 is bad (accuracy 0.3, chance is 0.25).
+    accuracy = [0.95, 0.65, 0.6, 0.6, 0.3]
+    items, annotators, labels, truth = planted(0, accuracy, n_items=200, n_classes=4)
+    vote = majority_vote(items, annotators, labels, 200, 5, 4)
+    result = dawid_skene(items, annotators, labels, 200, 5, 4, model=model)
+    realised = realised_accuracy(items, annotators, labels, truth, 5)
+
+    assert result.annotator_accuracy.argmin() == 4
+    assert abs(result.annotator_accuracy[4] - 0.3) < 0.1
+    assert np.abs(result.annotator_accuracy - realised).max() < 0.1
+    assert result.annotator_accuracy.argmax() == 0
+    assert (result.labels == truth).mean() > (vote.labels == truth).mean() + 0.03
+    np.testing.assert_allclose(result.posterior.sum(axis=1), 1.0)
+    np.testing.assert_allclose(result.confidence, result.posterior.max(axis=1))
+    assert result.method == f"dawid_skene_{model}" and 1 <= result.iterations <= 100
+
+
+def test_gold_items_anchor_an_adversarial_crowd():
+    # Binary task, every annotator is worse than chance: without gold, EM settles on the
+    # flipped labelling; gold on 20% of items pins it the right way round.
+    accuracy = [0.2, 0.25, 0.3]
+    items, annotators, labels, truth = planted(0, accuracy, n_items=300, n_classes=2)
+    gold = {int(k): int(truth[k]) for k in range(60)}
+    free = dawid_skene(items, annotators, labels, 300, 3, 2)
+    anchored = dawid_skene(items, annotators, labels, 300, 3, 2, gold=gold)
+
+    assert (free.labels == truth).mean() < 0.3
+    assert (anchored.labels[60:] == truth[60:]).mean() > 0.8
+    np.testing.assert_array_equal(anchored.labels[:60], truth[:60])
+    np.testing.assert_allclose(anchored.confidence[:60], 1.0)
+    assert np.abs(anchored.annotator_accuracy - np.array(accuracy)).max() < 0.1
+
+
+def test_gold_item_without_annotations_takes_its_gold_class():
+    items, annotators, labels = np.array([0, 0]), np.array([0, 1]), np.array([1, 1])
+    result = dawid_skene(items, annotators, labels, 3, 2, 2, gold={2: 0})
+    np.testing.assert_array_equal(result.labels, [1, -1, 0])
+    np.testing.assert_allclose(result.confidence[1:], [0.0, 1.0])
+
+
+def test_one_coin_with_77_classes_and_sparse_overlap():
+    rng = np.random.default_rng(100)
+    accuracy = rng.uniform(0.4, 0.95, 30)
+    items, annotators, labels, truth = planted(1, accuracy, n_items=1000, n_classes=77,
+                                               per_item=3)
+    vote = majority_vote(items, annotators, labels, 1000, 30, 77)
+    result = dawid_skene(items, annotators, labels, 1000, 30, 77)
+    realised = realised_accuracy(items, annotators, labels, truth, 30)
+
+    assert (result.labels == truth).mean() > (vote.labels == truth).mean() + 0.02
+    assert np.abs(result.annotator_accuracy - realised).max() < 0.1
+    assert np.corrcoef(result.annotator_accuracy, accuracy)[0, 1] > 0.9
+
+
+def test_annotator_without_annotations_gets_nan():
+    items, annotators, labels, _ = planted(2, [0.9, 0.8, 0.7], n_items=50, n_classes=3)
+    result = dawid_skene(items, annotators, labels, 50, 4, 3, model="confusion")
+    assert np.isnan(result.annotator_accuracy[3])
+    assert np.isfinite(result.annotator_accuracy[:3]).all()
+
+
+def test_annotator_accuracy_on_gold_known_answer():
+    items = np.array([0, 0, 1, 1, 2, 2, 3])
+    annotators = np.array([0, 1, 0, 1, 0, 1, 2])
+    labels = np.array([1, 0, 2, 2, 0, 0, 1])
+    accuracy = annotator_accuracy_on_gold(items, annotators, labels, {0: 1, 1: 2}, 4, 4, 3)
+    np.testing.assert_allclose(accuracy, [1.0, 0.5, np.nan, np.nan])
+
+
+def test_empty_annotations_give_no_labels():
+    empty = np.zeros(0, dtype=np.int64)
+    for result in (majority_vote(empty, empty, empty, 3, 2, 4),
+                   dawid_skene(empty, empty, empty, 3, 2, 4)):
+        np.testing.assert_array_equal(result.labels, [-1, -1, -1])
+        assert np.isnan(result.annotator_accuracy).all()
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"items": [0, 1, 5]}, "items"),
+    ({"items": [0, -1, 1]}, "items"),
+    ({"annotators": [0, 1, 2]}, "annotators"),
+    ({"annotators": [0, 1]}, "annotators"),
+    ({"labels": [0, 1, 3]}, "labels"),
+    ({"labels": [0.0, 1.0, 2.0]}, "labels"),
+    ({"labels": [0, 1, 2, 0]}, "labels"),
+    ({"n_classes": 0}, "n_classes"),
+    ({"n_items": 2.5}, "n_items"),
+    ({"gold": {7: 0}}, "gold"),
+    ({"gold": {0: 3}}, "gold"),
+    ({"model": "two_coin"}, "model"),
+    ({"max_iter": 0}, "max_iter"),
+    ({"tol": -1.0}, "tol"),
+    ({"smoothing": "1"}, "smoothing"),
+])
+def test_bad_input_names_the_field(change, field):
+    args = {"items": [0, 1, 2], "annotators": [0, 1, 0], "labels": [0, 1, 2],
+            "n_items": 3, "n_annotators": 2, "n_classes": 3}
+    args.update(change)
+    with pytest.raises(InvalidInput) as err:
+        dawid_skene(**args)
+    assert err.value.field == field

@@ -1,0 +1,320 @@
+"""Inference runtime: MiniLM encoders (ONNX, torch), bucketing, export cache, heads, atomic swap, embedding cache."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from winnow.core.encoder import (CachedEncoder, EmbeddingCache, Encoder, OnnxEncoder, TorchEncoder, export_onnx,
+                                 plan_batches)
+from winnow.core.errors import InvalidInput, ModelFileError
+from winnow.core.head import Head, HeadConfig, OnnxHead, TorchHead, load_head, load_meta, save_model
+from winnow.core.runtime import OnnxRuntime, TorchRuntime, make_runtime
+
+SENTENCES = [
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "hi",
+    "word " * 300,  # truncated at 256 tokens
+    "I am still waiting on my card?",
+    "How do I top up with Apple Pay from my bank account in another country?",
+]
+# sentence-transformers 6.2.0 (all-MiniLM-L6-v2, CPU) on SENTENCES[0] and SENTENCES[6]: first 8 components.
+REFERENCE = {
+    0: [0.033242, 0.004406, -0.006277, 0.048379, -0.138702, -0.033617, 0.101128, -0.054385],
+    6: [-0.035352, -0.042137, -0.002757, 0.031937, 0.023190, -0.018297, 0.030449, -0.029110],
+}
+CLASSES = ["card_arrival", "top_up", "refund"]
+
+
+class FakeEncoder(Encoder):
+    """Deterministic pseudo-embeddings per text; records every call."""
+
+    encoder_id = "fake/test"
+
+    def __init__(self, dim: int = 16) -> None:
+        self.dim = dim
+        self.calls: list[list[str]] = []
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts]
+        return np.array(rows, dtype=np.float32).reshape(len(texts), self.dim)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("winnow-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_path(cache_dir: Path) -> Path:
+    return export_onnx(cache_dir)
+
+
+@pytest.fixture(scope="module")
+def onnx_encoder(onnx_path: Path) -> OnnxEncoder:
+    return OnnxEncoder(onnx_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def torch_encoder() -> TorchEncoder:
+    return TorchEncoder(device="cpu")
+
+
+def make_version(parent: Path, name: str, dim: int = 16, seed: int = 0, hidden: int = 0, members: int = 1
+                 ) -> tuple[Path, Head]:
+    torch.manual_seed(seed)
+    head = Head(HeadConfig(dim=dim, n_classes=len(CLASSES), hidden=hidden, members=members))
+    save_model(parent / name, head, {"version": name, "classes": CLASSES, "temperature": 1.5, "trained_on": 42})
+    return parent / name, head
+
+
+def reference_logits(head: Head, emb: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return head.eval()(torch.from_numpy(emb)).numpy()
+
+
+# --- encoders ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def encoded(onnx_encoder: OnnxEncoder, torch_encoder: TorchEncoder) -> tuple[np.ndarray, np.ndarray]:
+    """SENTENCES through the ONNX and the torch encoder."""
+    return onnx_encoder.encode(SENTENCES), torch_encoder.encode(SENTENCES)
+
+
+def test_encoders_reproduce_sentence_transformers(encoded: tuple[np.ndarray, np.ndarray]) -> None:
+    for emb in encoded:
+        for row, expected in REFERENCE.items():
+            np.testing.assert_allclose(emb[row, :8], expected, atol=2e-6)
+        assert emb[0] @ emb[1] == pytest.approx(0.755337, abs=1e-5)  # paraphrase
+        assert emb[0] @ emb[1] > emb[0] @ emb[2]  # ... closer than an unrelated sentence
+
+
+def test_onnx_and_torch_encoders_agree(encoded: tuple[np.ndarray, np.ndarray], onnx_encoder: OnnxEncoder,
+                                      torch_encoder: TorchEncoder) -> None:
+    a, b = encoded
+    assert a.shape == b.shape == (len(SENTENCES), 384) and a.dtype == b.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.999
+    assert onnx_encoder.encoder_id != torch_encoder.encoder_id
+    assert onnx_encoder.encoder_id.split("/")[0] == torch_encoder.encoder_id.split("/")[0]  # same weights hash
+
+
+def test_empty_input_gives_empty_matrix(onnx_encoder: OnnxEncoder, torch_encoder: TorchEncoder) -> None:
+    for encoder in (onnx_encoder, torch_encoder):
+        assert encoder.encode([]).shape == (0, 384)
+
+
+def test_plan_batches_known_answer() -> None:
+    lengths = np.array([3, 10, 5, 10, 1])
+    batches = plan_batches(lengths, max_batch=2, max_tokens=15)  # longest first, rows * longest <= 15
+    assert [b.tolist() for b in batches] == [[1], [3], [2, 0], [4]]
+    assert sorted(np.concatenate(plan_batches(np.arange(100) % 7 + 1, 8, 20)).tolist()) == list(range(100))
+    with pytest.raises(InvalidInput, match="max_batch"):
+        plan_batches(lengths, max_batch=0)
+
+
+def test_bucketed_batches_return_rows_in_input_order(onnx_path: Path, onnx_encoder: OnnxEncoder) -> None:
+    texts = SENTENCES[::-1] + SENTENCES[:3]
+    bucketed = OnnxEncoder(onnx_path, device="cpu", max_batch=3, max_tokens=64).encode(texts)
+    one_by_one = OnnxEncoder(onnx_path, device="cpu", max_batch=1).encode(texts)
+    np.testing.assert_allclose(bucketed, one_by_one, atol=1e-5)
+    np.testing.assert_allclose(bucketed[-3:], onnx_encoder.encode(SENTENCES[:3]), atol=1e-5)
+
+
+def test_export_is_reused_and_a_corrupt_export_is_rebuilt(onnx_path: Path, cache_dir: Path, tmp_path: Path) -> None:
+    before = onnx_path.stat()
+    assert export_onnx(cache_dir) == onnx_path
+    after = onnx_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not written again
+    assert [p.name for p in cache_dir.iterdir() if p.suffix == ".tmp"] == []
+
+    corrupt = tmp_path / onnx_path.name
+    corrupt.write_bytes(onnx_path.read_bytes()[: before.st_size // 2])
+    with pytest.raises(ModelFileError, match=onnx_path.name):
+        OnnxEncoder(corrupt, device="cpu")
+    assert export_onnx(tmp_path) == corrupt
+    assert corrupt.stat().st_size == before.st_size
+    assert OnnxEncoder(corrupt, device="cpu").encode(["hi"]).shape == (1, 384)
+
+
+# --- heads ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("hidden", "members"), [(0, 1), (8, 3)])
+def test_onnx_and_torch_heads_agree(tmp_path: Path, hidden: int, members: int) -> None:
+    folder, head = make_version(tmp_path, "v1", hidden=hidden, members=members)
+    emb = np.random.default_rng(0).standard_normal((37, 16)).astype(np.float32)
+    onnx_logits, torch_logits = OnnxHead(folder, "cpu").logits(emb), TorchHead(folder, "cpu").logits(emb)
+    assert onnx_logits.shape == torch_logits.shape == (37, members, len(CLASSES))
+    np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
+    np.testing.assert_allclose(torch_logits, reference_logits(head, emb), atol=1e-6)
+    meta = load_meta(folder)
+    assert (meta["version"], meta["classes"], meta["temperature"], meta["trained_on"]) == ("v1", CLASSES, 1.5, 42)
+    assert (meta["dim"], meta["hidden"], meta["members"]) == (16, hidden, members)
+    assert OnnxHead(folder, "cpu").logits(np.zeros((0, 16), np.float32)).shape == (0, members, len(CLASSES))
+    with pytest.raises(InvalidInput, match="embeddings"):
+        OnnxHead(folder, "cpu").logits(np.zeros((2, 5), np.float32))
+
+
+def test_mc_dropout_samples_differ_and_eval_is_deterministic() -> None:
+    torch.manual_seed(0)
+    head = Head(HeadConfig(dim=16, n_classes=3, hidden=32, dropout=0.5)).eval()
+    emb = torch.randn(4, 16)
+    samples = head.mc_dropout_logits(emb, samples=5)  # [B, S, C]
+    assert samples.shape == (4, 5, 3)
+    assert samples.std(dim=1).min() > 0
+    assert torch.equal(head(emb), head(emb))
+    with pytest.raises(InvalidInput, match="members"):
+        Head(HeadConfig(dim=16, n_classes=3, members=2)).mc_dropout_logits(emb, 5)
+
+
+def test_save_model_refuses_overwrite_and_bad_meta(tmp_path: Path) -> None:
+    folder, head = make_version(tmp_path, "v1")
+    with pytest.raises(InvalidInput, match="already exists"):
+        save_model(folder, head, {"version": "v1", "classes": CLASSES, "temperature": 1.0})
+    with pytest.raises(InvalidInput, match="meta.classes"):
+        save_model(tmp_path / "v2", head, {"version": "v2", "classes": ["a"], "temperature": 1.0})
+    with pytest.raises(InvalidInput, match="meta.temperature"):
+        save_model(tmp_path / "v2", head, {"version": "v2", "classes": CLASSES, "temperature": 0})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]  # nothing half-written left behind
+    with pytest.raises(InvalidInput, match="n_classes"):
+        HeadConfig(dim=16, n_classes=1)
+
+
+def test_corrupt_model_files_raise_model_file_error(tmp_path: Path) -> None:
+    folder, _ = make_version(tmp_path, "v1")
+    onnx_file = folder / "head.onnx"
+    onnx_file.write_bytes(onnx_file.read_bytes()[:100])
+    with pytest.raises(ModelFileError, match="head.onnx"):
+        OnnxHead(folder, "cpu")
+    (folder / "head.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a safetensors header")
+    with pytest.raises(ModelFileError, match="head.safetensors"):
+        load_head(folder)
+    (folder / "meta.json").unlink()
+    with pytest.raises(ModelFileError, match="meta.json"):
+        TorchHead(folder, "cpu")
+
+
+# --- runtime ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("runtime_cls", [OnnxRuntime, TorchRuntime])
+def test_swap_changes_version_and_a_corrupt_folder_keeps_the_old_head(tmp_path: Path, runtime_cls: type) -> None:
+    v1, head1 = make_version(tmp_path, "v1", seed=1)
+    v2, head2 = make_version(tmp_path, "v2", seed=2)
+    bad, _ = make_version(tmp_path, "v3", seed=3)
+    (bad / "head.onnx").write_bytes(b"garbage")
+    (bad / "head.safetensors").write_bytes(b"garbage")
+    encoder = FakeEncoder()
+    runtime = runtime_cls(encoder, None, device="cpu")
+    empty = runtime.predict(["a"])
+    assert (empty.logits, empty.model_version, runtime.model_version) == (None, None, None)
+
+    runtime.swap(v1)
+    texts = ["refund please", "card?"]
+    first = runtime.predict(texts)
+    assert first.model_version == runtime.model_version == "v1" and first.meta["temperature"] == 1.5
+    np.testing.assert_allclose(first.logits, reference_logits(head1, encoder.encode(texts)), atol=1e-4)
+    runtime.swap(v2)
+    assert runtime.model_version == "v2"
+    with pytest.raises(ModelFileError, match="v3"):
+        runtime.swap(bad)
+    second = runtime.predict(texts)
+    assert second.model_version == "v2"
+    np.testing.assert_allclose(second.logits, reference_logits(head2, encoder.encode(texts)), atol=1e-4)
+    rescored = runtime.head_logits(first.embeddings)
+    assert rescored.model_version == "v2"
+    np.testing.assert_allclose(rescored.logits, second.logits, atol=1e-6)
+
+
+def test_concurrent_predict_sees_one_whole_version(tmp_path: Path) -> None:
+    folders = {}
+    for seed, name in enumerate(("v1", "v2")):
+        folders[name], _ = make_version(tmp_path, name, seed=seed, hidden=8)
+    texts = [f"text {i}" for i in range(64)]
+    encoder = FakeEncoder()
+    expected = {name: OnnxHead(folder, "cpu").logits(encoder.encode(texts)) for name, folder in folders.items()}
+    runtime = OnnxRuntime(encoder, folders["v1"], device="cpu")
+    seen: list[tuple[str, bool]] = []
+    done = threading.Event()
+
+    def predict_until_done() -> None:
+        while not done.is_set():
+            p = runtime.predict(texts)
+            seen.append((p.model_version, np.allclose(p.logits, expected[p.model_version], atol=1e-5)))
+
+    worker = threading.Thread(target=predict_until_done)
+    worker.start()
+    swaps = 0
+    try:
+        while (swaps < 40 or len(seen) < 20) and worker.is_alive():  # overlap many predictions with swaps
+            runtime.swap(folders["v2" if swaps % 2 == 0 else "v1"])
+            swaps += 1
+    finally:
+        done.set()
+        worker.join()
+    assert len(seen) >= 20 and all(ok for _, ok in seen)
+
+
+def test_make_runtime_uses_cached_export_and_embedding_cache(onnx_path: Path, cache_dir: Path,
+                                                             onnx_encoder: OnnxEncoder, tmp_path: Path) -> None:
+    folder, head = make_version(tmp_path, "v1", dim=384)
+    with pytest.raises(InvalidInput, match="engine"):
+        make_runtime("tensorrt", cache_dir=cache_dir)
+    mtime = onnx_path.stat().st_mtime_ns
+    runtime = make_runtime("onnx", device="cpu", cache_dir=cache_dir, model_folder=folder)
+    assert onnx_path.stat().st_mtime_ns == mtime
+    pred = runtime.predict(SENTENCES[:3])
+    np.testing.assert_allclose(pred.embeddings, onnx_encoder.encode(SENTENCES[:3]), atol=1e-5)
+    np.testing.assert_allclose(pred.logits, reference_logits(head, pred.embeddings), atol=1e-4)
+    cached, hit = EmbeddingCache(cache_dir / "embeddings.sqlite", onnx_encoder.encoder_id).get_many(SENTENCES[:3])
+    assert hit.all()
+    np.testing.assert_array_equal(cached, pred.embeddings)
+
+    torch_runtime = make_runtime("torch", device="cpu", cache_dir=tmp_path, embedding_cache=False)
+    assert isinstance(torch_runtime, TorchRuntime) and isinstance(torch_runtime.encoder, TorchEncoder)
+    plain = torch_runtime.predict(SENTENCES[:3])
+    assert plain.logits is None and plain.model_version is None
+    assert (plain.embeddings * pred.embeddings).sum(axis=1).min() > 0.999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_encoder_fp16_on_cuda_matches_cpu(encoded: tuple[np.ndarray, np.ndarray]) -> None:
+    encoder = TorchEncoder(device="cuda")
+    assert encoder.encoder_id.endswith("torch-fp16")
+    assert (encoder.encode(SENTENCES) * encoded[1]).sum(axis=1).min() > 0.999
+
+
+# --- embedding cache --------------------------------------------------------------------------------------------
+
+def test_embedding_cache_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "emb.sqlite"
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    EmbeddingCache(path, "enc-a", dim=4).put_many(["x", "y", "z"], vectors)
+    got, hit = EmbeddingCache(path, "enc-a", dim=4).get_many(["z", "new", "x", "x"])  # reopened from disk
+    assert hit.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(got, [vectors[2], np.zeros(4), vectors[0], vectors[0]])
+    assert not EmbeddingCache(path, "enc-b", dim=4).get_many(["x"])[1].any()  # keyed by encoder too
+    with pytest.raises(InvalidInput, match="vectors"):
+        EmbeddingCache(path, "enc-a", dim=4).put_many(["x"], np.zeros((1, 5)))
+
+
+def test_cached_encoder_encodes_only_misses(tmp_path: Path) -> None:
+    inner = FakeEncoder()
+    encoder = CachedEncoder(inner, EmbeddingCache(tmp_path / "emb.sqlite", inner.encoder_id, dim=inner.dim))
+    first = encoder.encode(["a", "b", "c"])
+    second = encoder.encode(["c", "d", "a", "d"])
+    assert inner.calls == [["a", "b", "c"], ["d"]]
+    np.testing.assert_array_equal(second, inner.encode(["c", "d", "a", "d"]))
+    np.testing.assert_array_equal(first[[2, 0]], second[[0, 2]])
+    with pytest.raises(InvalidInput, match="cache"):
+        CachedEncoder(inner, EmbeddingCache(tmp_path / "emb.sqlite", "other", dim=inner.dim))

@@ -1,0 +1,201 @@
+"""The embedded SQLite bus: the bus contract plus durability, several processes and a rough throughput."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from contextlib import closing
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.contracts.bus_contract import BusContract, poll_until
+from winnow.core.bus import Consumer
+from winnow.core.errors import BusError, InvalidInput, NotFound
+from winnow.core.sqlite_bus import SqliteBus, _assign
+
+SESSION_TIMEOUT_S = 0.5
+
+
+def _publish_from_process(path: str, topic: str, writer: int, batches: int, batch_size: int) -> None:
+    """Child process body: interleave batches and single publishes on the shared file."""
+    bus = SqliteBus(path)
+    for b in range(batches):
+        rows = [(f"w{writer}-k{i % 7}", f"w{writer}-{b * batch_size + i}".encode()) for i in range(batch_size)]
+        bus.publish_many(topic, rows[:-1])
+        bus.publish(topic, *rows[-1])
+    bus.close()  # flushes the last single publish
+
+
+class TestSqliteBus(BusContract):
+    @pytest.fixture
+    def bus(self, tmp_path: Path) -> Iterator[SqliteBus]:
+        bus = SqliteBus(tmp_path / "bus.db", session_timeout_s=SESSION_TIMEOUT_S)
+        yield bus
+        bus.close()
+
+    def crash(self, consumer: Consumer) -> None:
+        consumer._abandon()  # type: ignore[attr-defined]
+
+    def test_offsets_are_dense_from_zero_per_partition(self) -> None:
+        topic = self.new_topic(3)
+        self.publish(topic, 90, keys=9)
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            got = poll_until(consumer, 90)
+        by_partition: dict[int, list[int]] = defaultdict(list)
+        for m in got:
+            by_partition[m.partition].append(m.offset)
+        assert all(offsets == list(range(len(offsets))) for offsets in by_partition.values())
+
+    def test_publish_is_visible_once_flushed(self) -> None:
+        topic = self.new_topic(1)
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            self.bus.publish(topic, "k", b"buffered")
+            assert consumer.poll() == []
+            self.bus.flush()
+            assert [m.value for m in consumer.poll()] == [b"buffered"]
+
+    def test_members_reading_different_topics_share_one_group(self) -> None:
+        members = {"a": frozenset({"t1"}), "b": frozenset({"t1", "t2"})}
+        partitions = {"t1": 2, "t2": 2}
+        assert _assign(members, partitions, "a") == {("t1", 0)}
+        assert _assign(members, partitions, "b") == {("t1", 1), ("t2", 0), ("t2", 1)}
+
+    def test_messages_and_commits_survive_reopening_the_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "durable.db"
+        first = SqliteBus(path)
+        first.create_topic("items", 2)
+        first.publish_many("items", [(f"k{i}", f"v{i}".encode()) for i in range(10)])
+        first.flush()
+        consumer = first.consumer(["items"], "g")
+        handed = poll_until(consumer, 4)
+        consumer.close(commit=True)
+        first.close()
+
+        second = SqliteBus(path)
+        second.create_topic("items", 5)  # idempotent: keeps its 2 partitions
+        with second.consumer(["items"], "g") as resumed, second.consumer(["items"], "other") as fresh:
+            rest = poll_until(resumed, 6)
+            everything = poll_until(fresh, 10)
+            assert resumed.poll(timeout_s=0.05) == []
+        second.close()
+        assert {m.value for m in handed + rest} == {f"v{i}".encode() for i in range(10)}
+        assert {m.partition for m in everything} == {0, 1}
+
+    def test_two_processes_publishing_to_one_file_lose_nothing(self, tmp_path: Path) -> None:
+        path = tmp_path / "shared.db"
+        bus = SqliteBus(path)
+        bus.create_topic("shared", 3)
+        batches, batch_size = 20, 50
+        ctx = multiprocessing.get_context("spawn")
+        writers = [
+            ctx.Process(target=_publish_from_process, args=(str(path), "shared", w, batches, batch_size))
+            for w in (0, 1)
+        ]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join(timeout=60)
+            assert w.exitcode == 0
+        with bus.consumer(["shared"], "g") as consumer:
+            got = poll_until(consumer, 2 * batches * batch_size)
+            assert consumer.poll(timeout_s=0.05) == []
+        bus.close()
+        by_key: dict[str, list[int]] = defaultdict(list)
+        for m in got:
+            by_key[m.key].append(int(m.value.decode().split("-")[1]))
+        assert sum(map(len, by_key.values())) == len({m.value for m in got}) == 2 * batches * batch_size
+        assert all(seq == sorted(seq) for seq in by_key.values())
+        for p in range(3):
+            offsets = [m.offset for m in got if m.partition == p]
+            assert offsets == list(range(len(offsets)))
+
+    def test_threads_sharing_one_bus_lose_nothing(self) -> None:
+        topic = self.new_topic(2)
+
+        def publish(writer: int) -> None:
+            for i in range(100):
+                self.bus.publish(topic, f"t{writer}", str(i).encode())
+            self.bus.flush()
+
+        threads = [threading.Thread(target=publish, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            got = poll_until(consumer, 400)
+        for w in range(4):
+            assert [int(m.value) for m in got if m.key == f"t{w}"] == list(range(100))
+
+    def test_a_member_the_group_dropped_restarts_from_the_commit(self) -> None:
+        topic = self.new_topic(1)
+        group = self.new_group()
+        sent = self.publish(topic, 5)
+        with self.bus.consumer([topic], group) as paused:
+            poll_until(paused, 5)
+            with closing(sqlite3.connect(self.bus.path)) as db, db:  # as if its process stalled for a minute
+                db.execute("UPDATE group_members SET heartbeat = heartbeat - 60 WHERE grp = ?", (group,))
+            with self.bus.consumer([topic], group) as other:
+                assert [m.value for m in poll_until(other, 5)] == sent
+            assert [m.value for m in poll_until(paused, 5)] == sent
+
+    def test_bad_arguments_raise_invalid_input(self) -> None:
+        topic = self.new_topic(1)
+        with pytest.raises(InvalidInput, match="partitions"):
+            self.bus.create_topic("t", 0)
+        with pytest.raises(InvalidInput, match="topic"):
+            self.bus.create_topic("", 1)
+        with pytest.raises(InvalidInput, match="value"):
+            self.bus.publish(topic, "k", "not bytes")  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="key"):
+            self.bus.publish_many(topic, [(1, b"v")])  # type: ignore[list-item]
+        with pytest.raises(InvalidInput, match="headers"):
+            self.bus.publish(topic, "k", b"v", (("h", "str"),))  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput, match="topics"):
+            self.bus.consumer([], "g")
+        with pytest.raises(InvalidInput, match="group"):
+            self.bus.consumer([topic], "")
+        with pytest.raises(InvalidInput, match="session_timeout_s"):
+            SqliteBus(self.bus.path, session_timeout_s=0)
+        with self.bus.consumer([topic], "g") as consumer:
+            with pytest.raises(InvalidInput, match="max_messages"):
+                consumer.poll(max_messages=0)
+            with pytest.raises(InvalidInput, match="timeout_s"):
+                consumer.poll(timeout_s=-1)
+
+    def test_unknown_topic_and_closed_consumer(self) -> None:
+        with pytest.raises(NotFound):
+            self.bus.consumer(["missing"], "g")
+        consumer = self.bus.consumer([self.new_topic(1)], "g")
+        consumer.close()
+        consumer.close()
+        with pytest.raises(BusError, match="closed"):
+            consumer.poll()
+
+    def test_rough_throughput(self, capsys: pytest.CaptureFixture[str]) -> None:
+        topic = self.new_topic(4)
+        rows = [(f"item-{i}", b"x" * 100) for i in range(10_000)]
+        started = time.perf_counter()
+        self.bus.publish_many(topic, rows)
+        publish_many_s = time.perf_counter() - started
+        started = time.perf_counter()
+        for key, value in rows:
+            self.bus.publish(topic, key, value)
+        self.bus.flush()
+        publish_s = time.perf_counter() - started
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            started = time.perf_counter()
+            got = poll_until(consumer, 2 * len(rows), deadline_s=60.0)
+            consumer.commit()
+            poll_s = time.perf_counter() - started
+        assert len(got) == 2 * len(rows)
+        with capsys.disabled():
+            print(
+                f"\nsqlite bus, 100-byte values: publish_many {len(rows) / publish_many_s:,.0f} msg/s,"
+                f" publish+flush {len(rows) / publish_s:,.0f} msg/s, poll+commit {len(got) / poll_s:,.0f} msg/s"
+            )
