@@ -1,0 +1,296 @@
+"""The Apache Kafka adapter of the bus interface (``winnow.core.bus``), on kafka-python.
+
+Placement is decided here, not by Kafka's partitioner: ``publish`` sends each message to
+``partition_for(key, partitions)``, so the embedded SQLite log and Kafka put a key on the same partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import (
+    InvalidPartitionsError,
+    InvalidTopicError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+from kafka.producer.future import FutureRecordMetadata
+
+from winnow.core.bus import Bus, Consumer, Headers, Message, partition_for
+from winnow.core.errors import BusError, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+
+def _bus_error(action: str, exc: KafkaError) -> BusError:
+    return BusError(f"kafka {action} failed: {type(exc).__name__}: {exc}")
+
+
+@contextmanager
+def _broker_errors(action: str) -> Iterator[None]:
+    """Re-raise kafka-python errors as ``BusError`` naming what was being done."""
+    try:
+        yield
+    except KafkaError as exc:
+        raise _bus_error(action, exc) from exc
+
+
+class KafkaConsumerMember(Consumer):
+    """A member of a Kafka consumer group (manual commits, earliest reset when the group has none)."""
+
+    def __init__(self, consumer: KafkaConsumer, group: str, join_timeout_ms: int) -> None:
+        self._consumer = consumer
+        self._group = group
+        self._join_timeout_ms = join_timeout_ms
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError(f"consumer of group {self._group!r} is closed")
+
+    def poll(self, max_messages: int = 500, timeout_s: float = 0.0) -> list[Message]:
+        """Up to ``max_messages`` records from the assigned partitions, in offset order per partition.
+
+        Joining the group and every rebalance happen inside ``poll``: while this member (re)joins, the
+        call first waits up to ``join_timeout_ms`` for the join to finish, then up to ``timeout_s``.
+        """
+        if max_messages < 1:
+            raise InvalidInput("max_messages", f"must be at least 1, got {max_messages}")
+        if timeout_s < 0:
+            raise InvalidInput("timeout_s", f"must not be negative, got {timeout_s}")
+        self._check_open()
+        with _broker_errors("poll"):
+            # kafka-python 3.0.12 drops a JoinGroup/SyncGroup round that completes between two polls
+            # and sends JoinGroup again, which restarts the rebalance: members that poll with short
+            # timeouts can then rebalance forever on a busy machine. Finish any (re)join first.
+            self._consumer._coordinator.poll(timeout_ms=self._join_timeout_ms)
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_messages)
+        return [
+            Message(
+                topic=r.topic,
+                key=(r.key or b"").decode("utf-8"),
+                value=r.value or b"",
+                partition=r.partition,
+                offset=r.offset,
+                headers=tuple((name, value or b"") for name, value in (r.headers or ())),
+            )
+            for records in batches.values()
+            for r in records
+        ]
+
+    def commit(self) -> None:
+        """Commit, for each assigned partition, the position after the last record ``poll`` handed out.
+
+        Raises ``BusError`` when the group rebalanced since that ``poll`` (Kafka refuses the commit
+        from a stale generation): those messages go to the partitions' new owners again.
+        """
+        self._check_open()
+        with _broker_errors("commit"):
+            self._consumer.commit()
+
+    def close(self, commit: bool = False) -> None:
+        """Commit first if asked, then leave the group so its partitions move to the other members."""
+        if self._closed:
+            return
+        try:
+            if commit:
+                self.commit()
+        finally:
+            self._closed = True
+            with _broker_errors("consumer close"):
+                self._consumer.close(autocommit=False)
+
+    def lag(self) -> int:
+        """Records in the assigned partitions past the group's committed offset (0 before assignment)."""
+        self._check_open()
+        with _broker_errors("lag"):
+            partitions = list(self._consumer.assignment())
+            if not partitions:
+                return 0
+            ends = self._consumer.end_offsets(partitions)
+            starts = self._consumer.beginning_offsets(partitions)
+            total = 0
+            for tp in partitions:
+                committed = self._consumer.committed(tp)
+                total += ends[tp] - (starts[tp] if committed is None else committed)
+            return total
+
+    def assignment(self) -> frozenset[tuple[str, int]]:
+        """The ``(topic, partition)`` pairs this member owns now; empty until ``poll`` has joined the group."""
+        return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
+
+    def _abandon(self) -> None:
+        """Stop as a killed process would: no commit, no leave; the group drops it after the session timeout.
+
+        For crash tests. ``KafkaConsumer.close`` always sends LeaveGroup, so this reaches into
+        kafka-python 3.0: stop the heartbeat loop, then close the connections and the IO thread.
+        """
+        self._closed = True
+        self._consumer._coordinator._close_heartbeat()
+        self._consumer._client.close()
+        self._consumer._closed = True
+
+
+class KafkaBus(Bus):
+    """Topics on an Apache Kafka cluster.
+
+    Publishing is idempotent (``acks=all``, ``enable_idempotence``): a message is on every in-sync
+    replica once ``flush`` returns, and a failed send is raised by that ``flush`` as ``BusError``.
+    Topics are never auto-created: publishing to or consuming from a missing one raises ``NotFound``.
+
+    ``session_timeout_ms`` is how long the group waits for a silent (crashed) member before handing
+    its partitions to the others (the broker must allow it: ``group.min.session.timeout.ms``, 6000 by
+    default); heartbeats go every third of it unless ``heartbeat_interval_ms`` says otherwise.
+    ``join_timeout_ms`` bounds how long one ``poll`` waits for a group (re)join to finish.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        client_id: str = "winnow",
+        session_timeout_ms: int = 6000,
+        heartbeat_interval_ms: int | None = None,
+        request_timeout_ms: int = 30000,
+        join_timeout_ms: int = 30000,
+        linger_ms: int = 5,
+        metadata_timeout_s: float = 30.0,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._session_timeout_ms = session_timeout_ms
+        self._heartbeat_interval_ms = heartbeat_interval_ms or max(session_timeout_ms // 3, 100)
+        self._request_timeout_ms = request_timeout_ms
+        self._join_timeout_ms = join_timeout_ms
+        self._metadata_timeout_ms = int(metadata_timeout_s * 1000)
+        self._partitions: dict[str, int] = {}
+        self._pending: list[FutureRecordMetadata] = []
+        with _broker_errors(f"connect to {bootstrap}"):
+            self._admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id=f"{client_id}-admin",
+                request_timeout_ms=request_timeout_ms,
+            )
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=linger_ms,
+                max_block_ms=self._metadata_timeout_ms,
+                request_timeout_ms=request_timeout_ms,
+            )
+
+    def create_topic(self, topic: str, partitions: int = 1) -> None:
+        """Create ``topic`` with the cluster's default replication; return once its metadata has leaders."""
+        if partitions < 1:
+            raise InvalidInput("partitions", f"must be at least 1, got {partitions}")
+        try:
+            self._admin.create_topics({topic: {"num_partitions": partitions}})
+        except TopicAlreadyExistsError:
+            log.debug("topic exists topic=%s", topic)
+        except (InvalidTopicError, InvalidPartitionsError) as exc:
+            raise InvalidInput("topic", f"{topic!r} rejected by the broker: {exc}") from exc
+        except KafkaError as exc:
+            raise _bus_error(f"create topic {topic!r}", exc) from exc
+        with _broker_errors(f"wait for topic {topic!r}"):
+            self._admin.wait_for_topics([topic], timeout_ms=self._metadata_timeout_ms)
+
+    def delete_topics(self, topics: Sequence[str]) -> None:
+        """Delete ``topics`` (missing ones are ignored); for test teardown and operators."""
+        for topic in topics:
+            self._partitions.pop(topic, None)
+        if not topics:
+            return
+        try:
+            self._admin.delete_topics(list(topics))
+        except UnknownTopicOrPartitionError:
+            log.debug("topics already gone topics=%s", list(topics))
+        except KafkaError as exc:
+            raise _bus_error(f"delete topics {list(topics)}", exc) from exc
+
+    def partitions(self, topic: str) -> int:
+        """The partition count of ``topic`` (cached after the first lookup); ``NotFound`` if missing."""
+        count = self._partitions.get(topic)
+        if count is None:
+            with _broker_errors(f"describe topic {topic!r}"):
+                (described,) = self._admin.describe_topics([topic])
+            error = described.get("error_code", 0)
+            if error == UnknownTopicOrPartitionError.errno:
+                raise NotFound("topic", f"no topic named {topic!r} on {self._bootstrap}")
+            if error or not described.get("partitions"):
+                raise BusError(f"kafka describe topic {topic!r} failed: {for_code(error).__name__}")
+            count = self._partitions[topic] = len(described["partitions"])
+        return count
+
+    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
+        """Queue one message for the key's partition; it is durable once ``flush`` returns."""
+        if not isinstance(key, str):
+            raise InvalidInput("key", f"must be a string, got {type(key).__name__}")
+        if not isinstance(value, bytes):
+            raise InvalidInput("value", f"must be bytes, got {type(value).__name__}")
+        if not all(isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], bytes)
+                   for h in headers):
+            raise InvalidInput("headers", f"must be (str, bytes) pairs, got {headers!r:.80}")
+        partition = partition_for(key, self.partitions(topic))
+        with _broker_errors(f"publish to {topic!r}"):
+            self._pending.append(
+                self._producer.send(
+                    topic,
+                    key=key.encode("utf-8"),
+                    value=value,
+                    headers=list(headers),
+                    partition=partition,
+                )
+            )
+
+    def flush(self) -> None:
+        """Wait for every queued message's acknowledgement; ``BusError`` if any send failed."""
+        pending, self._pending = self._pending, []
+        with _broker_errors("flush"):
+            self._producer.flush(timeout=self._metadata_timeout_ms / 1000)
+        failed = [f.exception for f in pending if f.failed()]
+        if failed:
+            raise BusError(f"kafka publish failed for {len(failed)} of {len(pending)} messages: {failed[0]!r}")
+        if any(not f.is_done for f in pending):
+            raise BusError(f"kafka flush timed out after {self._metadata_timeout_ms} ms")
+
+    def consumer(self, topics: Sequence[str], group: str) -> Consumer:
+        """A new member of ``group`` subscribed to ``topics`` (which must exist); it joins on first ``poll``."""
+        if not topics:
+            raise InvalidInput("topics", "at least one topic is needed")
+        if not group:
+            raise InvalidInput("group", "must not be empty")
+        for topic in topics:
+            self.partitions(topic)
+        with _broker_errors(f"join group {group!r}"):
+            consumer = KafkaConsumer(
+                *topics,
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                allow_auto_create_topics=False,
+                session_timeout_ms=self._session_timeout_ms,
+                heartbeat_interval_ms=self._heartbeat_interval_ms,
+                request_timeout_ms=self._request_timeout_ms,
+            )
+            # Load the topics' metadata before the first join: kafka-python 3.0 can otherwise compute
+            # the group's assignment from empty metadata and keep that empty assignment.
+            for topic in topics:
+                consumer.partitions_for_topic(topic)
+        return KafkaConsumerMember(consumer, group, self._join_timeout_ms)
+
+    def close(self) -> None:
+        """Flush pending messages, then close the producer and the admin connection."""
+        try:
+            self.flush()
+        finally:
+            with _broker_errors("close"):
+                self._producer.close()
+                self._admin.close()
