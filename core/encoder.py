@@ -89,6 +89,9 @@ def onnx_session(path: Path, device: str = "auto", threads: int | None = None) -
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    # idle worker threads sleep instead of spinning: on a shared (oversubscribed) CPU spinning
+    # threads steal the cores the busy ones need
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=[*providers, "CPUExecutionProvider"])
     except _ORT_LOAD_ERRORS as e:

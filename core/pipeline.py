@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from winnow.core.bus import Bus, Message
-from winnow.core.consensus import dawid_skene, majority_vote
+from winnow.core.consensus import annotator_accuracy_on_gold, dawid_skene, majority_vote
 from winnow.core.errors import InvalidInput, NotFound
 from winnow.core.head import Head, OnnxHead, load_head
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
@@ -391,24 +391,41 @@ class LabelingService:
                 self._ready.add(item_id)
         return added
 
+    def _answers(self):
+        """Every annotation of the project as consensus arrays, with gold answers by item index."""
+        classes = {c: k for k, c in enumerate(self.project.classes)}
+        answers = self.store.annotations(self.project.name)
+        item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}
+        annotators = {a: k for k, a in enumerate(dict.fromkeys([a.annotator for a in answers]))}
+        args = (np.array([item_index[a.item_id] for a in answers], np.int64),
+                np.array([annotators[a.annotator] for a in answers], np.int64),
+                np.array([classes[a.label] for a in answers], np.int64),
+                len(item_index), len(annotators), len(classes))
+        gold = {item_index[i]: classes[c] for i, c in self.store.gold(self.project.name).items() if i in item_index}
+        return answers, item_index, list(annotators), args, gold
+
+    def annotator_quality(self) -> dict[str, dict[str, float | None]]:
+        """Per annotator: answers given, accuracy on gold items, and the Dawid-Skene estimate."""
+        answers, _, names, args, gold = self._answers()
+        if not answers:
+            return {}
+        on_gold = annotator_accuracy_on_gold(*args[:3], gold, *args[3:]) if gold else np.full(len(names), np.nan)
+        estimated = dawid_skene(*args, gold=gold).annotator_accuracy
+        counts = np.bincount(args[1], minlength=len(names))
+        return {name: {"answers": int(counts[k]),
+                       "gold_accuracy": None if np.isnan(on_gold[k]) else float(on_gold[k]),
+                       "estimated_accuracy": None if np.isnan(estimated[k]) else float(estimated[k])}
+                for k, name in enumerate(names)}
+
     def resolve(self) -> int:
         """Aggregate the items that have all their answers into final human labels (one batch)."""
         if not self._ready:
             return 0
         ready, self._ready = sorted(self._ready), set()
-        classes = {c: k for k, c in enumerate(self.project.classes)}
-        gold = self.store.gold(self.project.name)
-        answers = self.store.annotations(self.project.name)
-        item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}
-        annotators = {a: k for k, a in enumerate(dict.fromkeys([a.annotator for a in answers]))}
-        items = np.array([item_index[a.item_id] for a in answers])
-        who = np.array([annotators[a.annotator] for a in answers])
-        said = np.array([classes[a.label] for a in answers])
-        args = (items, who, said, len(item_index), len(annotators), len(classes))
-        if self.project.overlap == 1 and not gold:
+        answers, item_index, _, args, gold_ids = self._answers()
+        if self.project.overlap == 1 and not gold_ids:
             result, aggregation = majority_vote(*args), "single"
         else:
-            gold_ids = {item_index[i]: classes[c] for i, c in gold.items() if i in item_index}
             result = dawid_skene(*args, gold=gold_ids)
             aggregation = result.method
         now = self.clock()

@@ -74,6 +74,7 @@ class StreamReport:
     gold: int = 0
     model_versions: int = 0
     curve: list[dict] = field(default_factory=list)
+    annotators: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> dict:
         keys = ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
@@ -169,6 +170,9 @@ def run_stream(
         report.human_fraction = report.human_labels / len(ids)
         report.annotations = people.answers
         report.model_versions = len(loop.store.models(project.name))
+        report.annotators = loop.labeling.annotator_quality()
+        for name, error_rate in zip(people.names, people.noise):
+            report.annotators.setdefault(name, {})["simulated_accuracy"] = 1.0 - error_rate
         if report.curve and test is not None:
             report.model_test_accuracy = report.curve[-1]["test_accuracy"]
     finally:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,17 +20,26 @@ from winnow.core.scoring import expected_calibration_error, fit_temperature, mea
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a head is fitted: full-batch AdamW on the embeddings of every human-labelled item."""
+    """How a head is fitted on the embeddings of every human-labelled item.
+
+    A linear single-member head (the default) is multinomial logistic regression fitted to
+    convergence with L-BFGS: mean cross-entropy + ``l2 / 2 * |W|^2`` on inputs scaled by
+    ``input_scale`` (the scale is folded into the saved weights). On Banking77 with 2,500
+    margin-sampled labels this gave 0.929 test accuracy against 0.920 for 300 AdamW steps, at
+    less than half the CPU time. MLP heads and ensembles (for BALD) use full-batch AdamW.
+    """
 
     hidden: int = 0
     members: int = 1
     dropout: float = 0.0
-    lr: float = 0.1
-    weight_decay: float = 1e-3
+    l2: float = 3e-3
+    input_scale: float = 10.0
+    max_iter: int = 100
+    lr: float = 0.01
+    weight_decay: float = 1e-2
     steps: int = 300
     warm_steps: int = 150
-    label_smoothing: float = 0.0
-    folds: int = 5
+    folds: int = 4
     confidence_level: float = 0.95
     min_support: int = 30
     seed: int = 0
@@ -43,6 +53,18 @@ class TrainResult:
     temperature: float
     threshold: ThresholdChoice
     metrics: dict[str, float]
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run torch on ``n`` threads inside the block (heads are small: one thread is fastest, and
+    several threads on a shared CPU were 14x slower here: 70 s against 5 s for one ``train``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def fit_head(
@@ -62,25 +84,55 @@ def fit_head(
     generator = torch.Generator().manual_seed(config.seed if seed is None else seed)
     torch.manual_seed(config.seed if seed is None else seed)
     head = Head(HeadConfig(embeddings.shape[1], n_classes, config.hidden, config.members, config.dropout))
-    steps = config.steps
-    if init is not None and init.config == head.config:
+    warm = init is not None and init.config == head.config
+    if warm:
         head.load_state_dict(init.state_dict())
-        steps = config.warm_steps
     x = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))  # [n, D]
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))  # [n]
+    if config.hidden == 0 and config.members == 1:
+        return _fit_logistic(head, x, y, config, warm)
     weights = torch.ones(len(y), config.members)
     if config.members > 1:
         weights = torch.poisson(torch.ones(len(y), config.members), generator=generator)  # [n, M]
     weights = weights / weights.sum(0, keepdim=True)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     head.train()
-    for _ in range(steps):
+    for _ in range(config.warm_steps if warm else config.steps):
         optimizer.zero_grad()
-        logits = head(x)  # [n, M, C]
-        loss = F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, config.members),
-                               reduction="none", label_smoothing=config.label_smoothing)  # [n, M]
+        x_in = x * config.input_scale
+        logits = head(x_in)  # [n, M, C]
+        loss = F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, config.members), reduction="none")
         (loss * weights).sum().backward()
         optimizer.step()
+    _fold_input_scale(head, config.input_scale)
+    return head.eval()
+
+
+def _fold_input_scale(head: Head, scale: float) -> None:
+    """Make the head take unscaled embeddings: the first layer's weights absorb ``scale``."""
+    with torch.no_grad():
+        (head.hidden_weight if head.config.hidden else head.out_weight).mul_(scale)
+
+
+def _fit_logistic(head: Head, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, warm: bool) -> Head:
+    """Multinomial logistic regression by L-BFGS (strong Wolfe line search), warm-started when given."""
+    scale = config.input_scale
+    weight = (head.out_weight[0].detach() / scale if warm else torch.zeros_like(head.out_weight[0])).requires_grad_()
+    bias = (head.out_bias[0].detach().clone() if warm else torch.zeros_like(head.out_bias[0])).requires_grad_()
+    x_in = x * scale  # [n, D]
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=config.max_iter, history_size=10,
+                                  line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x_in @ weight + bias, y) + 0.5 * config.l2 * (weight * weight).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        head.out_weight.copy_((weight.detach() * scale)[None])
+        head.out_bias.copy_(bias.detach()[None])
     return head.eval()
 
 
@@ -124,6 +176,13 @@ def train(
     will accept, so they would bias it). Gold answers (operator-given) are held out of training and
     only evaluated on.
     """
+    with _torch_threads(1):
+        return _train(embeddings, labels, n_classes, precision_target, config, init, gold_embeddings, gold_labels,
+                      threshold_mask)
+
+
+def _train(embeddings, labels, n_classes, precision_target, config, init, gold_embeddings, gold_labels,
+           threshold_mask) -> TrainResult:
     started = time.perf_counter()
     oof = cross_fitted_logits(embeddings, labels, n_classes, config)  # [n, M, C]
     temperature = fit_temperature(oof, labels)

@@ -34,11 +34,13 @@ def _budget(text: str) -> tuple[int, int]:
 
 def _common_loop_options(p: argparse.ArgumentParser) -> None:
     _opt(p, "--strategy", "STRATEGY", "cluster_margin", "selection strategy: random, uncertainty, kcenter, cluster_margin, badge")
-    _opt(p, "--budget", "BUDGET", "25/100", "human label budget, LABELS/ITEMS")
+    _opt(p, "--budget", "BUDGET", "25/100", "human label budget, LABELS/ITEMS", type=_budget)
     _opt(p, "--precision", "PRECISION", "0.98", "precision target for auto-accepted labels")
     _opt(p, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
     _opt(p, "--cache-dir", "CACHE_DIR", None, "cache for the ONNX export and embeddings (default ~/.cache/winnow)")
     _opt(p, "--seed", "SEED", "0", "seed of the stream order and every random choice")
+    _opt(p, "--holdout-share", "HOLDOUT_SHARE", "0.15",
+         "share of the human budget spent on uniformly drawn items that calibrate the auto-accept threshold")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _project(name: str, classes: Sequence[str], args: argparse.Namespace, overlap: int = 1):
     from winnow.core.records import Project
 
-    labels, per = _budget(args.budget)
+    labels, per = args.budget
     return Project(name, tuple(classes), labels, per, float(args.precision), args.strategy, overlap)
 
 
@@ -83,12 +85,17 @@ def _datasets(args: argparse.Namespace):
     return train, test
 
 
+def _loop_config(args: argparse.Namespace):
+    from winnow.core.pipeline import LoopConfig
+
+    return LoopConfig(seed=int(args.seed), holdout_share=float(args.holdout_share))
+
+
 def cmd_bench_labels(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from winnow.bench.labels import run_labels_benchmark
-    from winnow.core.pipeline import LoopConfig
     from winnow.core.runtime import make_runtime
 
     train, test = _datasets(args)  # validated before anything runs or is written
@@ -105,7 +112,7 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
             bar.update(tasks[name], completed=done)
 
         result = run_labels_benchmark(train, test, runtime, Path(args.out), project,
-                                      LoopConfig(seed=int(args.seed)), seed=int(args.seed), progress=progress)
+                                      _loop_config(args), seed=int(args.seed), progress=progress)
     _print_table(console, result)
     console.print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0

@@ -18,14 +18,13 @@ from winnow.bench.common import write_json
 from winnow.bench.labels import plot_curves
 from winnow.core.data import Dataset, banking77
 from winnow.core.errors import InvalidInput
-from winnow.core.pipeline import LoopConfig
 from winnow.core.records import Project
 from winnow.core.runtime import make_runtime
 from winnow.core.simulate import run_stream
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from winnow.services.cli import _budget
+    from winnow.services.cli import _loop_config
 
     console = Console()
     train, test = banking77()
@@ -35,7 +34,7 @@ def run_demo(args: argparse.Namespace) -> int:
             raise InvalidInput("items", f"must be between 1 and {len(train)}, got {n}")
         train = Dataset(train.texts[:n], train.labels[:n], train.classes, train.source) if n < len(train) else train
     noise = [float(x) for x in str(args.noise).split(",") if x.strip()]
-    labels, per = _budget(args.budget)
+    labels, per = args.budget
     out = Path(args.out_dir)
     if out.exists():
         shutil.rmtree(out)
@@ -50,7 +49,7 @@ def run_demo(args: argparse.Namespace) -> int:
             task = bar.add_task(f"{name:>7} ({strategy})", total=len(train))
             project = Project("banking77", train.classes, labels, per, float(args.precision), strategy,
                               int(args.overlap))
-            reports.append(run_stream(train, out / name, runtime, project, LoopConfig(seed=int(args.seed)),
+            reports.append(run_stream(train, out / name, runtime, project, _loop_config(args),
                                       test=test, noise=noise, gold=int(args.gold), seed=int(args.seed),
                                       progress=lambda k, _r, task=task: bar.update(task, completed=k)))
     table = Table(title="Winnow demo: every item has exactly one final label")
@@ -67,7 +66,15 @@ def run_demo(args: argparse.Namespace) -> int:
         cells = [getattr(r, key) for r in reports]
         table.add_row(title, *("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in cells))
     console.print(table)
+    quality = Table(title="annotators (Winnow run): simulated, measured on gold, estimated by Dawid-Skene")
+    for column in ("annotator", "answers", "simulated accuracy", "gold accuracy", "estimated accuracy"):
+        quality.add_column(column, justify="right")
+    for name, q in reports[0].annotators.items():
+        quality.add_row(name, *("-" if q.get(k) is None else f"{q[k]:.3f}" if isinstance(q[k], float) else str(q[k])
+                                for k in ("answers", "simulated_accuracy", "gold_accuracy", "estimated_accuracy")))
+    console.print(quality)
     plot_curves(out / "learning_curve.png", reports, "Winnow demo: Banking77")
-    write_json(out / "summary.json", {r.strategy: {**r.summary(), "curve": r.curve} for r in reports})
+    write_json(out / "summary.json", {name: {**r.summary(), "curve": r.curve, "annotators": r.annotators}
+                                      for name, r in zip(("winnow", "random"), reports)})
     console.print(f"learning curve: {out / 'learning_curve.png'}; store and models under {out}/")
     return 0

@@ -57,6 +57,9 @@ def test_every_item_ends_with_exactly_one_final_label(tmp_path: Path, runtime, s
     assert report.final_label_accuracy > 0.9
     if report.auto_accepted:
         assert report.auto_accept_precision >= 0.9
+    quality = report.annotators  # Dawid-Skene with gold finds the noisiest annotator
+    assert quality["annotator-1"]["gold_accuracy"] == 1.0
+    assert quality["annotator-3"]["estimated_accuracy"] < quality["annotator-1"]["estimated_accuracy"]
 
 
 def test_restart_rebuilds_the_backlog_and_redelivery_makes_no_second_label(tmp_path: Path, runtime, small) -> None:
