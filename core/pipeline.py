@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -97,7 +98,7 @@ def ingest(bus: Bus, store: Store, project: Project, items: Sequence[Item]) -> i
     return new
 
 
-class Stage:
+class Stage(ABC):
     """A consumer that turns a batch of messages into durable output, then commits."""
 
     group: str
@@ -116,8 +117,9 @@ class Stage:
             self.consumer.commit()
         return len(messages)
 
+    @abstractmethod
     def handle(self, messages: list[Message]) -> None:
-        raise NotImplementedError  # each stage defines it; Stage itself is never instantiated
+        """Make the output of ``messages`` (store writes, publishes); ``step`` flushes and commits."""
 
     def close(self) -> None:
         self.consumer.close(commit=False)
@@ -219,14 +221,16 @@ class Selector(Stage):
     # -- scoring ----------------------------------------------------------------------------
     def _probs(self, emb: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities [n, C] of the current head (uniform before the first model)."""
-        if self.head is None:
-            return np.full((len(emb), len(self.project.classes)), 1.0 / len(self.project.classes))
-        return mean_probs(self.head.logits(emb), self.head.meta["temperature"])
+        return self._scores(emb)[0]
 
-    def _uncertainty(self, emb: np.ndarray) -> np.ndarray:
+    def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities [n, C] and uncertainty [n] (all equally uncertain before the first model)."""
         if self.head is None:
-            return np.ones(len(emb))
-        return uncertainty(self.config.uncertainty, self.head.logits(emb), self.head.meta["temperature"])
+            n_classes = len(self.project.classes)
+            return np.full((len(emb), n_classes), 1.0 / n_classes), np.ones(len(emb))
+        logits = self.head.logits(emb)  # [n, members, C]
+        temperature = self.head.meta["temperature"]
+        return mean_probs(logits, temperature), uncertainty(self.config.uncertainty, logits, temperature)
 
     @property
     def threshold(self) -> float:
@@ -309,7 +313,7 @@ class Selector(Stage):
         open_tasks = self.store.open_tasks(self.project.name)
         label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
         if label_tasks:
-            unc = self._uncertainty(self.store.get_embeddings(self.project.name, label_tasks))
+            _, unc = self._scores(self.store.get_embeddings(self.project.name, label_tasks))
             self.store.set_priorities(self.project.name, dict(zip(label_tasks, unc.tolist())))
 
     def _issue_tasks(self, final: bool) -> int:
@@ -325,8 +329,7 @@ class Selector(Stage):
         if not len(pool):
             return 0
         emb = self.backlog_emb[pool]
-        probs = self._probs(emb)
-        unc = self._uncertainty(emb)
+        probs, unc = self._scores(emb)
         n = self.budget.grant(min(wanted, len(pool)))
         chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
         picked = pool[chosen]

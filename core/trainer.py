@@ -39,7 +39,7 @@ class TrainConfig:
     weight_decay: float = 1e-2
     steps: int = 300
     warm_steps: int = 150
-    folds: int = 4
+    folds: int = 10
     confidence_level: float = 0.95
     min_support: int = 30
     seed: int = 0
