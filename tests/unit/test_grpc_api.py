@@ -1,0 +1,252 @@
+"""The gRPC API on a real server (port 0) over the embedded SQLite bus and store, through WinnowClient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.descriptor_pool import DescriptorPool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from winnow.core.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.pipeline import MAX_TEXT_BYTES, topic
+from winnow.core.records import Item, ModelVersion, Task
+from winnow.core.sqlite_bus import SqliteBus
+from winnow.core.sqlite_store import SqliteStore
+from winnow.services.client import WinnowClient
+from winnow.services.grpc_api import SERVICES, create_server, to_message
+from winnow.v1 import ingest_pb2, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, records_pb2
+
+P = "reviews"
+CLASSES = ("pos", "neg")
+GRACE_S = 1.0
+
+
+@dataclass
+class Served:
+    client: WinnowClient
+    channel: grpc.Channel
+    bus: SqliteBus
+    store: SqliteStore
+
+
+@contextmanager
+def _serve(tmp_path: Path, services: tuple[str, ...] = tuple(SERVICES)) -> Iterator[Served]:
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    server, port = create_server(bus, store, services=services)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    client = WinnowClient(f"127.0.0.1:{port}")
+    try:
+        yield Served(client, channel, bus, store)
+    finally:
+        client.close()
+        channel.close()
+        server.stop(GRACE_S).wait()
+        bus.close()
+        store.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with _serve(tmp_path) as served:
+        yield served
+
+
+@pytest.fixture
+def project(served: Served) -> Served:
+    served.client.create_project(P, CLASSES, overlap=2, budget_labels=10, strategy="uncertainty")
+    return served
+
+
+def _published(bus: SqliteBus, stage: str) -> list[str]:
+    """Keys on the project's ``stage`` topic (read by a fresh consumer group)."""
+    consumer = bus.consumer([topic(P, stage)], f"check-{stage}")
+    try:
+        return [m.key for m in consumer.poll(1000)]
+    finally:
+        consumer.close()
+
+
+def _items(*ids: str) -> list[Item]:
+    return [Item(P, i, f"text of {i}") for i in ids]
+
+
+# -- health and reflection ----------------------------------------------------------------------
+def test_health_says_serving_for_every_service(served: Served) -> None:
+    stub = health_pb2_grpc.HealthStub(served.channel)
+    for name in ["", *(f"winnow.v1.{s}" for s in ("Ingest", "Labeling", "Projects", "Models"))]:
+        response = stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+def test_reflection_lists_and_describes_the_services(served: Served) -> None:
+    database = ProtoReflectionDescriptorDatabase(served.channel)
+    assert {"winnow.v1.Ingest", "winnow.v1.Labeling", "winnow.v1.Projects", "winnow.v1.Models",
+            "grpc.health.v1.Health"} <= set(database.get_services())
+    labeling = DescriptorPool(database).FindServiceByName("winnow.v1.Labeling")
+    assert set(labeling.methods_by_name) == {"LeaseTasks", "SubmitLabel", "Skip", "Heartbeat"}
+
+
+def test_a_server_serves_only_the_chosen_services(tmp_path: Path) -> None:
+    with _serve(tmp_path, services=("Ingest",)) as served:
+        health = health_pb2_grpc.HealthStub(served.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service="winnow.v1.Ingest"), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as raised:
+            labeling_pb2_grpc.LabelingStub(served.channel).Skip(labeling_pb2.SkipRequest(project=P), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(InvalidInput) as bad:
+            create_server(served.bus, served.store, services=("billing",))
+        assert bad.value.field == "services"
+    (tmp_path / "worker").mkdir()
+    with _serve(tmp_path / "worker", services=()) as worker:  # a worker process: health and reflection only
+        health = health_pb2_grpc.HealthStub(worker.channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        assert "winnow.v1.Ingest" not in ProtoReflectionDescriptorDatabase(worker.channel).get_services()
+
+
+# -- projects -----------------------------------------------------------------------------------
+def test_create_project_is_idempotent_and_validates_settings(served: Served) -> None:
+    created = served.client.create_project(P, CLASSES, precision_target=0.9)
+    assert (created.name, created.classes, created.precision_target, created.budget_labels) == (P, CLASSES, 0.9, 25)
+    assert served.client.create_project(P, CLASSES, precision_target=0.9) == created
+    assert served.store.get_project(P) == created
+    with pytest.raises(InvalidInput, match="other settings") as taken:
+        served.client.create_project(P, ("pos", "neg", "mixed"))
+    assert taken.value.field == "name"
+    for settings, field in [({"strategy": "psychic"}, "strategy"), ({"precision_target": 1.5}, "precision_target"),
+                            ({"budget_labels": 200}, "budget_labels"), ({"overlap": 0}, "overlap")]:
+        with pytest.raises(InvalidInput) as bad:
+            served.client.create_project("other", CLASSES, **settings)
+        assert bad.value.field == field
+    with pytest.raises(InvalidInput) as no_classes:
+        served.client.create_project("other", ())
+    assert no_classes.value.field == "classes"
+    assert [p.name for p in served.store.list_projects()] == [P]
+
+
+# -- ingest -------------------------------------------------------------------------------------
+def test_ingest_stores_and_publishes_items(project: Served) -> None:
+    ids = [f"i{n}" for n in range(5)]
+    assert project.client.ingest(_items(*ids), batch_size=2) == 5
+    assert project.client.ingest(_items(*ids), batch_size=5) == 0  # ids are idempotent
+    assert project.store.count_items(P) == 5
+    stored = project.store.get_items(P, ids)
+    assert [i.text for i in stored] == [f"text of {i}" for i in ids] and all(i.ingested_at > 0 for i in stored)
+    assert sorted(_published(project.bus, "items.raw")) == sorted(ids * 2)
+
+
+def test_ingest_batch_reports_received_and_new(project: Served) -> None:
+    stub = ingest_pb2_grpc.IngestStub(project.channel)
+    batch = ingest_pb2.ItemBatch(items=[to_message(i, records_pb2.Item) for i in _items("a", "b")])
+    assert stub.IngestBatch(batch, timeout=5) == ingest_pb2.IngestSummary(received=2, new_items=2)
+    assert stub.IngestBatch(batch, timeout=5) == ingest_pb2.IngestSummary(received=2, new_items=0)
+
+
+@pytest.mark.parametrize(("bad", "code", "field"), [
+    (Item(P, "", "no id"), grpc.StatusCode.INVALID_ARGUMENT, "item_id"),
+    (Item(P, "big", "x" * (MAX_TEXT_BYTES + 1)), grpc.StatusCode.INVALID_ARGUMENT, "text"),
+    (Item("nosuchproject", "c", "hello"), grpc.StatusCode.NOT_FOUND, "project"),
+])
+def test_a_bad_item_fails_the_whole_stream_and_writes_nothing(project: Served, bad: Item, code: grpc.StatusCode,
+                                                              field: str) -> None:
+    stream = [*_items("a", "b"), bad]
+    with pytest.raises(grpc.RpcError) as raised:
+        ingest_pb2_grpc.IngestStub(project.channel).Ingest(iter([to_message(i, records_pb2.Item) for i in stream]),
+                                                           timeout=5)
+    assert raised.value.code() == code
+    assert raised.value.details().startswith(f"{field}: ")
+    with pytest.raises((InvalidInput, NotFound)) as mapped:
+        project.client.ingest(stream)
+    assert mapped.value.field == field and str(mapped.value) == raised.value.details()
+    assert project.store.count_items(P) == 0
+    assert _published(project.bus, "items.raw") == []
+
+
+# -- labeling -----------------------------------------------------------------------------------
+def test_lease_submit_consensus_and_export(project: Served) -> None:
+    client, store = project.client, project.store
+    client.ingest(_items("a", "b"))
+    store.add_tasks([Task(P, "a", 2.0, None, 1.0), Task(P, "b", 1.0, None, 1.0)])
+    leases = client.lease(P, "alice", 5)
+    assert [(lease.item_id, lease.text, lease.kind, lease.annotator) for lease in leases] == \
+        [("a", "text of a", "label", "alice"), ("b", "text of b", "label", "alice")]
+    assert client.heartbeat(P, "alice", ["a", "b", "unknown"]) == 2
+    client.skip(P, "alice", "b")
+    assert client.lease(P, "alice", 5) == []
+
+    assert client.submit(P, "alice", "a", "pos") is True
+    assert client.submit(P, "alice", "a", "pos") is False  # one answer per annotator
+    assert list(client.export_labels(P)) == []  # overlap 2: one answer is not a final label yet
+    assert [lease.item_id for lease in client.lease(P, "bob", 5)] == ["a", "b"]
+    assert client.submit(P, "bob", "a", "pos") is True
+
+    [label] = client.export_labels(P)
+    assert (label.item_id, label.label, label.source, label.source_id, label.guideline_version) == \
+        ("a", "pos", "human", "alice,bob", "v1")
+    assert label.aggregation and label.idempotency_key and 0 < label.confidence <= 1 and label.threshold is None
+    assert store.labels(P) == [label]
+    assert _published(project.bus, "labels") == ["a"]
+    assert [(action, detail) for _, _, action, detail in store.audit_log(P)][-2:] == \
+        [("export_labels", "0 labels"), ("export_labels", "1 labels")]
+    stats = client.stats(P)
+    assert (stats.items, stats.labels_by_source, stats.human_fraction, stats.open_tasks) == (2, {"human": 1}, 0.5, 1)
+    assert (stats.current_model_version, stats.threshold) == (None, None)
+
+
+def test_a_label_outside_the_schema_is_refused_and_writes_nothing(project: Served) -> None:
+    project.client.ingest(_items("a"))
+    request = labeling_pb2.SubmitLabelRequest(project=P, annotator="alice", item_id="a", label="meh")
+    with pytest.raises(grpc.RpcError) as raised:
+        labeling_pb2_grpc.LabelingStub(project.channel).SubmitLabel(request, timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith("label: ") and "'meh'" in raised.value.details()
+    with pytest.raises(InvalidInput) as mapped:
+        project.client.submit(P, "alice", "a", "meh")
+    assert mapped.value.field == "label"
+    assert project.store.annotations(P) == [] and project.store.labels(P) == []
+
+
+def test_labeling_errors_name_the_field(project: Served) -> None:
+    client = project.client
+    cases = [(lambda: client.lease(P, "alice", 0), InvalidInput, "max_tasks"),
+             (lambda: client.lease(P, "", 1), InvalidInput, "annotator"),
+             (lambda: client.lease("nosuchproject", "alice", 1), NotFound, "project"),
+             (lambda: client.submit(P, "alice", "ghost", "pos"), NotFound, "item_id"),
+             (lambda: client.skip(P, "alice", "ghost"), NotFound, "item_id"),
+             (lambda: client.stats("nosuchproject"), NotFound, "project"),
+             (lambda: list(client.export_labels("nosuchproject")), NotFound, "project")]
+    for call, error, field in cases:
+        with pytest.raises(error) as raised:
+            call()
+        assert raised.value.field == field
+
+
+# -- models -------------------------------------------------------------------------------------
+def test_list_and_promote_versions(project: Served) -> None:
+    for n, version in enumerate(("v0001", "v0002"), start=1):
+        project.store.register_model(ModelVersion(P, version, f"/models/{version}", float(n), 100 * n, 1.5, 0.8 + n / 100,
+                                                  {"heldout_accuracy": 0.9, "classes": ["pos", "neg"]}))
+    versions = project.client.list_versions(P)
+    assert versions == project.store.models(P)
+    assert project.client.stats(P).current_model_version == "v0002"
+    promoted = project.client.promote(P, "v0001")
+    assert promoted == versions[0]
+    stats = project.client.stats(P)
+    assert (stats.current_model_version, stats.threshold) == ("v0001", pytest.approx(0.81))
+    assert _published(project.bus, "models") == [P]
+    assert project.store.audit_log(P)[-1][2:] == ("promote", "v0001")
+    with pytest.raises(NotFound) as missing:
+        project.client.promote(P, "v0009")
+    assert missing.value.field == "version"
+
+
+def test_an_unreachable_server_raises_winnow_error() -> None:
+    with WinnowClient("127.0.0.1:1", timeout_s=2.0) as client, pytest.raises(WinnowError, match="UNAVAILABLE"):
+        client.stats(P)
