@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -367,7 +368,10 @@ class LabelingService:
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
                  clock: Callable[[], float] = time.time) -> None:
         self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
-        self._ready: set[str] = set()
+        # items with all their answers but no final label yet (also after a crash between the two)
+        answered = Counter(a.item_id for a in store.annotations(project.name))
+        complete = [i for i, n in answered.items() if n >= project.overlap and i not in store.gold(project.name)]
+        self._ready: set[str] = set(store.unlabeled_ids(project.name, complete)) if complete else set()
 
     def lease(self, annotator: str, n: int) -> list[Lease]:
         if not annotator:

@@ -65,7 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--label-col", default="category", help="label column (default category)")
     labels.add_argument("--test-csv", help="labeled CSV for model test accuracy (default with no --csv: Banking77 test)")
     labels.add_argument("--out", required=True, help="result JSON path; the PNG is written beside it")
+    serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
+    serve.add_argument("service", choices=("ingest", "prelabel", "selector", "labeling", "trainer", "projects", "all"))
+    _opt(serve, "--bus", "BUS", "sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH")
+    _opt(serve, "--store", "STORE", "sqlite:///winnow-data/store.sqlite", "store URL: postgresql://... or sqlite:///PATH")
+    _opt(serve, "--project", "PROJECT", None, "project(s) the workers consume, comma-separated")
+    _opt(serve, "--grpc-host", "GRPC_HOST", "127.0.0.1", "address to bind")
+    _opt(serve, "--grpc-port", "GRPC_PORT", "50051", "gRPC port (0 takes a free one)")
+    _opt(serve, "--metrics-port", "METRICS_PORT", None, "Prometheus metrics port (0 takes a free one; unset: off)")
+    _opt(serve, "--models-dir", "MODELS_DIR", "winnow-data/models", "where the trainer writes model versions")
+    _opt(serve, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from winnow.services.serve import ServeOptions, parse_services, project_names, serve
+
+    serve(ServeOptions(
+        services=parse_services(args.service), projects=project_names([args.project] if args.project else None),
+        bus_url=args.bus, store_url=args.store, grpc_host=args.grpc_host, grpc_port=int(args.grpc_port),
+        metrics_port=None if args.metrics_port is None else int(args.metrics_port),
+        models_dir=Path(args.models_dir), engine=args.engine,
+    ))
+    return 0
 
 
 def _project(name: str, classes: Sequence[str], args: argparse.Namespace, overlap: int = 1):
@@ -149,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "bench" and args.bench == "labels":
             return cmd_bench_labels(args)
+        if args.command == "serve":
+            return cmd_serve(args)
     except WinnowError as e:
         print(f"winnow: error: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,76 @@
+"""`winnow serve all` as a real process on the embedded bus and store: gRPC in, labels out, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from winnow.core.data import banking77
+from winnow.core.records import Item, Project
+from winnow.core.sqlite_store import SqliteStore
+from winnow.services.client import WinnowClient
+
+pytestmark = pytest.mark.slow
+DEADLINE_S = 240.0
+
+
+def _wait_for_line(process: subprocess.Popen, prefix: str, deadline: float) -> str:
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith(prefix):
+            return line.strip().removeprefix(prefix).strip()
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"no {prefix!r} line; exit code {process.poll()}")
+
+
+def test_serve_all_labels_trains_and_stops_on_sigterm(tmp_path: Path) -> None:
+    train, _ = banking77()
+    classes = tuple(sorted(set(train.labels))[:4])
+    rows = [(t, label) for t, label in zip(train.texts, train.labels) if label in classes][:130]
+    store = SqliteStore(tmp_path / "store.sqlite")
+    # every item goes to people, so the trainer has its first 100 labels quickly
+    store.create_project(Project("served", classes, budget_labels=100, budget_per_items=100))
+    store.close()
+    env = {**os.environ, "WINNOW_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "winnow.services.cli", "serve", "all", "--project", "served",
+         "--bus", f"sqlite:///{tmp_path / 'bus.sqlite'}", "--store", f"sqlite:///{tmp_path / 'store.sqlite'}",
+         "--grpc-port", "0", "--metrics-port", "0", "--models-dir", str(tmp_path / "models")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        metrics = _wait_for_line(process, "metrics listening on", deadline)
+        target = _wait_for_line(process, "grpc listening on", deadline)
+        with WinnowClient(target) as client:
+            truth = {f"s{k}": label for k, (_, label) in enumerate(rows)}
+            assert client.ingest([Item("served", f"s{k}", text, 0.0) for k, (text, _) in enumerate(rows)]) == len(rows)
+            answered = 0
+            while time.monotonic() < deadline and not client.list_versions("served"):
+                leases = client.lease("served", "ann-1", 50)
+                for lease in leases:
+                    client.submit("served", "ann-1", lease.item_id, truth[lease.item_id])
+                answered += len(leases)
+                if not leases:
+                    time.sleep(0.2)  # the workers are consuming; nothing to answer yet
+            versions = client.list_versions("served")
+            assert versions and versions[-1].n_train >= 100
+            stats = client.stats("served")
+            assert stats.labels_by_source.get("human", 0) >= 100 and stats.current_model_version == versions[-1].version
+        body = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
+        assert 'winnow_messages_total{project="served",service="prelabel"}' in body
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert code == 0
