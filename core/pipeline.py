@@ -22,7 +22,7 @@ import numpy as np
 
 from winnow.core.bus import Bus, Message
 from winnow.core.consensus import annotator_accuracy_on_gold, dawid_skene, majority_vote
-from winnow.core.errors import InvalidInput, NotFound
+from winnow.core.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.head import Head, OnnxHead, load_head
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
 from winnow.core.runtime import Runtime
@@ -33,8 +33,11 @@ from winnow.core.trainer import TrainConfig, train, write_version
 
 log = logging.getLogger(__name__)
 
-STAGES = ("items.raw", "items.scored", "tasks", "labels", "models")
+STAGES = ("items.raw", "items.scored", "tasks", "labels", "models", "dead-letter")
 MAX_TEXT_BYTES = 64 * 1024
+
+
+_RECORDS = {"items.raw": Item, "models": ModelVersion, "labels": Label, "tasks": Task}
 
 
 def topic(project: str, stage: str) -> str:
@@ -110,17 +113,48 @@ class Stage(ABC):
         self.consumer = bus.consumer([topic(project.name, s) for s in self.stages], self.group)
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
-        """Handle one batch; returns how many messages it handled."""
+        """Handle one batch; returns how many messages it took off the bus.
+
+        A message that cannot be decoded or validated (a poison message) goes to the project's
+        dead-letter topic with the error in its headers, and the batch goes on without it: a bad
+        message never blocks its partition.
+        """
         messages = self.consumer.poll(max_messages, timeout_s)
         if messages:
-            self.handle(messages)
+            records: list[tuple[str, object]] = []
+            for m in messages:
+                try:
+                    records.append((self._stage_of(m), self.decode(m)))
+                except (ValueError, TypeError, KeyError, WinnowError) as e:
+                    self._dead_letter(m, e)
+            self.handle(records)
             self.bus.flush()
             self.consumer.commit()
         return len(messages)
 
+    def decode(self, message: Message) -> object:
+        """The record a message carries; raises on a malformed one."""
+        stage = self._stage_of(message)
+        if stage == "items.scored":
+            scored = json.loads(message.value)
+            if not isinstance(scored, dict) or not isinstance(scored.get("item_id"), str):
+                raise InvalidInput("item_id", "a scored message has no item id")
+            return scored
+        record = from_json(_RECORDS[stage], message.value)
+        if isinstance(record, Item):
+            validate_items(self.project, [record])
+        return record
+
+    def _dead_letter(self, message: Message, error: Exception) -> None:
+        log.warning("dead-lettered stage=%s topic=%s partition=%d offset=%d error=%s", self.group, message.topic,
+                    message.partition, message.offset, type(error).__name__)
+        headers = (("error", f"{type(error).__name__}: {error}".encode()), ("stage", self.group.encode()),
+                   ("source", f"{message.topic}/{message.partition}/{message.offset}".encode()))
+        self.bus.publish(topic(self.project.name, "dead-letter"), message.key, message.value, headers)
+
     @abstractmethod
-    def handle(self, messages: list[Message]) -> None:
-        """Make the output of ``messages`` (store writes, publishes); ``step`` flushes and commits."""
+    def handle(self, records: list[tuple[str, object]]) -> None:
+        """Make the output of the decoded ``(stage, record)`` pairs; ``step`` flushes and commits."""
 
     def close(self) -> None:
         self.consumer.close(commit=False)
@@ -142,16 +176,15 @@ class PrelabelWorker(Stage):
         if current is not None and runtime.model_version != current.version:
             runtime.swap(Path(current.path))
 
-    def handle(self, messages: list[Message]) -> None:
-        for m in messages:
-            if self._stage_of(m) == "models":
-                model = from_json(ModelVersion, m.value)
-                if model.version != self.runtime.model_version:
-                    self.runtime.swap(Path(model.path))
-                    log.info("prelabel swapped model version=%s", model.version)
-        items = [from_json(Item, m.value) for m in messages if self._stage_of(m) == "items.raw"]
+    def handle(self, records: list[tuple[str, object]]) -> None:
+        for stage, model in records:
+            if stage == "models" and model.version != self.runtime.model_version:
+                self.runtime.swap(Path(model.path))
+                log.info("prelabel swapped model version=%s", model.version)
+        items = [item for stage, item in records if stage == "items.raw"]
         if not items:
             return
+        self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
         prediction = self.runtime.predict([i.text for i in items])
         self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)
         scored = topic(self.project.name, "items.scored")
@@ -254,13 +287,13 @@ class Selector(Stage):
         return written
 
     # -- handling ---------------------------------------------------------------------------
-    def handle(self, messages: list[Message]) -> None:
+    def handle(self, records: list[tuple[str, object]]) -> None:
         scored: list[dict] = []
-        for m in messages:
-            if self._stage_of(m) == "models":
-                self._swap(from_json(ModelVersion, m.value))
+        for stage, record in records:
+            if stage == "models":
+                self._swap(record)
             else:
-                scored.append(json.loads(m.value))
+                scored.append(record)
         if scored:
             self._arrive(scored)
         self._issue_tasks(final=False)
@@ -466,7 +499,7 @@ class Trainer(Stage):
         self.trained_on = 0 if current is None else current.n_train
         self.head: Head | None = None if current is None else load_head(Path(current.path))
 
-    def handle(self, messages: list[Message]) -> None:
+    def handle(self, records: list[tuple[str, object]]) -> None:
         self.maybe_train(force=False)
 
     def _due(self, n: int) -> bool:

@@ -1,0 +1,100 @@
+"""Pipeline stages on the embedded bus and store, with synthetic embeddings instead of the encoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from winnow.core.pipeline import LabelingService, LoopConfig, Selector, Trainer, create_topics, ingest, topic
+from winnow.core.records import Item, Project
+from winnow.core.sqlite_bus import SqliteBus
+from winnow.core.sqlite_store import SqliteStore
+from winnow.core.trainer import TrainConfig
+
+CLASSES = ("a", "b", "c")
+CONFIG = LoopConfig(first_model_labels=30, retrain_min_new=10, select_batch=5, holdout_share=0.2,
+                    train=TrainConfig(folds=3, min_support=10))
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    yield bus, store
+    bus.close()
+    store.close()
+
+
+def clustered(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three well separated clusters on the unit sphere: vectors [n, 16] and their class ids [n]."""
+    rng = np.random.default_rng(seed)
+    centres = np.eye(16, dtype=np.float32)[:3] * 4
+    y = rng.integers(0, 3, n)
+    x = centres[y] + rng.standard_normal((n, 16)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True), y
+
+
+def score(bus: SqliteBus, store: SqliteStore, project: Project, ids: list[str], vectors: np.ndarray) -> None:
+    """What the prelabel worker does, minus the encoder: vectors in the store, items.scored on the bus."""
+    store.put_embeddings(project.name, ids, vectors)
+    bus.publish_many(topic(project.name, "items.scored"),
+                     [(i, json.dumps({"item_id": i, "model_version": None, "logits": None}).encode()) for i in ids])
+    bus.flush()
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_and_never_block(env) -> None:
+    bus, store = env
+    project = Project("p", CLASSES)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    selector = Selector(bus, store, project, CONFIG)
+    bus.publish(topic("p", "items.scored"), "k1", b"not json")
+    bus.publish(topic("p", "items.scored"), "k2", b'{"no_item_id": 1}')
+    bus.flush()
+    assert selector.step() == 2
+    assert selector.consumer.lag() == 0  # committed past the poison
+    with bus.consumer([topic("p", "dead-letter")], "inspect") as dead:
+        letters = dead.poll(10, timeout_s=2)
+    assert sorted(m.key for m in letters) == ["k1", "k2"]
+    assert all(m.header("error") and m.header("source").startswith(b"winnow.p.items.scored/") for m in letters)
+
+
+def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path) -> None:
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=30, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, y = clustered(400)
+    ids = [f"i{k}" for k in range(len(x))]
+    truth = dict(zip(ids, (CLASSES[k] for k in y)))
+    selector = Selector(bus, store, project, CONFIG)
+    labeling = LabelingService(bus, store, project, CONFIG)
+    trainer = Trainer(bus, store, project, CONFIG, tmp_path / "models")
+    for start in range(0, len(ids), 50):
+        chunk = ids[start:start + 50]
+        ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
+        score(bus, store, project, chunk, x[start:start + 50])
+        while True:
+            moved = selector.step()
+            for lease in labeling.lease("ann", 100):
+                labeling.submit("ann", lease.item_id, truth[lease.item_id])
+                moved += 1
+            moved += labeling.resolve() + trainer.step()
+            if not moved:
+                break
+    trainer.maybe_train(force=True)
+    selector.step()
+    selector.close_stream()
+    labels = store.labels("p")
+    assert sorted(label.item_id for label in labels) == sorted(ids)  # exactly one each
+    human = [label for label in labels if label.source == "human"]
+    assert len(human) <= 0.30 * len(ids)
+    assert store.task_ids("p", "holdout")  # a uniform share went to people for the threshold
+    accuracy = np.mean([truth[label.item_id] == label.label for label in labels])
+    assert accuracy > 0.95
+    models = store.models("p")
+    assert models and all(m.n_train >= CONFIG.first_model_labels for m in models)
+    auto = [label for label in labels if label.aggregation == "auto_accept"]
+    assert all(label.confidence >= label.threshold for label in auto)
