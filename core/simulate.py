@@ -33,6 +33,7 @@ class SimulatedAnnotators:
         self.names = [f"annotator-{k + 1}" for k in range(len(noise))]
         self.rng = np.random.default_rng(seed)
         self.answers = 0
+        self._turn = 0
 
     def _answer(self, item_id: str, error_rate: float) -> str:
         right = self.truth[item_id]
@@ -46,7 +47,9 @@ class SimulatedAnnotators:
         busy = True
         while busy:
             busy = False
-            for name, error_rate in zip(self.names, self.noise):
+            self._turn = (self._turn + 1) % len(self.names)  # who asks first rotates, so work is shared
+            order = [*range(self._turn, len(self.names)), *range(self._turn)]
+            for name, error_rate in ((self.names[k], self.noise[k]) for k in order):
                 leases = labeling.lease(name, self.batch)
                 for lease in leases:
                     labeling.submit(name, lease.item_id, self._answer(lease.item_id, error_rate))

@@ -9,7 +9,6 @@ other processes on the same file are serialised too (they wait up to ``busy_time
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -21,10 +20,10 @@ import numpy as np
 
 from winnow.core.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task
-from winnow.core.store import Store
+from winnow.core.store import (Store, check_label, validate_annotator, validate_item_fields, validate_label,
+                               validate_lease, validate_priorities, validate_project, validate_tasks,
+                               validate_vectors)
 
-_SOURCES = ("human", "model", "gold")
-_KINDS = ("label", "holdout", "gold")
 
 # Migration n is _MIGRATIONS[n - 1]; append new ones, never edit an applied one.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -157,11 +156,6 @@ class SqliteStore(Store):
         return cls._project_of(row)
 
     @staticmethod
-    def _check_label(project: Project, label: str) -> None:
-        if label not in project.classes:
-            raise InvalidInput("label", f"{label!r} not in the project's label schema {list(project.classes)}")
-
-    @staticmethod
     def _require_items(c: sqlite3.Connection, project: str, item_ids: Sequence[str]) -> None:
         """NotFound("item_id") naming the first of ``item_ids`` (in order) that is not in the project."""
         row = c.execute(
@@ -183,17 +177,10 @@ class SqliteStore(Store):
     def create_project(self, project: Project) -> None:
         """Create a project; a second call with an identical project is a no-op.
 
-        InvalidInput: "name" (empty, or taken by a different project), "classes" (none, empty or
-        repeated), "overlap" (below 1).
+        InvalidInput: "name" (taken by a different project) and those of
+        :func:`~winnow.core.store.validate_project`.
         """
-        if not project.name.strip():
-            raise InvalidInput("name", "project name is empty")
-        if not project.classes or any(not c.strip() for c in project.classes):
-            raise InvalidInput("classes", f"classes must be non-empty names, got {list(project.classes)}")
-        if len(set(project.classes)) != len(project.classes):
-            raise InvalidInput("classes", f"classes repeat: {list(project.classes)}")
-        if project.overlap < 1:
-            raise InvalidInput("overlap", f"overlap must be at least 1, got {project.overlap}")
+        validate_project(project)
         p = project
         with self._tx() as c:
             row = c.execute(f"SELECT {_PROJECT_COLUMNS} FROM projects WHERE name = ?", (p.name,)).fetchone()
@@ -222,11 +209,7 @@ class SqliteStore(Store):
         Everything is validated before anything is written: InvalidInput("item_id" | "text") for an
         empty id or text, NotFound("project") for an unknown project.
         """
-        for item in items:
-            if not item.item_id.strip():
-                raise InvalidInput("item_id", f"empty item id in project {item.project!r}")
-            if not item.text.strip():
-                raise InvalidInput("text", f"item {item.item_id!r} has empty text")
+        validate_item_fields(items)
         with self._tx() as c:
             for project in {i.project for i in items}:
                 self._project(c, project)
@@ -272,8 +255,7 @@ class SqliteStore(Store):
     def put_embeddings(self, project: str, item_ids: Sequence[str], vectors: np.ndarray) -> None:
         """Store vectors [n, D] as float32 (replacing older ones); InvalidInput("vectors") on a shape
         that does not match ``item_ids``, NotFound("item_id") for an unknown item."""
-        if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
-            raise InvalidInput("vectors", f"expected [{len(item_ids)}, D], got {list(vectors.shape)}")
+        validate_vectors(item_ids, vectors)
         rows = np.ascontiguousarray(vectors, dtype="<f4")  # [n, D]
         dim = rows.shape[1]
         with self._tx() as c:
@@ -321,11 +303,7 @@ class SqliteStore(Store):
         """Queue tasks; an item that already has a task (open or closed) keeps it. InvalidInput
         ("kind" | "priority") for an unknown kind or a NaN priority, NotFound for an unknown
         project or item."""
-        for t in tasks:
-            if t.kind not in _KINDS:
-                raise InvalidInput("kind", f"task kind must be one of {list(_KINDS)}, got {t.kind!r}")
-            if math.isnan(t.priority):
-                raise InvalidInput("priority", f"priority of item {t.item_id!r} is NaN")
+        validate_tasks(tasks)
         with self._tx() as c:
             for project in {t.project for t in tasks}:
                 self._project(c, project)
@@ -339,8 +317,7 @@ class SqliteStore(Store):
 
     def set_priorities(self, project: str, priorities: Mapping[str, float]) -> None:
         """Re-rank open tasks; ids without an open task are ignored (they may have been labelled)."""
-        if any(math.isnan(p) for p in priorities.values()):
-            raise InvalidInput("priority", "a priority is NaN")
+        validate_priorities(priorities)
         with self._tx() as c:
             self._project(c, project)
             c.executemany(
@@ -354,12 +331,7 @@ class SqliteStore(Store):
         """See :meth:`Store.lease_tasks`. Ties in priority go to the task created first. A lease is
         live while ``now < expires_at``. Picking and writing the leases is one write transaction, so
         concurrent callers never exceed ``overlap``. InvalidInput: "annotator", "lease_s", "overlap"."""
-        if not annotator.strip():
-            raise InvalidInput("annotator", "annotator is empty")
-        if not lease_s > 0:
-            raise InvalidInput("lease_s", f"lease_s must be positive, got {lease_s}")
-        if overlap < 1:
-            raise InvalidInput("overlap", f"overlap must be at least 1, got {overlap}")
+        validate_lease(annotator, lease_s, overlap)
         if n <= 0:
             return []
         expires_at = now + lease_s
@@ -416,10 +388,9 @@ class SqliteStore(Store):
         if this annotator already answered the item. InvalidInput("label") outside the schema,
         InvalidInput("annotator") when empty, NotFound("item_id") for an unknown item."""
         a = annotation
-        if not a.annotator.strip():
-            raise InvalidInput("annotator", "annotator is empty")
+        validate_annotator(a.annotator)
         with self._tx() as c:
-            self._check_label(self._project(c, a.project), a.label)
+            check_label(self._project(c, a.project), a.label)
             self._require_items(c, a.project, [a.item_id])
             cur = c.execute(
                 "INSERT OR IGNORE INTO annotations (project, item_id, annotator, label, created_at) "
@@ -477,7 +448,7 @@ class SqliteStore(Store):
         with self._tx() as c:
             p = self._project(c, project)
             for label in answers.values():
-                self._check_label(p, label)
+                check_label(p, label)
             self._require_items(c, project, list(answers))
             c.executemany(
                 "INSERT INTO gold (project, item_id, label) VALUES (?, ?, ?) "
@@ -497,14 +468,9 @@ class SqliteStore(Store):
         "label" (outside the schema), "source", "confidence" (outside [0, 1]), "idempotency_key"
         (empty); NotFound("item_id") for an unknown item. ``threshold`` may be None or inf."""
         lb = label
-        if lb.source not in _SOURCES:
-            raise InvalidInput("source", f"source must be one of {list(_SOURCES)}, got {lb.source!r}")
-        if not 0.0 <= lb.confidence <= 1.0:
-            raise InvalidInput("confidence", f"confidence must be in [0, 1], got {lb.confidence}")
-        if not lb.idempotency_key:
-            raise InvalidInput("idempotency_key", f"empty idempotency key for item {lb.item_id!r}")
+        validate_label(lb)
         with self._tx() as c:
-            self._check_label(self._project(c, lb.project), lb.label)
+            check_label(self._project(c, lb.project), lb.label)
             self._require_items(c, lb.project, [lb.item_id])
             cur = c.execute(
                 f"INSERT OR IGNORE INTO labels ({_LABEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

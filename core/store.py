@@ -3,23 +3,119 @@
 Two adapters implement it: SQLite (``winnow.core.sqlite_store``, embedded mode) and PostgreSQL
 (distributed mode). Both pass one contract suite (tests/contracts/store_contract.py). Every write
 that can be repeated by a redelivered message is idempotent.
+
+The checks that need no database (``validate_*``, ``check_label``) are plain functions here, so the
+adapters (and the API) share one copy of each rule and each error message.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from winnow.core.errors import InvalidInput
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task
+from winnow.core.selection import STRATEGIES
+
+SOURCES = ("human", "model", "gold")  # Label.source
+KINDS = ("label", "holdout", "gold")  # Task.kind
+
+
+# -- validation (no database access; adapters call these before opening a transaction) ------
+def validate_project(project: Project) -> None:
+    """InvalidInput: "name" (empty), "classes" (none, empty or repeated), "overlap" (below 1),
+    "budget_per_items" (below 1), "budget_labels" (outside [0, budget_per_items]),
+    "precision_target" (outside (0, 1)), "strategy" (not one of ``STRATEGIES``)."""
+    if not project.name.strip():
+        raise InvalidInput("name", "project name is empty")
+    if not project.classes or any(not c.strip() for c in project.classes):
+        raise InvalidInput("classes", f"classes must be non-empty names, got {list(project.classes)}")
+    if len(set(project.classes)) != len(project.classes):
+        raise InvalidInput("classes", f"classes repeat: {list(project.classes)}")
+    if project.overlap < 1:
+        raise InvalidInput("overlap", f"overlap must be at least 1, got {project.overlap}")
+    if project.budget_per_items < 1:
+        raise InvalidInput("budget_per_items", f"must be at least 1, got {project.budget_per_items}")
+    if not 0 <= project.budget_labels <= project.budget_per_items:
+        raise InvalidInput("budget_labels", f"must be in [0, budget_per_items={project.budget_per_items}], "
+                                            f"got {project.budget_labels}")
+    if not 0.0 < project.precision_target < 1.0:
+        raise InvalidInput("precision_target", f"must be in (0, 1), got {project.precision_target}")
+    if project.strategy not in STRATEGIES:
+        raise InvalidInput("strategy", f"unknown strategy {project.strategy!r}; expected one of {STRATEGIES}")
+
+
+def validate_item_fields(items: Sequence[Item]) -> None:
+    """InvalidInput("item_id" | "text") for an empty id or text (the store's rule; ingest checks more)."""
+    for item in items:
+        if not item.item_id.strip():
+            raise InvalidInput("item_id", f"empty item id in project {item.project!r}")
+        if not item.text.strip():
+            raise InvalidInput("text", f"item {item.item_id!r} has empty text")
+
+
+def validate_vectors(item_ids: Sequence[str], vectors: np.ndarray) -> None:
+    """InvalidInput("vectors") unless ``vectors`` is [len(item_ids), D]."""
+    if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
+        raise InvalidInput("vectors", f"expected [{len(item_ids)}, D], got {list(vectors.shape)}")
+
+
+def validate_tasks(tasks: Sequence[Task]) -> None:
+    """InvalidInput("kind" | "priority") for a kind not in ``KINDS`` or a NaN priority."""
+    for t in tasks:
+        if t.kind not in KINDS:
+            raise InvalidInput("kind", f"task kind must be one of {list(KINDS)}, got {t.kind!r}")
+        if math.isnan(t.priority):
+            raise InvalidInput("priority", f"priority of item {t.item_id!r} is NaN")
+
+
+def validate_priorities(priorities: Mapping[str, float]) -> None:
+    """InvalidInput("priority") when a priority is NaN."""
+    if any(math.isnan(p) for p in priorities.values()):
+        raise InvalidInput("priority", "a priority is NaN")
+
+
+def validate_annotator(annotator: str) -> None:
+    """InvalidInput("annotator") when empty or blank."""
+    if not annotator.strip():
+        raise InvalidInput("annotator", "annotator is empty")
+
+
+def validate_lease(annotator: str, lease_s: float, overlap: int) -> None:
+    """InvalidInput: "annotator" (empty), "lease_s" (not positive), "overlap" (below 1)."""
+    validate_annotator(annotator)
+    if not lease_s > 0:
+        raise InvalidInput("lease_s", f"lease_s must be positive, got {lease_s}")
+    if overlap < 1:
+        raise InvalidInput("overlap", f"overlap must be at least 1, got {overlap}")
+
+
+def validate_label(label: Label) -> None:
+    """InvalidInput: "source" (not in ``SOURCES``), "confidence" (outside [0, 1]), "idempotency_key"
+    (empty). The class is checked against the project by :func:`check_label`."""
+    if label.source not in SOURCES:
+        raise InvalidInput("source", f"source must be one of {list(SOURCES)}, got {label.source!r}")
+    if not 0.0 <= label.confidence <= 1.0:
+        raise InvalidInput("confidence", f"confidence must be in [0, 1], got {label.confidence}")
+    if not label.idempotency_key:
+        raise InvalidInput("idempotency_key", f"empty idempotency key for item {label.item_id!r}")
+
+
+def check_label(project: Project, label: str) -> None:
+    """InvalidInput("label") when ``label`` is not one of the project's classes."""
+    if label not in project.classes:
+        raise InvalidInput("label", f"{label!r} not in the project's label schema {list(project.classes)}")
 
 
 class Store(ABC):
     # -- projects ---------------------------------------------------------------------------
     @abstractmethod
     def create_project(self, project: Project) -> None:
-        """Create a project; InvalidInput("name", ...) if a different project has that name."""
+        """Create a project; InvalidInput("name", ...) if a different project has that name, and
+        whatever :func:`validate_project` raises."""
 
     @abstractmethod
     def get_project(self, name: str) -> Project:

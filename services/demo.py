@@ -10,6 +10,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -32,7 +33,10 @@ def run_demo(args: argparse.Namespace) -> int:
         n = int(args.items)
         if not 1 <= n <= len(train):
             raise InvalidInput("items", f"must be between 1 and {len(train)}, got {n}")
-        train = Dataset(train.texts[:n], train.labels[:n], train.classes, train.source) if n < len(train) else train
+        if n < len(train):  # a seeded sample across all intents (the file is sorted by intent)
+            rows = sorted(np.random.default_rng(int(args.seed)).permutation(len(train))[:n])
+            train = Dataset(tuple(train.texts[k] for k in rows), tuple(train.labels[k] for k in rows), train.classes,
+                            train.source)
     noise = [float(x) for x in str(args.noise).split(",") if x.strip()]
     labels, per = args.budget
     out = Path(args.out_dir)

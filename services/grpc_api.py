@@ -28,8 +28,7 @@ from winnow.core.bus import Bus
 from winnow.core.errors import BusError, EmptyPoolError, InvalidInput, ModelFileError, NotFound, WinnowError
 from winnow.core.pipeline import LabelingService, LoopConfig, create_topics, ingest, topic, validate_items
 from winnow.core.records import Item, Label, Lease, ModelVersion, Project, to_json
-from winnow.core.selection import STRATEGIES
-from winnow.core.store import Store
+from winnow.core.store import Store, validate_project
 from winnow.v1 import (ingest_pb2, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, models_pb2, models_pb2_grpc,
                        projects_pb2, projects_pb2_grpc, records_pb2)
 
@@ -107,19 +106,6 @@ def from_message(message: Message, record_cls: type[R]) -> R:
 
 
 # -- the API as plain functions ---------------------------------------------------------------
-def validate_settings(project: Project) -> None:
-    """Check the settings the store does not check (budget, precision target, strategy)."""
-    if project.budget_per_items < 1:
-        raise InvalidInput("budget_per_items", f"must be at least 1, got {project.budget_per_items}")
-    if not 0 <= project.budget_labels <= project.budget_per_items:
-        raise InvalidInput("budget_labels", f"must be in [0, budget_per_items={project.budget_per_items}], "
-                                            f"got {project.budget_labels}")
-    if not 0.0 < project.precision_target < 1.0:
-        raise InvalidInput("precision_target", f"must be in (0, 1), got {project.precision_target}")
-    if project.strategy not in STRATEGIES:
-        raise InvalidInput("strategy", f"unknown strategy {project.strategy!r}; expected one of {STRATEGIES}")
-
-
 class WinnowApi:
     """What the API does, on core records. Each project gets one ``LabelingService``; its submits
     and consensus run under that project's lock (``LabelingService`` keeps the items ready for
@@ -171,7 +157,7 @@ class WinnowApi:
     # -- projects -------------------------------------------------------------------------------
     def create_project(self, project: Project) -> Project:
         """Create the project and its topics; an existing project with the same settings is returned."""
-        validate_settings(project)
+        validate_project(project)
         try:
             existing = self.store.get_project(project.name)
         except NotFound:

@@ -21,7 +21,7 @@ from typing import Sequence
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from winnow.core.bus import Bus
-from winnow.core.errors import InvalidInput
+from winnow.core.errors import InvalidInput, NotFound
 from winnow.core.pipeline import LoopConfig, PrelabelWorker, Selector, Stage, Trainer, create_topics
 from winnow.core.store import Store
 
@@ -114,6 +114,19 @@ def _work(name: str, stage: Stage, store: Store, stop: threading.Event) -> None:
                 MODEL_VERSION.labels(project, current.version).set(current.n_train)
 
 
+def _wait_for_project(store: Store, project: str, stop: threading.Event) -> None:
+    """Workers may start before the project is created through the Projects API: wait for it."""
+    delay_s = 0.5
+    while not stop.is_set():
+        try:
+            store.get_project(project)
+            return
+        except NotFound:
+            log.warning("waiting for project=%s to be created", project)
+            stop.wait(delay_s)
+            delay_s = min(delay_s * 2, 10.0)
+
+
 def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
     """Run the chosen services until ``stop`` is set (SIGTERM and SIGINT set it)."""
     from winnow.services.grpc_api import create_server
@@ -131,21 +144,26 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
     bus, store = open_bus(options.bus_url), open_store(options.store_url)
     api = tuple(name for s in options.services for name in API_SERVICES.get(s, ()))
     server, port = create_server(bus, store, f"{options.grpc_host}:{options.grpc_port}", services=api)
-    for project in options.projects if workers else ():
-        store.get_project(project)  # NotFound("project") before anything starts
-        create_topics(bus, project, options.config.partitions)  # idempotent
-    stages = [(name, _stages(name, bus, store, project, options)) for name in workers for project in options.projects]
-    threads = [threading.Thread(target=_work, args=(name, stage, store, stop), name=f"{name}-{stage.project.name}")
-               for name, stage in stages]
+    stages: list[tuple[str, Stage]] = []
+    threads: list[threading.Thread] = []
     try:
         server.start()
         if options.metrics_port is not None:
             metrics_server, _ = start_http_server(options.metrics_port, addr=options.grpc_host)
             print(f"metrics listening on {options.grpc_host}:{metrics_server.server_port}", flush=True)
+        print(f"grpc listening on {options.grpc_host}:{port}", flush=True)
+        for project in options.projects if workers else ():
+            _wait_for_project(store, project, stop)
+            if stop.is_set():
+                return
+            create_topics(bus, project, options.config.partitions)  # idempotent
+            stages += [(name, _stages(name, bus, store, project, options)) for name in workers]
+        threads = [threading.Thread(target=_work, args=(name, stage, store, stop), name=f"{name}-{stage.project.name}")
+                   for name, stage in stages]
         for thread in threads:
             thread.start()
-        print(f"grpc listening on {options.grpc_host}:{port}", flush=True)
-        log.info("serving services=%s projects=%s bus=%s", options.services, options.projects, options.bus_url.split("://")[0])
+        log.info("serving services=%s projects=%s bus=%s", options.services, options.projects,
+                 options.bus_url.split("://")[0])
         stop.wait()
     finally:
         stop.set()

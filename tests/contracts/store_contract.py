@@ -75,6 +75,23 @@ class StoreContract:
         assert store.list_projects() == []
 
     @pytest.mark.parametrize(
+        ("settings", "field"),
+        [
+            ({"budget_per_items": 0}, "budget_per_items"),
+            ({"budget_labels": 101}, "budget_labels"),
+            ({"budget_labels": -1}, "budget_labels"),
+            ({"precision_target": 1.0}, "precision_target"),
+            ({"precision_target": 0.0}, "precision_target"),
+            ({"strategy": "psychic"}, "strategy"),
+        ],
+    )
+    def test_project_with_bad_settings_is_refused(self, store: Store, settings: dict, field: str) -> None:
+        with pytest.raises(InvalidInput) as err:
+            store.create_project(Project(P, CLASSES, **settings))
+        assert err.value.field == field
+        assert store.list_projects() == []
+
+    @pytest.mark.parametrize(
         "call",
         [
             lambda s: s.get_project("nope"),
