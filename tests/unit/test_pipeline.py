@@ -61,7 +61,12 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_block(env) -> Non
     assert all(m.header("error") and m.header("source").startswith(b"winnow.p.items.scored/") for m in letters)
 
 
-def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path) -> None:
+BALD = LoopConfig(first_model_labels=30, retrain_min_new=10, select_batch=5, holdout_share=0.2, uncertainty="bald",
+                  train=TrainConfig(members=3, folds=3, min_support=10, steps=100, warm_steps=50))
+
+
+@pytest.mark.parametrize("config", [CONFIG, BALD], ids=["logistic-margin", "ensemble-bald"])
+def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: LoopConfig) -> None:
     bus, store = env
     project = Project("p", CLASSES, budget_labels=30, budget_per_items=100)
     store.create_project(project)
@@ -69,9 +74,9 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path) -> None:
     x, y = clustered(400)
     ids = [f"i{k}" for k in range(len(x))]
     truth = dict(zip(ids, (CLASSES[k] for k in y)))
-    selector = Selector(bus, store, project, CONFIG)
-    labeling = LabelingService(bus, store, project, CONFIG)
-    trainer = Trainer(bus, store, project, CONFIG, tmp_path / "models")
+    selector = Selector(bus, store, project, config)
+    labeling = LabelingService(bus, store, project, config)
+    trainer = Trainer(bus, store, project, config, tmp_path / "models")
     for start in range(0, len(ids), 50):
         chunk = ids[start:start + 50]
         ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
@@ -95,6 +100,7 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path) -> None:
     accuracy = np.mean([truth[label.item_id] == label.label for label in labels])
     assert accuracy > 0.95
     models = store.models("p")
-    assert models and all(m.n_train >= CONFIG.first_model_labels for m in models)
+    assert models and all(m.n_train >= config.first_model_labels for m in models)
+    assert json.loads((Path(models[-1].path) / "meta.json").read_text())["members"] == config.train.members
     auto = [label for label in labels if label.aggregation == "auto_accept"]
     assert all(label.confidence >= label.threshold for label in auto)
