@@ -187,11 +187,18 @@ class PrelabelWorker(Stage):
         self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
         prediction = self.runtime.predict([i.text for i in items])
         self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)
-        scored = topic(self.project.name, "items.scored")
-        for k, item in enumerate(items):
-            payload = {"item_id": item.item_id, "model_version": prediction.model_version,
-                       "logits": None if prediction.logits is None else prediction.logits[k].tolist()}
-            self.bus.publish(scored, item.item_id, json.dumps(payload).encode())
+        # the pre-label (class and calibrated confidence) rides along; the selector re-scores from
+        # the stored embedding with its own current head
+        if prediction.logits is None:
+            labels, confidence = [None] * len(items), [None] * len(items)
+        else:
+            probs = mean_probs(prediction.logits, prediction.meta["temperature"])  # [n, C]
+            labels = [self.project.classes[k] for k in probs.argmax(1)]
+            confidence = probs.max(1).tolist()
+        self.bus.publish_many(topic(self.project.name, "items.scored"), [
+            (item.item_id, json.dumps({"item_id": item.item_id, "model_version": prediction.model_version,
+                                       "label": label, "confidence": conf}).encode())
+            for item, label, conf in zip(items, labels, confidence)])
 
 
 class Selector(Stage):
@@ -299,10 +306,12 @@ class Selector(Stage):
         self._issue_tasks(final=False)
 
     def _arrive(self, scored: list[dict]) -> None:
-        self.budget.observe(len(scored))
-        known = set(self.backlog_ids)  # a redelivered message must not enter the backlog twice
+        # a redelivered message must not put an item in the backlog twice, nor next to its own task,
+        # nor earn the budget a second time
+        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name)}
         fresh = [i for i in self.store.unlabeled_ids(self.project.name, [s["item_id"] for s in scored])
                  if i not in known]
+        self.budget.observe(len(fresh))
         if not fresh:
             return
         fresh = self._draw_holdout(fresh)

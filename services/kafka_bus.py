@@ -7,6 +7,7 @@ Placement is decided here, not by Kafka's partitioner: ``publish`` sends each me
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -169,6 +170,7 @@ class KafkaBus(Bus):
         self._metadata_timeout_ms = int(metadata_timeout_s * 1000)
         self._partitions: dict[str, int] = {}
         self._pending: list[FutureRecordMetadata] = []
+        self._pending_lock = threading.Lock()  # threads may share a bus: send+append and the swap are atomic
         with _broker_errors(f"connect to {bootstrap}"):
             self._admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap,
@@ -237,7 +239,7 @@ class KafkaBus(Bus):
                    for h in headers):
             raise InvalidInput("headers", f"must be (str, bytes) pairs, got {headers!r:.80}")
         partition = partition_for(key, self.partitions(topic))
-        with _broker_errors(f"publish to {topic!r}"):
+        with _broker_errors(f"publish to {topic!r}"), self._pending_lock:
             self._pending.append(
                 self._producer.send(
                     topic,
@@ -250,7 +252,8 @@ class KafkaBus(Bus):
 
     def flush(self) -> None:
         """Wait for every queued message's acknowledgement; ``BusError`` if any send failed."""
-        pending, self._pending = self._pending, []
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
         with _broker_errors("flush"):
             self._producer.flush(timeout=self._metadata_timeout_ms / 1000)
         failed = [f.exception for f in pending if f.failed()]

@@ -31,6 +31,8 @@ API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",), "projects": ("
 WORKERS = ("prelabel", "selector", "trainer")
 SERVICES = (*API_SERVICES, *WORKERS)
 GRACE_S = 5.0
+SQLITE_SESSION_TIMEOUT_S = 300.0
+LAG_EVERY_S = 5.0  # consumer lag costs broker round trips on Kafka: measure it every few seconds
 
 MESSAGES = Counter("winnow_messages_total", "Bus messages a stage handled", ["service", "project"])
 LAG = Gauge("winnow_consumer_lag", "Messages on the stage's partitions not yet committed", ["service", "project"])
@@ -51,7 +53,10 @@ def open_bus(url: str) -> Bus:
 
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteBus(path)
+        # a member heartbeats only when it polls: the deadline must outlast the longest step (a
+        # large prelabel batch or a retrain on a busy CPU), or the member loses its partitions
+        # mid-step and its batch is handed out again
+        return SqliteBus(path, session_timeout_s=SQLITE_SESSION_TIMEOUT_S)
     raise InvalidInput("bus", f"{url!r} is neither kafka://HOST:PORT nor sqlite:///PATH")
 
 
@@ -98,13 +103,16 @@ def _stages(name: str, bus: Bus, store: Store, project: str, options: ServeOptio
 def _work(name: str, stage: Stage, store: Store, stop: threading.Event) -> None:
     """Step ``stage`` until ``stop``; each step's output is durable before its offsets are committed."""
     project = stage.project.name
+    lag_at = 0.0
     while not stop.is_set():
         started = time.perf_counter()
         handled = stage.step(timeout_s=0.5)
         if handled:
             STEP_SECONDS.labels(name, project).observe(time.perf_counter() - started)
             MESSAGES.labels(name, project).inc(handled)
-        LAG.labels(name, project).set(stage.consumer.lag())
+        if time.perf_counter() - lag_at >= LAG_EVERY_S:
+            LAG.labels(name, project).set(stage.consumer.lag())
+            lag_at = time.perf_counter()
         if name == "trainer" and handled:
             labels = store.labels(project)
             if labels:
