@@ -65,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--label-col", default="category", help="label column (default category)")
     labels.add_argument("--test-csv", help="labeled CSV for model test accuracy (default with no --csv: Banking77 test)")
     labels.add_argument("--out", required=True, help="result JSON path; the PNG is written beside it")
+    throughput = bench_sub.add_parser("throughput", help="items/s through the whole pipeline against the model alone")
+    _opt(throughput, "--bus", "BUS", None,
+         "kafka://HOST:PORT, or sqlite for the embedded log (each run gets a fresh one in a temp dir)")
+    _opt(throughput, "--items", "BENCH_ITEMS", "2000",
+         "items per run (the first of a seeded shuffle of Banking77 train)", type=int)
+    _opt(throughput, "--repeats", "BENCH_REPEATS", "3",
+         "pipeline and model-only runs each, alternating (medians)", type=int)
+    _opt(throughput, "--head-labels", "BENCH_HEAD_LABELS", "400",
+         "Banking77 test rows the head is trained on before the runs", type=int)
+    _opt(throughput, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
+    _opt(throughput, "--cache-dir", "CACHE_DIR", None, "cache for the ONNX export (default ~/.cache/winnow)")
+    _opt(throughput, "--seed", "SEED", "0", "seed of the stream order and the head's training rows")
+    _opt(throughput, "--profile-dir", "BENCH_PROFILE_DIR", None,
+         "write cProfile stats of every pipeline thread here (slows the pipeline runs)")
+    _opt(throughput, "--out", "BENCH_OUT", None, "result JSON path; the PNG is written beside it",
+         required=_env("BENCH_OUT", None) is None)
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
     serve.add_argument("service", choices=("ingest", "prelabel", "selector", "labeling", "trainer", "projects", "all"))
     _opt(serve, "--bus", "BUS", "sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH")
@@ -140,6 +156,33 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_throughput(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from winnow.bench.throughput import run_throughput_benchmark
+    from winnow.core.data import banking77
+    from winnow.core.runtime import make_runtime
+
+    train, test = banking77()
+    runtime = make_runtime(args.engine, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                           embedding_cache=False)  # the repeats encode the same texts
+    console = Console(stderr=True)
+    result = run_throughput_benchmark(
+        train, test, runtime, Path(args.out), items=args.items, bus_url=args.bus, repeats=args.repeats,
+        seed=int(args.seed), head_labels=args.head_labels,
+        profile_dir=Path(args.profile_dir) if args.profile_dir else None, progress=console.print)
+    table = Table(title=f"throughput, {result['items']} items, {result['bus']} bus")
+    table.add_column("")
+    table.add_column("items/s (median)", justify="right")
+    table.add_row("whole pipeline", f"{result['pipeline_items_per_s']:.1f}")
+    table.add_row("model only", f"{result['model_only_items_per_s']:.1f}")
+    table.add_row("ratio", f"{result['ratio']:.3f}")
+    console.print(table)
+    console.print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
 def _print_table(console, result: dict) -> None:
     from rich.table import Table
 
@@ -171,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_demo(args)
         if args.command == "bench" and args.bench == "labels":
             return cmd_bench_labels(args)
+        if args.command == "bench" and args.bench == "throughput":
+            return cmd_bench_throughput(args)
         if args.command == "serve":
             return cmd_serve(args)
     except WinnowError as e:
