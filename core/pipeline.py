@@ -184,6 +184,13 @@ class PrelabelWorker(Stage):
         items = [item for stage, item in records if stage == "items.raw"]
         if not items:
             return
+        # the models topic has one partition: in a group of several prelabel workers only one member
+        # is handed each version's message, so every member checks the store's current version (this
+        # also follows a Promote back to an older version)
+        current = self.store.current_model(self.project.name)
+        if current is not None and current.version != self.runtime.model_version:
+            self.runtime.swap(Path(current.path))
+            log.info("prelabel swapped model version=%s", current.version)
         self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
         prediction = self.runtime.predict([i.text for i in items])
         self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)

@@ -97,7 +97,7 @@ def _stages(name: str, bus: Bus, store: Store, project: str, options: ServeOptio
         return PrelabelWorker(bus, store, record, options.config, make_runtime(options.engine))
     if name == "selector":
         return Selector(bus, store, record, options.config)
-    return Trainer(bus, store, record, options.config, options.models_dir)
+    return Trainer(bus, store, record, options.config, options.models_dir.resolve())  # paths other workers can load
 
 
 def _work(name: str, stage: Stage, store: Store, stop: threading.Event) -> None:
