@@ -62,3 +62,42 @@ class TestKafkaBus(BusContract):
         assert handed_out == 0, "wait_for_assignment was handed messages: publish after it"
         if not settled():
             pytest.fail(f"no stable assignment within {ASSIGNMENT_DEADLINE_S} s")
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_on_kafka(kafka_bootstrap: str, tmp_path) -> None:
+    """The selector stage on Kafka: malformed messages are dead-lettered and committed past."""
+    import uuid
+
+    from winnow.core.pipeline import STAGES, LoopConfig, Selector, create_topics, topic
+    from winnow.core.records import Project
+    from winnow.core.sqlite_store import SqliteStore
+
+    name = f"dl{uuid.uuid4().hex[:8]}"
+    bus = KafkaBus(kafka_bootstrap, client_id="winnow-dead-letter", session_timeout_ms=SESSION_TIMEOUT_MS)
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        project = Project(name, ("a", "b"))
+        store.create_project(project)
+        create_topics(bus, name, 2)
+        selector = Selector(bus, store, project, LoopConfig())
+        bus.publish(topic(name, "items.scored"), "k1", b"not json")
+        bus.publish(topic(name, "items.scored"), "k2", b'{"no_item_id": 1}')
+        bus.flush()
+        deadline = time.monotonic() + ASSIGNMENT_DEADLINE_S
+        handled = 0
+        while handled < 2 and time.monotonic() < deadline:
+            handled += selector.step(timeout_s=1.0)
+        assert handled == 2
+        assert selector.consumer.lag() == 0  # committed past the poison: the partition is not blocked
+        selector.close()
+        dead = bus.consumer([topic(name, "dead-letter")], f"inspect-{name}")
+        letters = []
+        while len(letters) < 2 and time.monotonic() < deadline:
+            letters += dead.poll(10, timeout_s=1.0)
+        dead.close()
+        assert sorted(m.key for m in letters) == ["k1", "k2"]
+        assert all(m.header("error") and m.header("stage") == b"selector" for m in letters)
+    finally:
+        store.close()
+        bus.delete_topics([topic(name, stage) for stage in STAGES])
+        bus.close()
