@@ -486,10 +486,13 @@ class LabelingService:
             aggregation = result.method
         now = self.clock()
         labels_topic = topic(self.project.name, "labels")
+        annotators_of: dict[str, set[str]] = {}  # one pass over the answers, not one per ready item
+        for a in answers:
+            annotators_of.setdefault(a.item_id, set()).add(a.annotator)
         made = 0
         for item_id in ready:
             k = item_index[item_id]
-            who_said = sorted({a.annotator for a in answers if a.item_id == item_id})
+            who_said = sorted(annotators_of[item_id])
             label = Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
                           ",".join(who_said), float(result.confidence[k]), None, aggregation,
                           self.project.guideline_version, now, f"{item_id}:labeling:human")

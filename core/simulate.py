@@ -126,6 +126,7 @@ def run_stream(
     order = np.random.default_rng(seed).permutation(len(train))
     ids = [f"row-{i}" for i in order]
     truth = {f"row-{i}": train.labels[i] for i in order}
+    texts = {f"row-{i}": train.texts[i] for i in order}
     test_emb = runtime.encoder.encode(list(test.texts)) if test is not None else None
     test_y = np.array(test.label_ids()) if test is not None else None
     report = StreamReport(project.strategy, len(train), 0, 0.0, 0.0, None, None, 0.0)
@@ -145,7 +146,7 @@ def run_stream(
     try:
         if gold:
             gold_ids = ids[:gold]
-            loop.ingest([Item(project.name, i, train.texts[int(i[4:])], time.time()) for i in gold_ids])
+            loop.ingest([Item(project.name, i, texts[i], time.time()) for i in gold_ids])
             answers = {i: truth[i] for i in gold_ids}
             loop.store.set_gold(project.name, answers)
             now = time.time()
@@ -155,7 +156,7 @@ def run_stream(
             loop.store.add_tasks([Task(project.name, i, 1e9, None, now, "gold") for i in gold_ids])
         for start in range(gold, len(ids), chunk):
             batch = ids[start:start + chunk]
-            loop.ingest([Item(project.name, i, train.texts[int(i[4:])], time.time()) for i in batch])
+            loop.ingest([Item(project.name, i, texts[i], time.time()) for i in batch])
             loop.run_until_idle(people)
             if progress is not None:
                 progress(min(start + chunk, len(ids)), report)
