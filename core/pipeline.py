@@ -102,14 +102,21 @@ def ingest(bus: Bus, store: Store, project: Project, items: Sequence[Item]) -> i
     return new
 
 
+def consumer_group(stage: str, project: str) -> str:
+    """The consumer group of one stage of one project, e.g. ``prelabel.banking``: a rebalance among
+    one project's workers never pauses another project's."""
+    return f"{stage}.{project}"
+
+
 class Stage(ABC):
     """A consumer that turns a batch of messages into durable output, then commits."""
 
-    group: str
+    name: str  # prelabel, selector, trainer
     stages: tuple[str, ...]
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig) -> None:
         self.bus, self.store, self.project, self.config = bus, store, project, config
+        self.group = consumer_group(self.name, project.name)
         self.consumer = bus.consumer([topic(project.name, s) for s in self.stages], self.group)
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
@@ -146,9 +153,9 @@ class Stage(ABC):
         return record
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
-        log.warning("dead-lettered stage=%s topic=%s partition=%d offset=%d error=%s", self.group, message.topic,
+        log.warning("dead-lettered stage=%s topic=%s partition=%d offset=%d error=%s", self.name, message.topic,
                     message.partition, message.offset, type(error).__name__)
-        headers = (("error", f"{type(error).__name__}: {error}".encode()), ("stage", self.group.encode()),
+        headers = (("error", f"{type(error).__name__}: {error}".encode()), ("stage", self.name.encode()),
                    ("source", f"{message.topic}/{message.partition}/{message.offset}".encode()))
         self.bus.publish(topic(self.project.name, "dead-letter"), message.key, message.value, headers)
 
@@ -166,7 +173,7 @@ class Stage(ABC):
 class PrelabelWorker(Stage):
     """items.raw -> embeddings in the store + items.scored (logits of the current model version)."""
 
-    group = "prelabel"
+    name = "prelabel"
     stages = ("items.raw", "models")
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, runtime: Runtime) -> None:
@@ -216,7 +223,7 @@ class Selector(Stage):
     clears the threshold and re-ranks the open tasks.
     """
 
-    group = "selector"
+    name = "selector"
     stages = ("items.scored", "models")
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
@@ -506,7 +513,7 @@ class LabelingService:
 class Trainer(Stage):
     """labels -> a new head version when enough new human labels arrived -> models."""
 
-    group = "trainer"
+    name = "trainer"
     stages = ("labels",)
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, models_dir: Path,

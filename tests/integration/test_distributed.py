@@ -19,7 +19,7 @@ from tests.integration.cluster import Broker, Cluster, Service, store_url, wait_
 from winnow.core.bus import partition_for
 from winnow.core.data import banking77
 from winnow.core.encoder import export_onnx
-from winnow.core.pipeline import STAGES, LoopConfig, create_topics, ingest, topic
+from winnow.core.pipeline import STAGES, LoopConfig, consumer_group, create_topics, ingest, topic
 from winnow.core.postgres_store import PostgresStore
 from winnow.core.records import Item, ModelVersion, Project, to_json
 from winnow.core.trainer import TrainConfig, train, write_version
@@ -36,7 +36,7 @@ BUDGET_LABELS, BUDGET_PER_ITEMS = 30, 100
 PRECISION_TARGET = 0.8  # reachable on a few dozen holdout labels, so some items are auto-accepted too
 ANNOTATORS = ("ann-a", "ann-b")
 # consumer group -> the stages it reads (the groups serve's workers join)
-GROUPS = {"prelabel": ("items.raw", "models"), "selector": ("items.scored", "models"), "trainer": ("labels",)}
+STAGE_TOPICS = {"prelabel": ("items.raw", "models"), "selector": ("items.scored", "models"), "trainer": ("labels",)}
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def _settled(broker: Broker, project: str, open_tasks: int) -> tuple | None:
     if open_tasks:
         return None
     ends = broker.end_offsets([topic(project, s) for s in ("items.raw", "items.scored", "labels", "models")])
-    for group, stages in GROUPS.items():
-        if broker.lag(group, [topic(project, s) for s in stages]):
+    for stage, stages in STAGE_TOPICS.items():
+        if broker.lag(consumer_group(stage, project), [topic(project, s) for s in stages]):
             return None
     return tuple(sorted((tp.topic, tp.partition, end) for tp, end in ends.items()))
 
@@ -205,7 +205,7 @@ def test_prelabel_scales_out_and_survives_a_killed_member(cluster: Cluster, brok
         record = Project(project, classes)
         store.create_project(record)
         create_topics(bus, project, LoopConfig().partitions)
-        raw = topic(project, "items.raw")
+        raw, prelabel = topic(project, "items.raw"), consumer_group("prelabel", project)
         assert bus.partitions(raw) == 4
         workers = [cluster.start("prelabel", project, metrics=True) for _ in range(2)]
         cluster.wait_ready(workers, deadline)
@@ -219,7 +219,7 @@ def test_prelabel_scales_out_and_survives_a_killed_member(cluster: Cluster, brok
             if sent < len(items) // 2:
                 ingest(bus, store, record, items[sent:sent + 10])
                 sent += 10
-            owners = [{p for t, p in member if t == raw} for member in broker.members("prelabel")]
+            owners = [{p for t, p in member if t == raw} for member in broker.members(prelabel)]
             return len(owners) == 2 and all(owners) and all(_handled(w) > 0 for w in workers)
 
         wait_until(both_working, deadline, "two prelabel members, each owning partitions and handling messages",
@@ -242,11 +242,11 @@ def test_prelabel_scales_out_and_survives_a_killed_member(cluster: Cluster, brok
                    lambda: f"{len(store.embedded_ids(project, ids))}/{len(ids)} embedded\n{cluster.logs()}")
         # the survivor alone owns the stream's partitions, has committed all of them and handled the rest
         # (a worker writes embeddings before it commits and counts a batch, so these trail the store)
-        wait_until(lambda: broker.members("prelabel") == [frozenset({(raw, p) for p in range(4)}
+        wait_until(lambda: broker.members(prelabel) == [frozenset({(raw, p) for p in range(4)}
                                                                     | {(topic(project, "models"), 0)})],
-                   deadline, "the survivor to own every partition", lambda: str(broker.members("prelabel")))
-        wait_until(lambda: broker.lag("prelabel", [raw]) == 0, deadline, "the survivor to commit every partition",
-                   lambda: f"lag {broker.lag('prelabel', [raw])}")
+                   deadline, "the survivor to own every partition", lambda: str(broker.members(prelabel)))
+        wait_until(lambda: broker.lag(prelabel, [raw]) == 0, deadline, "the survivor to commit every partition",
+                   lambda: f"lag {broker.lag(prelabel, [raw])}")
         wait_until(lambda: _handled(survivor) >= len(rest), deadline, "the survivor to count what it handled",
                    lambda: f"handled {_handled(survivor)} of {len(rest)} sent after the kill")
     finally:
@@ -283,6 +283,7 @@ def test_every_prelabel_member_swaps_to_a_new_version(cluster: Cluster, broker: 
     items = [Item(project, item_id, text) for item_id, text, _ in rows]
     assert {partition_for(i.item_id, 4) for i in items} == set(range(4))
     raw, models = topic(project, "items.raw"), topic(project, "models")
+    prelabel = consumer_group("prelabel", project)
     bus, store = KafkaBus(kafka_bootstrap, client_id="winnow-test-producer"), PostgresStore(postgres_schema_dsn)
     try:
         store.create_project(record)
@@ -292,21 +293,21 @@ def test_every_prelabel_member_swaps_to_a_new_version(cluster: Cluster, broker: 
 
         def two_members() -> bool:
             cluster.check_alive()
-            owners = [{p for t, p in member if t == raw} for member in broker.members("prelabel")]
+            owners = [{p for t, p in member if t == raw} for member in broker.members(prelabel)]
             return len(owners) == 2 and all(owners)
 
         wait_until(two_members, deadline, "two prelabel members, each owning partitions",
-                   lambda: f"{broker.members('prelabel')}\n{cluster.logs()}")
+                   lambda: f"{broker.members(prelabel)}\n{cluster.logs()}")
         # a new version, registered and announced as the trainer does it
         model = _new_version(record, cluster.workdir / "models")
         store.register_model(model)
         bus.publish(models, project, to_json(model))
         bus.flush()
-        wait_until(lambda: broker.lag("prelabel", [models]) == 0, deadline, "the group to handle the new version")
+        wait_until(lambda: broker.lag(prelabel, [models]) == 0, deadline, "the group to handle the new version")
 
         ingest(bus, store, record, items)
-        wait_until(lambda: broker.lag("prelabel", [raw]) == 0, deadline, "the group to handle every item",
-                   lambda: f"lag {broker.lag('prelabel', [raw])}\n{cluster.logs()}")
+        wait_until(lambda: broker.lag(prelabel, [raw]) == 0, deadline, "the group to handle every item",
+                   lambda: f"lag {broker.lag(prelabel, [raw])}\n{cluster.logs()}")
         cluster.check_alive()
     finally:
         store.close()
