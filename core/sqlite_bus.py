@@ -138,9 +138,10 @@ class SqliteBus(Bus):
     ``publish`` buffers in memory (lost if the process dies before a ``flush``); ``flush`` and
     ``publish_many`` write the buffer in one transaction, after which the messages are durable and
     visible to consumers in any process. Offsets are dense per (topic, partition), starting at 0.
-    A group member whose last heartbeat (sent by ``poll``) is older than ``session_timeout_s`` is
-    dead and its partitions move to the others. One instance may be shared by threads (calls
-    serialize on a lock). Nothing is ever deleted from the log (no retention yet).
+    A group member whose last heartbeat is older than ``session_timeout_s`` is dead and its
+    partitions move to the others; each consumer heartbeats from a thread of its own, so a step
+    longer than the timeout between ``poll`` and ``commit`` keeps them. One instance may be shared
+    by threads (calls serialize on a lock). Nothing is ever deleted from the log (no retention yet).
     """
 
     def __init__(self, path: Path | str, session_timeout_s: float = 10.0) -> None:
@@ -244,8 +245,29 @@ class SqliteBus(Bus):
             self._conn.close()
 
 
+def _heartbeat_loop(ref: weakref.ref[_SqliteConsumer], stop: threading.Event, interval_s: float) -> None:
+    """Body of a consumer's heartbeat thread: beat whenever one is due, until ``stop`` is set.
+
+    It holds the consumer only weakly between beats, so a consumer dropped without ``close`` is
+    collected, stops beating and is dropped by the group after the session timeout, as a crashed one.
+    """
+    wait_s = interval_s
+    while not stop.wait(wait_s):
+        consumer = ref()
+        if consumer is None:
+            return
+        wait_s = consumer._beat(interval_s)
+        del consumer
+
+
 class _SqliteConsumer(Consumer):
-    """One group member with its own connection; safe to share between threads (calls serialize)."""
+    """One group member with its own connection; safe to share between threads (calls serialize).
+
+    A daemon thread heartbeats every third of the session timeout, on the same connection under
+    the same lock as the calls: the member stays alive while the caller works on a batch, however
+    long, and dies with its process. The thread only keeps the member alive: ``poll``, ``commit``
+    and ``lag`` still re-read the group each time, so they follow members joining and dying.
+    """
 
     def __init__(
         self, path: Path, session_timeout_s: float, topics: tuple[str, ...], group: str, partitions: dict[str, int]
@@ -262,6 +284,15 @@ class _SqliteConsumer(Consumer):
         self._conn = _connect(path)
         self._last_heartbeat = 0.0
         self._heartbeat(time.time())
+        self._stop = threading.Event()
+        weakref.finalize(self, self._stop.set)
+        self._heartbeat_thread = threading.Thread(
+            target=_heartbeat_loop,
+            args=(weakref.ref(self), self._stop, session_timeout_s / 3),
+            name="winnow-sqlite-heartbeat",
+            daemon=True,
+        )
+        self._heartbeat_thread.start()
 
     def _heartbeat(self, now: float) -> None:
         """Mark this member alive (re-joining if the group dropped it) and drop dead members' rows.
@@ -283,8 +314,30 @@ class _SqliteConsumer(Consumer):
                 (self._group, now - self._session_timeout_s),
             )
         if not updated or now - self._last_heartbeat > self._session_timeout_s:
+            if self._positions:  # the heartbeat thread was stalled (or the process stopped) past the timeout
+                log.warning("bus member silent past the session timeout restarts from the commits"
+                            " group=%s silent_s=%.1f", self._group, now - self._last_heartbeat)
             self._positions.clear()
         self._last_heartbeat = now
+
+    def _beat(self, interval_s: float) -> float:
+        """The heartbeat thread's beat, skipped if ``poll`` sent one lately; returns the seconds to the next.
+
+        A failure (the file locked past the busy timeout, disk full) is logged and retried next
+        interval: the member only dies if none gets through within the session timeout.
+        """
+        with self._lock:
+            if self._closed:
+                return interval_s
+            now = time.time()
+            due = self._last_heartbeat + interval_s
+            if now < due:
+                return due - now
+            try:
+                self._heartbeat(now)
+            except sqlite3.Error as e:
+                log.warning("bus heartbeat failed group=%s: %s", self._group, e)
+            return interval_s
 
     def _rebalance(self, now: float) -> None:
         """Re-read the live members, keep the partitions still owned, start new ones from the commit."""
@@ -386,7 +439,11 @@ class _SqliteConsumer(Consumer):
 
     @_bus_errors
     def close(self, commit: bool = False) -> None:
-        """Leave the group at once (its partitions move on the others' next poll); idempotent."""
+        """Leave the group at once (its partitions move on the others' next poll); idempotent.
+
+        Returns once the heartbeat thread has stopped. If the commit or the leave fails, the
+        consumer stays open, in the group and heartbeating, as before the call.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -396,11 +453,19 @@ class _SqliteConsumer(Consumer):
                 self._conn.execute(
                     "DELETE FROM group_members WHERE grp = ? AND member = ?", (self._group, self._member)
                 )
-            self._abandon()
+            self._shut()
+        self._heartbeat_thread.join()
 
     def _abandon(self) -> None:
         """Stop as a killed process would: no commit, no leave; the group drops it after the session timeout."""
+        with self._lock:
+            self._shut()
+        self._heartbeat_thread.join()
+
+    def _shut(self) -> None:
+        """Stop heartbeating and disconnect (lock held): the thread, waiting or about to beat, sees it and ends."""
         self._closed = True
+        self._stop.set()
         self._conn.close()
 
     @_bus_errors

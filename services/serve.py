@@ -31,7 +31,10 @@ API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",), "projects": ("
 WORKERS = ("prelabel", "selector", "trainer")
 SERVICES = (*API_SERVICES, *WORKERS)
 GRACE_S = 5.0
-SQLITE_SESSION_TIMEOUT_S = 300.0
+# each SQLite consumer heartbeats from its own thread (every 10 s here), so a long step does not
+# count: the deadline need only outlast a stall of that thread (the GIL held by a long C call, a
+# slow fsync on a loaded disk), and it is how long a killed worker's partitions wait for another
+SQLITE_SESSION_TIMEOUT_S = 30.0
 LAG_EVERY_S = 5.0  # consumer lag costs broker round trips on Kafka: measure it every few seconds
 
 MESSAGES = Counter("winnow_messages_total", "Bus messages a stage handled", ["service", "project"])
@@ -53,9 +56,6 @@ def open_bus(url: str) -> Bus:
 
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a member heartbeats only when it polls: the deadline must outlast the longest step (a
-        # large prelabel batch or a retrain on a busy CPU), or the member loses its partitions
-        # mid-step and its batch is handed out again
         return SqliteBus(path, session_timeout_s=SQLITE_SESSION_TIMEOUT_S)
     raise InvalidInput("bus", f"{url!r} is neither kafka://HOST:PORT nor sqlite:///PATH")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import sqlite3
 import threading
@@ -13,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from tests.contracts.bus_contract import BusContract, poll_until
-from winnow.core.bus import Consumer
+from tests.contracts.bus_contract import BusContract, poll_until, values
+from winnow.core.bus import Consumer, Message
 from winnow.core.errors import BusError, InvalidInput, NotFound
 from winnow.core.sqlite_bus import SqliteBus, _assign
 
@@ -143,6 +144,76 @@ class TestSqliteBus(BusContract):
             with self.bus.consumer([topic], group) as other:
                 assert [m.value for m in poll_until(other, 5)] == sent
             assert [m.value for m in poll_until(paused, 5)] == sent
+
+    def test_a_member_busy_past_the_session_timeout_keeps_its_partitions(self) -> None:
+        topic = self.new_topic(2)
+        group = self.new_group()
+        sent = self.publish(topic, 10, keys=8)
+        with self.bus.consumer([topic], group) as busy:
+            assert sorted(values(poll_until(busy, 10))) == sorted(sent)
+            time.sleep(3 * SESSION_TIMEOUT_S)  # one step longer than the timeout, no poll meanwhile
+            busy.commit()
+            with self.bus.consumer([topic], group) as other:
+                assert other.poll(timeout_s=0.2) == []
+            assert busy.poll(timeout_s=0.1) == []
+
+    def test_a_member_that_does_not_poll_still_gets_its_share_when_another_joins(self) -> None:
+        topic = self.new_topic(2)
+        group = self.new_group()
+        self.publish(topic, 10, keys=8, tag="old")
+        with self.bus.consumer([topic], group) as busy:
+            poll_until(busy, 10)
+            busy.commit()
+            time.sleep(3 * SESSION_TIMEOUT_S)
+            with self.bus.consumer([topic], group) as other:
+                sent = self.publish(topic, 20, keys=8, tag="new")  # keys 0-3 on partition 0, 4-7 on 1
+                got: dict[Consumer, list[Message]] = {other: [], busy: []}
+                deadline = time.monotonic() + 10.0
+                while sum(map(len, got.values())) < len(sent) and time.monotonic() < deadline:
+                    for member in got:  # the newcomer first: it must leave the busy member its share
+                        got[member] += member.poll(timeout_s=0.05)
+        assert sorted(values(got[busy]) + values(got[other])) == sorted(sent)
+        assert len({m.partition for m in got[busy]}) == len({m.partition for m in got[other]}) == 1
+        assert not {m.partition for m in got[busy]} & {m.partition for m in got[other]}
+
+    def test_close_stops_the_heartbeat_thread(self) -> None:
+        topic = self.new_topic(1)
+        group = self.new_group()
+        closed = self.bus.consumer([topic], group)
+        left_open = self.bus.consumer([topic], group)
+        threads = [closed._heartbeat_thread, left_open._heartbeat_thread]  # type: ignore[attr-defined]
+        assert all(t.is_alive() and t.daemon and t.name == "winnow-sqlite-heartbeat" for t in threads)
+        closed.close()
+        assert not threads[0].is_alive() and threads[1].is_alive()
+        with closing(sqlite3.connect(self.bus.path)) as db:
+            assert db.execute("SELECT COUNT(*) FROM group_members WHERE grp = ?", (group,)).fetchone() == (1,)
+        self.bus.close()  # closes the consumers made on it
+        assert not threads[1].is_alive()
+
+    def test_a_crashed_member_stops_heartbeating_and_its_partitions_move(self) -> None:
+        topic = self.new_topic(2)
+        group = self.new_group()
+        sent = self.publish(topic, 20, keys=8)
+        crashed = self.bus.consumer([topic], group)
+        poll_until(crashed, 20)
+        self.crash(crashed)
+        assert not crashed._heartbeat_thread.is_alive()  # type: ignore[attr-defined]
+        with self.bus.consumer([topic], group) as survivor:  # gets the crashed member's share once it expires
+            assert sorted(values(poll_until(survivor, 20, deadline_s=5.0))) == sorted(sent)
+
+    def test_a_member_dropped_without_close_stops_heartbeating(self) -> None:
+        topic = self.new_topic(2)
+        group = self.new_group()
+        sent = self.publish(topic, 20, keys=8)
+        forgotten = self.bus.consumer([topic], group)
+        poll_until(forgotten, 20)
+        thread = forgotten._heartbeat_thread  # type: ignore[attr-defined]
+        del forgotten
+        gc.collect()
+        thread.join(timeout=5.0)
+        assert not thread.is_alive()
+        with self.bus.consumer([topic], group) as survivor:
+            assert sorted(values(poll_until(survivor, 20, deadline_s=5.0))) == sorted(sent)
 
     def test_bad_arguments_raise_invalid_input(self) -> None:
         topic = self.new_topic(1)
