@@ -178,11 +178,12 @@ class PostgresStore(Store):
         c.execute("SELECT pg_advisory_xact_lock(hashtextextended('winnow.tasks:' || %s, 0))", (project,))
 
     @staticmethod
-    def _close_task(c: psycopg.Cursor, project: str, item_id: str) -> None:
-        c.execute("UPDATE tasks SET closed = TRUE WHERE project = %s AND item_id = %s", (project, item_id))
-        c.execute(
-            "DELETE FROM assignments WHERE project = %s AND item_id = %s AND state = 'leased'", (project, item_id)
-        )
+    def _close_tasks(c: psycopg.Cursor, project: str, item_ids: Sequence[str]) -> None:
+        """Close the items' tasks and drop their live leases."""
+        ids = sorted(item_ids)
+        c.execute("UPDATE tasks SET closed = TRUE WHERE project = %s AND item_id = ANY(%s::text[])", (project, ids))
+        c.execute("DELETE FROM assignments WHERE project = %s AND item_id = ANY(%s::text[]) AND state = 'leased'",
+                  (project, ids))
 
     # -- projects ---------------------------------------------------------------------------
     def create_project(self, project: Project) -> None:
@@ -344,8 +345,8 @@ class PostgresStore(Store):
     ) -> list[Lease]:
         """See :meth:`Store.lease_tasks`. Ties in priority go to the task created first. A lease is
         live while ``now < expires_at``. Leasers of one project queue on a transaction-level
-        advisory lock (shared with set_priorities and delete_item, which lock many task rows, so
-        none of them deadlock), so each counts the slots its predecessors took and ``overlap`` is
+        advisory lock (shared with set_priorities, delete_item and put_labels, which lock many task
+        rows, so none of them deadlock), so each counts the slots its predecessors took and ``overlap`` is
         never exceeded across processes; the picked task rows are locked (FOR UPDATE), so a
         concurrent close_task or put_label never leaves a live lease on a closed task.
         InvalidInput: "annotator", "lease_s", "overlap"."""
@@ -444,7 +445,7 @@ class PostgresStore(Store):
         """Close the item's task and drop its live leases; a no-op when the item has no task."""
         with self._tx() as c:
             self._project(c, project)
-            self._close_task(c, project, item_id)
+            self._close_tasks(c, project, [item_id])
 
     def task_ids(self, project: str, kind: str) -> list[str]:
         with self._tx() as c:
@@ -485,26 +486,48 @@ class PostgresStore(Store):
             return dict(c.execute("SELECT item_id, label FROM gold WHERE project = %s", (project,)).fetchall())
 
     # -- final labels -----------------------------------------------------------------------
-    def put_label(self, label: Label) -> bool:
-        """Write the final label and close the item's task; False (nothing written) when the item
-        already has a final label or the project has seen the idempotency key. InvalidInput:
+    def put_labels(self, labels: Sequence[Label]) -> list[bool]:
+        """Write final labels and close their items' tasks, in one transaction; per label (in order)
+        True if written, False when its item already has a final label or its project has seen the
+        idempotency key (an earlier label of the same batch counts). All or nothing: InvalidInput
         "label" (outside the schema), "source", "confidence" (outside [0, 1]), "idempotency_key"
-        (empty); NotFound("item_id") for an unknown item. ``threshold`` may be None or inf."""
-        lb = label
-        validate_label(lb)
+        (empty); NotFound "project" or "item_id" (the first unknown one). ``threshold`` may be None
+        or inf.
+
+        Each project's task lock (see :meth:`lease_tasks`) is held, so batches closing many tasks
+        queue behind leasers and re-rankers instead of deadlocking with them or with each other.
+        """
+        for lb in labels:
+            validate_label(lb)
+        if not labels:
+            return []
         with self._tx() as c:
-            check_label(self._project(c, lb.project), lb.label)
-            self._require_items(c, lb.project, [lb.item_id])
-            c.execute(
+            projects: dict[str, Project] = {}
+            for lb in labels:
+                if lb.project not in projects:
+                    projects[lb.project] = self._project(c, lb.project)
+                check_label(projects[lb.project], lb.label)
+            for name in sorted(projects):
+                self._require_items(c, name, [lb.item_id for lb in labels if lb.project == name])
+                self._lock_tasks(c, name)
+            # one statement per label, pipelined: each sees the rows the earlier ones inserted
+            c.executemany(
                 f"INSERT INTO labels ({_LABEL_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (lb.project, lb.item_id, lb.label, lb.source, lb.source_id, lb.confidence, lb.threshold,
-                 lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key),
+                "ON CONFLICT DO NOTHING RETURNING item_id",
+                [(lb.project, lb.item_id, lb.label, lb.source, lb.source_id, lb.confidence, lb.threshold,
+                  lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key) for lb in labels],
+                returning=True,
             )
-            if c.rowcount == 0:
-                return False
-            self._close_task(c, lb.project, lb.item_id)
-            return True
+            written = []
+            while True:  # one result per statement (Cursor.results() needs psycopg 3.3)
+                written.append(c.fetchone() is not None)
+                if not c.nextset():
+                    break
+            for name in projects:
+                new = [lb.item_id for lb, ok in zip(labels, written) if ok and lb.project == name]
+                if new:
+                    self._close_tasks(c, name, new)
+            return written
 
     def labels(self, project: str, source: str | None = None) -> list[Label]:
         with self._tx() as c:

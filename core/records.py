@@ -121,9 +121,19 @@ class ModelVersion:
 R = TypeVar("R")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def to_json(record: object) -> bytes:
-    """Encode a record as JSON bytes (the embedded bus codec)."""
-    return json.dumps(dataclasses.asdict(record), separators=(",", ":")).encode()  # type: ignore[arg-type]
+    """Encode a record as JSON bytes (the embedded bus codec).
+
+    The same bytes as ``json.dumps(dataclasses.asdict(record))``, without asdict's deep copy: no
+    record nests another dataclass, and its tuples and dicts encode the same uncopied.
+    """
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:
+        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
+    return json.dumps({name: getattr(record, name) for name in names}, separators=(",", ":")).encode()
 
 
 def from_json(cls: type[R], data: bytes) -> R:

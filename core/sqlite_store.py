@@ -167,11 +167,10 @@ class SqliteStore(Store):
             raise NotFound("item_id", f"no item {row[0]!r} in project {project!r}")
 
     @staticmethod
-    def _close_task(c: sqlite3.Connection, project: str, item_id: str) -> None:
-        c.execute("UPDATE tasks SET closed = 1 WHERE project = ? AND item_id = ?", (project, item_id))
-        c.execute(
-            "DELETE FROM assignments WHERE project = ? AND item_id = ? AND state = 'leased'", (project, item_id)
-        )
+    def _close_tasks(c: sqlite3.Connection, items: Sequence[tuple[str, str]]) -> None:
+        """Close the tasks of ``(project, item_id)`` pairs and drop their live leases."""
+        c.executemany("UPDATE tasks SET closed = 1 WHERE project = ? AND item_id = ?", items)
+        c.executemany("DELETE FROM assignments WHERE project = ? AND item_id = ? AND state = 'leased'", items)
 
     # -- projects ---------------------------------------------------------------------------
     def create_project(self, project: Project) -> None:
@@ -422,7 +421,7 @@ class SqliteStore(Store):
         """Close the item's task and drop its live leases; a no-op when the item has no task."""
         with self._tx() as c:
             self._project(c, project)
-            self._close_task(c, project, item_id)
+            self._close_tasks(c, [(project, item_id)])
 
     def task_ids(self, project: str, kind: str) -> list[str]:
         with self._tx(write=False) as c:
@@ -462,25 +461,35 @@ class SqliteStore(Store):
             return dict(c.execute("SELECT item_id, label FROM gold WHERE project = ?", (project,)).fetchall())
 
     # -- final labels -----------------------------------------------------------------------
-    def put_label(self, label: Label) -> bool:
-        """Write the final label and close the item's task; False (nothing written) when the item
-        already has a final label or the project has seen the idempotency key. InvalidInput:
+    def put_labels(self, labels: Sequence[Label]) -> list[bool]:
+        """Write final labels and close their items' tasks, in one transaction; per label (in order)
+        True if written, False when its item already has a final label or its project has seen the
+        idempotency key (an earlier label of the same batch counts). All or nothing: InvalidInput
         "label" (outside the schema), "source", "confidence" (outside [0, 1]), "idempotency_key"
-        (empty); NotFound("item_id") for an unknown item. ``threshold`` may be None or inf."""
-        lb = label
-        validate_label(lb)
+        (empty); NotFound "project" or "item_id" (the first unknown one). ``threshold`` may be None
+        or inf."""
+        for lb in labels:
+            validate_label(lb)
+        if not labels:
+            return []
         with self._tx() as c:
-            check_label(self._project(c, lb.project), lb.label)
-            self._require_items(c, lb.project, [lb.item_id])
-            cur = c.execute(
-                f"INSERT OR IGNORE INTO labels ({_LABEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (lb.project, lb.item_id, lb.label, lb.source, lb.source_id, lb.confidence, lb.threshold,
-                 lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key),
-            )
-            if cur.rowcount == 0:
-                return False
-            self._close_task(c, lb.project, lb.item_id)
-            return True
+            projects: dict[str, Project] = {}
+            for lb in labels:
+                if lb.project not in projects:
+                    projects[lb.project] = self._project(c, lb.project)
+                check_label(projects[lb.project], lb.label)
+            for name in projects:
+                self._require_items(c, name, [lb.item_id for lb in labels if lb.project == name])
+            written = [
+                c.execute(
+                    f"INSERT OR IGNORE INTO labels ({_LABEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (lb.project, lb.item_id, lb.label, lb.source, lb.source_id, lb.confidence, lb.threshold,
+                     lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key),
+                ).rowcount == 1
+                for lb in labels
+            ]
+            self._close_tasks(c, [(lb.project, lb.item_id) for lb, new in zip(labels, written) if new])
+            return written
 
     def labels(self, project: str, source: str | None = None) -> list[Label]:
         with self._tx(write=False) as c:

@@ -211,10 +211,22 @@ class Store(ABC):
     def gold(self, project: str) -> dict[str, str]: ...
 
     # -- final labels -----------------------------------------------------------------------
-    @abstractmethod
     def put_label(self, label: Label) -> bool:
         """Write an item's final label. Idempotent: False (and nothing written) when the item
         already has a final label or the idempotency key was seen."""
+        return self.put_labels([label])[0]
+
+    @abstractmethod
+    def put_labels(self, labels: Sequence[Label]) -> list[bool]:
+        """Write final labels in one transaction and close their items' tasks; one flag per label, in
+        order: True where it was written, False where the item already had a final label or the
+        project had seen the idempotency key (also from an earlier label of the same batch, so the
+        first of two labels for one item wins).
+
+        The whole batch is checked before anything is written: InvalidInput ("label", "source",
+        "confidence", "idempotency_key") or NotFound ("project", "item_id") for any label means
+        nothing is written.
+        """
 
     @abstractmethod
     def labels(self, project: str, source: str | None = None) -> list[Label]:

@@ -107,19 +107,23 @@ class KafkaConsumerMember(Consumer):
                 self._consumer.close(autocommit=False)
 
     def lag(self) -> int:
-        """Records in the assigned partitions past the group's committed offset (0 before assignment)."""
+        """Records in the assigned partitions past the group's committed offset (0 before assignment).
+
+        Two broker round trips (three while a partition has no commit): the committed offsets of all
+        partitions are fetched in one request, not one per partition as ``KafkaConsumer.committed``
+        would (serve's worker loop measures lag every few seconds, between steps).
+        """
         self._check_open()
         with _broker_errors("lag"):
             partitions = list(self._consumer.assignment())
             if not partitions:
                 return 0
             ends = self._consumer.end_offsets(partitions)
-            starts = self._consumer.beginning_offsets(partitions)
-            total = 0
-            for tp in partitions:
-                committed = self._consumer.committed(tp)
-                total += ends[tp] - (starts[tp] if committed is None else committed)
-            return total
+            committed = {tp: meta.offset for tp, meta in
+                         self._consumer._coordinator.fetch_committed_offsets(partitions).items()}
+            never = [tp for tp in partitions if committed.get(tp) is None]
+            starts = self._consumer.beginning_offsets(never) if never else {}
+            return sum(ends[tp] - (starts[tp] if tp in starts else committed[tp]) for tp in partitions)
 
     def assignment(self) -> frozenset[tuple[str, int]]:
         """The ``(topic, partition)`` pairs this member owns now; empty until ``poll`` has joined the group."""
@@ -248,6 +252,24 @@ class KafkaBus(Bus):
                     headers=list(headers),
                     partition=partition,
                 )
+            )
+
+    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Queue ``(key, value)`` pairs in order, as ``publish`` would one by one (durable once
+        ``flush`` returns); the topic is looked up and the pending list locked once for the batch."""
+        for key, value in messages:
+            if not isinstance(key, str):
+                raise InvalidInput("key", f"must be a string, got {type(key).__name__}")
+            if not isinstance(value, bytes):
+                raise InvalidInput("value", f"must be bytes, got {type(value).__name__}")
+        if not messages:
+            return
+        partitions = self.partitions(topic)
+        send = self._producer.send
+        with _broker_errors(f"publish to {topic!r}"), self._pending_lock:
+            self._pending.extend(
+                send(topic, key=key.encode("utf-8"), value=value, partition=partition_for(key, partitions))
+                for key, value in messages
             )
 
     def flush(self) -> None:

@@ -321,6 +321,47 @@ class StoreContract:
         assert s.labels(P) == []
         assert s.put_label(label("i0"))
 
+    def test_put_labels_writes_a_batch_idempotently(self, s: Store) -> None:
+        s.add_tasks([task("i0"), task("i1"), task("i2"), task("i3")])
+        lease_ids(s, "x", overlap=2)
+        first = label("i0")
+        assert s.put_label(first)
+        batch = [
+            label("i0", "other", key="i0:selector:m2"),  # the item already has a final label
+            label("i1", created_at=2.0),
+            label("i2", key=first.idempotency_key),  # the key was seen
+            label("i3", "billing", created_at=3.0),
+            label("i1", "other", key="i1:selector:m2"),  # a second label for an item of this batch
+            label("i4", key="i3:prelabel:m1"),  # a key of this batch
+        ]
+        assert s.put_labels(batch) == [False, True, False, True, False, False]
+        assert s.labels(P) == [first, batch[1], batch[3]]
+        assert [t.item_id for t in s.open_tasks(P)] == ["i2"]
+        assert s.heartbeat(P, "x", ["i0", "i1", "i2", "i3"], LEASE_S, 1.0) == 1  # leases of labelled items lapsed
+        assert s.put_labels(batch) == [False] * len(batch)  # redelivered
+        assert s.put_labels([]) == []
+        assert len(s.labels(P)) == 3
+
+    @pytest.mark.parametrize(
+        ("bad", "error", "field"),
+        [
+            (label("i2", "cat"), InvalidInput, "label"),
+            (label("i2", source="oracle"), InvalidInput, "source"),
+            (label("i2", confidence=1.5), InvalidInput, "confidence"),
+            (label("i2", idempotency_key=""), InvalidInput, "idempotency_key"),
+            (label("ghost"), NotFound, "item_id"),
+            (label("i2", project="nope"), NotFound, "project"),
+        ],
+    )
+    def test_bad_label_in_a_batch_writes_nothing(self, s: Store, bad: Label, error: type, field: str) -> None:
+        s.add_tasks([task("i0"), task("i1")])
+        with pytest.raises(error) as err:
+            s.put_labels([label("i0"), label("i1"), bad])
+        assert err.value.field == field
+        assert s.labels(P) == []
+        assert [t.item_id for t in s.open_tasks(P)] == ["i0", "i1"]
+        assert s.put_labels([label("i0"), label("i1")]) == [True, True]
+
     def test_labels_by_source_oldest_first_and_threshold_round_trip(self, s: Store) -> None:
         s.put_label(label("i2", created_at=3.0, threshold=math.inf))
         s.put_label(label("i0", created_at=1.0, source="human", source_id="x,y", threshold=None))
