@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -215,6 +216,77 @@ class PrelabelWorker(Stage):
             for item, label, conf in zip(items, labels, confidence)])
 
 
+# -- close of stream -------------------------------------------------------------------------
+CLOSE_CHECK_S = 1.0  # how often a selector looks for a close request (one small audit-log read)
+CLOSE_WAIT_LOG_S = 10.0
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """Where a project's stream stands: ``open`` (never closed), ``closing`` (a close was requested
+    and the selector has not served it yet) or ``closed`` (the last request is served).
+
+    Closing drains: items ingested afterwards are handled as usual, and a later close drains again.
+    ``tasks`` and ``low_confidence`` are what the last served close did.
+    """
+
+    project: str
+    state: str
+    requested_at: float | None = None  # the pending request, else the last one served
+    closed_at: float | None = None
+    tasks: int = 0
+    low_confidence: int = 0
+
+
+def _close_rows(store: Store, project: str) -> tuple[dict[str, float], list[tuple[float, dict]]]:
+    """Close requests (request id -> time) and served closes (time, detail), from the audit log.
+
+    Requests and closes are matched by id, never by time: the API and the selector may run on
+    machines whose clocks disagree.
+    """
+    requests: dict[str, float] = {}
+    served: list[tuple[float, dict]] = []
+    for at, _, action, detail in store.audit_log(project):
+        if action == "close_stream":
+            requests[json.loads(detail)["request"]] = at
+        elif action == "stream_closed":
+            served.append((at, json.loads(detail)))
+    return requests, served
+
+
+def pending_close_requests(store: Store, project: str) -> list[str]:
+    """Ids of close requests no selector has served yet, oldest first."""
+    requests, served = _close_rows(store, project)
+    done = {r for _, detail in served for r in detail["requests"]}
+    return [r for r in requests if r not in done]
+
+
+def stream_status(store: Store, project: str) -> StreamStatus:
+    store.get_project(project)  # NotFound("project") for an unknown one
+    requests, served = _close_rows(store, project)
+    done = {r for _, detail in served for r in detail["requests"]}
+    pending = [at for r, at in requests.items() if r not in done]
+    if pending:
+        return StreamStatus(project, "closing", requested_at=pending[0])
+    if not served:
+        return StreamStatus(project, "open")
+    closed_at, detail = served[-1]
+    asked = [requests[r] for r in detail["requests"] if r in requests]
+    return StreamStatus(project, "closed", max(asked) if asked else None, closed_at, int(detail["tasks"]),
+                        int(detail["low_confidence"]))
+
+
+def request_close(store: Store, project: str, actor: str, now: float) -> StreamStatus:
+    """Ask the project's selector to close the stream (see ``Selector.close_stream``); idempotent
+    while a request is pending. The request is a row in the audit log, so it survives restarts."""
+    status = stream_status(store, project)
+    if status.state == "closing":
+        return status
+    detail = {"request": uuid.uuid4().hex, "items": store.count_items(project)}
+    store.audit(project, actor, "close_stream", json.dumps(detail), now)
+    return stream_status(store, project)
+
+
 class Selector(Stage):
     """items.scored -> auto-accepted model labels, or the backlog from which the budget picks tasks.
 
@@ -238,6 +310,8 @@ class Selector(Stage):
         self._guarded = 0
         self.backlog_ids: list[str] = []
         self.backlog_emb = np.zeros((0, 0), np.float32)  # [n, D]
+        self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
+        self._close_wait_logged = 0.0
         self._restore()
 
     # -- state ------------------------------------------------------------------------------
@@ -294,20 +368,47 @@ class Selector(Stage):
 
     def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str = "auto_accept") -> int:
         """Write model labels for the given items (all of them); returns how many were new."""
+        if not ids:
+            return 0
         version = self.head.version if self.head is not None else "none"
         now = self.clock()
-        labels_topic = topic(self.project.name, "labels")
-        written = 0
-        for item_id, p in zip(ids, probs):
-            label = Label(self.project.name, item_id, self.project.classes[int(p.argmax())], "model", version,
-                          float(p.max()), self.threshold if np.isfinite(self.threshold) else None, aggregation,
-                          self.project.guideline_version, now, f"{item_id}:selector:{version}")
-            if self.store.put_label(label):
-                self.bus.publish(labels_topic, item_id, to_json(label))
-                written += 1
-        return written
+        threshold = self.threshold if np.isfinite(self.threshold) else None
+        classes = [self.project.classes[k] for k in probs.argmax(1).tolist()]
+        labels = [Label(self.project.name, item_id, label, "model", version, confidence, threshold, aggregation,
+                        self.project.guideline_version, now, f"{item_id}:selector:{version}")
+                  for item_id, label, confidence in zip(ids, classes, probs.max(1).tolist())]
+        new = [label for label, written in zip(labels, self.store.put_labels(labels)) if written]
+        self.bus.publish_many(topic(self.project.name, "labels"), [(label.item_id, to_json(label)) for label in new])
+        return len(new)
 
     # -- handling ---------------------------------------------------------------------------
+    def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
+        """Handle one batch, then serve a pending close request if there is one (checked after every
+        batch that moved messages, else every ``CLOSE_CHECK_S``)."""
+        handled = super().step(max_messages, timeout_s)
+        if handled or time.monotonic() >= self._close_check_at:
+            self._close_check_at = time.monotonic() + CLOSE_CHECK_S
+            self.close_if_requested()
+        return handled
+
+    def close_if_requested(self) -> dict[str, int] | None:
+        """Serve a pending close request once every unlabeled item has reached this selector.
+
+        An item ingested before the request may still be on its way (not prelabeled yet, or its
+        scored message not consumed yet): closing before it arrives would leave it without a final
+        label, so the close waits. Returns what ``close_stream`` did, or None when nothing was closed.
+        """
+        if not pending_close_requests(self.store, self.project.name):
+            return None
+        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name)}
+        waiting = [i for i in self.store.unlabeled_ids(self.project.name) if i not in known]
+        if waiting:
+            if time.monotonic() - self._close_wait_logged >= CLOSE_WAIT_LOG_S:
+                self._close_wait_logged = time.monotonic()
+                log.info("close of stream waits for %d items to be scored, e.g. %s", len(waiting), waiting[0])
+            return None
+        return self.close_stream()
+
     def handle(self, records: list[tuple[str, object]]) -> None:
         scored: list[dict] = []
         for stage, record in records:
@@ -352,9 +453,7 @@ class Selector(Stage):
 
     def _queue(self, tasks: list[Task]) -> None:
         self.store.add_tasks(tasks)
-        tasks_topic = topic(self.project.name, "tasks")
-        for t in tasks:
-            self.bus.publish(tasks_topic, t.item_id, to_json(t))
+        self.bus.publish_many(topic(self.project.name, "tasks"), [(t.item_id, to_json(t)) for t in tasks])
 
     def _swap(self, model: ModelVersion) -> None:
         if self.head is not None and self.head.version == model.version:
@@ -408,6 +507,7 @@ class Selector(Stage):
         ``aggregation="low_confidence"`` (their confidence and the threshold are on the label), so
         every item ends with exactly one final label and none is silently passed off as confident.
         """
+        requests = pending_close_requests(self.store, self.project.name)
         tasks = self._issue_tasks(final=True)
         low = 0
         if self.backlog_ids:
@@ -415,6 +515,11 @@ class Selector(Stage):
             low = self._accept(list(self.backlog_ids), probs, "low_confidence")
             self._drop_backlog(np.zeros(len(self.backlog_ids), bool))
         self.bus.flush()
+        # the requests are served once the output is durable: a crash before this line means the
+        # close runs again after restart (its labels are idempotent, its tasks already queued)
+        self.store.audit(self.project.name, "selector", "stream_closed",
+                         json.dumps({"requests": requests, "tasks": tasks, "low_confidence": low}), self.clock())
+        log.info("selector closed the stream tasks=%d low_confidence=%d requests=%d", tasks, low, len(requests))
         return {"tasks": tasks, "low_confidence": low}
 
 
@@ -492,22 +597,20 @@ class LabelingService:
             result = dawid_skene(*args, gold=gold_ids)
             aggregation = result.method
         now = self.clock()
-        labels_topic = topic(self.project.name, "labels")
         annotators_of: dict[str, set[str]] = {}  # one pass over the answers, not one per ready item
         for a in answers:
             annotators_of.setdefault(a.item_id, set()).add(a.annotator)
-        made = 0
+        labels = []
         for item_id in ready:
             k = item_index[item_id]
             who_said = sorted(annotators_of[item_id])
-            label = Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
-                          ",".join(who_said), float(result.confidence[k]), None, aggregation,
-                          self.project.guideline_version, now, f"{item_id}:labeling:human")
-            if self.store.put_label(label):
-                self.bus.publish(labels_topic, item_id, to_json(label))
-                made += 1
+            labels.append(Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
+                                ",".join(who_said), float(result.confidence[k]), None, aggregation,
+                                self.project.guideline_version, now, f"{item_id}:labeling:human"))
+        new = [label for label, written in zip(labels, self.store.put_labels(labels)) if written]
+        self.bus.publish_many(topic(self.project.name, "labels"), [(label.item_id, to_json(label)) for label in new])
         self.bus.flush()
-        return made
+        return len(new)
 
 
 class Trainer(Stage):

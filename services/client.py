@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
@@ -10,6 +11,7 @@ from types import TracebackType
 import grpc
 
 from winnow.core.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.pipeline import StreamStatus
 from winnow.core.records import Item, Label, Lease, ModelVersion, Project
 from winnow.services.grpc_api import (ERROR_CLASS_KEY, ERROR_CODES, ERROR_FIELD_KEY, ProjectStats, from_message,
                                       to_message)
@@ -117,6 +119,26 @@ class WinnowClient:
         with _winnow_errors():
             response = self._projects.GetStats(projects_pb2.GetStatsRequest(project=project), timeout=self.timeout_s)
         return from_message(response, ProjectStats)
+
+    def close_stream(self, project: str) -> StreamStatus:
+        """Tell the project that everything is sent; returns at once, usually in state ``closing``
+        (the selector serves the close once every item has reached it). See :meth:`wait_closed`."""
+        with _winnow_errors():
+            response = self._projects.CloseStream(projects_pb2.CloseStreamRequest(project=project),
+                                                  timeout=self.timeout_s)
+        return from_message(response, StreamStatus)
+
+    def wait_closed(self, project: str, timeout_s: float, poll_s: float = 0.5) -> StreamStatus:
+        """Poll ``stats`` until the project's stream is closed; WinnowError after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.stats(project).stream
+            if status.state == "closed":
+                return status
+            if time.monotonic() >= deadline:
+                raise WinnowError(f"project {project!r}'s stream is still {status.state} after {timeout_s} s"
+                                  + (": is its selector running?" if status.state == "closing" else ""))
+            time.sleep(poll_s)
 
     def export_labels(self, project: str) -> Iterator[Label]:
         """Every final label of the project, oldest first (no deadline: exports can be long)."""

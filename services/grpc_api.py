@@ -11,6 +11,7 @@ import functools
 import logging
 import threading
 import time
+import typing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
@@ -26,7 +27,8 @@ from grpc_reflection.v1alpha import reflection
 
 from winnow.core.bus import Bus
 from winnow.core.errors import BusError, EmptyPoolError, InvalidInput, ModelFileError, NotFound, WinnowError
-from winnow.core.pipeline import LabelingService, LoopConfig, create_topics, ingest, topic, validate_items
+from winnow.core.pipeline import (LabelingService, LoopConfig, StreamStatus, create_topics, ingest, request_close,
+                                  stream_status, topic, validate_items)
 from winnow.core.records import Item, Label, Lease, ModelVersion, Project, to_json
 from winnow.core.store import Store, validate_project
 from winnow.v1 import (ingest_pb2, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, models_pb2, models_pb2_grpc,
@@ -63,6 +65,7 @@ class ProjectStats:
     open_tasks: int
     current_model_version: str | None
     threshold: float | None  # auto-accept threshold of the current model
+    stream: StreamStatus  # open, closing or closed
 
 
 # -- records <-> messages -------------------------------------------------------------------
@@ -81,6 +84,8 @@ def to_message(record: object, message_cls: type[M]) -> M:
         field = fields[f.name]
         if field.enum_type is not None:
             value = field.enum_type.values_by_name[_enum_prefix(field) + value.upper()].number
+        elif field.message_type is not None and dataclasses.is_dataclass(value):
+            value = to_message(value, type(getattr(message_cls(), f.name)))
         values[f.name] = value
     return message_cls(**values)
 
@@ -88,10 +93,13 @@ def to_message(record: object, message_cls: type[M]) -> M:
 def from_message(message: Message, record_cls: type[R]) -> R:
     """The record with ``message``'s fields (the inverse of :func:`to_message`)."""
     fields = message.DESCRIPTOR.fields_by_name
+    hints = typing.get_type_hints(record_cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(record_cls):  # type: ignore[arg-type]
         field, value = fields[f.name], getattr(message, f.name)
-        if field.message_type is struct_pb2.Struct.DESCRIPTOR:
+        if field.message_type is not None and dataclasses.is_dataclass(hints[f.name]):
+            value = from_message(value, hints[f.name])  # a nested record
+        elif field.message_type is struct_pb2.Struct.DESCRIPTOR:
             value = json_format.MessageToDict(value)
         elif field.message_type is not None and field.message_type.GetOptions().map_entry:
             value = dict(value)
@@ -174,7 +182,11 @@ class WinnowApi:
         current = self.store.current_model(project)
         return ProjectStats(project, items, dict(by_source), by_source["human"] / items if items else 0.0,
                             len(self.store.open_tasks(project)), None if current is None else current.version,
-                            None if current is None else current.threshold)
+                            None if current is None else current.threshold, stream_status(self.store, project))
+
+    def close_stream(self, project: str, actor: str) -> StreamStatus:
+        """Ask the selector to close the stream (idempotent while a close is pending); audited."""
+        return request_close(self.store, project, actor, self.clock())
 
     def export_labels(self, project: str, actor: str) -> list[Label]:
         """Every final label, oldest first; the export is in the audit log before anything is sent."""
@@ -282,7 +294,7 @@ _PROJECT_SETTINGS = ("budget_labels", "budget_per_items", "precision_target", "s
 
 
 class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
-    """Projects: create, stats, export (audited; the actor is the caller's peer address)."""
+    """Projects: create, stats, export and close of stream (audited; the actor is the caller's peer address)."""
 
     def __init__(self, api: WinnowApi) -> None:
         self.api = api
@@ -304,6 +316,11 @@ class ProjectsServicer(projects_pb2_grpc.ProjectsServicer):
                      ) -> Iterator[records_pb2.Label]:
         labels = self.api.export_labels(request.project, context.peer())  # errors raise here, before streaming
         return (to_message(label, records_pb2.Label) for label in labels)
+
+    @_status
+    def CloseStream(self, request: projects_pb2.CloseStreamRequest, context: grpc.ServicerContext
+                    ) -> projects_pb2.StreamStatus:
+        return to_message(self.api.close_stream(request.project, context.peer()), projects_pb2.StreamStatus)
 
 
 class ModelsServicer(models_pb2_grpc.ModelsServicer):

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from winnow.core.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.pipeline import MAX_TEXT_BYTES, topic
+from winnow.core.pipeline import MAX_TEXT_BYTES, LoopConfig, Selector, StreamStatus, topic
 from winnow.core.records import Item, ModelVersion, Task
 from winnow.core.sqlite_bus import SqliteBus
 from winnow.core.sqlite_store import SqliteStore
@@ -226,6 +228,42 @@ def test_labeling_errors_name_the_field(project: Served) -> None:
         with pytest.raises(error) as raised:
             call()
         assert raised.value.field == field
+
+
+# -- close of stream ----------------------------------------------------------------------------
+def test_close_stream_is_served_by_the_selector_and_shown_in_stats(project: Served) -> None:
+    client, store, bus = project.client, project.store, project.bus
+    assert client.stats(P).stream == StreamStatus(P, "open")
+    client.ingest(_items("a", "b"))
+    store.put_embeddings(P, ["a", "b"], np.eye(2, 8, dtype=np.float32))  # what the prelabel worker does
+    bus.publish_many(topic(P, "items.scored"), [(i, json.dumps({"item_id": i}).encode()) for i in ("a", "b")])
+    bus.flush()
+
+    asked = client.close_stream(P)
+    assert asked.state == "closing" and asked.requested_at is not None
+    assert client.close_stream(P) == asked  # one pending request, however often it is asked
+    assert client.stats(P).stream == asked
+    assert store.audit_log(P)[-1][2] == "close_stream"
+
+    selector = Selector(bus, store, store.get_project(P), LoopConfig())
+    try:
+        selector.step()
+    finally:
+        selector.close()
+    closed = client.wait_closed(P, timeout_s=5.0)
+    assert (closed.state, closed.requested_at, closed.tasks + closed.low_confidence) == ("closed", asked.requested_at, 2)
+    assert closed.closed_at is not None and client.stats(P).stream == closed
+    labeled = {label.item_id for label in store.labels(P)} | {t.item_id for t in store.open_tasks(P)}
+    assert labeled == {"a", "b"}
+
+
+def test_close_stream_of_an_unknown_project_is_not_found(served: Served) -> None:
+    with pytest.raises(NotFound) as raised:
+        served.client.close_stream("nosuchproject")
+    assert raised.value.field == "project"
+    with pytest.raises(WinnowError, match="still open"):
+        served.client.create_project(P, CLASSES)
+        served.client.wait_closed(P, timeout_s=0.2, poll_s=0.05)
 
 
 # -- models -------------------------------------------------------------------------------------

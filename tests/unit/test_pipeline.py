@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from winnow.core.pipeline import LabelingService, LoopConfig, Selector, Trainer, create_topics, ingest, topic
+from winnow.core.pipeline import (LabelingService, LoopConfig, Selector, StreamStatus, Trainer, create_topics, ingest,
+                                  request_close, stream_status, topic)
 from winnow.core.records import Item, Project
 from winnow.core.sqlite_bus import SqliteBus
 from winnow.core.sqlite_store import SqliteStore
@@ -104,3 +105,62 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
     assert json.loads((Path(models[-1].path) / "meta.json").read_text())["members"] == config.train.members
     auto = [label for label in labels if label.aggregation == "auto_accept"]
     assert all(label.confidence >= label.threshold for label in auto)
+
+
+def test_a_close_request_waits_for_every_item_then_labels_each_once(env) -> None:
+    """Closing drains: it is served only once every ingested item has reached the selector; then the
+    budget left goes to tasks and every other item gets a model label marked low_confidence."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=10, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, _ = clustered(60)
+    ids = [f"i{k}" for k in range(60)]
+    selector = Selector(bus, store, project, CONFIG)
+    assert stream_status(store, "p") == StreamStatus("p", "open")
+    ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    score(bus, store, project, ids[:40], x[:40])  # 20 items are not prelabeled yet
+    selector.step()
+
+    asked = request_close(store, "p", "operator", 5.0)
+    assert (asked.state, asked.requested_at) == ("closing", 5.0)
+    assert request_close(store, "p", "operator", 6.0) == asked  # idempotent while pending
+    assert selector.close_if_requested() is None  # 20 items have not arrived: closing now would skip them
+    assert store.labels("p") == [] and stream_status(store, "p").state == "closing"
+
+    score(bus, store, project, ids[40:], x[40:])
+    selector.step()  # takes them in and, with every item arrived, serves the close
+    status = stream_status(store, "p")
+    assert (status.state, status.requested_at) == ("closed", 5.0)
+    tasks = {t.item_id for t in store.open_tasks("p")}
+    labels = store.labels("p")
+    assert len(tasks) == 6 and 0 < status.tasks <= 6  # the whole budget (10 per 100 of 60), holdout draws included
+    assert status.low_confidence == len(labels) == 60 - len(tasks)
+    assert {label.aggregation for label in labels} == {"low_confidence"}  # no model yet: nothing is confident
+    labeled = {label.item_id for label in labels}
+    assert sorted(tasks | labeled) == sorted(ids) and not tasks & labeled
+    assert selector.close_if_requested() is None  # served once
+
+    # a later close drains what came after; the first one's outcome is not served twice
+    ingest(bus, store, project, [Item("p", "late", "text late", 0.0)])
+    score(bus, store, project, ["late"], x[:1])
+    assert request_close(store, "p", "operator", 9.0).state == "closing"
+    selector.step()
+    again = stream_status(store, "p")
+    assert (again.state, again.requested_at, again.tasks + again.low_confidence) == ("closed", 9.0, 1)
+
+
+def test_a_pending_close_survives_a_selector_restart(env) -> None:
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=0, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, _ = clustered(10)
+    ids = [f"i{k}" for k in range(10)]
+    ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    score(bus, store, project, ids, x)
+    request_close(store, "p", "operator", 1.0)  # requested while no selector runs
+    selector = Selector(bus, store, project, CONFIG)
+    selector.step()
+    assert stream_status(store, "p").state == "closed"
+    assert sorted(label.item_id for label in store.labels("p")) == sorted(ids)

@@ -1,11 +1,45 @@
 from winnow.v1 import records_pb2 as _records_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class StreamState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STREAM_STATE_UNSPECIFIED: _ClassVar[StreamState]
+    STREAM_STATE_OPEN: _ClassVar[StreamState]
+    STREAM_STATE_CLOSING: _ClassVar[StreamState]
+    STREAM_STATE_CLOSED: _ClassVar[StreamState]
+STREAM_STATE_UNSPECIFIED: StreamState
+STREAM_STATE_OPEN: StreamState
+STREAM_STATE_CLOSING: StreamState
+STREAM_STATE_CLOSED: StreamState
+
+class CloseStreamRequest(_message.Message):
+    __slots__ = ("project",)
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    def __init__(self, project: _Optional[str] = ...) -> None: ...
+
+class StreamStatus(_message.Message):
+    __slots__ = ("project", "state", "requested_at", "closed_at", "tasks", "low_confidence")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    LOW_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    state: StreamState
+    requested_at: float
+    closed_at: float
+    tasks: int
+    low_confidence: int
+    def __init__(self, project: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., requested_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., tasks: _Optional[int] = ..., low_confidence: _Optional[int] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
     __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
@@ -34,7 +68,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class ProjectStats(_message.Message):
-    __slots__ = ("project", "items", "labels_by_source", "human_fraction", "open_tasks", "current_model_version", "threshold")
+    __slots__ = ("project", "items", "labels_by_source", "human_fraction", "open_tasks", "current_model_version", "threshold", "stream")
     class LabelsBySourceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +83,7 @@ class ProjectStats(_message.Message):
     OPEN_TASKS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     project: str
     items: int
     labels_by_source: _containers.ScalarMap[str, int]
@@ -56,7 +91,8 @@ class ProjectStats(_message.Message):
     open_tasks: int
     current_model_version: str
     threshold: float
-    def __init__(self, project: _Optional[str] = ..., items: _Optional[int] = ..., labels_by_source: _Optional[_Mapping[str, int]] = ..., human_fraction: _Optional[float] = ..., open_tasks: _Optional[int] = ..., current_model_version: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
+    stream: StreamStatus
+    def __init__(self, project: _Optional[str] = ..., items: _Optional[int] = ..., labels_by_source: _Optional[_Mapping[str, int]] = ..., human_fraction: _Optional[float] = ..., open_tasks: _Optional[int] = ..., current_model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ...) -> None: ...
 
 class ExportLabelsRequest(_message.Message):
     __slots__ = ("project",)

@@ -51,6 +51,11 @@ class ProjectsStub:
                 request_serializer=winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.SerializeToString,
                 response_deserializer=winnow_dot_v1_dot_records__pb2.Label.FromString,
                 _registered_method=True)
+        self.CloseStream = channel.unary_unary(
+                '/winnow.v1.Projects/CloseStream',
+                request_serializer=winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_projects__pb2.StreamStatus.FromString,
+                _registered_method=True)
 
 
 class ProjectsServicer:
@@ -77,6 +82,17 @@ class ProjectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseStream(self, request, context):
+        """The producer has sent everything for now. Once every item ingested so far has reached the
+        selector, it spends the budget left on the most useful items and labels the rest with the
+        model, marked aggregation "low_confidence", so every item ends with one final label. Returns at
+        once (state CLOSING); GetStats or this call again says when it is CLOSED. Items ingested later
+        are handled as usual, and a later CloseStream drains them again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProjectsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +110,11 @@ def add_ProjectsServicer_to_server(servicer, server):
                     servicer.ExportLabels,
                     request_deserializer=winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.FromString,
                     response_serializer=winnow_dot_v1_dot_records__pb2.Label.SerializeToString,
+            ),
+            'CloseStream': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseStream,
+                    request_deserializer=winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_projects__pb2.StreamStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +199,33 @@ class Projects:
             '/winnow.v1.Projects/ExportLabels',
             winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.SerializeToString,
             winnow_dot_v1_dot_records__pb2.Label.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/winnow.v1.Projects/CloseStream',
+            winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.SerializeToString,
+            winnow_dot_v1_dot_projects__pb2.StreamStatus.FromString,
             options,
             channel_credentials,
             insecure,

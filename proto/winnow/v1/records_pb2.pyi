@@ -65,14 +65,16 @@ class Item(_message.Message):
     def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., text: _Optional[str] = ..., ingested_at: _Optional[float] = ...) -> None: ...
 
 class Scored(_message.Message):
-    __slots__ = ("item_id", "model_version", "logits")
+    __slots__ = ("item_id", "model_version", "label", "confidence")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
-    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     model_version: str
-    logits: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., logits: _Optional[_Iterable[float]] = ...) -> None: ...
+    label: str
+    confidence: float
+    def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("project", "item_id", "priority", "model_version", "created_at", "kind")
