@@ -36,15 +36,11 @@ from winnow.core.runtime import Prediction, Runtime
 from winnow.core.sqlite_bus import SqliteBus
 from winnow.core.sqlite_store import SqliteStore
 from winnow.core.trainer import TrainConfig, train, write_version
-from winnow.services.serve import _work, open_bus
+from winnow.services.serve import SQLITE_SESSION_TIMEOUT_S, _work, open_bus  # the bus settings serve uses
 
 # What one prelabel step takes off the bus: serve's worker loop calls ``Stage.step`` with its default.
 PRELABEL_BATCH: int = inspect.signature(Stage.step).parameters["max_messages"].default
 HEAD_VERSION = "bench-head"
-# Every stage of a run is in this process, so no member can die apart from the others (EmbeddedLoop's
-# reasoning). With open_bus's 10 s, a prelabel batch slower than 10 s (512 texts on a loaded 2-core
-# machine) loses the group between poll and commit and is handed out again, so serve redoes it.
-SQLITE_SESSION_TIMEOUT_S = 24 * 3600.0
 # Each role gets its own bus client: one KafkaBus shared by the stage threads (as ``winnow serve all``
 # shares it) fails flushes at random. A publish in another thread can land its future in the list a
 # concurrent flush has just taken, after that flush's producer.flush() began, and the flush reports it

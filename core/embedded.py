@@ -35,6 +35,7 @@ class EmbeddedLoop:
         create_topics(self.bus, project.name, config.partitions)
         self.project, self.config = project, config
         self.prelabel = PrelabelWorker(self.bus, self.store, project, config, runtime)
+        self.prelabel.fill_s = 0.0  # ingest and the stages take turns here: no more items come mid-step
         self.selector = Selector(self.bus, self.store, project, config, clock)
         self.labeling = LabelingService(self.bus, self.store, project, config, clock)
         self.trainer = Trainer(self.bus, self.store, project, config, self.workdir / "models", clock, on_version)

@@ -114,6 +114,7 @@ class Stage(ABC):
 
     name: str  # prelabel, selector, trainer
     stages: tuple[str, ...]
+    fill_s: float = 0.0  # how long a step may wait for more messages to fill its batch (see ``step``)
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig) -> None:
         self.bus, self.store, self.project, self.config = bus, store, project, config
@@ -126,8 +127,16 @@ class Stage(ABC):
         A message that cannot be decoded or validated (a poison message) goes to the project's
         dead-letter topic with the error in its headers, and the batch goes on without it: a bad
         message never blocks its partition.
+
+        Once messages arrive, a stage with ``fill_s`` waits up to that long for more, until the batch
+        is full (dynamic batching: a producer's batch often lands over several polls, and every step
+        costs a flush and a commit, and for the prelabel worker a less efficient model batch).
         """
         messages = self.consumer.poll(max_messages, timeout_s)
+        if messages and self.fill_s > 0:
+            fill_until = time.monotonic() + self.fill_s
+            while len(messages) < max_messages and (left := fill_until - time.monotonic()) > 0:
+                messages += self.consumer.poll(max_messages - len(messages), left)
         if messages:
             records: list[tuple[str, object]] = []
             for m in messages:
@@ -176,6 +185,7 @@ class PrelabelWorker(Stage):
 
     name = "prelabel"
     stages = ("items.raw", "models")
+    fill_s = 0.05  # 50 ms of latency for full model batches
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, runtime: Runtime) -> None:
         super().__init__(bus, store, project, config)
@@ -238,8 +248,9 @@ class StreamStatus:
     low_confidence: int = 0
 
 
-def _close_rows(store: Store, project: str) -> tuple[dict[str, float], list[tuple[float, dict]]]:
-    """Close requests (request id -> time) and served closes (time, detail), from the audit log.
+def _close_rows(store: Store, project: str) -> tuple[dict[str, float], list[tuple[float, dict]], list[str]]:
+    """From the audit log: close requests (request id -> time), served closes (time, detail) and
+    the ids of the requests not served yet, oldest first.
 
     Requests and closes are matched by id, never by time: the API and the selector may run on
     machines whose clocks disagree.
@@ -251,23 +262,20 @@ def _close_rows(store: Store, project: str) -> tuple[dict[str, float], list[tupl
             requests[json.loads(detail)["request"]] = at
         elif action == "stream_closed":
             served.append((at, json.loads(detail)))
-    return requests, served
+    done = {r for _, detail in served for r in detail["requests"]}
+    return requests, served, [r for r in requests if r not in done]
 
 
 def pending_close_requests(store: Store, project: str) -> list[str]:
     """Ids of close requests no selector has served yet, oldest first."""
-    requests, served = _close_rows(store, project)
-    done = {r for _, detail in served for r in detail["requests"]}
-    return [r for r in requests if r not in done]
+    return _close_rows(store, project)[2]
 
 
 def stream_status(store: Store, project: str) -> StreamStatus:
     store.get_project(project)  # NotFound("project") for an unknown one
-    requests, served = _close_rows(store, project)
-    done = {r for _, detail in served for r in detail["requests"]}
-    pending = [at for r, at in requests.items() if r not in done]
+    requests, served, pending = _close_rows(store, project)
     if pending:
-        return StreamStatus(project, "closing", requested_at=pending[0])
+        return StreamStatus(project, "closing", requested_at=requests[pending[0]])
     if not served:
         return StreamStatus(project, "open")
     closed_at, detail = served[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -107,18 +108,24 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
     assert all(label.confidence >= label.threshold for label in auto)
 
 
+def _ingested(bus: SqliteBus, store: SqliteStore, n: int, budget_labels: int) -> tuple[Project, list[str], np.ndarray]:
+    """Project "p" with ``n`` items ingested (not scored yet): the project, item ids, their vectors [n, 16]."""
+    project = Project("p", CLASSES, budget_labels=budget_labels, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, _ = clustered(n)
+    ids = [f"i{k}" for k in range(n)]
+    ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    return project, ids, x
+
+
 def test_a_close_request_waits_for_every_item_then_labels_each_once(env) -> None:
     """Closing drains: it is served only once every ingested item has reached the selector; then the
     budget left goes to tasks and every other item gets a model label marked low_confidence."""
     bus, store = env
-    project = Project("p", CLASSES, budget_labels=10, budget_per_items=100)
-    store.create_project(project)
-    create_topics(bus, "p", 2)
-    x, _ = clustered(60)
-    ids = [f"i{k}" for k in range(60)]
+    project, ids, x = _ingested(bus, store, 60, budget_labels=10)
     selector = Selector(bus, store, project, CONFIG)
     assert stream_status(store, "p") == StreamStatus("p", "open")
-    ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
     score(bus, store, project, ids[:40], x[:40])  # 20 items are not prelabeled yet
     selector.step()
 
@@ -152,15 +159,37 @@ def test_a_close_request_waits_for_every_item_then_labels_each_once(env) -> None
 
 def test_a_pending_close_survives_a_selector_restart(env) -> None:
     bus, store = env
-    project = Project("p", CLASSES, budget_labels=0, budget_per_items=100)
-    store.create_project(project)
-    create_topics(bus, "p", 2)
-    x, _ = clustered(10)
-    ids = [f"i{k}" for k in range(10)]
-    ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    project, ids, x = _ingested(bus, store, 10, budget_labels=0)
     score(bus, store, project, ids, x)
     request_close(store, "p", "operator", 1.0)  # requested while no selector runs
     selector = Selector(bus, store, project, CONFIG)
     selector.step()
     assert stream_status(store, "p").state == "closed"
     assert sorted(label.item_id for label in store.labels("p")) == sorted(ids)
+
+
+@pytest.mark.parametrize("fill_s, taken", [(0.0, 3), (30.0, 5)], ids=["no-fill", "fill"])
+def test_a_step_waits_to_fill_its_batch_only_with_fill_s(env, tmp_path: Path, fill_s: float, taken: int) -> None:
+    """A producer's batch landing over two polls is one step with ``fill_s`` (which stops waiting as
+    soon as the batch is full, long before the 30 s), two steps without it."""
+    bus, store = env
+    project = Project("p", CLASSES)
+    store.create_project(project)
+    create_topics(bus, "p", 1)
+    selector = Selector(bus, store, project, CONFIG)
+    selector.fill_s = fill_s
+    scored = topic("p", "items.scored")
+    bus.publish_many(scored, [(f"k{k}", b"poison") for k in range(3)])  # dead-lettered: only counted here
+    bus.flush()
+
+    def produce_more() -> None:  # a producer of its own, as another process would be
+        producer = SqliteBus(tmp_path / "bus.sqlite")
+        producer.publish_many(scored, [("k3", b"x"), ("k4", b"y")])
+        producer.close()
+
+    later = threading.Timer(0.3, produce_more)
+    later.start()
+    try:
+        assert selector.step(max_messages=5, timeout_s=1.0) == taken
+    finally:
+        later.join()
