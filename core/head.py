@@ -196,11 +196,13 @@ class HeadEngine(ABC):
 
 
 class OnnxHead(HeadEngine):
-    """head.onnx on ONNX Runtime."""
+    """head.onnx on ONNX Runtime, on one thread: a head is a few small matrix products (a 10,000-row
+    backlog re-score takes milliseconds), and a thread pool would only add hand-offs and take cores
+    from the encoder running beside it."""
 
     def __init__(self, folder: Path, device: str = "auto") -> None:
         super().__init__(folder)
-        self._session = onnx_session(self.folder / ONNX_FILE, device)
+        self._session = onnx_session(self.folder / ONNX_FILE, device, threads=1)
         out_shape = self._session.get_outputs()[0].shape[1:]
         if out_shape != [self.config.members, self.config.n_classes]:
             raise ModelFileError(f"{self.folder / ONNX_FILE}: logits shape {out_shape} does not match {META_FILE}")

@@ -90,10 +90,13 @@ def to_message(record: object, message_cls: type[M]) -> M:
     return message_cls(**values)
 
 
+_type_hints = functools.cache(typing.get_type_hints)  # evaluating a record's annotations costs more than a message
+
+
 def from_message(message: Message, record_cls: type[R]) -> R:
     """The record with ``message``'s fields (the inverse of :func:`to_message`)."""
     fields = message.DESCRIPTOR.fields_by_name
-    hints = typing.get_type_hints(record_cls)
+    hints = _type_hints(record_cls)
     values: dict[str, Any] = {}
     for f in dataclasses.fields(record_cls):  # type: ignore[arg-type]
         field, value = fields[f.name], getattr(message, f.name)
