@@ -226,6 +226,15 @@ class PrelabelWorker(Stage):
             for item, label, conf in zip(items, labels, confidence)])
 
 
+def _max_cosine(vectors: np.ndarray, others: np.ndarray, rows: int = 16384) -> np.ndarray:
+    """float32 ``[n]``: the highest inner product of each of ``vectors`` ``[n, D]`` with any of ``others``
+    ``[m, D]`` (unit vectors: the cosine), ``rows`` vectors at a time."""
+    if not len(others):
+        return np.full(len(vectors), -np.inf, np.float32)
+    return np.concatenate([(vectors[k:k + rows] @ others.T).max(1) for k in range(0, len(vectors), rows)]
+                          or [np.zeros(0, np.float32)]).astype(np.float32)
+
+
 # -- close of stream -------------------------------------------------------------------------
 CLOSE_CHECK_S = 1.0  # how often a selector looks for a close request (one small audit-log read)
 CLOSE_WAIT_LOG_S = 10.0
@@ -318,6 +327,13 @@ class Selector(Stage):
         self._guarded = 0
         self.backlog_ids: list[str] = []
         self.backlog_emb = np.zeros((0, 0), np.float32)  # [n, D]
+        # per backlog item, in step with backlog_emb: the current head's calibrated probabilities and
+        # uncertainty (recomputed when the model changes) and the highest cosine to any item of the
+        # near-duplicate guard (raised as items join the guard), so that a selection step costs work
+        # in proportion to what arrived, not to the whole backlog
+        self.backlog_probs = np.zeros((0, 0))  # [n, C]
+        self.backlog_unc = np.zeros(0)  # [n]
+        self.backlog_dup = np.zeros(0, np.float32)  # [n]
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
         self._close_wait_logged = 0.0
         self._restore()
@@ -332,34 +348,47 @@ class Selector(Stage):
         queued_set = set(queued)
         pending = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued_set]
         # items not prelabeled yet have no vector: they reach the selector through items.scored
+        anchors = queued + human
+        if anchors:  # the guard first: the backlog then measures itself against it in one search
+            self._guard_add(self.store.get_embeddings(self.project.name, anchors))
         scored = self.store.embedded_ids(self.project.name, pending)
         if scored:
             self._add_backlog(scored, self.store.get_embeddings(self.project.name, scored))
-        anchors = queued + human
-        if anchors:
-            self._guard_add(self.store.get_embeddings(self.project.name, anchors))
         self.budget.observe(len(scored) + len(anchors))
         self.budget.grant(len(anchors))
 
-    def _add_backlog(self, ids: list[str], emb: np.ndarray) -> None:
+    def _add_backlog(self, ids: list[str], emb: np.ndarray, scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Put items in the backlog; ``scores`` are their ``_scores`` if the caller has them."""
+        if not ids:
+            return
+        probs, unc = scores if scores is not None else self._scores(emb)
+        dup = (self.guard.index.max_similarity(emb) if self.guard is not None
+               else np.full(len(emb), -np.inf, np.float32))
+        if not len(self.backlog_ids):
+            self.backlog_emb, self.backlog_probs, self.backlog_unc, self.backlog_dup = emb, probs, unc, dup
+        else:
+            self.backlog_emb = np.concatenate([self.backlog_emb, emb])
+            self.backlog_probs = np.concatenate([self.backlog_probs, probs])
+            self.backlog_unc = np.concatenate([self.backlog_unc, unc])
+            self.backlog_dup = np.concatenate([self.backlog_dup, dup])
         self.backlog_ids.extend(ids)
-        self.backlog_emb = emb if not len(self.backlog_emb) else np.concatenate([self.backlog_emb, emb])
 
     def _drop_backlog(self, keep: np.ndarray) -> None:
         self.backlog_ids = [i for i, k in zip(self.backlog_ids, keep) if k]
         self.backlog_emb = self.backlog_emb[keep]
+        self.backlog_probs = self.backlog_probs[keep]
+        self.backlog_unc = self.backlog_unc[keep]
+        self.backlog_dup = self.backlog_dup[keep]
 
     def _guard_add(self, emb: np.ndarray) -> None:
         if self.guard is None:
             self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
         self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
         self._guarded += len(emb)
+        if self.backlog_ids:  # the backlog against the new guard items only
+            self.backlog_dup = np.maximum(self.backlog_dup, _max_cosine(self.backlog_emb, emb))
 
     # -- scoring ----------------------------------------------------------------------------
-    def _probs(self, emb: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities [n, C] of the current head (uniform before the first model)."""
-        return self._scores(emb)[0]
-
     def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities [n, C] and uncertainty [n] (all equally uncertain before the first model)."""
         if self.head is None:
@@ -431,19 +460,19 @@ class Selector(Stage):
     def _arrive(self, scored: list[dict]) -> None:
         # a redelivered message must not put an item in the backlog twice, nor next to its own task,
         # nor earn the budget a second time
-        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name)}
-        fresh = [i for i in self.store.unlabeled_ids(self.project.name, [s["item_id"] for s in scored])
-                 if i not in known]
+        arrived = [s["item_id"] for s in scored]
+        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name, arrived)}
+        fresh = [i for i in self.store.unlabeled_ids(self.project.name, arrived) if i not in known]
         self.budget.observe(len(fresh))
         if not fresh:
             return
         fresh = self._draw_holdout(fresh)
         emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
-        probs = self._probs(emb)
+        probs, unc = self._scores(emb)
         accept = probs.max(1) >= self.threshold
         self._accept([i for i, a in zip(fresh, accept) if a], probs[accept])
         keep = ~accept
-        self._add_backlog([i for i, k in zip(fresh, keep) if k], emb[keep])
+        self._add_backlog([i for i, k in zip(fresh, keep) if k], emb[keep], (probs[keep], unc[keep]))
 
     def _draw_holdout(self, fresh: list[str]) -> list[str]:
         """Send a uniform random share of arrivals to people as holdout tasks; return the others."""
@@ -470,7 +499,8 @@ class Selector(Stage):
         log.info("selector swapped model version=%s threshold=%s backlog=%d", model.version, self.threshold,
                  len(self.backlog_ids))
         if self.backlog_ids:
-            probs = self._probs(self.backlog_emb)
+            self.backlog_probs, self.backlog_unc = self._scores(self.backlog_emb)
+            probs = self.backlog_probs
             accept = probs.max(1) >= self.threshold
             self._accept([i for i, a in zip(self.backlog_ids, accept) if a], probs[accept])
             self._drop_backlog(~accept)
@@ -489,11 +519,11 @@ class Selector(Stage):
             return 0
         pool = np.arange(len(self.backlog_ids))
         if self.guard is not None:
-            pool = pool[~self.guard.is_duplicate(self.backlog_emb)]
+            pool = pool[self.backlog_dup < self.guard.threshold]  # as guard.is_duplicate(backlog_emb)
         if not len(pool):
             return 0
         emb = self.backlog_emb[pool]
-        probs, unc = self._scores(emb)
+        probs, unc = self.backlog_probs[pool], self.backlog_unc[pool]
         n = self.budget.grant(min(wanted, len(pool)))
         chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
         picked = pool[chosen]
@@ -519,8 +549,7 @@ class Selector(Stage):
         tasks = self._issue_tasks(final=True)
         low = 0
         if self.backlog_ids:
-            probs = self._probs(self.backlog_emb)
-            low = self._accept(list(self.backlog_ids), probs, "low_confidence")
+            low = self._accept(list(self.backlog_ids), self.backlog_probs, "low_confidence")
             self._drop_backlog(np.zeros(len(self.backlog_ids), bool))
         self.bus.flush()
         # the requests are served once the output is durable: a crash before this line means the

@@ -455,14 +455,15 @@ class PostgresStore(Store):
             ).fetchall()
         return [r[0] for r in rows]
 
-    def open_tasks(self, project: str) -> list[Task]:
+    def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
+        sql = "SELECT item_id, priority, model_version, created_at, kind FROM tasks WHERE project = %s AND NOT closed"
+        params: tuple = (project,)
+        if among is not None:
+            sql += " AND item_id = ANY(%s::text[])"
+            params += (list(among),)
         with self._tx() as c:
             self._project(c, project)
-            rows = c.execute(
-                "SELECT item_id, priority, model_version, created_at, kind FROM tasks "
-                "WHERE project = %s AND NOT closed ORDER BY priority DESC, created_at, seq",
-                (project,),
-            ).fetchall()
+            rows = c.execute(sql + " ORDER BY priority DESC, created_at, seq", params).fetchall()
         return [Task(project, *r) for r in rows]
 
     # -- gold -------------------------------------------------------------------------------

@@ -430,14 +430,15 @@ class SqliteStore(Store):
                              (project, kind)).fetchall()
         return [r[0] for r in rows]
 
-    def open_tasks(self, project: str) -> list[Task]:
+    def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
+        sql = "SELECT item_id, priority, model_version, created_at, kind FROM tasks WHERE project = ? AND closed = 0"
+        params: tuple = (project,)
+        if among is not None:
+            sql += " AND item_id IN (SELECT value FROM json_each(?))"
+            params += (json.dumps(list(among)),)
         with self._tx(write=False) as c:
             self._project(c, project)
-            rows = c.execute(
-                "SELECT item_id, priority, model_version, created_at, kind FROM tasks "
-                "WHERE project = ? AND closed = 0 ORDER BY priority DESC, created_at, seq",
-                (project,),
-            ).fetchall()
+            rows = c.execute(sql + " ORDER BY priority DESC, created_at, seq", params).fetchall()
         return [Task(project, *r) for r in rows]
 
     # -- gold -------------------------------------------------------------------------------

@@ -199,8 +199,8 @@ class Store(ABC):
         """Items that ever had a task of ``kind`` (label, holdout or gold), open or closed, in task order."""
 
     @abstractmethod
-    def open_tasks(self, project: str) -> list[Task]:
-        """Tasks not yet closed, highest priority first."""
+    def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
+        """Tasks not yet closed (only those of items in ``among`` when given), highest priority first."""
 
     # -- gold -------------------------------------------------------------------------------
     @abstractmethod

@@ -193,6 +193,10 @@ class StoreContract:
         assert s.add_tasks([task("i0", 0.2), task("i1", 0.3)]) == 2
         assert s.add_tasks([task("i0", 0.9), task("i2", 0.1)]) == 1
         assert [(t.item_id, t.priority) for t in s.open_tasks(P)] == [("i1", 0.3), ("i0", 0.2), ("i2", 0.1)]
+        assert [t.item_id for t in s.open_tasks(P, among=["i2", "i0", "i3", "ghost"])] == ["i0", "i2"]
+        s.close_task(P, "i0")
+        assert [t.item_id for t in s.open_tasks(P, among=["i0", "i2"])] == ["i2"]
+        assert s.open_tasks(P, among=[]) == []
         with pytest.raises(NotFound):
             s.add_tasks([task("ghost")])
 

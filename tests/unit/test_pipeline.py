@@ -85,6 +85,7 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
         score(bus, store, project, chunk, x[start:start + 50])
         while True:
             moved = selector.step()
+            check_backlog_caches(selector)
             for lease in labeling.lease("ann", 100):
                 labeling.submit("ann", lease.item_id, truth[lease.item_id])
                 moved += 1
@@ -93,6 +94,12 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
                 break
     trainer.maybe_train(force=True)
     selector.step()
+    check_backlog_caches(selector)
+    restarted = Selector(bus, store, project, config)  # rebuilt from the store: the same backlog
+    check_backlog_caches(restarted)
+    assert restarted.backlog_ids == selector.backlog_ids
+    np.testing.assert_allclose(restarted.backlog_probs, selector.backlog_probs, rtol=1e-5, atol=1e-7)
+    restarted.close()
     selector.close_stream()
     labels = store.labels("p")
     assert sorted(label.item_id for label in labels) == sorted(ids)  # exactly one each
@@ -106,6 +113,50 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
     assert json.loads((Path(models[-1].path) / "meta.json").read_text())["members"] == config.train.members
     auto = [label for label in labels if label.aggregation == "auto_accept"]
     assert all(label.confidence >= label.threshold for label in auto)
+
+
+def check_backlog_caches(selector: Selector) -> None:
+    """The selector's per-item scores and guard similarities equal a computation from scratch."""
+    n = len(selector.backlog_ids)
+    assert len(selector.backlog_emb) == len(selector.backlog_probs) == len(selector.backlog_unc) == n
+    assert len(selector.backlog_dup) == n
+    if not n:
+        return
+    probs, unc = selector._scores(selector.backlog_emb)
+    np.testing.assert_allclose(selector.backlog_probs, probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(selector.backlog_unc, unc, rtol=1e-5, atol=1e-7)
+    if selector.guard is None:
+        assert np.all(selector.backlog_dup == -np.inf)
+    else:
+        np.testing.assert_allclose(selector.backlog_dup, selector.guard.index.max_similarity(selector.backlog_emb),
+                                   atol=1e-5)
+
+
+def test_backlog_items_that_duplicate_a_queued_item_never_become_tasks(env) -> None:
+    """Near-duplicates of queued items stay in the backlog; they go out as model labels at the close."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=50, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    selector = Selector(bus, store, project, CONFIG)
+    x, _ = clustered(60, seed=3)
+    x = np.concatenate([x, x])  # items 60..119 repeat items 0..59 exactly
+    ids = [f"i{k}" for k in range(len(x))]
+    for start in range(0, len(ids), 20):
+        chunk = ids[start:start + 20]
+        ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
+        score(bus, store, project, chunk, x[start:start + 20])
+        while selector.step():
+            check_backlog_caches(selector)
+    kinds = {t.item_id: t.kind for t in store.open_tasks("p")}
+    label_tasks = {i for i, kind in kinds.items() if kind == "label"}
+    twin = {i: f"i{(int(i[1:]) + 60) % 120}" for i in ids}
+    assert len(label_tasks) >= 20 and not any(twin[i] in label_tasks for i in label_tasks)  # never both copies
+    # the other copy was held back (holdout tasks are drawn uniformly, duplicates or not); no model
+    # yet, so nothing was auto-accepted
+    assert all(twin[i] in selector.backlog_ids or kinds.get(twin[i]) == "holdout" for i in label_tasks)
+    assert all(d >= CONFIG.near_duplicate for i, d in zip(selector.backlog_ids, selector.backlog_dup)
+               if twin[i] in kinds)
 
 
 def _ingested(bus: SqliteBus, store: SqliteStore, n: int, budget_labels: int) -> tuple[Project, list[str], np.ndarray]:
