@@ -36,10 +36,12 @@ from winnow.core.runtime import Prediction, Runtime
 from winnow.core.sqlite_bus import SqliteBus
 from winnow.core.sqlite_store import SqliteStore
 from winnow.core.trainer import TrainConfig, train, write_version
-from winnow.services.serve import SQLITE_SESSION_TIMEOUT_S, _work, open_bus  # the bus settings serve uses
+from winnow.core.index import set_threads
+from winnow.services.serve import SQLITE_SESSION_TIMEOUT_S, ServeOptions, _work, open_bus  # as serve runs them
 
 # What one prelabel step takes off the bus: serve's worker loop calls ``Stage.step`` with its default.
 PRELABEL_BATCH: int = inspect.signature(Stage.step).parameters["max_messages"].default
+FAISS_THREADS: int = ServeOptions.faiss_threads  # serve's default, set for the pipeline runs only
 HEAD_VERSION = "bench-head"
 # Each role gets its own bus client: one KafkaBus shared by the stage threads (as ``winnow serve all``
 # shares it) fails flushes at random. A publish in another thread can land its future in the list a
@@ -192,6 +194,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
     """
     workdir.mkdir(parents=True)
     kafka = _bus_kind(bus_url) == "kafka"
+    faiss_threads = set_threads(FAISS_THREADS)
     buses: list[Bus] = []
 
     def new_bus() -> Bus:
@@ -305,6 +308,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
             if kafka and buses:
                 buses[0].delete_topics([topic(project.name, s) for s in STAGES])  # type: ignore[attr-defined]
         finally:
+            set_threads(faiss_threads)
             for bus in buses:
                 bus.close()
             if store is not None:
@@ -482,6 +486,7 @@ def run_throughput_benchmark(
                         "partitions": config.partitions},
             "sqlite_session_timeout_s": SQLITE_SESSION_TIMEOUT_S if bus == "sqlite" else None,
             "bus_clients": "ingest, prelabel and selector each have their own",
+            "faiss_threads_in_pipeline": FAISS_THREADS,
             "runtime": {"class": type(runtime).__name__, "encoder": runtime.encoder.encoder_id,
                         "embedding_cache": False},
             "threads": "prelabel and selector each in a thread running serve's worker loop (poll timeout "

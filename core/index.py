@@ -26,6 +26,21 @@ def resolve_device(device: int | None) -> int:
     return device
 
 
+def set_threads(n: int) -> int:
+    """Set how many OpenMP threads FAISS's CPU searches and k-means use in this process; returns the
+    previous number.
+
+    A stage that shares its cores with the model (the selector beside the prelabel worker) runs
+    small searches and clusterings between the model's batches: with several threads each call
+    stalls whenever the model preempts one of them, so there one thread is cheaper.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidInput("threads", f"must be an integer of at least 1, got {n!r}")
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    return previous
+
+
 @cache
 def _gpu_resources() -> faiss.StandardGpuResources:
     return faiss.StandardGpuResources()

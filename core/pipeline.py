@@ -28,6 +28,7 @@ from winnow.core.head import Head, OnnxHead, load_head
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
 from winnow.core.runtime import Runtime
 from winnow.core.scoring import SCORE_NAMES, mean_probs, uncertainty
+from winnow.core.index import VectorIndex
 from winnow.core.selection import BudgetController, Candidates, NearDuplicateGuard, make_selector
 from winnow.core.store import Store
 from winnow.core.trainer import TrainConfig, train, write_version
@@ -226,13 +227,11 @@ class PrelabelWorker(Stage):
             for item, label, conf in zip(items, labels, confidence)])
 
 
-def _max_cosine(vectors: np.ndarray, others: np.ndarray, rows: int = 16384) -> np.ndarray:
-    """float32 ``[n]``: the highest inner product of each of ``vectors`` ``[n, D]`` with any of ``others``
-    ``[m, D]`` (unit vectors: the cosine), ``rows`` vectors at a time."""
-    if not len(others):
-        return np.full(len(vectors), -np.inf, np.float32)
-    return np.concatenate([(vectors[k:k + rows] @ others.T).max(1) for k in range(0, len(vectors), rows)]
-                          or [np.zeros(0, np.float32)]).astype(np.float32)
+def _max_cosine(vectors: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """float32 ``[n]``: the highest cosine of each of ``vectors`` ``[n, D]`` to any of ``others`` ``[m, D]``."""
+    index = VectorIndex(others.shape[1])
+    index.add(np.arange(len(others)), others)
+    return index.max_similarity(vectors)
 
 
 # -- close of stream -------------------------------------------------------------------------

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     _opt(serve, "--metrics-port", "METRICS_PORT", None, "Prometheus metrics port (0 takes a free one; unset: off)")
     _opt(serve, "--models-dir", "MODELS_DIR", "winnow-data/models", "where the trainer writes model versions")
     _opt(serve, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
+    _opt(serve, "--faiss-threads", "FAISS_THREADS", "1",
+         "OpenMP threads for the selector's FAISS searches and clustering (1: the workers share the cores "
+         "with the model, and a multi-threaded call stalls whenever the model preempts one of its threads)")
     return parser
 
 
@@ -101,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         services=parse_services(args.service), projects=project_names([args.project] if args.project else None),
         bus_url=args.bus, store_url=args.store, grpc_host=args.grpc_host, grpc_port=int(args.grpc_port),
         metrics_port=None if args.metrics_port is None else int(args.metrics_port),
-        models_dir=Path(args.models_dir), engine=args.engine,
+        models_dir=Path(args.models_dir), engine=args.engine, faiss_threads=int(args.faiss_threads),
     ))
     return 0
 

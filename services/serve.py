@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from winnow.core.bus import Bus
 from winnow.core.errors import InvalidInput, NotFound
+from winnow.core.index import set_threads
 from winnow.core.pipeline import LoopConfig, PrelabelWorker, Selector, Stage, Trainer, create_topics
 from winnow.core.store import Store
 
@@ -87,6 +88,9 @@ class ServeOptions:
     models_dir: Path = Path("winnow-data/models")
     engine: str = "onnx"
     config: LoopConfig = LoopConfig()
+    # FAISS OpenMP threads of this process (the selector's searches and clustering): one, because the
+    # workers share the cores with the model (see ``winnow.core.index.set_threads``)
+    faiss_threads: int = 1
 
 
 def _stages(name: str, bus: Bus, store: Store, project: str, options: ServeOptions) -> Stage:
@@ -145,6 +149,7 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
     workers = [s for s in options.services if s in WORKERS]
     if workers and not options.projects:
         raise InvalidInput("project", f"{workers} consume one project's topics: name it with --project")
+    set_threads(options.faiss_threads)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,3 +39,11 @@ def test_flags_fall_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("WINNOW_STRATEGY", "kcenter")
     args = build_parser().parse_args(["bench", "labels", "--out", "x.json"])
     assert args.strategy == "kcenter"
+
+
+def test_serve_faiss_threads_default_to_one_and_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from winnow.services.serve import ServeOptions
+
+    assert build_parser().parse_args(["serve", "selector"]).faiss_threads == "1" == str(ServeOptions.faiss_threads)
+    monkeypatch.setenv("WINNOW_FAISS_THREADS", "2")
+    assert build_parser().parse_args(["serve", "selector"]).faiss_threads == "2"

@@ -147,3 +147,18 @@ def test_gpu_index_and_kmeans_agree_with_cpu():
     vectors, label = planted_clusters(rng, 3, 40, 8)
     assignment = kmeans(vectors, 3, seed=5, device=0)[1]
     assert all(len(np.unique(assignment[label == c])) == 1 for c in range(3))
+
+
+def test_set_threads_returns_the_previous_count_and_refuses_nonsense():
+    from winnow.core.index import set_threads
+
+    before = faiss.omp_get_max_threads()
+    try:
+        assert set_threads(1) == before
+        assert faiss.omp_get_max_threads() == 1
+        assert set_threads(2) == 1
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(InvalidInput, match="threads"):
+                set_threads(bad)
+    finally:
+        faiss.omp_set_num_threads(before)
