@@ -29,6 +29,7 @@ from winnow.core.bus import Bus
 from winnow.core.data import Dataset
 from winnow.core.encoder import CachedEncoder
 from winnow.core.errors import InvalidInput, WinnowError
+from winnow.core.index import set_threads
 from winnow.core.pipeline import (STAGES, LoopConfig, PrelabelWorker, Selector, Stage, create_topics, ingest,
                                   topic)
 from winnow.core.records import Item, ModelVersion, Project
@@ -36,7 +37,6 @@ from winnow.core.runtime import Prediction, Runtime
 from winnow.core.sqlite_bus import SqliteBus
 from winnow.core.sqlite_store import SqliteStore
 from winnow.core.trainer import TrainConfig, train, write_version
-from winnow.core.index import set_threads
 from winnow.services.serve import SQLITE_SESSION_TIMEOUT_S, ServeOptions, _work, open_bus  # as serve runs them
 
 # What one prelabel step takes off the bus: serve's worker loop calls ``Stage.step`` with its default.

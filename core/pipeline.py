@@ -25,10 +25,10 @@ from winnow.core.bus import Bus, Message
 from winnow.core.consensus import annotator_accuracy_on_gold, dawid_skene, majority_vote
 from winnow.core.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.head import Head, OnnxHead, load_head
+from winnow.core.index import VectorIndex
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
 from winnow.core.runtime import Runtime
 from winnow.core.scoring import SCORE_NAMES, mean_probs, uncertainty
-from winnow.core.index import VectorIndex
 from winnow.core.selection import BudgetController, Candidates, NearDuplicateGuard, make_selector
 from winnow.core.store import Store
 from winnow.core.trainer import TrainConfig, train, write_version
@@ -346,10 +346,10 @@ class Selector(Stage):
         human = [label.item_id for label in self.store.labels(self.project.name, "human")]
         queued_set = set(queued)
         pending = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued_set]
-        # items not prelabeled yet have no vector: they reach the selector through items.scored
         anchors = queued + human
         if anchors:  # the guard first: the backlog then measures itself against it in one search
             self._guard_add(self.store.get_embeddings(self.project.name, anchors))
+        # items not prelabeled yet have no vector: they reach the selector through items.scored
         scored = self.store.embedded_ids(self.project.name, pending)
         if scored:
             self._add_backlog(scored, self.store.get_embeddings(self.project.name, scored))
