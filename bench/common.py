@@ -40,3 +40,24 @@ def write_json(path: Path, result: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, sort_keys=False, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def new_figure(size: tuple[float, float]):
+    """A matplotlib figure and axes drawn off-screen (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Lay out, write ``path`` as a PNG (120 dpi) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

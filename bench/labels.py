@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from winnow.bench.common import environment, write_json
+from winnow.bench.common import environment, new_figure, save_figure, write_json
 from winnow.core.data import Dataset
 from winnow.core.pipeline import LoopConfig
 from winnow.core.records import Project
@@ -22,12 +22,7 @@ from winnow.core.simulate import StreamReport, run_stream
 
 def plot_curves(path: Path, reports: list[StreamReport], title: str) -> None:
     """Human labels against model test accuracy, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = new_figure((7, 4.5))
     for report in reports:
         points = [p for p in report.curve if p.get("test_accuracy") is not None]
         if points:
@@ -39,10 +34,7 @@ def plot_curves(path: Path, reports: list[StreamReport], title: str) -> None:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_labels_benchmark(

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from winnow.bench.common import environment, write_json
+from winnow.bench.common import environment, new_figure, save_figure, write_json
 from winnow.core.bus import Bus
 from winnow.core.data import Dataset
 from winnow.core.encoder import CachedEncoder
@@ -369,15 +369,10 @@ def _bus_kind(bus_url: str | None) -> str:
 
 def plot_throughput(path: Path, result: dict) -> None:
     """Two bars (median items/s of the pipeline and of the model alone), each repeat as a dot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = result["details"]["runs"]
     names = ("pipeline", "model_only")
     medians = [result["pipeline_items_per_s"], result["model_only_items_per_s"]]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = new_figure((6, 4.5))
     bars = ax.bar(["whole pipeline", "model only"], medians, color=["tab:blue", "tab:gray"], alpha=0.8)
     for k, name in enumerate(names):
         values = [run[name]["items_per_s"] for run in runs]
@@ -391,10 +386,7 @@ def plot_throughput(path: Path, result: dict) -> None:
                  f"pipeline / model-only = {result['ratio']:.3f}", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_throughput_benchmark(
