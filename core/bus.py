@@ -9,9 +9,12 @@ from __future__ import annotations
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Mapping, Sequence
+
+from winnow.core.errors import InvalidInput
 
 Headers = tuple[tuple[str, bytes], ...]
+Offsets = Mapping[tuple[str, int], int]  # (topic, partition) -> the offset after the last message done
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,26 @@ class Message:
         return None
 
 
+def next_offsets(messages: Iterable[Message]) -> dict[tuple[str, int], int]:
+    """For each partition among ``messages``, the offset after the last of them (what ``commit`` takes)."""
+    offsets: dict[tuple[str, int], int] = {}
+    for m in messages:
+        tp = (m.topic, m.partition)
+        offsets[tp] = max(offsets.get(tp, 0), m.offset + 1)
+    return offsets
+
+
+def owned_offsets(offsets: Offsets, handed: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Of the ``offsets`` asked to be committed, those of partitions this member still owns, where
+    ``handed`` is how far ``poll`` has gone in each; ``InvalidInput`` for an offset past that, or negative."""
+    for (t, p), offset in offsets.items():
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidInput("offsets", f"{t}/{p}: an offset must be a non-negative int, got {offset!r}")
+        if (t, p) in handed and offset > handed[t, p]:
+            raise InvalidInput("offsets", f"{t}/{p}: {offset} is past what poll has handed out ({handed[t, p]})")
+    return {tp: offset for tp, offset in offsets.items() if tp in handed}
+
+
 def partition_for(key: str, partitions: int) -> int:
     """The partition a key lands on: stable across processes and adapters (CRC32, not ``hash``)."""
     return zlib.crc32(key.encode("utf-8")) % partitions
@@ -44,6 +67,8 @@ class Consumer(ABC):
     partition assigned to this member, in offset order per partition (so in publish order per key).
     ``commit`` records, for every partition, the offset *after* the last message this member has
     been handed by ``poll``: call it only once the output made from those messages is durable.
+    A member that polls ahead of its durable output (the prelabel worker gathers its next batch
+    while the model runs on the last) commits explicit ``offsets`` instead.
     A member that stops without committing (crash, ``close(commit=False)``) leaves its uncommitted
     messages to be handed again to whichever member owns the partition next.
     """
@@ -53,8 +78,14 @@ class Consumer(ABC):
         """Up to ``max_messages`` new messages, waiting at most ``timeout_s`` for the first one."""
 
     @abstractmethod
-    def commit(self) -> None:
-        """Make everything handed out by ``poll`` so far committed for the group."""
+    def commit(self, offsets: Offsets | None = None) -> None:
+        """Make everything handed out by ``poll`` so far committed for the group; with ``offsets``,
+        only those positions (see ``next_offsets``).
+
+        An offset past what ``poll`` has handed out for its partition raises ``InvalidInput``. A
+        partition this member no longer owns (lost to a rebalance) is not committed: its new owner
+        gets those messages again (Kafka also raises ``BusError`` for a commit across a rebalance).
+        """
 
     @abstractmethod
     def close(self, commit: bool = False) -> None:

@@ -34,8 +34,10 @@ class EmbeddedLoop:
         self.store.create_project(project)
         create_topics(self.bus, project.name, config.partitions)
         self.project, self.config = project, config
-        self.prelabel = PrelabelWorker(self.bus, self.store, project, config, runtime)
-        self.prelabel.fill_s = 0.0  # ingest and the stages take turns here: no more items come mid-step
+        # ingest and the stages take turns here: no more items come mid-step, and no stage runs while
+        # the model works on a batch, so the worker neither waits to fill a batch nor overlaps
+        self.prelabel = PrelabelWorker(self.bus, self.store, project, config, runtime, overlap=False)
+        self.prelabel.fill_s = 0.0
         self.selector = Selector(self.bus, self.store, project, config, clock)
         self.labeling = LabelingService(self.bus, self.store, project, config, clock)
         self.trainer = Trainer(self.bus, self.store, project, config, self.workdir / "models", clock, on_version)

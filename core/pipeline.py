@@ -13,21 +13,22 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from abc import ABC, abstractmethod
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from winnow.core.bus import Bus, Message
+from winnow.core.bus import Bus, Message, next_offsets
 from winnow.core.consensus import annotator_accuracy_on_gold, dawid_skene, majority_vote
 from winnow.core.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.head import Head, OnnxHead, load_head
 from winnow.core.index import VectorIndex
 from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
-from winnow.core.runtime import Runtime
+from winnow.core.runtime import Prediction, Runtime
 from winnow.core.scoring import SCORE_NAMES, mean_probs, uncertainty
 from winnow.core.selection import BudgetController, Candidates, NearDuplicateGuard, make_selector
 from winnow.core.store import Store
@@ -133,22 +134,31 @@ class Stage(ABC):
         is full (dynamic batching: a producer's batch often lands over several polls, and every step
         costs a flush and a commit, and for the prelabel worker a less efficient model batch).
         """
+        messages = self._gather(max_messages, timeout_s)
+        if messages:
+            self.handle(self._decode_all(messages))
+            self.bus.flush()
+            self.consumer.commit()
+        return len(messages)
+
+    def _gather(self, max_messages: int, timeout_s: float) -> list[Message]:
+        """Poll for a batch: wait up to ``timeout_s`` for the first message, then ``fill_s`` for more."""
         messages = self.consumer.poll(max_messages, timeout_s)
         if messages and self.fill_s > 0:
             fill_until = time.monotonic() + self.fill_s
             while len(messages) < max_messages and (left := fill_until - time.monotonic()) > 0:
                 messages += self.consumer.poll(max_messages - len(messages), left)
-        if messages:
-            records: list[tuple[str, object]] = []
-            for m in messages:
-                try:
-                    records.append((self._stage_of(m), self.decode(m)))
-                except (ValueError, TypeError, KeyError, WinnowError) as e:
-                    self._dead_letter(m, e)
-            self.handle(records)
-            self.bus.flush()
-            self.consumer.commit()
-        return len(messages)
+        return messages
+
+    def _decode_all(self, messages: list[Message]) -> list[tuple[str, object]]:
+        """The ``(stage, record)`` of each message; poison messages go to the dead-letter topic."""
+        records: list[tuple[str, object]] = []
+        for m in messages:
+            try:
+                records.append((self._stage_of(m), self.decode(m)))
+            except (ValueError, TypeError, KeyError, WinnowError) as e:
+                self._dead_letter(m, e)
+        return records
 
     def decode(self, message: Message) -> object:
         """The record a message carries; raises on a malformed one."""
@@ -181,28 +191,113 @@ class Stage(ABC):
         return message.topic.removeprefix(f"winnow.{self.project.name}.")
 
 
+@dataclass
+class _InFlight:
+    """A batch the prelabel model is working on, and the offsets to commit once its output is durable."""
+
+    items: list[Item]
+    offsets: dict[tuple[str, int], int]
+    prediction: Future[Prediction]
+
+
 class PrelabelWorker(Stage):
-    """items.raw -> embeddings in the store + items.scored (logits of the current model version)."""
+    """items.raw -> embeddings in the store + items.scored (logits of the current model version).
+
+    With ``overlap`` (as ``winnow serve`` runs it) the model works on one batch in a thread of its
+    own while ``step`` makes the previous batch's output durable (store writes, publish, flush,
+    commit), so the model does not sit idle while the bus and the store work. A step returns with
+    its batch still in the model: the next step, ``drain`` or ``close`` writes its output. Offsets
+    are committed per batch, once that batch's output is durable, so a crash redelivers the batch
+    that was in the model. The embedded loop, which steps its stages in turn, runs without overlap:
+    each step's output is written before it returns.
+    """
 
     name = "prelabel"
     stages = ("items.raw", "models")
     fill_s = 0.05  # 50 ms of latency for full model batches
 
-    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, runtime: Runtime) -> None:
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, runtime: Runtime,
+                 overlap: bool = True) -> None:
         super().__init__(bus, store, project, config)
         self.runtime = runtime
         current = store.current_model(project.name)
         if current is not None and runtime.model_version != current.version:
             runtime.swap(Path(current.path))
+        self.overlap = overlap
+        self._model = ThreadPoolExecutor(1, thread_name_prefix=f"prelabel-model-{project.name}") if overlap else None
+        self._in_flight: _InFlight | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Items in the model whose output is not written yet (always 0 without ``overlap``)."""
+        return 0 if self._in_flight is None else len(self._in_flight.items)
 
     def handle(self, records: list[tuple[str, object]]) -> None:
+        items = self._swap_and_pick(records)
+        if items:
+            self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
+            self._write(items, self.runtime.predict([i.text for i in items]))
+
+    def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
+        """Without ``overlap``, ``Stage.step``. With it: wait for the model to finish the batch in
+        flight, gather the next batch (the bus has usually fetched it meanwhile) and start the model
+        on it, then write the finished batch's output, flush and commit its offsets while the model
+        works. Waits ``timeout_s`` for a first message only when no batch is in flight."""
+        if self._model is None:
+            return super().step(max_messages, timeout_s)
+        busy = self._in_flight
+        if busy is not None:
+            self._in_flight = None
+            finished = busy.prediction.result()  # raises what predict raised
+        messages = self._gather(max_messages, 0.0 if busy is not None else timeout_s)
+        records = self._decode_all(messages)
+        items = self._swap_and_pick(records)
+        offsets = next_offsets(messages)
+        if items:
+            self._in_flight = _InFlight(items, offsets, self._model.submit(self.runtime.predict, [i.text for i in items]))
+            self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
+        commit: dict[tuple[str, int], int] = {}
+        if busy is not None:
+            self._write(busy.items, finished)
+            commit.update(busy.offsets)
+        if not items:  # models messages and poison only: nothing waits on the model (later offsets win)
+            commit.update(offsets)
+        if commit:
+            self.bus.flush()
+            self.consumer.commit(commit)
+        return len(messages)
+
+    def drain(self) -> int:
+        """Write the output of the batch in the model, flush and commit it; returns its items."""
+        busy, self._in_flight = self._in_flight, None
+        if busy is None:
+            return 0
+        self._write(busy.items, busy.prediction.result())
+        self.bus.flush()
+        self.consumer.commit(busy.offsets)
+        return len(busy.items)
+
+    def close(self) -> None:
+        """Drain, then leave the group. If the bus or the store fails the drain, the batch's messages
+        stay uncommitted and go to the next owner of their partitions."""
+        try:
+            self.drain()
+        except WinnowError as e:
+            log.warning("prelabel close could not drain its batch in flight: %s", e)
+        finally:
+            if self._model is not None:
+                self._model.shutdown(wait=True)
+            super().close()
+
+    def _swap_and_pick(self, records: list[tuple[str, object]]) -> list[Item]:
+        """Apply model swaps; the batch's items."""
         for stage, model in records:
             if stage == "models" and model.version != self.runtime.model_version:
                 self.runtime.swap(Path(model.path))
                 log.info("prelabel swapped model version=%s", model.version)
         items = [item for stage, item in records if stage == "items.raw"]
         if not items:
-            return
+            return []
         # the models topic has one partition: in a group of several prelabel workers only one member
         # is handed each version's message, so every member checks the store's current version (this
         # also follows a Promote back to an older version)
@@ -210,8 +305,10 @@ class PrelabelWorker(Stage):
         if current is not None and current.version != self.runtime.model_version:
             self.runtime.swap(Path(current.path))
             log.info("prelabel swapped model version=%s", current.version)
-        self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
-        prediction = self.runtime.predict([i.text for i in items])
+        return items
+
+    def _write(self, items: list[Item], prediction: Prediction) -> None:
+        """Embeddings into the store, one items.scored message per item (flushed by the caller)."""
         self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)
         # the pre-label (class and calibrated confidence) rides along; the selector re-scores from
         # the stored embedding with its own current head

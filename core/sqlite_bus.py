@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, ParamSpec, Sequence, TypeVar
 
-from winnow.core.bus import Bus, Consumer, Headers, Message, partition_for
+from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, owned_offsets, partition_for
 from winnow.core.errors import BusError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -415,26 +415,30 @@ class _SqliteConsumer(Consumer):
         return batch
 
     @_bus_errors
-    def commit(self) -> None:
-        """Write this member's positions for the partitions it still owns (after re-reading the group).
+    def commit(self, offsets: Offsets | None = None) -> None:
+        """Write this member's positions (or ``offsets``) for the partitions it still owns, after
+        re-reading the group.
 
         Partitions lost to a rebalance since the last poll are not written: their new owner started
         from the previous commit, so the messages handed out here from them will be handed out again.
         """
         with self._lock:
             self._check_open()
-            self._commit()
+            self._commit(offsets)
 
-    def _commit(self) -> None:
+    def _commit(self, offsets: Offsets | None = None) -> None:
+        chosen = None if offsets is None else owned_offsets(offsets, self._positions)
         with _write(self._conn):
-            handed = set(self._positions)
+            handed = set(self._positions) if offsets is None else set(offsets)
             self._rebalance(time.time())
             if lost := handed - self._positions.keys():
                 log.warning("bus commit skips partitions lost to a rebalance group=%s lost=%s", self._group, lost)
+            positions = self._positions if chosen is None else {
+                tp: offset for tp, offset in chosen.items() if tp in self._positions}
             self._conn.executemany(
                 "INSERT INTO group_offsets (grp, topic, partition, committed) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (grp, topic, partition) DO UPDATE SET committed = excluded.committed",
-                [(self._group, t, p, offset) for (t, p), offset in self._positions.items()],
+                [(self._group, t, p, offset) for (t, p), offset in positions.items()],
             )
 
     @_bus_errors

@@ -21,8 +21,9 @@ from kafka.errors import (
     for_code,
 )
 from kafka.producer.future import FutureRecordMetadata
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from winnow.core.bus import Bus, Consumer, Headers, Message, partition_for
+from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, owned_offsets, partition_for
 from winnow.core.errors import BusError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -84,15 +85,26 @@ class KafkaConsumerMember(Consumer):
             for r in records
         ]
 
-    def commit(self) -> None:
-        """Commit, for each assigned partition, the position after the last record ``poll`` handed out.
+    def commit(self, offsets: Offsets | None = None) -> None:
+        """Commit, for each assigned partition, the position after the last record ``poll`` handed out
+        (with ``offsets``, those positions, of the partitions still assigned).
 
         Raises ``BusError`` when the group rebalanced since that ``poll`` (Kafka refuses the commit
         from a stale generation): those messages go to the partitions' new owners again.
         """
         self._check_open()
         with _broker_errors("commit"):
-            self._consumer.commit()
+            if offsets is None:
+                self._consumer.commit()
+                return
+            handed = {(tp.topic, tp.partition): position.offset
+                      for tp, position in self._consumer._subscription.all_consumed_offsets().items()}
+            chosen = owned_offsets(offsets, handed)
+            if lost := offsets.keys() - chosen.keys():
+                log.warning("kafka commit skips partitions not assigned group=%s lost=%s", self._group, sorted(lost))
+            if chosen:
+                self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(offset, "", -1)
+                                       for (t, p), offset in chosen.items()})
 
     def close(self, commit: bool = False) -> None:
         """Commit first if asked, then leave the group so its partitions move to the other members."""

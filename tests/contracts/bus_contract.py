@@ -13,8 +13,8 @@ from typing import Sequence
 
 import pytest
 
-from winnow.core.bus import Bus, Consumer, Message, partition_for
-from winnow.core.errors import NotFound
+from winnow.core.bus import Bus, Consumer, Message, next_offsets, partition_for
+from winnow.core.errors import InvalidInput, NotFound
 
 
 def poll_until(consumer: Consumer, n: int, deadline_s: float = 10.0) -> list[Message]:
@@ -141,6 +141,37 @@ class BusContract:
         with self.bus.consumer([topic], group) as survivor:
             assert sorted(values(poll_until(survivor, 10))) == sorted(sent)
             assert survivor.poll(timeout_s=0.1) == []
+
+    def test_a_commit_of_explicit_offsets_keeps_what_was_polled_after_them(self) -> None:
+        """A member that polled ahead commits only the batch it finished; a crash redelivers the rest."""
+        topic = self.new_topic(2)
+        group = self.new_group()
+        sent = self.publish(topic, 24, keys=6)
+        crashed = self.bus.consumer([topic], group)
+        first = poll_until(crashed, 10)
+        ahead = poll_until(crashed, 14)
+        crashed.commit(next_offsets(first))
+        self.crash(crashed)
+        with self.bus.consumer([topic], group) as survivor:
+            again = poll_until(survivor, 14)
+            assert survivor.poll(timeout_s=0.1) == []
+        assert sorted(values(again)) == sorted(values(ahead))
+        assert sorted(values(first) + values(again)) == sorted(sent)
+
+    def test_a_commit_past_what_poll_handed_out_is_refused(self) -> None:
+        topic = self.new_topic(1)
+        group = self.new_group()
+        self.publish(topic, 10)
+        with self.bus.consumer([topic], group) as consumer:
+            got = poll_until(consumer, 3)
+            with pytest.raises(InvalidInput) as raised:
+                consumer.commit({(topic, 0): 5})
+            assert raised.value.field == "offsets"
+            with pytest.raises(InvalidInput):
+                consumer.commit({(topic, 0): -1})
+            consumer.commit({(f"missing-{uuid.uuid4().hex[:8]}", 0): 1})  # not this member's: nothing to commit
+            consumer.commit(next_offsets(got[:2]))
+            assert consumer.lag() == 8
 
     def test_close_with_commit_then_reopen_gets_nothing_old(self) -> None:
         topic = self.new_topic(2)
