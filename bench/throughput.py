@@ -12,6 +12,7 @@ from __future__ import annotations
 import cProfile
 import dataclasses
 import inspect
+import itertools
 import os
 import statistics
 import tempfile
@@ -97,6 +98,7 @@ class _TimedRuntime:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.predict_s = 0.0
+        self.spans: list[tuple[float, float]] = []  # perf_counter start and end of each predict
 
     @property
     def model_version(self) -> str | None:
@@ -110,7 +112,9 @@ class _TimedRuntime:
         try:
             return self.runtime.predict(texts)
         finally:
-            self.predict_s += time.perf_counter() - started
+            ended = time.perf_counter()
+            self.predict_s += ended - started
+            self.spans.append((started, ended))
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,11 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
             "items_per_cpu_s": len(ids) / cpu_s,
             "ingest_s": ingested - started,
             "prelabel_predict_s": timed_runtime.predict_s,
+            # where the pipeline's wall time goes besides the model: until its first batch starts, between
+            # batches (the model idle), after the last batch ends (write it out, the selector's last step)
+            "model_starts_at_s": timed_runtime.spans[0][0] - started,
+            "model_idle_between_batches_s": sum(b[0] - a[1] for a, b in itertools.pairwise(timed_runtime.spans)),
+            "after_model_s": decided_at[0] - timed_runtime.spans[-1][1],
             "prelabel_busy_s": prelabel_meter.busy_s,
             "prelabel_done_s": prelabel_meter.last_end - started,
             "tail_s": decided_at[0] - prelabel_meter.last_end,

@@ -205,11 +205,12 @@ class PrelabelWorker(Stage):
 
     With ``overlap`` (as ``winnow serve`` runs it) the model works on one batch in a thread of its
     own while ``step`` makes the previous batch's output durable (store writes, publish, flush,
-    commit), so the model does not sit idle while the bus and the store work. A step returns with
-    its batch still in the model: the next step, ``drain`` or ``close`` writes its output. Offsets
-    are committed per batch, once that batch's output is durable, so a crash redelivers the batch
-    that was in the model. The embedded loop, which steps its stages in turn, runs without overlap:
-    each step's output is written before it returns.
+    commit) and gathers the next one, so the model does not sit idle while the bus and the store
+    work. A step returns with its batch still in the model: the next step, ``drain`` or ``close``
+    writes its output. Offsets are committed per batch, once that batch's output is durable, so a
+    crash redelivers the batch that was in the model and the one gathered after it. The embedded
+    loop, which steps its stages in turn, runs without overlap: each step's output is written
+    before it returns.
     """
 
     name = "prelabel"
@@ -226,6 +227,8 @@ class PrelabelWorker(Stage):
         self.overlap = overlap
         self._model = ThreadPoolExecutor(1, thread_name_prefix=f"prelabel-model-{project.name}") if overlap else None
         self._in_flight: _InFlight | None = None
+        # the next batch, gathered (and decoded) while the model works on the one in flight
+        self._ahead: tuple[list[Message], list[tuple[str, object]]] = ([], [])
 
     @property
     def in_flight(self) -> int:
@@ -239,18 +242,24 @@ class PrelabelWorker(Stage):
             self._write(items, self.runtime.predict([i.text for i in items]))
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
-        """Without ``overlap``, ``Stage.step``. With it: wait for the model to finish the batch in
-        flight, gather the next batch (the bus has usually fetched it meanwhile) and start the model
-        on it, then write the finished batch's output, flush and commit its offsets while the model
-        works. Waits ``timeout_s`` for a first message only when no batch is in flight."""
+        """Without ``overlap``, ``Stage.step``. With it: once the model is done with the batch in
+        flight, start it on the next batch (gathered while it worked, topped up with what came since),
+        then write the finished batch's output, flush, commit its offsets and gather the batch after,
+        all while the model works. Waits ``timeout_s`` (and ``fill_s``) for messages only when no batch
+        is in flight: otherwise the model's time on a batch is the window in which the next one fills."""
         if self._model is None:
             return super().step(max_messages, timeout_s)
         busy = self._in_flight
-        if busy is not None:
+        if busy is None:
+            messages = self._gather(max_messages, timeout_s)
+            records = self._decode_all(messages)
+        else:
+            messages, records = self._ahead
+            self._ahead = ([], [])
             self._in_flight = None
             finished = busy.prediction.result()  # raises what predict raised
-        messages = self._gather(max_messages, 0.0 if busy is not None else timeout_s)
-        records = self._decode_all(messages)
+            more = self._poll_now(max_messages - len(messages))
+            messages, records = messages + more, records + self._decode_all(more)
         items = self._swap_and_pick(records)
         offsets = next_offsets(messages)
         if items:
@@ -265,7 +274,17 @@ class PrelabelWorker(Stage):
         if commit:
             self.bus.flush()
             self.consumer.commit(commit)
+        if self._in_flight is not None:
+            ahead = self._poll_now(max_messages)
+            self._ahead = (ahead, self._decode_all(ahead))
         return len(messages)
+
+    def _poll_now(self, max_messages: int) -> list[Message]:
+        """Up to ``max_messages`` that the bus can hand out without waiting."""
+        messages: list[Message] = []
+        while len(messages) < max_messages and (got := self.consumer.poll(max_messages - len(messages), 0.0)):
+            messages += got
+        return messages
 
     def drain(self) -> int:
         """Write the output of the batch in the model, flush and commit it; returns its items."""
