@@ -389,9 +389,9 @@ def plot_throughput(path: Path, result: dict) -> None:
         values = [run[name]["items_per_s"] for run in runs]
         ax.scatter([k] * len(values), values, color="black", s=14, zorder=3,
                    label="one repeat" if k == 0 else None)
-    for bar, value in zip(bars, medians):
-        ax.annotate(f"{value:.1f}", (bar.get_x() + bar.get_width() / 2, value), ha="center", va="bottom",
-                    xytext=(0, 3), textcoords="offset points")
+    for bar, value in zip(bars, medians):  # inside the bar, clear of the repeats' dots around its top
+        ax.text(bar.get_x() + bar.get_width() / 2, value / 2, f"median\n{value:.1f}", ha="center", va="center",
+                color="white", fontweight="bold")
     ax.set_ylabel("items per second (median of repeats)")
     ax.set_title(f"Throughput, {result['items']} items on the {result['bus']} bus: "
                  f"pipeline / model-only = {result['ratio']:.3f}", fontsize=10)
