@@ -297,12 +297,12 @@ class PrelabelWorker(Stage):
         return len(busy.items)
 
     def close(self) -> None:
-        """Drain, then leave the group. If the bus or the store fails the drain, the batch's messages
-        stay uncommitted and go to the next owner of their partitions."""
+        """Drain, then leave the group. If the drain fails (the bus, the store or the model), the
+        batch's messages stay uncommitted and go to the next owner of their partitions."""
         try:
             self.drain()
-        except WinnowError as e:
-            log.warning("prelabel close could not drain its batch in flight: %s", e)
+        except Exception:
+            log.exception("prelabel close could not drain its batch in flight; it will be redelivered")
         finally:
             if self._model is not None:
                 self._model.shutdown(wait=True)

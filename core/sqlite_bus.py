@@ -279,6 +279,7 @@ class _SqliteConsumer(Consumer):
         self._lock = threading.Lock()
         self._partitions = partitions
         self._positions: dict[TopicPartition, int] = {}  # owned partition -> next offset to hand out
+        self._handed: dict[TopicPartition, int] = {}  # partition -> after the furthest message ever handed out
         self._rotation = 0
         self._closed = False
         self._conn = _connect(path)
@@ -409,6 +410,7 @@ class _SqliteConsumer(Consumer):
             ).fetchall()
             if rows:
                 self._positions[topic, partition] = rows[-1][0] + 1
+                self._handed[topic, partition] = max(self._handed.get((topic, partition), 0), rows[-1][0] + 1)
                 batch.extend(Message(topic, k, v, partition, o, _decode_headers(h)) for o, k, v, h in rows)
             if len(batch) == max_messages:
                 break
@@ -427,14 +429,14 @@ class _SqliteConsumer(Consumer):
             self._commit(offsets)
 
     def _commit(self, offsets: Offsets | None = None) -> None:
-        chosen = None if offsets is None else owned_offsets(offsets, self._positions)
+        if offsets is not None:
+            owned_offsets(offsets, self._handed, ())  # refuse a bad offset before anything is written
         with _write(self._conn):
-            handed = set(self._positions) if offsets is None else set(offsets)
+            asked = set(self._positions) if offsets is None else set(offsets)
             self._rebalance(time.time())
-            if lost := handed - self._positions.keys():
+            if lost := asked - self._positions.keys():
                 log.warning("bus commit skips partitions lost to a rebalance group=%s lost=%s", self._group, lost)
-            positions = self._positions if chosen is None else {
-                tp: offset for tp, offset in chosen.items() if tp in self._positions}
+            positions = self._positions if offsets is None else owned_offsets(offsets, self._handed, self._positions)
             self._conn.executemany(
                 "INSERT INTO group_offsets (grp, topic, partition, committed) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (grp, topic, partition) DO UPDATE SET committed = excluded.committed",

@@ -50,6 +50,7 @@ class KafkaConsumerMember(Consumer):
         self._group = group
         self._join_timeout_ms = join_timeout_ms
         self._closed = False
+        self._handed: dict[tuple[str, int], int] = {}  # partition -> after the furthest record ever handed out
 
     def _check_open(self) -> None:
         if self._closed:
@@ -72,6 +73,10 @@ class KafkaConsumerMember(Consumer):
             # timeouts can then rebalance forever on a busy machine. Finish any (re)join first.
             self._consumer._coordinator.poll(timeout_ms=self._join_timeout_ms)
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_messages)
+        for tp, records in batches.items():
+            if records:
+                key = (tp.topic, tp.partition)
+                self._handed[key] = max(self._handed.get(key, 0), records[-1].offset + 1)
         return [
             Message(
                 topic=r.topic,
@@ -97,9 +102,8 @@ class KafkaConsumerMember(Consumer):
             if offsets is None:
                 self._consumer.commit()
                 return
-            handed = {(tp.topic, tp.partition): position.offset
-                      for tp, position in self._consumer._subscription.all_consumed_offsets().items()}
-            chosen = owned_offsets(offsets, handed)
+            owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            chosen = owned_offsets(offsets, self._handed, owned)
             if lost := offsets.keys() - chosen.keys():
                 log.warning("kafka commit skips partitions not assigned group=%s lost=%s", self._group, sorted(lost))
             if chosen:

@@ -21,7 +21,7 @@ from typing import Sequence
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from winnow.core.bus import Bus
-from winnow.core.errors import InvalidInput, NotFound
+from winnow.core.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.index import set_threads
 from winnow.core.pipeline import LoopConfig, PrelabelWorker, Selector, Stage, Trainer, create_topics
 from winnow.core.store import Store
@@ -44,6 +44,10 @@ STEP_SECONDS = Histogram("winnow_step_seconds", "Time to handle one batch (outpu
                          ["service", "project"])
 HUMAN_FRACTION = Gauge("winnow_human_fraction", "Share of final labels made by people", ["project"])
 MODEL_VERSION = Gauge("winnow_model_version", "Human labels the current model was trained on", ["project", "version"])
+
+
+class WorkerFailed(WinnowError):
+    """A worker's step raised; ``serve`` stopped every service and exits with this error."""
 
 
 def open_bus(url: str) -> Bus:
@@ -104,8 +108,26 @@ def _stages(name: str, bus: Bus, store: Store, project: str, options: ServeOptio
     return Trainer(bus, store, record, options.config, options.models_dir.resolve())  # paths other workers can load
 
 
-def _work(name: str, stage: Stage, store: Store, stop: threading.Event) -> None:
-    """Step ``stage`` until ``stop``; each step's output is durable before its offsets are committed."""
+def _work(name: str, stage: Stage, store: Store, stop: threading.Event,
+          failures: list[BaseException] | None = None) -> None:
+    """Step ``stage`` until ``stop``; each step's output is durable before its offsets are committed.
+
+    With ``failures``, a step that raises stops the whole service: the error goes into ``failures``
+    and ``stop`` is set, so ``serve`` drains the other workers and exits with an error. The failed
+    batch's offsets are not committed, so a restarted process gets it again; a worker thread left
+    dead would leave its partitions stuck behind a service that still answers health checks.
+    """
+    try:
+        _step_until(name, stage, store, stop)
+    except Exception as e:
+        if failures is None:
+            raise
+        log.exception("%s worker of project=%s failed; stopping the service", name, stage.project.name)
+        failures.append(e)
+        stop.set()
+
+
+def _step_until(name: str, stage: Stage, store: Store, stop: threading.Event) -> None:
     project = stage.project.name
     lag_at = 0.0
     while not stop.is_set():
@@ -159,6 +181,7 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
     server, port = create_server(bus, store, f"{options.grpc_host}:{options.grpc_port}", services=api)
     stages: list[tuple[str, Stage]] = []
     threads: list[threading.Thread] = []
+    failures: list[BaseException] = []
     try:
         server.start()
         if options.metrics_port is not None:
@@ -171,8 +194,8 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
                 return
             create_topics(bus, project, options.config.partitions)  # idempotent
             stages += [(name, _stages(name, bus, store, project, options)) for name in workers]
-        threads = [threading.Thread(target=_work, args=(name, stage, store, stop), name=f"{name}-{stage.project.name}")
-                   for name, stage in stages]
+        threads = [threading.Thread(target=_work, args=(name, stage, store, stop, failures),
+                                    name=f"{name}-{stage.project.name}") for name, stage in stages]
         for thread in threads:
             thread.start()
         log.info("serving services=%s projects=%s bus=%s", options.services, options.projects,
@@ -187,6 +210,8 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
             stage.close()
         bus.close()
         store.close()
+    if failures:
+        raise WorkerFailed(f"a worker failed, so the service stopped: {failures[0]!r}") from failures[0]
 
 
 def parse_services(name: str) -> tuple[str, ...]:

@@ -169,7 +169,9 @@ class BusContract:
             assert raised.value.field == "offsets"
             with pytest.raises(InvalidInput):
                 consumer.commit({(topic, 0): -1})
-            consumer.commit({(f"missing-{uuid.uuid4().hex[:8]}", 0): 1})  # not this member's: nothing to commit
+            with pytest.raises(InvalidInput):
+                consumer.commit({(f"missing-{uuid.uuid4().hex[:8]}", 0): 1})  # nothing was handed out there
+            consumer.commit({(f"missing-{uuid.uuid4().hex[:8]}", 0): 0})  # not this member's: nothing to commit
             consumer.commit(next_offsets(got[:2]))
             assert consumer.lag() == 8
 

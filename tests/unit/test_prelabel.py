@@ -133,3 +133,22 @@ def test_poison_beside_a_batch_in_the_model_is_dead_lettered_and_committed_with_
     with bus.consumer([topic("p", "dead-letter")], "inspect") as dead:
         assert [m.key for m in dead.poll(10, timeout_s=0.5)] == ["bad"]
     prelabel.close()
+
+
+def test_a_worker_that_fails_stops_the_service_with_its_error(env) -> None:
+    """serve's worker loop: the failed batch stays uncommitted and every other worker is told to stop."""
+    from winnow.services.serve import _work
+
+    bus, store = env
+    ingested(bus, store, 8)
+    prelabel = worker(bus, store, encoder=HashEncoder(fail_on="i00"))
+    stop, failures = threading.Event(), []
+    thread = threading.Thread(target=_work, args=("prelabel", prelabel, store, stop, failures))
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and stop.is_set()
+    assert len(failures) == 1 and "encoder failed" in str(failures[0])
+    prelabel.close()
+    assert scored(bus) == []
+    with bus.consumer([topic("p", "items.raw")], prelabel.group) as successor:
+        assert len(successor.poll(100, timeout_s=0.5)) == 8  # all of it comes again

@@ -15,7 +15,7 @@ from typing import Iterator
 import pytest
 
 from tests.contracts.bus_contract import BusContract, poll_until, values
-from winnow.core.bus import Consumer, Message
+from winnow.core.bus import Consumer, Message, next_offsets
 from winnow.core.errors import BusError, InvalidInput, NotFound
 from winnow.core.sqlite_bus import SqliteBus, _assign
 
@@ -144,6 +144,24 @@ class TestSqliteBus(BusContract):
             with self.bus.consumer([topic], group) as other:
                 assert [m.value for m in poll_until(other, 5)] == sent
             assert [m.value for m in poll_until(paused, 5)] == sent
+
+    def test_a_finished_batch_still_commits_after_a_rebalance_reset_its_partition(self) -> None:
+        """The prelabel worker commits a batch's offsets after polling ahead; a rebalance in between
+        that takes the partition away and gives it back (at the committed offset) does not void them."""
+        topic = self.new_topic(1)
+        group = self.new_group()
+        self.publish(topic, 5)
+        with self.bus.consumer([topic], group) as paused:
+            finished = poll_until(paused, 5)
+            with closing(sqlite3.connect(self.bus.path)) as db, db:  # as if its process stalled for a minute
+                db.execute("UPDATE group_members SET heartbeat = heartbeat - 60 WHERE grp = ?", (group,))
+            with self.bus.consumer([topic], group) as other:
+                poll_until(other, 5)
+            assert values(poll_until(paused, 2)) == values(finished[:2])  # back from the commit (none)
+            paused.commit(next_offsets(finished))
+            assert paused.lag() == 0
+            with pytest.raises(InvalidInput):
+                paused.commit({(topic, 0): 6})
 
     def test_a_member_busy_past_the_session_timeout_keeps_its_partitions(self) -> None:
         topic = self.new_topic(2)
