@@ -75,12 +75,12 @@ class _MeteredStage:
         self.stepped = threading.Event()  # set after the first step (Kafka: the group is joined)
 
     def step(self, max_messages: int = PRELABEL_BATCH, timeout_s: float = 0.0) -> int:
-        in_flight = getattr(self.stage, "in_flight", 0)  # an overlapping prelabel worker's batch in the model
+        in_flight = self.stage.in_flight  # an overlapping prelabel worker's batch in the model
         started, cpu_started = time.perf_counter(), time.thread_time()
         handled = self.stage.step(max_messages, timeout_s)
         ended = time.perf_counter()
         self.stepped.set()
-        if handled or getattr(self.stage, "in_flight", 0) != in_flight:  # took messages, or wrote a batch
+        if handled or self.stage.in_flight != in_flight:  # took messages, or wrote a batch
             if handled:
                 self.meter.batches.append(handled)
             self.meter.busy_s += ended - started

@@ -187,6 +187,12 @@ class Stage(ABC):
     def close(self) -> None:
         self.consumer.close(commit=False)
 
+    @property
+    def in_flight(self) -> int:
+        """Items taken off the bus whose output is not written yet, between steps (only an overlapping
+        prelabel worker has any: the batch in its model)."""
+        return 0
+
     def _stage_of(self, message: Message) -> str:
         return message.topic.removeprefix(f"winnow.{self.project.name}.")
 
@@ -224,15 +230,17 @@ class PrelabelWorker(Stage):
         current = store.current_model(project.name)
         if current is not None and runtime.model_version != current.version:
             runtime.swap(Path(current.path))
-        self.overlap = overlap
         self._model = ThreadPoolExecutor(1, thread_name_prefix=f"prelabel-model-{project.name}") if overlap else None
         self._in_flight: _InFlight | None = None
         # the next batch, gathered (and decoded) while the model works on the one in flight
         self._ahead: tuple[list[Message], list[tuple[str, object]]] = ([], [])
 
     @property
+    def overlap(self) -> bool:
+        return self._model is not None
+
+    @property
     def in_flight(self) -> int:
-        """Items in the model whose output is not written yet (always 0 without ``overlap``)."""
         return 0 if self._in_flight is None else len(self._in_flight.items)
 
     def handle(self, records: list[tuple[str, object]]) -> None:

@@ -64,14 +64,20 @@ def worker(bus: SqliteBus, store: SqliteStore, overlap: bool = True, encoder: En
     return PrelabelWorker(bus, store, store.get_project("p"), CONFIG, OnnxRuntime(encoder or HashEncoder()), overlap)
 
 
+def step_until_idle(prelabel: PrelabelWorker, max_messages: int) -> None:
+    """Step until nothing is left on the bus or in the model."""
+    while prelabel.step(max_messages) or prelabel.in_flight:
+        pass
+
+
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "sequential"])
 def test_every_item_is_scored_once_with_its_embedding(env, overlap: bool) -> None:
     bus, store = env
     ids = ingested(bus, store, 300)
     encoder = HashEncoder()
     prelabel = worker(bus, store, overlap, encoder)
-    while prelabel.step(max_messages=64) or prelabel.in_flight:
-        pass
+    assert prelabel.overlap == overlap
+    step_until_idle(prelabel, 64)
     assert prelabel.consumer.lag() == 0
     assert sorted(scored(bus)) == ids
     assert all(name.startswith("prelabel-model-p") == overlap for name in encoder.threads)
@@ -89,8 +95,7 @@ def test_a_batch_in_the_model_is_committed_only_once_its_output_is_written(env) 
     assert prelabel.in_flight == 4 and prelabel.consumer.lag() == 6 and scored(bus) == ids[:4]
     prelabel.consumer.close(commit=False)  # stops as a crash would: the batch in the model is lost
     successor = worker(bus, store)
-    while successor.step(max_messages=4) or successor.in_flight:
-        pass
+    step_until_idle(successor, 4)
     assert scored(bus) == ids  # the lost batch came again; nothing twice
     assert successor.consumer.lag() == 0
     successor.close()
