@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from winnow.core.errors import InvalidInput
 
@@ -44,22 +44,17 @@ def next_offsets(messages: Iterable[Message]) -> dict[tuple[str, int], int]:
     return offsets
 
 
-def owned_offsets(offsets: Offsets, handed: Mapping[tuple[str, int], int],
-                  owned: Collection[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    """Of the ``offsets`` asked to be committed, those of the partitions this member ``owned`` now.
-
-    ``handed`` is, per partition, the offset after the furthest message ``poll`` has handed this
-    member since it joined, kept across rebalances (a position reset to the committed offset by a
-    rebalance does not make a finished batch's offsets invalid). ``InvalidInput`` for an offset past
-    that, or negative.
-    """
+def check_offsets(offsets: Offsets, handed: Mapping[tuple[str, int], int]) -> None:
+    """``InvalidInput`` for an offset asked to be committed that is negative or past what ``poll``
+    has handed out: ``handed`` is, per partition, the offset after the furthest message handed to
+    this member since it joined, kept across rebalances (a position a rebalance reset to the
+    committed offset does not void a finished batch's offsets)."""
     for (t, p), offset in offsets.items():
         if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
             raise InvalidInput("offsets", f"{t}/{p}: an offset must be a non-negative int, got {offset!r}")
         if offset > handed.get((t, p), 0):
             raise InvalidInput("offsets", f"{t}/{p}: {offset} is past what poll has handed out "
                                           f"({handed.get((t, p), 0)})")
-    return {tp: offset for tp, offset in offsets.items() if tp in owned}
 
 
 def partition_for(key: str, partitions: int) -> int:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, ParamSpec, Sequence, TypeVar
 
-from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, owned_offsets, partition_for
+from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, check_offsets, partition_for
 from winnow.core.errors import BusError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -430,13 +430,14 @@ class _SqliteConsumer(Consumer):
 
     def _commit(self, offsets: Offsets | None = None) -> None:
         if offsets is not None:
-            owned_offsets(offsets, self._handed, ())  # refuse a bad offset before anything is written
+            check_offsets(offsets, self._handed)  # refuse a bad offset before anything is written
         with _write(self._conn):
             asked = set(self._positions) if offsets is None else set(offsets)
             self._rebalance(time.time())
             if lost := asked - self._positions.keys():
                 log.warning("bus commit skips partitions lost to a rebalance group=%s lost=%s", self._group, lost)
-            positions = self._positions if offsets is None else owned_offsets(offsets, self._handed, self._positions)
+            positions = self._positions if offsets is None else {
+                tp: offset for tp, offset in offsets.items() if tp in self._positions}
             self._conn.executemany(
                 "INSERT INTO group_offsets (grp, topic, partition, committed) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (grp, topic, partition) DO UPDATE SET committed = excluded.committed",

@@ -23,7 +23,7 @@ from kafka.errors import (
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, owned_offsets, partition_for
+from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, check_offsets, partition_for
 from winnow.core.errors import BusError, InvalidInput, NotFound
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ class KafkaConsumerMember(Consumer):
             if offsets is None:
                 self._consumer.commit()
                 return
+            check_offsets(offsets, self._handed)
             owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
-            chosen = owned_offsets(offsets, self._handed, owned)
+            chosen = {tp: offset for tp, offset in offsets.items() if tp in owned}
             if lost := offsets.keys() - chosen.keys():
                 log.warning("kafka commit skips partitions not assigned group=%s lost=%s", self._group, sorted(lost))
             if chosen:
