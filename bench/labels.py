@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Callable
 
 from winnow.bench.common import environment, new_figure, save_figure, write_json
-from winnow.core.data import Dataset
-from winnow.core.pipeline import LoopConfig
-from winnow.core.records import Project
-from winnow.core.runtime import Runtime
-from winnow.core.simulate import StreamReport, run_stream
+from winnow.core.data.datasets import Dataset
+from winnow.core.data.simulate import StreamReport, run_stream
+from winnow.core.domain.records import Project
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.ml.runtime import Runtime
 
 
 def plot_curves(path: Path, reports: list[StreamReport], title: str) -> None:

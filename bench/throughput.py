@@ -24,21 +24,29 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-
 from winnow.bench.common import environment, new_figure, save_figure, write_json
-from winnow.core.bus import Bus
-from winnow.core.data import Dataset
-from winnow.core.encoder import CachedEncoder
-from winnow.core.errors import InvalidInput, WinnowError
-from winnow.core.index import set_threads
-from winnow.core.pipeline import (STAGES, LoopConfig, PrelabelWorker, Selector, Stage, create_topics, ingest,
-                                  topic)
-from winnow.core.records import Item, ModelVersion, Project
-from winnow.core.runtime import Prediction, Runtime
-from winnow.core.sqlite_bus import SqliteBus
-from winnow.core.sqlite_store import SqliteStore
-from winnow.core.trainer import TrainConfig, train, write_version
-from winnow.services.serve import SQLITE_SESSION_TIMEOUT_S, ServeOptions, _work, open_bus  # as serve runs them
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.data.datasets import Dataset
+from winnow.core.domain.errors import InvalidInput, WinnowError
+from winnow.core.domain.records import Item, ModelVersion, Project
+from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.prelabel import PrelabelWorker
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.stage import Stage
+from winnow.core.loop.topics import STAGES, create_topics, topic
+from winnow.core.ml.encoder import CachedEncoder
+from winnow.core.ml.runtime import Prediction, Runtime
+from winnow.core.ml.training import train, write_version
+from winnow.core.ports.bus import Bus
+from winnow.core.select.index import set_threads
+from winnow.services.serve import (  # as serve runs them
+    SQLITE_SESSION_TIMEOUT_S,
+    ServeOptions,
+    _work,
+    open_bus,
+)
 
 # What one prelabel step takes off the bus: serve's worker loop calls ``Stage.step`` with its default.
 PRELABEL_BATCH: int = inspect.signature(Stage.step).parameters["max_messages"].default

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Create (or reuse) a virtualenv with Winnow and everything its tests need, and link it as ./.venv.
 #   deploy/setup-venv.sh [VENV_DIR]     default: ./.venv itself
-# The dependency set is keyed by a hash of pyproject.toml, so a cached venv (CI) is rebuilt only
+# The dependency set is keyed by a hash of pyproject.toml's dependency lists, so a cached venv (CI) is rebuilt only
 # when the dependencies change; pip's own cache (~/.cache/pip) serves the wheels on rebuilds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
-key=$(sha256sum pyproject.toml | cut -c1-16)
+# keyed by the dependency lists only, so editing the rest of pyproject.toml reuses the venv
+key=$(python3 -c 'import hashlib, json, tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = [p["dependencies"], p.get("optional-dependencies", {})]
+print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])')
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.winnow-deps" 2>/dev/null)" != "$key" ]; then
   echo "setup-venv: installing dependencies into $venv (key $key)" >&2
   rm -rf "$venv"

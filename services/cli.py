@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from winnow.core.errors import WinnowError
+from winnow.core.domain.errors import WinnowError
 
 
 def _env(name: str, default: str | None) -> str | None:
@@ -110,14 +110,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _project(name: str, classes: Sequence[str], args: argparse.Namespace, overlap: int = 1):
-    from winnow.core.records import Project
+    from winnow.core.domain.records import Project
 
     labels, per = args.budget
     return Project(name, tuple(classes), labels, per, float(args.precision), args.strategy, overlap)
 
 
 def _datasets(args: argparse.Namespace):
-    from winnow.core.data import banking77, load_csv
+    from winnow.core.data.datasets import banking77, load_csv
 
     if args.csv is None:
         return banking77()
@@ -127,17 +127,22 @@ def _datasets(args: argparse.Namespace):
 
 
 def _loop_config(args: argparse.Namespace):
-    from winnow.core.pipeline import LoopConfig
+    from winnow.core.domain.settings import LoopConfig
 
     return LoopConfig(seed=int(args.seed), holdout_share=float(args.holdout_share))
 
 
 def cmd_bench_labels(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
     from winnow.bench.labels import run_labels_benchmark
-    from winnow.core.runtime import make_runtime
+    from winnow.core.ml.runtime import make_runtime
 
     train, test = _datasets(args)  # validated before anything runs or is written
     runtime = make_runtime(args.engine, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
@@ -162,10 +167,9 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-
     from winnow.bench.throughput import run_throughput_benchmark
-    from winnow.core.data import banking77
-    from winnow.core.runtime import make_runtime
+    from winnow.core.data.datasets import banking77
+    from winnow.core.ml.runtime import make_runtime
 
     train, test = banking77()
     runtime = make_runtime(args.engine, cache_dir=Path(args.cache_dir) if args.cache_dir else None,

@@ -9,14 +9,27 @@ from contextlib import contextmanager
 from types import TracebackType
 
 import grpc
-
-from winnow.core.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.pipeline import StreamStatus
-from winnow.core.records import Item, Label, Lease, ModelVersion, Project
-from winnow.services.grpc_api import (ERROR_CLASS_KEY, ERROR_CODES, ERROR_FIELD_KEY, ProjectStats, from_message,
-                                      to_message)
-from winnow.v1 import (ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, models_pb2, models_pb2_grpc, projects_pb2,
-                       projects_pb2_grpc, records_pb2)
+from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
+from winnow.core.loop.close import StreamStatus
+from winnow.services.grpc_api import (
+    ERROR_CLASS_KEY,
+    ERROR_CODES,
+    ERROR_FIELD_KEY,
+    ProjectStats,
+    from_message,
+    to_message,
+)
+from winnow.v1 import (
+    ingest_pb2_grpc,
+    labeling_pb2,
+    labeling_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+    records_pb2,
+)
 
 _ERROR_CLASSES = {cls.__name__: cls for cls in ERROR_CODES}
 

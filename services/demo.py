@@ -12,16 +12,21 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
-
 from winnow.bench.common import write_json
 from winnow.bench.labels import plot_curves
-from winnow.core.data import Dataset, banking77
-from winnow.core.errors import InvalidInput
-from winnow.core.records import Project
-from winnow.core.runtime import make_runtime
-from winnow.core.simulate import run_stream
+from winnow.core.data.datasets import Dataset, banking77
+from winnow.core.data.simulate import run_stream
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.records import Project
+from winnow.core.ml.runtime import make_runtime
 
 
 def run_demo(args: argparse.Namespace) -> int:

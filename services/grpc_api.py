@@ -24,15 +24,41 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-
-from winnow.core.bus import Bus
-from winnow.core.errors import BusError, EmptyPoolError, InvalidInput, ModelFileError, NotFound, WinnowError
-from winnow.core.pipeline import (LabelingService, LoopConfig, StreamStatus, create_topics, ingest, request_close,
-                                  stream_status, topic, validate_items)
-from winnow.core.records import Item, Label, Lease, ModelVersion, Project, to_json
-from winnow.core.store import Store, validate_project
-from winnow.v1 import (ingest_pb2, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, models_pb2, models_pb2_grpc,
-                       projects_pb2, projects_pb2_grpc, records_pb2)
+from winnow.core.domain.errors import (
+    BusError,
+    EmptyPoolError,
+    InvalidInput,
+    ModelFileError,
+    NotFound,
+    WinnowError,
+)
+from winnow.core.domain.records import (
+    Item,
+    Label,
+    Lease,
+    ModelVersion,
+    Project,
+    to_json,
+)
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.domain.validation import validate_items
+from winnow.core.loop.close import StreamStatus, request_close, stream_status
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.labeling import LabelingService
+from winnow.core.loop.topics import create_topics, topic
+from winnow.core.ports.bus import Bus
+from winnow.core.ports.store import Store, validate_project
+from winnow.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    labeling_pb2,
+    labeling_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    projects_pb2,
+    projects_pb2_grpc,
+    records_pb2,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The Apache Kafka adapter of the bus interface (``winnow.core.bus``), on kafka-python.
+"""The Apache Kafka adapter of the bus interface (``winnow.core.ports.bus``), on kafka-python.
 
 Placement is decided here, not by Kafka's partitioner: ``publish`` sends each message to
 ``partition_for(key, partitions)``, so the embedded SQLite log and Kafka put a key on the same partition.
@@ -22,9 +22,16 @@ from kafka.errors import (
 )
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
-
-from winnow.core.bus import Bus, Consumer, Headers, Message, Offsets, check_offsets, partition_for
-from winnow.core.errors import BusError, InvalidInput, NotFound
+from winnow.core.domain.errors import BusError, InvalidInput, NotFound
+from winnow.core.ports.bus import (
+    Bus,
+    Consumer,
+    Headers,
+    Message,
+    Offsets,
+    check_offsets,
+    partition_for,
+)
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,16 @@ from pathlib import Path
 from typing import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-from winnow.core.bus import Bus
-from winnow.core.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.index import set_threads
-from winnow.core.pipeline import LoopConfig, PrelabelWorker, Selector, Stage, Trainer, create_topics
-from winnow.core.store import Store
+from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.prelabel import PrelabelWorker
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.stage import Stage
+from winnow.core.loop.topics import create_topics
+from winnow.core.loop.trainer import Trainer
+from winnow.core.ports.bus import Bus
+from winnow.core.ports.store import Store
+from winnow.core.select.index import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def open_bus(url: str) -> Bus:
 
         return KafkaBus(url.removeprefix("kafka://"))
     if url.startswith("sqlite:///"):
-        from winnow.core.sqlite_bus import SqliteBus
+        from winnow.core.adapters.sqlite_bus import SqliteBus
 
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,11 +72,11 @@ def open_bus(url: str) -> Bus:
 def open_store(url: str) -> Store:
     """``sqlite:///path/store.sqlite`` or ``postgresql://...``."""
     if url.startswith(("postgresql://", "postgres://")):
-        from winnow.core.postgres_store import PostgresStore
+        from winnow.core.adapters.postgres_store import PostgresStore
 
         return PostgresStore(url)
     if url.startswith("sqlite:///"):
-        from winnow.core.sqlite_store import SqliteStore
+        from winnow.core.adapters.sqlite_store import SqliteStore
 
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,14 +97,14 @@ class ServeOptions:
     engine: str = "onnx"
     config: LoopConfig = LoopConfig()
     # FAISS OpenMP threads of this process (the selector's searches and clustering): one, because the
-    # workers share the cores with the model (see ``winnow.core.index.set_threads``)
+    # workers share the cores with the model (see ``winnow.core.select.index.set_threads``)
     faiss_threads: int = 1
 
 
 def _stages(name: str, bus: Bus, store: Store, project: str, options: ServeOptions) -> Stage:
     record = store.get_project(project)
     if name == "prelabel":
-        from winnow.core.runtime import make_runtime
+        from winnow.core.ml.runtime import make_runtime
 
         return PrelabelWorker(bus, store, record, options.config, make_runtime(options.engine))
     if name == "selector":

@@ -14,17 +14,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.integration.cluster import Broker, Cluster, Service, store_url, wait_until
-from winnow.core.bus import partition_for
-from winnow.core.data import banking77
-from winnow.core.encoder import export_onnx
-from winnow.core.pipeline import STAGES, LoopConfig, consumer_group, create_topics, ingest, topic
-from winnow.core.postgres_store import PostgresStore
-from winnow.core.records import Item, ModelVersion, Project, to_json
-from winnow.core.trainer import TrainConfig, train, write_version
+from winnow.core.adapters.postgres_store import PostgresStore
+from winnow.core.data.datasets import banking77
+from winnow.core.domain.records import Item, ModelVersion, Project, to_json
+from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.topics import STAGES, consumer_group, create_topics, topic
+from winnow.core.ml.encoder import export_onnx
+from winnow.core.ml.training import train, write_version
+from winnow.core.ports.bus import partition_for
 from winnow.services.client import WinnowClient
 from winnow.services.kafka_bus import KafkaBus
+
+from tests.integration.cluster import Broker, Cluster, Service, store_url, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 

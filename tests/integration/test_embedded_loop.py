@@ -5,17 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from winnow.core.data import Dataset, banking77
-from winnow.core.embedded import EmbeddedLoop
-from winnow.core.errors import InvalidInput, NotFound
-from winnow.core.pipeline import LoopConfig
-from winnow.core.records import Item, Project
-from winnow.core.runtime import make_runtime
-from winnow.core.simulate import SimulatedAnnotators, run_stream
-from winnow.core.trainer import TrainConfig
+from winnow.core.data.datasets import Dataset, banking77
+from winnow.core.data.simulate import SimulatedAnnotators, run_stream
+from winnow.core.domain.errors import InvalidInput, NotFound
+from winnow.core.domain.records import Item, Project
+from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.loop.embedded import EmbeddedLoop
+from winnow.core.ml.runtime import make_runtime
 
 pytestmark = pytest.mark.slow
 

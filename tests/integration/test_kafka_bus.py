@@ -8,9 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import pytest
-
-from tests.contracts.bus_contract import BusContract
-from winnow.core.bus import Consumer
+from winnow.core.ports.bus import Consumer
+from winnow.core.testing.bus_contract import BusContract
 from winnow.services.kafka_bus import KafkaBus, KafkaConsumerMember
 
 pytestmark = pytest.mark.kafka
@@ -68,9 +67,11 @@ def test_poison_messages_go_to_the_dead_letter_topic_on_kafka(kafka_bootstrap: s
     """The selector stage on Kafka: malformed messages are dead-lettered and committed past."""
     import uuid
 
-    from winnow.core.pipeline import STAGES, LoopConfig, Selector, create_topics, topic
-    from winnow.core.records import Project
-    from winnow.core.sqlite_store import SqliteStore
+    from winnow.core.adapters.sqlite_store import SqliteStore
+    from winnow.core.domain.records import Project
+    from winnow.core.domain.settings import LoopConfig
+    from winnow.core.loop.selector import Selector
+    from winnow.core.loop.topics import STAGES, create_topics, topic
 
     name = f"dl{uuid.uuid4().hex[:8]}"
     bus = KafkaBus(kafka_bootstrap, client_id="winnow-dead-letter", session_timeout_ms=SESSION_TIMEOUT_MS)

@@ -12,10 +12,17 @@ import numpy as np
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-
-from tests.contracts.store_contract import CLASSES, LEASE_S, P, StoreContract, items, label, task
-from winnow.core.postgres_store import PostgresStore
-from winnow.core.records import Project
+from winnow.core.adapters.postgres_store import PostgresStore
+from winnow.core.domain.records import Project
+from winnow.core.testing.store_contract import (
+    CLASSES,
+    LEASE_S,
+    P,
+    StoreContract,
+    items,
+    label,
+    task,
+)
 
 pytestmark = pytest.mark.postgres
 

@@ -11,10 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from winnow.core.data import banking77
-from winnow.core.records import Item, Project
-from winnow.core.sqlite_store import SqliteStore
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.data.datasets import banking77
+from winnow.core.domain.records import Item, Project
 from winnow.services.client import WinnowClient
 
 pytestmark = pytest.mark.slow

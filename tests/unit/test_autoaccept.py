@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import optimize, stats
-
-from winnow.core.autoaccept import choose_threshold
-from winnow.core.errors import InvalidInput
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.ml.autoaccept import choose_threshold
 
 # Confidence c ~ Beta(A, B) and correct ~ Bernoulli(c): perfectly calibrated scores.
 A, B, TARGET, N_HELDOUT, SEEDS = 8.0, 0.5, 0.98, 5000, range(40)

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from winnow.bench.throughput import PRELABEL_BATCH, run_throughput_benchmark
-from winnow.core.data import banking77
-from winnow.core.encoder import CachedEncoder, EmbeddingCache
-from winnow.core.errors import InvalidInput
-from winnow.core.runtime import OnnxRuntime, make_runtime
+from winnow.core.data.datasets import banking77
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.ml.encoder import CachedEncoder, EmbeddingCache
+from winnow.core.ml.runtime import OnnxRuntime, make_runtime
 from winnow.services.cli import build_parser, main
 
 ITEMS = 64

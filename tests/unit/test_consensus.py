@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from winnow.core.consensus import (
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.ml.consensus import (
     annotator_accuracy_on_gold,
     dawid_skene,
     majority_vote,
 )
-from winnow.core.errors import InvalidInput
 
 
 def planted(seed, accuracy, n_items, n_classes, per_item=None):

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from winnow.core.data import banking77, load_csv
-from winnow.core.errors import InvalidInput
+from winnow.core.data.datasets import banking77, load_csv
+from winnow.core.domain.errors import InvalidInput
 
 
 def write(tmp_path: Path, text: str, name: str = "rows.csv") -> Path:

@@ -12,7 +12,6 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-
 from winnow.services.cli import build_parser
 from winnow.services.serve import SERVICES, WORKERS
 

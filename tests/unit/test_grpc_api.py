@@ -13,16 +13,27 @@ import numpy as np
 import pytest
 from google.protobuf.descriptor_pool import DescriptorPool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-from winnow.core.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.pipeline import MAX_TEXT_BYTES, LoopConfig, Selector, StreamStatus, topic
-from winnow.core.records import Item, ModelVersion, Task
-from winnow.core.sqlite_bus import SqliteBus
-from winnow.core.sqlite_store import SqliteStore
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.records import Item, ModelVersion, Task
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.domain.validation import MAX_TEXT_BYTES
+from winnow.core.loop.close import StreamStatus
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.topics import topic
 from winnow.services.client import WinnowClient
 from winnow.services.grpc_api import SERVICES, create_server, to_message
-from winnow.v1 import ingest_pb2, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, records_pb2
+from winnow.v1 import (
+    ingest_pb2,
+    ingest_pb2_grpc,
+    labeling_pb2,
+    labeling_pb2_grpc,
+    records_pb2,
+)
 
 P = "reviews"
 CLASSES = ("pos", "neg")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
-
-from winnow.core.errors import InvalidInput
-from winnow.core.index import VectorIndex, kmeans
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.select.index import VectorIndex, kmeans
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -150,7 +149,7 @@ def test_gpu_index_and_kmeans_agree_with_cpu():
 
 
 def test_set_threads_returns_the_previous_count_and_refuses_nonsense():
-    from winnow.core.index import set_threads
+    from winnow.core.select.index import set_threads
 
     before = faiss.omp_get_max_threads()
     try:

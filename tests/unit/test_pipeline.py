@@ -8,13 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from winnow.core.pipeline import (LabelingService, LoopConfig, Selector, StreamStatus, Trainer, create_topics, ingest,
-                                  request_close, stream_status, topic)
-from winnow.core.records import Item, Project
-from winnow.core.sqlite_bus import SqliteBus
-from winnow.core.sqlite_store import SqliteStore
-from winnow.core.trainer import TrainConfig
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.records import Item, Project
+from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.loop.close import StreamStatus, request_close, stream_status
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.labeling import LabelingService
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.topics import create_topics, topic
+from winnow.core.loop.trainer import Trainer
 
 CLASSES = ("a", "b", "c")
 CONFIG = LoopConfig(first_model_labels=30, retrain_min_new=10, select_batch=5, holdout_share=0.2,

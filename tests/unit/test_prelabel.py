@@ -10,13 +10,15 @@ from typing import Sequence
 
 import numpy as np
 import pytest
-
-from winnow.core.encoder import Encoder
-from winnow.core.pipeline import LoopConfig, PrelabelWorker, create_topics, ingest, topic
-from winnow.core.records import Item, Project
-from winnow.core.runtime import OnnxRuntime
-from winnow.core.sqlite_bus import SqliteBus
-from winnow.core.sqlite_store import SqliteStore
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.records import Item, Project
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.prelabel import PrelabelWorker
+from winnow.core.loop.topics import create_topics, topic
+from winnow.core.ml.encoder import Encoder
+from winnow.core.ml.runtime import OnnxRuntime
 
 CONFIG = LoopConfig()
 

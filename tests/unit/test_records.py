@@ -7,8 +7,17 @@ import json
 import math
 
 import pytest
-
-from winnow.core.records import Annotation, Item, Label, Lease, ModelVersion, Project, Task, from_json, to_json
+from winnow.core.domain.records import (
+    Annotation,
+    Item,
+    Label,
+    Lease,
+    ModelVersion,
+    Project,
+    Task,
+    from_json,
+    to_json,
+)
 
 RECORDS = [
     Project("p", ("billing", "card"), 5, 50, 0.95, "margin", 2, "v2", 3.0),

@@ -10,12 +10,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from winnow.core.encoder import (CachedEncoder, EmbeddingCache, Encoder, OnnxEncoder, TorchEncoder, export_onnx,
-                                 plan_batches)
-from winnow.core.errors import InvalidInput, ModelFileError
-from winnow.core.head import Head, HeadConfig, OnnxHead, TorchHead, load_head, load_meta, save_model
-from winnow.core.runtime import OnnxRuntime, TorchRuntime, make_runtime
+from winnow.core.domain.errors import InvalidInput, ModelFileError
+from winnow.core.ml.encoder import (
+    CachedEncoder,
+    EmbeddingCache,
+    Encoder,
+    OnnxEncoder,
+    TorchEncoder,
+    export_onnx,
+    plan_batches,
+)
+from winnow.core.ml.head import (
+    Head,
+    HeadConfig,
+    OnnxHead,
+    TorchHead,
+    load_head,
+    load_meta,
+    save_model,
+)
+from winnow.core.ml.runtime import OnnxRuntime, TorchRuntime, make_runtime
 
 SENTENCES = [
     "A man is eating food.",

@@ -7,9 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
-from winnow.core.errors import InvalidInput
-from winnow.core.scoring import (
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.ml.scoring import (
     SCORE_NAMES,
     Scorer,
     bald,

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from winnow.core.errors import EmptyPoolError, InvalidInput
-from winnow.core.selection import (
+from winnow.core.domain.errors import EmptyPoolError, InvalidInput
+from winnow.core.select.strategies import (
     STRATEGIES,
     Badge,
     BudgetController,
@@ -18,10 +17,10 @@ from winnow.core.selection import (
     ClusterMargin,
     KCenterGreedy,
     NearDuplicateGuard,
-    RandomSelector,
-    Selector,
-    UncertaintySelector,
-    make_selector,
+    RandomStrategy,
+    Strategy,
+    UncertaintyStrategy,
+    make_strategy,
 )
 
 DIM, N_CLASSES = 16, 4
@@ -51,17 +50,17 @@ def with_anchors(candidates: Candidates, anchors: np.ndarray) -> Candidates:
 
 
 class SelectorContract:
-    """What every Selector promises; each strategy's test class subclasses this."""
+    """What every Strategy promises; each strategy's test class subclasses this."""
 
     name: str
-    selector_class: type[Selector]
+    strategy_class: type[Strategy]
 
-    def make(self) -> Selector:
-        return make_selector(self.name)
+    def make(self) -> Strategy:
+        return make_strategy(self.name)
 
     def test_registered_under_its_name(self):
         assert self.name in STRATEGIES
-        assert type(self.make()) is self.selector_class
+        assert type(self.make()) is self.strategy_class
 
     @pytest.mark.parametrize("n", [1, 7, 80])
     def test_distinct_valid_indices_in_range(self, n):
@@ -115,7 +114,7 @@ class SelectorContract:
 
 
 class TestRandomSelector(SelectorContract):
-    name, selector_class = "random", RandomSelector
+    name, strategy_class = "random", RandomStrategy
 
     def test_different_seeds_differ(self):
         candidates, _ = planted(0)
@@ -124,7 +123,7 @@ class TestRandomSelector(SelectorContract):
 
 
 class TestUncertaintySelector(SelectorContract):
-    name, selector_class = "uncertainty", UncertaintySelector
+    name, strategy_class = "uncertainty", UncertaintyStrategy
 
     def test_top_n_with_ties_by_index(self):
         emb = unit_rows(np.random.default_rng(0).normal(size=(6, DIM)))
@@ -145,7 +144,7 @@ def kcenter_reference(x: np.ndarray, anchors: np.ndarray, n: int) -> list[int]:
 
 
 class TestKCenterGreedy(SelectorContract):
-    name, selector_class = "kcenter", KCenterGreedy
+    name, strategy_class = "kcenter", KCenterGreedy
 
     def test_known_order_on_the_circle(self):
         degrees = np.array([10.0, 90.0, 180.0, 200.0, 300.0])
@@ -179,14 +178,14 @@ class TestKCenterGreedy(SelectorContract):
 
 
 class TestClusterMargin(SelectorContract):
-    name, selector_class = "cluster_margin", ClusterMargin
+    name, strategy_class = "cluster_margin", ClusterMargin
 
     def test_picks_span_planted_clusters(self):
         candidates, label = planted(6)
         # cluster 0 is the most uncertain of all, so plain uncertainty takes only from it
         unc = np.where(label == 0, 0.9, 0.5) + 0.01 * np.random.default_rng(6).random(len(label))
         candidates = Candidates(candidates.embeddings, candidates.probs, unc)
-        top = UncertaintySelector().select(candidates, 4, np.random.default_rng(0))
+        top = UncertaintyStrategy().select(candidates, 4, np.random.default_rng(0))
         assert set(label[top]) == {0}
         for seed in range(5):
             picks = ClusterMargin(pool_factor=20).select(candidates, 4, np.random.default_rng(seed))
@@ -196,7 +195,7 @@ class TestClusterMargin(SelectorContract):
     def test_pool_factor_one_is_plain_uncertainty(self):
         candidates, _ = planted(7)
         picks = ClusterMargin(pool_factor=1).select(candidates, 8, np.random.default_rng(0))
-        expected = UncertaintySelector().select(candidates, 8, np.random.default_rng(0))
+        expected = UncertaintyStrategy().select(candidates, 8, np.random.default_rng(0))
         np.testing.assert_array_equal(picks, expected)
 
     def test_picks_come_from_the_uncertain_pool(self):
@@ -229,7 +228,7 @@ def badge_reference(probs: np.ndarray, emb: np.ndarray, n: int, rng: np.random.G
 
 
 class TestBadge(SelectorContract):
-    name, selector_class = "badge", Badge
+    name, strategy_class = "badge", Badge
 
     def test_first_pick_is_the_largest_gradient(self):
         candidates, _ = planted(9)
@@ -259,12 +258,12 @@ class TestBadge(SelectorContract):
 
 def test_make_selector_rejects_unknown_names_and_arguments():
     with pytest.raises(InvalidInput) as err:
-        make_selector("entropy_magic")
+        make_strategy("entropy_magic")
     assert err.value.field == "strategy" and "entropy_magic" in str(err.value)
     with pytest.raises(InvalidInput) as err:
-        make_selector("random", pool_factor=3)
+        make_strategy("random", pool_factor=3)
     assert err.value.field == "strategy"
-    assert make_selector("cluster_margin", pool_factor=4).pool_factor == 4
+    assert make_strategy("cluster_margin", pool_factor=4).pool_factor == 4
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from tests.contracts.bus_contract import BusContract, poll_until, values
-from winnow.core.bus import Consumer, Message, next_offsets
-from winnow.core.errors import BusError, InvalidInput, NotFound
-from winnow.core.sqlite_bus import SqliteBus, _assign
+from winnow.core.adapters.sqlite_bus import SqliteBus, _assign
+from winnow.core.domain.errors import BusError, InvalidInput, NotFound
+from winnow.core.ports.bus import Consumer, Message, next_offsets
+from winnow.core.testing.bus_contract import BusContract, poll_until, values
 
 SESSION_TIMEOUT_S = 0.5
 

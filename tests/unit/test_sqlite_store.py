@@ -12,10 +12,17 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-
-from tests.contracts.store_contract import CLASSES, LEASE_S, P, StoreContract, items, label, task
-from winnow.core.records import Item, Project
-from winnow.core.sqlite_store import SqliteStore
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.records import Item, Project
+from winnow.core.testing.store_contract import (
+    CLASSES,
+    LEASE_S,
+    P,
+    StoreContract,
+    items,
+    label,
+    task,
+)
 
 
 class TestSqliteStore(StoreContract):

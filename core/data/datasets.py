@@ -1,0 +1,90 @@
+"""Reading labeled or unlabeled CSV files into a validated in-memory dataset; the bundled Banking77."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from winnow.core.domain.errors import InvalidInput
+
+MAX_TEXT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Rows of one CSV: texts, their labels when known (class names), and the label schema."""
+
+    texts: tuple[str, ...]
+    labels: tuple[str, ...] | None
+    classes: tuple[str, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def label_ids(self) -> list[int]:
+        """Class indices of the labels (the schema order)."""
+        if self.labels is None:
+            raise InvalidInput("labels", f"{self.source} has no label column")
+        index = {c: i for i, c in enumerate(self.classes)}
+        return [index[label] for label in self.labels]
+
+
+def load_csv(
+    path: Path | str,
+    text_col: str = "text",
+    label_col: str | None = "category",
+    classes: Sequence[str] | None = None,
+) -> Dataset:
+    """Read and validate a CSV file; nothing is returned unless every row is good.
+
+    ``classes`` fixes the label schema (a label outside it is an error); without it the schema is the
+    sorted set of labels found. Errors name the file, the column or the row.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput("csv", f"no such file: {path}")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            for field_name, col in (("text_col", text_col), ("label_col", label_col)):
+                if col is not None and col not in columns:
+                    raise InvalidInput(field_name, f"column {col!r} not in {path.name} (columns: {', '.join(columns) or 'none'})")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise InvalidInput("csv", f"{path.name} is not UTF-8 text: {e}") from e
+    except csv.Error as e:
+        raise InvalidInput("csv", f"{path.name} is not a readable CSV file: {e}") from e
+    if not rows:
+        raise InvalidInput("csv", f"{path.name} has a header but no rows")
+    texts: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        text = (row.get(text_col) or "").strip()
+        if not text:
+            raise InvalidInput("text", f"{path.name} line {line}: empty text in column {text_col!r}")
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidInput("text", f"{path.name} line {line}: text of {len(text)} characters exceeds {MAX_TEXT_CHARS}")
+        texts.append(text)
+    labels: list[str] | None = None
+    if label_col is not None:
+        labels = [(row.get(label_col) or "").strip() for row in rows]
+        for line, label in enumerate(labels, start=2):
+            if not label:
+                raise InvalidInput("label", f"{path.name} line {line}: empty label in column {label_col!r}")
+            if classes is not None and label not in classes:
+                raise InvalidInput("label", f"{path.name} line {line}: {label!r} is not in the label schema")
+    schema = tuple(classes) if classes is not None else tuple(sorted(set(labels or ())))
+    return Dataset(tuple(texts), tuple(labels) if labels is not None else None, schema, str(path))
+
+
+def banking77() -> tuple[Dataset, Dataset]:
+    """The bundled Banking77 train and test sets (Casanueva et al. 2020, CC BY 4.0)."""
+    folder = resources.files("winnow.core.data") / "banking77"
+    classes = tuple(json.loads((folder / "categories.json").read_text()))
+    with resources.as_file(folder) as path:
+        return load_csv(path / "train.csv", classes=classes), load_csv(path / "test.csv", classes=classes)

@@ -1,0 +1,185 @@
+"""Simulated annotators and a seeded stream through the embedded loop (the demo and the benchmark)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from winnow.core.data.datasets import Dataset
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.records import Item, Label, ModelVersion, Project, Task
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.embedded import EmbeddedLoop
+from winnow.core.loop.labeling import LabelingService
+from winnow.core.ml.head import OnnxHead
+from winnow.core.ml.runtime import OnnxRuntime, Runtime
+from winnow.core.ml.scoring import mean_probs
+
+
+class SimulatedAnnotators:
+    """People who answer every task they can lease, each wrong with their own probability.
+
+    A wrong answer is a uniformly random other class. Annotators take turns, ``batch`` leases each.
+    """
+
+    def __init__(self, truth: Mapping[str, str], classes: Sequence[str], noise: Sequence[float] = (0.0,),
+                 seed: int = 0, batch: int = 25) -> None:
+        if not noise or any(not 0.0 <= p < 1.0 for p in noise):
+            raise InvalidInput("noise", f"need one error rate in [0, 1) per annotator, got {list(noise)}")
+        self.truth, self.classes, self.noise, self.batch = truth, list(classes), list(noise), batch
+        self.names = [f"annotator-{k + 1}" for k in range(len(noise))]
+        self.rng = np.random.default_rng(seed)
+        self.answers = 0
+        self._turn = 0
+
+    def _answer(self, item_id: str, error_rate: float) -> str:
+        right = self.truth[item_id]
+        if self.rng.random() >= error_rate:
+            return right
+        others = [c for c in self.classes if c != right]
+        return others[int(self.rng.integers(len(others)))]
+
+    def __call__(self, labeling: LabelingService) -> int:
+        done = 0
+        busy = True
+        while busy:
+            busy = False
+            self._turn = (self._turn + 1) % len(self.names)  # who asks first rotates, so work is shared
+            order = [*range(self._turn, len(self.names)), *range(self._turn)]
+            for name, error_rate in ((self.names[k], self.noise[k]) for k in order):
+                leases = labeling.lease(name, self.batch)
+                for lease in leases:
+                    labeling.submit(name, lease.item_id, self._answer(lease.item_id, error_rate))
+                done += len(leases)
+                busy = busy or bool(leases)
+        self.answers += done
+        return done
+
+
+@dataclass
+class StreamReport:
+    """What one seeded run of a stream through the loop achieved (the benchmark's JSON keys)."""
+
+    strategy: str
+    items: int
+    human_labels: int
+    human_fraction: float
+    final_label_accuracy: float
+    auto_accept_precision: float | None
+    model_test_accuracy: float | None
+    wall_s: float
+    annotations: int = 0
+    auto_accepted: int = 0
+    low_confidence: int = 0
+    gold: int = 0
+    model_versions: int = 0
+    curve: list[dict] = field(default_factory=list)
+    annotators: dict[str, dict] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        keys = ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
+                "model_test_accuracy", "wall_s")
+        return {k: getattr(self, k) for k in keys}
+
+
+def evaluate_labels(labels: Sequence[Label], truth: Mapping[str, str]) -> dict:
+    """Counts and accuracies of final labels against the truth (benchmark side only: the loop never sees it)."""
+    correct = np.array([truth[label.item_id] == label.label for label in labels], bool)
+    source = np.array([label.source for label in labels])
+    auto = np.array([label.source == "model" and label.aggregation == "auto_accept" for label in labels], bool)
+    low = np.array([label.aggregation == "low_confidence" for label in labels], bool)
+    return {
+        "human_labels": int((source == "human").sum()),
+        "gold": int((source == "gold").sum()),
+        "auto_accepted": int(auto.sum()),
+        "low_confidence": int(low.sum()),
+        "final_label_accuracy": float(correct.mean()) if len(correct) else 0.0,
+        "auto_accept_precision": float(correct[auto].mean()) if auto.any() else None,
+    }
+
+
+def run_stream(
+    train: Dataset,
+    workdir: Path,
+    runtime: Runtime,
+    project: Project,
+    config: LoopConfig,
+    test: Dataset | None = None,
+    noise: Sequence[float] = (0.0,),
+    gold: int = 0,
+    chunk: int = 100,
+    seed: int = 0,
+    progress: Callable[[int, StreamReport], None] | None = None,
+) -> StreamReport:
+    """Stream every row of ``train`` once, in a seeded shuffled order, through an embedded loop.
+
+    Simulated annotators answer tasks as they appear. The first ``gold`` rows of the shuffled order
+    are given to the project as known answers (gold). ``test`` (when given) is only used to measure
+    each model version's accuracy for the learning curve.
+    """
+    if train.labels is None:
+        raise InvalidInput("label_col", f"{train.source} has no labels to simulate annotators with")
+    started = time.perf_counter()
+    order = np.random.default_rng(seed).permutation(len(train))
+    ids = [f"row-{i}" for i in order]
+    truth = {f"row-{i}": train.labels[i] for i in order}
+    texts = {f"row-{i}": train.texts[i] for i in order}
+    test_emb = runtime.encoder.encode(list(test.texts)) if test is not None else None
+    test_y = np.array(test.label_ids()) if test is not None else None
+    report = StreamReport(project.strategy, len(train), 0, 0.0, 0.0, None, None, 0.0)
+
+    def on_version(model: ModelVersion) -> None:
+        point = {"version": model.version, "human_labels": model.n_train,
+                 "threshold": model.threshold, "heldout_accuracy": model.metrics.get("heldout_accuracy")}
+        if test_emb is not None:
+            head = OnnxHead(Path(model.path))
+            predicted = mean_probs(head.logits(test_emb), model.temperature).argmax(1)
+            point["test_accuracy"] = float((predicted == test_y).mean())
+        report.curve.append(point)
+
+    # each run gets its own head on the shared encoder (and its embedding cache)
+    loop = EmbeddedLoop(workdir, project, OnnxRuntime(runtime.encoder), config, on_version=on_version)
+    people = SimulatedAnnotators(truth, project.classes, noise, seed)
+    try:
+        if gold:
+            gold_ids = ids[:gold]
+            loop.ingest([Item(project.name, i, texts[i], time.time()) for i in gold_ids])
+            answers = {i: truth[i] for i in gold_ids}
+            loop.store.set_gold(project.name, answers)
+            now = time.time()
+            for item_id, answer in answers.items():
+                loop.store.put_label(Label(project.name, item_id, answer, "gold", "operator", 1.0, None, "gold",
+                                           project.guideline_version, now, f"{item_id}:gold"))
+            loop.store.add_tasks([Task(project.name, i, 1e9, None, now, "gold") for i in gold_ids])
+        for start in range(gold, len(ids), chunk):
+            batch = ids[start:start + chunk]
+            loop.ingest([Item(project.name, i, texts[i], time.time()) for i in batch])
+            loop.run_until_idle(people)
+            if progress is not None:
+                progress(min(start + chunk, len(ids)), report)
+        outcome = loop.close_stream(people)
+        labels = loop.store.labels(project.name)
+        if len(labels) != len(ids) or len({label.item_id for label in labels}) != len(ids):
+            raise RuntimeError(f"{len(ids)} items streamed but {len(labels)} final labels were written")
+        scores = evaluate_labels(labels, truth)
+        report.human_labels = scores["human_labels"]
+        report.gold = scores["gold"]
+        report.auto_accepted = scores["auto_accepted"]
+        report.low_confidence = outcome["low_confidence"]
+        report.final_label_accuracy = scores["final_label_accuracy"]
+        report.auto_accept_precision = scores["auto_accept_precision"]
+        report.human_fraction = report.human_labels / len(ids)
+        report.annotations = people.answers
+        report.model_versions = len(loop.store.models(project.name))
+        report.annotators = loop.labeling.annotator_quality()
+        for name, error_rate in zip(people.names, people.noise):
+            report.annotators.setdefault(name, {})["simulated_accuracy"] = 1.0 - error_rate
+        if report.curve and test is not None:
+            report.model_test_accuracy = report.curve[-1]["test_accuracy"]
+    finally:
+        loop.close()
+    report.wall_s = time.perf_counter() - started
+    return report

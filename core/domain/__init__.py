@@ -1,0 +1,1 @@
+"""The domain: records that cross boundaries, the error tree, validation rules and settings."""

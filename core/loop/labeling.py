@@ -1,0 +1,113 @@
+"""The labeling service: lease, submit, skip, heartbeat; consensus turns answers into final human labels."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Callable, Sequence
+
+import numpy as np
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.records import Annotation, Label, Lease, Project, to_json
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.topics import topic
+from winnow.core.ml.consensus import (
+    annotator_accuracy_on_gold,
+    dawid_skene,
+    majority_vote,
+)
+from winnow.core.ports.bus import Bus
+from winnow.core.ports.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LabelingService:
+    """What people use: lease tasks, submit, skip, heartbeat; consensus makes the final human label."""
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
+        # items with all their answers but no final label yet (also after a crash between the two)
+        answered = Counter(a.item_id for a in store.annotations(project.name))
+        complete = [i for i, n in answered.items() if n >= project.overlap and i not in store.gold(project.name)]
+        self._ready: set[str] = set(store.unlabeled_ids(project.name, complete)) if complete else set()
+
+    def lease(self, annotator: str, n: int) -> list[Lease]:
+        if not annotator:
+            raise InvalidInput("annotator", "is empty")
+        if n < 1:
+            raise InvalidInput("n", f"must be >= 1, got {n}")
+        return self.store.lease_tasks(self.project.name, annotator, n, self.config.lease_s, self.clock(),
+                                      self.project.overlap)
+
+    def heartbeat(self, annotator: str, item_ids: Sequence[str]) -> int:
+        return self.store.heartbeat(self.project.name, annotator, item_ids, self.config.lease_s, self.clock())
+
+    def skip(self, annotator: str, item_id: str) -> None:
+        self.store.skip(self.project.name, annotator, item_id)
+
+    def submit(self, annotator: str, item_id: str, label: str) -> bool:
+        """Record one answer; the item's final label is made once ``overlap`` answers are in."""
+        if label not in self.project.classes:
+            raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
+        added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()))
+        if added and item_id not in self.store.gold(self.project.name):
+            answers = self.store.annotations(self.project.name, [item_id])
+            if len(answers) >= self.project.overlap:
+                self._ready.add(item_id)
+        return added
+
+    def _answers(self):
+        """Every annotation of the project as consensus arrays, with gold answers by item index."""
+        classes = {c: k for k, c in enumerate(self.project.classes)}
+        answers = self.store.annotations(self.project.name)
+        item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}
+        annotators = {a: k for k, a in enumerate(dict.fromkeys([a.annotator for a in answers]))}
+        args = (np.array([item_index[a.item_id] for a in answers], np.int64),
+                np.array([annotators[a.annotator] for a in answers], np.int64),
+                np.array([classes[a.label] for a in answers], np.int64),
+                len(item_index), len(annotators), len(classes))
+        gold = {item_index[i]: classes[c] for i, c in self.store.gold(self.project.name).items() if i in item_index}
+        return answers, item_index, list(annotators), args, gold
+
+    def annotator_quality(self) -> dict[str, dict[str, float | None]]:
+        """Per annotator: answers given, accuracy on gold items, and the Dawid-Skene estimate."""
+        answers, _, names, args, gold = self._answers()
+        if not answers:
+            return {}
+        on_gold = annotator_accuracy_on_gold(*args[:3], gold, *args[3:]) if gold else np.full(len(names), np.nan)
+        estimated = dawid_skene(*args, gold=gold).annotator_accuracy
+        counts = np.bincount(args[1], minlength=len(names))
+        return {name: {"answers": int(counts[k]),
+                       "gold_accuracy": None if np.isnan(on_gold[k]) else float(on_gold[k]),
+                       "estimated_accuracy": None if np.isnan(estimated[k]) else float(estimated[k])}
+                for k, name in enumerate(names)}
+
+    def resolve(self) -> int:
+        """Aggregate the items that have all their answers into final human labels (one batch)."""
+        if not self._ready:
+            return 0
+        ready, self._ready = sorted(self._ready), set()
+        answers, item_index, _, args, gold_ids = self._answers()
+        if self.project.overlap == 1 and not gold_ids:
+            result, aggregation = majority_vote(*args), "single"
+        else:
+            result = dawid_skene(*args, gold=gold_ids)
+            aggregation = result.method
+        now = self.clock()
+        annotators_of: dict[str, set[str]] = {}  # one pass over the answers, not one per ready item
+        for a in answers:
+            annotators_of.setdefault(a.item_id, set()).add(a.annotator)
+        labels = []
+        for item_id in ready:
+            k = item_index[item_id]
+            who_said = sorted(annotators_of[item_id])
+            labels.append(Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
+                                ",".join(who_said), float(result.confidence[k]), None, aggregation,
+                                self.project.guideline_version, now, f"{item_id}:labeling:human"))
+        new = [label for label, written in zip(labels, self.store.put_labels(labels)) if written]
+        self.bus.publish_many(topic(self.project.name, "labels"), [(label.item_id, to_json(label)) for label in new])
+        self.bus.flush()
+        return len(new)

@@ -1,0 +1,175 @@
+"""The prelabel stage: items.raw -> embeddings in the store + items.scored, the model overlapped
+with the stage's I/O."""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from winnow.core.domain.records import Item, Project
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.stage import Stage
+from winnow.core.loop.topics import topic
+from winnow.core.ml.runtime import Prediction, Runtime
+from winnow.core.ml.scoring import mean_probs
+from winnow.core.ports.bus import Bus, Message, next_offsets
+from winnow.core.ports.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _InFlight:
+    """A batch the prelabel model is working on, and the offsets to commit once its output is durable."""
+
+    items: list[Item]
+    offsets: dict[tuple[str, int], int]
+    prediction: Future[Prediction]
+
+
+class PrelabelWorker(Stage):
+    """items.raw -> embeddings in the store + items.scored (logits of the current model version).
+
+    With ``overlap`` (as ``winnow serve`` runs it) the model works on one batch in a thread of its
+    own while ``step`` makes the previous batch's output durable (store writes, publish, flush,
+    commit) and gathers the next one, so the model does not sit idle while the bus and the store
+    work. A step returns with its batch still in the model: the next step, ``drain`` or ``close``
+    writes its output. Offsets are committed per batch, once that batch's output is durable, so a
+    crash redelivers the batch that was in the model and the one gathered after it. The embedded
+    loop, which steps its stages in turn, runs without overlap: each step's output is written
+    before it returns.
+    """
+
+    name = "prelabel"
+    stages = ("items.raw", "models")
+    fill_s = 0.05  # 50 ms of latency for full model batches
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, runtime: Runtime,
+                 overlap: bool = True) -> None:
+        super().__init__(bus, store, project, config)
+        self.runtime = runtime
+        current = store.current_model(project.name)
+        if current is not None and runtime.model_version != current.version:
+            runtime.swap(Path(current.path))
+        self._model = ThreadPoolExecutor(1, thread_name_prefix=f"prelabel-model-{project.name}") if overlap else None
+        self._in_flight: _InFlight | None = None
+        # the next batch, gathered (and decoded) while the model works on the one in flight
+        self._ahead: tuple[list[Message], list[tuple[str, object]]] = ([], [])
+
+    @property
+    def overlap(self) -> bool:
+        return self._model is not None
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self._in_flight is None else len(self._in_flight.items)
+
+    def handle(self, records: list[tuple[str, object]]) -> None:
+        items = self._swap_and_pick(records)
+        if items:
+            self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
+            self._write(items, self.runtime.predict([i.text for i in items]))
+
+    def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
+        """Without ``overlap``, ``Stage.step``. With it: once the model is done with the batch in
+        flight, start it on the next batch (gathered while it worked, topped up with what came since),
+        then write the finished batch's output, flush, commit its offsets and gather the batch after,
+        all while the model works. Waits ``timeout_s`` (and ``fill_s``) for messages only when no batch
+        is in flight: otherwise the model's time on a batch is the window in which the next one fills."""
+        if self._model is None:
+            return super().step(max_messages, timeout_s)
+        busy = self._in_flight
+        if busy is None:
+            messages = self._gather(max_messages, timeout_s)
+            records = self._decode_all(messages)
+        else:
+            messages, records = self._ahead
+            self._ahead = ([], [])
+            self._in_flight = None
+            finished = busy.prediction.result()  # raises what predict raised
+            more = self._poll_now(max_messages - len(messages))
+            messages, records = messages + more, records + self._decode_all(more)
+        items = self._swap_and_pick(records)
+        offsets = next_offsets(messages)
+        if items:
+            self._in_flight = _InFlight(items, offsets, self._model.submit(self.runtime.predict, [i.text for i in items]))
+            self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
+        commit: dict[tuple[str, int], int] = {}
+        if busy is not None:
+            self._write(busy.items, finished)
+            commit.update(busy.offsets)
+        if not items:  # models messages and poison only: nothing waits on the model (later offsets win)
+            commit.update(offsets)
+        if commit:
+            self.bus.flush()
+            self.consumer.commit(commit)
+        if self._in_flight is not None:
+            ahead = self._poll_now(max_messages)
+            self._ahead = (ahead, self._decode_all(ahead))
+        return len(messages)
+
+    def _poll_now(self, max_messages: int) -> list[Message]:
+        """Up to ``max_messages`` that the bus can hand out without waiting."""
+        messages: list[Message] = []
+        while len(messages) < max_messages and (got := self.consumer.poll(max_messages - len(messages), 0.0)):
+            messages += got
+        return messages
+
+    def drain(self) -> int:
+        """Write the output of the batch in the model, flush and commit it; returns its items."""
+        busy, self._in_flight = self._in_flight, None
+        if busy is None:
+            return 0
+        self._write(busy.items, busy.prediction.result())
+        self.bus.flush()
+        self.consumer.commit(busy.offsets)
+        return len(busy.items)
+
+    def close(self) -> None:
+        """Drain, then leave the group. If the drain fails (the bus, the store or the model), the
+        batch's messages stay uncommitted and go to the next owner of their partitions."""
+        try:
+            self.drain()
+        except Exception:
+            log.exception("prelabel close could not drain its batch in flight; it will be redelivered")
+        finally:
+            if self._model is not None:
+                self._model.shutdown(wait=True)
+            super().close()
+
+    def _swap_and_pick(self, records: list[tuple[str, object]]) -> list[Item]:
+        """Apply model swaps; the batch's items."""
+        for stage, model in records:
+            if stage == "models" and model.version != self.runtime.model_version:
+                self.runtime.swap(Path(model.path))
+                log.info("prelabel swapped model version=%s", model.version)
+        items = [item for stage, item in records if stage == "items.raw"]
+        if not items:
+            return []
+        # the models topic has one partition: in a group of several prelabel workers only one member
+        # is handed each version's message, so every member checks the store's current version (this
+        # also follows a Promote back to an older version)
+        current = self.store.current_model(self.project.name)
+        if current is not None and current.version != self.runtime.model_version:
+            self.runtime.swap(Path(current.path))
+            log.info("prelabel swapped model version=%s", current.version)
+        return items
+
+    def _write(self, items: list[Item], prediction: Prediction) -> None:
+        """Embeddings into the store, one items.scored message per item (flushed by the caller)."""
+        self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)
+        # the pre-label (class and calibrated confidence) rides along; the selector re-scores from
+        # the stored embedding with its own current head
+        if prediction.logits is None:
+            labels, confidence = [None] * len(items), [None] * len(items)
+        else:
+            probs = mean_probs(prediction.logits, prediction.meta["temperature"])  # [n, C]
+            labels = [self.project.classes[k] for k in probs.argmax(1)]
+            confidence = probs.max(1).tolist()
+        self.bus.publish_many(topic(self.project.name, "items.scored"), [
+            (item.item_id, json.dumps({"item_id": item.item_id, "model_version": prediction.model_version,
+                                       "label": label, "confidence": conf}).encode())
+            for item, label, conf in zip(items, labels, confidence)])

@@ -1,0 +1,297 @@
+"""The selector stage: items.scored -> auto-accepted model labels, holdout tasks, and the backlog
+from which the budget picks label tasks; serves close-of-stream requests."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from winnow.core.domain.records import Label, ModelVersion, Project, Task, to_json
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.close import (
+    CLOSE_CHECK_S,
+    CLOSE_WAIT_LOG_S,
+    pending_close_requests,
+)
+from winnow.core.loop.stage import Stage
+from winnow.core.loop.topics import topic
+from winnow.core.ml.head import OnnxHead
+from winnow.core.ml.scoring import mean_probs, uncertainty
+from winnow.core.ports.bus import Bus
+from winnow.core.ports.store import Store
+from winnow.core.select.index import VectorIndex
+from winnow.core.select.strategies import (
+    BudgetController,
+    Candidates,
+    NearDuplicateGuard,
+    make_strategy,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _max_cosine(vectors: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """float32 ``[n]``: the highest cosine of each of ``vectors`` ``[n, D]`` to any of ``others`` ``[m, D]``."""
+    index = VectorIndex(others.shape[1])
+    index.add(np.arange(len(others)), others)
+    return index.max_similarity(vectors)
+
+
+class Selector(Stage):
+    """items.scored -> auto-accepted model labels, or the backlog from which the budget picks tasks.
+
+    Keeps the backlog (scored items with neither a final label nor a task) in memory, rebuilt from
+    the store on start. When a new model lands it re-scores the whole backlog, auto-accepts what now
+    clears the threshold and re-ranks the open tasks.
+    """
+
+    name = "selector"
+    stages = ("items.scored", "models")
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(bus, store, project, config)
+        self.clock = clock
+        self.strategy = make_strategy(project.strategy)
+        self.rng = np.random.default_rng(config.seed)
+        self.budget = BudgetController(project.budget_labels, project.budget_per_items)
+        self.head: OnnxHead | None = None
+        self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
+        self._guarded = 0
+        self.backlog_ids: list[str] = []
+        self.backlog_emb = np.zeros((0, 0), np.float32)  # [n, D]
+        # per backlog item, in step with backlog_emb: the current head's calibrated probabilities and
+        # uncertainty (recomputed when the model changes) and the highest cosine to any item of the
+        # near-duplicate guard (raised as items join the guard), so that a selection step costs work
+        # in proportion to what arrived, not to the whole backlog
+        self.backlog_probs = np.zeros((0, 0))  # [n, C]
+        self.backlog_unc = np.zeros(0)  # [n]
+        self.backlog_dup = np.zeros(0, np.float32)  # [n]
+        self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
+        self._close_wait_logged = 0.0
+        self._restore()
+
+    # -- state ------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        current = self.store.current_model(self.project.name)
+        if current is not None:
+            self.head = OnnxHead(Path(current.path))
+        queued = [t.item_id for t in self.store.open_tasks(self.project.name)]
+        human = [label.item_id for label in self.store.labels(self.project.name, "human")]
+        queued_set = set(queued)
+        pending = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued_set]
+        anchors = queued + human
+        if anchors:  # the guard first: the backlog then measures itself against it in one search
+            self._guard_add(self.store.get_embeddings(self.project.name, anchors))
+        # items not prelabeled yet have no vector: they reach the selector through items.scored
+        scored = self.store.embedded_ids(self.project.name, pending)
+        if scored:
+            self._add_backlog(scored, self.store.get_embeddings(self.project.name, scored))
+        self.budget.observe(len(scored) + len(anchors))
+        self.budget.grant(len(anchors))
+
+    def _add_backlog(self, ids: list[str], emb: np.ndarray, scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Put items in the backlog; ``scores`` are their ``_scores`` if the caller has them."""
+        if not ids:
+            return
+        probs, unc = scores if scores is not None else self._scores(emb)
+        dup = (self.guard.index.max_similarity(emb) if self.guard is not None
+               else np.full(len(emb), -np.inf, np.float32))
+        if not len(self.backlog_ids):
+            self.backlog_emb, self.backlog_probs, self.backlog_unc, self.backlog_dup = emb, probs, unc, dup
+        else:
+            self.backlog_emb = np.concatenate([self.backlog_emb, emb])
+            self.backlog_probs = np.concatenate([self.backlog_probs, probs])
+            self.backlog_unc = np.concatenate([self.backlog_unc, unc])
+            self.backlog_dup = np.concatenate([self.backlog_dup, dup])
+        self.backlog_ids.extend(ids)
+
+    def _drop_backlog(self, keep: np.ndarray) -> None:
+        self.backlog_ids = [i for i, k in zip(self.backlog_ids, keep) if k]
+        self.backlog_emb = self.backlog_emb[keep]
+        self.backlog_probs = self.backlog_probs[keep]
+        self.backlog_unc = self.backlog_unc[keep]
+        self.backlog_dup = self.backlog_dup[keep]
+
+    def _guard_add(self, emb: np.ndarray) -> None:
+        if self.guard is None:
+            self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
+        self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
+        self._guarded += len(emb)
+        if self.backlog_ids:  # the backlog against the new guard items only
+            self.backlog_dup = np.maximum(self.backlog_dup, _max_cosine(self.backlog_emb, emb))
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities [n, C] and uncertainty [n] (all equally uncertain before the first model)."""
+        if self.head is None:
+            n_classes = len(self.project.classes)
+            return np.full((len(emb), n_classes), 1.0 / n_classes), np.ones(len(emb))
+        logits = self.head.logits(emb)  # [n, members, C]
+        temperature = self.head.meta["temperature"]
+        return mean_probs(logits, temperature), uncertainty(self.config.uncertainty, logits, temperature)
+
+    @property
+    def threshold(self) -> float:
+        value = None if self.head is None else self.head.meta.get("threshold")
+        return float("inf") if value is None else float(value)
+
+    def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str = "auto_accept") -> int:
+        """Write model labels for the given items (all of them); returns how many were new."""
+        if not ids:
+            return 0
+        version = self.head.version if self.head is not None else "none"
+        now = self.clock()
+        threshold = self.threshold if np.isfinite(self.threshold) else None
+        classes = [self.project.classes[k] for k in probs.argmax(1).tolist()]
+        labels = [Label(self.project.name, item_id, label, "model", version, confidence, threshold, aggregation,
+                        self.project.guideline_version, now, f"{item_id}:selector:{version}")
+                  for item_id, label, confidence in zip(ids, classes, probs.max(1).tolist())]
+        new = [label for label, written in zip(labels, self.store.put_labels(labels)) if written]
+        self.bus.publish_many(topic(self.project.name, "labels"), [(label.item_id, to_json(label)) for label in new])
+        return len(new)
+
+    # -- handling ---------------------------------------------------------------------------
+    def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
+        """Handle one batch, then serve a pending close request if there is one (checked after every
+        batch that moved messages, else every ``CLOSE_CHECK_S``)."""
+        handled = super().step(max_messages, timeout_s)
+        if handled or time.monotonic() >= self._close_check_at:
+            self._close_check_at = time.monotonic() + CLOSE_CHECK_S
+            self.close_if_requested()
+        return handled
+
+    def close_if_requested(self) -> dict[str, int] | None:
+        """Serve a pending close request once every unlabeled item has reached this selector.
+
+        An item ingested before the request may still be on its way (not prelabeled yet, or its
+        scored message not consumed yet): closing before it arrives would leave it without a final
+        label, so the close waits. Returns what ``close_stream`` did, or None when nothing was closed.
+        """
+        if not pending_close_requests(self.store, self.project.name):
+            return None
+        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name)}
+        waiting = [i for i in self.store.unlabeled_ids(self.project.name) if i not in known]
+        if waiting:
+            if time.monotonic() - self._close_wait_logged >= CLOSE_WAIT_LOG_S:
+                self._close_wait_logged = time.monotonic()
+                log.info("close of stream waits for %d items to be scored, e.g. %s", len(waiting), waiting[0])
+            return None
+        return self.close_stream()
+
+    def handle(self, records: list[tuple[str, object]]) -> None:
+        scored: list[dict] = []
+        for stage, record in records:
+            if stage == "models":
+                self._swap(record)
+            else:
+                scored.append(record)
+        if scored:
+            self._arrive(scored)
+        self._issue_tasks(final=False)
+
+    def _arrive(self, scored: list[dict]) -> None:
+        # a redelivered message must not put an item in the backlog twice, nor next to its own task,
+        # nor earn the budget a second time
+        arrived = [s["item_id"] for s in scored]
+        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name, arrived)}
+        fresh = [i for i in self.store.unlabeled_ids(self.project.name, arrived) if i not in known]
+        self.budget.observe(len(fresh))
+        if not fresh:
+            return
+        fresh = self._draw_holdout(fresh)
+        emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
+        probs, unc = self._scores(emb)
+        accept = probs.max(1) >= self.threshold
+        self._accept([i for i, a in zip(fresh, accept) if a], probs[accept])
+        keep = ~accept
+        self._add_backlog([i for i, k in zip(fresh, keep) if k], emb[keep], (probs[keep], unc[keep]))
+
+    def _draw_holdout(self, fresh: list[str]) -> list[str]:
+        """Send a uniform random share of arrivals to people as holdout tasks; return the others."""
+        rate = self.config.holdout_share * self.project.budget_labels / self.project.budget_per_items
+        drawn = np.flatnonzero(self.rng.random(len(fresh)) < rate)
+        drawn = drawn[: self.budget.grant(len(drawn))]
+        if not len(drawn):
+            return fresh
+        now = self.clock()
+        version = self.head.version if self.head is not None else None
+        self._queue([Task(self.project.name, fresh[i], 1.0, version, now, "holdout") for i in drawn])
+        self._guard_add(self.store.get_embeddings(self.project.name, [fresh[i] for i in drawn]))
+        taken = set(drawn.tolist())
+        return [item_id for k, item_id in enumerate(fresh) if k not in taken]
+
+    def _queue(self, tasks: list[Task]) -> None:
+        self.store.add_tasks(tasks)
+        self.bus.publish_many(topic(self.project.name, "tasks"), [(t.item_id, to_json(t)) for t in tasks])
+
+    def _swap(self, model: ModelVersion) -> None:
+        if self.head is not None and self.head.version == model.version:
+            return
+        self.head = OnnxHead(Path(model.path))
+        log.info("selector swapped model version=%s threshold=%s backlog=%d", model.version, self.threshold,
+                 len(self.backlog_ids))
+        if self.backlog_ids:
+            self.backlog_probs, self.backlog_unc = self._scores(self.backlog_emb)
+            probs = self.backlog_probs
+            accept = probs.max(1) >= self.threshold
+            self._accept([i for i, a in zip(self.backlog_ids, accept) if a], probs[accept])
+            self._drop_backlog(~accept)
+        open_tasks = self.store.open_tasks(self.project.name)
+        label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
+        if label_tasks:
+            _, unc = self._scores(self.store.get_embeddings(self.project.name, label_tasks))
+            self.store.set_priorities(self.project.name, dict(zip(label_tasks, unc.tolist())))
+
+    def _issue_tasks(self, final: bool) -> int:
+        """Send the most useful backlog items to people, as far as the budget allows."""
+        if not self.backlog_ids:
+            return 0
+        wanted = int(self.budget.credit)
+        if wanted < (1 if final else self.config.select_batch):
+            return 0
+        pool = np.arange(len(self.backlog_ids))
+        if self.guard is not None:
+            pool = pool[self.backlog_dup < self.guard.threshold]  # as guard.is_duplicate(backlog_emb)
+        if not len(pool):
+            return 0
+        emb = self.backlog_emb[pool]
+        probs, unc = self.backlog_probs[pool], self.backlog_unc[pool]
+        n = self.budget.grant(min(wanted, len(pool)))
+        chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
+        picked = pool[chosen]
+        version = self.head.version if self.head is not None else None
+        now = self.clock()
+        tasks = [Task(self.project.name, self.backlog_ids[i], float(u), version, now)
+                 for i, u in zip(picked, unc[chosen])]
+        self._queue(tasks)
+        self._guard_add(self.backlog_emb[picked])
+        keep = np.ones(len(self.backlog_ids), bool)
+        keep[picked] = False
+        self._drop_backlog(keep)
+        return len(tasks)
+
+    def close_stream(self) -> dict[str, int]:
+        """The stream has ended: spend the budget left, then label what is left with the model.
+
+        Items still below the threshold when the budget is spent get the model's label with
+        ``aggregation="low_confidence"`` (their confidence and the threshold are on the label), so
+        every item ends with exactly one final label and none is silently passed off as confident.
+        """
+        requests = pending_close_requests(self.store, self.project.name)
+        tasks = self._issue_tasks(final=True)
+        low = 0
+        if self.backlog_ids:
+            low = self._accept(list(self.backlog_ids), self.backlog_probs, "low_confidence")
+            self._drop_backlog(np.zeros(len(self.backlog_ids), bool))
+        self.bus.flush()
+        # the requests are served once the output is durable: a crash before this line means the
+        # close runs again after restart (its labels are idempotent, its tasks already queued)
+        self.store.audit(self.project.name, "selector", "stream_closed",
+                         json.dumps({"requests": requests, "tasks": tasks, "low_confidence": low}), self.clock())
+        log.info("selector closed the stream tasks=%d low_confidence=%d requests=%d", tasks, low, len(requests))
+        return {"tasks": tasks, "low_confidence": low}

@@ -1,0 +1,77 @@
+"""The trainer stage: new human labels -> a new head version (ONNX, calibrated threshold) -> models."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from winnow.core.domain.records import ModelVersion, Project, to_json
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.stage import Stage
+from winnow.core.loop.topics import topic
+from winnow.core.ml.head import Head, load_head
+from winnow.core.ml.training import train, write_version
+from winnow.core.ports.bus import Bus
+from winnow.core.ports.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Trainer(Stage):
+    """labels -> a new head version when enough new human labels arrived -> models."""
+
+    name = "trainer"
+    stages = ("labels",)
+
+    def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig, models_dir: Path,
+                 clock: Callable[[], float] = time.time,
+                 on_version: Callable[[ModelVersion], None] | None = None) -> None:
+        super().__init__(bus, store, project, config)
+        self.models_dir, self.clock, self.on_version = Path(models_dir), clock, on_version
+        current = store.current_model(project.name)
+        self.trained_on = 0 if current is None else current.n_train
+        self.head: Head | None = None if current is None else load_head(Path(current.path))
+
+    def handle(self, records: list[tuple[str, object]]) -> None:
+        self.maybe_train(force=False)
+
+    def _due(self, n: int) -> bool:
+        if self.trained_on == 0:
+            return n >= self.config.first_model_labels
+        grown = n - self.trained_on
+        return grown >= max(self.config.retrain_min_new, self.config.retrain_growth * self.trained_on)
+
+    def maybe_train(self, force: bool) -> ModelVersion | None:
+        humans = self.store.labels(self.project.name, "human")
+        n = len(humans)
+        if n < max(self.config.train.folds, 2) or n == self.trained_on or not (force or self._due(n)):
+            return None
+        classes = {c: k for k, c in enumerate(self.project.classes)}
+        emb = self.store.get_embeddings(self.project.name, [h.item_id for h in humans])
+        y = np.array([classes[h.label] for h in humans])
+        gold = self.store.gold(self.project.name)
+        gold_ids = list(gold)
+        gold_emb = self.store.get_embeddings(self.project.name, gold_ids) if gold_ids else None
+        gold_y = np.array([classes[gold[i]] for i in gold_ids]) if gold_ids else None
+        holdout = set(self.store.task_ids(self.project.name, "holdout"))
+        heldout_mask = np.array([h.item_id in holdout for h in humans])
+        result = train(emb, y, len(classes), self.project.precision_target, self.config.train,
+                       init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=heldout_mask)
+        version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
+        folder = self.models_dir / self.project.name / version
+        write_version(folder, result, version, self.project.classes, self.config.train)
+        threshold = result.threshold.threshold
+        model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,
+                             float(threshold), result.metrics)
+        self.store.register_model(model)
+        self.bus.publish(topic(self.project.name, "models"), self.project.name, to_json(model))
+        self.bus.flush()
+        self.head, self.trained_on = result.head, n
+        log.info("trainer registered version=%s n_train=%d threshold=%.4f heldout_accuracy=%.3f",
+                 version, n, threshold, result.metrics["heldout_accuracy"])
+        if self.on_version is not None:
+            self.on_version(model)
+        return model

@@ -1,0 +1,137 @@
+"""The inference runtime: texts -> embeddings and the current head's logits, with atomic model swaps."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import numpy as np
+from winnow.core.domain.errors import InvalidInput, ModelFileError
+from winnow.core.ml.encoder import (
+    CachedEncoder,
+    EmbeddingCache,
+    Encoder,
+    OnnxEncoder,
+    TorchEncoder,
+    default_cache_dir,
+    export_onnx,
+)
+from winnow.core.ml.head import HeadEngine, OnnxHead, TorchHead
+
+ENGINES = ("onnx", "torch")
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction:
+    """What one call computed, all from one head snapshot.
+
+    embeddings: float32 ``[n, dim]``, L2-normalised.
+    logits: float32 ``[n, members, n_classes]`` before temperature, or None when no head is loaded yet.
+    model_version: the version that made ``logits`` (None without a head).
+    meta: that version's meta.json (classes, temperature, ...), read-only; None without a head.
+    """
+
+    embeddings: np.ndarray
+    logits: np.ndarray | None
+    model_version: str | None
+    meta: Mapping[str, Any] | None
+
+
+class Runtime(ABC):
+    """Encoder plus a hot-swappable head.
+
+    ``swap`` loads the new version completely before it replaces the old one under a lock, so a
+    concurrent ``predict`` sees the old or the new version for its whole batch, never a mix; a failed
+    load raises ModelFileError and leaves the old head serving.
+    """
+
+    def __init__(self, encoder: Encoder, model_folder: Path | None = None) -> None:
+        self.encoder = encoder
+        self._lock = threading.Lock()
+        self._head: HeadEngine | None = None
+        if model_folder is not None:
+            self.swap(model_folder)
+
+    @abstractmethod
+    def _load_head(self, folder: Path) -> HeadEngine:
+        """Load a model version folder; ModelFileError when it cannot be used."""
+
+    @property
+    def model_version(self) -> str | None:
+        head = self._snapshot()
+        return None if head is None else head.version
+
+    def _snapshot(self) -> HeadEngine | None:
+        with self._lock:
+            return self._head
+
+    def swap(self, model_folder: Path) -> None:
+        """Make the version in ``model_folder`` current; ModelFileError (old head kept) if it cannot be loaded."""
+        head = self._load_head(Path(model_folder))
+        if head.config.dim != self.encoder.dim:
+            raise ModelFileError(f"{model_folder}: head expects dim {head.config.dim}, "
+                                 f"the encoder gives {self.encoder.dim}")
+        with self._lock:
+            self._head = head
+
+    def head_logits(self, embeddings: np.ndarray) -> Prediction:
+        """Score known embeddings float32 ``[n, dim]`` with the current head (re-scoring a backlog)."""
+        head = self._snapshot()
+        if head is None:
+            return Prediction(embeddings, None, None, None)
+        return Prediction(embeddings, head.logits(embeddings), head.version, MappingProxyType(head.meta))
+
+    def predict(self, texts: Sequence[str]) -> Prediction:
+        """Encode ``texts`` and score them with one head snapshot taken at the start of the call."""
+        head = self._snapshot()
+        embeddings = self.encoder.encode(texts)  # [n, dim]
+        if head is None:
+            return Prediction(embeddings, None, None, None)
+        return Prediction(embeddings, head.logits(embeddings), head.version, MappingProxyType(head.meta))
+
+
+class OnnxRuntime(Runtime):
+    """Heads run from head.onnx on ONNX Runtime."""
+
+    def __init__(self, encoder: Encoder, model_folder: Path | None = None, device: str = "auto") -> None:
+        self.device = device
+        super().__init__(encoder, model_folder)
+
+    def _load_head(self, folder: Path) -> HeadEngine:
+        return OnnxHead(folder, self.device)
+
+
+class TorchRuntime(Runtime):
+    """Heads run from head.safetensors in PyTorch."""
+
+    def __init__(self, encoder: Encoder, model_folder: Path | None = None, device: str = "auto") -> None:
+        self.device = device
+        super().__init__(encoder, model_folder)
+
+    def _load_head(self, folder: Path) -> HeadEngine:
+        return TorchHead(folder, self.device)
+
+
+def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | None = None,
+                 embedding_cache: bool = True, model_folder: Path | None = None,
+                 threads: int | None = None) -> Runtime:
+    """Build a runtime: ``onnx`` (cached MiniLM export on ONNX Runtime) or ``torch`` (MiniLM in PyTorch).
+
+    ``cache_dir`` (default :func:`default_cache_dir`) holds the ONNX export and, with ``embedding_cache``,
+    embeddings.sqlite so that texts already encoded by the same encoder are not encoded again.
+    ``threads`` sets ONNX Runtime's intra-op threads (None: its default).
+    """
+    if engine not in ENGINES:
+        raise InvalidInput("engine", f"{engine!r} is not one of {ENGINES}")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    encoder: Encoder = (OnnxEncoder(export_onnx(cache_dir), device, threads) if engine == "onnx"
+                        else TorchEncoder(device))
+    if embedding_cache:
+        encoder = CachedEncoder(encoder, EmbeddingCache(cache_dir / "embeddings.sqlite", encoder.encoder_id))
+    runtime_cls = OnnxRuntime if engine == "onnx" else TorchRuntime
+    return runtime_cls(encoder, model_folder, device)

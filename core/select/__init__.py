@@ -1,0 +1,1 @@
+"""Choosing what people label: selection strategies, the near-duplicate guard, the budget, the FAISS index."""
