@@ -337,7 +337,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
 def _decisions(store: SqliteStore, selector: Selector, project: Project) -> list[str]:
     """Item ids with a final label, an open task or a backlog entry (an id twice if it has two)."""
     return ([label.item_id for label in store.labels(project.name)]
-            + [t.item_id for t in store.open_tasks(project.name)] + list(selector.backlog_ids))
+            + [t.item_id for t in store.open_tasks(project.name)] + selector.backlog.ids)
 
 
 def _undecided(store: SqliteStore, selector: Selector, project: Project, ids: Sequence[str]) -> int:
@@ -361,8 +361,8 @@ def _check_decided(store: SqliteStore, selector: Selector, project: Project, ids
     return {"auto_accepted": sum(label.aggregation == "auto_accept" for label in labels),
             "label_tasks": sum(t.kind == "label" for t in tasks),
             "holdout_tasks": sum(t.kind == "holdout" for t in tasks),
-            "backlog": len(selector.backlog_ids),
-            "decided_twice": len(labels) + len(tasks) + len(selector.backlog_ids) - len(ids)}
+            "backlog": len(selector.backlog),
+            "decided_twice": len(labels) + len(tasks) + len(selector.backlog) - len(ids)}
 
 
 def run_model_only(texts: Sequence[str], runtime: Runtime, batch: int) -> dict:

@@ -17,6 +17,7 @@ from winnow.core.loop.close import (
     CLOSE_WAIT_LOG_S,
     pending_close_requests,
 )
+from winnow.core.loop.backlog import Backlog
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.head import OnnxHead
@@ -62,15 +63,7 @@ class Selector(Stage):
         self.head: OnnxHead | None = None
         self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
         self._guarded = 0
-        self.backlog_ids: list[str] = []
-        self.backlog_emb = np.zeros((0, 0), np.float32)  # [n, D]
-        # per backlog item, in step with backlog_emb: the current head's calibrated probabilities and
-        # uncertainty (recomputed when the model changes) and the highest cosine to any item of the
-        # near-duplicate guard (raised as items join the guard), so that a selection step costs work
-        # in proportion to what arrived, not to the whole backlog
-        self.backlog_probs = np.zeros((0, 0))  # [n, C]
-        self.backlog_unc = np.zeros(0)  # [n]
-        self.backlog_dup = np.zeros(0, np.float32)  # [n]
+        self.backlog = Backlog()
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
         self._close_wait_logged = 0.0
         self._restore()
@@ -101,29 +94,15 @@ class Selector(Stage):
         probs, unc = scores if scores is not None else self._scores(emb)
         dup = (self.guard.index.max_similarity(emb) if self.guard is not None
                else np.full(len(emb), -np.inf, np.float32))
-        if not len(self.backlog_ids):
-            self.backlog_emb, self.backlog_probs, self.backlog_unc, self.backlog_dup = emb, probs, unc, dup
-        else:
-            self.backlog_emb = np.concatenate([self.backlog_emb, emb])
-            self.backlog_probs = np.concatenate([self.backlog_probs, probs])
-            self.backlog_unc = np.concatenate([self.backlog_unc, unc])
-            self.backlog_dup = np.concatenate([self.backlog_dup, dup])
-        self.backlog_ids.extend(ids)
-
-    def _drop_backlog(self, keep: np.ndarray) -> None:
-        self.backlog_ids = [i for i, k in zip(self.backlog_ids, keep) if k]
-        self.backlog_emb = self.backlog_emb[keep]
-        self.backlog_probs = self.backlog_probs[keep]
-        self.backlog_unc = self.backlog_unc[keep]
-        self.backlog_dup = self.backlog_dup[keep]
+        self.backlog.add(ids, emb, probs, unc, dup)
 
     def _guard_add(self, emb: np.ndarray) -> None:
         if self.guard is None:
             self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
         self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
         self._guarded += len(emb)
-        if self.backlog_ids:  # the backlog against the new guard items only
-            self.backlog_dup = np.maximum(self.backlog_dup, _max_cosine(self.backlog_emb, emb))
+        if len(self.backlog):  # the backlog against the new guard items only
+            self.backlog.raise_dup(_max_cosine(self.backlog.emb, emb))
 
     # -- scoring ----------------------------------------------------------------------------
     def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -174,8 +153,8 @@ class Selector(Stage):
         """
         if not pending_close_requests(self.store, self.project.name):
             return None
-        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name)}
-        waiting = [i for i in self.store.unlabeled_ids(self.project.name) if i not in known]
+        queued = {t.item_id for t in self.store.open_tasks(self.project.name)}
+        waiting = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued and i not in self.backlog]
         if waiting:
             if time.monotonic() - self._close_wait_logged >= CLOSE_WAIT_LOG_S:
                 self._close_wait_logged = time.monotonic()
@@ -198,8 +177,9 @@ class Selector(Stage):
         # a redelivered message must not put an item in the backlog twice, nor next to its own task,
         # nor earn the budget a second time
         arrived = [s["item_id"] for s in scored]
-        known = set(self.backlog_ids) | {t.item_id for t in self.store.open_tasks(self.project.name, arrived)}
-        fresh = [i for i in self.store.unlabeled_ids(self.project.name, arrived) if i not in known]
+        queued = {t.item_id for t in self.store.open_tasks(self.project.name, arrived)}
+        fresh = [i for i in self.store.unlabeled_ids(self.project.name, arrived)
+                 if i not in queued and i not in self.backlog]
         self.budget.observe(len(fresh))
         if not fresh:
             return
@@ -234,13 +214,13 @@ class Selector(Stage):
             return
         self.head = OnnxHead(Path(model.path))
         log.info("selector swapped model version=%s threshold=%s backlog=%d", model.version, self.threshold,
-                 len(self.backlog_ids))
-        if self.backlog_ids:
-            self.backlog_probs, self.backlog_unc = self._scores(self.backlog_emb)
-            probs = self.backlog_probs
+                 len(self.backlog))
+        if len(self.backlog):
+            self.backlog.rescore(*self._scores(self.backlog.emb))
+            probs = self.backlog.probs
             accept = probs.max(1) >= self.threshold
-            self._accept([i for i, a in zip(self.backlog_ids, accept) if a], probs[accept])
-            self._drop_backlog(~accept)
+            self._accept([i for i, a in zip(self.backlog.ids, accept) if a], probs[accept])
+            self.backlog.drop(accept)
         open_tasks = self.store.open_tasks(self.project.name)
         label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
         if label_tasks:
@@ -249,30 +229,30 @@ class Selector(Stage):
 
     def _issue_tasks(self, final: bool) -> int:
         """Send the most useful backlog items to people, as far as the budget allows."""
-        if not self.backlog_ids:
+        if not len(self.backlog):
             return 0
         wanted = int(self.budget.credit)
         if wanted < (1 if final else self.config.select_batch):
             return 0
-        pool = np.arange(len(self.backlog_ids))
+        pool = np.arange(len(self.backlog))
         if self.guard is not None:
-            pool = pool[self.backlog_dup < self.guard.threshold]  # as guard.is_duplicate(backlog_emb)
+            pool = pool[self.backlog.dup < self.guard.threshold]  # as guard.is_duplicate(backlog.emb)
         if not len(pool):
             return 0
-        emb = self.backlog_emb[pool]
-        probs, unc = self.backlog_probs[pool], self.backlog_unc[pool]
+        emb = self.backlog.emb[pool]
+        probs, unc = self.backlog.probs[pool], self.backlog.unc[pool]
         n = self.budget.grant(min(wanted, len(pool)))
         chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
         picked = pool[chosen]
         version = self.head.version if self.head is not None else None
         now = self.clock()
-        tasks = [Task(self.project.name, self.backlog_ids[i], float(u), version, now)
-                 for i, u in zip(picked, unc[chosen])]
+        ids = self.backlog.ids
+        tasks = [Task(self.project.name, ids[i], float(u), version, now) for i, u in zip(picked, unc[chosen])]
         self._queue(tasks)
-        self._guard_add(self.backlog_emb[picked])
-        keep = np.ones(len(self.backlog_ids), bool)
-        keep[picked] = False
-        self._drop_backlog(keep)
+        picked_mask = np.zeros(len(self.backlog), bool)
+        picked_mask[picked] = True
+        self.backlog.drop(picked_mask)  # before the guard grows: the picked rows need no similarity update
+        self._guard_add(emb[chosen])
         return len(tasks)
 
     def close_stream(self) -> dict[str, int]:
@@ -285,9 +265,9 @@ class Selector(Stage):
         requests = pending_close_requests(self.store, self.project.name)
         tasks = self._issue_tasks(final=True)
         low = 0
-        if self.backlog_ids:
-            low = self._accept(list(self.backlog_ids), self.backlog_probs, "low_confidence")
-            self._drop_backlog(np.zeros(len(self.backlog_ids), bool))
+        if len(self.backlog):
+            low = self._accept(self.backlog.ids, self.backlog.probs, "low_confidence")
+            self.backlog.drop(np.ones(len(self.backlog), bool))
         self.bus.flush()
         # the requests are served once the output is durable: a crash before this line means the
         # close runs again after restart (its labels are idempotent, its tasks already queued)

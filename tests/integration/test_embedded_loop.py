@@ -69,11 +69,11 @@ def test_restart_rebuilds_the_backlog_and_redelivery_makes_no_second_label(tmp_p
     loop.ingest(items[:300])
     loop.run_until_idle(people)
     labels_before = {label.item_id for label in loop.store.labels("restart")}
-    backlog_before = set(loop.selector.backlog_ids)
+    backlog_before = set(loop.selector.backlog.ids)
     loop.close()
 
     again = EmbeddedLoop(tmp_path, project, runtime, CONFIG)  # a restarted process
-    assert set(again.selector.backlog_ids) == backlog_before
+    assert set(again.selector.backlog.ids) == backlog_before
     again.ingest(items[:300])  # a producer retrying the same batch: idempotent by item id
     again.ingest(items[300:])
     again.close_stream(people)

@@ -100,8 +100,8 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
     check_backlog_caches(selector)
     restarted = Selector(bus, store, project, config)  # rebuilt from the store: the same backlog
     check_backlog_caches(restarted)
-    assert restarted.backlog_ids == selector.backlog_ids
-    np.testing.assert_allclose(restarted.backlog_probs, selector.backlog_probs, rtol=1e-5, atol=1e-7)
+    assert restarted.backlog.ids == selector.backlog.ids
+    np.testing.assert_allclose(restarted.backlog.probs, selector.backlog.probs, rtol=1e-5, atol=1e-7)
     restarted.close()
     selector.close_stream()
     labels = store.labels("p")
@@ -120,18 +120,18 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
 
 def check_backlog_caches(selector: Selector) -> None:
     """The selector's per-item scores and guard similarities equal a computation from scratch."""
-    n = len(selector.backlog_ids)
-    assert len(selector.backlog_emb) == len(selector.backlog_probs) == len(selector.backlog_unc) == n
-    assert len(selector.backlog_dup) == n
+    n = len(selector.backlog.ids)
+    assert len(selector.backlog.emb) == len(selector.backlog.probs) == len(selector.backlog.unc) == n
+    assert len(selector.backlog.dup) == n
     if not n:
         return
-    probs, unc = selector._scores(selector.backlog_emb)
-    np.testing.assert_allclose(selector.backlog_probs, probs, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(selector.backlog_unc, unc, rtol=1e-5, atol=1e-7)
+    probs, unc = selector._scores(selector.backlog.emb)
+    np.testing.assert_allclose(selector.backlog.probs, probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(selector.backlog.unc, unc, rtol=1e-5, atol=1e-7)
     if selector.guard is None:
-        assert np.all(selector.backlog_dup == -np.inf)
+        assert np.all(selector.backlog.dup == -np.inf)
     else:
-        np.testing.assert_allclose(selector.backlog_dup, selector.guard.index.max_similarity(selector.backlog_emb),
+        np.testing.assert_allclose(selector.backlog.dup, selector.guard.index.max_similarity(selector.backlog.emb),
                                    atol=1e-5)
 
 
@@ -157,8 +157,8 @@ def test_backlog_items_that_duplicate_a_queued_item_never_become_tasks(env) -> N
     assert len(label_tasks) >= 20 and not any(twin[i] in label_tasks for i in label_tasks)  # never both copies
     # the other copy was held back (holdout tasks are drawn uniformly, duplicates or not); no model
     # yet, so nothing was auto-accepted
-    assert all(twin[i] in selector.backlog_ids or kinds.get(twin[i]) == "holdout" for i in label_tasks)
-    assert all(d >= CONFIG.near_duplicate for i, d in zip(selector.backlog_ids, selector.backlog_dup)
+    assert all(twin[i] in selector.backlog.ids or kinds.get(twin[i]) == "holdout" for i in label_tasks)
+    assert all(d >= CONFIG.near_duplicate for i, d in zip(selector.backlog.ids, selector.backlog.dup)
                if twin[i] in kinds)
 
 

@@ -1,0 +1,124 @@
+"""The selector's backlog: scored items that have neither a final label nor a task, with the state each
+selection step needs kept in step per item, so that a step costs work in proportion to what arrived.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Backlog:
+    """Items waiting for the budget, and per item (rows in step with ``ids``):
+
+    - ``emb`` float32 ``[n, D]``: the item's embedding;
+    - ``probs`` ``[n, C]`` and ``unc`` ``[n]``: the current head's calibrated probabilities and
+      uncertainty (replaced together by :meth:`rescore` when the model changes);
+    - ``dup`` float32 ``[n]``: the highest cosine to any item of the near-duplicate guard, ``-inf``
+      while the guard is empty (raised by :meth:`raise_dup` as items join the guard).
+
+    Rows live in arrays with spare capacity: :meth:`add` appends in amortised O(arrived); :meth:`drop`
+    compacts once. The array properties are views of the live rows (do not keep them across calls
+    that change the backlog).
+    """
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._index: dict[str, int] = {}
+        self._n = 0
+        self._emb = np.zeros((0, 0), np.float32)
+        self._probs = np.zeros((0, 0))
+        self._unc = np.zeros(0)
+        self._dup = np.zeros(0, np.float32)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    @property
+    def ids(self) -> list[str]:
+        """Item ids, in the order they joined (a copy)."""
+        return list(self._ids)
+
+    @property
+    def emb(self) -> np.ndarray:
+        return self._emb[: self._n]
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self._probs[: self._n]
+
+    @property
+    def unc(self) -> np.ndarray:
+        return self._unc[: self._n]
+
+    @property
+    def dup(self) -> np.ndarray:
+        return self._dup[: self._n]
+
+    def add(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, dup: np.ndarray) -> None:
+        """Append items: ``emb`` ``[m, D]``, ``probs`` ``[m, C]``, ``unc`` ``[m]``, ``dup`` ``[m]``.
+
+        Raises ValueError when the arrays disagree in length with ``ids`` or an id is already here
+        (the selector filters redeliveries before it adds).
+        """
+        m = len(ids)
+        if not (len(emb) == len(probs) == len(unc) == len(dup) == m):
+            raise ValueError(f"backlog rows disagree: {m} ids, emb {len(emb)}, probs {len(probs)}, "
+                             f"unc {len(unc)}, dup {len(dup)}")
+        if not m:
+            return
+        repeated = [i for i in ids if i in self._index]
+        if repeated or len(set(ids)) != m:
+            raise ValueError(f"item already in the backlog: {(repeated or ids)[0]!r}")
+        if self._n + m > len(self._emb) or self._emb.shape[1:] != emb.shape[1:] \
+                or self._probs.shape[1:] != probs.shape[1:]:
+            self._grow(self._n + m, emb.shape[1], probs.shape[1])
+        rows = slice(self._n, self._n + m)
+        self._emb[rows], self._probs[rows], self._unc[rows], self._dup[rows] = emb, probs, unc, dup
+        self._index.update((item_id, self._n + k) for k, item_id in enumerate(ids))
+        self._ids.extend(ids)
+        self._n += m
+
+    def _grow(self, need: int, dim: int, n_classes: int) -> None:
+        capacity = max(need, 2 * len(self._emb), 64)
+        n = self._n
+
+        def grown(old: np.ndarray, shape: tuple[int, ...], dtype) -> np.ndarray:
+            new = np.empty(shape, dtype)
+            if n:
+                new[:n] = old[:n]
+            return new
+
+        self._emb = grown(self._emb, (capacity, dim), np.float32)
+        self._probs = grown(self._probs, (capacity, n_classes), np.float64)
+        self._unc = grown(self._unc, (capacity,), np.float64)
+        self._dup = grown(self._dup, (capacity,), np.float32)
+
+    def drop(self, remove: np.ndarray) -> None:
+        """Remove the rows where the boolean mask ``remove`` ``[n]`` is True (kept rows keep their order)."""
+        remove = np.asarray(remove, bool)
+        if remove.shape != (self._n,):
+            raise ValueError(f"drop mask has shape {remove.shape}, backlog has {self._n} rows")
+        if not remove.any():
+            return
+        keep = np.flatnonzero(~remove)
+        k = len(keep)
+        self._emb[:k], self._probs[:k] = self._emb[keep], self._probs[keep]
+        self._unc[:k], self._dup[:k] = self._unc[keep], self._dup[keep]
+        self._ids = [self._ids[i] for i in keep.tolist()]
+        self._index = {item_id: row for row, item_id in enumerate(self._ids)}
+        self._n = k
+
+    def rescore(self, probs: np.ndarray, unc: np.ndarray) -> None:
+        """Replace every row's probabilities ``[n, C]`` and uncertainty ``[n]`` (a new model)."""
+        if len(probs) != self._n or len(unc) != self._n:
+            raise ValueError(f"rescore gives {len(probs)}/{len(unc)} rows for a backlog of {self._n}")
+        if self._probs.shape[1:] != probs.shape[1:]:
+            self._probs = np.empty((len(self._emb), probs.shape[1]))
+        self._probs[: self._n], self._unc[: self._n] = probs, unc
+
+    def raise_dup(self, similarity: np.ndarray) -> None:
+        """Raise each row's guard similarity to ``similarity`` ``[n]`` where that is higher."""
+        np.maximum(self._dup[: self._n], similarity, out=self._dup[: self._n])
