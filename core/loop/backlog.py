@@ -41,21 +41,10 @@ class Backlog:
         """Item ids, in the order they joined (a copy)."""
         return list(self._ids)
 
-    @property
-    def emb(self) -> np.ndarray:
-        return self._emb[: self._n]
-
-    @property
-    def probs(self) -> np.ndarray:
-        return self._probs[: self._n]
-
-    @property
-    def unc(self) -> np.ndarray:
-        return self._unc[: self._n]
-
-    @property
-    def dup(self) -> np.ndarray:
-        return self._dup[: self._n]
+    emb = property(lambda self: self._emb[: self._n], doc="float32 ``[n, D]`` of the live rows (a view).")
+    probs = property(lambda self: self._probs[: self._n], doc="``[n, C]`` of the live rows (a view).")
+    unc = property(lambda self: self._unc[: self._n], doc="``[n]`` of the live rows (a view).")
+    dup = property(lambda self: self._dup[: self._n], doc="float32 ``[n]`` of the live rows (a view).")
 
     def add(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, dup: np.ndarray) -> None:
         """Append items: ``emb`` ``[m, D]``, ``probs`` ``[m, C]``, ``unc`` ``[m]``, ``dup`` ``[m]``.
