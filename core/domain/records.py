@@ -41,6 +41,19 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Scored:
+    """One item scored by a prelabel worker (topic items.scored): its embedding is in the store (the
+    selector re-scores it with its own current head); the pre-label rides along for other consumers.
+    ``model_version``, ``label`` and ``confidence`` (the label's calibrated probability) are None
+    before the project's first model."""
+
+    item_id: str
+    model_version: str | None = None
+    label: str | None = None
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
 class Annotation:
     """One person's answer for one item (several per item with overlap)."""
 
