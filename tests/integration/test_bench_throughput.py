@@ -13,6 +13,8 @@ from winnow.core.ml.encoder import CachedEncoder, EmbeddingCache
 from winnow.core.ml.runtime import OnnxRuntime, make_runtime
 from winnow.services.cli import build_parser, main
 
+pytestmark = pytest.mark.slow  # the real encoder (packaged weights) on Banking77 texts
+
 ITEMS = 64
 
 
@@ -21,7 +23,6 @@ def runtime():
     return make_runtime("onnx", device="cpu", embedding_cache=False)
 
 
-@pytest.mark.slow  # the real encoder on Banking77 texts: about half a minute on 2 cores
 def test_tiny_run_writes_every_key_and_decides_every_item(tmp_path: Path, runtime) -> None:
     train, test = banking77()
     out = tmp_path / "throughput.json"
