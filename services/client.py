@@ -5,21 +5,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from types import TracebackType
 
 import grpc
-from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.errors import InvalidInput, WinnowError
 from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
 from winnow.core.loop.close import StreamStatus
-from winnow.services.grpc_api import (
-    ERROR_CLASS_KEY,
-    ERROR_CODES,
-    ERROR_FIELD_KEY,
-    ProjectStats,
-    from_message,
-    to_message,
-)
+from winnow.services.api.convert import ProjectStats, from_message, to_message
+from winnow.services.api.errors import winnow_errors as _winnow_errors
 from winnow.v1 import (
     ingest_pb2_grpc,
     labeling_pb2,
@@ -30,25 +23,6 @@ from winnow.v1 import (
     projects_pb2_grpc,
     records_pb2,
 )
-
-_ERROR_CLASSES = {cls.__name__: cls for cls in ERROR_CODES}
-
-
-@contextmanager
-def _winnow_errors() -> Iterator[None]:
-    """Raise a failed call as the WinnowError the server raised (InvalidInput, NotFound, ...), same message."""
-    try:
-        yield
-    except grpc.RpcError as error:
-        details = error.details() or ""  # type: ignore[attr-defined]
-        metadata = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
-        cls = _ERROR_CLASSES.get(metadata.get(ERROR_CLASS_KEY, ""))
-        if cls in (InvalidInput, NotFound):
-            field = metadata[ERROR_FIELD_KEY]
-            raise cls(field, details.removeprefix(f"{field}: ")) from error
-        if cls is not None:
-            raise cls(details) from error
-        raise WinnowError(f"{error.code().name}: {details}") from error  # type: ignore[attr-defined]
 
 
 class WinnowClient:

@@ -167,7 +167,7 @@ def _wait_for_project(store: Store, project: str, stop: threading.Event) -> None
 
 def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
     """Run the chosen services until ``stop`` is set (SIGTERM and SIGINT set it)."""
-    from winnow.services.grpc_api import create_server
+    from winnow.services.api.server import create_server
 
     unknown = [s for s in options.services if s not in SERVICES]
     if unknown:
@@ -182,7 +182,8 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
             signal.signal(sig, lambda *_: stop.set())
     bus, store = open_bus(options.bus_url), open_store(options.store_url)
     api = tuple(name for s in options.services for name in API_SERVICES.get(s, ()))
-    server, port = create_server(bus, store, f"{options.grpc_host}:{options.grpc_port}", services=api)
+    server, port = create_server(bus, store, f"{options.grpc_host}:{options.grpc_port}", services=api,
+                                 config=options.config)
     stages: list[tuple[str, Stage]] = []
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []

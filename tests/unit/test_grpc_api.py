@@ -25,8 +25,10 @@ from winnow.core.domain.validation import MAX_TEXT_BYTES
 from winnow.core.loop.close import StreamStatus
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.topics import topic
+from winnow.services.api.convert import to_message
+from winnow.services.api.server import create_server
+from winnow.services.api.servicers import SERVICES
 from winnow.services.client import WinnowClient
-from winnow.services.grpc_api import SERVICES, create_server, to_message
 from winnow.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
