@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.domain.records import Annotation, Label, Lease, Project, to_json
+from winnow.core.domain.records import Annotation, Label, Lease, Project
 from winnow.core.domain.settings import LoopConfig
-from winnow.core.loop.topics import topic
+from winnow.core.loop.labels_out import write_final_labels
 from winnow.core.ml.consensus import (
     annotator_accuracy_on_gold,
     dawid_skene,
@@ -29,10 +29,12 @@ class LabelingService:
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
                  clock: Callable[[], float] = time.time) -> None:
         self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
-        # items with all their answers but no final label yet (also after a crash between the two)
+        # items with all their answers: those without a final label yet (a crash between the last
+        # answer and consensus), and those with one, whose publish a crash may have cut off (``resolve``
+        # writes nothing for them and publishes the stored label again: at least once on the topic)
         answered = Counter(a.item_id for a in store.annotations(project.name))
-        complete = [i for i, n in answered.items() if n >= project.overlap and i not in store.gold(project.name)]
-        self._ready: set[str] = set(store.unlabeled_ids(project.name, complete)) if complete else set()
+        gold = store.gold(project.name)
+        self._ready: set[str] = {i for i, n in answered.items() if n >= project.overlap and i not in gold}
 
     def lease(self, annotator: str, n: int) -> list[Lease]:
         if not annotator:
@@ -107,7 +109,6 @@ class LabelingService:
             labels.append(Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
                                 ",".join(who_said), float(result.confidence[k]), None, aggregation,
                                 self.project.guideline_version, now, f"{item_id}:labeling:human"))
-        new = [label for label, written in zip(labels, self.store.put_labels(labels)) if written]
-        self.bus.publish_many(topic(self.project.name, "labels"), [(label.item_id, to_json(label)) for label in new])
+        new = write_final_labels(self.bus, self.store, labels)
         self.bus.flush()
-        return len(new)
+        return new

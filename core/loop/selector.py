@@ -3,7 +3,6 @@ from which the budget picks label tasks; serves close-of-stream requests."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,8 +15,10 @@ from winnow.core.loop.close import (
     CLOSE_CHECK_S,
     CLOSE_WAIT_LOG_S,
     pending_close_requests,
+    record_close,
 )
 from winnow.core.loop.backlog import Backlog
+from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.head import OnnxHead
@@ -66,6 +67,7 @@ class Selector(Stage):
         self.backlog = Backlog()
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
         self._close_wait_logged = 0.0
+        self._models_seen: set[str] = set()  # versions a models message brought in this process's life
         self._restore()
 
     # -- state ------------------------------------------------------------------------------
@@ -128,11 +130,14 @@ class Selector(Stage):
         threshold = self.threshold if np.isfinite(self.threshold) else None
         classes = [self.project.classes[k] for k in probs.argmax(1).tolist()]
         labels = [Label(self.project.name, item_id, label, "model", version, confidence, threshold, aggregation,
-                        self.project.guideline_version, now, f"{item_id}:selector:{version}")
+                        self.project.guideline_version, now, self._label_key(item_id))
                   for item_id, label, confidence in zip(ids, classes, probs.max(1).tolist())]
-        new = [label for label, written in zip(labels, self.store.put_labels(labels)) if written]
-        self.bus.publish_many(topic(self.project.name, "labels"), [(label.item_id, to_json(label)) for label in new])
-        return len(new)
+        # an item this selector labeled before (under any model version) gets its stored label
+        # published again: a crash may have cut off that publish
+        return write_final_labels(self.bus, self.store, labels, same_stage)
+
+    def _label_key(self, item_id: str) -> str:
+        return f"{item_id}:selector:{self.head.version if self.head is not None else 'none'}"
 
     # -- handling ---------------------------------------------------------------------------
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
@@ -178,8 +183,12 @@ class Selector(Stage):
         # nor earn the budget a second time
         arrived = [s["item_id"] for s in scored]
         queued = {t.item_id for t in self.store.open_tasks(self.project.name, arrived)}
-        fresh = [i for i in self.store.unlabeled_ids(self.project.name, arrived)
-                 if i not in queued and i not in self.backlog]
+        unlabeled = self.store.unlabeled_ids(self.project.name, arrived)
+        if len(unlabeled) < len(set(arrived)):  # redelivered: a crash may have cut off these labels' publish
+            done = set(arrived).difference(unlabeled)
+            republish_own(self.bus, self.store, self.project.name, "model",
+                          {i: self._label_key(i) for i in done}, same_stage)
+        fresh = [i for i in unlabeled if i not in queued and i not in self.backlog]
         self.budget.observe(len(fresh))
         if not fresh:
             return
@@ -210,7 +219,13 @@ class Selector(Stage):
         self.bus.publish_many(topic(self.project.name, "tasks"), [(t.item_id, to_json(t)) for t in tasks])
 
     def _swap(self, model: ModelVersion) -> None:
+        first_sight, self._models_seen = model.version not in self._models_seen, self._models_seen | {model.version}
         if self.head is not None and self.head.version == model.version:
+            if first_sight:  # the head came from the store at start: this may be the redelivered message
+                # of a swap a crash cut short, after its labels were written and before they were published
+                suffix = f":selector:{model.version}"
+                republish_stored(self.bus, self.store, self.project.name, "model",
+                                 lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
         log.info("selector swapped model version=%s threshold=%s backlog=%d", model.version, self.threshold,
@@ -265,13 +280,16 @@ class Selector(Stage):
         requests = pending_close_requests(self.store, self.project.name)
         tasks = self._issue_tasks(final=True)
         low = 0
+        # a close served again after a crash finds the labels it wrote out of the backlog: publish
+        # them again, since the crash may have come before their publish (idempotent downstream)
+        republish_stored(self.bus, self.store, self.project.name, "model",
+                         lambda label: label.aggregation == "low_confidence" and ":selector:" in label.idempotency_key)
         if len(self.backlog):
             low = self._accept(self.backlog.ids, self.backlog.probs, "low_confidence")
             self.backlog.drop(np.ones(len(self.backlog), bool))
         self.bus.flush()
         # the requests are served once the output is durable: a crash before this line means the
         # close runs again after restart (its labels are idempotent, its tasks already queued)
-        self.store.audit(self.project.name, "selector", "stream_closed",
-                         json.dumps({"requests": requests, "tasks": tasks, "low_confidence": low}), self.clock())
+        record_close(self.store, self.project.name, requests, tasks, low, self.clock())
         log.info("selector closed the stream tasks=%d low_confidence=%d requests=%d", tasks, low, len(requests))
         return {"tasks": tasks, "low_confidence": low}
