@@ -3,7 +3,7 @@ echoed values: checked in core, so the API, the stores and both buses agree.
 
 | limit                        | value                 | why                                                  |
 |------------------------------|-----------------------|------------------------------------------------------|
-| project name                 | ``NAME_PATTERN``, 1-230 chars | Kafka's topic characters; ``winnow.<name>.dead-letter`` fits Kafka's 249 |
+| project name                 | ``NAME_PATTERN``, 1-229 chars | Kafka's topic characters; ``winnow.<name>.items.scored`` fits Kafka's 249 |
 | classes per project          | 1,000                 | the head's output layer and every probability vector |
 | class name                   | 256 bytes UTF-8       | it is a label on every record                        |
 | guideline version            | 128 bytes             | copied into every label                              |
@@ -30,9 +30,9 @@ from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Item, Project
 
 TOPIC_PREFIX = "winnow."
-LONGEST_TOPIC_SUFFIX = ".dead-letter"  # the longest of the stage suffixes in ``winnow.core.loop.topics``
+LONGEST_TOPIC_SUFFIX = ".items.scored"  # the longest stage suffix in ``winnow.core.loop.topics`` (a test checks)
 MAX_TOPIC_CHARS = 249  # Kafka's limit on a topic name
-MAX_PROJECT_NAME_CHARS = MAX_TOPIC_CHARS - len(TOPIC_PREFIX) - len(LONGEST_TOPIC_SUFFIX)  # 230
+MAX_PROJECT_NAME_CHARS = MAX_TOPIC_CHARS - len(TOPIC_PREFIX) - len(LONGEST_TOPIC_SUFFIX)  # 229
 # Kafka's legal topic characters; the first is a letter or digit, so "." and ".." are never names
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
@@ -75,7 +75,7 @@ def check_string(field: str, value: str, max_bytes: int, *, required: bool = Tru
 
 
 def check_project_name(name: str, field: str = "name") -> None:
-    """InvalidInput(field) unless ``name`` is 1-230 of ``[A-Za-z0-9._-]``, starting with a letter or digit.
+    """InvalidInput(field) unless ``name`` is 1-229 of ``[A-Za-z0-9._-]``, starting with a letter or digit.
 
     The one rule for both buses: every topic ``winnow.<name>.<stage>`` is then a legal Kafka topic.
     Use ``field="project"`` where the name arrives as a reference to a project.

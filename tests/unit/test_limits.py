@@ -10,12 +10,14 @@ from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.domain import limits
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Item, Project
+from winnow.core.loop.topics import STAGES, topic
 
 
 @pytest.mark.parametrize("name", ["a", "reviews", "Bank-77_v2.en", "9lives", "x" * limits.MAX_PROJECT_NAME_CHARS])
 def test_legal_project_names_pass_and_make_legal_topics(name: str) -> None:
     limits.check_project_name(name)
-    limits.check_topic_name(f"winnow.{name}.dead-letter")
+    for stage in STAGES:
+        limits.check_topic_name(topic(name, stage))
 
 
 @pytest.mark.parametrize("name", ["", "../../../x", "a/b", "a b", "ünïcode", "semi;colon", ".", "..", ".hidden",
@@ -30,12 +32,14 @@ def test_illegal_project_names_are_refused_naming_the_field(name: str) -> None:
     assert as_reference.value.field == "project"
 
 
-def test_the_longest_name_makes_a_topic_at_kafkas_limit() -> None:
-    longest = f"winnow.{'x' * limits.MAX_PROJECT_NAME_CHARS}.dead-letter"
-    assert len(longest) == limits.MAX_TOPIC_CHARS == 249
-    limits.check_topic_name(longest)
+def test_the_longest_name_makes_every_topic_within_kafkas_limit() -> None:
+    name = "x" * limits.MAX_PROJECT_NAME_CHARS
+    lengths = [len(topic(name, stage)) for stage in STAGES]
+    assert max(lengths) == limits.MAX_TOPIC_CHARS == 249  # the limit is as long as the longest stage allows
+    for stage in STAGES:
+        limits.check_topic_name(topic(name, stage))
     with pytest.raises(InvalidInput, match="topic"):
-        limits.check_topic_name(longest + "x")
+        limits.check_topic_name(topic(name + "x", "items.scored"))
 
 
 def test_shorten_clips_long_values_and_says_how_long_they_were() -> None:
