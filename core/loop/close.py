@@ -1,8 +1,11 @@
-"""Closing a project's stream: close requests, their status, and when the selector serves them."""
+"""Closing a project's stream: close requests, their status, and recording that the selector served them.
+
+The requests live in the store's own table (:class:`~winnow.core.ports.store.CloseRequests`), so they
+survive restarts; the audit log gets a row for each request and each served close, as a record only.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -11,9 +14,7 @@ from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
 
-
-# -- close of stream -------------------------------------------------------------------------
-CLOSE_CHECK_S = 1.0  # how often a selector looks for a close request (one small audit-log read)
+CLOSE_CHECK_S = 1.0  # how often a selector looks for a close request (one small indexed read)
 CLOSE_WAIT_LOG_S = 10.0
 
 
@@ -34,48 +35,35 @@ class StreamStatus:
     low_confidence: int = 0
 
 
-def _close_rows(store: Store, project: str) -> tuple[dict[str, float], list[tuple[float, dict]], list[str]]:
-    """From the audit log: close requests (request id -> time), served closes (time, detail) and
-    the ids of the requests not served yet, oldest first.
-
-    Requests and closes are matched by id, never by time: the API and the selector may run on
-    machines whose clocks disagree.
-    """
-    requests: dict[str, float] = {}
-    served: list[tuple[float, dict]] = []
-    for at, _, action, detail in store.audit_log(project):
-        if action == "close_stream":
-            requests[json.loads(detail)["request"]] = at
-        elif action == "stream_closed":
-            served.append((at, json.loads(detail)))
-    done = {r for _, detail in served for r in detail["requests"]}
-    return requests, served, [r for r in requests if r not in done]
-
-
 def pending_close_requests(store: Store, project: str) -> list[str]:
     """Ids of close requests no selector has served yet, oldest first."""
-    return _close_rows(store, project)[2]
+    return [r.request_id for r in store.close_requests(project, pending_only=True)]
 
 
 def stream_status(store: Store, project: str) -> StreamStatus:
-    store.get_project(project)  # NotFound("project") for an unknown one
-    requests, served, pending = _close_rows(store, project)
+    """The stream's state; NotFound("project") for an unknown project."""
+    requests = store.close_requests(project)
+    pending = [r for r in requests if r.served_at is None]
     if pending:
-        return StreamStatus(project, "closing", requested_at=requests[pending[0]])
-    if not served:
+        return StreamStatus(project, "closing", requested_at=pending[0].requested_at)
+    if not requests:
         return StreamStatus(project, "open")
-    closed_at, detail = served[-1]
-    asked = [requests[r] for r in detail["requests"] if r in requests]
-    return StreamStatus(project, "closed", max(asked) if asked else None, closed_at, int(detail["tasks"]),
-                        int(detail["low_confidence"]))
+    closed_at = max(r.served_at for r in requests if r.served_at is not None)
+    last = [r for r in requests if r.served_at == closed_at]  # the requests the last close served
+    return StreamStatus(project, "closed", max(r.requested_at for r in last), closed_at, last[0].tasks,
+                        last[0].low_confidence)
 
 
 def request_close(store: Store, project: str, actor: str, now: float) -> StreamStatus:
     """Ask the project's selector to close the stream (see ``Selector.close_stream``); idempotent
-    while a request is pending. The request is a row in the audit log, so it survives restarts."""
-    status = stream_status(store, project)
-    if status.state == "closing":
-        return status
-    detail = {"request": uuid.uuid4().hex, "items": store.count_items(project)}
-    store.audit(project, actor, "close_stream", json.dumps(detail), now)
+    while a request is pending."""
+    store.request_close(project, uuid.uuid4().hex, actor, now)
     return stream_status(store, project)
+
+
+def record_close(store: Store, project: str, request_ids: list[str], tasks: int, low_confidence: int,
+                 now: float) -> None:
+    """Mark ``request_ids`` served by a close that queued ``tasks`` tasks and made ``low_confidence``
+    low-confidence labels. Call it once the close's output is durable: a crash before it means the
+    close runs again after restart (its labels are idempotent, its tasks already queued)."""
+    store.mark_closed(project, request_ids, "selector", tasks, low_confidence, now)

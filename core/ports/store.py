@@ -1,21 +1,25 @@
-"""The label store interface: projects, items, embeddings, tasks and leases, annotations, labels, models.
+"""The label store's interface: one small protocol per role, and ``Store``, their union, the facade
+the loop and the API use.
 
-Two adapters implement it: SQLite (``winnow.core.adapters.sqlite_store``, embedded mode) and PostgreSQL
-(distributed mode). Both pass one contract suite (tests/contracts/store_contract.py). Every write
-that can be repeated by a redelivered message is idempotent.
+One SQL store implements it (:mod:`winnow.core.adapters.sql`) with two dialects: SQLite
+(``SqliteStore``, embedded mode) and PostgreSQL (``PostgresStore``, distributed mode); both pass one
+contract suite (:mod:`winnow.core.testing.store_contract`). Rules every role keeps:
 
-The checks that need no database (``validate_*``, ``check_label``) are plain functions here, so the
-adapters (and the API) share one copy of each rule and each error message.
+- Every write a redelivered message can repeat is idempotent (said per method).
+- A call is checked whole before anything is written (the ``validate_*`` functions of
+  :mod:`winnow.core.domain.validation`): InvalidInput naming the field (a NUL character in any
+  text, a NaN or infinite time included) or NotFound naming the first unknown thing, and then
+  nothing is written.
+- Every method taking a project raises NotFound("project") for an unknown one.
 """
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
-from typing import Mapping, Sequence
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
-from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import (
     Annotation,
     Item,
@@ -25,132 +29,69 @@ from winnow.core.domain.records import (
     Project,
     Task,
 )
-from winnow.core.select.strategies import STRATEGIES
-
-SOURCES = ("human", "model", "gold")  # Label.source
-KINDS = ("label", "holdout", "gold")  # Task.kind
 
 
-# -- validation (no database access; adapters call these before opening a transaction) ------
-def validate_project(project: Project) -> None:
-    """InvalidInput: "name" (empty), "classes" (none, empty or repeated), "overlap" (below 1),
-    "budget_per_items" (below 1), "budget_labels" (outside [0, budget_per_items]),
-    "precision_target" (outside (0, 1)), "strategy" (not one of ``STRATEGIES``)."""
-    if not project.name.strip():
-        raise InvalidInput("name", "project name is empty")
-    if not project.classes or any(not c.strip() for c in project.classes):
-        raise InvalidInput("classes", f"classes must be non-empty names, got {list(project.classes)}")
-    if len(set(project.classes)) != len(project.classes):
-        raise InvalidInput("classes", f"classes repeat: {list(project.classes)}")
-    if project.overlap < 1:
-        raise InvalidInput("overlap", f"overlap must be at least 1, got {project.overlap}")
-    if project.budget_per_items < 1:
-        raise InvalidInput("budget_per_items", f"must be at least 1, got {project.budget_per_items}")
-    if not 0 <= project.budget_labels <= project.budget_per_items:
-        raise InvalidInput("budget_labels", f"must be in [0, budget_per_items={project.budget_per_items}], "
-                                            f"got {project.budget_labels}")
-    if not 0.0 < project.precision_target < 1.0:
-        raise InvalidInput("precision_target", f"must be in (0, 1), got {project.precision_target}")
-    if project.strategy not in STRATEGIES:
-        raise InvalidInput("strategy", f"unknown strategy {project.strategy!r}; expected one of {STRATEGIES}")
+@dataclass(frozen=True)
+class CloseRequest:
+    """A request to close a project's stream, and how it was served (``served_at`` None: pending).
+
+    ``items`` is how many items the project had when the request was made; ``tasks`` and
+    ``low_confidence`` are what the close that served it did.
+    """
+
+    project: str
+    request_id: str
+    actor: str
+    requested_at: float
+    items: int
+    served_at: float | None = None
+    tasks: int = 0
+    low_confidence: int = 0
 
 
-def validate_item_fields(items: Sequence[Item]) -> None:
-    """InvalidInput("item_id" | "text") for an empty id or text (the store's rule; ingest checks more)."""
-    for item in items:
-        if not item.item_id.strip():
-            raise InvalidInput("item_id", f"empty item id in project {item.project!r}")
-        if not item.text.strip():
-            raise InvalidInput("text", f"item {item.item_id!r} has empty text")
-
-
-def validate_vectors(item_ids: Sequence[str], vectors: np.ndarray) -> None:
-    """InvalidInput("vectors") unless ``vectors`` is [len(item_ids), D]."""
-    if vectors.ndim != 2 or vectors.shape[0] != len(item_ids):
-        raise InvalidInput("vectors", f"expected [{len(item_ids)}, D], got {list(vectors.shape)}")
-
-
-def validate_tasks(tasks: Sequence[Task]) -> None:
-    """InvalidInput("kind" | "priority") for a kind not in ``KINDS`` or a NaN priority."""
-    for t in tasks:
-        if t.kind not in KINDS:
-            raise InvalidInput("kind", f"task kind must be one of {list(KINDS)}, got {t.kind!r}")
-        if math.isnan(t.priority):
-            raise InvalidInput("priority", f"priority of item {t.item_id!r} is NaN")
-
-
-def validate_priorities(priorities: Mapping[str, float]) -> None:
-    """InvalidInput("priority") when a priority is NaN."""
-    if any(math.isnan(p) for p in priorities.values()):
-        raise InvalidInput("priority", "a priority is NaN")
-
-
-def validate_annotator(annotator: str) -> None:
-    """InvalidInput("annotator") when empty or blank."""
-    if not annotator.strip():
-        raise InvalidInput("annotator", "annotator is empty")
-
-
-def validate_lease(annotator: str, lease_s: float, overlap: int) -> None:
-    """InvalidInput: "annotator" (empty), "lease_s" (not positive), "overlap" (below 1)."""
-    validate_annotator(annotator)
-    if not lease_s > 0:
-        raise InvalidInput("lease_s", f"lease_s must be positive, got {lease_s}")
-    if overlap < 1:
-        raise InvalidInput("overlap", f"overlap must be at least 1, got {overlap}")
-
-
-def validate_label(label: Label) -> None:
-    """InvalidInput: "source" (not in ``SOURCES``), "confidence" (outside [0, 1]), "idempotency_key"
-    (empty). The class is checked against the project by :func:`check_label`."""
-    if label.source not in SOURCES:
-        raise InvalidInput("source", f"source must be one of {list(SOURCES)}, got {label.source!r}")
-    if not 0.0 <= label.confidence <= 1.0:
-        raise InvalidInput("confidence", f"confidence must be in [0, 1], got {label.confidence}")
-    if not label.idempotency_key:
-        raise InvalidInput("idempotency_key", f"empty idempotency key for item {label.item_id!r}")
-
-
-def check_label(project: Project, label: str) -> None:
-    """InvalidInput("label") when ``label`` is not one of the project's classes."""
-    if label not in project.classes:
-        raise InvalidInput("label", f"{label!r} not in the project's label schema {list(project.classes)}")
-
-
-class Store(ABC):
-    # -- projects ---------------------------------------------------------------------------
+class Projects(Protocol):
     @abstractmethod
     def create_project(self, project: Project) -> None:
-        """Create a project; InvalidInput("name", ...) if a different project has that name, and
-        whatever :func:`validate_project` raises."""
+        """Create a project; a second call with an identical project is a no-op. InvalidInput("name")
+        if a different project has that name, and whatever ``validate_project`` raises."""
 
     @abstractmethod
     def get_project(self, name: str) -> Project:
-        """The project; NotFound("project", ...) when missing."""
+        """The project; NotFound("project") when missing."""
 
     @abstractmethod
-    def list_projects(self) -> list[Project]: ...
+    def list_projects(self) -> list[Project]:
+        """Every project, by name."""
 
-    # -- items ------------------------------------------------------------------------------
+
+class Items(Protocol):
     @abstractmethod
     def add_items(self, items: Sequence[Item]) -> int:
-        """Insert items in one transaction; an id already present is skipped. Returns how many were new."""
+        """Insert items in one transaction, keeping ingest order. Idempotent: an id already present
+        is skipped. Returns how many were new."""
 
     @abstractmethod
     def get_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
-        """Items in the order asked; NotFound("item_id", ...) naming the first missing id."""
+        """Items in the order asked; NotFound("item_id") naming the first missing id."""
 
     @abstractmethod
     def count_items(self, project: str) -> int: ...
 
     @abstractmethod
     def delete_item(self, project: str, item_id: str) -> None:
-        """Remove an item and everything about it (embedding, tasks, annotations, label)."""
+        """Remove an item and everything about it (embedding, tasks, leases, annotations, gold,
+        label) and write an audit row; NotFound("item_id") when missing."""
 
-    # -- embeddings -------------------------------------------------------------------------
+    @abstractmethod
+    def unlabeled_ids(self, project: str, among: Sequence[str] | None = None) -> list[str]:
+        """Ids of items without a final label (only those in ``among`` when given), in ingest order."""
+
+
+class Embeddings(Protocol):
     @abstractmethod
     def put_embeddings(self, project: str, item_ids: Sequence[str], vectors: np.ndarray) -> None:
-        """Store float32 vectors [n, D] (replacing any older vector of the same item)."""
+        """Store vectors [n, D] as float32, replacing an item's older vector (so idempotent);
+        InvalidInput("vectors") for a shape that does not match ``item_ids``."""
 
     @abstractmethod
     def embedded_ids(self, project: str, among: Sequence[str]) -> list[str]:
@@ -158,32 +99,42 @@ class Store(ABC):
 
     @abstractmethod
     def get_embeddings(self, project: str, item_ids: Sequence[str]) -> np.ndarray:
-        """float32 [n, D] in the order asked; NotFound naming the first id without a vector."""
+        """float32 [n, D] in the order asked; NotFound("item_id") naming the first id without a vector."""
 
-    # -- tasks and leases -------------------------------------------------------------------
+
+class TaskQueue(Protocol):
+    """Tasks for people, their leases, the answers, and the operator's gold answers.
+
+    Lease expiry: a lease is live while ``now < expires_at``; one not answered, skipped or renewed
+    by then lapses, and its slot is handed out again. Times are the caller's ``now``.
+    """
+
     @abstractmethod
     def add_tasks(self, tasks: Sequence[Task]) -> int:
-        """Queue tasks; an item already queued keeps its task (idempotent). Returns how many were new."""
+        """Queue tasks. Idempotent: an item that has a task (open or closed) keeps it. Returns how
+        many were new."""
 
     @abstractmethod
     def set_priorities(self, project: str, priorities: Mapping[str, float]) -> None:
-        """Re-rank open tasks (after a new model lands)."""
+        """Re-rank open tasks (after a new model lands); ids without an open task are ignored."""
 
     @abstractmethod
-    def lease_tasks(
-        self, project: str, annotator: str, n: int, lease_s: float, now: float, overlap: int
-    ) -> list[Lease]:
-        """Hand ``annotator`` up to ``n`` open tasks, highest priority first.
+    def lease_tasks(self, project: str, annotator: str, n: int, lease_s: float, now: float,
+                    overlap: int) -> list[Lease]:
+        """Up to ``n`` leases for ``annotator``, expiring at ``now + lease_s``: first its own live
+        leases (renewed, so a caller that lost a reply gets its tasks back), then open tasks,
+        highest priority first (ties: the task created first).
 
         A label task is open while fewer than ``overlap`` annotators hold a live lease on it or
         have answered it; a gold task is open to every annotator once. An annotator never gets an
-        item it has answered, skipped or holds. A lease not answered by ``expires_at`` lapses and the
-        slot is handed out again.
+        item it has answered or skipped, nor one item twice. Concurrent callers (threads,
+        connections, processes) never exceed ``overlap``.
         """
 
     @abstractmethod
     def heartbeat(self, project: str, annotator: str, item_ids: Sequence[str], lease_s: float, now: float) -> int:
-        """Extend this annotator's live leases on the items; returns how many were extended."""
+        """Move this annotator's live leases on the items to expire at ``now + lease_s`` (never
+        earlier); returns how many were extended."""
 
     @abstractmethod
     def skip(self, project: str, annotator: str, item_id: str) -> None:
@@ -191,15 +142,12 @@ class Store(ABC):
 
     @abstractmethod
     def add_annotation(self, annotation: Annotation) -> bool:
-        """Record an answer and close the annotator's lease; False if this annotator already answered."""
+        """Record an answer and end the annotator's lease. Idempotent: False (nothing written) if
+        this annotator already answered the item."""
 
     @abstractmethod
     def annotations(self, project: str, item_ids: Sequence[str] | None = None) -> list[Annotation]:
         """Annotations of the project (or of the given items), oldest first."""
-
-    @abstractmethod
-    def close_task(self, project: str, item_id: str) -> None:
-        """Mark an item's task done (it has its final label); open leases on it lapse."""
 
     @abstractmethod
     def task_ids(self, project: str, kind: str) -> list[str]:
@@ -209,44 +157,44 @@ class Store(ABC):
     def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
         """Tasks not yet closed (only those of items in ``among`` when given), highest priority first."""
 
-    # -- gold -------------------------------------------------------------------------------
+    @abstractmethod
+    def count_open_tasks(self, project: str) -> int:
+        """How many tasks are not yet closed (without loading them)."""
+
     @abstractmethod
     def set_gold(self, project: str, answers: Mapping[str, str]) -> None:
-        """Record known answers (item id -> class) given by the operator."""
+        """Record (or replace) known answers, item id -> class; all or nothing."""
 
     @abstractmethod
     def gold(self, project: str) -> dict[str, str]: ...
 
-    # -- final labels -----------------------------------------------------------------------
+
+class Labels(Protocol):
     def put_label(self, label: Label) -> bool:
-        """Write an item's final label. Idempotent: False (and nothing written) when the item
-        already has a final label or the idempotency key was seen."""
+        """:meth:`put_labels` of one label."""
         return self.put_labels([label])[0]
 
     @abstractmethod
     def put_labels(self, labels: Sequence[Label]) -> list[bool]:
-        """Write final labels in one transaction and close their items' tasks; one flag per label, in
-        order: True where it was written, False where the item already had a final label or the
-        project had seen the idempotency key (also from an earlier label of the same batch, so the
-        first of two labels for one item wins).
-
-        The whole batch is checked before anything is written: InvalidInput ("label", "source",
-        "confidence", "idempotency_key") or NotFound ("project", "item_id") for any label means
-        nothing is written.
-        """
+        """Write final labels in one transaction and close their items' tasks (their live leases
+        lapse). Idempotent: one flag per label, in order, False where the item already had a final
+        label or the project had seen the idempotency key (also from an earlier label of the same
+        batch, so the first of two labels for one item wins). The whole batch is checked first."""
 
     @abstractmethod
     def labels(self, project: str, source: str | None = None) -> list[Label]:
         """Final labels of the project, oldest first, optionally only one source."""
 
     @abstractmethod
-    def unlabeled_ids(self, project: str, among: Sequence[str] | None = None) -> list[str]:
-        """Ids of items without a final label (only those in ``among`` when given), in ingest order."""
+    def count_labels(self, project: str) -> dict[str, int]:
+        """How many final labels each source made (sources without labels left out), without loading them."""
 
-    # -- models -----------------------------------------------------------------------------
+
+class ModelRegistry(Protocol):
     @abstractmethod
     def register_model(self, model: ModelVersion) -> None:
-        """Add a model version (idempotent on project + version) and make it the current one."""
+        """Add a model version and make it current. Idempotent on project + version: registering a
+        known version again changes nothing (a redelivery never undoes a later promotion)."""
 
     @abstractmethod
     def models(self, project: str) -> list[ModelVersion]:
@@ -257,16 +205,46 @@ class Store(ABC):
 
     @abstractmethod
     def promote(self, project: str, version: str) -> ModelVersion:
-        """Make an existing version current; NotFound("version", ...) when missing."""
+        """Make an existing version current; NotFound("version") when missing."""
 
-    # -- audit ------------------------------------------------------------------------------
+
+class AuditLog(Protocol):
+    """An append-only log of what was done (labels, exports, deletions, close requests): a record,
+    never a queue that code reads to decide what to do."""
+
     @abstractmethod
     def audit(self, project: str, actor: str, action: str, detail: str, now: float) -> None:
-        """Append to the project's audit log (labels, exports, deletions)."""
+        """Append a row."""
 
     @abstractmethod
     def audit_log(self, project: str) -> list[tuple[float, str, str, str]]:
         """(time, actor, action, detail) rows, oldest first."""
 
+
+class CloseRequests(Protocol):
+    """Requests to close a project's stream (see :mod:`winnow.core.loop.close`); they survive restarts.
+    Requests and the closes serving them are matched by id, never by time (clocks may disagree)."""
+
     @abstractmethod
-    def close(self) -> None: ...
+    def request_close(self, project: str, request_id: str, actor: str, now: float) -> CloseRequest:
+        """The pending request if there is one, else a new one with id ``request_id`` counting the
+        project's items (written with an audit row "close_stream"). Idempotent while pending."""
+
+    @abstractmethod
+    def close_requests(self, project: str, pending_only: bool = False) -> list[CloseRequest]:
+        """Requests, oldest first (only those not served yet with ``pending_only``)."""
+
+    @abstractmethod
+    def mark_closed(self, project: str, request_ids: Sequence[str], actor: str, tasks: int,
+                    low_confidence: int, now: float) -> int:
+        """Mark the pending ones of ``request_ids`` served by a close that queued ``tasks`` tasks and
+        made ``low_confidence`` low-confidence labels, with an audit row "stream_closed".
+        Idempotent: requests already served keep their outcome; returns how many were marked."""
+
+
+class Store(Projects, Items, Embeddings, TaskQueue, Labels, ModelRegistry, AuditLog, CloseRequests):
+    """Every role in one object (what the loop and the API hold)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; the store is not used afterwards."""

@@ -15,6 +15,7 @@ from fractions import Fraction
 import faiss
 import numpy as np
 from winnow.core.domain.errors import EmptyPoolError, InvalidInput
+from winnow.core.domain.validation import STRATEGIES
 from winnow.core.select.index import VectorIndex, as_vectors, kmeans, resolve_device
 
 
@@ -234,7 +235,8 @@ _SELECTORS: dict[str, type[Strategy]] = {
     "cluster_margin": ClusterMargin,
     "badge": Badge,
 }
-STRATEGIES: tuple[str, ...] = tuple(_SELECTORS)
+if tuple(_SELECTORS) != STRATEGIES:  # the domain validates names without FAISS: the two lists must agree
+    raise ImportError(f"strategy registry {tuple(_SELECTORS)} differs from the domain's names {STRATEGIES}")
 
 
 def make_strategy(name: str, **kwargs: object) -> Strategy:

@@ -1,13 +1,17 @@
 """The contract of ``winnow.core.ports.store.Store``, run against every adapter (SQLite, PostgreSQL).
 
-Subclass ``StoreContract`` as ``Test<Adapter>Store`` and provide a ``store`` fixture giving an empty
-store. Times are explicit ``now`` values: nothing here sleeps.
+Subclass ``StoreContract`` as ``Test<Adapter>Store`` and provide an ``open_store`` fixture: a
+function that opens a store on one fresh, empty database each time it is called (a new connection
+each time, so that concurrent stores can be tested; the contract closes them). Times are explicit
+``now`` values: nothing here sleeps.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+import threading
+from collections import Counter
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -54,6 +58,13 @@ def lease_ids(store: Store, annotator: str, n: int = 10, now: float = 0.0, overl
 
 class StoreContract:
     """Every method of ``Store``: idempotent writes, validation before writing, leasing rules."""
+
+    @pytest.fixture
+    def store(self, open_store: Callable[[], Store]) -> Iterator[Store]:
+        """An empty store."""
+        store = open_store()
+        yield store
+        store.close()
 
     @pytest.fixture
     def s(self, store: Store) -> Store:
@@ -114,12 +125,14 @@ class StoreContract:
             lambda s: s.skip("nope", "ann", "a"),
             lambda s: s.add_annotation(Annotation("nope", "a", "ann", "card", 0.0)),
             lambda s: s.annotations("nope"),
-            lambda s: s.close_task("nope", "a"),
+            lambda s: s.task_ids("nope", "label"),
+            lambda s: s.count_open_tasks("nope"),
             lambda s: s.open_tasks("nope"),
             lambda s: s.set_gold("nope", {"a": "card"}),
             lambda s: s.gold("nope"),
             lambda s: s.put_label(label("a", project="nope")),
             lambda s: s.labels("nope"),
+            lambda s: s.count_labels("nope"),
             lambda s: s.unlabeled_ids("nope"),
             lambda s: s.register_model(ModelVersion("nope", "m1", "/m", 0.0, 1, 1.0, 0.5)),
             lambda s: s.models("nope"),
@@ -127,6 +140,9 @@ class StoreContract:
             lambda s: s.promote("nope", "m1"),
             lambda s: s.audit("nope", "op", "export", "all", 0.0),
             lambda s: s.audit_log("nope"),
+            lambda s: s.request_close("nope", "r1", "op", 0.0),
+            lambda s: s.close_requests("nope"),
+            lambda s: s.mark_closed("nope", ["r1"], "selector", 0, 0, 0.0),
         ],
     )
     def test_unknown_project_is_not_found(self, s: Store, call: Callable[[Store], object]) -> None:
@@ -200,7 +216,7 @@ class StoreContract:
         assert s.add_tasks([task("i0", 0.9), task("i2", 0.1)]) == 1
         assert [(t.item_id, t.priority) for t in s.open_tasks(P)] == [("i1", 0.3), ("i0", 0.2), ("i2", 0.1)]
         assert [t.item_id for t in s.open_tasks(P, among=["i2", "i0", "i3", "ghost"])] == ["i0", "i2"]
-        s.close_task(P, "i0")
+        s.put_label(label("i0"))
         assert [t.item_id for t in s.open_tasks(P, among=["i0", "i2"])] == ["i2"]
         assert s.open_tasks(P, among=[]) == []
         with pytest.raises(NotFound):
@@ -208,7 +224,7 @@ class StoreContract:
 
     def test_task_ids_by_kind_include_closed_tasks(self, s: Store) -> None:
         s.add_tasks([task("i0"), Task(P, "i1", 0.5, None, 1.0, "holdout"), Task(P, "i2", 0.5, None, 2.0, "holdout")])
-        s.close_task(P, "i1")
+        s.put_label(label("i1"))
         assert s.task_ids(P, "holdout") == ["i1", "i2"]
         assert s.task_ids(P, "label") == ["i0"]
 
@@ -218,7 +234,9 @@ class StoreContract:
         assert [x.item_id for x in leases] == ["i1", "i3", "i2"]
         first = leases[0]
         assert (first.annotator, first.text, first.kind, first.expires_at) == ("ann", "text of i1", "label", 160.0)
-        assert lease_ids(s, "ann", now=100.0) == ["i0"]  # never an item it already holds
+        # its own live leases first (renewed), then new ones; never one item twice
+        again = s.lease_tasks(P, "ann", 10, LEASE_S, 110.0, 1)
+        assert [(x.item_id, x.expires_at) for x in again] == [("i1", 170.0), ("i3", 170.0), ("i2", 170.0), ("i0", 170.0)]
 
     def test_set_priorities_reranks(self, s: Store) -> None:
         s.add_tasks([task("i0", 0.9), task("i1", 0.5), task("i2", 0.1)])
@@ -231,7 +249,8 @@ class StoreContract:
         assert lease_ids(s, "x", overlap=2) == ["i0"]
         assert lease_ids(s, "y", overlap=2) == ["i0"]
         assert lease_ids(s, "z", overlap=2) == []
-        assert lease_ids(s, "x", overlap=2) == []
+        assert lease_ids(s, "x", overlap=2) == ["i0"]  # its own lease handed back, not a third slot
+        assert lease_ids(s, "z", overlap=2) == []
 
     def test_answers_take_overlap_slots(self, s: Store) -> None:
         s.add_tasks([task("i0")])
@@ -246,6 +265,7 @@ class StoreContract:
         s.add_tasks([task("i0", kind="gold"), task("i1", priority=0.1)])
         for who in ("x", "y", "z"):
             assert s.lease_tasks(P, who, 1, LEASE_S, 0.0, 1)[0].kind == "gold"
+            assert s.add_annotation(Annotation(P, "i0", who, "card", 1.0))
         assert lease_ids(s, "x") == ["i1"]
         assert lease_ids(s, "y") == []
 
@@ -292,12 +312,13 @@ class StoreContract:
         assert missing.value.field == "item_id"
         assert s.annotations(P) == []
 
-    def test_close_task_removes_it_from_queue_and_leasing(self, s: Store) -> None:
+    def test_final_label_removes_task_from_queue_and_leasing(self, s: Store) -> None:
         s.add_tasks([task("i0", 0.9), task("i1", 0.1)])
         assert lease_ids(s, "x", n=1) == ["i0"]
-        s.close_task(P, "i0")
+        assert s.put_label(label("i0"))
         assert [t.item_id for t in s.open_tasks(P)] == ["i1"]
         assert s.heartbeat(P, "x", ["i0"], LEASE_S, 1.0) == 0
+        assert lease_ids(s, "x", now=2.0) == ["i1"]  # a lease on a closed task is not handed back
         assert lease_ids(s, "y", now=10 * LEASE_S) == ["i1"]
 
     # -- gold -------------------------------------------------------------------------------

@@ -25,13 +25,13 @@ from winnow.core.domain.limits import (
 )
 from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project, to_json
 from winnow.core.domain.settings import LoopConfig
-from winnow.core.domain.validation import validate_items
+from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics, topic
 from winnow.core.ports.bus import Bus
-from winnow.core.ports.store import Store, validate_project
+from winnow.core.ports.store import Store
 from winnow.services.api.convert import ProjectStats
 
 
@@ -115,10 +115,10 @@ class WinnowApi:
 
     def stats(self, project: str) -> ProjectStats:
         items = self.store.count_items(_project(project))
-        by_source = Counter(label.source for label in self.store.labels(project))
+        by_source = Counter(self.store.count_labels(project))
         current = self.store.current_model(project)
         return ProjectStats(project, items, dict(by_source), by_source["human"] / items if items else 0.0,
-                            len(self.store.open_tasks(project)), None if current is None else current.version,
+                            self.store.count_open_tasks(project), None if current is None else current.version,
                             None if current is None else current.threshold, stream_status(self.store, project))
 
     def close_stream(self, project: str, actor: str) -> StreamStatus:

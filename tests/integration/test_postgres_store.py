@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 import psycopg
@@ -29,10 +29,8 @@ pytestmark = pytest.mark.postgres
 
 class TestPostgresStore(StoreContract):
     @pytest.fixture
-    def store(self, postgres_schema_dsn: str) -> Iterator[PostgresStore]:
-        store = PostgresStore(postgres_schema_dsn)
-        yield store
-        store.close()
+    def open_store(self, postgres_schema_dsn: str) -> Callable[[], PostgresStore]:
+        return lambda: PostgresStore(postgres_schema_dsn)
 
 
 def test_data_survives_reconnecting(postgres_schema_dsn: str) -> None:
@@ -49,7 +47,7 @@ def test_data_survives_reconnecting(postgres_schema_dsn: str) -> None:
     assert store.labels(P) == [label("b", threshold=float("inf"))]
     store.close()
     with psycopg.connect(postgres_schema_dsn) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
 
 
 def test_concurrent_leasers_on_separate_connections_never_exceed_overlap(postgres_schema_dsn: str) -> None:

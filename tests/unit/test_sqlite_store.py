@@ -1,36 +1,28 @@
-"""The embedded SQLite store: the store contract plus durability, concurrent leasing and a rough timing."""
+"""The embedded SQLite store: the store contract plus durability, the schema migration and a rough timing."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
-import threading
 import time
-from collections import Counter
 from contextlib import closing
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
 import numpy as np
 import pytest
+from winnow.core.adapters.sql.dialect import SqliteDialect
+from winnow.core.adapters.sql.migrations import MIGRATIONS, migrate
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.records import Item, Project
-from winnow.core.testing.store_contract import (
-    CLASSES,
-    LEASE_S,
-    P,
-    StoreContract,
-    items,
-    label,
-    task,
-)
+from winnow.core.loop.close import stream_status
+from winnow.core.testing.store_contract import CLASSES, P, StoreContract, items, label
 
 
 class TestSqliteStore(StoreContract):
     @pytest.fixture
-    def store(self, tmp_path: Path) -> Iterator[SqliteStore]:
-        store = SqliteStore(tmp_path / "store.db")
-        yield store
-        store.close()
+    def open_store(self, tmp_path: Path) -> Callable[[], SqliteStore]:
+        return lambda: SqliteStore(tmp_path / "store.db")
 
 
 def test_data_survives_reopening(tmp_path: Path) -> None:
@@ -48,38 +40,36 @@ def test_data_survives_reopening(tmp_path: Path) -> None:
     assert store.labels(P) == [label("b")]
     store.close()
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(v,) for v in range(1, len(MIGRATIONS) + 1)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-def test_concurrent_leasing_never_exceeds_overlap(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "store.db")
-    store.create_project(Project(P, CLASSES, overlap=2))
-    ids = [f"i{n}" for n in range(40)]
-    store.add_items(items(*ids))
-    store.add_tasks([task(i, priority=float(n % 5)) for n, i in enumerate(ids)])
-    start = threading.Barrier(4)
-    leased: list[tuple[str, str]] = []
-    errors: list[BaseException] = []
-
-    def annotate(who: str) -> None:
-        try:
-            start.wait()
-            while got := store.lease_tasks(P, who, 3, LEASE_S, 0.0, 2):
-                leased.extend((who, lease.item_id) for lease in got)
-        except BaseException as exc:  # re-raised in the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=annotate, args=(f"ann{k}",)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+def test_a_version_1_database_keeps_its_close_requests(tmp_path: Path) -> None:
+    """Before migration 2, close requests and served closes were audit rows: opening such a
+    database moves them into the close_requests table (the audit rows stay)."""
+    path = tmp_path / "store.db"
+    dialect = SqliteDialect(path)
+    assert migrate(dialect, upto=1) == 1
+    with dialect.transaction() as tx:
+        tx.run("INSERT INTO projects VALUES ('p', '[\"a\"]', 25, 100, 0.98, 'random', 1, 'v1', 0.0)")
+        tx.run("INSERT INTO projects VALUES ('q', '[\"a\"]', 25, 100, 0.98, 'random', 1, 'v1', 0.0)")
+        for project, at, actor, action, detail in [
+            ("p", 1.0, "op", "close_stream", {"request": "r1", "items": 3}),
+            ("p", 2.0, "selector", "stream_closed", {"requests": ["r1"], "tasks": 2, "low_confidence": 1}),
+            ("p", 3.0, "op", "export_labels", "3 labels"),
+            ("p", 4.0, "op", "close_stream", {"request": "r2", "items": 5}),
+            ("q", 5.0, "op", "close_stream", {"request": "r3", "items": 0}),
+        ]:
+            tx.run("INSERT INTO audit (project, time, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
+                   (project, at, actor, action, detail if isinstance(detail, str) else json.dumps(detail)))
+    dialect.close()
+    store = SqliteStore(path)
+    assert [(r.request_id, r.items, r.served_at, r.tasks, r.low_confidence) for r in store.close_requests("p")] == \
+        [("r1", 3, 2.0, 2, 1), ("r2", 5, None, 0, 0)]
+    assert stream_status(store, "p").state == "closing"
+    assert [r.request_id for r in store.close_requests("q", pending_only=True)] == ["r3"]
+    assert len(store.audit_log("p")) == 4
     store.close()
-    if errors:
-        raise errors[0]
-    assert len(set(leased)) == len(leased)  # no annotator got an item twice
-    assert Counter(item_id for _, item_id in leased) == {i: 2 for i in ids}
 
 
 def test_rough_write_timing(tmp_path: Path) -> None:

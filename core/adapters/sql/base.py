@@ -1,0 +1,77 @@
+"""What every part of the SQL store shares: its dialect, its migration on open, and the lookups that
+run inside a transaction (the project, the items an id list names, closing tasks)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from winnow.core.adapters.sql.dialect import Dialect, Tx
+from winnow.core.adapters.sql.migrations import migrate
+from winnow.core.domain.errors import NotFound
+from winnow.core.domain.records import Project
+from winnow.core.domain.validation import check_text
+
+PROJECT_COLUMNS = (
+    "name, classes, budget_labels, budget_per_items, precision_target, strategy, overlap, "
+    "guideline_version, created_at"
+)
+
+
+class SqlBase:
+    """The dialect and the in-transaction helpers; the schema is created or migrated on open."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        migrate(dialect)
+
+    def _tx(self, write: bool = True) -> Any:
+        """One transaction (see :meth:`Dialect.transaction`)."""
+        return self.dialect.transaction(write)
+
+    def _ids(self, ids: Sequence[str], field: str = "item_id") -> Any:
+        """An id list as the one parameter of ``dialect.ids_table``; InvalidInput(field) for a NUL."""
+        check_text(field, *ids)
+        return self.dialect.array(ids)
+
+    def _in(self, column: str) -> str:
+        """``column`` is one of the list bound to the fragment's one parameter (see :meth:`_ids`)."""
+        return f"{column} IN (SELECT j.value FROM {self.dialect.ids_table})"
+
+    def _project_of(self, row: Sequence[Any]) -> Project:
+        return Project(row[0], tuple(self.dialect.from_array(row[1])), *row[2:])
+
+    def _project(self, tx: Tx, name: str) -> Project:
+        """The project; InvalidInput("project") for a NUL in the name, NotFound("project") when missing."""
+        check_text("project", name)
+        row = tx.one(f"SELECT {PROJECT_COLUMNS} FROM projects WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound("project", f"no project named {name[:100]!r}")
+        return self._project_of(row)
+
+    def _require_items(self, tx: Tx, project: str, item_ids: Sequence[str]) -> None:
+        """NotFound("item_id") naming the first of ``item_ids`` (in order) that is not in the project."""
+        row = tx.one(
+            f"SELECT j.value FROM {self.dialect.ids_table} WHERE NOT EXISTS "
+            "(SELECT 1 FROM items i WHERE i.project = ? AND i.item_id = j.value) ORDER BY j.key LIMIT 1",
+            (self._ids(item_ids), project),
+        )
+        if row is not None:
+            raise NotFound("item_id", f"no item {row[0][:100]!r} in project {project[:100]!r}")
+
+    def _close_tasks(self, tx: Tx, project: str, item_ids: Sequence[str]) -> None:
+        """Close the items' tasks and drop their live leases."""
+        ids = self._ids(sorted(item_ids))
+        tx.run(f"UPDATE tasks SET closed = TRUE WHERE project = ? AND {self._in('item_id')}", (project, ids))
+        tx.run(f"DELETE FROM assignments WHERE project = ? AND {self._in('item_id')} AND state = 'leased'",
+               (project, ids))
+
+    def _audit(self, tx: Tx, project: str, actor: str, action: str, detail: str | dict, now: float) -> None:
+        """Append an audit row (``detail`` a dict is written as JSON)."""
+        text = detail if isinstance(detail, str) else json.dumps(detail)
+        tx.run("INSERT INTO audit (project, time, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
+               (project, now, actor, action, text))
+
+    def close(self) -> None:
+        """Release the connection."""
+        self.dialect.close()

@@ -1,0 +1,322 @@
+"""The label store, written once in SQL: every :class:`~winnow.core.ports.store.Store` role over a
+:class:`~winnow.core.adapters.sql.dialect.Dialect` (SQLite or PostgreSQL).
+
+Each method is one transaction. Everything a call is given is validated before anything is written
+(:mod:`winnow.core.domain.validation`), so a refused call writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Sequence
+
+import numpy as np
+from winnow.core.adapters.sql.base import PROJECT_COLUMNS
+from winnow.core.adapters.sql.task_queue import SqlTaskQueue
+from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.records import Item, Label, ModelVersion, Project
+from winnow.core.domain.validation import (
+    check_finite,
+    check_label,
+    check_text,
+    validate_item_fields,
+    validate_label,
+    validate_model,
+    validate_project,
+    validate_vectors,
+)
+from winnow.core.ports.store import CloseRequest, Store
+
+_LABEL_COLUMNS = (
+    "project, item_id, label, source, source_id, confidence, threshold, aggregation, "
+    "guideline_version, created_at, idempotency_key"
+)
+_MODEL_COLUMNS = "project, version, path, created_at, n_train, temperature, threshold, metrics"
+_SET_CURRENT = (
+    "INSERT INTO current_models (project, version) VALUES (?, ?) "
+    "ON CONFLICT (project) DO UPDATE SET version = excluded.version"
+)
+_CLOSE_COLUMNS = "project, request_id, actor, requested_at, items, served_at, tasks, low_confidence"
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SqlStore(SqlTaskQueue, Store):
+    """Every store role on one database; construct it with a dialect (or use ``SqliteStore`` /
+    ``PostgresStore``). The schema is created or migrated on open."""
+
+    # -- projects ---------------------------------------------------------------------------
+    def create_project(self, project: Project) -> None:
+        """Create a project; a second call with an identical project is a no-op. InvalidInput:
+        "name" (taken by a different project) and those of ``validate_project``."""
+        validate_project(project)
+        p = project
+        with self._tx() as tx:
+            if not tx.run(
+                f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_marks(9)}) ON CONFLICT (name) DO NOTHING",
+                (p.name, self.dialect.array(p.classes), p.budget_labels, p.budget_per_items, p.precision_target,
+                 p.strategy, p.overlap, p.guideline_version, p.created_at),
+            ) and self._project(tx, p.name) != p:
+                raise InvalidInput("name", f"a different project named {p.name!r} exists")
+
+    def get_project(self, name: str) -> Project:
+        with self._tx(write=False) as tx:
+            return self._project(tx, name)
+
+    def list_projects(self) -> list[Project]:
+        with self._tx(write=False) as tx:
+            rows = tx.all(f"SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name")
+        return [self._project_of(r) for r in rows]
+
+    # -- items ------------------------------------------------------------------------------
+    def add_items(self, items: Sequence[Item]) -> int:
+        """Insert items in one transaction, keeping ingest order; ids already present are skipped.
+        InvalidInput ("item_id", "text", "project", "ingested_at") or NotFound("project") for any
+        item means nothing is written."""
+        validate_item_fields(items)
+        with self._tx() as tx:
+            for project in sorted({i.project for i in items}):
+                self._project(tx, project)
+            return tx.many(
+                "INSERT INTO items (project, item_id, text, ingested_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project, item_id) DO NOTHING",
+                [(i.project, i.item_id, i.text, i.ingested_at) for i in items],
+            )
+
+    def get_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(f"SELECT item_id, text, ingested_at FROM items WHERE project = ? AND {self._in('item_id')}",
+                          (project, self._ids(item_ids)))
+        found = {r[0]: Item(project, *r) for r in rows}
+        for item_id in item_ids:
+            if item_id not in found:
+                raise NotFound("item_id", f"no item {item_id[:100]!r} in project {project!r}")
+        return [found[i] for i in item_ids]
+
+    def count_items(self, project: str) -> int:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return tx.one("SELECT COUNT(*) FROM items WHERE project = ?", (project,))[0]
+
+    def delete_item(self, project: str, item_id: str) -> None:
+        """Remove the item with its embedding, task, assignments, annotations, gold answer and final
+        label, and write an audit row (actor "store", action "delete_item"); NotFound("item_id")
+        when missing. Holds the project's task lock."""
+        check_text("item_id", item_id)
+        with self._tx() as tx:
+            self._project(tx, project)
+            self.dialect.lock_project(tx, project)
+            if not tx.run("DELETE FROM items WHERE project = ? AND item_id = ?", (project, item_id)):
+                raise NotFound("item_id", f"no item {item_id[:100]!r} in project {project!r}")
+            self._audit(tx, project, "store", "delete_item", item_id, time.time())
+
+    def unlabeled_ids(self, project: str, among: Sequence[str] | None = None) -> list[str]:
+        sql = ("SELECT i.item_id FROM items i WHERE i.project = ? AND NOT EXISTS "
+               "(SELECT 1 FROM labels l WHERE l.project = i.project AND l.item_id = i.item_id)")
+        params: tuple = (project,)
+        if among is not None:
+            sql += f" AND {self._in('i.item_id')}"
+            params += (self._ids(among),)
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return [r[0] for r in tx.all(sql + " ORDER BY i.seq", params)]
+
+    # -- embeddings -------------------------------------------------------------------------
+    def put_embeddings(self, project: str, item_ids: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors [n, D] as little-endian float32 (replacing older ones); InvalidInput
+        ("vectors") on a shape that does not match ``item_ids``, NotFound("item_id") for an unknown item."""
+        validate_vectors(item_ids, vectors)
+        rows = np.ascontiguousarray(vectors, dtype="<f4")  # [n, D]
+        dim = rows.shape[1]
+        with self._tx() as tx:
+            self._project(tx, project)
+            self._require_items(tx, project, item_ids)
+            tx.many(
+                "INSERT INTO embeddings (project, item_id, dim, vector) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (project, item_id) DO UPDATE SET dim = excluded.dim, vector = excluded.vector",
+                [(project, item_id, dim, row.tobytes()) for item_id, row in zip(item_ids, rows)],
+            )
+
+    def embedded_ids(self, project: str, among: Sequence[str]) -> list[str]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(f"SELECT item_id FROM embeddings WHERE project = ? AND {self._in('item_id')}",
+                          (project, self._ids(among)))
+        found = {r[0] for r in rows}
+        return [i for i in among if i in found]
+
+    def get_embeddings(self, project: str, item_ids: Sequence[str]) -> np.ndarray:
+        """float32 [n, D] in the order asked ([0, 0] for no ids); NotFound("item_id") naming the first
+        id without a vector; WinnowError if the vectors asked for have different dimensions."""
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(f"SELECT item_id, dim, vector FROM embeddings WHERE project = ? AND {self._in('item_id')}",
+                          (project, self._ids(item_ids)), binary=True)
+        found = {r[0]: (r[1], r[2]) for r in rows}
+        for item_id in item_ids:
+            if item_id not in found:
+                raise NotFound("item_id", f"no embedding for item {item_id[:100]!r} in project {project!r}")
+        dims = {d for d, _ in found.values()}
+        if len(dims) > 1:
+            raise WinnowError(f"embeddings of project {project!r} mix dimensions {sorted(dims)}")
+        dim = dims.pop() if dims else 0
+        blob = b"".join(bytes(found[i][1]) for i in item_ids)
+        return np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(len(item_ids), dim)
+
+    # -- final labels -----------------------------------------------------------------------
+    def put_labels(self, labels: Sequence[Label]) -> list[bool]:
+        """See :meth:`Labels.put_labels`. All or nothing: InvalidInput "label" (outside the schema),
+        "source", "confidence" (outside [0, 1]), "idempotency_key" (empty), "created_at",
+        "threshold" (NaN; None or inf are kept), a NUL in a text field; NotFound "project" or
+        "item_id" (the first unknown one). Each project's task lock is held, so batches closing
+        many tasks queue behind leasers and re-rankers instead of deadlocking with them."""
+        for lb in labels:
+            validate_label(lb)
+        if not labels:
+            return []
+        with self._tx() as tx:
+            projects: dict[str, Project] = {}
+            for lb in labels:
+                if lb.project not in projects:
+                    projects[lb.project] = self._project(tx, lb.project)
+                check_label(projects[lb.project], lb.label)
+            for name in sorted(projects):
+                self._require_items(tx, name, [lb.item_id for lb in labels if lb.project == name])
+                self.dialect.lock_project(tx, name)
+            written = tx.inserted(
+                f"INSERT INTO labels ({_LABEL_COLUMNS}) VALUES ({_marks(11)}) ON CONFLICT DO NOTHING",
+                [(lb.project, lb.item_id, lb.label, lb.source, lb.source_id, lb.confidence, lb.threshold,
+                  lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key) for lb in labels],
+            )
+            for name in projects:
+                new = [lb.item_id for lb, ok in zip(labels, written) if ok and lb.project == name]
+                if new:
+                    self._close_tasks(tx, name, new)
+            return written
+
+    def labels(self, project: str, source: str | None = None) -> list[Label]:
+        sql = f"SELECT {_LABEL_COLUMNS} FROM labels WHERE project = ?"
+        params: tuple = (project,)
+        if source is not None:
+            check_text("source", source)
+            sql += " AND source = ?"
+            params += (source,)
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(sql + " ORDER BY created_at, seq", params)
+        return [Label(*r) for r in rows]
+
+    def count_labels(self, project: str) -> dict[str, int]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return dict(tx.all("SELECT source, COUNT(*) FROM labels WHERE project = ? GROUP BY source ORDER BY source",
+                               (project,)))
+
+    # -- models -----------------------------------------------------------------------------
+    @staticmethod
+    def _model(row: Sequence) -> ModelVersion:
+        return ModelVersion(*row[:-1], metrics=json.loads(row[-1]))
+
+    def register_model(self, model: ModelVersion) -> None:
+        """Add the version and make it current; registering a known version again changes nothing.
+        Metrics are kept as JSON text, so NaN and key order survive."""
+        validate_model(model)
+        m = model
+        with self._tx() as tx:
+            self._project(tx, m.project)
+            if tx.run(
+                f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES ({_marks(8)}) ON CONFLICT (project, version) DO NOTHING",
+                (m.project, m.version, m.path, m.created_at, m.n_train, m.temperature, m.threshold,
+                 json.dumps(m.metrics)),
+            ):
+                tx.run(_SET_CURRENT, (m.project, m.version))
+
+    def models(self, project: str) -> list[ModelVersion]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(f"SELECT {_MODEL_COLUMNS} FROM models WHERE project = ? ORDER BY created_at, seq", (project,))
+        return [self._model(r) for r in rows]
+
+    def current_model(self, project: str) -> ModelVersion | None:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM models WHERE (project, version) = "
+                         "(SELECT project, version FROM current_models WHERE project = ?)", (project,))
+        return None if row is None else self._model(row)
+
+    def promote(self, project: str, version: str) -> ModelVersion:
+        check_text("version", version)
+        with self._tx() as tx:
+            self._project(tx, project)
+            row = tx.one(f"SELECT {_MODEL_COLUMNS} FROM models WHERE project = ? AND version = ?", (project, version))
+            if row is None:
+                raise NotFound("version", f"no model version {version[:100]!r} in project {project!r}")
+            tx.run(_SET_CURRENT, (project, version))
+        return self._model(row)
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(self, project: str, actor: str, action: str, detail: str, now: float) -> None:
+        check_text("actor", actor)
+        check_text("action", action)
+        check_text("detail", detail)
+        check_finite("now", now)
+        with self._tx() as tx:
+            self._project(tx, project)
+            self._audit(tx, project, actor, action, detail, now)
+
+    def audit_log(self, project: str) -> list[tuple[float, str, str, str]]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return [tuple(r) for r in tx.all(  # type: ignore[misc]
+                "SELECT time, actor, action, detail FROM audit WHERE project = ? ORDER BY time, seq", (project,))]
+
+    # -- close requests ---------------------------------------------------------------------
+    def request_close(self, project: str, request_id: str, actor: str, now: float) -> CloseRequest:
+        """See :meth:`CloseRequests.request_close`; a request id already used returns that request.
+        Holds the project's task lock, so two callers at once make one request."""
+        check_text("request_id", request_id)
+        check_text("actor", actor)
+        check_finite("now", now)
+        if not request_id:
+            raise InvalidInput("request_id", "request id is empty")
+        with self._tx() as tx:
+            self._project(tx, project)
+            self.dialect.lock_project(tx, project)
+            row = tx.one(f"SELECT {_CLOSE_COLUMNS} FROM close_requests WHERE project = ? "
+                         "AND (served_at IS NULL OR request_id = ?) ORDER BY served_at IS NOT NULL, seq LIMIT 1",
+                         (project, request_id))
+            if row is not None:
+                return CloseRequest(*row)
+            items = tx.one("SELECT COUNT(*) FROM items WHERE project = ?", (project,))[0]
+            tx.run("INSERT INTO close_requests (project, request_id, actor, requested_at, items) VALUES (?, ?, ?, ?, ?)",
+                   (project, request_id, actor, now, items))
+            self._audit(tx, project, actor, "close_stream", {"request": request_id, "items": items}, now)
+        return CloseRequest(project, request_id, actor, now, items)
+
+    def close_requests(self, project: str, pending_only: bool = False) -> list[CloseRequest]:
+        sql = f"SELECT {_CLOSE_COLUMNS} FROM close_requests WHERE project = ?"
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(sql + (" AND served_at IS NULL" if pending_only else "") + " ORDER BY seq", (project,))
+        return [CloseRequest(*r) for r in rows]
+
+    def mark_closed(self, project: str, request_ids: Sequence[str], actor: str, tasks: int,
+                    low_confidence: int, now: float) -> int:
+        """See :meth:`CloseRequests.mark_closed`; the audit row is written only when a request was marked."""
+        check_text("actor", actor)
+        check_finite("now", now)
+        if tasks < 0 or low_confidence < 0:
+            raise InvalidInput("tasks", f"counts must not be negative, got {tasks} and {low_confidence}")
+        with self._tx() as tx:
+            self._project(tx, project)
+            marked = tx.run("UPDATE close_requests SET served_at = ?, tasks = ?, low_confidence = ? "
+                            f"WHERE project = ? AND served_at IS NULL AND {self._in('request_id')}",
+                            (now, tasks, low_confidence, project, self._ids(request_ids, "request_id")))
+            if marked:
+                self._audit(tx, project, actor, "stream_closed",
+                            {"requests": list(request_ids), "tasks": tasks, "low_confidence": low_confidence}, now)
+            return marked

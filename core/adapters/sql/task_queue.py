@@ -1,0 +1,196 @@
+"""The task queue role of the SQL store: tasks, leases, answers and gold (see
+:class:`winnow.core.ports.store.TaskQueue` for the contract)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from winnow.core.adapters.sql.base import SqlBase
+from winnow.core.domain.records import Annotation, Lease, Task
+from winnow.core.domain.validation import (
+    check_finite,
+    check_label,
+    check_text,
+    validate_annotation,
+    validate_annotator,
+    validate_lease,
+    validate_priorities,
+    validate_tasks,
+)
+
+_TASK_ORDER = "t.priority DESC, t.created_at, t.seq"
+# the annotator's own live leases on open tasks (handed back first, so a lost reply costs nothing)
+_OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at FROM assignments a
+    JOIN tasks t ON t.project = a.project AND t.item_id = a.item_id
+    JOIN items i ON i.project = a.project AND i.item_id = a.item_id
+    WHERE a.project = ? AND a.annotator = ? AND a.state = 'leased' AND a.expires_at > ? AND NOT t.closed
+    ORDER BY {_TASK_ORDER} LIMIT ?"""
+# open tasks this annotator has neither answered, skipped nor holds, with a free overlap slot
+_OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0 FROM tasks t
+    JOIN items i ON i.project = t.project AND i.item_id = t.item_id
+    WHERE t.project = ? AND NOT t.closed
+      AND NOT EXISTS (SELECT 1 FROM assignments a
+                      WHERE a.project = t.project AND a.item_id = t.item_id AND a.annotator = ?
+                        AND (a.state != 'leased' OR a.expires_at > ?))
+      AND (t.kind = 'gold' OR (SELECT COUNT(*) FROM assignments a
+                               WHERE a.project = t.project AND a.item_id = t.item_id
+                                 AND (a.state = 'answered' OR (a.state = 'leased' AND a.expires_at > ?))) < ?)
+    ORDER BY {_TASK_ORDER} LIMIT ?"""
+_LATER = "CASE WHEN {old} > {new} THEN {old} ELSE {new} END"  # the later of two expiry times
+
+
+class SqlTaskQueue(SqlBase):
+    def add_tasks(self, tasks: Sequence[Task]) -> int:
+        """Queue tasks; an item that already has a task (open or closed) keeps it. InvalidInput
+        ("kind", "priority", "created_at", a NUL in a text field), NotFound for an unknown project
+        or item."""
+        validate_tasks(tasks)
+        with self._tx() as tx:
+            for project in sorted({t.project for t in tasks}):
+                self._project(tx, project)
+                self._require_items(tx, project, [t.item_id for t in tasks if t.project == project])
+            return tx.many(
+                "INSERT INTO tasks (project, item_id, priority, model_version, created_at, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, item_id) DO NOTHING",
+                [(t.project, t.item_id, t.priority, t.model_version, t.created_at, t.kind) for t in tasks],
+            )
+
+    def set_priorities(self, project: str, priorities: Mapping[str, float]) -> None:
+        """Re-rank open tasks; ids without an open task are ignored (they may have been labelled)."""
+        validate_priorities(priorities)
+        with self._tx() as tx:
+            self._project(tx, project)
+            self.dialect.lock_project(tx, project)
+            tx.many("UPDATE tasks SET priority = ? WHERE project = ? AND item_id = ? AND NOT closed",
+                    [(p, project, item_id) for item_id, p in priorities.items()])
+
+    def lease_tasks(
+        self, project: str, annotator: str, n: int, lease_s: float, now: float, overlap: int
+    ) -> list[Lease]:
+        """See :meth:`TaskQueue.lease_tasks`. Picking and writing the leases is one transaction
+        holding the project's task lock (see ``Dialect.lock_project``; PostgreSQL also locks the
+        picked task rows), so concurrent callers count the slots their predecessors took and a
+        concurrent label never leaves a live lease on a closed task. InvalidInput: "annotator",
+        "lease_s", "overlap", "now"."""
+        validate_lease(annotator, lease_s, overlap)
+        check_finite("now", now)
+        if n <= 0:
+            return []
+        expires_at = now + lease_s
+        with self._tx() as tx:
+            self._project(tx, project)
+            self.dialect.lock_project(tx, project)
+            rows = tx.all(_OWN_LEASES, (project, annotator, now, n))
+            if len(rows) < n:
+                rows += tx.all(_OPEN_TASKS + self.dialect.for_update,
+                               (project, annotator, now, now, overlap, n - len(rows)))
+            tx.many(
+                "INSERT INTO assignments (project, item_id, annotator, state, expires_at) VALUES (?, ?, ?, 'leased', ?) "
+                "ON CONFLICT (project, item_id, annotator) DO UPDATE SET state = 'leased', expires_at = "
+                + _LATER.format(old="assignments.expires_at", new="excluded.expires_at"),
+                [(project, item_id, annotator, expires_at) for item_id, *_ in rows],
+            )
+        return [Lease(project, item_id, annotator, text, kind, max(held, expires_at))
+                for item_id, kind, text, held in rows]
+
+    def heartbeat(self, project: str, annotator: str, item_ids: Sequence[str], lease_s: float, now: float) -> int:
+        """Move the expiry of this annotator's live leases to ``now + lease_s`` (never earlier)."""
+        check_text("annotator", annotator)
+        check_finite("lease_s", lease_s)
+        check_finite("now", now)
+        with self._tx() as tx:
+            self._project(tx, project)
+            return tx.run(
+                "UPDATE assignments SET expires_at = " + _LATER.format(old="expires_at", new="?")
+                + f" WHERE project = ? AND annotator = ? AND state = 'leased' AND expires_at > ? AND {self._in('item_id')}",
+                (now + lease_s, now + lease_s, project, annotator, now, self._ids(item_ids)),
+            )
+
+    def skip(self, project: str, annotator: str, item_id: str) -> None:
+        """Release the lease (if any) as skipped; an answered item stays answered. NotFound for an
+        unknown item."""
+        validate_annotator(annotator)
+        with self._tx() as tx:
+            self._project(tx, project)
+            self._require_items(tx, project, [item_id])
+            tx.run(
+                "INSERT INTO assignments (project, item_id, annotator, state, expires_at) VALUES (?, ?, ?, 'skipped', 0) "
+                "ON CONFLICT (project, item_id, annotator) DO UPDATE SET state = 'skipped' "
+                "WHERE assignments.state = 'leased'",
+                (project, item_id, annotator),
+            )
+
+    def add_annotation(self, annotation: Annotation) -> bool:
+        """Record the answer and mark the annotator's assignment answered; False (nothing written)
+        if this annotator already answered the item. InvalidInput("label") outside the schema,
+        "annotator" when empty, NotFound("item_id") for an unknown item."""
+        a = annotation
+        validate_annotation(a)
+        with self._tx() as tx:
+            check_label(self._project(tx, a.project), a.label)
+            self._require_items(tx, a.project, [a.item_id])
+            if not tx.run(
+                "INSERT INTO annotations (project, item_id, annotator, label, created_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (project, item_id, annotator) DO NOTHING",
+                (a.project, a.item_id, a.annotator, a.label, a.created_at),
+            ):
+                return False
+            tx.run(
+                "INSERT INTO assignments (project, item_id, annotator, state, expires_at) VALUES (?, ?, ?, 'answered', ?) "
+                "ON CONFLICT (project, item_id, annotator) DO UPDATE SET state = 'answered'",
+                (a.project, a.item_id, a.annotator, a.created_at),
+            )
+            return True
+
+    def annotations(self, project: str, item_ids: Sequence[str] | None = None) -> list[Annotation]:
+        sql = "SELECT item_id, annotator, label, created_at FROM annotations WHERE project = ?"
+        params: tuple = (project,)
+        if item_ids is not None:
+            sql += f" AND {self._in('item_id')}"
+            params += (self._ids(item_ids),)
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(sql + " ORDER BY created_at, seq", params)
+        return [Annotation(project, *r) for r in rows]
+
+    def task_ids(self, project: str, kind: str) -> list[str]:
+        check_text("kind", kind)
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all("SELECT item_id FROM tasks WHERE project = ? AND kind = ? ORDER BY seq", (project, kind))
+        return [r[0] for r in rows]
+
+    def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
+        sql = "SELECT item_id, priority, model_version, created_at, kind FROM tasks t WHERE project = ? AND NOT closed"
+        params: tuple = (project,)
+        if among is not None:
+            sql += f" AND {self._in('item_id')}"
+            params += (self._ids(among),)
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(f"{sql} ORDER BY {_TASK_ORDER}", params)
+        return [Task(project, *r) for r in rows]
+
+    def count_open_tasks(self, project: str) -> int:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return tx.one("SELECT COUNT(*) FROM tasks WHERE project = ? AND NOT closed", (project,))[0]
+
+    def set_gold(self, project: str, answers: Mapping[str, str]) -> None:
+        """Record (or replace) known answers; InvalidInput("label") outside the schema, NotFound
+        ("item_id") for an item not in the project. All or nothing."""
+        with self._tx() as tx:
+            p = self._project(tx, project)
+            for label in answers.values():
+                check_label(p, label)
+            self._require_items(tx, project, list(answers))
+            tx.many(
+                "INSERT INTO gold (project, item_id, label) VALUES (?, ?, ?) "
+                "ON CONFLICT (project, item_id) DO UPDATE SET label = excluded.label",
+                [(project, item_id, label) for item_id, label in answers.items()],
+            )
+
+    def gold(self, project: str) -> dict[str, str]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return dict(tx.all("SELECT item_id, label FROM gold WHERE project = ?", (project,)))
