@@ -9,8 +9,6 @@ each time, so that concurrent stores can be tested; the contract closes them). T
 from __future__ import annotations
 
 import math
-import threading
-from collections import Counter
 from typing import Callable, Iterator
 
 import numpy as np
@@ -25,39 +23,16 @@ from winnow.core.domain.records import (
     Task,
 )
 from winnow.core.ports.store import Store
+from winnow.core.testing.store_input_contract import StoreInputContract
+from winnow.core.testing.store_queue_contract import TaskQueueContract
+from winnow.core.testing.store_records import CLASSES, LEASE_S, P, items, label, lease_ids, model, task
 
-P = "proj"
-CLASSES = ("billing", "card", "other")
-LEASE_S = 60.0
-
-
-def items(*ids: str, project: str = P) -> list[Item]:
-    return [Item(project, i, f"text of {i}", ingested_at=float(n)) for n, i in enumerate(ids)]
+__all__ = ["CLASSES", "LEASE_S", "P", "StoreContract", "items", "label", "lease_ids", "model", "task"]
 
 
-def task(item_id: str, priority: float = 0.5, created_at: float = 0.0, kind: str = "label") -> Task:
-    return Task(P, item_id, priority, "m1", created_at, kind)  # type: ignore[arg-type]
-
-
-def label(item_id: str, value: str = "card", key: str | None = None, **kw: object) -> Label:
-    fields: dict = dict(
-        project=P, item_id=item_id, label=value, source="model", source_id="m1", confidence=0.99,
-        threshold=0.9, aggregation="auto_accept", guideline_version="v1", created_at=1.0,
-        idempotency_key=key or f"{item_id}:prelabel:m1",
-    )
-    return Label(**(fields | kw))
-
-
-def model(version: str, created_at: float) -> ModelVersion:
-    return ModelVersion(P, version, f"/models/{version}.onnx", created_at, 100, 1.3, 0.87, {"accuracy": 0.9})
-
-
-def lease_ids(store: Store, annotator: str, n: int = 10, now: float = 0.0, overlap: int = 1) -> list[str]:
-    return [lease.item_id for lease in store.lease_tasks(P, annotator, n, LEASE_S, now, overlap)]
-
-
-class StoreContract:
-    """Every method of ``Store``: idempotent writes, validation before writing, leasing rules."""
+class StoreContract(TaskQueueContract, StoreInputContract):
+    """Every method of ``Store``: idempotent writes, validation before writing, close requests; the
+    task queue (:class:`TaskQueueContract`), concurrency and bad input (:class:`StoreInputContract`)."""
 
     @pytest.fixture
     def store(self, open_store: Callable[[], Store]) -> Iterator[Store]:
@@ -210,127 +185,6 @@ class StoreContract:
         with pytest.raises(NotFound):
             s.get_embeddings(P, ["i0"])  # nothing was written
 
-    # -- tasks and leases -------------------------------------------------------------------
-    def test_add_tasks_is_idempotent(self, s: Store) -> None:
-        assert s.add_tasks([task("i0", 0.2), task("i1", 0.3)]) == 2
-        assert s.add_tasks([task("i0", 0.9), task("i2", 0.1)]) == 1
-        assert [(t.item_id, t.priority) for t in s.open_tasks(P)] == [("i1", 0.3), ("i0", 0.2), ("i2", 0.1)]
-        assert [t.item_id for t in s.open_tasks(P, among=["i2", "i0", "i3", "ghost"])] == ["i0", "i2"]
-        s.put_label(label("i0"))
-        assert [t.item_id for t in s.open_tasks(P, among=["i0", "i2"])] == ["i2"]
-        assert s.open_tasks(P, among=[]) == []
-        with pytest.raises(NotFound):
-            s.add_tasks([task("ghost")])
-
-    def test_task_ids_by_kind_include_closed_tasks(self, s: Store) -> None:
-        s.add_tasks([task("i0"), Task(P, "i1", 0.5, None, 1.0, "holdout"), Task(P, "i2", 0.5, None, 2.0, "holdout")])
-        s.put_label(label("i1"))
-        assert s.task_ids(P, "holdout") == ["i1", "i2"]
-        assert s.task_ids(P, "label") == ["i0"]
-
-    def test_lease_by_priority_then_created_order(self, s: Store) -> None:
-        s.add_tasks([task("i0", 0.1, 0.0), task("i1", 0.9, 1.0), task("i2", 0.5, 2.0), task("i3", 0.5, 1.5)])
-        leases = s.lease_tasks(P, "ann", 3, LEASE_S, 100.0, 1)
-        assert [x.item_id for x in leases] == ["i1", "i3", "i2"]
-        first = leases[0]
-        assert (first.annotator, first.text, first.kind, first.expires_at) == ("ann", "text of i1", "label", 160.0)
-        # its own live leases first (renewed), then new ones; never one item twice
-        again = s.lease_tasks(P, "ann", 10, LEASE_S, 110.0, 1)
-        assert [(x.item_id, x.expires_at) for x in again] == [("i1", 170.0), ("i3", 170.0), ("i2", 170.0), ("i0", 170.0)]
-
-    def test_set_priorities_reranks(self, s: Store) -> None:
-        s.add_tasks([task("i0", 0.9), task("i1", 0.5), task("i2", 0.1)])
-        s.set_priorities(P, {"i2": 2.0, "i0": 0.0, "ghost": 1.0})
-        assert [t.item_id for t in s.open_tasks(P)] == ["i2", "i1", "i0"]
-        assert lease_ids(s, "ann", n=1) == ["i2"]
-
-    def test_overlap_never_exceeded(self, s: Store) -> None:
-        s.add_tasks([task("i0")])
-        assert lease_ids(s, "x", overlap=2) == ["i0"]
-        assert lease_ids(s, "y", overlap=2) == ["i0"]
-        assert lease_ids(s, "z", overlap=2) == []
-        assert lease_ids(s, "x", overlap=2) == ["i0"]  # its own lease handed back, not a third slot
-        assert lease_ids(s, "z", overlap=2) == []
-
-    def test_answers_take_overlap_slots(self, s: Store) -> None:
-        s.add_tasks([task("i0")])
-        for who in ("x", "y"):
-            lease_ids(s, who, overlap=2)
-            assert s.add_annotation(Annotation(P, "i0", who, "card", 1.0))
-        assert lease_ids(s, "z", now=10 * LEASE_S, overlap=2) == []
-        assert lease_ids(s, "x", now=10 * LEASE_S, overlap=3) == []  # never an answered item again
-        assert lease_ids(s, "z", now=10 * LEASE_S, overlap=3) == ["i0"]
-
-    def test_gold_task_open_to_every_annotator_once(self, s: Store) -> None:
-        s.add_tasks([task("i0", kind="gold"), task("i1", priority=0.1)])
-        for who in ("x", "y", "z"):
-            assert s.lease_tasks(P, who, 1, LEASE_S, 0.0, 1)[0].kind == "gold"
-            assert s.add_annotation(Annotation(P, "i0", who, "card", 1.0))
-        assert lease_ids(s, "x") == ["i1"]
-        assert lease_ids(s, "y") == []
-
-    def test_expired_lease_is_handed_out_again(self, s: Store) -> None:
-        s.add_tasks([task("i0")])
-        assert lease_ids(s, "x", now=0.0) == ["i0"]
-        assert lease_ids(s, "y", now=LEASE_S - 1) == []
-        assert lease_ids(s, "y", now=LEASE_S) == ["i0"]
-        assert lease_ids(s, "x", now=LEASE_S + 1) == []
-
-    def test_skip_releases_and_is_final_for_the_annotator(self, s: Store) -> None:
-        s.add_tasks([task("i0")])
-        assert lease_ids(s, "x") == ["i0"]
-        s.skip(P, "x", "i0")
-        assert lease_ids(s, "y") == ["i0"]
-        assert lease_ids(s, "x", now=10 * LEASE_S) == []
-        assert lease_ids(s, "z", now=10 * LEASE_S) == ["i0"]
-
-    def test_heartbeat_extends_live_leases(self, s: Store) -> None:
-        s.add_tasks([task("i0"), task("i1", 0.1)])
-        assert lease_ids(s, "x", n=1, now=0.0) == ["i0"]
-        assert s.heartbeat(P, "x", ["i0", "i1"], LEASE_S, LEASE_S / 2) == 1
-        assert s.heartbeat(P, "y", ["i0"], LEASE_S, LEASE_S / 2) == 0
-        assert lease_ids(s, "y", n=1, now=LEASE_S + 1) == ["i1"]  # i0 still held
-        assert lease_ids(s, "z", n=1, now=1.5 * LEASE_S) == ["i0"]
-        assert s.heartbeat(P, "x", ["i0"], LEASE_S, 1.5 * LEASE_S) == 0  # lapsed
-
-    def test_annotations_per_item_and_idempotent(self, s: Store) -> None:
-        first = Annotation(P, "i0", "x", "card", 1.0)
-        assert s.add_annotation(first)
-        assert s.add_annotation(Annotation(P, "i1", "x", "other", 2.0))
-        assert s.add_annotation(Annotation(P, "i0", "y", "billing", 3.0))
-        assert not s.add_annotation(Annotation(P, "i0", "x", "billing", 4.0))
-        assert s.annotations(P, ["i0"]) == [first, Annotation(P, "i0", "y", "billing", 3.0)]
-        assert [a.item_id for a in s.annotations(P)] == ["i0", "i1", "i0"]
-        assert s.annotations(P, []) == []
-
-    def test_bad_annotation_writes_nothing(self, s: Store) -> None:
-        with pytest.raises(InvalidInput) as err:
-            s.add_annotation(Annotation(P, "i0", "x", "cat", 1.0))
-        assert err.value.field == "label" and "schema" in err.value.message
-        with pytest.raises(NotFound) as missing:
-            s.add_annotation(Annotation(P, "ghost", "x", "card", 1.0))
-        assert missing.value.field == "item_id"
-        assert s.annotations(P) == []
-
-    def test_final_label_removes_task_from_queue_and_leasing(self, s: Store) -> None:
-        s.add_tasks([task("i0", 0.9), task("i1", 0.1)])
-        assert lease_ids(s, "x", n=1) == ["i0"]
-        assert s.put_label(label("i0"))
-        assert [t.item_id for t in s.open_tasks(P)] == ["i1"]
-        assert s.heartbeat(P, "x", ["i0"], LEASE_S, 1.0) == 0
-        assert lease_ids(s, "x", now=2.0) == ["i1"]  # a lease on a closed task is not handed back
-        assert lease_ids(s, "y", now=10 * LEASE_S) == ["i1"]
-
-    # -- gold -------------------------------------------------------------------------------
-    def test_gold_round_trip_and_schema(self, s: Store) -> None:
-        s.set_gold(P, {"i0": "card", "i1": "other"})
-        s.set_gold(P, {"i1": "billing"})
-        assert s.gold(P) == {"i0": "card", "i1": "billing"}
-        with pytest.raises(InvalidInput) as err:
-            s.set_gold(P, {"i2": "card", "i3": "cat"})
-        assert err.value.field == "label"
-        assert s.gold(P) == {"i0": "card", "i1": "billing"}
-
     # -- final labels -----------------------------------------------------------------------
     def test_put_label_is_idempotent_and_final(self, s: Store) -> None:
         s.add_tasks([task("i0")])
@@ -452,3 +306,31 @@ class StoreContract:
         s.audit(P, "ann", "label", "i0", 1.0)
         assert s.audit_log(P) == [(1.0, "ann", "label", "i0"), (2.0, "op", "export", "labels.jsonl")]
         assert s.audit_log("other") == []
+
+    # -- counting without loading -----------------------------------------------------------
+    def test_counts(self, s: Store) -> None:
+        assert s.count_labels(P) == {} and s.count_open_tasks(P) == 0
+        s.add_tasks([task("i0"), task("i1"), task("i2")])
+        s.put_labels([label("i0", source="human"), label("i3"), label("i4", source="gold")])
+        s.put_label(label("i1", source="human"))
+        assert s.count_labels(P) == {"human": 2, "model": 1, "gold": 1}
+        assert s.count_open_tasks(P) == 1
+
+    # -- close-of-stream requests -----------------------------------------------------------
+    def test_close_requests_are_idempotent_while_pending_and_served_once(self, s: Store) -> None:
+        first = s.request_close(P, "r1", "op", 5.0)
+        assert (first.request_id, first.actor, first.requested_at, first.items, first.served_at) == \
+            ("r1", "op", 5.0, 5, None)
+        assert s.request_close(P, "r2", "op2", 6.0) == first  # one pending request at a time
+        assert s.close_requests(P) == s.close_requests(P, pending_only=True) == [first]
+        assert s.mark_closed(P, ["r1", "ghost"], "selector", 3, 2, 7.0) == 1
+        assert s.mark_closed(P, ["r1"], "selector", 9, 9, 8.0) == 0  # served once: the outcome stays
+        [served] = s.close_requests(P)
+        assert (served.served_at, served.tasks, served.low_confidence) == (7.0, 3, 2)
+        assert s.close_requests(P, pending_only=True) == []
+        assert s.request_close(P, "r1", "op", 9.0) == served  # a used request id is that request
+        second = s.request_close(P, "r3", "op", 10.0)
+        assert (second.request_id, second.served_at) == ("r3", None)
+        assert [r.request_id for r in s.close_requests(P)] == ["r1", "r3"]
+        log = [(actor, action) for _, actor, action, _ in s.audit_log(P)]
+        assert log == [("op", "close_stream"), ("selector", "stream_closed"), ("op", "close_stream")]

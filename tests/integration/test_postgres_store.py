@@ -1,11 +1,9 @@
-"""The PostgreSQL store against a real server: the store contract plus concurrent leasers on separate
-connections, durability across reconnecting, and recovery from a lost connection."""
+"""The PostgreSQL store against a real server: the SQL store contract (concurrent leasers on
+separate connections and migrating an older database included), durability across reconnecting, and recovery from a lost connection."""
 
 from __future__ import annotations
 
-import threading
 import uuid
-from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -13,24 +11,18 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 from winnow.core.adapters.postgres_store import PostgresStore
+from winnow.core.adapters.sql.dialect import PostgresDialect
 from winnow.core.domain.records import Project
-from winnow.core.testing.store_contract import (
-    CLASSES,
-    LEASE_S,
-    P,
-    StoreContract,
-    items,
-    label,
-    task,
-)
+from winnow.core.testing.sql_store_contract import SqlStoreContract
+from winnow.core.testing.store_contract import CLASSES, P, items, label
 
 pytestmark = pytest.mark.postgres
 
 
-class TestPostgresStore(StoreContract):
+class TestPostgresStore(SqlStoreContract):
     @pytest.fixture
-    def open_store(self, postgres_schema_dsn: str) -> Callable[[], PostgresStore]:
-        return lambda: PostgresStore(postgres_schema_dsn)
+    def open_dialect(self, postgres_schema_dsn: str) -> Callable[[], PostgresDialect]:
+        return lambda: PostgresDialect(postgres_schema_dsn)
 
 
 def test_data_survives_reconnecting(postgres_schema_dsn: str) -> None:
@@ -48,39 +40,6 @@ def test_data_survives_reconnecting(postgres_schema_dsn: str) -> None:
     store.close()
     with psycopg.connect(postgres_schema_dsn) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,), (2,)]
-
-
-def test_concurrent_leasers_on_separate_connections_never_exceed_overlap(postgres_schema_dsn: str) -> None:
-    setup = PostgresStore(postgres_schema_dsn)
-    setup.create_project(Project(P, CLASSES, overlap=2))
-    ids = [f"i{n}" for n in range(40)]
-    setup.add_items(items(*ids))
-    setup.add_tasks([task(i, priority=float(n % 5)) for n, i in enumerate(ids)])
-    setup.close()
-    stores = [PostgresStore(postgres_schema_dsn) for _ in range(4)]  # one connection (session) each
-    start = threading.Barrier(len(stores))
-    leased: list[tuple[str, str]] = []
-    errors: list[BaseException] = []
-
-    def annotate(store: PostgresStore, who: str) -> None:
-        try:
-            start.wait()
-            while got := store.lease_tasks(P, who, 3, LEASE_S, 0.0, 2):
-                leased.extend((who, lease.item_id) for lease in got)
-        except BaseException as exc:  # re-raised in the main thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=annotate, args=(s, f"ann{k}")) for k, s in enumerate(stores)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in stores:
-        s.close()
-    if errors:
-        raise errors[0]
-    assert len(set(leased)) == len(leased)  # no annotator got an item twice
-    assert Counter(item_id for _, item_id in leased) == {i: 2 for i in ids}
 
 
 def test_reconnects_after_losing_the_connection(postgres_schema_dsn: str) -> None:

@@ -49,6 +49,19 @@ class SqlBase:
             raise NotFound("project", f"no project named {name[:100]!r}")
         return self._project_of(row)
 
+    def _select(self, project: str, sql: str, order: str, among: Sequence[str] | None = None,
+                column: str = "item_id") -> list[Any]:
+        """The rows of ``sql`` (a SELECT whose WHERE clause binds the project as its one parameter),
+        only those whose ``column`` is in ``among`` when given, in ``order``; one read transaction
+        that first checks the project."""
+        params: tuple = (project,)
+        if among is not None:
+            sql += f" AND {self._in(column)}"
+            params += (self._ids(among),)
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return tx.all(f"{sql} ORDER BY {order}", params)
+
     def _require_items(self, tx: Tx, project: str, item_ids: Sequence[str]) -> None:
         """NotFound("item_id") naming the first of ``item_ids`` (in order) that is not in the project."""
         row = tx.one(

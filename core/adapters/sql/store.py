@@ -115,15 +115,10 @@ class SqlStore(SqlTaskQueue, Store):
             self._audit(tx, project, "store", "delete_item", item_id, time.time())
 
     def unlabeled_ids(self, project: str, among: Sequence[str] | None = None) -> list[str]:
-        sql = ("SELECT i.item_id FROM items i WHERE i.project = ? AND NOT EXISTS "
-               "(SELECT 1 FROM labels l WHERE l.project = i.project AND l.item_id = i.item_id)")
-        params: tuple = (project,)
-        if among is not None:
-            sql += f" AND {self._in('i.item_id')}"
-            params += (self._ids(among),)
-        with self._tx(write=False) as tx:
-            self._project(tx, project)
-            return [r[0] for r in tx.all(sql + " ORDER BY i.seq", params)]
+        rows = self._select(project, "SELECT i.item_id FROM items i WHERE i.project = ? AND NOT EXISTS "
+                                     "(SELECT 1 FROM labels l WHERE l.project = i.project AND l.item_id = i.item_id)",
+                            "i.seq", among, "i.item_id")
+        return [r[0] for r in rows]
 
     # -- embeddings -------------------------------------------------------------------------
     def put_embeddings(self, project: str, item_ids: Sequence[str], vectors: np.ndarray) -> None:

@@ -143,14 +143,8 @@ class SqlTaskQueue(SqlBase):
             return True
 
     def annotations(self, project: str, item_ids: Sequence[str] | None = None) -> list[Annotation]:
-        sql = "SELECT item_id, annotator, label, created_at FROM annotations WHERE project = ?"
-        params: tuple = (project,)
-        if item_ids is not None:
-            sql += f" AND {self._in('item_id')}"
-            params += (self._ids(item_ids),)
-        with self._tx(write=False) as tx:
-            self._project(tx, project)
-            rows = tx.all(sql + " ORDER BY created_at, seq", params)
+        rows = self._select(project, "SELECT item_id, annotator, label, created_at FROM annotations WHERE project = ?",
+                            "created_at, seq", item_ids)
         return [Annotation(project, *r) for r in rows]
 
     def task_ids(self, project: str, kind: str) -> list[str]:
@@ -161,14 +155,8 @@ class SqlTaskQueue(SqlBase):
         return [r[0] for r in rows]
 
     def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
-        sql = "SELECT item_id, priority, model_version, created_at, kind FROM tasks t WHERE project = ? AND NOT closed"
-        params: tuple = (project,)
-        if among is not None:
-            sql += f" AND {self._in('item_id')}"
-            params += (self._ids(among),)
-        with self._tx(write=False) as tx:
-            self._project(tx, project)
-            rows = tx.all(f"{sql} ORDER BY {_TASK_ORDER}", params)
+        rows = self._select(project, "SELECT item_id, priority, model_version, created_at, kind FROM tasks t "
+                                     "WHERE project = ? AND NOT closed", _TASK_ORDER, among)
         return [Task(project, *r) for r in rows]
 
     def count_open_tasks(self, project: str) -> int:

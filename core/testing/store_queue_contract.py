@@ -1,0 +1,150 @@
+"""The store contract's task queue rules: tasks, priorities, leases (overlap, expiry, heartbeats,
+skips, handing an annotator its own leases back), answers and gold. Part of
+:class:`~winnow.core.testing.store_contract.StoreContract`."""
+
+from __future__ import annotations
+
+import pytest
+from winnow.core.domain.errors import InvalidInput, NotFound
+from winnow.core.domain.records import Annotation, Task
+from winnow.core.ports.store import Store
+from winnow.core.testing.store_records import LEASE_S, P, label, lease_ids, task
+
+
+class TaskQueueContract:
+    """Needs the ``s`` fixture of :class:`StoreContract` (project ``P`` with items i0..i4, overlap 2)."""
+
+    # -- tasks and leases -------------------------------------------------------------------
+    def test_add_tasks_is_idempotent(self, s: Store) -> None:
+        assert s.add_tasks([task("i0", 0.2), task("i1", 0.3)]) == 2
+        assert s.add_tasks([task("i0", 0.9), task("i2", 0.1)]) == 1
+        assert [(t.item_id, t.priority) for t in s.open_tasks(P)] == [("i1", 0.3), ("i0", 0.2), ("i2", 0.1)]
+        assert [t.item_id for t in s.open_tasks(P, among=["i2", "i0", "i3", "ghost"])] == ["i0", "i2"]
+        s.put_label(label("i0"))
+        assert [t.item_id for t in s.open_tasks(P, among=["i0", "i2"])] == ["i2"]
+        assert s.open_tasks(P, among=[]) == []
+        with pytest.raises(NotFound):
+            s.add_tasks([task("ghost")])
+
+    def test_task_ids_by_kind_include_closed_tasks(self, s: Store) -> None:
+        s.add_tasks([task("i0"), Task(P, "i1", 0.5, None, 1.0, "holdout"), Task(P, "i2", 0.5, None, 2.0, "holdout")])
+        s.put_label(label("i1"))
+        assert s.task_ids(P, "holdout") == ["i1", "i2"]
+        assert s.task_ids(P, "label") == ["i0"]
+
+    def test_lease_by_priority_then_created_order(self, s: Store) -> None:
+        s.add_tasks([task("i0", 0.1, 0.0), task("i1", 0.9, 1.0), task("i2", 0.5, 2.0), task("i3", 0.5, 1.5)])
+        leases = s.lease_tasks(P, "ann", 3, LEASE_S, 100.0, 1)
+        assert [x.item_id for x in leases] == ["i1", "i3", "i2"]
+        first = leases[0]
+        assert (first.annotator, first.text, first.kind, first.expires_at) == ("ann", "text of i1", "label", 160.0)
+        # its own live leases first (renewed), then new ones; never one item twice
+        again = s.lease_tasks(P, "ann", 10, LEASE_S, 110.0, 1)
+        assert [(x.item_id, x.expires_at) for x in again] == [("i1", 170.0), ("i3", 170.0), ("i2", 170.0), ("i0", 170.0)]
+
+    def test_set_priorities_reranks(self, s: Store) -> None:
+        s.add_tasks([task("i0", 0.9), task("i1", 0.5), task("i2", 0.1)])
+        s.set_priorities(P, {"i2": 2.0, "i0": 0.0, "ghost": 1.0})
+        assert [t.item_id for t in s.open_tasks(P)] == ["i2", "i1", "i0"]
+        assert lease_ids(s, "ann", n=1) == ["i2"]
+
+    def test_overlap_never_exceeded(self, s: Store) -> None:
+        s.add_tasks([task("i0")])
+        assert lease_ids(s, "x", overlap=2) == ["i0"]
+        assert lease_ids(s, "y", overlap=2) == ["i0"]
+        assert lease_ids(s, "z", overlap=2) == []
+        assert lease_ids(s, "x", overlap=2) == ["i0"]  # its own lease handed back, not a third slot
+        assert lease_ids(s, "z", overlap=2) == []
+
+    def test_answers_take_overlap_slots(self, s: Store) -> None:
+        s.add_tasks([task("i0")])
+        for who in ("x", "y"):
+            lease_ids(s, who, overlap=2)
+            assert s.add_annotation(Annotation(P, "i0", who, "card", 1.0))
+        assert lease_ids(s, "z", now=10 * LEASE_S, overlap=2) == []
+        assert lease_ids(s, "x", now=10 * LEASE_S, overlap=3) == []  # never an answered item again
+        assert lease_ids(s, "z", now=10 * LEASE_S, overlap=3) == ["i0"]
+
+    def test_gold_task_open_to_every_annotator_once(self, s: Store) -> None:
+        s.add_tasks([task("i0", kind="gold"), task("i1", priority=0.1)])
+        for who in ("x", "y", "z"):
+            assert s.lease_tasks(P, who, 1, LEASE_S, 0.0, 1)[0].kind == "gold"
+            assert s.add_annotation(Annotation(P, "i0", who, "card", 1.0))
+        assert lease_ids(s, "x") == ["i1"]
+        assert lease_ids(s, "y") == []
+
+    def test_expired_lease_is_handed_out_again(self, s: Store) -> None:
+        s.add_tasks([task("i0")])
+        assert lease_ids(s, "x", now=0.0) == ["i0"]
+        assert lease_ids(s, "y", now=LEASE_S - 1) == []
+        assert lease_ids(s, "y", now=LEASE_S) == ["i0"]
+        assert lease_ids(s, "x", now=LEASE_S + 1) == []
+
+    def test_skip_releases_and_is_final_for_the_annotator(self, s: Store) -> None:
+        s.add_tasks([task("i0")])
+        assert lease_ids(s, "x") == ["i0"]
+        s.skip(P, "x", "i0")
+        assert lease_ids(s, "y") == ["i0"]
+        assert lease_ids(s, "x", now=10 * LEASE_S) == []
+        assert lease_ids(s, "z", now=10 * LEASE_S) == ["i0"]
+
+    def test_heartbeat_extends_live_leases(self, s: Store) -> None:
+        s.add_tasks([task("i0"), task("i1", 0.1)])
+        assert lease_ids(s, "x", n=1, now=0.0) == ["i0"]
+        assert s.heartbeat(P, "x", ["i0", "i1"], LEASE_S, LEASE_S / 2) == 1
+        assert s.heartbeat(P, "y", ["i0"], LEASE_S, LEASE_S / 2) == 0
+        assert lease_ids(s, "y", n=1, now=LEASE_S + 1) == ["i1"]  # i0 still held
+        assert lease_ids(s, "z", n=1, now=1.5 * LEASE_S) == ["i0"]
+        assert s.heartbeat(P, "x", ["i0"], LEASE_S, 1.5 * LEASE_S) == 0  # lapsed
+
+    def test_annotations_per_item_and_idempotent(self, s: Store) -> None:
+        first = Annotation(P, "i0", "x", "card", 1.0)
+        assert s.add_annotation(first)
+        assert s.add_annotation(Annotation(P, "i1", "x", "other", 2.0))
+        assert s.add_annotation(Annotation(P, "i0", "y", "billing", 3.0))
+        assert not s.add_annotation(Annotation(P, "i0", "x", "billing", 4.0))
+        assert s.annotations(P, ["i0"]) == [first, Annotation(P, "i0", "y", "billing", 3.0)]
+        assert [a.item_id for a in s.annotations(P)] == ["i0", "i1", "i0"]
+        assert s.annotations(P, []) == []
+
+    def test_bad_annotation_writes_nothing(self, s: Store) -> None:
+        with pytest.raises(InvalidInput) as err:
+            s.add_annotation(Annotation(P, "i0", "x", "cat", 1.0))
+        assert err.value.field == "label" and "schema" in err.value.message
+        with pytest.raises(NotFound) as missing:
+            s.add_annotation(Annotation(P, "ghost", "x", "card", 1.0))
+        assert missing.value.field == "item_id"
+        assert s.annotations(P) == []
+
+    def test_final_label_removes_task_from_queue_and_leasing(self, s: Store) -> None:
+        s.add_tasks([task("i0", 0.9), task("i1", 0.1)])
+        assert lease_ids(s, "x", n=1) == ["i0"]
+        assert s.put_label(label("i0"))
+        assert [t.item_id for t in s.open_tasks(P)] == ["i1"]
+        assert s.heartbeat(P, "x", ["i0"], LEASE_S, 1.0) == 0
+        assert lease_ids(s, "x", now=2.0) == ["i1"]  # a lease on a closed task is not handed back
+        assert lease_ids(s, "y", now=10 * LEASE_S) == ["i1"]
+
+    # -- gold -------------------------------------------------------------------------------
+    def test_gold_round_trip_and_schema(self, s: Store) -> None:
+        s.set_gold(P, {"i0": "card", "i1": "other"})
+        s.set_gold(P, {"i1": "billing"})
+        assert s.gold(P) == {"i0": "card", "i1": "billing"}
+        with pytest.raises(InvalidInput) as err:
+            s.set_gold(P, {"i2": "card", "i3": "cat"})
+        assert err.value.field == "label"
+        assert s.gold(P) == {"i0": "card", "i1": "billing"}
+
+    # -- leases handed back -----------------------------------------------------------------
+    def test_own_live_leases_are_handed_back_first_and_renewed(self, s: Store) -> None:
+        """A client that lost a lease reply gets its tasks again (the slot is not taken twice)."""
+        s.add_tasks([task("i0", 0.9), task("i1", 0.5), task("i2", 0.1)])
+        assert lease_ids(s, "x", n=2, now=0.0) == ["i0", "i1"]
+        assert lease_ids(s, "x", n=1, now=10.0) == ["i0"]  # n caps the handed-back leases too
+        again = s.lease_tasks(P, "x", 3, LEASE_S, 20.0, 1)
+        assert [(x.item_id, x.expires_at) for x in again] == [("i0", 80.0), ("i1", 80.0), ("i2", 80.0)]
+        assert lease_ids(s, "y", now=LEASE_S + 5) == []  # renewed: still held after the first expiry
+        assert s.add_annotation(Annotation(P, "i0", "x", "card", 21.0))
+        s.skip(P, "x", "i1")
+        assert lease_ids(s, "x", now=30.0) == ["i2"]  # neither an answered nor a skipped item
+        assert lease_ids(s, "y", now=90.0) == ["i1", "i2"]  # x's lease on i2 lapsed at 90
