@@ -225,6 +225,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
         store = SqliteStore(workdir / "store.sqlite")
         store.create_project(project)
         create_topics(bus, project.name, config.partitions)
+        ingest_producer = bus.producer()
         store.register_model(dataclasses.replace(head.model, project=project.name))
         timed_runtime = _TimedRuntime(runtime)
         prelabel = PrelabelWorker(new_bus(), store, project, config, timed_runtime)  # type: ignore[arg-type]
@@ -273,7 +274,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
         if ingest_profile is not None:
             ingest_profile.enable()
         for chunk in chunks:
-            ingest(bus, store, project, [Item(project.name, ids[k], texts[k], time.time()) for k in chunk])
+            ingest(ingest_producer, store, project, [Item(project.name, ids[k], texts[k], time.time()) for k in chunk])
         if ingest_profile is not None:
             ingest_profile.disable()
         ingested = time.perf_counter()

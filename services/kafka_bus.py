@@ -2,12 +2,15 @@
 
 Placement is decided here, not by Kafka's partitioner: ``publish`` sends each message to
 ``partition_for(key, partitions)``, so the embedded SQLite log and Kafka put a key on the same partition.
+Only kafka-python's public API is used, except for one call with no public equivalent, wrapped in
+``_finish_join`` (tests/unit/test_kafka_client.py fails if the client changes under it).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -29,6 +32,7 @@ from winnow.core.ports.bus import (
     Headers,
     Message,
     Offsets,
+    Producer,
     check_offsets,
     partition_for,
 )
@@ -38,6 +42,18 @@ log = logging.getLogger(__name__)
 
 def _bus_error(action: str, exc: KafkaError) -> BusError:
     return BusError(f"kafka {action} failed: {type(exc).__name__}: {exc}")
+
+
+def _finish_join(consumer: KafkaConsumer, timeout_ms: int) -> None:
+    """Drive the group coordinator until a pending (re)join has finished, for at most ``timeout_ms``.
+
+    kafka-python 3.0.12 drops a JoinGroup/SyncGroup round that completes between two polls and sends
+    JoinGroup again, which restarts the rebalance: members that poll with short timeouts can then
+    rebalance forever on a busy machine. ``KafkaConsumer.poll`` bounds the coordinator by the poll's
+    own timeout, and no public call drives the join alone, so this is the one place that reaches
+    into the client (``KafkaConsumer._coordinator``, ``ConsumerCoordinator.poll(timeout_ms=)``).
+    """
+    consumer._coordinator.poll(timeout_ms=timeout_ms)
 
 
 @contextmanager
@@ -52,10 +68,11 @@ def _broker_errors(action: str) -> Iterator[None]:
 class KafkaConsumerMember(Consumer):
     """A member of a Kafka consumer group (manual commits, earliest reset when the group has none)."""
 
-    def __init__(self, consumer: KafkaConsumer, group: str, join_timeout_ms: int) -> None:
+    def __init__(self, consumer: KafkaConsumer, group: str, join_timeout_ms: int, admin: KafkaAdminClient) -> None:
         self._consumer = consumer
         self._group = group
         self._join_timeout_ms = join_timeout_ms
+        self._admin = admin  # the bus's: reads the group's committed offsets for ``lag``
         self._closed = False
         self._handed: dict[tuple[str, int], int] = {}  # partition -> after the furthest record ever handed out
 
@@ -75,10 +92,7 @@ class KafkaConsumerMember(Consumer):
             raise InvalidInput("timeout_s", f"must not be negative, got {timeout_s}")
         self._check_open()
         with _broker_errors("poll"):
-            # kafka-python 3.0.12 drops a JoinGroup/SyncGroup round that completes between two polls
-            # and sends JoinGroup again, which restarts the rebalance: members that poll with short
-            # timeouts can then rebalance forever on a busy machine. Finish any (re)join first.
-            self._consumer._coordinator.poll(timeout_ms=self._join_timeout_ms)
+            _finish_join(self._consumer, self._join_timeout_ms)
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_messages)
         for tp, records in batches.items():
             if records:
@@ -133,9 +147,9 @@ class KafkaConsumerMember(Consumer):
     def lag(self) -> int:
         """Records in the assigned partitions past the group's committed offset (0 before assignment).
 
-        Two broker round trips (three while a partition has no commit): the committed offsets of all
-        partitions are fetched in one request, not one per partition as ``KafkaConsumer.committed``
-        would (serve's worker loop measures lag every few seconds, between steps).
+        Two broker round trips (three while a partition has no commit): the group's committed offsets
+        of all assigned partitions come in one admin request, not one per partition as
+        ``KafkaConsumer.committed`` would (serve measures lag every few seconds).
         """
         self._check_open()
         with _broker_errors("lag"):
@@ -143,9 +157,9 @@ class KafkaConsumerMember(Consumer):
             if not partitions:
                 return 0
             ends = self._consumer.end_offsets(partitions)
-            committed = {tp: meta.offset for tp, meta in
-                         self._consumer._coordinator.fetch_committed_offsets(partitions).items()}
-            never = [tp for tp in partitions if committed.get(tp) is None]
+            fetched = self._admin.list_group_offsets({self._group: partitions}).get(self._group, {})
+            committed = {tp: meta.offset for tp, meta in fetched.items() if meta.offset >= 0}
+            never = [tp for tp in partitions if tp not in committed]
             starts = self._consumer.beginning_offsets(never) if never else {}
             return sum(ends[tp] - (starts[tp] if tp in starts else committed[tp]) for tp in partitions)
 
@@ -153,25 +167,96 @@ class KafkaConsumerMember(Consumer):
         """The ``(topic, partition)`` pairs this member owns now; empty until ``poll`` has joined the group."""
         return frozenset((tp.topic, tp.partition) for tp in self._consumer.assignment())
 
-    def _abandon(self) -> None:
-        """Stop as a killed process would: no commit, no leave; the group drops it after the session timeout.
 
-        For crash tests. ``KafkaConsumer.close`` always sends LeaveGroup, so this reaches into
-        kafka-python 3.0: stop the heartbeat loop, then close the connections and the IO thread.
-        """
-        self._closed = True
-        self._consumer._coordinator._close_heartbeat()
-        self._consumer._client.close()
-        self._consumer._closed = True
+class KafkaStageProducer(Producer):
+    """One stage's ``Producer``: a ``KafkaProducer`` of its own (its own connections, buffers and IO
+    thread), so its ``flush`` waits for, and reports, exactly the messages sent through it.
+
+    Idempotent (``acks=all``, ``enable_idempotence``): a message is on every in-sync replica once
+    ``flush`` returns, and a send the broker refused is raised by that ``flush`` as ``BusError``.
+    Calls serialize on a lock; a flush holds it, so it covers exactly what was published before it.
+    """
+
+    def __init__(self, bus: KafkaBus, producer: KafkaProducer) -> None:
+        self._bus = bus
+        self._producer = producer
+        self._pending: list[FutureRecordMetadata] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError("this producer is closed")
+
+    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
+        _check_message(key, value)
+        if not isinstance(headers, tuple) or not all(
+                isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], bytes)
+                for h in headers):
+            raise InvalidInput("headers", f"must be a tuple of (str, bytes) pairs, got {headers!r:.80}")
+        partition = partition_for(key, self._bus.partitions(topic))
+        with _broker_errors(f"publish to {topic!r}"), self._lock:
+            self._check_open()
+            self._pending.append(self._producer.send(
+                topic, key=key.encode("utf-8"), value=value, headers=list(headers), partition=partition))
+
+    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Queue the pairs in order; the topic is looked up and the lock taken once for the batch."""
+        for key, value in messages:
+            _check_message(key, value)
+        if not messages:
+            return
+        partitions = self._bus.partitions(topic)
+        send = self._producer.send
+        with _broker_errors(f"publish to {topic!r}"), self._lock:
+            self._check_open()
+            self._pending.extend(
+                send(topic, key=key.encode("utf-8"), value=value, partition=partition_for(key, partitions))
+                for key, value in messages
+            )
+
+    def flush(self) -> None:
+        """Wait for every queued message's acknowledgement; ``BusError`` if any send failed or timed out."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        timeout_s = self._bus.metadata_timeout_s
+        with _broker_errors("flush"):
+            self._producer.flush(timeout=timeout_s)
+        failed = [f.exception for f in pending if f.failed()]
+        if failed:
+            raise BusError(f"kafka publish failed for {len(failed)} of {len(pending)} messages: {failed[0]!r}")
+        if any(not f.is_done for f in pending):
+            raise BusError(f"kafka flush timed out after {timeout_s} s")
+
+    def close(self) -> None:
+        """Flush, then close the producer's connections (also when the flush raised)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._flush()
+            finally:
+                with _broker_errors("producer close"):
+                    self._producer.close(timeout=self._bus.metadata_timeout_s)
+
+
+def _check_message(key: object, value: object) -> None:
+    if not isinstance(key, str):
+        raise InvalidInput("key", f"must be a string, got {type(key).__name__}")
+    if not isinstance(value, bytes):
+        raise InvalidInput("value", f"must be bytes, got {type(value).__name__}")
 
 
 class KafkaBus(Bus):
-    """Topics on an Apache Kafka cluster.
+    """Topics on an Apache Kafka cluster; each ``producer()`` is a ``KafkaStageProducer`` of its own.
 
-    Publishing is idempotent (``acks=all``, ``enable_idempotence``): a message is on every in-sync
-    replica once ``flush`` returns, and a failed send is raised by that ``flush`` as ``BusError``.
     Topics are never auto-created: publishing to or consuming from a missing one raises ``NotFound``.
-
     ``session_timeout_ms`` is how long the group waits for a silent (crashed) member before handing
     its partitions to the others (the broker must allow it: ``group.min.session.timeout.ms``, 6000 by
     default); heartbeats go every third of it unless ``heartbeat_interval_ms`` says otherwise.
@@ -195,25 +280,31 @@ class KafkaBus(Bus):
         self._heartbeat_interval_ms = heartbeat_interval_ms or max(session_timeout_ms // 3, 100)
         self._request_timeout_ms = request_timeout_ms
         self._join_timeout_ms = join_timeout_ms
-        self._metadata_timeout_ms = int(metadata_timeout_s * 1000)
+        self._linger_ms = linger_ms
+        self.metadata_timeout_s = float(metadata_timeout_s)
         self._partitions: dict[str, int] = {}
-        self._pending: list[FutureRecordMetadata] = []
-        self._pending_lock = threading.Lock()  # threads may share a bus: send+append and the swap are atomic
+        self._producers: weakref.WeakSet[KafkaStageProducer] = weakref.WeakSet()
         with _broker_errors(f"connect to {bootstrap}"):
             self._admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 client_id=f"{client_id}-admin",
                 request_timeout_ms=request_timeout_ms,
             )
-            self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap,
-                client_id=client_id,
+
+    def producer(self) -> Producer:
+        """A new ``KafkaStageProducer`` (idempotent, ``acks=all``) with connections of its own."""
+        with _broker_errors(f"connect a producer to {self._bootstrap}"):
+            producer = KafkaStageProducer(self, KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
-                linger_ms=linger_ms,
-                max_block_ms=self._metadata_timeout_ms,
-                request_timeout_ms=request_timeout_ms,
-            )
+                linger_ms=self._linger_ms,
+                max_block_ms=int(self.metadata_timeout_s * 1000),
+                request_timeout_ms=self._request_timeout_ms,
+            ))
+        self._producers.add(producer)
+        return producer
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` with the cluster's default replication; return once its metadata has leaders."""
@@ -228,7 +319,7 @@ class KafkaBus(Bus):
         except KafkaError as exc:
             raise _bus_error(f"create topic {topic!r}", exc) from exc
         with _broker_errors(f"wait for topic {topic!r}"):
-            self._admin.wait_for_topics([topic], timeout_ms=self._metadata_timeout_ms)
+            self._admin.wait_for_topics([topic], timeout_ms=int(self.metadata_timeout_s * 1000))
 
     def delete_topics(self, topics: Sequence[str]) -> None:
         """Delete ``topics`` (missing ones are ignored); for test teardown and operators."""
@@ -257,57 +348,6 @@ class KafkaBus(Bus):
             count = self._partitions[topic] = len(described["partitions"])
         return count
 
-    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
-        """Queue one message for the key's partition; it is durable once ``flush`` returns."""
-        if not isinstance(key, str):
-            raise InvalidInput("key", f"must be a string, got {type(key).__name__}")
-        if not isinstance(value, bytes):
-            raise InvalidInput("value", f"must be bytes, got {type(value).__name__}")
-        if not all(isinstance(h, tuple) and len(h) == 2 and isinstance(h[0], str) and isinstance(h[1], bytes)
-                   for h in headers):
-            raise InvalidInput("headers", f"must be (str, bytes) pairs, got {headers!r:.80}")
-        partition = partition_for(key, self.partitions(topic))
-        with _broker_errors(f"publish to {topic!r}"), self._pending_lock:
-            self._pending.append(
-                self._producer.send(
-                    topic,
-                    key=key.encode("utf-8"),
-                    value=value,
-                    headers=list(headers),
-                    partition=partition,
-                )
-            )
-
-    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Queue ``(key, value)`` pairs in order, as ``publish`` would one by one (durable once
-        ``flush`` returns); the topic is looked up and the pending list locked once for the batch."""
-        for key, value in messages:
-            if not isinstance(key, str):
-                raise InvalidInput("key", f"must be a string, got {type(key).__name__}")
-            if not isinstance(value, bytes):
-                raise InvalidInput("value", f"must be bytes, got {type(value).__name__}")
-        if not messages:
-            return
-        partitions = self.partitions(topic)
-        send = self._producer.send
-        with _broker_errors(f"publish to {topic!r}"), self._pending_lock:
-            self._pending.extend(
-                send(topic, key=key.encode("utf-8"), value=value, partition=partition_for(key, partitions))
-                for key, value in messages
-            )
-
-    def flush(self) -> None:
-        """Wait for every queued message's acknowledgement; ``BusError`` if any send failed."""
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        with _broker_errors("flush"):
-            self._producer.flush(timeout=self._metadata_timeout_ms / 1000)
-        failed = [f.exception for f in pending if f.failed()]
-        if failed:
-            raise BusError(f"kafka publish failed for {len(failed)} of {len(pending)} messages: {failed[0]!r}")
-        if any(not f.is_done for f in pending):
-            raise BusError(f"kafka flush timed out after {self._metadata_timeout_ms} ms")
-
     def consumer(self, topics: Sequence[str], group: str) -> Consumer:
         """A new member of ``group`` subscribed to ``topics`` (which must exist); it joins on first ``poll``."""
         if not topics:
@@ -333,13 +373,18 @@ class KafkaBus(Bus):
             # the group's assignment from empty metadata and keep that empty assignment.
             for topic in topics:
                 consumer.partitions_for_topic(topic)
-        return KafkaConsumerMember(consumer, group, self._join_timeout_ms)
+        return KafkaConsumerMember(consumer, group, self._join_timeout_ms, self._admin)
 
     def close(self) -> None:
-        """Flush pending messages, then close the producer and the admin connection."""
-        try:
-            self.flush()
-        finally:
-            with _broker_errors("close"):
-                self._producer.close()
-                self._admin.close()
+        """Close every producer made here (flushing it; the first failure is raised at the end), then
+        the admin connection."""
+        failure: BusError | None = None
+        for producer in list(self._producers):
+            try:
+                producer.close()
+            except BusError as e:
+                failure = failure or e
+        with _broker_errors("close"):
+            self._admin.close()
+        if failure is not None:
+            raise failure

@@ -4,7 +4,7 @@ Usable from several threads and several processes on the same file. WAL mode let
 while one writer appends; ``synchronous=FULL`` makes every commit fsync the WAL, so a message is
 durable (against power loss, not only a process crash) once the transaction that wrote it returns:
 an output store that commits before the bus offset can rely on that order. The cost is one fsync
-per transaction, which is why ``publish`` buffers and ``flush``/``publish_many`` write a batch in one.
+per transaction, which is why a producer buffers and its ``flush``/``publish_many`` write a batch in one.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from winnow.core.ports.bus import (
     Headers,
     Message,
     Offsets,
+    Producer,
     check_offsets,
     partition_for,
 )
@@ -144,13 +145,13 @@ def _assign(members: dict[str, frozenset[str]], partitions: dict[str, int], memb
 class SqliteBus(Bus):
     """The ``Bus`` as a log in one SQLite file; see the module docstring for durability.
 
-    ``publish`` buffers in memory (lost if the process dies before a ``flush``); ``flush`` and
-    ``publish_many`` write the buffer in one transaction, after which the messages are durable and
-    visible to consumers in any process. Offsets are dense per (topic, partition), starting at 0.
-    A group member whose last heartbeat is older than ``session_timeout_s`` is dead and its
-    partitions move to the others; each consumer heartbeats from a thread of its own, so a step
-    longer than the timeout between ``poll`` and ``commit`` keeps them. One instance may be shared
-    by threads (calls serialize on a lock). Nothing is ever deleted from the log (no retention yet).
+    Producers buffer in memory (lost if the process dies before a ``flush``); a flush writes its
+    producer's buffer in one transaction, after which the messages are durable and visible to
+    consumers in any process. Offsets are dense per (topic, partition), starting at 0. A group
+    member whose last heartbeat is older than ``session_timeout_s`` is dead and its partitions move
+    to the others; each consumer heartbeats from a thread of its own, so a step longer than the
+    timeout between ``poll`` and ``commit`` keeps them. One instance may be shared by threads (calls
+    serialize on a lock). Nothing is ever deleted from the log (no retention yet).
     """
 
     def __init__(self, path: Path | str, session_timeout_s: float = 10.0) -> None:
@@ -160,7 +161,7 @@ class SqliteBus(Bus):
         self.session_timeout_s = float(session_timeout_s)
         self._lock = threading.Lock()
         self._partitions: dict[str, int] = {}
-        self._pending: list[_Row] = []
+        self._producers: weakref.WeakSet[_SqliteProducer] = weakref.WeakSet()
         self._consumers: weakref.WeakSet[_SqliteConsumer] = weakref.WeakSet()
         try:
             self._conn = _connect(self.path)
@@ -172,65 +173,42 @@ class SqliteBus(Bus):
 
     @_bus_errors
     def create_topic(self, topic: str, partitions: int = 1) -> None:
-        check_topic_name(_check_name("topic", topic))  # Kafka's rule, so a name works on both buses
+        _check_name("topic", topic)
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidInput("partitions", f"must be an integer >= 1, got {partitions!r}")
         with self._lock, _write(self._conn):
             self._conn.execute("INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)", (topic, partitions))
 
-    @_bus_errors
-    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
-        """Buffer one message in memory: consumers see it, durably, once it is written.
-
-        It is written by the next ``flush`` or ``publish_many``, or once 1,000 messages wait.
-        """
-        with self._lock:
-            row = _row(topic, self._topic(topic), key, value, _encode_headers(headers))
-            self._pending.append(row)
-            if len(self._pending) >= _MAX_PENDING:
-                self._write_pending()
+    def producer(self) -> Producer:
+        """A producer with a buffer of its own, written on this bus's connection (see ``_SqliteProducer``)."""
+        producer = _SqliteProducer(self)
+        self._producers.add(producer)
+        return producer
 
     @_bus_errors
-    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Append ``(key, value)`` pairs in order after anything buffered, in one transaction (one fsync).
-
-        On return they are durable and visible to consumers. On BusError none was written and all
-        stay buffered for the next ``flush``.
-        """
+    def _rows(self, topic: str, messages: Sequence[tuple[str, bytes]], headers: Headers = ()) -> list[_Row]:
+        """The log rows of ``messages`` on ``topic``: NotFound for a missing topic, InvalidInput for bad values."""
+        encoded = _encode_headers(headers)
         with self._lock:
-            partitions = self._topic(topic)
-            rows = [_row(topic, partitions, key, value, None) for key, value in messages]
-            self._pending.extend(rows)
-            self._write_pending()
+            partitions = _topic_partitions(self._conn, _check_name("topic", topic), self._partitions)
+        return [_row(topic, partitions, key, value, encoded) for key, value in messages]
 
-    @_bus_errors
-    def flush(self) -> None:
-        """Write everything buffered by ``publish`` in one transaction; on return it is durable."""
-        with self._lock:
-            self._write_pending()
-
-    def _topic(self, topic: str) -> int:
-        return _topic_partitions(self._conn, _check_name("topic", topic), self._partitions)
-
-    def _write_pending(self) -> None:
-        """Give the buffered rows the next dense offsets of their partitions and commit them (lock held)."""
-        if not self._pending:
-            return
-        with _write(self._conn):
+    def _append(self, rows: list[_Row]) -> None:
+        """Give ``rows`` the next dense offsets of their partitions and commit them in one transaction."""
+        with self._lock, _write(self._conn):
             end: dict[TopicPartition, int] = {}
-            for tp in {(topic, partition) for topic, partition, *_ in self._pending}:
+            for tp in {(topic, partition) for topic, partition, *_ in rows}:
                 (last,) = self._conn.execute(
                     "SELECT MAX(offset) FROM messages WHERE topic = ? AND partition = ?", tp
                 ).fetchone()
                 end[tp] = -1 if last is None else last
             params = []
-            for topic, partition, key, value, headers in self._pending:
+            for topic, partition, key, value, headers in rows:
                 end[topic, partition] += 1
                 params.append((topic, partition, end[topic, partition], key, value, headers))
             self._conn.executemany(
                 "INSERT INTO messages (topic, partition, offset, key, value, headers) VALUES (?, ?, ?, ?, ?, ?)", params
             )
-        self._pending.clear()
 
     @_bus_errors
     def consumer(self, topics: Sequence[str], group: str) -> Consumer:
@@ -239,19 +217,95 @@ class SqliteBus(Bus):
             raise InvalidInput("topics", f"must be a non-empty sequence of topic names, got {topics!r}")
         with self._lock:
             for topic in topics:
-                self._topic(topic)
+                _topic_partitions(self._conn, _check_name("topic", topic), self._partitions)
             partitions = dict(self._partitions)
         consumer = _SqliteConsumer(self.path, self.session_timeout_s, tuple(sorted(set(topics))), group, partitions)
         self._consumers.add(consumer)
         return consumer
 
     def close(self) -> None:
-        """Flush, close every consumer made here (leaving their groups, without committing), disconnect."""
-        self.flush()
+        """Close every producer made here (flushing it), then every consumer (leaving their groups,
+        without committing), then disconnect; the first producer's flush error is raised at the end."""
+        failure: BusError | None = None
+        for producer in list(self._producers):
+            try:
+                producer.close()
+            except BusError as e:
+                failure = failure or e
         for consumer in list(self._consumers):
             consumer.close(commit=False)
         with self._lock:
             self._conn.close()
+        if failure is not None:
+            raise failure
+
+
+class _SqliteProducer(Producer):
+    """A buffer of rows for one stage, written by its ``flush`` (or ``publish_many``, or once 1,000
+    wait) in one transaction on the bus's connection.
+
+    A write that fails (the file locked past the busy timeout, the disk full, a trigger refusing
+    the rows) drops the rows it tried and is raised as ``BusError`` by the next ``flush``: none of
+    them was written, and the caller, not having committed its input, publishes them again after
+    redelivery. Safe to share between threads (calls serialize), though a flush then covers them all.
+    """
+
+    def __init__(self, bus: SqliteBus) -> None:
+        self._bus = bus
+        self._lock = threading.Lock()
+        self._pending: list[_Row] = []
+        self._failed: list[BusError] = []  # writes that failed since the last flush, with how many rows
+        self._failed_rows = 0
+        self._closed = False
+
+    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
+        rows = self._bus._rows(topic, [(key, value)], headers)
+        with self._lock:
+            self._check_open()
+            self._pending += rows
+            if len(self._pending) >= _MAX_PENDING:
+                self._write()
+
+    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Queue the pairs and write everything buffered at once, in one transaction (one fsync)."""
+        rows = self._bus._rows(topic, messages)
+        with self._lock:
+            self._check_open()
+            self._pending += rows
+            self._write()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._write()
+        if self._failed:
+            failed, rows, self._failed, self._failed_rows = self._failed, self._failed_rows, [], 0
+            raise BusError(f"sqlite bus: {rows} messages were not written ({len(failed)} failed writes): {failed[0]}")
+
+    def _write(self) -> None:
+        """Append the buffer to the log (lock held); a failure is kept for the next ``flush`` to raise."""
+        rows, self._pending = self._pending, []
+        if not rows:
+            return
+        try:
+            self._bus._append(rows)
+        except sqlite3.Error as e:
+            log.warning("sqlite bus write of %d messages failed: %s", len(rows), e)
+            self._failed.append(BusError(f"{type(e).__name__}: {e}"))
+            self._failed_rows += len(rows)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError("this producer is closed")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._flush()
 
 
 def _heartbeat_loop(ref: weakref.ref[_SqliteConsumer], stop: threading.Event, interval_s: float) -> None:
@@ -469,12 +523,6 @@ class _SqliteConsumer(Consumer):
                 self._conn.execute(
                     "DELETE FROM group_members WHERE grp = ? AND member = ?", (self._group, self._member)
                 )
-            self._shut()
-        self._heartbeat_thread.join()
-
-    def _abandon(self) -> None:
-        """Stop as a killed process would: no commit, no leave; the group drops it after the session timeout."""
-        with self._lock:
             self._shut()
         self._heartbeat_thread.join()
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 LabelSource = Literal["human", "model", "gold"]
 
@@ -129,29 +127,3 @@ class ModelVersion:
     temperature: float
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
-
-
-R = TypeVar("R")
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def to_json(record: object) -> bytes:
-    """Encode a record as JSON bytes (the embedded bus codec).
-
-    The same bytes as ``json.dumps(dataclasses.asdict(record))``, without asdict's deep copy: no
-    record nests another dataclass, and its tuples and dicts encode the same uncopied.
-    """
-    names = _FIELD_NAMES.get(type(record))
-    if names is None:
-        names = _FIELD_NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))  # type: ignore[arg-type]
-    return json.dumps({name: getattr(record, name) for name in names}, separators=(",", ":")).encode()
-
-
-def from_json(cls: type[R], data: bytes) -> R:
-    """Decode bytes made by :func:`to_json` back into ``cls``."""
-    raw = json.loads(data)
-    if cls is Project:
-        raw["classes"] = tuple(raw["classes"])
-    return cls(**raw)

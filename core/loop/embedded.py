@@ -39,6 +39,7 @@ class EmbeddedLoop:
         self.store.create_project(project)
         create_topics(self.bus, project.name, config.partitions)
         self.project, self.config = project, config
+        self.producer = self.bus.producer()  # ingest's
         # ingest and the stages take turns here: no more items come mid-step, and no stage runs while
         # the model works on a batch, so the worker neither waits to fill a batch nor overlaps
         self.prelabel = PrelabelWorker(self.bus, self.store, project, config, runtime, overlap=False)
@@ -48,7 +49,7 @@ class EmbeddedLoop:
         self.trainer = Trainer(self.bus, self.store, project, config, self.workdir / "models", clock, on_version)
 
     def ingest(self, items: Sequence[Item]) -> int:
-        return ingest(self.bus, self.store, self.project, items)
+        return ingest(self.producer, self.store, self.project, items)
 
     def run_until_idle(self, people: People | None = None) -> None:
         """Step every stage until none has anything left to do."""

@@ -29,6 +29,7 @@ class LabelingService:
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
                  clock: Callable[[], float] = time.time) -> None:
         self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
+        self.producer = bus.producer()  # the labels this service publishes, flushed by ``resolve``
         # items with all their answers: those without a final label yet (a crash between the last
         # answer and consensus), and those with one, whose publish a crash may have cut off (``resolve``
         # writes nothing for them and publishes the stored label again: at least once on the topic)
@@ -109,6 +110,6 @@ class LabelingService:
             labels.append(Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
                                 ",".join(who_said), float(result.confidence[k]), None, aggregation,
                                 self.project.guideline_version, now, f"{item_id}:labeling:human"))
-        new = write_final_labels(self.bus, self.store, labels)
-        self.bus.flush()
+        new = write_final_labels(self.producer, self.store, labels)
+        self.producer.flush()
         return new

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable, Mapping, Sequence
 
-from winnow.core.domain.records import Label, to_json
+from winnow.core.domain.codecs import LABELS
+from winnow.core.domain.records import Label
 from winnow.core.loop.topics import topic
-from winnow.core.ports.bus import Bus
+from winnow.core.ports.bus import Producer
 from winnow.core.ports.store import Store
 
 SameWriter = Callable[[str, str], bool]  # (stored key, attempted key) -> the stored label is this writer's own
@@ -35,18 +36,18 @@ def same_stage(stored: str, attempted: str) -> bool:
     return stored.rsplit(":", 1)[0] == attempted.rsplit(":", 1)[0]
 
 
-def publish_labels(bus: Bus, labels: Iterable[Label]) -> int:
+def publish_labels(producer: Producer, labels: Iterable[Label]) -> int:
     """Publish labels on their projects' labels topics, keyed by item id (durable at the caller's
     flush); returns how many."""
     by_project: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
     for label in labels:
-        by_project[label.project].append((label.item_id, to_json(label)))
+        by_project[label.project].append((label.item_id, LABELS.encode(label)))
     for project, messages in by_project.items():
-        bus.publish_many(topic(project, "labels"), messages)
+        producer.publish_many(topic(project, "labels"), messages)
     return sum(len(m) for m in by_project.values())
 
 
-def write_final_labels(bus: Bus, store: Store, labels: Sequence[Label], same_writer: SameWriter = same_key) -> int:
+def write_final_labels(producer: Producer, store: Store, labels: Sequence[Label], same_writer: SameWriter = same_key) -> int:
     """Write ``labels`` (``Store.put_labels``), then publish each label written now and, for each one
     refused because its item already has a final label, the stored label when ``same_writer`` says it
     is this writer's own earlier write (whose publish a crash may have cut off).
@@ -57,31 +58,31 @@ def write_final_labels(bus: Bus, store: Store, labels: Sequence[Label], same_wri
     if not labels:
         return 0
     written = store.put_labels(labels)
-    publish_labels(bus, [label for label, ok in zip(labels, written) if ok])
+    publish_labels(producer, [label for label, ok in zip(labels, written) if ok])
     refused: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
     for label, ok in zip(labels, written):
         if not ok:
             refused[label.project, label.source][label.item_id] = label.idempotency_key
     for (project, source), keys in refused.items():
-        republish_own(bus, store, project, source, keys, same_writer)
+        republish_own(producer, store, project, source, keys, same_writer)
     return sum(written)
 
 
-def republish_own(bus: Bus, store: Store, project: str, source: str, keys: Mapping[str, str],
+def republish_own(producer: Producer, store: Store, project: str, source: str, keys: Mapping[str, str],
                   same_writer: SameWriter = same_key) -> int:
     """Publish again the stored ``source`` labels of the items in ``keys`` (item id -> the idempotency
     key this writer writes for it) that ``same_writer`` says this writer made; returns how many."""
     if not keys:
         return 0
-    return republish_stored(bus, store, project, source,
+    return republish_stored(producer, store, project, source,
                             lambda s: s.item_id in keys and same_writer(s.idempotency_key, keys[s.item_id]))
 
 
-def republish_stored(bus: Bus, store: Store, project: str, source: str, keep: Callable[[Label], bool]) -> int:
+def republish_stored(producer: Producer, store: Store, project: str, source: str, keep: Callable[[Label], bool]) -> int:
     """Publish again the stored final labels of ``project`` and ``source`` for which ``keep`` is true
     (oldest first); returns how many.
 
     The store reads labels by project and source only, so this is one scan of that source's labels:
     callers pay it only when a redelivery says an earlier publish may have been lost.
     """
-    return publish_labels(bus, [label for label in store.labels(project, source) if keep(label)])
+    return publish_labels(producer, [label for label in store.labels(project, source) if keep(label)])

@@ -3,13 +3,16 @@ with the stage's I/O."""
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from winnow.core.domain.records import Item, Project
+import numpy as np
+
+from winnow.core.domain.codecs import ITEMS_SCORED
+from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.records import Item, Project, Scored
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
@@ -58,6 +61,7 @@ class PrelabelWorker(Stage):
         self._in_flight: _InFlight | None = None
         # the next batch, gathered (and decoded) while the model works on the one in flight
         self._ahead: tuple[list[Message], list[tuple[str, object]]] = ([], [])
+        self._refused: dict[str, WinnowError] = {}  # items the store refused, dead-lettered by ``_write``
 
     @property
     def overlap(self) -> bool:
@@ -70,7 +74,7 @@ class PrelabelWorker(Stage):
     def handle(self, records: list[tuple[str, object]]) -> None:
         items = self._swap_and_pick(records)
         if items:
-            self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
+            self._store_items(items)
             self._write(items, self.runtime.predict([i.text for i in items]))
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
@@ -96,7 +100,7 @@ class PrelabelWorker(Stage):
         offsets = next_offsets(messages)
         if items:
             self._in_flight = _InFlight(items, offsets, self._model.submit(self.runtime.predict, [i.text for i in items]))
-            self.store.add_items(items)  # producers may write items.raw directly: the store learns of them here
+            self._store_items(items)
         commit: dict[tuple[str, int], int] = {}
         if busy is not None:
             self._write(busy.items, finished)
@@ -104,7 +108,7 @@ class PrelabelWorker(Stage):
         if not items:  # models messages and poison only: nothing waits on the model (later offsets win)
             commit.update(offsets)
         if commit:
-            self.bus.flush()
+            self.producer.flush()
             self.consumer.commit(commit)
         if self._in_flight is not None:
             ahead = self._poll_now(max_messages)
@@ -124,7 +128,7 @@ class PrelabelWorker(Stage):
         if busy is None:
             return 0
         self._write(busy.items, busy.prediction.result())
-        self.bus.flush()
+        self.producer.flush()
         self.consumer.commit(busy.offsets)
         return len(busy.items)
 
@@ -158,18 +162,53 @@ class PrelabelWorker(Stage):
             log.info("prelabel swapped model version=%s", current.version)
         return items
 
+    def _store_items(self, items: list[Item]) -> None:
+        """Add the batch's items to the store (producers may write items.raw directly: the store learns
+        of them here). If the store refuses the batch, the items go one by one and each one it refuses
+        is left out, its error kept for ``_write`` to dead-letter it: one bad item never stops the stage."""
+        try:
+            self.store.add_items(items)
+        except InvalidInput:
+            for item in items:
+                try:
+                    self.store.add_items([item])
+                except (InvalidInput, NotFound) as e:
+                    self._refused[item.item_id] = e
+
+    def _in_store(self, item: Item) -> bool:
+        try:
+            self.store.get_items(self.project.name, [item.item_id])
+        except NotFound:
+            return False
+        return True
+
     def _write(self, items: list[Item], prediction: Prediction) -> None:
-        """Embeddings into the store, one items.scored message per item (flushed by the caller)."""
-        self.store.put_embeddings(self.project.name, [i.item_id for i in items], prediction.embeddings)
+        """Embeddings into the store, one items.scored message per item (flushed by the caller).
+
+        An item the store does not have (refused by ``_store_items``, or erased meanwhile) is
+        dead-lettered and the others are written.
+        """
+        embeddings, logits = prediction.embeddings, prediction.logits  # [n, D], [n, members, C]
+        try:
+            self.store.put_embeddings(self.project.name, [i.item_id for i in items], embeddings)
+        except NotFound:
+            keep = np.array([self._in_store(item) for item in items], bool)  # one look-up per item, only here
+            for item in (item for item, k in zip(items, keep) if not k):
+                self.reject("items.raw", [item], self._refused.pop(item.item_id, None) or NotFound(
+                    "item_id", f"item {item.item_id[:100]!r} is not in the store"))
+            items, embeddings = [item for item, k in zip(items, keep) if k], embeddings[keep]
+            logits = None if logits is None else logits[keep]
+            if not items:
+                return
+            self.store.put_embeddings(self.project.name, [i.item_id for i in items], embeddings)
         # the pre-label (class and calibrated confidence) rides along; the selector re-scores from
         # the stored embedding with its own current head
-        if prediction.logits is None:
+        if logits is None:
             labels, confidence = [None] * len(items), [None] * len(items)
         else:
-            probs = mean_probs(prediction.logits, prediction.meta["temperature"])  # [n, C]
+            probs = mean_probs(logits, prediction.meta["temperature"])  # [n, C]
             labels = [self.project.classes[k] for k in probs.argmax(1)]
             confidence = probs.max(1).tolist()
-        self.bus.publish_many(topic(self.project.name, "items.scored"), [
-            (item.item_id, json.dumps({"item_id": item.item_id, "model_version": prediction.model_version,
-                                       "label": label, "confidence": conf}).encode())
-            for item, label, conf in zip(items, labels, confidence)])
+        self.producer.publish_many(topic(self.project.name, "items.scored"), ITEMS_SCORED.keyed(
+            Scored(item.item_id, prediction.model_version, label, conf)
+            for item, label, conf in zip(items, labels, confidence)))

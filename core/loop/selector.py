@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from winnow.core.domain.records import Label, ModelVersion, Project, Task, to_json
+from winnow.core.domain.codecs import TASKS
+from winnow.core.domain.errors import NotFound
+from winnow.core.domain.records import Label, ModelVersion, Project, Scored, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.close import (
     CLOSE_CHECK_S,
@@ -134,7 +136,7 @@ class Selector(Stage):
                   for item_id, label, confidence in zip(ids, classes, probs.max(1).tolist())]
         # an item this selector labeled before (under any model version) gets its stored label
         # published again: a crash may have cut off that publish
-        return write_final_labels(self.bus, self.store, labels, same_stage)
+        return write_final_labels(self.producer, self.store, labels, same_stage)
 
     def _label_key(self, item_id: str) -> str:
         return f"{item_id}:selector:{self.head.version if self.head is not None else 'none'}"
@@ -168,7 +170,7 @@ class Selector(Stage):
         return self.close_stream()
 
     def handle(self, records: list[tuple[str, object]]) -> None:
-        scored: list[dict] = []
+        scored: list[Scored] = []
         for stage, record in records:
             if stage == "models":
                 self._swap(record)
@@ -178,17 +180,17 @@ class Selector(Stage):
             self._arrive(scored)
         self._issue_tasks(final=False)
 
-    def _arrive(self, scored: list[dict]) -> None:
+    def _arrive(self, scored: list[Scored]) -> None:
         # a redelivered message must not put an item in the backlog twice, nor next to its own task,
         # nor earn the budget a second time
-        arrived = [s["item_id"] for s in scored]
+        arrived = [s.item_id for s in scored]
         queued = {t.item_id for t in self.store.open_tasks(self.project.name, arrived)}
         unlabeled = self.store.unlabeled_ids(self.project.name, arrived)
         if len(unlabeled) < len(set(arrived)):  # redelivered: a crash may have cut off these labels' publish
             done = set(arrived).difference(unlabeled)
-            republish_own(self.bus, self.store, self.project.name, "model",
+            republish_own(self.producer, self.store, self.project.name, "model",
                           {i: self._label_key(i) for i in done}, same_stage)
-        fresh = [i for i in unlabeled if i not in queued and i not in self.backlog]
+        fresh = self._embedded([i for i in unlabeled if i not in queued and i not in self.backlog], scored)
         self.budget.observe(len(fresh))
         if not fresh:
             return
@@ -199,6 +201,16 @@ class Selector(Stage):
         self._accept([i for i, a in zip(fresh, accept) if a], probs[accept])
         keep = ~accept
         self._add_backlog([i for i, k in zip(fresh, keep) if k], emb[keep], (probs[keep], unc[keep]))
+
+    def _embedded(self, fresh: list[str], scored: list[Scored]) -> list[str]:
+        """The ``fresh`` items that have an embedding; the scored messages of the others are
+        dead-lettered (``Stage.reject``) rather than stopping the stage."""
+        have = set(self.store.embedded_ids(self.project.name, fresh)) if fresh else set()
+        if len(have) < len(fresh):
+            missing = set(fresh) - have
+            self.reject("items.scored", [s for s in scored if s.item_id in missing],
+                        NotFound("item_id", f"no embedding in the store for {len(missing)} scored items"))
+        return [i for i in fresh if i in have]
 
     def _draw_holdout(self, fresh: list[str]) -> list[str]:
         """Send a uniform random share of arrivals to people as holdout tasks; return the others."""
@@ -216,7 +228,7 @@ class Selector(Stage):
 
     def _queue(self, tasks: list[Task]) -> None:
         self.store.add_tasks(tasks)
-        self.bus.publish_many(topic(self.project.name, "tasks"), [(t.item_id, to_json(t)) for t in tasks])
+        self.producer.publish_many(topic(self.project.name, "tasks"), TASKS.keyed(tasks))
 
     def _swap(self, model: ModelVersion) -> None:
         first_sight, self._models_seen = model.version not in self._models_seen, self._models_seen | {model.version}
@@ -224,7 +236,7 @@ class Selector(Stage):
             if first_sight:  # the head came from the store at start: this may be the redelivered message
                 # of a swap a crash cut short, after its labels were written and before they were published
                 suffix = f":selector:{model.version}"
-                republish_stored(self.bus, self.store, self.project.name, "model",
+                republish_stored(self.producer, self.store, self.project.name, "model",
                                  lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
@@ -282,12 +294,12 @@ class Selector(Stage):
         low = 0
         # a close served again after a crash finds the labels it wrote out of the backlog: publish
         # them again, since the crash may have come before their publish (idempotent downstream)
-        republish_stored(self.bus, self.store, self.project.name, "model",
+        republish_stored(self.producer, self.store, self.project.name, "model",
                          lambda label: label.aggregation == "low_confidence" and ":selector:" in label.idempotency_key)
         if len(self.backlog):
             low = self._accept(self.backlog.ids, self.backlog.probs, "low_confidence")
             self.backlog.drop(np.ones(len(self.backlog), bool))
-        self.bus.flush()
+        self.producer.flush()
         # the requests are served once the output is durable: a crash before this line means the
         # close runs again after restart (its labels are idempotent, its tasks already queued)
         record_close(self.store, self.project.name, requests, tasks, low, self.clock())

@@ -1,36 +1,33 @@
-"""The stage base: a consumer that turns a batch of messages into durable output, then commits;
-poison messages go to the project's dead-letter topic."""
+"""The stage base: a consumer that turns a batch of typed records into durable output through a
+producer of its own, then commits; poison messages and records whose item is gone go to the
+project's dead-letter topic."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from typing import Sequence
 
-from winnow.core.domain.errors import InvalidInput, WinnowError
-from winnow.core.domain.records import (
-    Item,
-    Label,
-    ModelVersion,
-    Project,
-    Task,
-    from_json,
-)
+from winnow.core.domain.codecs import codec_for
+from winnow.core.domain.errors import WinnowError
+from winnow.core.domain.records import Item, Project
 from winnow.core.domain.settings import LoopConfig
-from winnow.core.domain.validation import validate_items
+from winnow.core.domain.validation import validate_item_fields, validate_items
 from winnow.core.loop.topics import consumer_group, topic
-from winnow.core.ports.bus import Bus, Message
+from winnow.core.ports.bus import Bus, Headers, Message
 from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
 
 
-_RECORDS = {"items.raw": Item, "models": ModelVersion, "labels": Label, "tasks": Task}
-
-
 class Stage(ABC):
-    """A consumer that turns a batch of messages into durable output, then commits."""
+    """A consumer that turns a batch of messages into durable output, then commits.
+
+    Each stage publishes through a producer of its own (``self.producer``): ``step`` flushes it and
+    commits only once that flush returned, so a failed publish of this stage is never hidden by, nor
+    hides, another stage's (see ``winnow.core.ports.bus.Producer``).
+    """
 
     name: str  # prelabel, selector, trainer
     stages: tuple[str, ...]
@@ -39,6 +36,7 @@ class Stage(ABC):
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig) -> None:
         self.bus, self.store, self.project, self.config = bus, store, project, config
         self.group = consumer_group(self.name, project.name)
+        self.producer = bus.producer()
         self.consumer = bus.consumer([topic(project.name, s) for s in self.stages], self.group)
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
@@ -46,7 +44,10 @@ class Stage(ABC):
 
         A message that cannot be decoded or validated (a poison message) goes to the project's
         dead-letter topic with the error in its headers, and the batch goes on without it: a bad
-        message never blocks its partition.
+        message never blocks its partition. So does a record whose item the store does not have
+        (``reject``), found while handling. Output and dead letters are durable (the producer's
+        flush returned) before the offsets are committed; a flush that raises stops the step
+        before the commit, and the batch is handed out again.
 
         Once messages arrive, a stage with ``fill_s`` waits up to that long for more, until the batch
         is full (dynamic batching: a producer's batch often lands over several polls, and every step
@@ -55,7 +56,7 @@ class Stage(ABC):
         messages = self._gather(max_messages, timeout_s)
         if messages:
             self.handle(self._decode_all(messages))
-            self.bus.flush()
+            self.producer.flush()
             self.consumer.commit()
         return len(messages)
 
@@ -79,31 +80,46 @@ class Stage(ABC):
         return records
 
     def decode(self, message: Message) -> object:
-        """The record a message carries; raises on a malformed one."""
-        stage = self._stage_of(message)
-        if stage == "items.scored":
-            scored = json.loads(message.value)
-            if not isinstance(scored, dict) or not isinstance(scored.get("item_id"), str):
-                raise InvalidInput("item_id", "a scored message has no item id")
-            return scored
-        record = from_json(_RECORDS[stage], message.value)
+        """The typed record a message carries (its topic's codec, ``winnow.core.domain.codecs``); an
+        item is validated as ingest validates it. Raises ``InvalidInput``/``NotFound`` on a bad one."""
+        record = codec_for(self._stage_of(message)).decode(message.value)
         if isinstance(record, Item):
             validate_items(self.project, [record])
+            validate_item_fields([record])
         return record
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
         log.warning("dead-lettered stage=%s topic=%s partition=%d offset=%d error=%s", self.name, message.topic,
                     message.partition, message.offset, type(error).__name__)
-        headers = (("error", f"{type(error).__name__}: {error}".encode()), ("stage", self.name.encode()),
-                   ("source", f"{message.topic}/{message.partition}/{message.offset}".encode()))
-        self.bus.publish(topic(self.project.name, "dead-letter"), message.key, message.value, headers)
+        self._publish_dead(message.key, message.value, error,
+                           f"{message.topic}/{message.partition}/{message.offset}")
+
+    def reject(self, stage: str, records: Sequence[object], error: WinnowError) -> None:
+        """Dead-letter records that decoded but cannot be handled (their item is not in the store),
+        re-encoded with their topic's codec, so the rest of the batch goes on; flushed with the step's
+        output. The ``source`` header names the topic (the offsets are not known here)."""
+        codec = codec_for(stage)
+        for key, value in codec.keyed(records):
+            log.warning("dead-lettered stage=%s topic=%s key=%s error=%s", self.name, stage, key[:100],
+                        type(error).__name__)
+            self._publish_dead(key, value, error, topic(self.project.name, stage))
+
+    def _publish_dead(self, key: str, value: bytes, error: Exception, source: str) -> None:
+        headers: Headers = (("error", f"{type(error).__name__}: {error}"[:1000].encode()),
+                            ("stage", self.name.encode()), ("source", source.encode()))
+        self.producer.publish(topic(self.project.name, "dead-letter"), key, value, headers)
 
     @abstractmethod
     def handle(self, records: list[tuple[str, object]]) -> None:
         """Make the output of the decoded ``(stage, record)`` pairs; ``step`` flushes and commits."""
 
     def close(self) -> None:
-        self.consumer.close(commit=False)
+        """Leave the group without committing, then close the producer (nothing is pending after a
+        step; a flush failure there is raised)."""
+        try:
+            self.consumer.close(commit=False)
+        finally:
+            self.producer.close()
 
     @property
     def in_flight(self) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from winnow.core.domain.records import ModelVersion, Project, to_json
+from winnow.core.domain.codecs import MODELS
+from winnow.core.domain.records import ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
@@ -67,8 +68,8 @@ class Trainer(Stage):
         model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,
                              float(threshold), result.metrics)
         self.store.register_model(model)
-        self.bus.publish(topic(self.project.name, "models"), self.project.name, to_json(model))
-        self.bus.flush()
+        self.producer.publish_many(topic(self.project.name, "models"), MODELS.keyed([model]))
+        self.producer.flush()
         self.head, self.trained_on = result.head, n
         log.info("trainer registered version=%s n_train=%d threshold=%.4f heldout_accuracy=%.3f",
                  version, n, threshold, result.metrics["heldout_accuracy"])

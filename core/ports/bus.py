@@ -1,17 +1,23 @@
-"""The message bus interface: topics of keyed messages, partitions, consumer groups, commits.
+"""The message bus interface: topics of keyed messages, partitions, producers, consumer groups, commits.
 
 Two adapters implement it: the embedded durable log in SQLite (``winnow.core.adapters.sqlite_bus``) and Apache
-Kafka (``winnow.services.kafka_bus``). Both pass one contract suite (tests/contracts/bus_contract.py).
+Kafka (``winnow.services.kafka_bus``). Both pass one contract suite (``winnow.core.testing.bus_contract``).
+The bytes are each topic's protobuf records (``winnow.core.domain.codecs``); the bus itself only moves bytes.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import zlib
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
-from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.errors import BusError, InvalidInput, WinnowError
+
+log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, bytes], ...]
 Offsets = Mapping[tuple[str, int], int]  # (topic, partition) -> the offset after the last message done
@@ -84,6 +90,11 @@ class Consumer(ABC):
         """Make everything handed out by ``poll`` so far committed for the group; with ``offsets``,
         only those positions (see ``next_offsets``).
 
+        Call it only after the ``flush`` of the producer that published the output made from those
+        messages has returned without raising: a committed message is never handed out again, so
+        output that was not durable then is lost. Off by one: an offset is the position of the next
+        message to hand out, one past the last message done.
+
         An offset past what ``poll`` has handed out for its partition raises ``InvalidInput``. A
         partition this member no longer owns (lost to a rebalance) is not committed: its new owner
         gets those messages again (Kafka also raises ``BusError`` for a commit across a rebalance).
@@ -104,11 +115,53 @@ class Consumer(ABC):
         self.close(commit=False)
 
 
+class Producer(ABC):
+    """One stage's way onto the bus: the messages it publishes, and a ``flush`` that covers exactly those.
+
+    Delivery contract (what "offsets only after durable output" rests on): ``publish`` may buffer.
+    ``flush`` returns once every message published through *this* producer since its previous flush
+    is durable (Kafka: acknowledged by every in-sync replica; SQLite: in an fsynced transaction), and
+    raises ``BusError`` if any of them failed, however it failed (the broker refused it, the log
+    could not be written): the caller must then not commit the input those messages were made from,
+    so that redelivery makes and publishes them again. A flush that raised has dropped the messages
+    it reported; the producer stays usable. A flush never waits for, and never reports, another
+    producer's messages, so each stage publishes through its own (``Bus.producer``); callers that
+    publish concurrently and flush on their own take one each (``ProducerPool``).
+
+    Messages of one key published through one producer keep their order on the key's partition.
+    Publishing to a topic that does not exist raises ``NotFound`` and a key, value or header of the
+    wrong type ``InvalidInput``, at once, with nothing buffered.
+    """
+
+    @abstractmethod
+    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
+        """Queue one message for the key's partition of ``topic``; durable once ``flush`` returns."""
+
+    @abstractmethod
+    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Queue ``(key, value)`` pairs in order, as ``publish`` would one by one (adapters batch the write)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Return once everything this producer published is durable; ``BusError`` if any of it failed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush (raising as ``flush`` does), then release the producer's resources; idempotent."""
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Bus(ABC):
-    """Named topics of keyed messages.
+    """Named topics of keyed messages: topic admin, producers and consumer group members.
 
     A key always maps to the same partition (``partition_for``), so the messages of one key keep
-    their publish order. ``publish`` may buffer; a message is durable once ``flush`` returns.
+    their publish order. Messages go on through a ``Producer`` (one per stage; see its delivery
+    contract) and come off through a ``Consumer`` (see its commit contract).
     """
 
     @abstractmethod
@@ -116,12 +169,8 @@ class Bus(ABC):
         """Create ``topic`` if it does not exist (idempotent; an existing topic keeps its partitions)."""
 
     @abstractmethod
-    def publish(self, topic: str, key: str, value: bytes, headers: Headers = ()) -> None:
-        """Append one message to the key's partition of ``topic`` (which must exist)."""
-
-    @abstractmethod
-    def flush(self) -> None:
-        """Return once everything published so far is durable."""
+    def producer(self) -> Producer:
+        """A new producer of its own: its flush covers exactly what is published through it."""
 
     @abstractmethod
     def consumer(self, topics: Sequence[str], group: str) -> Consumer:
@@ -129,9 +178,51 @@ class Bus(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Flush and release connections."""
+        """Close every producer made here (flushing it) and release connections."""
 
-    def publish_many(self, topic: str, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Publish ``(key, value)`` pairs in order; adapters may override with a batched write."""
-        for key, value in messages:
-            self.publish(topic, key, value)
+
+class ProducerPool:
+    """Producers for callers that publish concurrently and each flush on their own (API handlers).
+
+    A leased producer is the caller's alone until the ``with`` block ends, so its flush covers
+    exactly that caller's messages and reports exactly that caller's failures. Producers are reused
+    across leases and made on demand, so there are at most as many as concurrent callers.
+    """
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+        self._lock = threading.Lock()
+        self._idle: list[Producer] = []
+        self._closed = False
+
+    @contextmanager
+    def lease(self) -> Iterator[Producer]:
+        """A producer for this caller alone. If the block raises, the producer is closed (what it
+        still holds is flushed, errors logged) rather than handed to the next caller."""
+        with self._lock:
+            if self._closed:
+                raise BusError("the producer pool is closed")
+            producer = self._idle.pop() if self._idle else None
+        if producer is None:
+            producer = self._bus.producer()
+        try:
+            yield producer
+        except BaseException:
+            try:
+                producer.close()
+            except WinnowError as e:
+                log.warning("closing a producer after a failed lease: %s", e)
+            raise
+        with self._lock:
+            if not self._closed:
+                self._idle.append(producer)
+                return
+        producer.close()
+
+    def close(self) -> None:
+        """Close the idle producers; those on lease are closed when their lease ends."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for producer in idle:
+            producer.close()

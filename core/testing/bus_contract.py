@@ -1,19 +1,23 @@
 """The delivery contract of ``winnow.core.ports.bus.Bus``, run against every adapter (SQLite, Kafka).
 
-Subclass ``BusContract`` as ``Test<Adapter>Bus``, provide a ``bus`` fixture and override ``crash``
-(and ``new_topic`` / ``wait_for_assignment`` where the adapter needs it).
+Subclass ``BusContract`` as ``Test<Adapter>Bus``, provide a ``bus`` fixture and override ``bus_opener``
+(how a child process opens the same bus, for crashes) and ``refusing_topic`` (how the adapter makes a
+publish fail for real), and ``new_topic`` / ``wait_for_assignment`` where the adapter needs it.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import defaultdict
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
 
 import pytest
-from winnow.core.domain.errors import InvalidInput, NotFound
-from winnow.core.ports.bus import Bus, Consumer, Message, next_offsets, partition_for
+from winnow.core.domain.errors import BusError, InvalidInput, NotFound
+from winnow.core.ports.bus import Bus, Consumer, Message, Producer, next_offsets, partition_for
+from winnow.core.testing.crash import BusOpener, KillableMember
 
 
 def poll_until(consumer: Consumer, n: int, deadline_s: float = 10.0) -> list[Message]:
@@ -35,10 +39,14 @@ class BusContract:
     """Ordering per key, consumer groups, commit and redelivery after a crash, for any ``Bus``."""
 
     bus: Bus
+    producer: Producer  # the test's own, for messages a test needs on a topic
 
     @pytest.fixture(autouse=True)
-    def _bind_bus(self, bus: Bus) -> None:
+    def _bind_bus(self, bus: Bus) -> Iterator[None]:
         self.bus = bus
+        self.producer = bus.producer()
+        yield
+        self.producer.close()
 
     def new_topic(self, partitions: int = 1) -> str:
         """A topic name no other test uses, created on the bus with ``partitions`` partitions."""
@@ -50,9 +58,19 @@ class BusContract:
     def new_group() -> str:
         return f"group-{uuid.uuid4().hex[:12]}"
 
-    def crash(self, consumer: Consumer) -> None:
-        """Stop ``consumer`` as a killed process would: no commit, no leaving the group."""
-        raise NotImplementedError("each adapter's suite simulates a crash its own way")
+    def bus_opener(self) -> BusOpener:
+        """A picklable callable that opens this same bus in another process (for ``killable``)."""
+        raise NotImplementedError("each adapter's suite says how a child process opens its bus")
+
+    def refusing_topic(self) -> tuple[str, bytes]:
+        """A new topic and a value that ``publish`` accepts but the bus then refuses to make durable,
+        through a real mechanism of the adapter (a broker limit, a database constraint), so that the
+        ``flush`` covering it fails."""
+        raise NotImplementedError("each adapter's suite makes a publish fail its own way")
+
+    def killable(self, topics: Sequence[str], group: str) -> KillableMember:
+        """A member of ``group`` in a child process, which ``kill()`` SIGKILLs: a real crash."""
+        return KillableMember(self.bus_opener(), topics, group)
 
     def wait_for_assignment(self, consumers: Sequence[Consumer]) -> None:
         """Return once ``consumers`` share the partitions; override where joining a group is asynchronous."""
@@ -60,8 +78,8 @@ class BusContract:
     def publish(self, topic: str, n: int, keys: int = 1, tag: str = "m") -> list[bytes]:
         """Publish ``n`` messages round-robin over ``keys`` keys and flush; returns their values in order."""
         batch = [(f"key-{i % keys}", f"{tag}-{i}".encode()) for i in range(n)]
-        self.bus.publish_many(topic, batch)
-        self.bus.flush()
+        self.producer.publish_many(topic, batch)
+        self.producer.flush()
         return [v for _, v in batch]
 
     def test_order_is_kept_per_key(self) -> None:
@@ -131,12 +149,12 @@ class BusContract:
         topic = self.new_topic(2)
         group = self.new_group()
         self.publish(topic, 20, keys=8, tag="old")
-        crashed = self.bus.consumer([topic], group)
+        crashed = self.killable([topic], group)
         poll_until(crashed, 20)
         crashed.commit()
         sent = self.publish(topic, 10, keys=8, tag="new")
         assert sorted(values(poll_until(crashed, 10))) == sorted(sent)
-        self.crash(crashed)
+        crashed.kill()
         with self.bus.consumer([topic], group) as survivor:
             assert sorted(values(poll_until(survivor, 10))) == sorted(sent)
             assert survivor.poll(timeout_s=0.1) == []
@@ -146,11 +164,11 @@ class BusContract:
         topic = self.new_topic(2)
         group = self.new_group()
         sent = self.publish(topic, 24, keys=6)
-        crashed = self.bus.consumer([topic], group)
+        crashed = self.killable([topic], group)
         first = poll_until(crashed, 10)
         ahead = poll_until(crashed, 14)
         crashed.commit(next_offsets(first))
-        self.crash(crashed)
+        crashed.kill()
         with self.bus.consumer([topic], group) as survivor:
             again = poll_until(survivor, 14)
             assert survivor.poll(timeout_s=0.1) == []
@@ -197,9 +215,9 @@ class BusContract:
     def test_headers_round_trip(self) -> None:
         topic = self.new_topic(1)
         headers = (("trace-id", b"abc"), ("blob", bytes(range(256))), ("trace-id", b"second"))
-        self.bus.publish(topic, "k", b"with", headers)
-        self.bus.publish(topic, "k", b"without")
-        self.bus.flush()
+        self.producer.publish(topic, "k", b"with", headers)
+        self.producer.publish(topic, "k", b"without")
+        self.producer.flush()
         with self.bus.consumer([topic], self.new_group()) as consumer:
             with_headers, without = poll_until(consumer, 2)
         assert with_headers.headers == headers
@@ -223,5 +241,71 @@ class BusContract:
 
     def test_publish_to_an_unknown_topic_raises_not_found(self) -> None:
         with pytest.raises(NotFound) as raised:
-            self.bus.publish(f"missing-{uuid.uuid4().hex[:12]}", "k", b"v")
+            self.producer.publish(f"missing-{uuid.uuid4().hex[:12]}", "k", b"v")
         assert raised.value.field == "topic"
+        with pytest.raises(NotFound):
+            self.producer.publish_many(f"missing-{uuid.uuid4().hex[:12]}", [("k", b"v")])
+        self.producer.flush()  # nothing was queued
+
+    def test_a_flush_covers_only_its_own_producer_and_a_failed_stage_does_not_commit(self) -> None:
+        """Two stages read one topic, each in its own group and thread, and publish through their own
+        producers; one of the failing stage's publishes is refused. Both flush at the same time: the
+        failing stage's flush raises (so it does not commit), the other's returns and its output is
+        durable and its input committed; the failing stage's input is handed out again."""
+        source, out = self.new_topic(2), self.new_topic(2)
+        refusing, refused_value = self.refusing_topic()
+        sent = self.publish(source, 20, keys=6)
+        groups = {"good": self.new_group(), "failing": self.new_group()}
+        published = threading.Barrier(2, timeout=60.0)
+
+        def stage(name: str) -> BusError | None:
+            with self.bus.consumer([source], groups[name]) as consumer, self.bus.producer() as producer:
+                batch = poll_until(consumer, len(sent), deadline_s=60.0)
+                producer.publish_many(out, [(m.key, f"{name}:".encode() + m.value) for m in batch])
+                if name == "failing":
+                    producer.publish(refusing, "k", refused_value)
+                published.wait()  # both flush together: neither may take or report the other's sends
+                try:
+                    producer.flush()
+                except BusError as e:
+                    return e
+                consumer.commit()
+                return None
+
+        with ThreadPoolExecutor(2) as pool:
+            good, failing = pool.map(stage, ["good", "failing"])
+        assert good is None
+        assert isinstance(failing, BusError)
+
+        wanted = {b"good:" + v for v in sent}
+        got: set[bytes] = set()
+        deadline = time.monotonic() + 30.0
+        with self.bus.consumer([out], self.new_group()) as reader:
+            while not wanted <= got and time.monotonic() < deadline:
+                got |= set(values(reader.poll(timeout_s=0.1)))
+        assert wanted <= got, "the good stage's output is not all on the topic"
+        with self.bus.consumer([source], groups["good"]) as again:
+            self.wait_for_assignment([again])
+            assert again.poll(timeout_s=0.5) == []  # committed
+        with self.bus.consumer([source], groups["failing"]) as again:
+            assert sorted(values(poll_until(again, len(sent), deadline_s=60.0))) == sorted(sent)
+
+    def test_a_producer_is_usable_after_a_failed_flush(self) -> None:
+        refusing, refused_value = self.refusing_topic()
+        topic = self.new_topic(1)
+        with self.bus.producer() as producer:
+            producer.publish(refusing, "k", refused_value)
+            with pytest.raises(BusError):
+                producer.flush()
+            producer.publish(topic, "k", b"after")
+            producer.flush()
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            assert values(poll_until(consumer, 1)) == [b"after"]
+
+    def test_a_closed_producer_refuses_publishes(self) -> None:
+        topic = self.new_topic(1)
+        producer = self.bus.producer()
+        producer.close()
+        producer.close()  # idempotent
+        with pytest.raises(BusError, match="closed"):
+            producer.publish(topic, "k", b"v")

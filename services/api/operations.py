@@ -23,14 +23,15 @@ from winnow.core.domain.limits import (
     check_string,
     shorten,
 )
-from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project, to_json
+from winnow.core.domain.codecs import MODELS
+from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics, topic
-from winnow.core.ports.bus import Bus
+from winnow.core.ports.bus import Bus, ProducerPool
 from winnow.core.ports.store import Store
 from winnow.services.api.convert import ProjectStats
 
@@ -47,6 +48,7 @@ class WinnowApi:
 
     def __init__(self, bus: Bus, store: Store, config: LoopConfig, clock: Callable[[], float] = time.time) -> None:
         self.bus, self.store, self.config, self.clock = bus, store, config, clock
+        self.producers = ProducerPool(bus)  # one per concurrent call: a flush reports only its own call's sends
         self._labeling: dict[str, tuple[LabelingService, threading.Lock]] = {}
         self._labeling_lock = threading.Lock()
 
@@ -60,7 +62,8 @@ class WinnowApi:
         projects = {name: self.store.get_project(name) for name in by_project}
         for name, group in by_project.items():
             validate_items(projects[name], group)
-        return sum(ingest(self.bus, self.store, projects[name], group) for name, group in by_project.items())
+        with self.producers.lease() as producer:
+            return sum(ingest(producer, self.store, projects[name], group) for name, group in by_project.items())
 
     # -- labeling -------------------------------------------------------------------------------
     def _service(self, project: str, annotator: str) -> tuple[LabelingService, threading.Lock]:
@@ -141,7 +144,8 @@ class WinnowApi:
         """Make ``version`` current and publish it on the models topic (workers swap to it)."""
         check_keys("version", [version])
         model = self.store.promote(_project(project), version)
-        self.bus.publish(topic(project, "models"), project, to_json(model))
-        self.bus.flush()
+        with self.producers.lease() as producer:
+            producer.publish_many(topic(project, "models"), MODELS.keyed([model]))
+            producer.flush()
         self.store.audit(project, actor, "promote", version, self.clock())
         return model

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from winnow.core.adapters.postgres_store import PostgresStore
 from winnow.core.data.datasets import banking77
-from winnow.core.domain.records import Item, ModelVersion, Project, to_json
+from winnow.core.domain.codecs import MODELS
+from winnow.core.domain.records import Item, ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.topics import STAGES, consumer_group, create_topics, topic
@@ -213,6 +214,7 @@ def test_prelabel_scales_out_and_survives_a_killed_member(cluster: Cluster, brok
         store.create_project(record)
         create_topics(bus, project, LoopConfig().partitions)
         raw, prelabel = topic(project, "items.raw"), consumer_group("prelabel", project)
+        producer = bus.producer()
         assert bus.partitions(raw) == 4
         workers = [cluster.start("prelabel", project, metrics=True) for _ in range(2)]
         cluster.wait_ready(workers, deadline)
@@ -224,7 +226,7 @@ def test_prelabel_scales_out_and_survives_a_killed_member(cluster: Cluster, brok
             nonlocal sent
             cluster.check_alive()
             if sent < len(items) // 2:
-                ingest(bus, store, record, items[sent:sent + 10])
+                ingest(producer, store, record, items[sent:sent + 10])
                 sent += 10
             owners = [{p for t, p in member if t == raw} for member in broker.members(prelabel)]
             return len(owners) == 2 and all(owners) and all(_handled(w) > 0 for w in workers)
@@ -238,7 +240,7 @@ def test_prelabel_scales_out_and_survives_a_killed_member(cluster: Cluster, brok
         rest = items[sent:]
         assert {partition_for(i.item_id, 4) for i in rest} == set(range(4))
         for start in range(0, len(rest), 50):
-            ingest(bus, store, record, rest[start:start + 50])
+            ingest(producer, store, record, rest[start:start + 50])
         ids = [i.item_id for i in items]
 
         def all_embedded() -> bool:
@@ -308,11 +310,12 @@ def test_every_prelabel_member_swaps_to_a_new_version(cluster: Cluster, broker: 
         # a new version, registered and announced as the trainer does it
         model = _new_version(record, cluster.workdir / "models")
         store.register_model(model)
-        bus.publish(models, project, to_json(model))
-        bus.flush()
+        producer = bus.producer()
+        producer.publish_many(models, MODELS.keyed([model]))
+        producer.flush()
         wait_until(lambda: broker.lag(prelabel, [models]) == 0, deadline, "the group to handle the new version")
 
-        ingest(bus, store, record, items)
+        ingest(producer, store, record, items)
         wait_until(lambda: broker.lag(prelabel, [raw]) == 0, deadline, "the group to handle every item",
                    lambda: f"lag {broker.lag(prelabel, [raw])}\n{cluster.logs()}")
         cluster.check_alive()

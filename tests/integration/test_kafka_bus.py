@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import cast
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
 from winnow.core.ports.bus import Consumer
 from winnow.core.testing.bus_contract import BusContract
+from winnow.core.testing.crash import BusOpener
 from winnow.services.kafka_bus import KafkaBus, KafkaConsumerMember
 
 pytestmark = pytest.mark.kafka
 
 SESSION_TIMEOUT_MS = 6000  # the crash test waits this long for the group to drop the crashed member
 ASSIGNMENT_DEADLINE_S = 30.0
+REFUSING_MAX_BYTES = 1024  # the refusing topic's max.message.bytes: a bigger record is refused by the broker
 
 
 class TestKafkaBus(BusContract):
     @pytest.fixture
     def bus(self, kafka_bootstrap: str) -> Iterator[KafkaBus]:
         bus = KafkaBus(kafka_bootstrap, client_id="winnow-contract", session_timeout_ms=SESSION_TIMEOUT_MS)
+        self.bootstrap = kafka_bootstrap
         self.topics: list[str] = []
         yield bus
         try:
@@ -34,8 +41,23 @@ class TestKafkaBus(BusContract):
         self.topics.append(topic)
         return topic
 
-    def crash(self, consumer: Consumer) -> None:
-        consumer._abandon()  # type: ignore[attr-defined]
+    def bus_opener(self) -> BusOpener:
+        return functools.partial(KafkaBus, self.bootstrap, client_id="winnow-contract-killable",
+                                 session_timeout_ms=SESSION_TIMEOUT_MS)
+
+    def refusing_topic(self) -> tuple[str, bytes]:
+        """A topic whose ``max.message.bytes`` is 1 KiB, and a 64 KiB value: the client sends it (its
+        own limit is 1 MiB) and the broker refuses the batch with MESSAGE_TOO_LARGE."""
+        topic = f"contract-refusing-{uuid.uuid4().hex[:12]}"
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="winnow-contract-refusing")
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1,
+                                          topic_configs={"max.message.bytes": str(REFUSING_MAX_BYTES)})])
+            admin.wait_for_topics([topic], timeout_ms=30000)
+        finally:
+            admin.close()
+        self.topics.append(topic)
+        return topic, bytes(64 * REFUSING_MAX_BYTES)
 
     def wait_for_assignment(self, consumers: Sequence[Consumer]) -> None:
         """Poll every member, each from its own thread, until they own disjoint, non-empty partition sets.
@@ -81,9 +103,9 @@ def test_poison_messages_go_to_the_dead_letter_topic_on_kafka(kafka_bootstrap: s
         store.create_project(project)
         create_topics(bus, name, 2)
         selector = Selector(bus, store, project, LoopConfig())
-        bus.publish(topic(name, "items.scored"), "k1", b"not json")
-        bus.publish(topic(name, "items.scored"), "k2", b'{"no_item_id": 1}')
-        bus.flush()
+        with bus.producer() as producer:
+            producer.publish(topic(name, "items.scored"), "k1", b"not json")
+            producer.publish(topic(name, "items.scored"), "k2", b'{"no_item_id": 1}')
         deadline = time.monotonic() + ASSIGNMENT_DEADLINE_S
         handled = 0
         while handled < 2 and time.monotonic() < deadline:

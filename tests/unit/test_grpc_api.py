@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.domain.records import Item, ModelVersion, Task
+from winnow.core.domain.codecs import ITEMS_SCORED
+from winnow.core.domain.records import Item, ModelVersion, Scored, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.domain.validation import MAX_TEXT_BYTES
 from winnow.core.loop.close import StreamStatus
@@ -249,8 +249,8 @@ def test_close_stream_is_served_by_the_selector_and_shown_in_stats(project: Serv
     assert client.stats(P).stream == StreamStatus(P, "open")
     client.ingest(_items("a", "b"))
     store.put_embeddings(P, ["a", "b"], np.eye(2, 8, dtype=np.float32))  # what the prelabel worker does
-    bus.publish_many(topic(P, "items.scored"), [(i, json.dumps({"item_id": i}).encode()) for i in ("a", "b")])
-    bus.flush()
+    with bus.producer() as producer:
+        producer.publish_many(topic(P, "items.scored"), ITEMS_SCORED.keyed(Scored(i) for i in ("a", "b")))
 
     asked = client.close_stream(P)
     assert asked.state == "closing" and asked.requested_at is not None

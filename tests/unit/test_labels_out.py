@@ -4,7 +4,6 @@ and the publish: real SQLite store and bus; the crash is a publish on a bus whos
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.errors import BusError
-from winnow.core.domain.records import Item, Label, Project, from_json
+from winnow.core.domain.codecs import ITEMS_SCORED, LABELS
+from winnow.core.domain.records import Item, Label, Project, Scored
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.close import request_close, stream_status
 from winnow.core.loop.ingest import ingest
@@ -41,11 +41,11 @@ def _setup(store: SqliteStore, path: Path, n: int, budget_labels: int = 0) -> tu
     bus = SqliteBus(path)
     try:
         create_topics(bus, "p", 2)
-        ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+        producer = bus.producer()
+        ingest(producer, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
         vectors = np.random.default_rng(0).standard_normal((n, 8)).astype(np.float32)  # [n, 8]
         store.put_embeddings("p", ids, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-        bus.publish_many(topic("p", "items.scored"),
-                         [(i, json.dumps({"item_id": i, "model_version": None, "logits": None}).encode()) for i in ids])
+        producer.publish_many(topic("p", "items.scored"), ITEMS_SCORED.keyed(Scored(i) for i in ids))
     finally:
         bus.close()
     return project, ids
@@ -60,7 +60,7 @@ def _on_topic(path: Path, group: str) -> list[Label]:
             while batch:
                 messages += batch
                 batch = reader.poll(1000, timeout_s=0.2)
-        return [from_json(Label, m.value) for m in messages]
+        return [LABELS.decode(m.value) for m in messages]
     finally:
         bus.close()
 
@@ -76,7 +76,7 @@ def test_a_refused_label_is_published_again_only_when_the_stored_one_has_its_key
     store.put_labels([_label("i0", "i0:selector:v1", "b"), _label("i1", "i1:labeling:human", "c")])
     bus = SqliteBus(path)
     try:
-        written = write_final_labels(bus, store, [_label("i0", "i0:selector:v1"), _label("i1", "i1:selector:v1"),
+        written = write_final_labels(bus.producer(), store, [_label("i0", "i0:selector:v1"), _label("i1", "i1:selector:v1"),
                                                   _label("i2", "i2:selector:v1")])
     finally:
         bus.close()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
-from winnow.core.domain.records import Item, Project
+from winnow.core.domain.codecs import ITEMS_SCORED
+from winnow.core.domain.records import Item, Project, Scored
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.ingest import ingest
@@ -44,9 +45,8 @@ def clustered(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def score(bus: SqliteBus, store: SqliteStore, project: Project, ids: list[str], vectors: np.ndarray) -> None:
     """What the prelabel worker does, minus the encoder: vectors in the store, items.scored on the bus."""
     store.put_embeddings(project.name, ids, vectors)
-    bus.publish_many(topic(project.name, "items.scored"),
-                     [(i, json.dumps({"item_id": i, "model_version": None, "logits": None}).encode()) for i in ids])
-    bus.flush()
+    with bus.producer() as producer:
+        producer.publish_many(topic(project.name, "items.scored"), ITEMS_SCORED.keyed(Scored(i) for i in ids))
 
 
 def test_poison_messages_go_to_the_dead_letter_topic_and_never_block(env) -> None:
@@ -55,9 +55,9 @@ def test_poison_messages_go_to_the_dead_letter_topic_and_never_block(env) -> Non
     store.create_project(project)
     create_topics(bus, "p", 2)
     selector = Selector(bus, store, project, CONFIG)
-    bus.publish(topic("p", "items.scored"), "k1", b"not json")
-    bus.publish(topic("p", "items.scored"), "k2", b'{"no_item_id": 1}')
-    bus.flush()
+    with bus.producer() as producer:
+        producer.publish(topic("p", "items.scored"), "k1", b"not json")
+        producer.publish(topic("p", "items.scored"), "k2", b'{"no_item_id": 1}')
     assert selector.step() == 2
     assert selector.consumer.lag() == 0  # committed past the poison
     with bus.consumer([topic("p", "dead-letter")], "inspect") as dead:
@@ -84,7 +84,7 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
     trainer = Trainer(bus, store, project, config, tmp_path / "models")
     for start in range(0, len(ids), 50):
         chunk = ids[start:start + 50]
-        ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
+        ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
         score(bus, store, project, chunk, x[start:start + 50])
         while True:
             moved = selector.step()
@@ -147,7 +147,7 @@ def test_backlog_items_that_duplicate_a_queued_item_never_become_tasks(env) -> N
     ids = [f"i{k}" for k in range(len(x))]
     for start in range(0, len(ids), 20):
         chunk = ids[start:start + 20]
-        ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
+        ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
         score(bus, store, project, chunk, x[start:start + 20])
         while selector.step():
             check_backlog_caches(selector)
@@ -169,7 +169,7 @@ def _ingested(bus: SqliteBus, store: SqliteStore, n: int, budget_labels: int) ->
     create_topics(bus, "p", 2)
     x, _ = clustered(n)
     ids = [f"i{k}" for k in range(n)]
-    ingest(bus, store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
     return project, ids, x
 
 
@@ -203,7 +203,7 @@ def test_a_close_request_waits_for_every_item_then_labels_each_once(env) -> None
     assert selector.close_if_requested() is None  # served once
 
     # a later close drains what came after; the first one's outcome is not served twice
-    ingest(bus, store, project, [Item("p", "late", "text late", 0.0)])
+    ingest(bus.producer(), store, project, [Item("p", "late", "text late", 0.0)])
     score(bus, store, project, ["late"], x[:1])
     assert request_close(store, "p", "operator", 9.0).state == "closing"
     selector.step()
@@ -233,13 +233,13 @@ def test_a_step_waits_to_fill_its_batch_only_with_fill_s(env, tmp_path: Path, fi
     selector = Selector(bus, store, project, CONFIG)
     selector.fill_s = fill_s
     scored = topic("p", "items.scored")
-    bus.publish_many(scored, [(f"k{k}", b"poison") for k in range(3)])  # dead-lettered: only counted here
-    bus.flush()
+    with bus.producer() as producer:
+        producer.publish_many(scored, [(f"k{k}", b"poison") for k in range(3)])  # dead-lettered: only counted here
 
-    def produce_more() -> None:  # a producer of its own, as another process would be
-        producer = SqliteBus(tmp_path / "bus.sqlite")
-        producer.publish_many(scored, [("k3", b"x"), ("k4", b"y")])
-        producer.close()
+    def produce_more() -> None:  # a bus of its own, as another process would have
+        other = SqliteBus(tmp_path / "bus.sqlite")
+        other.producer().publish_many(scored, [("k3", b"x"), ("k4", b"y")])
+        other.close()
 
     later = threading.Timer(0.3, produce_more)
     later.start()

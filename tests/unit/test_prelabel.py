@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import zlib
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.codecs import ITEMS_SCORED
 from winnow.core.domain.records import Item, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.ingest import ingest
@@ -52,14 +52,14 @@ def env(tmp_path: Path):
 
 def ingested(bus: SqliteBus, store: SqliteStore, n: int) -> list[str]:
     ids = [f"i{k:03d}" for k in range(n)]
-    ingest(bus, store, store.get_project("p"), [Item("p", i, f"text {i}", 0.0) for i in ids])
+    ingest(bus.producer(), store, store.get_project("p"), [Item("p", i, f"text {i}", 0.0) for i in ids])
     return ids
 
 
 def scored(bus: SqliteBus) -> list[str]:
     """Item ids of every items.scored message so far, in order (a fresh group reads from the start)."""
     with bus.consumer([topic("p", "items.scored")], f"read-{threading.get_ident()}-{id(bus)}") as reader:
-        return [json.loads(m.value)["item_id"] for m in reader.poll(10_000, timeout_s=0.5)]
+        return [ITEMS_SCORED.decode(m.value).item_id for m in reader.poll(10_000, timeout_s=0.5)]
 
 
 def worker(bus: SqliteBus, store: SqliteStore, overlap: bool = True, encoder: Encoder | None = None) -> PrelabelWorker:
@@ -132,8 +132,8 @@ def test_poison_beside_a_batch_in_the_model_is_dead_lettered_and_committed_with_
     ids = ingested(bus, store, 3)
     prelabel = worker(bus, store)
     prelabel.step()
-    bus.publish(topic("p", "items.raw"), "bad", b"not json")
-    bus.flush()
+    with bus.producer() as producer:
+        producer.publish(topic("p", "items.raw"), "bad", b"not json")
     assert prelabel.step() == 1  # only poison came: the finished batch is written and everything committed
     assert prelabel.in_flight == 0 and prelabel.consumer.lag() == 0
     assert scored(bus) == ids

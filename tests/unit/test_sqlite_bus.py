@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import multiprocessing
 import sqlite3
@@ -17,6 +18,7 @@ from winnow.core.adapters.sqlite_bus import SqliteBus, _assign
 from winnow.core.domain.errors import BusError, InvalidInput, NotFound
 from winnow.core.ports.bus import Consumer, Message, next_offsets
 from winnow.core.testing.bus_contract import BusContract, poll_until, values
+from winnow.core.testing.crash import BusOpener
 
 SESSION_TIMEOUT_S = 0.5
 
@@ -24,11 +26,12 @@ SESSION_TIMEOUT_S = 0.5
 def _publish_from_process(path: str, topic: str, writer: int, batches: int, batch_size: int) -> None:
     """Child process body: interleave batches and single publishes on the shared file."""
     bus = SqliteBus(path)
+    producer = bus.producer()
     for b in range(batches):
         rows = [(f"w{writer}-k{i % 7}", f"w{writer}-{b * batch_size + i}".encode()) for i in range(batch_size)]
-        bus.publish_many(topic, rows[:-1])
-        bus.publish(topic, *rows[-1])
-    bus.close()  # flushes the last single publish
+        producer.publish_many(topic, rows[:-1])
+        producer.publish(topic, *rows[-1])
+    bus.close()  # closes the producer, which flushes the last single publish
 
 
 class TestSqliteBus(BusContract):
@@ -38,8 +41,16 @@ class TestSqliteBus(BusContract):
         yield bus
         bus.close()
 
-    def crash(self, consumer: Consumer) -> None:
-        consumer._abandon()  # type: ignore[attr-defined]
+    def bus_opener(self) -> BusOpener:
+        return functools.partial(SqliteBus, self.bus.path, session_timeout_s=SESSION_TIMEOUT_S)
+
+    def refusing_topic(self) -> tuple[str, bytes]:
+        """A topic whose rows the database itself refuses: a trigger aborts every insert into it."""
+        topic = self.new_topic(1)
+        with closing(sqlite3.connect(self.bus.path)) as db, db:
+            db.execute(f"CREATE TRIGGER refuse_{topic.replace('-', '_')} BEFORE INSERT ON messages"
+                       f" WHEN NEW.topic = '{topic}' BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END")
+        return topic, b"refused"
 
     def test_offsets_are_dense_from_zero_per_partition(self) -> None:
         topic = self.new_topic(3)
@@ -54,10 +65,22 @@ class TestSqliteBus(BusContract):
     def test_publish_is_visible_once_flushed(self) -> None:
         topic = self.new_topic(1)
         with self.bus.consumer([topic], self.new_group()) as consumer:
-            self.bus.publish(topic, "k", b"buffered")
+            self.producer.publish(topic, "k", b"buffered")
             assert consumer.poll() == []
-            self.bus.flush()
+            self.producer.flush()
             assert [m.value for m in consumer.poll()] == [b"buffered"]
+
+    def test_a_flush_writes_only_its_own_producers_buffer(self) -> None:
+        topic = self.new_topic(1)
+        other = self.bus.producer()
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            other.publish(topic, "k", b"other's")
+            self.producer.publish(topic, "k", b"mine")
+            self.producer.flush()
+            assert values(consumer.poll()) == [b"mine"]
+            other.flush()
+            assert values(consumer.poll()) == [b"other's"]
+        other.close()
 
     def test_members_reading_different_topics_share_one_group(self) -> None:
         members = {"a": frozenset({"t1"}), "b": frozenset({"t1", "t2"})}
@@ -69,8 +92,8 @@ class TestSqliteBus(BusContract):
         path = tmp_path / "durable.db"
         first = SqliteBus(path)
         first.create_topic("items", 2)
-        first.publish_many("items", [(f"k{i}", f"v{i}".encode()) for i in range(10)])
-        first.flush()
+        with first.producer() as producer:
+            producer.publish_many("items", [(f"k{i}", f"v{i}".encode()) for i in range(10)])
         consumer = first.consumer(["items"], "g")
         handed = poll_until(consumer, 4)
         consumer.close(commit=True)
@@ -118,9 +141,9 @@ class TestSqliteBus(BusContract):
         topic = self.new_topic(2)
 
         def publish(writer: int) -> None:
-            for i in range(100):
-                self.bus.publish(topic, f"t{writer}", str(i).encode())
-            self.bus.flush()
+            with self.bus.producer() as producer:
+                for i in range(100):
+                    producer.publish(topic, f"t{writer}", str(i).encode())
 
         threads = [threading.Thread(target=publish, args=(w,)) for w in range(4)]
         for t in threads:
@@ -211,10 +234,9 @@ class TestSqliteBus(BusContract):
         topic = self.new_topic(2)
         group = self.new_group()
         sent = self.publish(topic, 20, keys=8)
-        crashed = self.bus.consumer([topic], group)
+        crashed = self.killable([topic], group)
         poll_until(crashed, 20)
-        self.crash(crashed)
-        assert not crashed._heartbeat_thread.is_alive()  # type: ignore[attr-defined]
+        crashed.kill()
         with self.bus.consumer([topic], group) as survivor:  # gets the crashed member's share once it expires
             assert sorted(values(poll_until(survivor, 20, deadline_s=5.0))) == sorted(sent)
 
@@ -239,11 +261,11 @@ class TestSqliteBus(BusContract):
         with pytest.raises(InvalidInput, match="topic"):
             self.bus.create_topic("", 1)
         with pytest.raises(InvalidInput, match="value"):
-            self.bus.publish(topic, "k", "not bytes")  # type: ignore[arg-type]
+            self.producer.publish(topic, "k", "not bytes")  # type: ignore[arg-type]
         with pytest.raises(InvalidInput, match="key"):
-            self.bus.publish_many(topic, [(1, b"v")])  # type: ignore[list-item]
+            self.producer.publish_many(topic, [(1, b"v")])  # type: ignore[list-item]
         with pytest.raises(InvalidInput, match="headers"):
-            self.bus.publish(topic, "k", b"v", (("h", "str"),))  # type: ignore[arg-type]
+            self.producer.publish(topic, "k", b"v", (("h", "str"),))  # type: ignore[arg-type]
         with pytest.raises(InvalidInput, match="topics"):
             self.bus.consumer([], "g")
         with pytest.raises(InvalidInput, match="group"):
@@ -269,12 +291,12 @@ class TestSqliteBus(BusContract):
         topic = self.new_topic(4)
         rows = [(f"item-{i}", b"x" * 100) for i in range(10_000)]
         started = time.perf_counter()
-        self.bus.publish_many(topic, rows)
+        self.producer.publish_many(topic, rows)
         publish_many_s = time.perf_counter() - started
         started = time.perf_counter()
         for key, value in rows:
-            self.bus.publish(topic, key, value)
-        self.bus.flush()
+            self.producer.publish(topic, key, value)
+        self.producer.flush()
         publish_s = time.perf_counter() - started
         with self.bus.consumer([topic], self.new_group()) as consumer:
             started = time.perf_counter()

@@ -1,0 +1,108 @@
+"""The stage base on the embedded bus and store: a message whose record fails validation, or whose
+item the store does not have, is dead-lettered and the batch goes on (the stage never dies on it)."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.codecs import ITEMS_RAW, ITEMS_SCORED
+from winnow.core.domain.records import Item, Project, Scored
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.prelabel import PrelabelWorker
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.topics import create_topics, topic
+from winnow.core.ml.encoder import Encoder
+from winnow.core.ml.runtime import OnnxRuntime
+from winnow.core.ports.bus import Message
+
+PROJECT = Project("p", ("a", "b"))
+
+
+class CrcEncoder(Encoder):
+    """Deterministic pseudo-embeddings [n, 8] per text (no model weights)."""
+
+    encoder_id = "crc/test"
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(8) for t in texts]
+        return np.array(rows, dtype=np.float32).reshape(len(texts), 8)
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    store.create_project(PROJECT)
+    create_topics(bus, "p", 1)
+    yield bus, store
+    bus.close()
+    store.close()
+
+
+def read(bus: SqliteBus, stage: str) -> list[Message]:
+    with bus.consumer([topic("p", stage)], f"read-{stage}") as reader:
+        return reader.poll(1000, timeout_s=0.5)
+
+
+def scored_ids(bus: SqliteBus) -> list[str]:
+    return [ITEMS_SCORED.decode(m.value).item_id for m in read(bus, "items.scored")]
+
+
+def test_an_item_with_a_nan_time_on_items_raw_is_dead_lettered_and_the_batch_goes_on(env) -> None:
+    """The hard probe's item: on items.raw but refused by the store. Before, every restart of the
+    prelabel worker died on it (NotFound from put_embeddings)."""
+    bus, store = env
+    producer = bus.producer()
+    ingest(producer, store, PROJECT, [Item("p", "i0", "first", 0.0), Item("p", "i2", "third", 0.0)])
+    producer.publish_many(topic("p", "items.raw"), ITEMS_RAW.keyed([Item("p", "nan", "no time", math.nan)]))
+    producer.publish_many(topic("p", "items.raw"), ITEMS_RAW.keyed([Item("p", "i3", "fourth", 0.0)]))  # not stored yet
+    producer.flush()
+    prelabel = PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(CrcEncoder()), overlap=False)
+    assert prelabel.step() == 4
+    assert prelabel.consumer.lag() == 0
+    assert scored_ids(bus) == ["i0", "i2", "i3"]
+    (dead,) = read(bus, "dead-letter")
+    assert dead.key == "nan" and b"ingested_at" in dead.header("error")
+    assert dead.header("source") == b"winnow.p.items.raw/0/2"
+    assert math.isnan(ITEMS_RAW.decode(dead.value).ingested_at)  # the message as it came
+    prelabel.close()
+
+
+def test_an_item_erased_while_in_the_model_is_dead_lettered_and_the_others_written(env) -> None:
+    bus, store = env
+    ingest(bus.producer(), store, PROJECT, [Item("p", f"i{k}", f"text {k}", 0.0) for k in range(3)])
+    prelabel = PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(CrcEncoder()), overlap=True)
+    prelabel.step()  # the batch is in the model
+    assert prelabel.in_flight == 3
+    store.delete_item("p", "i1")
+    assert prelabel.drain() == 3
+    assert prelabel.consumer.lag() == 0
+    assert scored_ids(bus) == ["i0", "i2"]
+    assert store.embedded_ids("p", ["i0", "i1", "i2"]) == ["i0", "i2"]
+    (dead,) = read(bus, "dead-letter")
+    assert dead.key == "i1" and dead.header("error").startswith(b"NotFound: item_id")
+    assert ITEMS_RAW.decode(dead.value) == Item("p", "i1", "text 1", 0.0)
+    prelabel.close()
+
+
+def test_a_scored_item_without_an_embedding_is_dead_lettered_by_the_selector(env) -> None:
+    bus, store = env
+    store.add_items([Item("p", i, f"text {i}", 0.0) for i in ("a", "ghost", "b")])
+    store.put_embeddings("p", ["a", "b"], np.eye(2, 8, dtype=np.float32))
+    selector = Selector(bus, store, PROJECT, LoopConfig())
+    with bus.producer() as producer:
+        producer.publish_many(topic("p", "items.scored"), ITEMS_SCORED.keyed(Scored(i) for i in ("a", "ghost", "b")))
+    assert selector.step() == 3
+    assert selector.consumer.lag() == 0
+    assert sorted(selector.backlog.ids) == ["a", "b"]
+    (dead,) = read(bus, "dead-letter")
+    assert dead.key == "ghost" and dead.header("stage") == b"selector"
+    assert ITEMS_SCORED.decode(dead.value) == Scored("ghost")
+    selector.close()
