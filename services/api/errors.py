@@ -8,7 +8,6 @@ The client side (:func:`winnow_errors`) raises the same WinnowError back from th
 
 from __future__ import annotations
 
-import functools
 import logging
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -47,7 +46,6 @@ MAX_DETAILS_CHARS = 400
 INTERNAL_DETAILS = "internal error (logged on the server)"
 
 M = TypeVar("M", bound=Message)
-Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -112,24 +110,25 @@ def _guarded(rpc: str, responses: Iterable[Any], context: grpc.ServicerContext) 
         abort(context, rpc, error)
 
 
-def rpc_errors(method: Method) -> Method:
-    """Wrap a servicer method so that every error, raised before or while streaming, becomes a
-    status through :func:`abort`, and an undecodable request becomes INVALID_ARGUMENT ("request")."""
+def guarded(behaviour: Callable[[Any, grpc.ServicerContext], Any], rpc: str
+            ) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """``behaviour`` (one RPC of any servicer, ours or grpc's health and reflection) with every
+    error, raised before or while streaming, turned into a status by :func:`abort`, and an
+    undecodable request (or one undecodable message of a client stream) into INVALID_ARGUMENT
+    naming "request"."""
 
-    @functools.wraps(method)
-    def handler(self: object, request: Any, context: grpc.ServicerContext) -> Any:
-        rpc = method.__name__
+    def handler(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             if isinstance(request, Undecodable):
                 raise request.error()
             if not isinstance(request, Message):  # a client stream
                 request = _decoded(request)
-            result = method(self, request, context)
+            result = behaviour(request, context)
         except Exception as error:
             abort(context, rpc, error)
-        return result if isinstance(result, Message) else _guarded(rpc, result, context)
+        return result if result is None or isinstance(result, Message) else _guarded(rpc, result, context)
 
-    return handler  # type: ignore[return-value]
+    return handler
 
 
 _ERROR_CLASSES = {cls.__name__: cls for cls in ERROR_CODES}

@@ -1,4 +1,5 @@
-"""``create_server``: a gRPC server with the chosen winnow.v1 services, health and reflection."""
+"""``create_server``: a gRPC server with the chosen winnow.v1 services, health and reflection, each
+registered through ``servicers.handlers`` (bad bytes and errors become statuses in one place)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from collections.abc import Sequence
 from concurrent import futures
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health, health_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.ports.bus import Bus
@@ -34,7 +35,7 @@ def create_server(bus: Bus, store: Store, addr: str = "127.0.0.1:0", services: S
     api = WinnowApi(bus, store, config or LoopConfig())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_generic_rpc_handlers((handlers(health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"]),))
     names = []
     for name in services:
         servicer_cls, descriptor = SERVICES[name]
@@ -42,7 +43,9 @@ def create_server(bus: Bus, store: Store, addr: str = "127.0.0.1:0", services: S
         health_servicer.set(descriptor.full_name, health_pb2.HealthCheckResponse.SERVING)
         names.append(descriptor.full_name)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection_servicer = reflection.ReflectionServicer([*names, health.SERVICE_NAME, reflection.SERVICE_NAME])
+    server.add_generic_rpc_handlers(
+        (handlers(reflection_servicer, reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]),))
     port = server.add_insecure_port(addr)
     log.info("grpc server addr=%s port=%d services=%s", addr, port, ",".join(names))
     return server, port

@@ -98,7 +98,7 @@ def test_an_item_whose_time_is_not_a_finite_time_is_refused(edge: Edge, ingested
 
 # -- bytes that are not a request -------------------------------------------------------------------
 _UNARY = [f"/{descriptor.full_name}/{method.name}" for _, descriptor in SERVICES.values()
-          for method in descriptor.methods if not method.client_streaming]
+          for method in descriptor.methods if not method.client_streaming] + ["/grpc.health.v1.Health/Check"]
 # field 1 (a string in every request) holding bytes that are not UTF-8; then wire formats that are corrupt
 _BAD_PAYLOADS = [b"\x0a\x04\xff\xfe\xfd\xfc", b"\x0a\x02\xc3\x28", b"\xff\xff\xff\xff", b"\x0a\x7fab", b"\x08"]
 
@@ -112,7 +112,7 @@ def test_undecodable_requests_are_invalid_argument_logged_as_one_line(edge: Edge
     with caplog.at_level(logging.INFO):
         for payload in payloads:
             error = _refused(lambda: call(payload, timeout=10), "request")
-            assert "not a valid winnow.v1." in error.details()
+            assert "not a valid " in error.details() and " message: " in error.details()
     edge_lines = [r for r in caplog.records if r.name == "winnow.services.api.errors"]
     assert len(edge_lines) == len(payloads) and all(r.levelno == logging.INFO for r in edge_lines)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]  # no tracebacks
@@ -125,6 +125,13 @@ def test_an_undecodable_message_inside_an_ingest_stream_fails_the_whole_stream(e
     for bad in _BAD_PAYLOADS:
         _refused(lambda: call(iter([good, bad, good]), timeout=10), "request")
     _assert_nothing_ingested(edge)
+
+
+def test_undecodable_reflection_requests_are_invalid_argument(edge: Edge) -> None:
+    call = edge.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                      request_serializer=None, response_deserializer=None)
+    for bad in _BAD_PAYLOADS:
+        _refused(lambda: list(call(iter([bad]), timeout=10)), "request")
 
 
 # -- project names ----------------------------------------------------------------------------------
