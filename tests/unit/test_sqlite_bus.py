@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus, _assign
 from winnow.core.domain.errors import BusError, InvalidInput, NotFound
-from winnow.core.ports.bus import Consumer, Message, next_offsets
+from winnow.core.ports.bus import Consumer, Message, ProducerPool, next_offsets
 from winnow.core.testing.bus_contract import BusContract, poll_until, values
 from winnow.core.testing.crash import BusOpener
 
@@ -309,3 +309,42 @@ class TestSqliteBus(BusContract):
                 f"\nsqlite bus, 100-byte values: publish_many {len(rows) / publish_many_s:,.0f} msg/s,"
                 f" publish+flush {len(rows) / publish_s:,.0f} msg/s, poll+commit {len(got) / poll_s:,.0f} msg/s"
             )
+
+
+class TestProducerPool:
+    """``ProducerPool`` on the SQLite bus: a lease is one caller's alone, producers are reused, a
+    lease whose block raised closes its producer rather than handing it on."""
+
+    @pytest.fixture
+    def bus(self, tmp_path: Path) -> Iterator[SqliteBus]:
+        bus = SqliteBus(tmp_path / "bus.db")
+        bus.create_topic("t", 1)
+        yield bus
+        bus.close()
+
+    def test_concurrent_leases_get_different_producers_and_idle_ones_are_reused(self, bus: SqliteBus) -> None:
+        pool = ProducerPool(bus)
+        with pool.lease() as first, pool.lease() as second:
+            assert first is not second
+        with pool.lease() as again:
+            assert again in (first, second)
+        pool.close()
+        with pytest.raises(BusError, match="closed"):
+            first.publish("t", "k", b"v")
+        with pytest.raises(BusError, match="closed"):
+            with pool.lease():
+                pass
+
+    def test_a_lease_that_raised_closes_its_producer_after_flushing_it(self, bus: SqliteBus) -> None:
+        pool = ProducerPool(bus)
+        with pytest.raises(RuntimeError):
+            with pool.lease() as failed:
+                failed.publish("t", "k", b"published before the failure")
+                raise RuntimeError("the caller failed")
+        with pool.lease() as fresh:
+            assert fresh is not failed
+        with pytest.raises(BusError, match="closed"):
+            failed.publish("t", "k", b"v")
+        with bus.consumer(["t"], "g") as consumer:
+            assert values(consumer.poll(timeout_s=0.5)) == [b"published before the failure"]
+        pool.close()
