@@ -40,9 +40,8 @@ def _plain(value: Any) -> Any:
 
 
 def _enum_prefix(field: FieldDescriptor) -> str:
-    """``LABEL_SOURCE_`` for enum ``LabelSource``: what value names start with."""
-    name = field.enum_type.name
-    return "".join(f"_{c}" if c.isupper() and k else c for k, c in enumerate(name)).upper() + "_"
+    """What the enum's value names start with: ``LABEL_SOURCE_`` (from ``LABEL_SOURCE_UNSPECIFIED``)."""
+    return field.enum_type.values[0].name.removesuffix("UNSPECIFIED")
 
 
 @dataclass(frozen=True)
