@@ -12,7 +12,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
 
-import faiss
 import numpy as np
 from winnow.core.domain.errors import EmptyPoolError, InvalidInput
 from winnow.core.domain.validation import STRATEGIES
@@ -280,35 +279,9 @@ class NearDuplicateGuard:
         """Remember items ``[n]`` with embeddings ``[n, D]`` (labeled or queued)."""
         self.index.add(ids, vectors)
 
-    def remove(self, ids: np.ndarray) -> int:
-        """Forget items (deleted, or dropped from the queue). Returns how many were known."""
-        return self.index.remove(ids)
-
     def is_duplicate(self, vectors: np.ndarray) -> np.ndarray:
         """bool ``[n]``: whether each of ``vectors`` ``[n, D]`` nearly duplicates a known item."""
         return self.index.max_similarity(vectors) >= self.threshold
-
-    def dedupe(self, vectors: np.ndarray) -> np.ndarray:
-        """bool ``[n]`` keep-mask over ``vectors`` ``[n, D]``.
-
-        Drops near-duplicates of known items, then, in input order, every item that is a
-        near-duplicate of an earlier kept item of the same batch (the first of a group stays).
-        """
-        x = as_vectors("vectors", vectors, self.index.dim)
-        keep = ~self.is_duplicate(x)
-        batch = faiss.IndexFlatIP(self.index.dim)
-        batch.add(x)
-        # range_search keeps scores strictly above its radius; step down one float32 ulp for ">=".
-        radius = float(np.nextafter(np.float32(self.threshold), np.float32(-np.inf)))
-        lims, _, neighbour = batch.range_search(x, radius)
-        query = np.repeat(np.arange(len(x)), np.diff(lims).astype(np.int64))
-        later = neighbour > query
-        query, neighbour = query[later], neighbour[later]  # pairs (i, j), i < j, sorted by i
-        rows, starts, counts = np.unique(query, return_index=True, return_counts=True)
-        for i, start, count in zip(rows, starts, counts):  # items with a later near-duplicate
-            if keep[i]:
-                keep[neighbour[start : start + count]] = False
-        return keep
 
 
 class BudgetController:
@@ -316,7 +289,7 @@ class BudgetController:
 
     Credit is kept as an integer number of ``1/per_items`` units, so after ``M`` observed items
     with every grant requested in full, exactly ``floor(M * labels / per_items)`` tasks have been
-    granted (unless ``burst`` capped the credit).
+    granted.
 
     Parameters
     ----------
@@ -324,42 +297,23 @@ class BudgetController:
         Tasks allowed per ``per_items`` items, ``0 <= labels <= per_items``.
     per_items : int
         Size of the window the rate is stated over, at least 1.
-    burst : int or None
-        Most whole tasks of credit that may accumulate while nobody asks; ``None`` is unbounded.
     """
 
-    def __init__(self, labels: int, per_items: int, burst: int | None = None) -> None:
+    def __init__(self, labels: int, per_items: int) -> None:
         self.per_items = _count("per_items", per_items, 1)
         self.labels = _count("labels", labels, 0)
         if self.labels > self.per_items:
             raise InvalidInput("labels", f"must be at most per_items={per_items}, got {labels!r}")
-        self.burst = None if burst is None else _count("burst", burst, 1)
         self._units = 0  # credit in 1/per_items tasks
-        self._seen = 0
-        self._spent = 0
 
     @property
     def credit(self) -> Fraction:
         """Tasks that may still be granted, fractional."""
         return Fraction(self._units, self.per_items)
 
-    @property
-    def seen(self) -> int:
-        """Items observed so far."""
-        return self._seen
-
-    @property
-    def spent(self) -> int:
-        """Tasks granted so far."""
-        return self._spent
-
     def observe(self, n_items: int) -> None:
         """Accrue credit for ``n_items`` arriving items."""
-        n_items = _count("n_items", n_items, 0)
-        self._seen += n_items
-        self._units += self.labels * n_items
-        if self.burst is not None:
-            self._units = min(self._units, self.burst * self.per_items)
+        self._units += self.labels * _count("n_items", n_items, 0)
 
     def grant(self, requested: int) -> int:
         """How many of ``requested`` tasks may be sent now (whole credit, at most ``requested``).
@@ -369,5 +323,4 @@ class BudgetController:
         requested = _count("requested", requested, 0)
         granted = min(requested, self._units // self.per_items)
         self._units -= granted * self.per_items
-        self._spent += granted
         return granted
