@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def environment() -> dict:
@@ -33,12 +37,32 @@ def environment() -> dict:
     }
 
 
+def standard(value: Any) -> Any:
+    """``value`` as standard JSON types: NaN and infinities become None (null), NumPy scalars and
+    arrays become numbers and lists, paths become strings; dict keys become strings."""
+    if isinstance(value, dict):
+        return {str(k): standard(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [standard(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 def write_json(path: Path, result: dict) -> None:
-    """Write ``result`` atomically (temp file + rename), so a failed run leaves no half file."""
+    """Write ``result`` as standard JSON (no NaN or Infinity: they are null), atomically (temp file +
+    rename), so a failed run leaves no half file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(standard(result), indent=2, sort_keys=False, allow_nan=False) + "\n"
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=False, default=float) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

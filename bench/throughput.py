@@ -30,7 +30,7 @@ from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.data.datasets import Dataset
 from winnow.core.domain.errors import InvalidInput, WinnowError
 from winnow.core.domain.records import Item, ModelVersion, Project
-from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.domain.settings import LoopConfig, ServeConfig, TrainConfig
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.prelabel import PrelabelWorker
 from winnow.core.loop.selector import Selector
@@ -41,16 +41,12 @@ from winnow.core.ml.runtime import Prediction, Runtime
 from winnow.core.ml.training import train, write_version
 from winnow.core.ports.bus import Bus
 from winnow.core.select.index import set_threads
-from winnow.services.serve import (  # as serve runs them
-    SQLITE_SESSION_TIMEOUT_S,
-    ServeOptions,
-    _work,
-    open_bus,
-)
+from winnow.services.serve import Worker, open_bus, run_worker  # as serve runs them
 
 # What one prelabel step takes off the bus: serve's worker loop calls ``Stage.step`` with its default.
 PRELABEL_BATCH: int = inspect.signature(Stage.step).parameters["max_messages"].default
-FAISS_THREADS: int = ServeOptions.faiss_threads  # serve's default, set for the pipeline runs only
+FAISS_THREADS: int = ServeConfig.faiss_threads  # serve's default, set for the pipeline runs only
+SQLITE_SESSION_TIMEOUT_S: float = ServeConfig.sqlite_session_timeout_s
 HEAD_VERSION = "bench-head"
 # Each role gets its own bus client: one KafkaBus shared by the stage threads (as ``winnow serve all``
 # shares it) fails flushes at random. A publish in another thread can land its future in the list a
@@ -207,7 +203,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
     committed); afterwards every item is checked to be scored and decided once.
     """
     workdir.mkdir(parents=True)
-    kafka = _bus_kind(bus_url) == "kafka"
+    kafka = bus_kind(bus_url) == "kafka"
     faiss_threads = set_threads(FAISS_THREADS)
     buses: list[Bus] = []
 
@@ -252,7 +248,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
 
         def worker(name: str) -> None:
             try:
-                _work(name, metered[name], store, stop)  # type: ignore[arg-type]
+                run_worker(Worker(name, metered[name]), store, stop)  # type: ignore[arg-type]
             except BaseException as e:  # surfaced by the main thread, which stops waiting
                 errors.append(e)
                 done.set()
@@ -379,12 +375,13 @@ def run_model_only(texts: Sequence[str], runtime: Runtime, batch: int) -> dict:
             "thread_cpu_s": _cpu_delta(threads_before, thread_cpu_s())}
 
 
-def _bus_kind(bus_url: str | None) -> str:
+def bus_kind(bus_url: str | None) -> str:
+    """``sqlite`` or ``kafka`` for a benchmark's ``--bus`` (None: sqlite); InvalidInput for anything else."""
     if bus_url is None or bus_url == "sqlite" or bus_url.startswith("sqlite:///"):
         return "sqlite"
     if bus_url.startswith("kafka://"):
         return "kafka"
-    raise InvalidInput("bus", f"{bus_url!r} is neither kafka://HOST:PORT nor sqlite")
+    raise InvalidInput("--bus", f"{bus_url[:200]!r} is neither kafka://HOST:PORT nor sqlite")
 
 
 def plot_throughput(path: Path, result: dict) -> None:
@@ -434,7 +431,7 @@ def run_throughput_benchmark(
     run's threads are profiled (cProfile, one ``.pstats`` per thread); profiling slows them down.
     Writes ``out`` (JSON) and the PNG beside it, and returns the result.
     """
-    bus = _bus_kind(bus_url)
+    bus = bus_kind(bus_url)
     if isinstance(runtime.encoder, CachedEncoder):
         raise InvalidInput("runtime", "has an embedding cache: repeats would be served from it "
                                       "(make_runtime(..., embedding_cache=False))")

@@ -1,6 +1,10 @@
-"""The `winnow` command: demo, benchmarks (and, in distributed mode, the services).
+"""The `winnow` command: demo, benchmarks and the services, with every bad value a one-line error.
 
-Every option falls back to a ``WINNOW_*`` environment variable, named in its help text.
+Flags come from :mod:`winnow.core.domain.settings` (one :class:`Settings` object) plus a few
+command-specific options here; each falls back to a ``WINNOW_*`` environment variable, named in
+its help text. argparse only splits the command line: every value is typed and checked by the
+settings' options, so a bad flag or variable ends as ``winnow: error: --seed: 'abc' is not an
+integer`` with exit code 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,144 +13,173 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NoReturn, Sequence
 
-from winnow.core.domain.errors import WinnowError
+from winnow.core.domain.errors import InvalidInput, WinnowError
+from winnow.core.domain.validation import STRATEGIES
+from winnow.core.domain.settings import (
+    SERVICES,
+    LoopConfig,
+    Option,
+    RuntimeConfig,
+    ServeConfig,
+    Settings,
+    options,
+    resolve,
+    value_of,
+)
+
+USAGE_ERROR = 2
+
+# command-specific options (a project's schema in the demo and benchmarks, result paths): not settings
+STRATEGY = Option("strategy", str, f"selection strategy: {', '.join(STRATEGIES)}", "cluster_margin",
+                  choices=STRATEGIES)
+BUDGET = Option("budget", str, "human label budget, LABELS/ITEMS", "25/100")
+PRECISION = Option("precision", float, "precision target for auto-accepted labels", 0.98, low=0.0, high=1.0,
+                   low_open=True, high_open=True)
+DEMO_ITEMS = Option("items", int, "stream only this many rows (all 10,003 by default)", None, env_name="DEMO_ITEMS",
+                    low=1, optional=True)
+DEMO_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated",
+                    ("0.02", "0.05", "0.10"), env_name="DEMO_NOISE")
+NOISE_RATE = Option("noise", float, "error rate of one simulated annotator", low=0.0, high=1.0)
+OVERLAP = Option("overlap", int, "distinct annotators per picked item (consensus when > 1)", 1, low=1, high=16)
+GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 20, low=0)
+OUT_DIR = Option("out_dir", Path, "where the demo writes its store, models, JSON and PNG (a new or empty folder, "
+                 "or an earlier demo's output)", Path("winnow-demo"))
+LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
+CSV = Option("csv", Path, "labeled CSV to stream (default: bundled Banking77 train)", None, optional=True)
+TEXT_COL = Option("text_col", str, "text column", "text")
+LABEL_COL = Option("label_col", str, "label column", "category")
+TEST_CSV = Option("test_csv", Path, "labeled CSV for model test accuracy (default with no --csv: Banking77 test)",
+                  None, optional=True)
+BENCH_BUS = Option("bus", str, "kafka://HOST:PORT, or sqlite for the embedded log (each run gets a fresh one in a "
+                   "temp dir)", None, optional=True)
+BENCH_ITEMS = Option("items", int, "items per run (the first of a seeded shuffle of Banking77 train)", 2000,
+                     env_name="BENCH_ITEMS", low=1)
+BENCH_REPEATS = Option("repeats", int, "pipeline and model-only runs each, alternating (medians)", 3,
+                       env_name="BENCH_REPEATS", low=1)
+BENCH_HEAD_LABELS = Option("head_labels", int, "Banking77 test rows the head is trained on before the runs", 400,
+                           env_name="BENCH_HEAD_LABELS", low=10)
+BENCH_PROFILE_DIR = Option("profile_dir", Path, "write cProfile stats of every pipeline thread here (slows the "
+                           "pipeline runs)", None, env_name="BENCH_PROFILE_DIR", optional=True)
+PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
 
 
-def _env(name: str, default: str | None) -> str | None:
-    return os.environ.get(f"WINNOW_{name}", default)
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line, ``winnow: error: ...``, and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"winnow: error: {message.removeprefix('argument ')}\n")
 
 
-def _opt(parser: argparse.ArgumentParser, flag: str, env: str, default: str | None, help_text: str, **kw) -> None:
-    parser.add_argument(flag, default=_env(env, default), help=f"{help_text} (env WINNOW_{env}; default {default})", **kw)
+def add_options(parser: argparse.ArgumentParser, opts: Sequence[Option]) -> None:
+    """One ``--flag VALUE`` per option, kept as text (the option types and checks it after parsing)."""
+    for option in opts:
+        metavar = ("{" + ",".join(option.choices) + "}" if option.choices
+                   else "A,B" if option.kind is tuple else option.kind.__name__.upper())
+        parser.add_argument(option.flag, dest=option.key, default=None, metavar=metavar,
+                            help=option.describe().replace("%", "%%"))
 
 
-def _budget(text: str) -> tuple[int, int]:
-    """'25/100' -> 25 labels per 100 items."""
+def given(args: argparse.Namespace, option: Option) -> Any:
+    """The value of a command-specific option: flag, else ``WINNOW_*`` variable, else default."""
+    value = value_of(option, vars(args), os.environ)
+    if value is None and not option.optional:
+        raise InvalidInput(option.flag, f"is required (or set {option.env})")
+    return value
+
+
+def budget(args: argparse.Namespace) -> tuple[int, int]:
+    """``--budget 25/100`` -> 25 labels per 100 items."""
+    text = given(args, BUDGET)
     try:
         labels, per = (int(x) for x in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must look like LABELS/ITEMS, e.g. 25/100, got {text!r}") from None
+        raise InvalidInput(BUDGET.flag, f"must look like LABELS/ITEMS, e.g. 25/100, got {text!r}") from None
+    if not 0 <= labels <= per or per < 1:
+        raise InvalidInput(BUDGET.flag, f"needs 0 <= LABELS <= ITEMS and ITEMS >= 1, got {text!r}")
     return labels, per
 
 
-def _common_loop_options(p: argparse.ArgumentParser) -> None:
-    _opt(p, "--strategy", "STRATEGY", "cluster_margin", "selection strategy: random, uncertainty, kcenter, cluster_margin, badge")
-    _opt(p, "--budget", "BUDGET", "25/100", "human label budget, LABELS/ITEMS", type=_budget)
-    _opt(p, "--precision", "PRECISION", "0.98", "precision target for auto-accepted labels")
-    _opt(p, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
-    _opt(p, "--cache-dir", "CACHE_DIR", None, "cache for the ONNX export and embeddings (default ~/.cache/winnow)")
-    _opt(p, "--seed", "SEED", "0", "seed of the stream order and every random choice")
-    _opt(p, "--holdout-share", "HOLDOUT_SHARE", "0.15",
-         "share of the human budget spent on uniformly drawn items that calibrate the auto-accept threshold")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="winnow", description="Active-learning labeling orchestration.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage's decisions")
+    parser = Parser(prog="winnow", description="Active-learning labeling orchestration.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage's decisions (serve: debug)")
     sub = parser.add_subparsers(dest="command", required=True)
+    loop_options = options(LoopConfig) + options(RuntimeConfig)
 
     demo = sub.add_parser("demo", help="stream Banking77 through the loop with simulated annotators")
-    _common_loop_options(demo)
-    _opt(demo, "--items", "DEMO_ITEMS", None, "stream only this many rows (all 10,003 by default)")
-    _opt(demo, "--noise", "DEMO_NOISE", "0.02,0.05,0.10", "error rate of each simulated annotator, comma-separated")
-    _opt(demo, "--overlap", "OVERLAP", "1", "distinct annotators per picked item (consensus when > 1)")
-    _opt(demo, "--gold", "GOLD", "20", "rows given as known answers (gold) to measure annotators")
-    _opt(demo, "--out-dir", "OUT_DIR", "winnow-demo", "where the demo writes its store, models, JSON and PNG")
+    add_options(demo, (*PROJECT_OPTIONS, DEMO_ITEMS, DEMO_NOISE, OVERLAP, GOLD, OUT_DIR, *loop_options))
 
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG results)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     labels = bench_sub.add_parser("labels", help="label economics on a CSV, against random selection")
-    _common_loop_options(labels)
-    labels.add_argument("--csv", help="labeled CSV to stream (default: bundled Banking77 train)")
-    labels.add_argument("--text-col", default="text", help="text column (default text)")
-    labels.add_argument("--label-col", default="category", help="label column (default category)")
-    labels.add_argument("--test-csv", help="labeled CSV for model test accuracy (default with no --csv: Banking77 test)")
-    labels.add_argument("--out", required=True, help="result JSON path; the PNG is written beside it")
+    add_options(labels, (*PROJECT_OPTIONS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, LABELS_OUT, *loop_options))
     throughput = bench_sub.add_parser("throughput", help="items/s through the whole pipeline against the model alone")
-    _opt(throughput, "--bus", "BUS", None,
-         "kafka://HOST:PORT, or sqlite for the embedded log (each run gets a fresh one in a temp dir)")
-    _opt(throughput, "--items", "BENCH_ITEMS", "2000",
-         "items per run (the first of a seeded shuffle of Banking77 train)", type=int)
-    _opt(throughput, "--repeats", "BENCH_REPEATS", "3",
-         "pipeline and model-only runs each, alternating (medians)", type=int)
-    _opt(throughput, "--head-labels", "BENCH_HEAD_LABELS", "400",
-         "Banking77 test rows the head is trained on before the runs", type=int)
-    _opt(throughput, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
-    _opt(throughput, "--cache-dir", "CACHE_DIR", None, "cache for the ONNX export (default ~/.cache/winnow)")
-    _opt(throughput, "--seed", "SEED", "0", "seed of the stream order and the head's training rows")
-    _opt(throughput, "--profile-dir", "BENCH_PROFILE_DIR", None,
-         "write cProfile stats of every pipeline thread here (slows the pipeline runs)")
-    _opt(throughput, "--out", "BENCH_OUT", None, "result JSON path; the PNG is written beside it",
-         required=_env("BENCH_OUT", None) is None)
+    add_options(throughput, (BENCH_BUS, BENCH_ITEMS, BENCH_REPEATS, BENCH_HEAD_LABELS, BENCH_PROFILE_DIR, LABELS_OUT,
+                             *loop_options))
+
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
-    serve.add_argument("service", choices=("ingest", "prelabel", "selector", "labeling", "trainer", "projects", "all"))
-    _opt(serve, "--bus", "BUS", "sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH")
-    _opt(serve, "--store", "STORE", "sqlite:///winnow-data/store.sqlite", "store URL: postgresql://... or sqlite:///PATH")
-    _opt(serve, "--project", "PROJECT", None, "project(s) the workers consume, comma-separated")
-    _opt(serve, "--grpc-host", "GRPC_HOST", "127.0.0.1", "address to bind")
-    _opt(serve, "--grpc-port", "GRPC_PORT", "50051", "gRPC port (0 takes a free one)")
-    _opt(serve, "--metrics-port", "METRICS_PORT", None, "Prometheus metrics port (0 takes a free one; unset: off)")
-    _opt(serve, "--models-dir", "MODELS_DIR", "winnow-data/models", "where the trainer writes model versions")
-    _opt(serve, "--engine", "ENGINE", "onnx", "inference engine: onnx or torch")
-    _opt(serve, "--faiss-threads", "FAISS_THREADS", "1",
-         "OpenMP threads for the selector's FAISS searches and clustering (1: the workers share the cores "
-         "with the model, and a multi-threaded call stalls whenever the model preempts one of its threads)")
+    serve.add_argument("service", choices=(*SERVICES, "all"))
+    add_options(serve, options(Settings))
     return parser
 
 
+def settings_for(args: argparse.Namespace, serve: bool = False) -> Settings:
+    """The :class:`Settings` of this invocation (the serve group only for ``serve``: a demo ignores its variables)."""
+    flags = vars(args)
+    return Settings(loop=resolve(LoopConfig, flags), runtime=resolve(RuntimeConfig, flags),
+                    serve=resolve(ServeConfig, flags) if serve else ServeConfig())
+
+
+def make_runtime_from(settings: Settings, embedding_cache: bool = True):
+    """The inference runtime the settings name (torch's threads set first, once for the process)."""
+    from winnow.core.ml.runtime import make_runtime, set_torch_threads
+
+    runtime = settings.runtime
+    set_torch_threads(runtime.engine, runtime.torch_threads)
+    return make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir, embedding_cache=embedding_cache)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from winnow.services.serve import ServeOptions, parse_services, project_names, serve
+    settings = settings_for(args, serve=True)  # refused before anything starts
+    from winnow.services.serve import ShutdownOverran, parse_services, serve
 
-    serve(ServeOptions(
-        services=parse_services(args.service), projects=project_names([args.project] if args.project else None),
-        bus_url=args.bus, store_url=args.store, grpc_host=args.grpc_host, grpc_port=int(args.grpc_port),
-        metrics_port=None if args.metrics_port is None else int(args.metrics_port),
-        models_dir=Path(args.models_dir), engine=args.engine, faiss_threads=int(args.faiss_threads),
-    ))
+    try:
+        serve(settings, parse_services(args.service))
+    except ShutdownOverran as e:  # something is stuck: end the process now, whatever thread holds it
+        print(f"winnow: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     return 0
-
-
-def _project(name: str, classes: Sequence[str], args: argparse.Namespace, overlap: int = 1):
-    from winnow.core.domain.records import Project
-
-    labels, per = args.budget
-    return Project(name, tuple(classes), labels, per, float(args.precision), args.strategy, overlap)
 
 
 def _datasets(args: argparse.Namespace):
     from winnow.core.data.datasets import banking77, load_csv
 
-    if args.csv is None:
+    csv, test_csv = given(args, CSV), given(args, TEST_CSV)
+    if csv is None:
         return banking77()
-    train = load_csv(args.csv, args.text_col, args.label_col)
-    test = load_csv(args.test_csv, args.text_col, args.label_col, classes=train.classes) if args.test_csv else None
+    text_col, label_col = given(args, TEXT_COL), given(args, LABEL_COL)
+    train = load_csv(csv, text_col, label_col)
+    test = load_csv(test_csv, text_col, label_col, classes=train.classes) if test_csv else None
     return train, test
-
-
-def _loop_config(args: argparse.Namespace):
-    from winnow.core.domain.settings import LoopConfig
-
-    return LoopConfig(seed=int(args.seed), holdout_share=float(args.holdout_share))
 
 
 def cmd_bench_labels(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from winnow.bench.labels import run_labels_benchmark
-    from winnow.core.ml.runtime import make_runtime
+    from winnow.core.domain.records import Project
 
+    settings = settings_for(args)
+    out = given(args, LABELS_OUT)
+    labels, per = budget(args)
+    precision, strategy = given(args, PRECISION), given(args, STRATEGY)
     train, test = _datasets(args)  # validated before anything runs or is written
-    runtime = make_runtime(args.engine, cache_dir=Path(args.cache_dir) if args.cache_dir else None)
-    project = _project("bench", train.classes, args)
+    project = Project("bench", train.classes, labels, per, precision, strategy)
+    runtime = make_runtime_from(settings)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -157,28 +190,30 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
                 tasks[name] = bar.add_task(f"{name:>7} items", total=total)
             bar.update(tasks[name], completed=done)
 
-        result = run_labels_benchmark(train, test, runtime, Path(args.out), project,
-                                      _loop_config(args), seed=int(args.seed), progress=progress)
+        result = run_labels_benchmark(train, test, runtime, out, project, settings.loop, seed=settings.loop.seed,
+                                      progress=progress)
     _print_table(console, result)
-    console.print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
-    from winnow.bench.throughput import run_throughput_benchmark
+    from winnow.bench.throughput import bus_kind, run_throughput_benchmark
     from winnow.core.data.datasets import banking77
-    from winnow.core.ml.runtime import make_runtime
 
+    settings = settings_for(args)  # every value checked before the model loads
+    out, bus_url = given(args, LABELS_OUT), given(args, BENCH_BUS)
+    items, repeats, head_labels = given(args, BENCH_ITEMS), given(args, BENCH_REPEATS), given(args, BENCH_HEAD_LABELS)
+    profile_dir = given(args, BENCH_PROFILE_DIR)
+    bus_kind(bus_url)
     train, test = banking77()
-    runtime = make_runtime(args.engine, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                           embedding_cache=False)  # the repeats encode the same texts
+    runtime = make_runtime_from(settings, embedding_cache=False)  # the repeats encode the same texts
     console = Console(stderr=True)
     result = run_throughput_benchmark(
-        train, test, runtime, Path(args.out), items=args.items, bus_url=args.bus, repeats=args.repeats,
-        seed=int(args.seed), head_labels=args.head_labels,
-        profile_dir=Path(args.profile_dir) if args.profile_dir else None, progress=console.print)
+        train, test, runtime, out, items=items, bus_url=bus_url, repeats=repeats, seed=settings.loop.seed,
+        head_labels=head_labels, config=settings.loop, profile_dir=profile_dir, progress=console.print)
     table = Table(title=f"throughput, {result['items']} items, {result['bus']} bus")
     table.add_column("")
     table.add_column("items/s (median)", justify="right")
@@ -186,7 +221,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     table.add_row("model only", f"{result['model_only_items_per_s']:.1f}")
     table.add_row("ratio", f"{result['ratio']:.3f}")
     console.print(table)
-    console.print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -207,28 +242,46 @@ def _print_table(console, result: dict) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from winnow.services.demo import run_demo
+    from winnow.services.demo import DemoOptions, run_demo
 
-    return run_demo(args)
+    noise = tuple(NOISE_RATE.parse(text, DEMO_NOISE.flag) for text in given(args, DEMO_NOISE))
+    labels, per = budget(args)
+    demo = DemoOptions(items=given(args, DEMO_ITEMS), noise=noise, overlap=given(args, OVERLAP),
+                       gold=given(args, GOLD), out_dir=given(args, OUT_DIR), strategy=given(args, STRATEGY),
+                       budget_labels=labels, budget_per_items=per, precision=given(args, PRECISION))
+    return run_demo(demo, settings_for(args))
+
+
+COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
+            ("bench", "throughput"): cmd_bench_throughput, ("serve", None): cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Run one command; a bad value or a refused input is one line on stderr and exit code 2."""
     try:
-        if args.command == "demo":
-            return cmd_demo(args)
-        if args.command == "bench" and args.bench == "labels":
-            return cmd_bench_labels(args)
-        if args.command == "bench" and args.bench == "throughput":
-            return cmd_bench_throughput(args)
-        if args.command == "serve":
-            return cmd_serve(args)
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed in one line
+        return e.code if isinstance(e.code, int) else USAGE_ERROR
+    quiet = logging.DEBUG if args.command == "serve" else logging.INFO
+    loud = logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(level=quiet if args.verbose else loud, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it loads, at every start
+    command = COMMANDS.get((args.command, getattr(args, "bench", None)))
+    try:
+        return command(args) if command is not None else USAGE_ERROR
     except WinnowError as e:
         print(f"winnow: error: {e}", file=sys.stderr)
-        return 2
-    return 1
+        return USAGE_ERROR
+    except OSError as e:
+        print(f"winnow: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: one line, and the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"winnow: error: unexpected {e!r} (run with -v for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,28 +3,32 @@
 Bus and store are named by URL: ``sqlite:///path`` (embedded, the default) or ``kafka://host:port``
 for the bus, ``sqlite:///path`` or ``postgresql://...`` for the store. Every service serves gRPC
 health and reflection (plus its API, for the API services) and prints ``grpc listening on
-HOST:PORT`` when it is ready; workers consume their topics in a loop. SIGTERM stops the loops after
-the batch in hand (its output flushed and its offsets committed), then stops the server with a grace
-period.
+HOST:PORT`` when it is ready; workers consume their topics in a loop, and say at INFO what they do
+(start, model trained or swapped, close served, shutdown). Consumer lag is measured in a thread of
+its own: a metric that fails is logged and never stops a worker. SIGTERM stops the loops after the
+batch in hand (its output flushed and its offsets committed), then stops the server; whatever has
+not finished ``grace_s`` after the signal is abandoned and the process exits anyway (uncommitted
+input is redelivered to the next process).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.domain.settings import LoopConfig
+from winnow.core.domain.settings import SERVICES, ServeConfig, Settings
 from winnow.core.loop.prelabel import PrelabelWorker
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.stage import Stage
-from winnow.core.loop.topics import create_topics
+from winnow.core.loop.topics import consumer_group, create_topics
 from winnow.core.loop.trainer import Trainer
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
@@ -34,16 +38,12 @@ log = logging.getLogger(__name__)
 
 API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",), "projects": ("Projects", "Models")}
 WORKERS = ("prelabel", "selector", "trainer")
-SERVICES = (*API_SERVICES, *WORKERS)
-GRACE_S = 5.0
-# each SQLite consumer heartbeats from its own thread (every 10 s here), so a long step does not
-# count: the deadline need only outlast a stall of that thread (the GIL held by a long C call, a
-# slow fsync on a loaded disk), and it is how long a killed worker's partitions wait for another
-SQLITE_SESSION_TIMEOUT_S = 30.0
-LAG_EVERY_S = 5.0  # consumer lag costs broker round trips on Kafka: measure it every few seconds
+FORCED_EXIT = 1  # the exit code when shutdown overran the grace period
 
 MESSAGES = Counter("winnow_messages_total", "Bus messages a stage handled", ["service", "project"])
 LAG = Gauge("winnow_consumer_lag", "Messages on the stage's partitions not yet committed", ["service", "project"])
+LAG_ERRORS = Counter("winnow_consumer_lag_errors_total", "Consumer-lag measurements that failed",
+                     ["service", "project"])
 STEP_SECONDS = Histogram("winnow_step_seconds", "Time to handle one batch (output durable, offsets committed)",
                          ["service", "project"])
 HUMAN_FRACTION = Gauge("winnow_human_fraction", "Share of final labels made by people", ["project"])
@@ -54,7 +54,11 @@ class WorkerFailed(WinnowError):
     """A worker's step raised; ``serve`` stopped every service and exits with this error."""
 
 
-def open_bus(url: str) -> Bus:
+class ShutdownOverran(WinnowError):
+    """Some worker or connection had not stopped by the end of the grace period; it was abandoned."""
+
+
+def open_bus(url: str, session_timeout_s: float = ServeConfig.sqlite_session_timeout_s) -> Bus:
     """``sqlite:///path/bus.sqlite`` or ``kafka://host:port``."""
     if url.startswith("kafka://"):
         from winnow.services.kafka_bus import KafkaBus
@@ -65,8 +69,8 @@ def open_bus(url: str) -> Bus:
 
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteBus(path, session_timeout_s=SQLITE_SESSION_TIMEOUT_S)
-    raise InvalidInput("bus", f"{url!r} is neither kafka://HOST:PORT nor sqlite:///PATH")
+        return SqliteBus(path, session_timeout_s=session_timeout_s)
+    raise InvalidInput("--bus", f"{url[:200]!r} is neither kafka://HOST:PORT nor sqlite:///PATH")
 
 
 def open_store(url: str) -> Store:
@@ -81,40 +85,61 @@ def open_store(url: str) -> Store:
         path = Path(url.removeprefix("sqlite:///"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return SqliteStore(path)
-    raise InvalidInput("store", f"{url!r} is neither postgresql://... nor sqlite:///PATH")
+    raise InvalidInput("--store", "is neither postgresql://... nor sqlite:///PATH")  # a URL may hold a password
 
 
-@dataclass(frozen=True)
-class ServeOptions:
-    services: tuple[str, ...]
-    projects: tuple[str, ...]
-    bus_url: str
-    store_url: str
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 0
-    metrics_port: int | None = None
-    models_dir: Path = Path("winnow-data/models")
-    engine: str = "onnx"
-    config: LoopConfig = LoopConfig()
-    # FAISS OpenMP threads of this process (the selector's searches and clustering): one, because the
-    # workers share the cores with the model (see ``winnow.core.select.index.set_threads``)
-    faiss_threads: int = 1
-
-
-def _stages(name: str, bus: Bus, store: Store, project: str, options: ServeOptions) -> Stage:
+def make_stage(name: str, bus: Bus, store: Store, project: str, settings: Settings) -> Stage:
+    """The worker ``name`` (prelabel, selector or trainer) of ``project``, configured by ``settings``."""
     record = store.get_project(project)
     if name == "prelabel":
         from winnow.core.ml.runtime import make_runtime
 
-        return PrelabelWorker(bus, store, record, options.config, make_runtime(options.engine))
+        runtime = settings.runtime
+        return PrelabelWorker(bus, store, record, settings.loop,
+                              make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir))
     if name == "selector":
-        return Selector(bus, store, record, options.config)
-    return Trainer(bus, store, record, options.config, options.models_dir.resolve())  # paths other workers can load
+        return Selector(bus, store, record, settings.loop)
+    # resolved: the paths it registers are loaded by other workers, from other working directories
+    return Trainer(bus, store, record, settings.loop, settings.serve.models_dir.resolve())
 
 
-def _work(name: str, stage: Stage, store: Store, stop: threading.Event,
-          failures: list[BaseException] | None = None) -> None:
-    """Step ``stage`` until ``stop``; each step's output is durable before its offsets are committed.
+class Worker:
+    """One stage stepped in a loop; its bus client is used by one thread at a time (``lock``).
+
+    Kafka consumers are not thread-safe, so the lag thread measures between steps, under the lock.
+    """
+
+    def __init__(self, name: str, stage: Stage) -> None:
+        self.name, self.stage = name, stage
+        self.project = stage.project.name
+        self.lock = threading.Lock()
+        self.metric_waiting = threading.Event()  # the lag thread wants the lock: yield it after a step
+
+    def step(self, timeout_s: float = 0.5) -> int:
+        with self.lock:
+            return self.stage.step(timeout_s=timeout_s)
+
+    def measure_lag(self, wait_s: float) -> None:
+        """Set the lag gauge; a failure (a broker outage) is logged and counted, never raised."""
+        self.metric_waiting.set()
+        try:
+            if not self.lock.acquire(timeout=wait_s):
+                return  # a long step: measured next time
+            try:
+                LAG.labels(self.name, self.project).set(self.stage.consumer.lag())
+            finally:
+                self.lock.release()
+        except Exception as e:  # the metric must never stop the worker
+            LAG_ERRORS.labels(self.name, self.project).inc()
+            log.warning("consumer lag not measured service=%s project=%s error=%s", self.name, self.project,
+                        type(e).__name__)
+        finally:
+            self.metric_waiting.clear()
+
+
+def run_worker(worker: Worker, store: Store, stop: threading.Event,
+               failures: list[BaseException] | None = None) -> None:
+    """Step ``worker`` until ``stop``; each step's output is durable before its offsets are committed.
 
     With ``failures``, a step that raises stops the whole service: the error goes into ``failures``
     and ``stop`` is set, so ``serve`` drains the other workers and exits with an error. The failed
@@ -122,27 +147,25 @@ def _work(name: str, stage: Stage, store: Store, stop: threading.Event,
     dead would leave its partitions stuck behind a service that still answers health checks.
     """
     try:
-        _step_until(name, stage, store, stop)
+        _step_until(worker, store, stop)
     except Exception as e:
         if failures is None:
             raise
-        log.exception("%s worker of project=%s failed; stopping the service", name, stage.project.name)
+        log.exception("worker failed service=%s project=%s; stopping the service", worker.name, worker.project)
         failures.append(e)
         stop.set()
 
 
-def _step_until(name: str, stage: Stage, store: Store, stop: threading.Event) -> None:
-    project = stage.project.name
-    lag_at = 0.0
+def _step_until(worker: Worker, store: Store, stop: threading.Event) -> None:
+    name, project = worker.name, worker.project
     while not stop.is_set():
         started = time.perf_counter()
-        handled = stage.step(timeout_s=0.5)
+        handled = worker.step(timeout_s=0.5)
         if handled:
             STEP_SECONDS.labels(name, project).observe(time.perf_counter() - started)
             MESSAGES.labels(name, project).inc(handled)
-        if time.perf_counter() - lag_at >= LAG_EVERY_S:
-            LAG.labels(name, project).set(stage.consumer.lag())
-            lag_at = time.perf_counter()
+        if worker.metric_waiting.is_set():
+            time.sleep(0.001)  # hand the lock to the lag thread
         if name == "trainer" and handled:
             labels = store.labels(project)
             if labels:
@@ -150,6 +173,15 @@ def _step_until(name: str, stage: Stage, store: Store, stop: threading.Event) ->
             current = store.current_model(project)
             if current is not None:
                 MODEL_VERSION.labels(project, current.version).set(current.n_train)
+
+
+def measure_lag_until(workers: Sequence[Worker], stop: threading.Event, every_s: float) -> None:
+    """Every ``every_s`` seconds, each worker's consumer lag into the gauge, until ``stop``."""
+    while not stop.wait(every_s):
+        for worker in workers:
+            if stop.is_set():
+                return
+            worker.measure_lag(wait_s=every_s)
 
 
 def _wait_for_project(store: Store, project: str, stop: threading.Event) -> None:
@@ -165,26 +197,80 @@ def _wait_for_project(store: Store, project: str, stop: threading.Event) -> None
             delay_s = min(delay_s * 2, 10.0)
 
 
-def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
-    """Run the chosen services until ``stop`` is set (SIGTERM and SIGINT set it)."""
+def _hard_exit(grace_s: float) -> None:
+    log.error("shutdown overran grace_s=%.1f; exiting now (uncommitted input is redelivered)", grace_s)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(FORCED_EXIT)
+
+
+def install_signal_handlers(stop: threading.Event, grace_s: float,
+                            hard_exit: Callable[[float], None] = _hard_exit) -> None:
+    """SIGTERM and SIGINT set ``stop`` and start a watchdog that ends the process ``grace_s`` later
+    whatever it is waiting on (a bus call in an outage, a long training step); a second signal ends
+    it at once."""
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            hard_exit(0.0)
+        log.info("shutdown begun signal=%s grace_s=%.1f", signal.Signals(signum).name, grace_s)
+        stop.set()
+        watchdog = threading.Timer(grace_s, hard_exit, args=(grace_s,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+
+def _close_within(deadline: float, closers: list[tuple[str, Callable[[], object]]]) -> list[str]:
+    """Run ``closers`` in order in a daemon thread; the names of those not done by ``deadline``."""
+    done: list[str] = []
+
+    def run() -> None:
+        for name, close in closers:
+            try:
+                close()
+            except Exception as e:  # the next one still gets closed
+                log.warning("close failed part=%s error=%s", name, type(e).__name__)
+            done.append(name)
+
+    thread = threading.Thread(target=run, name="serve-close", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    return [name for name, _ in closers if name not in done]
+
+
+def serve(settings: Settings, services: Sequence[str], stop: threading.Event | None = None) -> None:
+    """Run ``services`` until ``stop`` is set (SIGTERM and SIGINT set it when called from the main thread).
+
+    Raises WorkerFailed when a worker's step raised, ShutdownOverran when something was still
+    running ``grace_s`` after the stop (it is abandoned: daemon threads, connections left open).
+    """
     from winnow.services.api.server import create_server
 
-    unknown = [s for s in options.services if s not in SERVICES]
+    options = settings.serve
+    unknown = [s for s in services if s not in SERVICES]
     if unknown:
         raise InvalidInput("service", f"{unknown} not among {SERVICES + ('all',)}")
-    workers = [s for s in options.services if s in WORKERS]
+    workers = [s for s in services if s in WORKERS]
     if workers and not options.projects:
-        raise InvalidInput("project", f"{workers} consume one project's topics: name it with --project")
+        raise InvalidInput("--project", f"{workers} consume one project's topics: name it with --project")
     set_threads(options.faiss_threads)
+    if "prelabel" in workers or "trainer" in workers:
+        from winnow.core.ml.runtime import set_torch_threads
+
+        set_torch_threads(settings.runtime.engine, settings.runtime.torch_threads)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-    bus, store = open_bus(options.bus_url), open_store(options.store_url)
-    api = tuple(name for s in options.services for name in API_SERVICES.get(s, ()))
+        install_signal_handlers(stop, options.grace_s)
+    bus = open_bus(options.bus_url, options.sqlite_session_timeout_s)
+    store = open_store(options.store_url)
+    api = tuple(name for s in services for name in API_SERVICES.get(s, ()))
     server, port = create_server(bus, store, f"{options.grpc_host}:{options.grpc_port}", services=api,
-                                 config=options.config)
-    stages: list[tuple[str, Stage]] = []
+                                 config=settings.loop)
+    running: list[Worker] = []
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []
     try:
@@ -193,35 +279,48 @@ def serve(options: ServeOptions, stop: threading.Event | None = None) -> None:
             metrics_server, _ = start_http_server(options.metrics_port, addr=options.grpc_host)
             print(f"metrics listening on {options.grpc_host}:{metrics_server.server_port}", flush=True)
         print(f"grpc listening on {options.grpc_host}:{port}", flush=True)
+        log.info("serving services=%s projects=%s bus=%s grpc_port=%d", ",".join(services),
+                 ",".join(options.projects), options.bus_url.split("://")[0], port)
         for project in options.projects if workers else ():
             _wait_for_project(store, project, stop)
             if stop.is_set():
                 return
-            create_topics(bus, project, options.config.partitions)  # idempotent
-            stages += [(name, _stages(name, bus, store, project, options)) for name in workers]
-        threads = [threading.Thread(target=_work, args=(name, stage, store, stop, failures),
-                                    name=f"{name}-{stage.project.name}") for name, stage in stages]
+            create_topics(bus, project, settings.loop.partitions)  # idempotent
+            for name in workers:
+                log.info("worker starting name=%s project=%s group=%s", name, project, consumer_group(name, project))
+                running.append(Worker(name, make_stage(name, bus, store, project, settings)))
+        threads = [threading.Thread(target=run_worker, args=(w, store, stop, failures), name=f"{w.name}-{w.project}",
+                                    daemon=True) for w in running]
+        if running:
+            threads.append(threading.Thread(target=measure_lag_until, args=(running, stop, options.lag_every_s),
+                                            name="consumer-lag", daemon=True))
         for thread in threads:
             thread.start()
-        log.info("serving services=%s projects=%s bus=%s", options.services, options.projects,
-                 options.bus_url.split("://")[0])
         stop.wait()
     finally:
         stop.set()
-        for thread in threads:
-            thread.join()
-        server.stop(GRACE_S).wait()
-        for _, stage in stages:
-            stage.close()
-        bus.close()
-        store.close()
+        _shut_down(options, server, running, threads, bus, store)
     if failures:
         raise WorkerFailed(f"a worker failed, so the service stopped: {failures[0]!r}") from failures[0]
 
 
+def _shut_down(options: ServeConfig, server, running: list[Worker], threads: list[threading.Thread], bus: Bus,
+               store: Store) -> None:
+    """Stop everything within ``options.grace_s`` (the watchdog of a signalled process ends it just after)."""
+    started = time.monotonic()
+    deadline = started + 0.9 * options.grace_s  # the rest is the watchdog's margin
+    log.info("shutdown stopping workers=%d grace_s=%.1f", len(running), options.grace_s)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    server.stop(max(0.0, deadline - time.monotonic()))
+    closers: list[tuple[str, Callable[[], object]]] = [
+        (f"{w.name}-{w.project}", w.stage.close) for w in running if f"{w.name}-{w.project}" not in stuck]
+    stuck += _close_within(deadline, [*closers, ("bus", bus.close), ("store", store.close)])
+    if stuck:
+        raise ShutdownOverran(f"still running after grace_s={options.grace_s:g}: {', '.join(stuck)}")
+    log.info("shutdown finished seconds=%.2f", time.monotonic() - started)
+
+
 def parse_services(name: str) -> tuple[str, ...]:
     return SERVICES if name == "all" else (name,)
-
-
-def project_names(values: Sequence[str] | None) -> tuple[str, ...]:
-    return tuple(p for value in values or () for p in value.split(",") if p)

@@ -1,16 +1,204 @@
-"""Operator settings of the labeling loop (the parts that are not a project's schema)."""
+"""Every operator setting in one typed, frozen object, resolved as flags, then ``WINNOW_*`` variables, then defaults.
+
+:class:`Settings` holds four groups: :class:`LoopConfig` (the labeling loop, with its
+:class:`TrainConfig`), :class:`RuntimeConfig` (the inference engine) and :class:`ServeConfig` (the
+processes). Each field carries an :class:`Option`: its flag, its environment variable, its type and
+its range, so the CLI builds its flags from the groups, and a bad value, whether given as a flag,
+an environment variable or in code, is refused with :class:`InvalidInput` naming it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
 
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.ml.scoring import SCORE_NAMES
 
+T = TypeVar("T")
+ENV_PREFIX = "WINNOW_"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting as the command line and the environment see it.
+
+    ``kind`` is ``int``, ``float``, ``str``, ``bool``, ``Path`` or ``tuple`` (comma-separated
+    strings); ``low``/``high`` bound numbers (``low_open`` makes ``low`` exclusive, ``high_open``
+    makes ``high`` exclusive); ``optional`` lets the value be None (an empty string on the command
+    line or in the environment).
+    """
+
+    dest: str
+    kind: type
+    help: str
+    default: Any = None
+    flag_name: str | None = None
+    env_name: str | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    @property
+    def key(self) -> str:
+        """Where the command line's value is found: ``train_seed`` for ``--train-seed`` (argparse's dest)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def flag(self) -> str:
+        """``--grpc-port`` for dest ``grpc_port`` (or the flag name given)."""
+        return "--" + (self.flag_name or self.dest.replace("_", "-"))
+
+    @property
+    def env(self) -> str:
+        """``WINNOW_GRPC_PORT`` for flag ``--grpc-port`` (or ``WINNOW_`` + the env name given)."""
+        return ENV_PREFIX + (self.env_name or self.flag.removeprefix("--").replace("-", "_").upper())
+
+    def parse(self, text: str, name: str | None = None) -> Any:
+        """The typed, checked value of ``text``; InvalidInput naming ``name`` (default the flag)."""
+        name = name or self.flag
+        text = text.strip()
+        if self.optional and text.lower() in ("", "none"):
+            return None
+        if self.kind is bool:
+            if text.lower() not in _TRUE + _FALSE:
+                raise InvalidInput(name, f"{text!r} is not a boolean (true or false)")
+            value: Any = text.lower() in _TRUE
+        elif self.kind is int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise InvalidInput(name, f"{text!r} is not an integer") from None
+        elif self.kind is float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise InvalidInput(name, f"{text!r} is not a number") from None
+        elif self.kind is tuple:
+            value = tuple(part.strip() for part in text.split(",") if part.strip())
+        elif self.kind is Path:
+            if not text:
+                raise InvalidInput(name, "must not be empty")
+            value = Path(text)
+        else:
+            value = text
+        return self.check(value, name)
+
+    def check(self, value: Any, name: str | None = None) -> Any:
+        """``value`` if it has this option's type and range (an int is taken for a float, a str for a Path)."""
+        name = name or self.dest
+        if value is None:
+            if self.optional:
+                return None
+            raise InvalidInput(name, "must be given")
+        if self.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if self.kind is Path and isinstance(value, str) and value:
+            value = Path(value)
+        if self.kind is tuple and isinstance(value, list):
+            value = tuple(value)
+        if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
+            raise InvalidInput(name, f"{value!r} is not of type {self.kind.__name__}")
+        if self.kind is float and not math.isfinite(value):
+            raise InvalidInput(name, f"must be a finite number, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise InvalidInput(name, f"{value!r} is not one of {', '.join(self.choices)}")
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise InvalidInput(name, f"must be {'>' if self.low_open else '>='} {self.low:g}, got {value!r}")
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            raise InvalidInput(name, f"must be {'<' if self.high_open else '<='} {self.high:g}, got {value!r}")
+        return value
+
+    def describe(self) -> str:
+        """Help text naming the variable and the default, e.g. ``... (env WINNOW_SEED; default 0)``."""
+        default = "unset" if self.default is None else ",".join(self.default) if self.kind is tuple else self.default
+        return f"{self.help} (env {self.env}; default {default})"
+
+
+def setting(default: Any, help: str, **option: Any) -> Any:
+    """A dataclass field that is also an :class:`Option` (dest and kind come from the field)."""
+    return field(default=default, metadata={"option": {"help": help, **option}})
+
+
+def group(cls: type, help: str) -> Any:
+    """A dataclass field holding a nested settings group (its flags are not prefixed)."""
+    return field(default_factory=cls, metadata={"group": help})
+
+
+_KINDS = {"int": int, "float": float, "str": str, "bool": bool, "Path": Path}
+
+
+def _kind(annotation: str) -> tuple[type, bool]:
+    """(kind, optional) of a field annotation such as ``int``, ``Path | None``, ``tuple[str, ...]``."""
+    optional = annotation.endswith("| None")
+    base = annotation.removesuffix("| None").strip()
+    return (tuple if base.startswith("tuple") else _KINDS[base]), optional
+
+
+def _option(f: dataclasses.Field) -> Option:
+    kind, optional = _kind(str(f.type))
+    return Option(f.name, kind, default=f.default, optional=optional, **f.metadata["option"])
+
+
+def options(cls: type) -> tuple[Option, ...]:
+    """Every :class:`Option` of a settings group, nested groups included, in field order."""
+    found: list[Option] = []
+    for f in dataclasses.fields(cls):
+        if "group" in f.metadata:
+            found += options(f.default_factory)  # type: ignore[arg-type]
+        elif "option" in f.metadata:
+            found.append(_option(f))
+    return tuple(found)
+
+
+def _check_fields(instance: object) -> None:
+    """Refuse a wrong type or an out-of-range value of any field (frozen: coerced values are set in place)."""
+    for f in dataclasses.fields(instance):  # type: ignore[arg-type]
+        if "option" in f.metadata:
+            object.__setattr__(instance, f.name, _option(f).check(getattr(instance, f.name)))
+
+
+def resolve(cls: type[T], flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> T:
+    """Build the settings group ``cls`` from flags, then ``WINNOW_*`` variables, then defaults.
+
+    ``flags`` maps an option's ``key`` to the text given on the command line (None or missing: not
+    given); ``environ`` defaults to ``os.environ``. InvalidInput names the flag, and the variable
+    when the bad value came from there, e.g. ``--seed (from WINNOW_SEED): 'abc' is not an integer``.
+    """
+    return _resolve(cls, flags or {}, os.environ if environ is None else environ)
+
+
+def value_of(option: Option, flags: Mapping[str, Any], environ: Mapping[str, str]) -> Any:
+    """One option's value: the flag's text, else its variable's, else its default."""
+    given = flags.get(option.key)
+    if given is not None:
+        return option.parse(str(given)) if isinstance(given, str) else option.check(given, option.flag)
+    if option.env in environ:
+        return option.parse(environ[option.env], f"{option.flag} (from {option.env})")
+    return option.default
+
+
+def _resolve(cls: type[T], flags: Mapping[str, Any], environ: Mapping[str, str]) -> T:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if "group" in f.metadata:
+            values[f.name] = _resolve(f.default_factory, flags, environ)  # type: ignore[arg-type]
+        elif "option" in f.metadata:
+            values[f.name] = value_of(_option(f), flags, environ)
+    return cls(**values)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How a head is fitted on the embeddings of every human-labelled item.
+    """How a head is fitted on the embeddings of every human-labelled item (flags ``--train-*``).
 
     A linear single-member head (the default) is multinomial logistic regression fitted to
     convergence with L-BFGS: mean cross-entropy + ``l2 / 2 * |W|^2`` on inputs scaled by
@@ -19,20 +207,30 @@ class TrainConfig:
     less than half the CPU time. MLP heads and ensembles (for BALD) use full-batch AdamW.
     """
 
-    hidden: int = 0
-    members: int = 1
-    dropout: float = 0.0
-    l2: float = 3e-3
-    input_scale: float = 10.0
-    max_iter: int = 100
-    lr: float = 0.01
-    weight_decay: float = 1e-2
-    steps: int = 300
-    warm_steps: int = 150
-    folds: int = 10
-    confidence_level: float = 0.95
-    min_support: int = 30
-    seed: int = 0
+    hidden: int = setting(0, "hidden units of the head (0: linear head)", flag_name="train-hidden", low=0)
+    members: int = setting(1, "ensemble members of the head (BALD needs more than 1)", flag_name="train-members",
+                           low=1, high=64)
+    dropout: float = setting(0.0, "dropout of the head in training", flag_name="train-dropout", low=0.0, high=1.0,
+                             high_open=True)
+    l2: float = setting(3e-3, "L2 penalty of the linear head", flag_name="train-l2", low=0.0)
+    input_scale: float = setting(10.0, "scale of the embeddings while fitting (folded into the weights)",
+                                 flag_name="train-input-scale", low=0.0, low_open=True)
+    max_iter: int = setting(100, "L-BFGS iterations of the linear head", flag_name="train-max-iter", low=1)
+    lr: float = setting(0.01, "AdamW learning rate (MLP heads, ensembles)", flag_name="train-lr", low=0.0,
+                        low_open=True)
+    weight_decay: float = setting(1e-2, "AdamW weight decay", flag_name="train-weight-decay", low=0.0)
+    steps: int = setting(300, "AdamW steps from scratch", flag_name="train-steps", low=1)
+    warm_steps: int = setting(150, "AdamW steps from the previous head", flag_name="train-warm-steps", low=1)
+    folds: int = setting(10, "cross-fitting folds for calibration and the threshold", flag_name="train-folds", low=2)
+    confidence_level: float = setting(0.95, "confidence of the auto-accept precision bound",
+                                      flag_name="train-confidence-level", low=0.0, high=1.0, low_open=True,
+                                      high_open=True)
+    min_support: int = setting(30, "fewest items the auto-accept threshold is estimated on",
+                               flag_name="train-min-support", low=1)
+    seed: int = setting(0, "seed of the head's initialisation, folds and bootstrap", flag_name="train-seed", low=0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -44,18 +242,88 @@ class LoopConfig:
     items the selector picks are the hard ones and would bias the estimate.
     """
 
-    first_model_labels: int = 100
-    retrain_growth: float = 0.15
-    retrain_min_new: int = 50
-    select_batch: int = 25
-    holdout_share: float = 0.15
-    near_duplicate: float = 0.97
-    uncertainty: str = "margin"
-    lease_s: float = 600.0
-    partitions: int = 4
-    seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
+    first_model_labels: int = setting(100, "human labels before the first model is trained", low=2)
+    retrain_growth: float = setting(0.15, "retrain when human labels grew by this share", low=0.0)
+    retrain_min_new: int = setting(50, "and by at least this many labels", low=1)
+    select_batch: int = setting(25, "scored items the selector gathers before it picks", low=1)
+    holdout_share: float = setting(
+        0.15, "share of the human budget spent on uniformly drawn items that calibrate the auto-accept threshold",
+        low=0.0, high=1.0, high_open=True)
+    near_duplicate: float = setting(0.97, "cosine at or above which a pick duplicates a labeled or queued item",
+                                    low=-1.0, high=1.0, low_open=True)
+    uncertainty: str = setting("margin", "uncertainty score", choices=SCORE_NAMES)
+    lease_s: float = setting(600.0, "seconds an annotator holds a leased task", low=0.0, low_open=True)
+    partitions: int = setting(4, "partitions of each new project's topics", low=1, high=1024)
+    seed: int = setting(0, "seed of the stream order and every random choice", low=0)
+    train: TrainConfig = group(TrainConfig, "training")
 
     def __post_init__(self) -> None:
-        if self.uncertainty not in SCORE_NAMES:
-            raise InvalidInput("uncertainty", f"{self.uncertainty!r} is not one of {SCORE_NAMES}")
+        _check_fields(self)
+        if not isinstance(self.train, TrainConfig):
+            raise InvalidInput("train", f"must be a TrainConfig, got {type(self.train).__name__}")
+
+
+ENGINES = ("onnx", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The inference engine the prelabel worker (and the demo and benchmarks) run."""
+
+    engine: str = setting("onnx", "inference engine", choices=ENGINES)
+    device: str = setting("auto", "device of the encoder and head (auto: CUDA when present)", choices=DEVICES)
+    cache_dir: Path | None = setting(None, "cache for the ONNX export and embeddings (unset: ~/.cache/winnow)")
+    torch_threads: int | None = setting(None, "torch intra-op threads, set once at start (unset: 1 with the onnx "
+                                        "engine, where torch only fits heads; torch's default with torch)",
+                                        low=1, high=1024)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+SERVICES = ("ingest", "labeling", "projects", "prelabel", "selector", "trainer")  # what `winnow serve` runs
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``winnow serve`` binds, connects to and how it stops."""
+
+    bus_url: str = setting("sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH",
+                           flag_name="bus")
+    store_url: str = setting("sqlite:///winnow-data/store.sqlite", "store URL: postgresql://... or sqlite:///PATH",
+                             flag_name="store")
+    projects: tuple[str, ...] = setting((), "project(s) the workers consume, comma-separated", flag_name="project")
+    grpc_host: str = setting("127.0.0.1", "address to bind")
+    grpc_port: int = setting(50051, "gRPC port (0 takes a free one)", low=0, high=65535)
+    metrics_port: int | None = setting(None, "Prometheus metrics port (0 takes a free one; unset: off)",
+                                       low=0, high=65535)
+    models_dir: Path = setting(Path("winnow-data/models"), "where the trainer writes model versions")
+    faiss_threads: int = setting(
+        1, "OpenMP threads for the selector's FAISS searches and clustering (1: the workers share the cores with "
+        "the model, and a multi-threaded call stalls whenever the model preempts one of its threads)",
+        low=1, high=256)
+    grace_s: float = setting(5.0, "seconds SIGTERM waits for in-flight work before the process exits anyway",
+                             low=0.0, low_open=True, high=600.0)
+    sqlite_session_timeout_s: float = setting(
+        30.0, "seconds before a silent SQLite-bus consumer's partitions go to another (each heartbeats from its "
+        "own thread, so only a stalled process counts)", low=1.0)
+    lag_every_s: float = setting(5.0, "seconds between consumer-lag measurements (broker round trips on Kafka)",
+                                 low=0.1)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration of a Winnow process: passed from the CLI to every service and the API."""
+
+    loop: LoopConfig = group(LoopConfig, "the labeling loop")
+    runtime: RuntimeConfig = group(RuntimeConfig, "the inference runtime")
+    serve: ServeConfig = group(ServeConfig, "the processes")
+
+    def __post_init__(self) -> None:
+        for name, cls in (("loop", LoopConfig), ("runtime", RuntimeConfig), ("serve", ServeConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise InvalidInput(name, f"must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")

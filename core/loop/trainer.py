@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.codecs import MODELS
 from winnow.core.domain.records import ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
@@ -19,6 +22,18 @@ from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def model_folder(models_dir: Path, project: str, version: str) -> Path:
+    """``models_dir/<slug>-<sha256>/version``: the project's folder is derived, never the name itself
+    (``../x`` stays inside), and the resolved path is checked to be inside ``models_dir``."""
+    root = Path(models_dir).resolve()
+    slug = re.sub(r"[^A-Za-z0-9_-]", "_", project)[:40]
+    digest = hashlib.sha256(project.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    folder = (root / f"{slug}-{digest}" / version).resolve()
+    if not folder.is_relative_to(root) or folder.parent == root:
+        raise InvalidInput("version", f"model folder {str(folder)[:200]!r} is outside {str(root)[:200]!r}")
+    return folder
 
 
 class Trainer(Stage):
@@ -62,7 +77,7 @@ class Trainer(Stage):
         result = train(emb, y, len(classes), self.project.precision_target, self.config.train,
                        init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=heldout_mask)
         version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
-        folder = self.models_dir / self.project.name / version
+        folder = model_folder(self.models_dir, self.project.name, version)
         write_version(folder, result, version, self.project.classes, self.config.train)
         threshold = result.threshold.threshold
         model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,
@@ -71,8 +86,8 @@ class Trainer(Stage):
         self.producer.publish_many(topic(self.project.name, "models"), MODELS.keyed([model]))
         self.producer.flush()
         self.head, self.trained_on = result.head, n
-        log.info("trainer registered version=%s n_train=%d threshold=%.4f heldout_accuracy=%.3f",
-                 version, n, threshold, result.metrics["heldout_accuracy"])
+        log.info("trainer registered project=%s version=%s n_train=%d threshold=%.4f heldout_accuracy=%.3f",
+                 self.project.name, version, n, threshold, result.metrics["heldout_accuracy"])
         if self.on_version is not None:
             self.on_version(model)
         return model

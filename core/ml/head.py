@@ -50,46 +50,40 @@ class Head(nn.Module):
     """Ensemble of ``members`` heads computed as one batched einsum per layer.
 
     Dropout acts on the input of the output layer (the embedding for a linear head, the GELU
-    activations otherwise); it is active in training mode and in :meth:`mc_dropout_logits`.
+    activations otherwise) and only in training mode. Initial weights and dropout masks are drawn
+    from ``generator`` when given (training seeds its own), never from torch's process-wide seed.
     """
 
-    def __init__(self, config: HeadConfig) -> None:
+    def __init__(self, config: HeadConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.config = config
         m, d, h, c = config.members, config.dim, config.hidden, config.n_classes
         if h:
-            self.hidden_weight = nn.Parameter(self._uniform((m, d, h), d))
-            self.hidden_bias = nn.Parameter(self._uniform((m, h), d))
-        self.out_weight = nn.Parameter(self._uniform((m, h or d, c), h or d))
-        self.out_bias = nn.Parameter(self._uniform((m, c), h or d))
+            self.hidden_weight = nn.Parameter(self._uniform((m, d, h), d, generator))
+            self.hidden_bias = nn.Parameter(self._uniform((m, h), d, generator))
+        self.out_weight = nn.Parameter(self._uniform((m, h or d, c), h or d, generator))
+        self.out_bias = nn.Parameter(self._uniform((m, c), h or d, generator))
 
     @staticmethod
-    def _uniform(shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
+    def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator | None) -> torch.Tensor:
         bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation, per member
-        return torch.empty(shape).uniform_(-bound, bound)
+        return torch.empty(shape).uniform_(-bound, bound, generator=generator)
 
-    def _logits(self, emb: torch.Tensor, dropout_active: bool) -> torch.Tensor:
+    def _dropout(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        p = self.config.dropout
+        if not self.training or p == 0.0:
+            return x
+        keep = torch.bernoulli(torch.full_like(x, 1.0 - p), generator=generator)
+        return x * keep / (1.0 - p)
+
+    def forward(self, emb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """emb float32 ``[B, dim]`` -> logits ``[B, members, n_classes]`` (dropout masks from ``generator``)."""
         if self.config.hidden:
             x = F.gelu(torch.einsum("bd,mdh->bmh", emb, self.hidden_weight) + self.hidden_bias)  # [B, M, H]
-            x = F.dropout(x, self.config.dropout, dropout_active)
+            x = self._dropout(x, generator)
             return torch.einsum("bmh,mhc->bmc", x, self.out_weight) + self.out_bias
-        x = F.dropout(emb, self.config.dropout, dropout_active)  # [B, D]
+        x = self._dropout(emb, generator)  # [B, D]
         return torch.einsum("bd,mdc->bmc", x, self.out_weight) + self.out_bias
-
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        """emb float32 ``[B, dim]`` -> logits ``[B, members, n_classes]``."""
-        return self._logits(emb, self.training)
-
-    def mc_dropout_logits(self, emb: torch.Tensor, samples: int) -> torch.Tensor:
-        """``samples`` stochastic passes with dropout on (for BALD): emb ``[B, dim]`` -> ``[B, samples, n_classes]``.
-
-        Needs a single-member head (an ensemble gives its members' logits from :meth:`forward`)."""
-        if self.config.members != 1:
-            raise InvalidInput("members", f"MC dropout needs a single-member head, this one has {self.config.members}")
-        if samples < 1:
-            raise InvalidInput("samples", f"must be >= 1, got {samples}")
-        repeated = emb.repeat_interleave(samples, dim=0)  # [B * S, D]
-        return self._logits(repeated, True).reshape(emb.shape[0], samples, self.config.n_classes)
 
 
 def _checked_meta(meta: dict, config: HeadConfig) -> dict:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -32,18 +31,6 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run torch on ``n`` threads inside the block (heads are small: one thread is fastest, and
-    several threads on a shared CPU were 14x slower here: 70 s against 5 s for one ``train``)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def fit_head(
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -55,12 +42,14 @@ def fit_head(
     """Fit a head on embeddings float32 [n, D] and class ids [n]; warm-start from ``init`` when given.
 
     An ensemble (``members > 1``) trains each member on its own Poisson(1) bootstrap weights.
+    Initial weights, bootstrap weights and dropout masks come from one local ``torch.Generator``
+    seeded with ``seed`` (default ``config.seed``): the process-wide torch seed is never touched,
+    so training beside threads that run models changes neither them nor its own result.
     """
     if len(embeddings) != len(labels) or len(labels) == 0:
         raise InvalidInput("labels", f"need one label per embedding and at least one, got {len(labels)} for {len(embeddings)}")
     generator = torch.Generator().manual_seed(config.seed if seed is None else seed)
-    torch.manual_seed(config.seed if seed is None else seed)
-    head = Head(HeadConfig(embeddings.shape[1], n_classes, config.hidden, config.members, config.dropout))
+    head = Head(HeadConfig(embeddings.shape[1], n_classes, config.hidden, config.members, config.dropout), generator)
     warm = init is not None and init.config == head.config
     if warm:
         head.load_state_dict(init.state_dict())
@@ -77,7 +66,7 @@ def fit_head(
     for _ in range(config.warm_steps if warm else config.steps):
         optimizer.zero_grad()
         x_in = x * config.input_scale
-        logits = head(x_in)  # [n, M, C]
+        logits = head(x_in, generator)  # [n, M, C]
         loss = F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, config.members), reduction="none")
         (loss * weights).sum().backward()
         optimizer.step()
@@ -153,13 +142,6 @@ def train(
     will accept, so they would bias it). Gold answers (operator-given) are held out of training and
     only evaluated on.
     """
-    with _torch_threads(1):
-        return _train(embeddings, labels, n_classes, precision_target, config, init, gold_embeddings, gold_labels,
-                      threshold_mask)
-
-
-def _train(embeddings, labels, n_classes, precision_target, config, init, gold_embeddings, gold_labels,
-           threshold_mask) -> TrainResult:
     started = time.perf_counter()
     oof = cross_fitted_logits(embeddings, labels, n_classes, config)  # [n, M, C]
     temperature = fit_temperature(oof, labels)

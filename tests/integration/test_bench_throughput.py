@@ -11,7 +11,7 @@ from winnow.core.data.datasets import banking77
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.ml.encoder import CachedEncoder, EmbeddingCache
 from winnow.core.ml.runtime import OnnxRuntime, make_runtime
-from winnow.services.cli import build_parser, main
+from winnow.services.cli import BENCH_BUS, BENCH_ITEMS, BENCH_REPEATS, LABELS_OUT, build_parser, given, main
 
 pytestmark = pytest.mark.slow  # the real encoder (packaged weights) on Banking77 texts
 
@@ -67,4 +67,5 @@ def test_throughput_flags_fall_back_to_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("WINNOW_BUS", "kafka://127.0.0.1:9092")
     monkeypatch.setenv("WINNOW_BENCH_OUT", "t.json")
     args = build_parser().parse_args(["bench", "throughput"])
-    assert (args.items, args.bus, args.out, args.repeats) == (128, "kafka://127.0.0.1:9092", "t.json", 3)
+    values = tuple(given(args, o) for o in (BENCH_ITEMS, BENCH_BUS, LABELS_OUT, BENCH_REPEATS))
+    assert values == (128, "kafka://127.0.0.1:9092", Path("t.json"), 3)

@@ -73,3 +73,49 @@ def test_serve_all_labels_trains_and_stops_on_sigterm(tmp_path: Path) -> None:
             process.kill()
             raise
     assert code == 0
+
+
+def test_sigterm_ends_serve_within_the_grace_period_while_the_bus_is_stuck(tmp_path: Path) -> None:
+    """Another process holds the SQLite bus's write lock (as a broker outage stalls every bus call): the
+    selector's polls, heartbeats and closing commit all wait on it, yet SIGTERM ends the process in time."""
+    import sqlite3
+
+    grace_s = 3.0
+    store = SqliteStore(tmp_path / "store.sqlite")
+    store.create_project(Project("stuck", ("a", "b")))
+    store.close()
+    bus_path = tmp_path / "bus.sqlite"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "winnow.services.cli", "serve", "selector", "--project", "stuck",
+         "--bus", f"sqlite:///{bus_path}", "--store", f"sqlite:///{tmp_path / 'store.sqlite'}",
+         "--grpc-port", "0", "--grace-s", str(grace_s), "--sqlite-session-timeout-s", "1.5",
+         "--lag-every-s", "0.2", "--models-dir", str(tmp_path / "models")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    holder = None
+    try:
+        deadline = time.monotonic() + 120
+        _wait_for_line(process, "grpc listening on", deadline)
+        started = ""
+        while "worker starting name=selector project=stuck group=selector.stuck" not in started:
+            started = _wait_for_line(process, "", deadline)
+        time.sleep(0.5)  # its first steps ran
+        holder = sqlite3.connect(bus_path, timeout=30, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # every write of the bus now waits (busy timeout 30 s)
+        time.sleep(2.0)  # a heartbeat is due (every 0.5 s): the worker is stuck in a bus call
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s + 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError("serve ignored SIGTERM while the bus was stuck") from None
+        elapsed = time.monotonic() - sent
+    finally:
+        if holder is not None:
+            holder.close()
+        if process.poll() is None:
+            process.kill()
+    output = process.stdout.read()
+    assert elapsed <= grace_s + 1.0, f"exited {elapsed:.1f} s after SIGTERM (grace {grace_s} s)\n{output}"
+    assert "shutdown begun signal=SIGTERM" in output and "Traceback" not in output

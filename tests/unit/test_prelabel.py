@@ -144,13 +144,13 @@ def test_poison_beside_a_batch_in_the_model_is_dead_lettered_and_committed_with_
 
 def test_a_worker_that_fails_stops_the_service_with_its_error(env) -> None:
     """serve's worker loop: the failed batch stays uncommitted and every other worker is told to stop."""
-    from winnow.services.serve import _work
+    from winnow.services.serve import Worker, run_worker
 
     bus, store = env
     ingested(bus, store, 8)
     prelabel = worker(bus, store, encoder=HashEncoder(fail_on="i00"))
     stop, failures = threading.Event(), []
-    thread = threading.Thread(target=_work, args=("prelabel", prelabel, store, stop, failures))
+    thread = threading.Thread(target=run_worker, args=(Worker("prelabel", prelabel), store, stop, failures))
     thread.start()
     thread.join(timeout=60)
     assert not thread.is_alive() and stop.is_set()

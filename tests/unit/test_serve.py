@@ -1,0 +1,138 @@
+"""serve's worker loop: a failing metric never stops a worker; a signal always ends the process in time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.errors import BusError
+from winnow.core.domain.records import Project
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.topics import create_topics
+from winnow.core.loop.trainer import Trainer, model_folder
+from winnow.services.serve import LAG_ERRORS, Worker, install_signal_handlers, measure_lag_until, run_worker
+
+
+class LagDuringOutage:
+    """The trainer's real consumer, except that the lag query fails as it does while the broker is down."""
+
+    def __init__(self, consumer) -> None:
+        self.consumer = consumer
+        self.lag_calls = 0
+
+    def lag(self) -> int:
+        self.lag_calls += 1
+        raise BusError("lag: broker unreachable")
+
+    def __getattr__(self, name: str):
+        return getattr(self.consumer, name)
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_a_failing_lag_metric_never_stops_the_worker(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    project = Project("p", ("a", "b"))
+    store.create_project(project)
+    create_topics(bus, "p", 1)
+    trainer = Trainer(bus, store, project, LoopConfig(), tmp_path / "models")
+    outage = LagDuringOutage(trainer.consumer)
+    trainer.consumer = outage
+    worker = Worker("trainer", trainer)
+    steps = []
+    stepping = worker.step
+    worker.step = lambda timeout_s=0.5: steps.append(1) or stepping(timeout_s=0.01)  # type: ignore[method-assign]
+    stop, failures = threading.Event(), []
+    errors_before = LAG_ERRORS.labels("trainer", "p")._value.get()
+    threads = [threading.Thread(target=run_worker, args=(worker, store, stop, failures)),
+               threading.Thread(target=measure_lag_until, args=([worker], stop, 0.02))]
+    with caplog.at_level(logging.WARNING, logger="winnow.services.serve"):
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: outage.lag_calls >= 5)
+            counted = len(steps)
+            wait_until(lambda: len(steps) > counted + 5)  # still stepping after the failures
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+    assert not failures
+    assert LAG_ERRORS.labels("trainer", "p")._value.get() - errors_before >= 5
+    assert "consumer lag not measured service=trainer project=p error=BusError" in caplog.text
+    trainer.close()
+    bus.close()
+    store.close()
+
+
+def test_a_signal_sets_stop_and_a_watchdog_ends_the_process_after_the_grace_period() -> None:
+    stop, exits = threading.Event(), []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        install_signal_handlers(stop, grace_s=0.3, hard_exit=exits.append)
+        sent = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_until(lambda: stop.is_set(), 5)
+        wait_until(lambda: exits, 5)
+        assert exits == [0.3] and time.monotonic() - sent >= 0.3
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal: at once
+        wait_until(lambda: len(exits) == 2, 5)
+        assert exits[1] == 0.0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("name", ["../../../x", "..", "a/../../b", "/etc/passwd", ".", "\x00", "é/.."])
+def test_model_folders_never_leave_models_dir(tmp_path: Path, name: str) -> None:
+    models = tmp_path / "models"
+    folder = model_folder(models, name, "v0001-n100")
+    assert folder.is_relative_to(models.resolve()) and folder.parent.parent == models.resolve()
+    assert folder.name == "v0001-n100"
+    assert model_folder(models, name, "v2").parent == folder.parent  # one folder per project
+    assert model_folder(models, name + "!", "v1").parent != folder.parent
+
+
+def test_a_hostile_project_name_trains_inside_models_dir(tmp_path: Path) -> None:
+    import numpy as np
+    from winnow.core.domain.records import Item, Label
+    from winnow.core.domain.settings import TrainConfig
+
+    name = "../../../escaped"  # the API refuses it; a record built directly must still stay inside
+    work = tmp_path / "a" / "b" / "c"
+    work.mkdir(parents=True)
+    bus, store = SqliteBus(work / "bus.sqlite"), SqliteStore(work / "store.sqlite")
+    project = Project(name, ("a", "b"))
+    store.create_project(project)
+    create_topics(bus, name, 1)
+    rng = np.random.default_rng(0)
+    ids = [f"i{k}" for k in range(40)]
+    y = rng.integers(0, 2, len(ids))
+    x = rng.standard_normal((len(ids), 8)).astype(np.float32) + 3 * np.eye(8, dtype=np.float32)[y]
+    store.add_items([Item(name, i, f"text {i}", 0.0) for i in ids])
+    store.put_embeddings(name, ids, x / np.linalg.norm(x, axis=1, keepdims=True))
+    store.put_labels([Label(name, i, project.classes[k], "human", "ann", 1.0, None, "majority", "v1", 0.0,
+                            f"{i}:labeling") for i, k in zip(ids, y)])
+    models = work / "models"
+    config = LoopConfig(first_model_labels=20, train=TrainConfig(folds=3, min_support=5))
+    trainer = Trainer(bus, store, project, config, models)
+    model = trainer.maybe_train(force=True)
+    assert model is not None and Path(model.path).resolve().is_relative_to(models.resolve())
+    assert (Path(model.path) / "meta.json").is_file()
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]  # models/../../../escaped would be a/escaped
+    trainer.close()
+    bus.close()
+    store.close()
