@@ -173,7 +173,7 @@ class SqliteBus(Bus):
 
     @_bus_errors
     def create_topic(self, topic: str, partitions: int = 1) -> None:
-        _check_name("topic", topic)
+        check_topic_name(_check_name("topic", topic))  # Kafka's rule, so a name works on both buses
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidInput("partitions", f"must be an integer >= 1, got {partitions!r}")
         with self._lock, _write(self._conn):
