@@ -12,13 +12,16 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from winnow.core.domain.errors import InvalidInput, NotFound
+from winnow.core.domain.limits import check_items, check_project_limits
 from winnow.core.domain.records import Annotation, Item, Label, ModelVersion, Project, Task
 
 MAX_TEXT_BYTES = 64 * 1024
 
 
 def validate_items(project: Project, items: Sequence[Item]) -> None:
-    """Check a batch before anything is written; errors name the field and the item."""
+    """Check a batch before anything is written; errors name the field and the item (the limits of
+    :func:`~winnow.core.domain.limits.check_items` first: count, ids, NUL, finite times)."""
+    check_items(items)
     seen: set[str] = set()
     for item in items:
         if item.project != project.name:
@@ -61,13 +64,14 @@ def validate_project(project: Project) -> None:
     """InvalidInput: "name" (empty), "classes" (none, empty or repeated), "overlap" (below 1),
     "budget_per_items" (below 1), "budget_labels" (outside [0, budget_per_items]),
     "precision_target" (outside (0, 1)), "strategy" (not one of ``STRATEGIES``), "created_at"
-    (not finite), and a NUL in "name", "classes" or "guideline_version"."""
+    (not finite), and a NUL in "name", "classes" or "guideline_version"; then every limit of
+    :func:`~winnow.core.domain.limits.check_project_limits` (the name rule, class count and size,
+    overlap, budget_per_items, guideline_version)."""
     check_text("name", project.name)
     check_text("classes", *project.classes)
     check_text("guideline_version", project.guideline_version)
     check_finite("created_at", project.created_at)
-    if not project.name.strip():
-        raise InvalidInput("name", "project name is empty")
+    check_project_limits(project)  # the one name rule (both buses) and the upper bounds
     if not project.classes or any(not c.strip() for c in project.classes):
         raise InvalidInput("classes", f"classes must be non-empty names, got {list(project.classes)}")
     if len(set(project.classes)) != len(project.classes):
