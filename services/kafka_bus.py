@@ -174,12 +174,15 @@ class KafkaStageProducer(Producer):
 
     Idempotent (``acks=all``, ``enable_idempotence``): a message is on every in-sync replica once
     ``flush`` returns, and a send the broker refused is raised by that ``flush`` as ``BusError``.
-    Calls serialize on a lock; a flush holds it, so it covers exactly what was published before it.
+    kafka-python's idempotent producer treats some refusals (a record too large) as fatal and fails
+    every later send, so a flush that raises also replaces the client with a fresh one: the producer
+    stays usable, as the ``Producer`` contract says. Calls serialize on a lock; a flush holds it, so
+    it covers exactly what was published before it.
     """
 
-    def __init__(self, bus: KafkaBus, producer: KafkaProducer) -> None:
+    def __init__(self, bus: KafkaBus) -> None:
         self._bus = bus
-        self._producer = producer
+        self._producer = bus._kafka_producer()
         self._pending: list[FutureRecordMetadata] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -229,9 +232,19 @@ class KafkaStageProducer(Producer):
             self._producer.flush(timeout=timeout_s)
         failed = [f.exception for f in pending if f.failed()]
         if failed:
+            self._renew()
             raise BusError(f"kafka publish failed for {len(failed)} of {len(pending)} messages: {failed[0]!r}")
         if any(not f.is_done for f in pending):
+            self._renew()
             raise BusError(f"kafka flush timed out after {timeout_s} s")
+
+    def _renew(self) -> None:
+        """Drop the client after a failed flush (its unsent messages with it) and start a fresh one."""
+        old, self._producer = self._producer, self._bus._kafka_producer()
+        try:
+            old.close(timeout=0)
+        except KafkaError as e:
+            log.warning("closing a failed kafka producer: %s", e)
 
     def close(self) -> None:
         """Flush, then close the producer's connections (also when the flush raised)."""
@@ -293,8 +306,13 @@ class KafkaBus(Bus):
 
     def producer(self) -> Producer:
         """A new ``KafkaStageProducer`` (idempotent, ``acks=all``) with connections of its own."""
+        producer = KafkaStageProducer(self)
+        self._producers.add(producer)
+        return producer
+
+    def _kafka_producer(self) -> KafkaProducer:
         with _broker_errors(f"connect a producer to {self._bootstrap}"):
-            producer = KafkaStageProducer(self, KafkaProducer(
+            return KafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 client_id=self._client_id,
                 acks="all",
@@ -302,9 +320,7 @@ class KafkaBus(Bus):
                 linger_ms=self._linger_ms,
                 max_block_ms=int(self.metadata_timeout_s * 1000),
                 request_timeout_ms=self._request_timeout_ms,
-            ))
-        self._producers.add(producer)
-        return producer
+            )
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` with the cluster's default replication; return once its metadata has leaders."""
