@@ -65,6 +65,12 @@ BENCH_HEAD_LABELS = Option("head_labels", int, "Banking77 test rows the head is 
 BENCH_PROFILE_DIR = Option("profile_dir", Path, "write cProfile stats of every pipeline thread here (slows the "
                            "pipeline runs)", None, env_name="BENCH_PROFILE_DIR", optional=True)
 PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
+FUZZ_REQUESTS = Option("requests", int, "malformed and absurd requests to send", 10_000, env_name="FUZZ_REQUESTS",
+                       low=1)
+FUZZ_SEED = Option("seed", int, "seed of the requests", 0, env_name="FUZZ_SEED", low=0)
+FUZZ_MAX_SECONDS = Option("max_seconds", float, "stop sending after this many seconds", 1800.0,
+                          env_name="FUZZ_MAX_SECONDS", low=1.0)
+FUZZ_OUT = Option("out", Path, "result JSON path", None, env_name="BENCH_OUT")
 
 
 class Parser(argparse.ArgumentParser):
@@ -119,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     throughput = bench_sub.add_parser("throughput", help="items/s through the whole pipeline against the model alone")
     add_options(throughput, (BENCH_BUS, BENCH_ITEMS, BENCH_REPEATS, BENCH_HEAD_LABELS, BENCH_PROFILE_DIR, LABELS_OUT,
                              *loop_options))
+    fuzz = bench_sub.add_parser("fuzz", help="malformed and absurd requests against `serve all` on 127.0.0.1 "
+                                "(exit 1 unless: no INTERNAL or UNKNOWN, no restart, healthy, store consistent)")
+    add_options(fuzz, (FUZZ_REQUESTS, FUZZ_SEED, FUZZ_MAX_SECONDS, FUZZ_OUT))
 
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
     serve.add_argument("service", choices=(*SERVICES, "all"))
@@ -225,6 +234,23 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.fuzz import run_fuzz
+
+    out, requests = given(args, FUZZ_OUT), given(args, FUZZ_REQUESTS)
+    seed, max_seconds = given(args, FUZZ_SEED), given(args, FUZZ_MAX_SECONDS)
+    console = Console(stderr=True)
+    result = run_fuzz(requests, out, seed=seed, max_seconds=max_seconds, progress=console.print)
+    console.print(f"{result['requests']} requests in {result['duration_s']} s: {result['by_code']}")
+    console.print(f"server_restarts={result['server_restarts']} healthy_after={result['healthy_after']} "
+                  f"store_consistent={result['store_consistent']}")
+    console.print(f"wrote {out}")
+    passed = (result["internal"] == result["unknown"] == result["server_restarts"] == 0 and result["healthy_after"]
+              and result["store_consistent"])
+    return 0 if passed else 1
+
+
 def _print_table(console, result: dict) -> None:
     from rich.table import Table
 
@@ -253,7 +279,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
-            ("bench", "throughput"): cmd_bench_throughput, ("serve", None): cmd_serve}
+            ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
+            ("serve", None): cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loud = logging.INFO if args.command == "serve" else logging.WARNING
     logging.basicConfig(level=quiet if args.verbose else loud, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it loads, at every start
+    if not args.verbose:  # kafka-python logs every connection attempt at INFO and each failed one twice
+        logging.getLogger("kafka").setLevel(logging.ERROR)
     command = COMMANDS.get((args.command, getattr(args, "bench", None)))
     try:
         return command(args) if command is not None else USAGE_ERROR
