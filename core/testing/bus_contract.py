@@ -247,28 +247,37 @@ class BusContract:
             self.producer.publish_many(f"missing-{uuid.uuid4().hex[:12]}", [("k", b"v")])
         self.producer.flush()  # nothing was queued
 
-    def test_a_flush_covers_only_its_own_producer_and_a_failed_stage_does_not_commit(self) -> None:
+    @pytest.mark.parametrize("first", ["good", "failing"])
+    def test_a_flush_covers_only_its_own_producer_and_a_failed_stage_does_not_commit(self, first: str) -> None:
         """Two stages read one topic, each in its own group and thread, and publish through their own
-        producers; one of the failing stage's publishes is refused. Both flush at the same time: the
-        failing stage's flush raises (so it does not commit), the other's returns and its output is
-        durable and its input committed; the failing stage's input is handed out again."""
+        producers; one of the failing stage's publishes is refused. Both have published before either
+        flushes, then ``first`` flushes, then the other: the failing stage's flush raises (so it does
+        not commit), the good one's returns, its output is durable and its input committed; the
+        failing stage's input is handed out again. (A flush that took every producer's sends would
+        raise in the good stage, or return in the failing one with the good one's output lost.)"""
         source, out = self.new_topic(2), self.new_topic(2)
         refusing, refused_value = self.refusing_topic()
         sent = self.publish(source, 20, keys=6)
         groups = {"good": self.new_group(), "failing": self.new_group()}
         published = threading.Barrier(2, timeout=60.0)
+        first_flushed = threading.Event()
 
         def stage(name: str) -> BusError | None:
             with self.bus.consumer([source], groups[name]) as consumer, self.bus.producer() as producer:
                 batch = poll_until(consumer, len(sent), deadline_s=60.0)
-                producer.publish_many(out, [(m.key, f"{name}:".encode() + m.value) for m in batch])
+                for m in batch:
+                    producer.publish(out, m.key, f"{name}:".encode() + m.value)
                 if name == "failing":
                     producer.publish(refusing, "k", refused_value)
-                published.wait()  # both flush together: neither may take or report the other's sends
+                published.wait()
+                if name != first:
+                    assert first_flushed.wait(60.0)
                 try:
                     producer.flush()
                 except BusError as e:
                     return e
+                finally:
+                    first_flushed.set()
                 consumer.commit()
                 return None
 
