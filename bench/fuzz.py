@@ -107,6 +107,7 @@ class Values:
         self.rng = rng
         self.huge_items_left = HUGE_ITEM_CALLS
         self.next_id = 0  # valid requests use item ids below this
+        self.leased: list[str] = []  # item ids LeaseTasks handed out: valid answers are for these
 
     def string(self, plausible: bool) -> str:
         r = self.rng
@@ -228,7 +229,8 @@ def valid_request(method: MethodDescriptor, values: Values) -> Any:
                     text=" ".join(rng.choices(WORDS, k=rng.randrange(1, 12))),
                     ingested_at=rng.choice([0.0, time.time()]))
 
-    some_id = f"item-{rng.randrange(values.next_id + 1)}"
+    some_id = (rng.choice(values.leased) if values.leased and rng.random() < 0.8
+               else f"item-{rng.randrange(values.next_id + 1)}")
     fields = {
         "Ingest": lambda: item(), "IngestBatch": lambda: {"items": [item() for _ in range(rng.randrange(1, 20))]},
         "LeaseTasks": lambda: dict(project=PROJECT, annotator=rng.choice(("alice", "bob")),
@@ -284,7 +286,10 @@ def _call(channel: grpc.Channel, method: MethodDescriptor, values: Values) -> tu
                 for _ in channel.unary_stream(path)(payload, timeout=CALL_TIMEOUT_S):
                     pass
             else:
-                channel.unary_unary(path)(payload, timeout=CALL_TIMEOUT_S)
+                response = channel.unary_unary(path)(payload, timeout=CALL_TIMEOUT_S)
+                if method.name == "LeaseTasks":
+                    leases = labeling_pb2.LeaseTasksResponse.FromString(response).leases
+                    values.leased = (values.leased + [lease.item_id for lease in leases])[-200:]
         return strategy, grpc.StatusCode.OK
     except grpc.RpcError as error:
         return strategy, error.code()  # type: ignore[attr-defined]
