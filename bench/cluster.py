@@ -1,7 +1,7 @@
-"""Winnow services as separate processes on a real Kafka broker and PostgreSQL server, for the
-distributed tests: start ``winnow serve NAME``, wait until it is listening, stop it (SIGTERM, or
-SIGKILL for a crash), and look at the broker the way an operator would (consumer-group lag, topic
-contents, group members).
+"""Winnow services as separate processes, for the distributed tests and the chaos benchmark: start
+``winnow serve NAME`` (on Kafka and PostgreSQL, or ``all`` on the embedded bus and store), wait until
+it is listening, stop it (SIGTERM, or SIGKILL for a crash), start it again, and look at the broker the
+way an operator would (consumer-group lag, topic contents, group members).
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class Service:
     name: str
     process: subprocess.Popen
     log_path: Path
+    project: str | None = None
+    grpc_port: int = 0  # as asked (0: a free one); ``target`` says where it listens
     target: str = ""  # host:port of its gRPC server, once ready
     metrics: str = ""  # host:port of its Prometheus endpoint, when asked for
 
@@ -122,10 +124,10 @@ class Cluster:
     cache_dir: Path
     services: list[Service] = field(default_factory=list)
 
-    def start(self, name: str, project: str | None = None, metrics: bool = False) -> Service:
+    def start(self, name: str, project: str | None = None, metrics: bool = False, grpc_port: int = 0) -> Service:
         """Start ``winnow -v serve NAME`` (not waiting for it: see :meth:`wait_ready`)."""
         argv = [sys.executable, "-m", "winnow.services.cli", "-v", "serve", name, "--bus", self.bus_url,
-                "--store", self.store_url, "--grpc-port", "0", "--models-dir", str(self.workdir / "models")]
+                "--store", self.store_url, "--grpc-port", str(grpc_port), "--models-dir", str(self.workdir / "models")]
         if project is not None:
             argv += ["--project", project]
         if metrics:
@@ -134,9 +136,15 @@ class Cluster:
         log_path = self.workdir / f"{name}-{len(self.services)}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)
-        service = Service(name, process, log_path)
+        service = Service(name, process, log_path, project, grpc_port)
         self.services.append(service)
         return service
+
+    def restart(self, service: Service) -> Service:
+        """Start ``service`` again as it was started (same name, project and gRPC port), once it has exited."""
+        if service.process.poll() is None:
+            raise AssertionError(f"{service.name} (pid {service.process.pid}) is still running")
+        return self.start(service.name, service.project, bool(service.metrics), service.grpc_port)
 
     def wait_ready(self, services: Iterable[Service], deadline: float) -> None:
         for service in services:
@@ -222,3 +230,41 @@ class Broker:
         return [frozenset((owned["topic"], p) for owned in assignment["assigned_partitions"]
                           for p in owned["partitions"]) if isinstance(assignment, dict) else frozenset()
                 for assignment in assignments]
+
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_LOCAL = REPO / "deploy" / "kafka-local.sh"
+POSTGRES_LOCAL = REPO / "deploy" / "postgres-local.sh"
+SERVER_START_TIMEOUT_S = 600.0  # a first start fetches the broker's jars / installs the Debian packages
+SERVER_STOP_TIMEOUT_S = 120.0
+
+
+@dataclass
+class LocalServer:
+    """A Kafka broker or PostgreSQL server kept in ``directory`` by its deploy/ script (``start DIR``
+    prints the address last; ``stop DIR``; a stopped DIR starts again on the same port and data)."""
+
+    script: Path
+    directory: Path
+    address: str = ""
+
+    def _run(self, action: str, timeout_s: float) -> str:
+        done = subprocess.run(["bash", str(self.script), action, str(self.directory)], capture_output=True,
+                              text=True, timeout=timeout_s)
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+            raise RuntimeError(f"{self.script.name} {action} failed (exit {done.returncode}):\n{tail}")
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    def start(self) -> str:
+        """Start (or find) the server; returns its address (bootstrap host:port, or a DSN)."""
+        self.address = self._run("start", SERVER_START_TIMEOUT_S)
+        return self.address
+
+    def stop(self) -> None:
+        self._run("stop", SERVER_STOP_TIMEOUT_S)
+
+    def restart(self) -> str:
+        """Stop, then start again on the same port and data (an outage as a broker restart makes)."""
+        self.stop()
+        return self.start()

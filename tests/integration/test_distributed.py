@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from winnow.bench.cluster import Broker, Cluster, Service, store_url, wait_until
 from winnow.core.adapters.postgres_store import PostgresStore
 from winnow.core.data.datasets import banking77
 from winnow.core.domain.codecs import MODELS
@@ -26,8 +27,6 @@ from winnow.core.ml.training import train, write_version
 from winnow.core.ports.bus import partition_for
 from winnow.services.client import WinnowClient
 from winnow.services.kafka_bus import KafkaBus
-
-from tests.integration.cluster import Broker, Cluster, Service, store_url, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
