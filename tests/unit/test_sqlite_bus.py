@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from winnow.core.adapters.sqlite_bus import SqliteBus, _assign
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_group import assign
 from winnow.core.domain.errors import BusError, InvalidInput, NotFound
 from winnow.core.ports.bus import Consumer, Message, ProducerPool, next_offsets
 from winnow.core.testing.bus_contract import BusContract, poll_until, values
@@ -85,8 +86,8 @@ class TestSqliteBus(BusContract):
     def test_members_reading_different_topics_share_one_group(self) -> None:
         members = {"a": frozenset({"t1"}), "b": frozenset({"t1", "t2"})}
         partitions = {"t1": 2, "t2": 2}
-        assert _assign(members, partitions, "a") == {("t1", 0)}
-        assert _assign(members, partitions, "b") == {("t1", 1), ("t2", 0), ("t2", 1)}
+        assert assign(members, partitions, "a") == {("t1", 0)}
+        assert assign(members, partitions, "b") == {("t1", 1), ("t2", 0), ("t2", 1)}
 
     def test_messages_and_commits_survive_reopening_the_file(self, tmp_path: Path) -> None:
         path = tmp_path / "durable.db"
