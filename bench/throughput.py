@@ -48,10 +48,9 @@ PRELABEL_BATCH: int = inspect.signature(Stage.step).parameters["max_messages"].d
 FAISS_THREADS: int = ServeConfig.faiss_threads  # serve's default, set for the pipeline runs only
 SQLITE_SESSION_TIMEOUT_S: float = ServeConfig.sqlite_session_timeout_s
 HEAD_VERSION = "bench-head"
-# Each role gets its own bus client: one KafkaBus shared by the stage threads (as ``winnow serve all``
-# shares it) fails flushes at random. A publish in another thread can land its future in the list a
-# concurrent flush has just taken, after that flush's producer.flush() began, and the flush reports it
-# as "kafka flush timed out after 30000 ms" (seen here two seconds into a run).
+# Each role gets its own bus client, as separate ``winnow serve`` processes would. (Sharing one is safe
+# now that every stage publishes through a producer of its own, ``Bus.producer``; before, one KafkaBus
+# shared by the stage threads failed flushes at random, a flush taking another thread's sends.)
 
 
 @dataclass
@@ -197,8 +196,8 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
     """One pipeline run on a fresh store and fresh topics; timed from the first ingest to the last decision.
 
     The prelabel worker and the selector run in threads through serve's worker loop. Ingest, prelabel
-    and selector each have their own bus client, as separate ``winnow serve`` processes would (a
-    ``KafkaBus`` shared by threads can fail a flush: see the note at the top). An item is decided when
+    and selector each have their own bus client, as separate ``winnow serve`` processes would (see the
+    note at the top). An item is decided when
     the selector has handled its scored message (its label, task or backlog entry durable, offsets
     committed); afterwards every item is checked to be scored and decided once.
     """
