@@ -313,7 +313,7 @@ def _shut_down(options: ServeConfig, server, running: list[Worker], threads: lis
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     stuck = [t.name for t in threads if t.is_alive()]
-    server.stop(max(0.0, deadline - time.monotonic()))
+    server.stop(max(0.0, deadline - time.monotonic())).wait(max(0.0, deadline - time.monotonic()))
     closers: list[tuple[str, Callable[[], object]]] = [
         (f"{w.name}-{w.project}", w.stage.close) for w in running if f"{w.name}-{w.project}" not in stuck]
     stuck += _close_within(deadline, [*closers, ("bus", bus.close), ("store", store.close)])

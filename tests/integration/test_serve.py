@@ -73,6 +73,12 @@ def test_serve_all_labels_trains_and_stops_on_sigterm(tmp_path: Path) -> None:
             process.kill()
             raise
     assert code == 0
+    said = process.stdout.read()  # serve tells what it does at its default level (INFO), as key=value
+    for line in ("worker starting name=prelabel project=served group=prelabel.served",
+                 "worker starting name=trainer project=served group=trainer.served",
+                 "trainer registered project=served version=v0001", "prelabel swapped model version=v0001",
+                 "shutdown begun signal=SIGTERM", "shutdown finished"):
+        assert line in said, line
 
 
 def test_sigterm_ends_serve_within_the_grace_period_while_the_bus_is_stuck(tmp_path: Path) -> None:

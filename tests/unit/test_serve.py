@@ -106,15 +106,15 @@ def test_model_folders_never_leave_models_dir(tmp_path: Path, name: str) -> None
     assert model_folder(models, name + "!", "v1").parent != folder.parent
 
 
-def test_a_hostile_project_name_trains_inside_models_dir(tmp_path: Path) -> None:
+def test_the_trainer_writes_into_the_derived_folder_inside_models_dir(tmp_path: Path) -> None:
+    """Store and bus refuse a name like ``../../../x`` (so a Trainer cannot even subscribe with one); the
+    trainer's folder comes from ``model_folder`` anyway, which the test above gives the hostile names."""
     import numpy as np
     from winnow.core.domain.records import Item, Label
     from winnow.core.domain.settings import TrainConfig
 
-    name = "../../../escaped"  # the API refuses it; a record built directly must still stay inside
-    work = tmp_path / "a" / "b" / "c"
-    work.mkdir(parents=True)
-    bus, store = SqliteBus(work / "bus.sqlite"), SqliteStore(work / "store.sqlite")
+    name = "p.v2"
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
     project = Project(name, ("a", "b"))
     store.create_project(project)
     create_topics(bus, name, 1)
@@ -126,13 +126,12 @@ def test_a_hostile_project_name_trains_inside_models_dir(tmp_path: Path) -> None
     store.put_embeddings(name, ids, x / np.linalg.norm(x, axis=1, keepdims=True))
     store.put_labels([Label(name, i, project.classes[k], "human", "ann", 1.0, None, "majority", "v1", 0.0,
                             f"{i}:labeling") for i, k in zip(ids, y)])
-    models = work / "models"
+    models = tmp_path / "models"
     config = LoopConfig(first_model_labels=20, train=TrainConfig(folds=3, min_support=5))
     trainer = Trainer(bus, store, project, config, models)
     model = trainer.maybe_train(force=True)
-    assert model is not None and Path(model.path).resolve().is_relative_to(models.resolve())
-    assert (Path(model.path) / "meta.json").is_file()
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b"]  # models/../../../escaped would be a/escaped
+    assert model is not None and Path(model.path) == model_folder(models, name, model.version)
+    assert Path(model.path).parent.parent == models.resolve() and (Path(model.path) / "meta.json").is_file()
     trainer.close()
     bus.close()
     store.close()
