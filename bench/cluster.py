@@ -239,6 +239,10 @@ SERVER_START_TIMEOUT_S = 600.0  # a first start fetches the broker's jars / inst
 SERVER_STOP_TIMEOUT_S = 120.0
 
 
+class ServerUnavailable(RuntimeError):
+    """A deploy script could not start (or stop) its server: no java, mvn or PostgreSQL packages, ..."""
+
+
 @dataclass
 class LocalServer:
     """A Kafka broker or PostgreSQL server kept in ``directory`` by its deploy/ script (``start DIR``
@@ -249,11 +253,14 @@ class LocalServer:
     address: str = ""
 
     def _run(self, action: str, timeout_s: float) -> str:
-        done = subprocess.run(["bash", str(self.script), action, str(self.directory)], capture_output=True,
-                              text=True, timeout=timeout_s)
+        try:
+            done = subprocess.run(["bash", str(self.script), action, str(self.directory)], capture_output=True,
+                                  text=True, timeout=timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ServerUnavailable(f"{self.script.name} {action}: {e}") from e
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-20:])
-            raise RuntimeError(f"{self.script.name} {action} failed (exit {done.returncode}):\n{tail}")
+            raise ServerUnavailable(f"{self.script.name} {action} failed (exit {done.returncode}):\n{tail}")
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
     def start(self) -> str:

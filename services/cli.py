@@ -71,6 +71,14 @@ FUZZ_SEED = Option("seed", int, "seed of the requests", 0, env_name="FUZZ_SEED",
 FUZZ_MAX_SECONDS = Option("max_seconds", float, "stop sending after this many seconds", 1800.0,
                           env_name="FUZZ_MAX_SECONDS", low=1.0)
 FUZZ_OUT = Option("out", Path, "result JSON path", None, env_name="BENCH_OUT")
+CHAOS_BUS = Option("bus", str, "sqlite: `serve all` on the embedded bus and store; kafka: the six services on a "
+                   "Kafka broker and PostgreSQL started with the deploy scripts", "sqlite", env_name="CHAOS_BUS",
+                   choices=("sqlite", "kafka"))
+CHAOS_ITEMS = Option("items", int, "items streamed (the first of a seeded shuffle of Banking77 train)", 3000,
+                     env_name="CHAOS_ITEMS", low=1, high=10_003)
+CHAOS_KILLS = Option("kills", int, "SIGKILLs of a random process at random moments", 20, env_name="CHAOS_KILLS", low=0)
+CHAOS_SEED = Option("seed", int, "seed of the items, the kill moments and the victims", 0, env_name="CHAOS_SEED",
+                    low=0)
 
 
 class Parser(argparse.ArgumentParser):
@@ -128,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     fuzz = bench_sub.add_parser("fuzz", help="malformed and absurd requests against `serve all` on 127.0.0.1 "
                                 "(exit 1 unless: no INTERNAL or UNKNOWN, no restart, healthy, store consistent)")
     add_options(fuzz, (FUZZ_REQUESTS, FUZZ_SEED, FUZZ_MAX_SECONDS, FUZZ_OUT))
+    chaos = bench_sub.add_parser("chaos", help="stream items while SIGKILLing the processes, then count lost and "
+                                 "duplicated labels (exit 1 unless: 0 lost, 0 duplicated, every label on the topic)")
+    add_options(chaos, (CHAOS_BUS, CHAOS_ITEMS, CHAOS_KILLS, CHAOS_SEED, FUZZ_OUT))
 
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
     serve.add_argument("service", choices=(*SERVICES, "all"))
@@ -251,6 +262,22 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_bench_chaos(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.chaos import ChaosPlan, run_chaos
+
+    out = given(args, FUZZ_OUT)
+    plan = ChaosPlan(items=given(args, CHAOS_ITEMS), kills=given(args, CHAOS_KILLS), seed=given(args, CHAOS_SEED),
+                     bus=given(args, CHAOS_BUS))
+    console = Console(stderr=True)
+    result = run_chaos(plan, out)
+    console.print({k: result[k] for k in ("acknowledged", "labeled_once", "topic_labels", "lost", "duplicated",
+                                          "kills", "broker_restarts", "duration_s")})
+    console.print(f"wrote {out}")
+    passed = result["lost"] == result["duplicated"] == 0 and result["topic_labels"] == result["acknowledged"]
+    return 0 if passed else 1
+
+
 def _print_table(console, result: dict) -> None:
     from rich.table import Table
 
@@ -280,6 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
+            ("bench", "chaos"): cmd_bench_chaos,
             ("serve", None): cmd_serve}
 
 
