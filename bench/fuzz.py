@@ -174,6 +174,8 @@ class Values:
             }.get(f.type, lambda: None)
             if f.is_repeated:
                 n = self.count(plausible) if self.rng.random() < 0.5 else self.rng.randrange(4)
+                if n > 4 and f.type == FieldDescriptor.TYPE_STRING:  # many strings: short ones (memory stays bounded)
+                    value = lambda: self.string(True) if self.rng.random() < 0.9 else "x" * 1000  # noqa: E731
                 getattr(message, f.name).extend(value() for _ in range(n))
             elif (v := value()) is not None:
                 setattr(message, f.name, v)
@@ -246,8 +248,18 @@ def valid_request(method: MethodDescriptor, values: Values) -> Any:
     return cls(**fields)
 
 
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # what one generated request may hold (the fuzz's own memory bound)
+
+
 def request_bytes(method: MethodDescriptor, values: Values) -> tuple[str, bytes]:
-    """(strategy, one encoded request) for ``method``."""
+    """(strategy, one encoded request) for ``method``, at most ``MAX_REQUEST_BYTES``."""
+    strategy, payload = _request_bytes(method, values)
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise RuntimeError(f"a generated {method.name} request is {len(payload)} bytes (a bug in the fuzz)")
+    return strategy, payload
+
+
+def _request_bytes(method: MethodDescriptor, values: Values) -> tuple[str, bytes]:
     rng, descriptor = values.rng, method.input_type
     strategy = rng.choices(["random_bytes", "invalid_utf8", "mutated", "extreme", "valid"],
                            weights=[15, 15, 25, 30, 15])[0]

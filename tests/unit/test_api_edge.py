@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,3 +264,11 @@ def test_an_unexpected_error_is_internal_with_one_log_line_and_no_payload(edge: 
     assert line.levelno == logging.ERROR and line.exc_info is None
     assert "SubmitLabel" in line.getMessage() and secret not in line.getMessage()
     assert secret not in caplog.text
+
+
+def test_the_client_does_not_import_the_server() -> None:
+    code = ("import sys, winnow.services.client; "
+            "print(sorted(m for m in sys.modules if m.startswith('winnow.services.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert eval(loaded) == ["winnow.services.api", "winnow.services.api.convert", "winnow.services.api.errors",
+                            "winnow.services.client"]
