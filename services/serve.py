@@ -4,8 +4,9 @@ Bus and store are named by URL: ``sqlite:///path`` (embedded, the default) or ``
 for the bus, ``sqlite:///path`` or ``postgresql://...`` for the store. Every service serves gRPC
 health and reflection (plus its API, for the API services) and prints ``grpc listening on
 HOST:PORT`` when it is ready; workers consume their topics in a loop, and say at INFO what they do
-(start, model trained or swapped, close served, shutdown). Consumer lag is measured in a thread of
-its own: a metric that fails is logged and never stops a worker. SIGTERM stops the loops after the
+(start, model trained or swapped, close served, shutdown). Metrics that query the bus or the store
+(consumer lag, label counts) are measured in a thread of their own: one that fails is logged and
+never stops a worker. SIGTERM stops the loops after the
 batch in hand (its output flushed and its offsets committed), then stops the server; whatever has
 not finished ``grace_s`` after the signal is abandoned and the process exits anyway (uncommitted
 input is redelivered to the next process).
@@ -42,8 +43,8 @@ FORCED_EXIT = 1  # the exit code when shutdown overran the grace period
 
 MESSAGES = Counter("winnow_messages_total", "Bus messages a stage handled", ["service", "project"])
 LAG = Gauge("winnow_consumer_lag", "Messages on the stage's partitions not yet committed", ["service", "project"])
-LAG_ERRORS = Counter("winnow_consumer_lag_errors_total", "Consumer-lag measurements that failed",
-                     ["service", "project"])
+METRIC_ERRORS = Counter("winnow_metric_errors_total", "Metric measurements that failed (lag, label counts)",
+                        ["service", "project"])
 STEP_SECONDS = Histogram("winnow_step_seconds", "Time to handle one batch (output durable, offsets committed)",
                          ["service", "project"])
 HUMAN_FRACTION = Gauge("winnow_human_fraction", "Share of final labels made by people", ["project"])
@@ -130,11 +131,25 @@ class Worker:
             finally:
                 self.lock.release()
         except Exception as e:  # the metric must never stop the worker
-            LAG_ERRORS.labels(self.name, self.project).inc()
+            METRIC_ERRORS.labels(self.name, self.project).inc()
             log.warning("consumer lag not measured service=%s project=%s error=%s", self.name, self.project,
                         type(e).__name__)
         finally:
             self.metric_waiting.clear()
+
+    def measure_labels(self, store: Store) -> None:
+        """The trainer's gauges: share of human labels, current model version; failures logged, never raised."""
+        try:
+            counts = store.count_labels(self.project)
+            if total := sum(counts.values()):
+                HUMAN_FRACTION.labels(self.project).set(counts.get("human", 0) / total)
+            current = store.current_model(self.project)
+            if current is not None:
+                MODEL_VERSION.labels(self.project, current.version).set(current.n_train)
+        except Exception as e:  # the metric must never stop the worker
+            METRIC_ERRORS.labels(self.name, self.project).inc()
+            log.warning("label metrics not measured service=%s project=%s error=%s", self.name, self.project,
+                        type(e).__name__)
 
 
 def run_worker(worker: Worker, store: Store, stop: threading.Event,
@@ -147,7 +162,7 @@ def run_worker(worker: Worker, store: Store, stop: threading.Event,
     dead would leave its partitions stuck behind a service that still answers health checks.
     """
     try:
-        _step_until(worker, store, stop)
+        _step_until(worker, stop)
     except Exception as e:
         if failures is None:
             raise
@@ -156,7 +171,7 @@ def run_worker(worker: Worker, store: Store, stop: threading.Event,
         stop.set()
 
 
-def _step_until(worker: Worker, store: Store, stop: threading.Event) -> None:
+def _step_until(worker: Worker, stop: threading.Event) -> None:
     name, project = worker.name, worker.project
     while not stop.is_set():
         started = time.perf_counter()
@@ -165,23 +180,21 @@ def _step_until(worker: Worker, store: Store, stop: threading.Event) -> None:
             STEP_SECONDS.labels(name, project).observe(time.perf_counter() - started)
             MESSAGES.labels(name, project).inc(handled)
         if worker.metric_waiting.is_set():
-            time.sleep(0.001)  # hand the lock to the lag thread
-        if name == "trainer" and handled:
-            labels = store.labels(project)
-            if labels:
-                HUMAN_FRACTION.labels(project).set(sum(x.source == "human" for x in labels) / len(labels))
-            current = store.current_model(project)
-            if current is not None:
-                MODEL_VERSION.labels(project, current.version).set(current.n_train)
+            time.sleep(0.001)  # hand the lock to the metric thread
 
 
-def measure_lag_until(workers: Sequence[Worker], stop: threading.Event, every_s: float) -> None:
-    """Every ``every_s`` seconds, each worker's consumer lag into the gauge, until ``stop``."""
+def measure_until(workers: Sequence[Worker], store: Store, stop: threading.Event, every_s: float) -> None:
+    """Every ``every_s`` seconds, each worker's consumer lag (and the trainer's label gauges), until ``stop``.
+
+    Runs in a thread of its own, so a metric that fails or hangs (a broker or database outage)
+    never stops or stalls a worker's step loop."""
     while not stop.wait(every_s):
         for worker in workers:
             if stop.is_set():
                 return
             worker.measure_lag(wait_s=every_s)
+            if worker.name == "trainer":
+                worker.measure_labels(store)
 
 
 def _wait_for_project(store: Store, project: str, stop: threading.Event) -> None:
@@ -292,8 +305,8 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
         threads = [threading.Thread(target=run_worker, args=(w, store, stop, failures), name=f"{w.name}-{w.project}",
                                     daemon=True) for w in running]
         if running:
-            threads.append(threading.Thread(target=measure_lag_until, args=(running, stop, options.lag_every_s),
-                                            name="consumer-lag", daemon=True))
+            threads.append(threading.Thread(target=measure_until, args=(running, store, stop, options.lag_every_s),
+                                            name="metrics", daemon=True))
         for thread in threads:
             thread.start()
         stop.wait()

@@ -308,8 +308,8 @@ class ServeConfig:
     sqlite_session_timeout_s: float = setting(
         30.0, "seconds before a silent SQLite-bus consumer's partitions go to another (each heartbeats from its "
         "own thread, so only a stalled process counts)", low=1.0)
-    lag_every_s: float = setting(5.0, "seconds between consumer-lag measurements (broker round trips on Kafka)",
-                                 low=0.1)
+    lag_every_s: float = setting(5.0, "seconds between metric measurements: consumer lag (broker round trips on "
+                                 "Kafka), label counts", low=0.1)
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -17,7 +17,7 @@ from winnow.core.domain.records import Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.topics import create_topics
 from winnow.core.loop.trainer import Trainer, model_folder
-from winnow.services.serve import LAG_ERRORS, Worker, install_signal_handlers, measure_lag_until, run_worker
+from winnow.services.serve import METRIC_ERRORS, Worker, install_signal_handlers, measure_until, run_worker
 
 
 class LagDuringOutage:
@@ -56,9 +56,9 @@ def test_a_failing_lag_metric_never_stops_the_worker(tmp_path: Path, caplog: pyt
     stepping = worker.step
     worker.step = lambda timeout_s=0.5: steps.append(1) or stepping(timeout_s=0.01)  # type: ignore[method-assign]
     stop, failures = threading.Event(), []
-    errors_before = LAG_ERRORS.labels("trainer", "p")._value.get()
+    errors_before = METRIC_ERRORS.labels("trainer", "p")._value.get()
     threads = [threading.Thread(target=run_worker, args=(worker, store, stop, failures)),
-               threading.Thread(target=measure_lag_until, args=([worker], stop, 0.02))]
+               threading.Thread(target=measure_until, args=([worker], store, stop, 0.02))]
     with caplog.at_level(logging.WARNING, logger="winnow.services.serve"):
         for thread in threads:
             thread.start()
@@ -71,7 +71,7 @@ def test_a_failing_lag_metric_never_stops_the_worker(tmp_path: Path, caplog: pyt
             for thread in threads:
                 thread.join(10)
     assert not failures
-    assert LAG_ERRORS.labels("trainer", "p")._value.get() - errors_before >= 5
+    assert METRIC_ERRORS.labels("trainer", "p")._value.get() - errors_before >= 5
     assert "consumer lag not measured service=trainer project=p error=BusError" in caplog.text
     trainer.close()
     bus.close()
@@ -135,3 +135,21 @@ def test_the_trainer_writes_into_the_derived_folder_inside_models_dir(tmp_path: 
     trainer.close()
     bus.close()
     store.close()
+
+
+def test_label_metrics_failing_with_the_store_are_logged_not_raised(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    store.create_project(Project("p", ("a", "b")))
+    create_topics(bus, "p", 1)
+    trainer = Trainer(bus, store, store.get_project("p"), LoopConfig(), tmp_path / "models")
+    worker = Worker("trainer", trainer)
+    worker.measure_labels(store)  # no labels yet: nothing to say, nothing raised
+    store.close()  # the database is gone
+    errors_before = METRIC_ERRORS.labels("trainer", "p")._value.get()
+    with caplog.at_level(logging.WARNING, logger="winnow.services.serve"):
+        worker.measure_labels(store)
+    assert METRIC_ERRORS.labels("trainer", "p")._value.get() == errors_before + 1
+    assert "label metrics not measured service=trainer project=p" in caplog.text
+    trainer.close()
+    bus.close()
