@@ -34,6 +34,7 @@ from winnow.core.ports.bus import (
     Offsets,
     Producer,
     check_offsets,
+    close_producers,
     partition_for,
 )
 
@@ -394,12 +395,7 @@ class KafkaBus(Bus):
     def close(self) -> None:
         """Close every producer made here (flushing it; the first failure is raised at the end), then
         the admin connection."""
-        failure: BusError | None = None
-        for producer in list(self._producers):
-            try:
-                producer.close()
-            except BusError as e:
-                failure = failure or e
+        failure = close_producers(self._producers)
         with _broker_errors("close"):
             self._admin.close()
         if failure is not None:

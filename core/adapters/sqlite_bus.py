@@ -31,7 +31,7 @@ from winnow.core.adapters.sqlite_log import (
 )
 from winnow.core.domain.errors import BusError, InvalidInput
 from winnow.core.domain.limits import check_topic_name
-from winnow.core.ports.bus import Bus, Consumer, Headers, Producer
+from winnow.core.ports.bus import Bus, Consumer, Headers, Producer, close_producers
 
 log = logging.getLogger(__name__)
 _MAX_PENDING = 1000
@@ -121,12 +121,7 @@ class SqliteBus(Bus):
     def close(self) -> None:
         """Close every producer made here (flushing it), then every consumer (leaving their groups,
         without committing), then disconnect; the first producer's flush error is raised at the end."""
-        failure: BusError | None = None
-        for producer in list(self._producers):
-            try:
-                producer.close()
-            except BusError as e:
-                failure = failure or e
+        failure = close_producers(self._producers)
         for consumer in list(self._consumers):
             consumer.close(commit=False)
         with self._lock:

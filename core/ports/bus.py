@@ -156,6 +156,18 @@ class Producer(ABC):
         self.close()
 
 
+def close_producers(producers: Iterable[Producer]) -> BusError | None:
+    """Close every one of ``producers`` (each flushes first); the first flush failure is returned,
+    for the caller to raise once it has released the rest (``Bus.close``)."""
+    failure: BusError | None = None
+    for producer in list(producers):
+        try:
+            producer.close()
+        except BusError as e:
+            failure = failure or e
+    return failure
+
+
 class Bus(ABC):
     """Named topics of keyed messages: topic admin, producers and consumer group members.
 
