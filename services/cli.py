@@ -36,7 +36,7 @@ USAGE_ERROR = 2
 # command-specific options (a project's schema in the demo and benchmarks, result paths): not settings
 STRATEGY = Option("strategy", str, f"selection strategy: {', '.join(STRATEGIES)}", "cluster_margin",
                   choices=STRATEGIES)
-BUDGET = Option("budget", str, "human label budget, LABELS/ITEMS", "25/100")
+BUDGET = Option("budget", str, "human label budget, LABELS/ITEMS", "25/100", metavar="LABELS/ITEMS")
 PRECISION = Option("precision", float, "precision target for auto-accepted labels", 0.98, low=0.0, high=1.0,
                    low_open=True, high_open=True)
 DEMO_ITEMS = Option("items", int, "stream only this many rows (all 10,003 by default)", None, env_name="DEMO_ITEMS",
@@ -91,8 +91,8 @@ class Parser(argparse.ArgumentParser):
 def add_options(parser: argparse.ArgumentParser, opts: Sequence[Option]) -> None:
     """One ``--flag VALUE`` per option, kept as text (the option types and checks it after parsing)."""
     for option in opts:
-        metavar = ("{" + ",".join(option.choices) + "}" if option.choices
-                   else "A,B" if option.kind is tuple else option.kind.__name__.upper())
+        metavar = option.metavar or ("{" + ",".join(option.choices) + "}" if option.choices
+                                     else "A,B" if option.kind is tuple else option.kind.__name__.upper())
         parser.add_argument(option.flag, dest=option.key, default=None, metavar=metavar,
                             help=option.describe().replace("%", "%%"))
 

@@ -24,14 +24,21 @@ ENV_PREFIX = "WINNOW_"
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 100 characters: an error names the bad value without echoing all of it."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting as the command line and the environment see it.
 
     ``kind`` is ``int``, ``float``, ``str``, ``bool``, ``Path`` or ``tuple`` (comma-separated
     strings); ``low``/``high`` bound numbers (``low_open`` makes ``low`` exclusive, ``high_open``
-    makes ``high`` exclusive); ``optional`` lets the value be None (an empty string on the command
-    line or in the environment).
+    makes ``high`` exclusive); ``prefixes`` are the URL schemes a string may start with (the value
+    is not echoed: a URL may hold a password); ``optional`` lets the value be None (an empty string
+    on the command line or in the environment).
     """
 
     dest: str
@@ -45,7 +52,9 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     choices: tuple[str, ...] = ()
+    prefixes: tuple[str, ...] = ()
     optional: bool = False
+    metavar: str | None = None
 
     @property
     def key(self) -> str:
@@ -70,18 +79,18 @@ class Option:
             return None
         if self.kind is bool:
             if text.lower() not in _TRUE + _FALSE:
-                raise InvalidInput(name, f"{text!r} is not a boolean (true or false)")
+                raise InvalidInput(name, f"{_shown(text)} is not a boolean (true or false)")
             value: Any = text.lower() in _TRUE
         elif self.kind is int:
             try:
                 value = int(text)
             except ValueError:
-                raise InvalidInput(name, f"{text!r} is not an integer") from None
+                raise InvalidInput(name, f"{_shown(text)} is not an integer") from None
         elif self.kind is float:
             try:
                 value = float(text)
             except ValueError:
-                raise InvalidInput(name, f"{text!r} is not a number") from None
+                raise InvalidInput(name, f"{_shown(text)} is not a number") from None
         elif self.kind is tuple:
             value = tuple(part.strip() for part in text.split(",") if part.strip())
         elif self.kind is Path:
@@ -106,15 +115,17 @@ class Option:
         if self.kind is tuple and isinstance(value, list):
             value = tuple(value)
         if not isinstance(value, self.kind) or (self.kind is int and isinstance(value, bool)):
-            raise InvalidInput(name, f"{value!r} is not of type {self.kind.__name__}")
+            raise InvalidInput(name, f"{_shown(value)} is not of type {self.kind.__name__}")
         if self.kind is float and not math.isfinite(value):
-            raise InvalidInput(name, f"must be a finite number, got {value!r}")
+            raise InvalidInput(name, f"must be a finite number, got {_shown(value)}")
         if self.choices and value not in self.choices:
-            raise InvalidInput(name, f"{value!r} is not one of {', '.join(self.choices)}")
+            raise InvalidInput(name, f"{_shown(value)} is not one of {', '.join(self.choices)}")
+        if self.prefixes and not value.startswith(self.prefixes):
+            raise InvalidInput(name, f"must start with {' or '.join(self.prefixes)}")
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            raise InvalidInput(name, f"must be {'>' if self.low_open else '>='} {self.low:g}, got {value!r}")
+            raise InvalidInput(name, f"must be {'>' if self.low_open else '>='} {self.low:g}, got {_shown(value)}")
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            raise InvalidInput(name, f"must be {'<' if self.high_open else '<='} {self.high:g}, got {value!r}")
+            raise InvalidInput(name, f"must be {'<' if self.high_open else '<='} {self.high:g}, got {_shown(value)}")
         return value
 
     def describe(self) -> str:
@@ -290,9 +301,10 @@ class ServeConfig:
     """What ``winnow serve`` binds, connects to and how it stops."""
 
     bus_url: str = setting("sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH",
-                           flag_name="bus")
+                           flag_name="bus", prefixes=("kafka://", "sqlite:///"), metavar="URL")
     store_url: str = setting("sqlite:///winnow-data/store.sqlite", "store URL: postgresql://... or sqlite:///PATH",
-                             flag_name="store")
+                             flag_name="store", prefixes=("postgresql://", "postgres://", "sqlite:///"),
+                             metavar="URL")
     projects: tuple[str, ...] = setting((), "project(s) the workers consume, comma-separated", flag_name="project")
     grpc_host: str = setting("127.0.0.1", "address to bind")
     grpc_port: int = setting(50051, "gRPC port (0 takes a free one)", low=0, high=65535)

@@ -181,3 +181,31 @@ def test_result_json_is_standard_non_finite_values_are_null(tmp_path: Path) -> N
     assert json.loads(text) == {"threshold": None, "low": None, "ece": None, "n": 3, "xs": [1.5, None], "f32": 0.5,
                                 "path": str(tmp_path), "1": True}
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard constant {c}"))
+
+
+@pytest.mark.parametrize("option", [o for o in options(Settings) if o.kind in (int, float) or o.choices or o.prefixes],
+                         ids=lambda o: o.flag)
+def test_every_serve_setting_refuses_a_bad_value_in_one_line(option, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    expected = {int: "'abc' is not an integer", float: "'abc' is not a number"}.get(option.kind, "")
+    if option.choices:
+        expected = "'abc' is not one of"
+    if option.prefixes:
+        expected = "must start with"
+    for given_as in ("flag", "env"):
+        argv = ["serve", "all", "--project", "p"]
+        if given_as == "flag":
+            argv += [option.flag, "abc"]
+        else:
+            monkeypatch.setenv(option.env, "abc")
+        code, err = run(argv, capsys)
+        source = option.flag if given_as == "flag" else f"{option.flag} (from {option.env})"
+        assert code == 2 and err.startswith(f"winnow: error: {source}: {expected}") and err.count("\n") == 1, err
+        monkeypatch.delenv(option.env, raising=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_url_is_never_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run(["serve", "all", "--store", "mysql://admin:hunter2@db/winnow"], capsys)
+    assert code == 2 and "hunter2" not in err and "--store: must start with postgresql://" in err
