@@ -195,7 +195,8 @@ def invalid_utf8(descriptor: Descriptor, rng: random.Random, valid: bytes) -> by
     """``valid`` plus one string field whose bytes are not UTF-8."""
     strings = [f for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING] or list(descriptor.fields)
     number = rng.choice(strings).number
-    bad = rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"ok\x80", bytes(rng.randrange(128, 256) for _ in range(9))])
+    bad = rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"ok\x80",
+                      bytes(rng.randrange(128, 256) for _ in range(9))])
     return valid + _varint(number << 3 | 2) + _varint(len(bad)) + bad
 
 
@@ -325,6 +326,16 @@ def _create_project(target: str) -> None:
         create(projects_pb2.CreateProjectRequest(name=PROJECT, classes=CLASSES, budget_labels=50), timeout=30)
 
 
+def _commit() -> str | None:
+    """The git commit of the code under test, when it runs from a checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
+                              timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
+
+
 def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.0,
              progress: Callable[[str], None] = lambda _: None) -> dict:
     """Fuzz a fresh `serve all` with ``requests`` requests (or until ``max_seconds``); write the JSON to ``out``."""
@@ -384,6 +395,7 @@ def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.
         "deaths": deaths,
         "server_log_tail": list(server.lines)[-40:],
         "seed": seed,
+        "commit": _commit(),
         "duration_s": round(duration_s, 1),
         "requests_per_s": round(sent / duration_s, 1) if duration_s else None,
         "environment": environment(),

@@ -76,7 +76,8 @@ def check_store(store_path: Path, bus_path: Path) -> dict:
             for kind, ids in (("annotation", [a.item_id for a in answers]), ("label", [x.item_id for x in labels]),
                               ("open task", [t.item_id for t in tasks])):
                 if orphans := set(ids) - set(items):
-                    problem(f"{len(orphans)} {kind}s in {name} of items not stored, e.g. {limits.shorten(min(orphans))}")
+                    problem(f"{len(orphans)} {kind}s in {name} of items not stored, "
+                            f"e.g. {limits.shorten(min(orphans))}")
             if len({x.item_id for x in labels}) != len(labels):
                 problem(f"an item of {name} has two final labels")
             if wrong := {a.label for a in answers} - set(project.classes):

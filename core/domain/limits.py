@@ -1,21 +1,22 @@
 """Upper bounds on what a caller may send, the one project-name rule, and the helper that shortens
 echoed values: checked in core, so the API, the stores and both buses agree.
 
-| limit                        | value                 | why                                                  |
-|------------------------------|-----------------------|------------------------------------------------------|
-| project name                 | ``NAME_PATTERN``, 1-229 chars | Kafka's topic characters; ``winnow.<name>.items.scored`` fits Kafka's 249 |
-| classes per project          | 1,000                 | the head's output layer and every probability vector |
-| class name                   | 256 bytes UTF-8       | it is a label on every record                        |
-| guideline version            | 128 bytes             | copied into every label                              |
-| overlap                      | 1-100                 | distinct people per picked item                      |
-| budget_per_items             | 1-1,000,000           |                                                      |
-| item id, annotator, version  | 512 bytes UTF-8       | keys on the bus and in every index                   |
-| item text                    | 64 KiB UTF-8          | ``validation.MAX_TEXT_BYTES``                         |
-| items per ingest call        | 10,000                | one call is validated and written in one transaction |
-| bytes per ingest call        | 64 MiB                | held in memory until all of it is validated          |
-| tasks per lease call         | 1,000                 |                                                      |
-| item ids per heartbeat       | 1,000                 |                                                      |
-| times (``ingested_at``)      | finite, 0 to 1e10 s   | 0 means "now"; NaN and infinities never reach a store |
+| limit                       | value               | why                                                     |
+|-----------------------------|---------------------|---------------------------------------------------------|
+| project name                | 1-229 of [A-Za-z0-9._-], first a letter or digit | Kafka's topic characters; the   |
+|                             |                     | longest topic, ``winnow.<name>.items.scored``, fits 249 |
+| classes per project         | 1,000               | the head's output layer and every probability vector    |
+| class name                  | 256 bytes UTF-8     | a label on every record                                 |
+| guideline version           | 128 bytes UTF-8     | copied into every label                                 |
+| overlap                     | 1-100               | distinct people per picked item                         |
+| budget_per_items            | 1-1,000,000         |                                                         |
+| item id, annotator, version | 512 bytes UTF-8     | keys on the bus and in every index                      |
+| item text                   | 64 KiB UTF-8        | ``validation.MAX_TEXT_BYTES``                           |
+| items per ingest call       | 10,000              | one call is validated and written in one transaction    |
+| bytes per ingest call       | 64 MiB              | held in memory until all of it is validated             |
+| tasks per lease call        | 1,000               |                                                         |
+| item ids per heartbeat      | 1,000               |                                                         |
+| times (``ingested_at``)     | finite, 0 to 1e10 s | 0 means "now"; NaN and infinities never reach a store   |
 
 No string may hold a NUL character (PostgreSQL refuses it; SQLite would truncate it in places).
 """
@@ -108,7 +109,8 @@ def check_project_limits(project: Project) -> None:
     if not 1 <= project.overlap <= MAX_OVERLAP:
         raise InvalidInput("overlap", f"must be in [1, {MAX_OVERLAP}], got {project.overlap}")
     if not 1 <= project.budget_per_items <= MAX_BUDGET_PER_ITEMS:
-        raise InvalidInput("budget_per_items", f"must be in [1, {MAX_BUDGET_PER_ITEMS}], got {project.budget_per_items}")
+        raise InvalidInput("budget_per_items",
+                           f"must be in [1, {MAX_BUDGET_PER_ITEMS}], got {project.budget_per_items}")
     check_string("guideline_version", project.guideline_version, MAX_GUIDELINE_VERSION_BYTES)
     check_time("created_at", project.created_at)
 

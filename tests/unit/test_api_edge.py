@@ -113,7 +113,7 @@ def test_undecodable_requests_are_invalid_argument_logged_as_one_line(edge: Edge
     payloads = [*_BAD_PAYLOADS, bytes(rng.randrange(256) for _ in range(64))]
     with caplog.at_level(logging.INFO):
         for payload in payloads:
-            error = _refused(lambda: call(payload, timeout=10), "request")
+            error = _refused(lambda payload=payload: call(payload, timeout=10), "request")
             assert "not a valid " in error.details() and " message: " in error.details()
     edge_lines = [r for r in caplog.records if r.name == "winnow.services.api.errors"]
     assert len(edge_lines) == len(payloads) and all(r.levelno == logging.INFO for r in edge_lines)
@@ -125,7 +125,7 @@ def test_an_undecodable_message_inside_an_ingest_stream_fails_the_whole_stream(e
     call = edge.channel.stream_unary("/winnow.v1.Ingest/Ingest", request_serializer=None, response_deserializer=None)
     good = to_message(Item(P, "good", "fine text"), records_pb2.Item).SerializeToString()
     for bad in _BAD_PAYLOADS:
-        _refused(lambda: call(iter([good, bad, good]), timeout=10), "request")
+        _refused(lambda bad=bad: call(iter([good, bad, good]), timeout=10), "request")
     _assert_nothing_ingested(edge)
 
 
@@ -133,7 +133,7 @@ def test_undecodable_reflection_requests_are_invalid_argument(edge: Edge) -> Non
     call = edge.channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                                       request_serializer=None, response_deserializer=None)
     for bad in _BAD_PAYLOADS:
-        _refused(lambda: list(call(iter([bad]), timeout=10)), "request")
+        _refused(lambda bad=bad: list(call(iter([bad]), timeout=10)), "request")
 
 
 # -- project names ----------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_a_huge_bad_value_is_echoed_clipped_so_the_status_survives(edge: Edge) -
                                              timeout=10), "annotator")
     assert "(10002 chars)" in error.details()
     for value in ("é" * 3000, "\u2603" * 5000, "\x01" * 5000):  # characters sent percent-encoded: up to 12 bytes each
-        _refused(lambda: stub.SubmitLabel(labeling_pb2.SubmitLabelRequest(
+        _refused(lambda value=value: stub.SubmitLabel(labeling_pb2.SubmitLabelRequest(
             project=P, annotator="alice", item_id="a", label=value), timeout=10), "label")
     with pytest.raises(InvalidInput) as mapped:
         edge.client.lease(P, huge, 1)

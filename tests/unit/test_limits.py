@@ -1,4 +1,5 @@
-"""The limits and the one project-name rule (``winnow.core.domain.limits``), and the SQLite bus applying Kafka's topic rule."""
+"""The limits and the one project-name rule (``winnow.core.domain.limits``), and the SQLite bus
+applying Kafka's topic rule."""
 
 from __future__ import annotations
 
