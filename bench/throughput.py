@@ -247,7 +247,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
 
         def worker(name: str) -> None:
             try:
-                run_worker(Worker(name, metered[name]), store, stop)  # type: ignore[arg-type]
+                run_worker(Worker(name, metered[name]), stop)  # type: ignore[arg-type]
             except BaseException as e:  # surfaced by the main thread, which stops waiting
                 errors.append(e)
                 done.set()

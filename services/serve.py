@@ -152,8 +152,7 @@ class Worker:
                         type(e).__name__)
 
 
-def run_worker(worker: Worker, store: Store, stop: threading.Event,
-               failures: list[BaseException] | None = None) -> None:
+def run_worker(worker: Worker, stop: threading.Event, failures: list[BaseException] | None = None) -> None:
     """Step ``worker`` until ``stop``; each step's output is durable before its offsets are committed.
 
     With ``failures``, a step that raises stops the whole service: the error goes into ``failures``
@@ -302,7 +301,7 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
             for name in workers:
                 log.info("worker starting name=%s project=%s group=%s", name, project, consumer_group(name, project))
                 running.append(Worker(name, make_stage(name, bus, store, project, settings)))
-        threads = [threading.Thread(target=run_worker, args=(w, store, stop, failures), name=f"{w.name}-{w.project}",
+        threads = [threading.Thread(target=run_worker, args=(w, stop, failures), name=f"{w.name}-{w.project}",
                                     daemon=True) for w in running]
         if running:
             threads.append(threading.Thread(target=measure_until, args=(running, store, stop, options.lag_every_s),

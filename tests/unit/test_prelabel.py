@@ -150,7 +150,7 @@ def test_a_worker_that_fails_stops_the_service_with_its_error(env) -> None:
     ingested(bus, store, 8)
     prelabel = worker(bus, store, encoder=HashEncoder(fail_on="i00"))
     stop, failures = threading.Event(), []
-    thread = threading.Thread(target=run_worker, args=(Worker("prelabel", prelabel), store, stop, failures))
+    thread = threading.Thread(target=run_worker, args=(Worker("prelabel", prelabel), stop, failures))
     thread.start()
     thread.join(timeout=60)
     assert not thread.is_alive() and stop.is_set()

@@ -57,7 +57,7 @@ def test_a_failing_lag_metric_never_stops_the_worker(tmp_path: Path, caplog: pyt
     worker.step = lambda timeout_s=0.5: steps.append(1) or stepping(timeout_s=0.01)  # type: ignore[method-assign]
     stop, failures = threading.Event(), []
     errors_before = METRIC_ERRORS.labels("trainer", "p")._value.get()
-    threads = [threading.Thread(target=run_worker, args=(worker, store, stop, failures)),
+    threads = [threading.Thread(target=run_worker, args=(worker, stop, failures)),
                threading.Thread(target=measure_until, args=([worker], store, stop, 0.02))]
     with caplog.at_level(logging.WARNING, logger="winnow.services.serve"):
         for thread in threads:
