@@ -11,15 +11,16 @@ import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.errors import BusError
-from winnow.core.domain.codecs import ITEMS_SCORED, LABELS
-from winnow.core.domain.records import Item, Label, Project, Scored
-from winnow.core.domain.settings import LoopConfig
+from winnow.core.domain.codecs import ITEMS_SCORED, LABELS, MODELS
+from winnow.core.domain.records import Item, Label, ModelVersion, Project, Scored
+from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import request_close, stream_status
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.labels_out import same_key, same_stage, write_final_labels
 from winnow.core.loop.selector import Selector
-from winnow.core.loop.topics import create_topics, topic
+from winnow.core.loop.topics import consumer_group, create_topics, topic
+from winnow.core.ml.training import train, write_version
 
 CLASSES = ("a", "b", "c")
 CONFIG = LoopConfig(select_batch=5, holdout_share=0.0)
@@ -155,3 +156,36 @@ def test_labels_of_a_close_cut_short_by_a_crash_are_published_when_it_is_served_
         bus.close()
     assert stream_status(store, "p").state == "closed"
     assert sorted(x.item_id for x in _on_topic(path, "check")) == ids
+
+
+def test_labels_of_a_swap_cut_short_by_a_crash_are_published_when_the_models_message_comes_again(
+        store: SqliteStore, tmp_path: Path) -> None:
+    """The selector died in the swap to a new version, after writing the labels the new model
+    accepts from the backlog and before publishing them: on restart it loads that version from the
+    store, so the redelivered models message changes nothing, yet must publish those labels."""
+    path = tmp_path / "bus.sqlite"
+    project, ids = _setup(store, path, 4)
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % len(CLASSES)  # a head fitted on synthetic vectors [60, 8], as the trainer writes one
+    x = rng.standard_normal((60, 8)).astype(np.float32) + np.eye(8, dtype=np.float32)[y] * 3
+    config = TrainConfig(folds=3, min_support=10, max_iter=30)
+    result = train(x, y, len(CLASSES), project.precision_target, config)
+    folder = tmp_path / "models" / "v0001"
+    write_version(folder, result, "v0001", CLASSES, config)
+    model = ModelVersion("p", "v0001", str(folder), 1.0, 60, result.temperature, 0.5, result.metrics)
+    store.register_model(model)
+    store.put_labels([_label("i0", "i0:selector:v0001"), _label("i1", "i1:selector:none", "b")])
+    bus = SqliteBus(path)
+    try:
+        with bus.consumer([topic("p", "items.scored")], consumer_group("selector", "p")) as done:
+            assert len(done.poll(100, timeout_s=1.0)) == len(ids)
+            done.commit()  # the items.scored batch was handled long before: only the models message comes again
+        bus.producer().publish_many(topic("p", "models"), MODELS.keyed([model]))  # flushed on return
+        selector = Selector(bus, store, project, CONFIG)
+        assert selector.head is not None and selector.head.version == "v0001"
+        selector.step()
+    finally:
+        bus.close()
+    # i0's label is this version's (republished); i1's came from an earlier head: its own
+    # items.scored redelivery covers it, not this models message
+    assert [x.item_id for x in _on_topic(path, "check")] == ["i0"]
