@@ -26,6 +26,7 @@ from kafka.errors import (
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from winnow.core.domain.errors import BusError, InvalidInput, NotFound
+from winnow.core.domain.limits import check_topic_name
 from winnow.core.ports.bus import (
     Bus,
     Consumer,
@@ -325,6 +326,7 @@ class KafkaBus(Bus):
 
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` with the cluster's default replication; return once its metadata has leaders."""
+        check_topic_name(topic)  # the rule the SQLite bus applies too, before any broker round trip
         if partitions < 1:
             raise InvalidInput("partitions", f"must be at least 1, got {partitions}")
         try:
