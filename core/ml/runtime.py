@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,16 +51,14 @@ class Runtime(ABC):
     load raises ModelFileError and leaves the old head serving.
     """
 
-    def __init__(self, encoder: Encoder, model_folder: Path | None = None) -> None:
-        self.encoder = encoder
+    head_engine: type[HeadEngine]  # how a subclass runs heads: loads a version folder on a device
+
+    def __init__(self, encoder: Encoder, model_folder: Path | None = None, device: str = "auto") -> None:
+        self.encoder, self.device = encoder, device
         self._lock = threading.Lock()
         self._head: HeadEngine | None = None
         if model_folder is not None:
             self.swap(model_folder)
-
-    @abstractmethod
-    def _load_head(self, folder: Path) -> HeadEngine:
-        """Load a model version folder; ModelFileError when it cannot be used."""
 
     @property
     def model_version(self) -> str | None:
@@ -73,7 +71,7 @@ class Runtime(ABC):
 
     def swap(self, model_folder: Path) -> None:
         """Make the version in ``model_folder`` current; ModelFileError (old head kept) if it cannot be loaded."""
-        head = self._load_head(Path(model_folder))
+        head = self.head_engine(Path(model_folder), self.device)
         if head.config.dim != self.encoder.dim:
             raise ModelFileError(f"{model_folder}: head expects dim {head.config.dim}, "
                                  f"the encoder gives {self.encoder.dim}")
@@ -92,23 +90,13 @@ class Runtime(ABC):
 class OnnxRuntime(Runtime):
     """Heads run from head.onnx on ONNX Runtime."""
 
-    def __init__(self, encoder: Encoder, model_folder: Path | None = None, device: str = "auto") -> None:
-        self.device = device
-        super().__init__(encoder, model_folder)
-
-    def _load_head(self, folder: Path) -> HeadEngine:
-        return OnnxHead(folder, self.device)
+    head_engine = OnnxHead
 
 
 class TorchRuntime(Runtime):
     """Heads run from head.safetensors in PyTorch."""
 
-    def __init__(self, encoder: Encoder, model_folder: Path | None = None, device: str = "auto") -> None:
-        self.device = device
-        super().__init__(encoder, model_folder)
-
-    def _load_head(self, folder: Path) -> HeadEngine:
-        return TorchHead(folder, self.device)
+    head_engine = TorchHead
 
 
 def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | None = None,
