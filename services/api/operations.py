@@ -18,7 +18,6 @@ from winnow.core.domain.limits import (
     check_count,
     check_items,
     check_keys,
-    check_project_limits,
     check_project_name,
     check_string,
     shorten,
@@ -103,8 +102,7 @@ class WinnowApi:
     def create_project(self, project: Project) -> Project:
         """Create the project: its topics first, then its row, so a bus that refuses a topic leaves
         nothing behind. An existing project with the same settings is returned as it is."""
-        check_project_limits(project)
-        validate_project(project)
+        validate_project(project)  # with the limits and the one name rule, before any topic exists
         try:
             existing = self.store.get_project(project.name)
         except NotFound:
