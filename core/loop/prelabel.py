@@ -149,7 +149,7 @@ class PrelabelWorker(Stage):
         for stage, model in records:
             if stage == "models" and model.version != self.runtime.model_version:
                 self.runtime.swap(Path(model.path))
-                log.info("prelabel swapped model version=%s", model.version)
+                log.info("prelabel swapped project=%s version=%s", self.project.name, model.version)
         items = [item for stage, item in records if stage == "items.raw"]
         if not items:
             return []
@@ -159,7 +159,7 @@ class PrelabelWorker(Stage):
         current = self.store.current_model(self.project.name)
         if current is not None and current.version != self.runtime.model_version:
             self.runtime.swap(Path(current.path))
-            log.info("prelabel swapped model version=%s", current.version)
+            log.info("prelabel swapped project=%s version=%s", self.project.name, current.version)
         return items
 
     def _store_items(self, items: list[Item]) -> None:

@@ -165,7 +165,7 @@ class Selector(Stage):
         if waiting:
             if time.monotonic() - self._close_wait_logged >= CLOSE_WAIT_LOG_S:
                 self._close_wait_logged = time.monotonic()
-                log.info("close of stream waits for %d items to be scored, e.g. %s", len(waiting), waiting[0])
+                log.info("selector close waits project=%s unscored=%d", self.project.name, len(waiting))
             return None
         return self.close_stream()
 
@@ -240,8 +240,8 @@ class Selector(Stage):
                                  lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
-        log.info("selector swapped model version=%s threshold=%s backlog=%d", model.version, self.threshold,
-                 len(self.backlog))
+        log.info("selector swapped project=%s version=%s threshold=%s backlog=%d", self.project.name,
+                 model.version, self.threshold, len(self.backlog))
         if len(self.backlog):
             self.backlog.rescore(*self._scores(self.backlog.emb))
             probs = self.backlog.probs
@@ -303,5 +303,6 @@ class Selector(Stage):
         # the requests are served once the output is durable: a crash before this line means the
         # close runs again after restart (its labels are idempotent, its tasks already queued)
         record_close(self.store, self.project.name, requests, tasks, low, self.clock())
-        log.info("selector closed the stream tasks=%d low_confidence=%d requests=%d", tasks, low, len(requests))
+        log.info("selector closed the stream project=%s tasks=%d low_confidence=%d requests=%d",
+                 self.project.name, tasks, low, len(requests))
         return {"tasks": tasks, "low_confidence": low}

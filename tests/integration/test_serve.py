@@ -76,7 +76,8 @@ def test_serve_all_labels_trains_and_stops_on_sigterm(tmp_path: Path) -> None:
     said = process.stdout.read()  # serve tells what it does at its default level (INFO), as key=value
     for line in ("worker starting name=prelabel project=served group=prelabel.served",
                  "worker starting name=trainer project=served group=trainer.served",
-                 "trainer registered project=served version=v0001", "prelabel swapped model version=v0001",
+                 "trainer registered project=served version=v0001", "prelabel swapped project=served version=v0001",
+                 "selector swapped project=served version=v0001",
                  "shutdown begun signal=SIGTERM", "shutdown finished"):
         assert line in said, line
 
