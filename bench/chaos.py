@@ -30,6 +30,7 @@ from winnow.bench.cluster import (
     Cluster,
     LocalServer,
     Service,
+    postgres_schema,
     store_url,
 )
 from winnow.bench.common import environment, write_json
@@ -343,7 +344,7 @@ def run_chaos(plan: ChaosPlan, out: Path | None = None, workdir: Path | None = N
                 pg_dir.chmod(0o755)
                 servers.append(LocalServer(POSTGRES_LOCAL, pg_dir))
                 postgres_dsn = servers[-1].start()
-            dsn, schema_drop = _schema(postgres_dsn)
+            dsn, schema_drop = postgres_schema(postgres_dsn, "chaos")
             store = store_url(dsn)
         from winnow.core.ml.encoder import default_cache_dir
 
@@ -357,8 +358,10 @@ def run_chaos(plan: ChaosPlan, out: Path | None = None, workdir: Path | None = N
         opened = open_store(store)
         try:
             stored = opened.labels(project)
+            final["model_versions"] = len(opened.models(project))
         finally:
             opened.close()
+        final["labels_by_aggregation"] = dict(Counter(label.aggregation for label in stored))
         result = {
             **count(driver.acknowledged, stored, _topic_labels(bus_url, project)),
             "kills": chaos.kills_done, "kills_by_service": dict(chaos.kills_by_service),
@@ -397,19 +400,3 @@ def _start(cluster: Cluster, plan: ChaosPlan, project: str) -> dict[str, str]:
     cluster.wait_ready(started, time.monotonic() + READY_TIMEOUT_S)
     return {name: f"127.0.0.1:{port}" for name, port in ports.items()}
 
-
-def _schema(dsn: str) -> tuple[str, Callable[[], None]]:
-    """A DSN whose search_path is a new schema, and the function that drops it."""
-    import psycopg
-    from psycopg import sql
-    from psycopg.conninfo import make_conninfo
-
-    schema = f"chaos_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-
-    def drop() -> None:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-    return make_conninfo(dsn, options=f"-c search_path={schema}"), drop

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,3 +276,21 @@ class LocalServer:
         """Stop, then start again on the same port and data (an outage as a broker restart makes)."""
         self.stop()
         return self.start()
+
+
+def postgres_schema(dsn: str, prefix: str) -> tuple[str, Callable[[], None]]:
+    """A DSN whose search_path is a new, empty schema named ``prefix_<random>``, and the function that
+    drops it with everything in it (a run of its own on a shared server)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+
+    def drop() -> None:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+
+    return make_conninfo(dsn, options=f"-c search_path={schema}"), drop
