@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -61,11 +61,14 @@ class ChaosPlan:
 
     items: int = 3000
     kills: int = 20
+    classes: int = 25  # the first this many Banking77 classes (3,155 train rows), so models get confident
     seed: int = 0
     bus: str = "sqlite"  # or "kafka"
     budget_labels: int = 15
     budget_per_items: int = 100
     precision_target: float = 0.8  # reachable early, so the selector auto-accepts and swaps models too
+    # WINNOW_* settings for every process (e.g. WINNOW_HOLDOUT_SHARE: a threshold needs 30 holdout labels)
+    serve_settings: dict[str, str] = field(default_factory=dict)
     chunk: int = 50
     uptime_s: tuple[float, float] = (1.0, 6.0)
     deadline_s: float = 1800.0
@@ -73,10 +76,17 @@ class ChaosPlan:
     def __post_init__(self) -> None:
         if self.bus not in ("sqlite", "kafka"):
             raise InvalidInput("bus", f"must be sqlite or kafka, got {self.bus!r}")
-        if not 1 <= self.items <= len(banking77()[0]):
-            raise InvalidInput("items", f"must be in [1, {len(banking77()[0])}] (Banking77 train rows), got {self.items}")
+        train = banking77()[0]
+        if not 2 <= self.classes <= len(train.classes):
+            raise InvalidInput("classes", f"must be in [2, {len(train.classes)}], got {self.classes}")
+        rows = len(_rows(self.classes))
+        if not 1 <= self.items <= rows:
+            raise InvalidInput("items", f"must be in [1, {rows}] (Banking77 train rows of {self.classes} classes), "
+                                        f"got {self.items}")
         if self.kills < 0:
             raise InvalidInput("kills", f"must be >= 0, got {self.kills}")
+        if any(not name.startswith("WINNOW_") for name in self.serve_settings):
+            raise InvalidInput("serve_settings", f"names must be WINNOW_* variables, got {sorted(self.serve_settings)}")
         if self.chunk < 1:
             raise InvalidInput("chunk", f"must be >= 1, got {self.chunk}")
         if not 0 < self.uptime_s[0] <= self.uptime_s[1]:
@@ -218,11 +228,18 @@ class Driver:
                 and sum(stats.labels_by_source.values()) >= len(self.acknowledged))
 
 
-def _sample(n: int, seed: int) -> tuple[tuple[str, ...], list[tuple[str, str, str]]]:
-    """Banking77's classes and a seeded sample of ``n`` train rows: (item id, text, true label)."""
-    train, _ = banking77()
-    rows = np.random.default_rng(seed).permutation(len(train))[:n]
-    return train.classes, [(f"b{k}", train.texts[k], train.labels[k]) for k in rows.tolist()]
+def _rows(classes: int) -> list[int]:
+    """Indices of the Banking77 train rows whose label is among its first ``classes`` classes."""
+    train = banking77()[0]
+    kept = set(train.classes[:classes])
+    return [k for k, label in enumerate(train.labels) if label in kept]
+
+
+def _sample(plan: ChaosPlan) -> tuple[tuple[str, ...], list[tuple[str, str, str]]]:
+    """The plan's classes and a seeded sample of ``plan.items`` of their train rows: (item id, text, true label)."""
+    train = banking77()[0]
+    rows = np.random.default_rng(plan.seed).permutation(_rows(plan.classes))[: plan.items]
+    return train.classes[: plan.classes], [(f"b{k}", train.texts[k], train.labels[k]) for k in rows.tolist()]
 
 
 def _drive(plan: ChaosPlan, cluster: Cluster, targets: dict[str, str], project: str,
@@ -230,7 +247,7 @@ def _drive(plan: ChaosPlan, cluster: Cluster, targets: dict[str, str], project: 
     """Create the project, stream the items and answer tasks while the chaos thread kills; close the
     stream and answer until every item has its final label (or the deadline)."""
     until = time.monotonic() + plan.deadline_s
-    classes, rows = _sample(plan.items, plan.seed)
+    classes, rows = _sample(plan)
     driver = Driver(targets, project, {item_id: label for item_id, _, label in rows})
     driver.call(lambda: driver.clients["projects"].create_project(
         project, classes, budget_labels=plan.budget_labels, budget_per_items=plan.budget_per_items,
@@ -349,6 +366,7 @@ def run_chaos(plan: ChaosPlan, out: Path | None = None, workdir: Path | None = N
         from winnow.core.ml.encoder import default_cache_dir
 
         cluster = Cluster(root, bus_url, store, default_cache_dir())
+        cluster.env.update(plan.serve_settings)
         targets = _start(cluster, plan, project)
         driver, chaos, final = _drive(plan, cluster, targets, project, broker)
         driver.close()

@@ -124,6 +124,7 @@ class Cluster:
     store_url: str
     cache_dir: Path
     services: list[Service] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # WINNOW_* settings every process gets
 
     def start(self, name: str, project: str | None = None, metrics: bool = False, grpc_port: int = 0) -> Service:
         """Start ``winnow -v serve NAME`` (not waiting for it: see :meth:`wait_ready`)."""
@@ -133,7 +134,7 @@ class Cluster:
             argv += ["--project", project]
         if metrics:
             argv += ["--metrics-port", "0"]
-        env = {**os.environ, "WINNOW_CACHE_DIR": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.env, "WINNOW_CACHE_DIR": str(self.cache_dir), "PYTHONUNBUFFERED": "1"}
         log_path = self.workdir / f"{name}-{len(self.services)}.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir)

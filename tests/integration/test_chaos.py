@@ -11,6 +11,11 @@ import pytest
 from winnow.bench.chaos import ChaosPlan, run_chaos
 from winnow.bench.cluster import ServerUnavailable
 
+# five classes, half the items to people and half of those holdout, the first model at 60 labels: models
+# with a threshold come early, so the selector's auto-accept and swap paths run under the kills too
+EARLY_MODELS = {"classes": 5, "budget_labels": 50,
+                "serve_settings": {"WINNOW_HOLDOUT_SHARE": "0.5", "WINNOW_FIRST_MODEL_LABELS": "60"}}
+
 
 def _assert_targets(result: dict, plan: ChaosPlan) -> None:
     assert result["kills"] == plan.kills
@@ -22,9 +27,10 @@ def _assert_targets(result: dict, plan: ChaosPlan) -> None:
 
 @pytest.mark.slow
 def test_serve_all_killed_three_times_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    plan = ChaosPlan(items=300, kills=3, seed=1, deadline_s=170.0)
+    plan = ChaosPlan(items=300, kills=3, seed=1, deadline_s=170.0, **EARLY_MODELS)
     result = run_chaos(plan, tmp_path / "chaos.json", workdir=tmp_path / "run")
     _assert_targets(result, plan)
+    assert result["labels_by_aggregation"].get("auto_accept", 0) > 0
     assert (tmp_path / "chaos.json").exists()
 
 
@@ -34,7 +40,7 @@ def test_serve_all_killed_three_times_loses_and_duplicates_nothing(tmp_path: Pat
 def test_six_services_on_kafka_killed_with_a_broker_restart_lose_and_duplicate_nothing(
         tmp_path: Path, postgres_dsn: str) -> None:
     """The broker is this test's own (started with deploy/kafka-local.sh, so it can be restarted)."""
-    plan = ChaosPlan(items=300, kills=3, seed=2, bus="kafka", deadline_s=170.0)
+    plan = ChaosPlan(items=300, kills=3, seed=2, bus="kafka", deadline_s=170.0, **EARLY_MODELS)
     try:
         result = run_chaos(plan, tmp_path / "chaos-kafka.json", workdir=tmp_path / "run", postgres_dsn=postgres_dsn)
     except ServerUnavailable as e:  # no java or mvn to start a broker with
@@ -42,4 +48,4 @@ def test_six_services_on_kafka_killed_with_a_broker_restart_lose_and_duplicate_n
             raise
         pytest.skip(f"cannot start a Kafka broker: {e}")
     _assert_targets(result, plan)
-    assert result["broker_restarts"] == 1
+    assert result["broker_restarts"] == 1 and result["labels_by_aggregation"].get("auto_accept", 0) > 0
