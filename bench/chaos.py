@@ -56,8 +56,8 @@ TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED")
 @dataclass(frozen=True)
 class ChaosPlan:
     """What one chaos run does. ``uptime_s``: a kill comes this long (uniform) after the previous
-    restart was ready; the producer spreads the items over the kills (item ``k`` is sent before
-    kill ``k * (kills + 1) // items`` ... so kills land while the stream flows)."""
+    restart was ready. The producer splits the items into ``kills + 1`` equal shares and sends share
+    ``k`` only after kill ``k``, so the kills land while the stream flows."""
 
     items: int = 3000
     kills: int = 20
