@@ -90,6 +90,21 @@ class Selector(Stage):
             self._add_backlog(scored, self.store.get_embeddings(self.project.name, scored))
         self.budget.observe(len(scored) + len(anchors))
         self.budget.grant(len(anchors))
+        # a crash may have fallen between a model swap and its auto-accepts: the restored head accepts
+        # what it clears now, made durable before the first step
+        if self._accept_confident():
+            self.producer.flush()
+
+    def _accept_confident(self) -> int:
+        """Auto-accept the backlog items whose calibrated confidence under the current head clears the
+        threshold, and take them out of the backlog; returns how many labels were written."""
+        if not len(self.backlog):
+            return 0
+        probs = self.backlog.probs
+        accept = probs.max(1) >= self.threshold
+        written = self._accept([i for i, a in zip(self.backlog.ids, accept) if a], probs[accept])
+        self.backlog.drop(accept)
+        return written
 
     def _add_backlog(self, ids: list[str], emb: np.ndarray, scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Put items in the backlog; ``scores`` are their ``_scores`` if the caller has them."""
@@ -244,10 +259,7 @@ class Selector(Stage):
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):
             self.backlog.rescore(*self._scores(self.backlog.emb))
-            probs = self.backlog.probs
-            accept = probs.max(1) >= self.threshold
-            self._accept([i for i, a in zip(self.backlog.ids, accept) if a], probs[accept])
-            self.backlog.drop(accept)
+            self._accept_confident()
         open_tasks = self.store.open_tasks(self.project.name)
         label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
         if label_tasks:

@@ -11,7 +11,7 @@ import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.codecs import ITEMS_SCORED
-from winnow.core.domain.records import Item, Project, Scored
+from winnow.core.domain.records import Item, ModelVersion, Project, Scored
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.ingest import ingest
@@ -19,6 +19,8 @@ from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.topics import create_topics, topic
 from winnow.core.loop.trainer import Trainer
+from winnow.core.ml.head import Head, HeadConfig, save_model
+from winnow.core.testing.bus_contract import poll_until
 
 CLASSES = ("a", "b", "c")
 CONFIG = LoopConfig(first_model_labels=30, retrain_min_new=10, select_batch=5, holdout_share=0.2,
@@ -247,3 +249,35 @@ def test_a_step_waits_to_fill_its_batch_only_with_fill_s(env, tmp_path: Path, fi
         assert selector.step(max_messages=5, timeout_s=1.0) == taken
     finally:
         later.join()
+
+
+def test_a_restarted_selector_accepts_what_its_restored_model_clears(env, tmp_path: Path) -> None:
+    """A model registered while the selector was down (or a swap a crash cut short before its
+    auto-accepts): the restarted selector loads it from the store, so no models message will make it
+    re-score. It accepts what the restored head clears before its first step, and publishes it."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=0, budget_per_items=100)  # nothing goes to people
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, _ = clustered(40)
+    ids = [f"i{k}" for k in range(len(x))]
+    selector = Selector(bus, store, project, CONFIG)
+    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    score(bus, store, project, ids, x)
+    while selector.step():
+        pass
+    assert sorted(selector.backlog.ids) == sorted(ids)  # no head yet: every item waits
+    selector.close()
+
+    folder = tmp_path / "v1"
+    save_model(folder, Head(HeadConfig(dim=16, n_classes=len(CLASSES))),
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": 0.0})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, 0.0))  # threshold 0: all clear it
+    restarted = Selector(bus, store, project, CONFIG)
+    assert len(restarted.backlog) == 0
+    labels = store.labels("p")
+    assert sorted(label.item_id for label in labels) == sorted(ids)
+    assert {(label.aggregation, label.source_id) for label in labels} == {("auto_accept", "v1")}
+    with bus.consumer([topic("p", "labels")], "inspect") as consumer:
+        assert sorted(m.key for m in poll_until(consumer, len(ids))) == sorted(ids)
+    restarted.close()
