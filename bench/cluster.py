@@ -56,6 +56,20 @@ def store_url(dsn: str) -> str:
     return f"postgresql://{netloc}/{quote(dbname, safe='')}" + (f"?{query}" if query else "")
 
 
+def stop_process(process: subprocess.Popen, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM (a Winnow process drains), then SIGKILL if it has not exited within ``timeout_s``;
+    returns the exit code (``-SIGKILL`` when it had to be killed)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+            return -signal.SIGKILL
+    return process.returncode
+
+
 @dataclass
 class Service:
     """One ``winnow serve NAME`` process; stdout and stderr go to ``log_path`` (never a pipe that can fill)."""
@@ -104,15 +118,7 @@ class Service:
 
     def stop(self) -> int:
         """SIGTERM (drain), then SIGKILL if it has not exited in time; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                return self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-                return -signal.SIGKILL
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from grpc_health.v1 import health_pb2
+from winnow.bench.cluster import stop_process
 from winnow.bench.common import environment, write_json
 from winnow.bench.fuzz_check import check_store
 from winnow.v1 import ingest_pb2, labeling_pb2, models_pb2, projects_pb2
@@ -86,17 +86,8 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
-        """SIGTERM, then wait; the exit code (None when it had to be killed)."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return None
+        """SIGTERM, then wait; the exit code (``-SIGKILL`` when it had to be killed), None if never started."""
+        return None if self.process is None else stop_process(self.process, timeout_s)
 
 
 # -- values ---------------------------------------------------------------------------------------

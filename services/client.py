@@ -13,16 +13,8 @@ from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
 from winnow.core.loop.close import StreamStatus
 from winnow.services.api.convert import ProjectStats, from_message, to_message
 from winnow.services.api.errors import winnow_errors as _winnow_errors
-from winnow.v1 import (
-    ingest_pb2_grpc,
-    labeling_pb2,
-    labeling_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    projects_pb2,
-    projects_pb2_grpc,
-    records_pb2,
-)
+from winnow.v1 import ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, models_pb2, models_pb2_grpc
+from winnow.v1 import projects_pb2, projects_pb2_grpc, records_pb2
 
 
 class WinnowClient:
