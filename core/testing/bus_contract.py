@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
@@ -35,7 +36,7 @@ def values(messages: Sequence[Message]) -> list[bytes]:
     return [m.value for m in messages]
 
 
-class BusContract:
+class BusContract(ABC):
     """Ordering per key, consumer groups, commit and redelivery after a crash, for any ``Bus``."""
 
     bus: Bus
@@ -58,15 +59,16 @@ class BusContract:
     def new_group() -> str:
         return f"group-{uuid.uuid4().hex[:12]}"
 
+    @abstractmethod
     def bus_opener(self) -> BusOpener:
-        """A picklable callable that opens this same bus in another process (for ``killable``)."""
-        raise NotImplementedError("each adapter's suite says how a child process opens its bus")
+        """A picklable callable that opens this same bus in another process (for ``killable``);
+        each adapter's suite says how."""
 
+    @abstractmethod
     def refusing_topic(self) -> tuple[str, bytes]:
         """A new topic and a value that ``publish`` accepts but the bus then refuses to make durable,
         through a real mechanism of the adapter (a broker limit, a database constraint), so that the
         ``flush`` covering it fails."""
-        raise NotImplementedError("each adapter's suite makes a publish fail its own way")
 
     def killable(self, topics: Sequence[str], group: str) -> KillableMember:
         """A member of ``group`` in a child process, which ``kill()`` SIGKILLs: a real crash."""
