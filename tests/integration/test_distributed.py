@@ -4,7 +4,6 @@ consumer group: one of them killed mid-stream, and both swapping to a new model 
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 import uuid
@@ -17,7 +16,7 @@ import pytest
 from winnow.bench.cluster import Broker, Cluster, Service, store_url, wait_until
 from winnow.core.adapters.postgres_store import PostgresStore
 from winnow.core.data.datasets import banking77
-from winnow.core.domain.codecs import MODELS
+from winnow.core.domain.codecs import ITEMS_SCORED, MODELS, TASKS
 from winnow.core.domain.records import Item, ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.ingest import ingest
@@ -185,14 +184,14 @@ def test_services_on_kafka_and_postgres_label_train_and_swap(cluster: Cluster, b
                 assert label.threshold is None or label.confidence < label.threshold, label
 
     # the trainer published every version it registered; the workers swapped: later scores and tasks carry one
-    published = [json.loads(value)["version"] for _, value in broker.read_all(topic(project, "models"))]
+    published = [MODELS.decode(value).version for _, value in broker.read_all(topic(project, "models"))]
     assert published == sorted(versions) and len(versions) >= 1
-    scored = [json.loads(value) for _, value in broker.read_all(topic(project, "items.scored"))]
-    assert {s["item_id"] for s in scored} == set(truth)
-    scored_versions = Counter(s["model_version"] for s in scored)
+    scored = [ITEMS_SCORED.decode(value) for _, value in broker.read_all(topic(project, "items.scored"))]
+    assert {s.item_id for s in scored} == set(truth)
+    scored_versions = Counter(s.model_version for s in scored)
     assert set(scored_versions) - {None}, f"no item scored by a trained model: {scored_versions}"
     assert set(scored_versions) - {None} <= set(versions)
-    task_versions = Counter(json.loads(value)["model_version"] for _, value in broker.read_all(topic(project, "tasks")))
+    task_versions = Counter(TASKS.decode(value).model_version for _, value in broker.read_all(topic(project, "tasks")))
     assert set(task_versions) - {None}, f"no task issued under a trained model: {task_versions}"
     assert set(task_versions) - {None} <= set(versions)
     assert stats.current_model_version == max(versions, key=lambda v: versions[v].n_train)
@@ -321,7 +320,7 @@ def test_every_prelabel_member_swaps_to_a_new_version(cluster: Cluster, broker: 
     finally:
         store.close()
         bus.close()
-    scored = [json.loads(value) for _, value in broker.read_all(topic(project, "items.scored"))]
-    assert {s["item_id"] for s in scored} == {i.item_id for i in items}
-    stale = Counter(partition_for(s["item_id"], 4) for s in scored if s["model_version"] != model.version)
+    scored = [ITEMS_SCORED.decode(value) for _, value in broker.read_all(topic(project, "items.scored"))]
+    assert {s.item_id for s in scored} == {i.item_id for i in items}
+    stale = Counter(partition_for(s.item_id, 4) for s in scored if s.model_version != model.version)
     assert not stale, f"items scored with an older head after {model.version} was announced, by partition: {stale}"
