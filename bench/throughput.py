@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import cProfile
 import dataclasses
-import inspect
 import itertools
-import os
 import statistics
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from winnow.bench.common import environment, new_figure, save_figure, write_json
+from winnow.bench.meters import (PRELABEL_BATCH, MeteredStage, StageMeter, TimedRuntime, cpu_delta, profiled,
+                                thread_cpu_s)
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.data.datasets import Dataset
@@ -37,87 +37,18 @@ from winnow.core.loop.selector import Selector
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import STAGES, create_topics, topic
 from winnow.core.ml.encoder import CachedEncoder
-from winnow.core.ml.runtime import Prediction, Runtime
+from winnow.core.ml.runtime import Runtime
 from winnow.core.ml.training import train, write_version
 from winnow.core.ports.bus import Bus
 from winnow.core.select.index import set_threads
 from winnow.services.serve import Worker, open_bus, run_worker  # as serve runs them
 
-# What one prelabel step takes off the bus: serve's worker loop calls ``Stage.step`` with its default.
-PRELABEL_BATCH: int = inspect.signature(Stage.step).parameters["max_messages"].default
 FAISS_THREADS: int = ServeConfig.faiss_threads  # serve's default, set for the pipeline runs only
 SQLITE_SESSION_TIMEOUT_S: float = ServeConfig.sqlite_session_timeout_s
 HEAD_VERSION = "bench-head"
 # Each role gets its own bus client, as separate ``winnow serve`` processes would. (Sharing one is safe
 # now that every stage publishes through a producer of its own, ``Bus.producer``; before, one KafkaBus
 # shared by the stage threads failed flushes at random, a flush taking another thread's sends.)
-
-
-@dataclass
-class StageMeter:
-    """One stage in one run: messages per step that moved any, wall and thread CPU time in those steps,
-    when the last ended (ONNX Runtime's own worker threads are not in ``cpu_s``)."""
-
-    batches: list[int] = field(default_factory=list)
-    busy_s: float = 0.0
-    cpu_s: float = 0.0
-    handled: int = 0
-    last_end: float = 0.0
-
-
-class _MeteredStage:
-    """A stage as serve's worker loop sees it (``step``, ``consumer``, ``project``), metering each step.
-
-    ``on_step(handled_so_far, ended_at)`` runs after every step that moved messages, once its output
-    is durable and its offsets are committed.
-    """
-
-    def __init__(self, stage: Stage, meter: StageMeter, on_step: Callable[[int, float], None] | None = None) -> None:
-        self.stage, self.meter, self.on_step = stage, meter, on_step
-        self.consumer, self.project = stage.consumer, stage.project
-        self.stepped = threading.Event()  # set after the first step (Kafka: the group is joined)
-
-    def step(self, max_messages: int = PRELABEL_BATCH, timeout_s: float = 0.0) -> int:
-        in_flight = self.stage.in_flight  # an overlapping prelabel worker's batch in the model
-        started, cpu_started = time.perf_counter(), time.thread_time()
-        handled = self.stage.step(max_messages, timeout_s)
-        ended = time.perf_counter()
-        self.stepped.set()
-        if handled or self.stage.in_flight != in_flight:  # took messages, or wrote a batch
-            if handled:
-                self.meter.batches.append(handled)
-            self.meter.busy_s += ended - started
-            self.meter.cpu_s += time.thread_time() - cpu_started
-            self.meter.handled += handled
-            self.meter.last_end = ended
-            if self.on_step is not None:
-                self.on_step(self.meter.handled, ended)
-        return handled
-
-
-class _TimedRuntime:
-    """The runtime the prelabel worker gets: the benchmark's runtime, with the time spent in ``predict``."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self.predict_s = 0.0
-        self.spans: list[tuple[float, float]] = []  # perf_counter start and end of each predict
-
-    @property
-    def model_version(self) -> str | None:
-        return self.runtime.model_version
-
-    def swap(self, model_folder: Path) -> None:
-        self.runtime.swap(model_folder)
-
-    def predict(self, texts: Sequence[str]) -> Prediction:
-        started = time.perf_counter()
-        try:
-            return self.runtime.predict(texts)
-        finally:
-            ended = time.perf_counter()
-            self.predict_s += ended - started
-            self.spans.append((started, ended))
 
 
 @dataclass(frozen=True)
@@ -145,49 +76,6 @@ def train_head(runtime: Runtime, labelled: Dataset, n_labels: int, project: Proj
     model = ModelVersion(project.name, HEAD_VERSION, str(folder), time.time(), n_labels, result.temperature,
                          float(result.threshold.threshold), result.metrics)
     return Head(folder, model)
-
-
-def thread_cpu_s() -> dict[str, float] | None:
-    """CPU seconds (user + system) of each live thread of this process by thread name, from /proc.
-
-    Threads Python did not start (ONNX Runtime's pool) are summed as ``native``; threads sharing a
-    name (one Kafka IO thread per client) are summed. None where /proc is missing (not Linux).
-    """
-    tasks = Path("/proc/self/task")
-    if not tasks.is_dir():
-        return None
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
-    totals: dict[str, float] = {}
-    for task in tasks.iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # the thread ended meanwhile
-        name = names.get(int(task.name), "native")
-        totals[name] = totals.get(name, 0.0) + (int(fields[11]) + int(fields[12])) * tick_s  # utime, stime
-    return totals
-
-
-def _cpu_delta(before: dict[str, float] | None, after: dict[str, float] | None) -> dict[str, float] | None:
-    if before is None or after is None:
-        return None
-    delta = {name: round(after[name] - before.get(name, 0.0), 2) for name in after}
-    return dict(sorted(((n, d) for n, d in delta.items() if d > 0), key=lambda kv: -kv[1]))
-
-
-def _profiled(target: Callable[..., None], profile: cProfile.Profile | None) -> Callable[..., None]:
-    if profile is None:
-        return target
-
-    def run(*args: object) -> None:
-        profile.enable()
-        try:
-            target(*args)
-        finally:
-            profile.disable()
-
-    return run
 
 
 def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head: Head, config: LoopConfig,
@@ -222,7 +110,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
         create_topics(bus, project.name, config.partitions)
         ingest_producer = bus.producer()
         store.register_model(dataclasses.replace(head.model, project=project.name))
-        timed_runtime = _TimedRuntime(runtime)
+        timed_runtime = TimedRuntime(runtime)
         prelabel = PrelabelWorker(new_bus(), store, project, config, timed_runtime)  # type: ignore[arg-type]
         selector = Selector(new_bus(), store, project, config)
         stages = [prelabel, selector]
@@ -241,8 +129,8 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
                 done.set()
 
         meters = {"prelabel": StageMeter(), "selector": StageMeter()}
-        metered = {"prelabel": _MeteredStage(prelabel, meters["prelabel"]),
-                   "selector": _MeteredStage(selector, meters["selector"], on_selected)}
+        metered = {"prelabel": MeteredStage(prelabel, meters["prelabel"]),
+                   "selector": MeteredStage(selector, meters["selector"], on_selected)}
         profiles = {name: cProfile.Profile() for name in ("ingest", *metered)} if profile_prefix else {}
 
         def worker(name: str) -> None:
@@ -252,7 +140,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
                 errors.append(e)
                 done.set()
 
-        threads = [threading.Thread(target=_profiled(worker, profiles.get(name)), args=(name,),
+        threads = [threading.Thread(target=profiled(worker, profiles.get(name)), args=(name,),
                                     name=f"bench-{name}") for name in metered]
         for thread in threads:
             thread.start()
@@ -279,7 +167,7 @@ def run_pipeline(texts: Sequence[str], runtime: Runtime, project: Project, head:
             raise WinnowError(f"bench: a stage worker failed: {errors[0]!r}") from errors[0]
         wall_s = decided_at[0] - started
         cpu_s = time.process_time() - cpu_started  # every thread of this process (not a Kafka broker's)
-        threads_cpu_s = _cpu_delta(threads_before, thread_cpu_s())  # the main thread ingests, then waits
+        threads_cpu_s = cpu_delta(threads_before, thread_cpu_s())  # the main thread ingests, then waits
         stop.set()
         for thread in threads:
             thread.join()
@@ -371,7 +259,7 @@ def run_model_only(texts: Sequence[str], runtime: Runtime, batch: int) -> dict:
             raise WinnowError("bench: the runtime has no head loaded")
     wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     return {"wall_s": wall_s, "items_per_s": len(texts) / wall_s, "cpu_s": cpu_s, "items_per_cpu_s": len(texts) / cpu_s,
-            "thread_cpu_s": _cpu_delta(threads_before, thread_cpu_s())}
+            "thread_cpu_s": cpu_delta(threads_before, thread_cpu_s())}
 
 
 def bus_kind(bus_url: str | None) -> str:
