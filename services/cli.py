@@ -71,6 +71,10 @@ FUZZ_SEED = Option("seed", int, "seed of the requests", 0, env_name="FUZZ_SEED",
 FUZZ_MAX_SECONDS = Option("max_seconds", float, "stop sending after this many seconds", 1800.0,
                           env_name="FUZZ_MAX_SECONDS", low=1.0)
 FUZZ_OUT = Option("out", Path, "result JSON path", None, env_name="BENCH_OUT")
+STORAGE_ITEMS = Option("items", int, "records per timed call", 10_000, env_name="STORAGE_ITEMS", low=1,
+                       high=1_000_000)
+STORAGE_REPEATS = Option("repeats", int, "fresh bus and store files per call kind (medians)", 3,
+                         env_name="STORAGE_REPEATS", low=1, high=100)
 CHAOS_BUS = Option("bus", str, "sqlite: `serve all` on the embedded bus and store; kafka: the six services on a "
                    "Kafka broker and PostgreSQL started with the deploy scripts", "sqlite", env_name="CHAOS_BUS",
                    choices=("sqlite", "kafka"))
@@ -139,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = bench_sub.add_parser("chaos", help="stream items while SIGKILLing the processes, then count lost and "
                                  "duplicated labels (exit 1 unless: 0 lost, 0 duplicated, every label on the topic)")
     add_options(chaos, (CHAOS_BUS, CHAOS_ITEMS, CHAOS_KILLS, CHAOS_SEED, FUZZ_OUT))
+    storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
+    add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
     serve.add_argument("service", choices=(*SERVICES, "all"))
@@ -278,6 +284,20 @@ def cmd_bench_chaos(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_bench_storage(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.storage import run_storage_benchmark
+
+    items, repeats = given(args, STORAGE_ITEMS), given(args, STORAGE_REPEATS)
+    out = given(args, FUZZ_OUT)
+    result = run_storage_benchmark(out, items=items, repeats=repeats)
+    console = Console(stderr=True)
+    for name, rate in result["per_s"].items():
+        console.print(f"{name:<26} {rate:>12,.0f} /s")
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def _print_table(console, result: dict) -> None:
     from rich.table import Table
 
@@ -307,7 +327,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
-            ("bench", "chaos"): cmd_bench_chaos,
+            ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("serve", None): cmd_serve}
 
 
