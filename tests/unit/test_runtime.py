@@ -30,21 +30,6 @@ from winnow.core.ml.head import (
 from winnow.core.ml.runtime import OnnxRuntime, TorchRuntime
 from winnow.core.ml.training import train
 
-SENTENCES = [
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "hi",
-    "word " * 300,  # truncated at 256 tokens
-    "I am still waiting on my card?",
-    "How do I top up with Apple Pay from my bank account in another country?",
-]
-# sentence-transformers 6.2.0 (all-MiniLM-L6-v2, CPU) on SENTENCES[0] and SENTENCES[6]: first 8 components.
-REFERENCE = {
-    0: [0.033242, 0.004406, -0.006277, 0.048379, -0.138702, -0.033617, 0.101128, -0.054385],
-    6: [-0.035352, -0.042137, -0.002757, 0.031937, 0.023190, -0.018297, 0.030449, -0.029110],
-}
 CLASSES = ["card_arrival", "top_up", "refund"]
 
 
