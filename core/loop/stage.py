@@ -13,7 +13,7 @@ from winnow.core.domain.codecs import codec_for
 from winnow.core.domain.errors import WinnowError
 from winnow.core.domain.records import Item, Project
 from winnow.core.domain.settings import LoopConfig
-from winnow.core.domain.validation import validate_item_fields, validate_items
+from winnow.core.domain.validation import validate_items
 from winnow.core.loop.topics import consumer_group, topic
 from winnow.core.ports.bus import Bus, Headers, Message
 from winnow.core.ports.store import Store
@@ -85,7 +85,6 @@ class Stage(ABC):
         record = codec_for(self._stage_of(message)).decode(message.value)
         if isinstance(record, Item):
             validate_items(self.project, [record])
-            validate_item_fields([record])
         return record
 
     def _dead_letter(self, message: Message, error: Exception) -> None:
