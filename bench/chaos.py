@@ -67,9 +67,10 @@ class ChaosPlan:
     budget_labels: int = 15
     budget_per_items: int = 100
     precision_target: float = 0.8  # reachable early, so the selector auto-accepts and swaps models too
-    # WINNOW_* settings for every process: by default half the human budget is holdout, so thresholds
-    # are certified early (they need 30 holdout labels) and auto-accepts and swaps run under the kills
-    serve_settings: dict[str, str] = field(default_factory=lambda: {"WINNOW_HOLDOUT_SHARE": "0.5"})
+    # WINNOW_* settings for every process: by default people check half the items the model would (or
+    # nearly would) label, so thresholds are certified early and auto-accepts, audits and swaps run
+    # under the kills
+    serve_settings: dict[str, str] = field(default_factory=lambda: {"WINNOW_AUDIT_PROBABILITY": "0.5"})
     chunk: int = 50
     uptime_s: tuple[float, float] = (1.0, 6.0)
     deadline_s: float = 1800.0

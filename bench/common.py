@@ -66,14 +66,15 @@ def write_json(path: Path, result: dict) -> None:
     os.replace(tmp, path)
 
 
-def new_figure(size: tuple[float, float]):
-    """A matplotlib figure and axes drawn off-screen (the Agg backend: no display needed)."""
+def new_figure(size: tuple[float, float], ncols: int = 1):
+    """A matplotlib figure and its axes (``ncols`` side by side) drawn off-screen (the Agg backend:
+    no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=size)
+    return plt.subplots(1, ncols, figsize=size)
 
 
 def save_figure(fig, path: Path) -> None:

@@ -48,6 +48,11 @@ OVERLAP = Option("overlap", int, "distinct annotators per picked item (consensus
 GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 20, low=0)
 OUT_DIR = Option("out_dir", Path, "where the demo writes its store, models, JSON and PNG (a new or empty folder, "
                  "or an earlier demo's output)", Path("winnow-demo"))
+SEEDS = Option("seeds", int, "seeds to run, from --seed on: each reported, then the mean and the worst", 1, low=1,
+               high=100)
+BENCH_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated (one annotator each)",
+                     ("0.0",))
+BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 0, low=0)
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
 CSV = Option("csv", Path, "labeled CSV to stream (default: bundled Banking77 train)", None, optional=True)
 TEXT_COL = Option("text_col", str, "text column", "text")
@@ -133,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG results)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     labels = bench_sub.add_parser("labels", help="label economics on a CSV, against random selection")
-    add_options(labels, (*PROJECT_OPTIONS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, LABELS_OUT, *loop_options))
+    add_options(labels, (*PROJECT_OPTIONS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, BENCH_NOISE, OVERLAP, BENCH_GOLD,
+                         LABELS_OUT, *loop_options))
     throughput = bench_sub.add_parser("throughput", help="items/s through the whole pipeline against the model alone")
     add_options(throughput, (BENCH_BUS, BENCH_ITEMS, BENCH_REPEATS, BENCH_HEAD_LABELS, BENCH_PROFILE_DIR, LABELS_OUT,
                              *loop_options))
@@ -203,8 +209,10 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
     out = given(args, LABELS_OUT)
     labels, per = budget(args)
     precision, strategy = given(args, PRECISION), given(args, STRATEGY)
+    seeds, overlap, gold = given(args, SEEDS), given(args, OVERLAP), given(args, BENCH_GOLD)
+    noise = tuple(NOISE_RATE.parse(text, BENCH_NOISE.flag) for text in given(args, BENCH_NOISE))
     train, test = _datasets(args)  # validated before anything runs or is written
-    project = Project("bench", train.classes, labels, per, precision, strategy)
+    project = Project("bench", train.classes, labels, per, precision, strategy, overlap)
     runtime = make_runtime_from(settings)
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -217,7 +225,7 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
             bar.update(tasks[name], completed=done)
 
         result = run_labels_benchmark(train, test, runtime, out, project, settings.loop, seed=settings.loop.seed,
-                                      progress=progress)
+                                      seeds=seeds, noise=noise, gold=gold, progress=progress)
     _print_table(console, result)
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
@@ -305,8 +313,9 @@ def _print_table(console, result: dict) -> None:
     table.add_column("")
     table.add_column("winnow", justify="right")
     table.add_column("random", justify="right")
-    for key in ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
-                "model_test_accuracy", "wall_s"):
+    for key in ("items", "human_labels", "human_fraction", "final_label_accuracy", "worst_final_label_accuracy",
+                "auto_accept_precision", "auto_accepted_fraction", "first_certified_at_fraction",
+                "certified_accuracy_lower_bound", "bound_held", "annotations_per_item", "model_test_accuracy", "wall_s"):
         cells = []
         for value in (result[key], result["random"][key]):
             cells.append("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))

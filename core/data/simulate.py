@@ -14,6 +14,7 @@ from winnow.core.domain.records import Item, Label, ModelVersion, Project, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.embedded import EmbeddedLoop
 from winnow.core.loop.labeling import LabelingService
+from winnow.core.loop.quality import certified_quality
 from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.runtime import OnnxRuntime, Runtime
 from winnow.core.ml.scoring import mean_probs
@@ -76,13 +77,24 @@ class StreamReport:
     low_confidence: int = 0
     gold: int = 0
     model_versions: int = 0
+    unlabeled: int = 0
+    auto_accepted_fraction: float = 0.0
+    first_certified_at_fraction: float | None = None
+    certified_accuracy_lower_bound: float | None = None
+    certified_auto_accept_precision_lower_bound: float | None = None
+    annotations_per_item: float = 0.0
+    quality: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)
+    stream: list[dict] = field(default_factory=list)  # per chunk: human labels spent, bound, true accuracy
     annotators: dict[str, dict] = field(default_factory=dict)
 
+    KEYS = ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
+            "model_test_accuracy", "wall_s", "auto_accepted_fraction", "first_certified_at_fraction",
+            "certified_accuracy_lower_bound", "certified_auto_accept_precision_lower_bound",
+            "annotations_per_item", "unlabeled")
+
     def summary(self) -> dict:
-        keys = ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
-                "model_test_accuracy", "wall_s")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in self.KEYS}
 
 
 def evaluate_labels(labels: Sequence[Label], truth: Mapping[str, str]) -> dict:
@@ -131,8 +143,12 @@ def run_stream(
     test_y = np.array(test.label_ids()) if test is not None else None
     report = StreamReport(project.strategy, len(train), 0, 0.0, 0.0, None, None, 0.0)
 
+    seen = [0]  # items streamed so far
+
     def on_version(model: ModelVersion) -> None:
-        point = {"version": model.version, "human_labels": model.n_train,
+        if report.first_certified_at_fraction is None and np.isfinite(model.threshold):
+            report.first_certified_at_fraction = seen[0] / len(ids)
+        point = {"version": model.version, "human_labels": model.n_train, "threshold_sample": model.metrics.get("threshold_sample"), "candidate": None,
                  "threshold": model.threshold, "heldout_accuracy": model.metrics.get("heldout_accuracy")}
         if test_emb is not None:
             head = OnnxHead(Path(model.path))
@@ -156,14 +172,23 @@ def run_stream(
             loop.store.add_tasks([Task(project.name, i, 1e9, None, now, "gold") for i in gold_ids])
         for start in range(gold, len(ids), chunk):
             batch = ids[start:start + chunk]
+            seen[0] = start + len(batch)
             loop.ingest([Item(project.name, i, texts[i], time.time()) for i in batch])
             loop.run_until_idle(people)
+            report.stream.append(_stream_point(loop, project, truth, seen[0]))
             if progress is not None:
                 progress(min(start + chunk, len(ids)), report)
         outcome = loop.close_stream(people)
         labels = loop.store.labels(project.name)
-        if len(labels) != len(ids) or len({label.item_id for label in labels}) != len(ids):
-            raise RuntimeError(f"{len(ids)} items streamed but {len(labels)} final labels were written")
+        report.unlabeled = outcome.get("unlabeled", 0)
+        if len(labels) + report.unlabeled != len(ids) or len({label.item_id for label in labels}) != len(labels):
+            raise RuntimeError(f"{len(ids)} items streamed but {len(labels)} final labels were written "
+                               f"and {report.unlabeled} left unlabeled")
+        report.stream.append(_stream_point(loop, project, truth, len(ids), closed=True))
+        quality = certified_quality(loop.store, project.name)
+        report.quality = quality.to_dict()
+        report.certified_accuracy_lower_bound = quality.accuracy_lower_bound
+        report.certified_auto_accept_precision_lower_bound = quality.auto_accepted_precision_lower_bound
         scores = evaluate_labels(labels, truth)
         report.human_labels = scores["human_labels"]
         report.gold = scores["gold"]
@@ -172,7 +197,9 @@ def run_stream(
         report.final_label_accuracy = scores["final_label_accuracy"]
         report.auto_accept_precision = scores["auto_accept_precision"]
         report.human_fraction = report.human_labels / len(ids)
+        report.auto_accepted_fraction = report.auto_accepted / len(ids)
         report.annotations = people.answers
+        report.annotations_per_item = people.answers / len(ids)
         report.model_versions = len(loop.store.models(project.name))
         report.annotators = loop.labeling.annotator_quality()
         for name, error_rate in zip(people.names, people.noise):
@@ -183,3 +210,18 @@ def run_stream(
         loop.close()
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def _stream_point(loop: EmbeddedLoop, project: Project, truth: Mapping[str, str], seen: int,
+                  closed: bool = False) -> dict:
+    """Where a run stands after ``seen`` items: human labels spent (tasks drawn), final labels, the
+    system's certified bound and, measured against the truth (benchmark side only), their accuracy."""
+    labels = loop.store.labels(project.name)
+    quality = certified_quality(loop.store, project.name)
+    tasks = [t for t in loop.store.tasks(project.name) if t.kind != "gold"]
+    correct = [truth[label.item_id] == label.label for label in labels]
+    return {"items": seen, "closed": closed, "tasks": len(tasks), "final_labels": len(labels),
+            "auto_accepted": sum(label.aggregation == "auto_accept" for label in labels),
+            "certified_accuracy_lower_bound": quality.accuracy_lower_bound,
+            "certified_auto_accept_precision_lower_bound": quality.auto_accepted_precision_lower_bound,
+            "accuracy": float(np.mean(correct)) if correct else None}

@@ -66,11 +66,16 @@ class Annotation:
 class Label:
     """The one final label of an item, with its provenance.
 
-    ``source`` is human (consensus of annotations), model (auto-accepted, or assigned below the
-    threshold when the stream closed with budget spent: ``aggregation == "low_confidence"``) or
-    gold (known answer given by the operator). ``source_id`` is the annotators (comma-joined) or the
-    model version. ``idempotency_key`` is item id + stage + model version: writing the same key twice
-    is a no-op, and an item never gets a second final label.
+    ``source`` is human (consensus of annotations), model (auto-accepted, or given below the
+    threshold when the stream closed: ``aggregation == "low_confidence"``) or gold (known answer
+    given by the operator). ``source_id`` is the annotators (comma-joined) or the model version.
+    ``idempotency_key`` is item id + stage + model version: writing the same key twice is a no-op,
+    and an item never gets a second final label.
+
+    ``probability`` (model labels): the chance the item had of going to a person instead, at the
+    look that gave it this label. The label belongs to the certified family named by its
+    ``aggregation``, whose error bound (:mod:`winnow.core.ml.certify`) covers it; None for a model
+    label written before the audit existed (counted as unchecked) and for human and gold labels.
     """
 
     project: str
@@ -84,15 +89,20 @@ class Label:
     guideline_version: str
     created_at: float
     idempotency_key: str
+    probability: float | None = None
 
 
 @dataclass(frozen=True)
 class Task:
     """An item waiting for people, ranked by priority (higher first).
 
-    ``kind``: label (picked by the selector), holdout (drawn uniformly from the stream so that the
-    auto-accept threshold is estimated on an unbiased sample) or gold (a known answer, shown to
-    every annotator once to measure them).
+    ``kind``: label (drawn because the model is unsure), audit (drawn at a look where the model would
+    have labeled it: the people's answer checks that label), gold (a known answer, shown to every
+    annotator once to measure them) or holdout (stores from before the audit: drawn uniformly).
+
+    ``probability`` is the chance the item had of being drawn at that look, set before the draw;
+    ``model_label`` the model's label at the look (None before the first model); ``family`` (audit
+    tasks) the aggregation the model label would have had (auto_accept or low_confidence).
     """
 
     project: str
@@ -100,7 +110,10 @@ class Task:
     priority: float
     model_version: str | None
     created_at: float
-    kind: Literal["label", "holdout", "gold"] = "label"
+    kind: Literal["label", "audit", "gold", "holdout"] = "label"
+    probability: float = 1.0
+    model_label: str | None = None
+    family: str | None = None
 
 
 @dataclass(frozen=True)

@@ -248,18 +248,23 @@ class TrainConfig:
 class LoopConfig:
     """Operator settings of the loop that are not part of a project's schema.
 
-    ``holdout_share`` of the human budget goes to items drawn uniformly from the stream (before
-    auto-accept sees them): the auto-accept threshold is estimated on those alone, because the
-    items the selector picks are the hard ones and would bias the estimate.
+    Every arriving item gets a known chance of going to a person (:mod:`winnow.core.select.sampling`):
+    at least ``audit_probability`` where the model would label it (the answer checks the model's
+    label, and the certified bounds are built from those checks), at least ``min_probability``
+    elsewhere, more where the model is unsure, all within the project's budget.
     """
 
     first_model_labels: int = setting(100, "human labels before the first model is trained", low=2)
     retrain_growth: float = setting(0.15, "retrain when human labels grew by this share", low=0.0)
     retrain_min_new: int = setting(50, "and by at least this many labels", low=1)
-    select_batch: int = setting(25, "scored items the selector gathers before it picks", low=1)
-    holdout_share: float = setting(
-        0.15, "share of the human budget spent on uniformly drawn items that calibrate the auto-accept threshold",
-        low=0.0, high=1.0, high_open=True)
+    audit_probability: float = setting(
+        0.1, "least chance an item the model would label goes to a person instead (checks the model)",
+        low=0.0, high=1.0, low_open=True)
+    select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
+                                low=1)
+    min_probability: float = setting(0.02, "least chance any other item goes to a person at arrival", low=0.0, high=1.0,
+                                     low_open=True)
+    self_training: bool = setting(False, "fit each model also on the auto-accepted (certified) model labels")
     near_duplicate: float = setting(0.97, "cosine at or above which a pick duplicates a labeled or queued item",
                                     low=-1.0, high=1.0, low_open=True)
     uncertainty: str = setting("margin", "uncertainty score", choices=SCORE_NAMES)

@@ -39,7 +39,8 @@ def validate_items(project: Project, items: Sequence[Item]) -> None:
 
 # -- the store's rules (no database access; the stores call these before opening a transaction) --
 SOURCES = ("human", "model", "gold")  # Label.source
-KINDS = ("label", "holdout", "gold")  # Task.kind
+KINDS = ("label", "audit", "gold", "holdout")  # Task.kind
+FAMILIES = (None, "auto_accept", "low_confidence")  # Task.family: the certified families of model labels
 # the selection strategies' names (``winnow.core.select.strategies`` registers one class per name
 # and refuses to import if the two disagree): validating a project needs no FAISS
 STRATEGIES: tuple[str, ...] = ("random", "uncertainty", "kcenter", "cluster_margin", "badge")
@@ -121,6 +122,12 @@ def validate_tasks(tasks: Sequence[Task]) -> None:
             raise InvalidInput("kind", f"task kind must be one of {list(KINDS)}, got {t.kind!r}")
         if math.isnan(t.priority):
             raise InvalidInput("priority", f"priority of item {t.item_id!r} is NaN")
+        if not 0.0 <= t.probability <= 1.0:  # also refuses NaN
+            raise InvalidInput("probability", f"probability of item {t.item_id!r} must be in [0, 1], "
+                                              f"got {t.probability!r}")
+        check_text("model_label", t.model_label)
+        if t.family not in FAMILIES:
+            raise InvalidInput("family", f"task family must be one of {list(FAMILIES)}, got {t.family!r}")
 
 
 def validate_priorities(priorities: Mapping[str, float]) -> None:
@@ -168,6 +175,8 @@ def validate_label(label: Label) -> None:
         raise InvalidInput("confidence", f"confidence must be in [0, 1], got {label.confidence}")
     if not label.idempotency_key:
         raise InvalidInput("idempotency_key", f"empty idempotency key for item {label.item_id!r}")
+    if label.probability is not None and not 0.0 <= label.probability <= 1.0:
+        raise InvalidInput("probability", f"probability must be in [0, 1], got {label.probability!r}")
     check_finite("created_at", label.created_at)
     if label.threshold is not None and math.isnan(label.threshold):
         raise InvalidInput("threshold", f"threshold of item {label.item_id!r} is NaN")

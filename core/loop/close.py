@@ -10,6 +10,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from winnow.core.domain.settings import LoopConfig
 from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ class StreamStatus:
     and the selector has not served it yet) or ``closed`` (the last request is served).
 
     Closing drains: items ingested afterwards are handled as usual, and a later close drains again.
-    ``tasks`` and ``low_confidence`` are what the last served close did.
+    ``tasks``, ``low_confidence`` and ``unlabeled`` are what the last served close did
+    (``unlabeled``: items left without a label because no model existed to label them).
     """
 
     project: str
@@ -33,6 +35,7 @@ class StreamStatus:
     closed_at: float | None = None
     tasks: int = 0
     low_confidence: int = 0
+    unlabeled: int = 0
 
 
 def pending_close_requests(store: Store, project: str) -> list[str]:
@@ -51,7 +54,7 @@ def stream_status(store: Store, project: str) -> StreamStatus:
     closed_at = max(r.served_at for r in requests if r.served_at is not None)
     last = [r for r in requests if r.served_at == closed_at]  # the requests the last close served
     return StreamStatus(project, "closed", max(r.requested_at for r in last), closed_at, last[0].tasks,
-                        last[0].low_confidence)
+                        last[0].low_confidence, last[0].unlabeled)
 
 
 def request_close(store: Store, project: str, actor: str, now: float) -> StreamStatus:
@@ -62,8 +65,24 @@ def request_close(store: Store, project: str, actor: str, now: float) -> StreamS
 
 
 def record_close(store: Store, project: str, request_ids: list[str], tasks: int, low_confidence: int,
-                 now: float) -> None:
-    """Mark ``request_ids`` served by a close that queued ``tasks`` tasks and made ``low_confidence``
-    low-confidence labels. Call it once the close's output is durable: a crash before it means the
-    close runs again after restart (its labels are idempotent, its tasks already queued)."""
-    store.mark_closed(project, request_ids, "selector", tasks, low_confidence, now)
+                 now: float, unlabeled: int = 0) -> None:
+    """Mark ``request_ids`` served by a close that queued ``tasks`` tasks, made ``low_confidence``
+    low-confidence labels and left ``unlabeled`` items unlabeled. Call it once the close's output is
+    durable: a crash before it means the close runs again after restart (its labels are idempotent,
+    its tasks already queued)."""
+    store.mark_closed(project, request_ids, "selector", tasks, low_confidence, now, unlabeled)
+
+
+def min_train_labels(config: LoopConfig) -> int:
+    """Fewest human labels a model can be trained on (its cross-fitting needs one per fold)."""
+    return max(config.train.folds, 2)
+
+
+def model_behind(store: Store, project: str, config: LoopConfig, serving: str | None) -> bool:
+    """Whether a close must wait for the trainer: there are enough human labels to train on, and the
+    current model (or ``serving``, the version the caller holds) has not learned from all of them."""
+    humans = store.count_labels(project).get("human", 0)
+    if humans < min_train_labels(config):
+        return False
+    current = store.current_model(project)
+    return current is None or current.n_train < humans or current.version != serving

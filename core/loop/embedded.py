@@ -10,6 +10,7 @@ from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.records import Item, ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.close import request_close, stream_status
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.prelabel import PrelabelWorker
@@ -38,7 +39,7 @@ class EmbeddedLoop:
         self.store = SqliteStore(self.workdir / "store.sqlite")
         self.store.create_project(project)
         create_topics(self.bus, project.name, config.partitions)
-        self.project, self.config = project, config
+        self.project, self.config, self.clock = project, config, clock
         self.producer = self.bus.producer()  # ingest's
         # ingest and the stages take turns here: no more items come mid-step, and no stage runs while
         # the model works on a batch, so the worker neither waits to fill a batch nor overlaps
@@ -61,16 +62,21 @@ class EmbeddedLoop:
             if not moved:
                 return
 
-    def close_stream(self, people: People | None = None) -> dict[str, int]:
-        """No more items will come: retrain on every label, spend the budget left, label the rest."""
-        self.run_until_idle(people)
-        self.trainer.maybe_train(force=True)
-        self.run_until_idle(people)
-        outcome = self.selector.close_stream()
-        self.run_until_idle(people)
-        self.trainer.maybe_train(force=True)
-        self.run_until_idle(people)
-        return outcome
+    def close_stream(self, people: People | None = None, actor: str = "embedded") -> dict[str, int]:
+        """No more items will come: people answer the open tasks, the trainer retrains on every
+        label, and only then the selector's close labels the rest (``Selector.close_stream``); the
+        audit tasks the close draws are answered before this returns (when ``people`` are given)."""
+        request_close(self.store, self.project.name, actor, self.clock())
+        for _ in range(1000):
+            self.run_until_idle(people)
+            self.trainer.train_for_close()
+            self.run_until_idle(people)
+            self.selector.close_if_requested()  # or served already in a step of the runs above
+            status = stream_status(self.store, self.project.name)
+            if status.state == "closed":
+                self.run_until_idle(people)
+                return {"tasks": status.tasks, "low_confidence": status.low_confidence, "unlabeled": status.unlabeled}
+        raise RuntimeError(f"the close of project {self.project.name!r} never became ready")
 
     def close(self) -> None:
         for stage in (self.prelabel, self.selector, self.trainer):

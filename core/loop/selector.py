@@ -1,5 +1,14 @@
-"""The selector stage: items.scored -> auto-accepted model labels, holdout tasks, and the backlog
-from which the budget picks label tasks; serves close-of-stream requests."""
+"""The selector stage: items.scored -> a look at each item with a known chance of a person (tasks),
+auto-accepted model labels, and the backlog of items no certified threshold covers yet; serves
+close-of-stream requests.
+
+A *look* is a moment where the selector decides an item: at arrival, when a new model version
+re-scores the backlog and now clears its threshold, and at close. At every look the item first gets
+its probability of going to a person (:mod:`winnow.core.select.sampling`), then the draw. Where the
+model would label it (an audit look), a drawn item's human answer checks the model's label, and an
+undrawn item gets that label with its probability recorded: the certified bounds
+(:mod:`winnow.core.ml.certify`, :mod:`winnow.core.loop.quality`) are built from exactly these.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +25,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.close import (
     CLOSE_CHECK_S,
     CLOSE_WAIT_LOG_S,
+    model_behind,
     pending_close_requests,
     record_close,
 )
@@ -27,13 +37,9 @@ from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
+from winnow.core.select.sampling import StreamSampler, spread, uniforms
 from winnow.core.select.index import VectorIndex
-from winnow.core.select.strategies import (
-    BudgetController,
-    Candidates,
-    NearDuplicateGuard,
-    make_strategy,
-)
+from winnow.core.select.strategies import BudgetController, Candidates, NearDuplicateGuard, make_strategy
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +51,15 @@ def _max_cosine(vectors: np.ndarray, others: np.ndarray) -> np.ndarray:
     return index.max_similarity(vectors)
 
 
+AUTO, LOW = "auto_accept", "low_confidence"  # the certified families of model labels
+
+
 class Selector(Stage):
-    """items.scored -> auto-accepted model labels, or the backlog from which the budget picks tasks.
+    """items.scored -> tasks (drawn with known probabilities), auto-accepted model labels, or the backlog.
 
     Keeps the backlog (scored items with neither a final label nor a task) in memory, rebuilt from
-    the store on start. When a new model lands it re-scores the whole backlog, auto-accepts what now
-    clears the threshold and re-ranks the open tasks.
+    the store on start. When a new model lands it re-scores the whole backlog and takes an audit look
+    at the items that now clear the threshold, and re-ranks the open tasks.
     """
 
     name = "selector"
@@ -63,6 +72,7 @@ class Selector(Stage):
         self.strategy = make_strategy(project.strategy)
         self.rng = np.random.default_rng(config.seed)
         self.budget = BudgetController(project.budget_labels, project.budget_per_items)
+        self.sampler = StreamSampler(self.budget)
         self.head: OnnxHead | None = None
         self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
         self._guarded = 0
@@ -74,37 +84,30 @@ class Selector(Stage):
 
     # -- state ------------------------------------------------------------------------------
     def _restore(self) -> None:
-        current = self.store.current_model(self.project.name)
+        name = self.project.name
+        current = self.store.current_model(name)
         if current is not None:
             self.head = OnnxHead(Path(current.path))
-        queued = [t.item_id for t in self.store.open_tasks(self.project.name)]
-        human = [label.item_id for label in self.store.labels(self.project.name, "human")]
-        queued_set = set(queued)
-        pending = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued_set]
-        anchors = queued + human
-        if anchors:  # the guard first: the backlog then measures itself against it in one search
-            self._guard_add(self.store.get_embeddings(self.project.name, anchors))
-        # items not prelabeled yet have no vector: they reach the selector through items.scored
-        scored = self.store.embedded_ids(self.project.name, pending)
+        tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
+        labeled = {label.item_id: label.source for label in self.store.labels(name)}
+        tasked = {t.item_id for t in tasks}
+        anchors = list(tasked) + [i for i, source in labeled.items() if source == "human" and i not in tasked]
+        pending = [i for i in self.store.unlabeled_ids(name) if i not in tasked]
+        if anchors:
+            self._guard_add(self.store.get_embeddings(name, anchors))
+        # undecided items with a vector are the backlog (the others reach the selector through
+        # items.scored); a restart does not look at them again, so it draws nothing by itself
+        scored = self.store.embedded_ids(name, pending)
         if scored:
-            self._add_backlog(scored, self.store.get_embeddings(self.project.name, scored))
-        self.budget.observe(len(scored) + len(anchors))
-        self.budget.grant(len(anchors))
-        # a crash may have fallen between a model swap and its auto-accepts: the restored head accepts
-        # what it clears now, made durable before the first step
-        if self._accept_confident():
+            self._add_backlog(scored, self.store.get_embeddings(name, scored))
+        # every item that reached a selector earned the budget its credit, and every task drawn spent one
+        self.budget.observe(len(scored) + len(tasked)
+                            + sum(1 for i, s in labeled.items() if s == "model" and i not in tasked))
+        self.budget.grant(len(tasks))
+        # a crash may have fallen between a model swap and its audit look: the restored head looks now
+        # (with the same draws: uniforms are keyed by item and version), durable before the first step
+        if self._look_at_backlog():
             self.producer.flush()
-
-    def _accept_confident(self) -> int:
-        """Auto-accept the backlog items whose calibrated confidence under the current head clears the
-        threshold, and take them out of the backlog; returns how many labels were written."""
-        if not len(self.backlog):
-            return 0
-        probs = self.backlog.probs
-        accept = probs.max(1) >= self.threshold
-        written = self._accept([i for i, a in zip(self.backlog.ids, accept) if a], probs[accept])
-        self.backlog.drop(accept)
-        return written
 
     def _add_backlog(self, ids: list[str], emb: np.ndarray, scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Put items in the backlog; ``scores`` are their ``_scores`` if the caller has them."""
@@ -138,23 +141,119 @@ class Selector(Stage):
         value = None if self.head is None else self.head.meta.get("threshold")
         return float("inf") if value is None else float(value)
 
-    def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str = "auto_accept") -> int:
+    @property
+    def candidate(self) -> float:
+        """Where the current model's estimated precision meets the target (not certified yet)."""
+        value = None if self.head is None else self.head.meta.get("candidate_threshold")
+        return float("inf") if value is None else float(value)
+
+    @property
+    def version(self) -> str | None:
+        return None if self.head is None else self.head.version
+
+    def _label_key(self, item_id: str) -> str:
+        return f"{item_id}:selector:{self.version or 'none'}"
+
+    # -- looks ------------------------------------------------------------------------------
+    def _look(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, look: str,
+              arriving: bool, audit: np.ndarray, family: str = AUTO,
+              probability: np.ndarray | None = None, final: bool = False) -> np.ndarray:
+        """Decide ``ids`` at one look: each gets its probability of a person, then the draw. Drawn
+        items become tasks (audit tasks where ``audit`` [n] says the model would label them); undrawn
+        audit items get the model's label in ``family``. Returns the bool mask [n] of items decided;
+        the others stay for a later look: those the model cannot label, and audit items whose turn
+        found no credit for a check (an unchecked label is never given during the stream; only the
+        ``final`` look of the close labels what it cannot check, with probability 0).
+
+        ``probability`` [n] overrides the look's probabilities: by default the audit probability
+        where the model would label the item or nearly would (a probe), the minimum elsewhere."""
+        confidence = probs.max(1)
+        # probes: people check, as often as audits, every item while no threshold is certified (the
+        # uniform sample the first threshold is estimated on), then the items the model would label
+        # were its threshold lower (above its candidate), where the next threshold's evidence is needed
+        probe = ~audit & ((confidence >= self.candidate) | (not np.isfinite(self.threshold)))
+        if probability is None:  # the items people need most come from the backlog (``_pick``)
+            probability = np.where(audit | probe, self.config.audit_probability, self.config.min_probability)
+        draws = self.sampler.draw(probability, uniforms(self.config.seed, self.project.name, ids, look), arriving)
+        drawn = np.flatnonzero(draws.drawn)
+        if drawn.size:
+            now = self.clock()
+            predicted = probs.argmax(1)
+            self._queue([Task(self.project.name, ids[k], float(unc[k]), self.version, now,
+                              "audit" if audit[k] else "holdout" if probe[k] else "label", float(draws.probability[k]),
+                              self.project.classes[predicted[k]] if self.head is not None else None,
+                              family if audit[k] else None) for k in drawn])
+            self._guard_add(emb[drawn])
+        keep = audit & ~draws.drawn & (draws.funded | final)
+        self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])
+        return draws.drawn | keep
+
+    def _look_at_backlog(self) -> int:
+        """The audit look at the backlog items the current head labels above its threshold, as far as
+        the credit funds their checks (most confident first; the rest wait for the next call);
+        returns how many were decided (they leave the backlog)."""
+        if not len(self.backlog) or self.head is None or self.budget.credit < 1:
+            return 0
+        confidence = self.backlog.probs.max(1)
+        rows = np.flatnonzero(confidence >= self.threshold)
+        if not rows.size:
+            return 0
+        rows = rows[np.argsort(-confidence[rows], kind="stable")]
+        ids = self.backlog.ids
+        decided = self._look([ids[k] for k in rows], self.backlog.emb[rows], self.backlog.probs[rows],
+                             self.backlog.unc[rows], f"swap:{self.version}", arriving=False,
+                             audit=np.ones(len(rows), bool))
+        gone = np.zeros(len(self.backlog), bool)
+        gone[rows[decided]] = True
+        self.backlog.drop(gone)
+        return int(decided.sum())
+
+    def _pick(self, final: bool = False) -> int:
+        """Send the most useful backlog items to people (the project's strategy over the whole
+        backlog under the current model: uncertainty and diversity, near-duplicates of items people
+        have left out), once a batch's worth of credit is there (any at close). A pick is certain
+        given the backlog (probability 1, recorded); returns how many were picked."""
+        if not len(self.backlog):
+            return 0
+        wanted = int(self.budget.credit)
+        if wanted < (1 if final else self.config.select_batch):
+            return 0
+        pool = np.arange(len(self.backlog))
+        if self.guard is not None:
+            pool = pool[self.backlog.dup < self.guard.threshold]  # as guard.is_duplicate(backlog.emb)
+        if not len(pool):
+            return 0
+        emb = self.backlog.emb[pool]
+        probs, unc = self.backlog.probs[pool], self.backlog.unc[pool]
+        n = self.budget.grant(min(wanted, len(pool)))
+        chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
+        picked = pool[chosen]
+        now = self.clock()
+        ids = self.backlog.ids
+        predicted = probs[chosen].argmax(1)
+        self._queue([Task(self.project.name, ids[i], float(u), self.version, now, "label", 1.0,
+                          self.project.classes[k] if self.head is not None else None)
+                     for i, u, k in zip(picked, unc[chosen], predicted)])
+        picked_mask = np.zeros(len(self.backlog), bool)
+        picked_mask[picked] = True
+        self.backlog.drop(picked_mask)  # before the guard grows: the picked rows need no similarity update
+        self._guard_add(emb[chosen])
+        return len(chosen)
+
+    def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str, probability: np.ndarray) -> int:
         """Write model labels for the given items (all of them); returns how many were new."""
         if not ids:
             return 0
-        version = self.head.version if self.head is not None else "none"
+        version = self.version or "none"
         now = self.clock()
         threshold = self.threshold if np.isfinite(self.threshold) else None
         classes = [self.project.classes[k] for k in probs.argmax(1).tolist()]
         labels = [Label(self.project.name, item_id, label, "model", version, confidence, threshold, aggregation,
-                        self.project.guideline_version, now, self._label_key(item_id))
-                  for item_id, label, confidence in zip(ids, classes, probs.max(1).tolist())]
+                        self.project.guideline_version, now, self._label_key(item_id), float(pi))
+                  for item_id, label, confidence, pi in zip(ids, classes, probs.max(1).tolist(), probability)]
         # an item this selector labeled before (under any model version) gets its stored label
         # published again: a crash may have cut off that publish
         return write_final_labels(self.producer, self.store, labels, same_stage)
-
-    def _label_key(self, item_id: str) -> str:
-        return f"{item_id}:selector:{self.head.version if self.head is not None else 'none'}"
 
     # -- handling ---------------------------------------------------------------------------
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
@@ -167,20 +266,24 @@ class Selector(Stage):
         return handled
 
     def close_if_requested(self) -> dict[str, int] | None:
-        """Serve a pending close request once every unlabeled item has reached this selector.
+        """Serve a pending close request once every unlabeled item has reached this selector and the
+        current model has learned from every human label (the trainer retrains on a close).
 
         An item ingested before the request may still be on its way (not prelabeled yet, or its
         scored message not consumed yet): closing before it arrives would leave it without a final
-        label, so the close waits. Returns what ``close_stream`` did, or None when nothing was closed.
+        label, so the close waits; and a close that labeled with a model behind its labels would waste
+        them. Returns what ``close_stream`` did, or None when nothing was closed.
         """
         if not pending_close_requests(self.store, self.project.name):
             return None
         queued = {t.item_id for t in self.store.open_tasks(self.project.name)}
         waiting = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued and i not in self.backlog]
-        if waiting:
+        behind = model_behind(self.store, self.project.name, self.config, self.version)
+        if waiting or behind:
             if time.monotonic() - self._close_wait_logged >= CLOSE_WAIT_LOG_S:
                 self._close_wait_logged = time.monotonic()
-                log.info("selector close waits project=%s unscored=%d", self.project.name, len(waiting))
+                log.info("selector close waits project=%s unscored=%d model_behind=%s", self.project.name,
+                         len(waiting), behind)
             return None
         return self.close_stream()
 
@@ -193,7 +296,8 @@ class Selector(Stage):
                 scored.append(record)
         if scored:
             self._arrive(scored)
-        self._issue_tasks(final=False)
+        self._look_at_backlog()  # backlog items above the threshold, as the credit earned now funds
+        self._pick()
 
     def _arrive(self, scored: list[Scored]) -> None:
         # a redelivered message must not put an item in the backlog twice, nor next to its own task,
@@ -206,16 +310,17 @@ class Selector(Stage):
             republish_own(self.producer, self.store, self.project.name, "model",
                           {i: self._label_key(i) for i in done}, same_stage)
         fresh = self._embedded([i for i in unlabeled if i not in queued and i not in self.backlog], scored)
-        self.budget.observe(len(fresh))
-        if not fresh:
-            return
-        fresh = self._draw_holdout(fresh)
+        if fresh:
+            self._take(fresh)
+
+    def _take(self, fresh: list[str]) -> None:
+        """The arrival look at items new to this selector; the undecided ones join the backlog."""
         emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
         probs, unc = self._scores(emb)
-        accept = probs.max(1) >= self.threshold
-        self._accept([i for i, a in zip(fresh, accept) if a], probs[accept])
-        keep = ~accept
-        self._add_backlog([i for i, k in zip(fresh, keep) if k], emb[keep], (probs[keep], unc[keep]))
+        audit = probs.max(1) >= self.threshold
+        decided = self._look(fresh, emb, probs, unc, "arrive", arriving=True, audit=audit)
+        rest = ~decided
+        self._add_backlog([i for i, r in zip(fresh, rest) if r], emb[rest], (probs[rest], unc[rest]))
 
     def _embedded(self, fresh: list[str], scored: list[Scored]) -> list[str]:
         """The ``fresh`` items that have an embedding; the scored messages of the others are
@@ -226,20 +331,6 @@ class Selector(Stage):
             self.reject("items.scored", [s for s in scored if s.item_id in missing],
                         NotFound("item_id", f"no embedding in the store for {len(missing)} scored items"))
         return [i for i in fresh if i in have]
-
-    def _draw_holdout(self, fresh: list[str]) -> list[str]:
-        """Send a uniform random share of arrivals to people as holdout tasks; return the others."""
-        rate = self.config.holdout_share * self.project.budget_labels / self.project.budget_per_items
-        drawn = np.flatnonzero(self.rng.random(len(fresh)) < rate)
-        drawn = drawn[: self.budget.grant(len(drawn))]
-        if not len(drawn):
-            return fresh
-        now = self.clock()
-        version = self.head.version if self.head is not None else None
-        self._queue([Task(self.project.name, fresh[i], 1.0, version, now, "holdout") for i in drawn])
-        self._guard_add(self.store.get_embeddings(self.project.name, [fresh[i] for i in drawn]))
-        taken = set(drawn.tolist())
-        return [item_id for k, item_id in enumerate(fresh) if k not in taken]
 
     def _queue(self, tasks: list[Task]) -> None:
         self.store.add_tasks(tasks)
@@ -259,62 +350,45 @@ class Selector(Stage):
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):
             self.backlog.rescore(*self._scores(self.backlog.emb))
-            self._accept_confident()
+            self._look_at_backlog()
         open_tasks = self.store.open_tasks(self.project.name)
         label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
         if label_tasks:
             _, unc = self._scores(self.store.get_embeddings(self.project.name, label_tasks))
             self.store.set_priorities(self.project.name, dict(zip(label_tasks, unc.tolist())))
 
-    def _issue_tasks(self, final: bool) -> int:
-        """Send the most useful backlog items to people, as far as the budget allows."""
-        if not len(self.backlog):
-            return 0
-        wanted = int(self.budget.credit)
-        if wanted < (1 if final else self.config.select_batch):
-            return 0
-        pool = np.arange(len(self.backlog))
-        if self.guard is not None:
-            pool = pool[self.backlog.dup < self.guard.threshold]  # as guard.is_duplicate(backlog.emb)
-        if not len(pool):
-            return 0
-        emb = self.backlog.emb[pool]
-        probs, unc = self.backlog.probs[pool], self.backlog.unc[pool]
-        n = self.budget.grant(min(wanted, len(pool)))
-        chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
-        picked = pool[chosen]
-        version = self.head.version if self.head is not None else None
-        now = self.clock()
-        ids = self.backlog.ids
-        tasks = [Task(self.project.name, ids[i], float(u), version, now) for i, u in zip(picked, unc[chosen])]
-        self._queue(tasks)
-        picked_mask = np.zeros(len(self.backlog), bool)
-        picked_mask[picked] = True
-        self.backlog.drop(picked_mask)  # before the guard grows: the picked rows need no similarity update
-        self._guard_add(emb[chosen])
-        return len(tasks)
-
     def close_stream(self) -> dict[str, int]:
-        """The stream has ended: spend the budget left, then label what is left with the model.
+        """The stream has ended: one last look at the backlog with the current model.
 
-        Items still below the threshold when the budget is spent get the model's label with
-        ``aggregation="low_confidence"`` (their confidence and the threshold are on the label), so
-        every item ends with exactly one final label and none is silently passed off as confident.
+        Every backlog item gets a probability of a person from the credit left (in proportion to the
+        model's expected error on it); the drawn ones become audit tasks, the others get the model's
+        label with ``aggregation="low_confidence"`` (below any certified threshold; their confidence,
+        the threshold and their probability are on the label, and the final-label bound counts them).
+        Before any model exists nothing is invented: the items stay unlabeled (``unlabeled`` in the
+        outcome and the stream status) and a later close, after people labeled enough, labels them.
         """
         requests = pending_close_requests(self.store, self.project.name)
-        tasks = self._issue_tasks(final=True)
-        low = 0
+        tasks = low = unlabeled = 0
         # a close served again after a crash finds the labels it wrote out of the backlog: publish
         # them again, since the crash may have come before their publish (idempotent downstream)
         republish_stored(self.producer, self.store, self.project.name, "model",
-                         lambda label: label.aggregation == "low_confidence" and ":selector:" in label.idempotency_key)
-        if len(self.backlog):
-            low = self._accept(self.backlog.ids, self.backlog.probs, "low_confidence")
-            self.backlog.drop(np.ones(len(self.backlog), bool))
+                         lambda label: label.aggregation == LOW and ":selector:" in label.idempotency_key)
+        if len(self.backlog) and self.head is None:
+            unlabeled = len(self.backlog)
+        elif len(self.backlog):
+            n = len(self.backlog)
+            probs = self.backlog.probs
+            probability = spread(1.0 - probs.max(1) + 1e-6, float(int(self.budget.credit)))
+            before = int(self.budget.credit)
+            self._look(self.backlog.ids, self.backlog.emb, probs, self.backlog.unc, f"close:{self.version}",
+                       arriving=False, audit=np.ones(n, bool), family=LOW, probability=probability, final=True)
+            tasks = before - int(self.budget.credit)
+            low = n - tasks
+            self.backlog.drop(np.ones(n, bool))
         self.producer.flush()
         # the requests are served once the output is durable: a crash before this line means the
         # close runs again after restart (its labels are idempotent, its tasks already queued)
-        record_close(self.store, self.project.name, requests, tasks, low, self.clock())
-        log.info("selector closed the stream project=%s tasks=%d low_confidence=%d requests=%d",
-                 self.project.name, tasks, low, len(requests))
-        return {"tasks": tasks, "low_confidence": low}
+        record_close(self.store, self.project.name, requests, tasks, low, self.clock(), unlabeled)
+        log.info("selector closed the stream project=%s tasks=%d low_confidence=%d unlabeled=%d requests=%d",
+                 self.project.name, tasks, low, unlabeled, len(requests))
+        return {"tasks": tasks, "low_confidence": low, "unlabeled": unlabeled}

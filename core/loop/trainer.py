@@ -14,6 +14,7 @@ from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.codecs import MODELS
 from winnow.core.domain.records import ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.close import CLOSE_CHECK_S, min_train_labels, pending_close_requests
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.head import Head, load_head
@@ -47,12 +48,29 @@ class Trainer(Stage):
                  on_version: Callable[[ModelVersion], None] | None = None) -> None:
         super().__init__(bus, store, project, config)
         self.models_dir, self.clock, self.on_version = Path(models_dir), clock, on_version
+        self._close_check_at = 0.0
         current = store.current_model(project.name)
         self.trained_on = 0 if current is None else current.n_train
         self.head: Head | None = None if current is None else load_head(Path(current.path))
 
     def handle(self, records: list[tuple[str, object]]) -> None:
         self.maybe_train(force=False)
+
+    def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
+        """Handle one batch, then retrain on every human label if a close is waiting for it (checked
+        after every batch that moved messages, else every ``CLOSE_CHECK_S``)."""
+        handled = super().step(max_messages, timeout_s)
+        if handled or time.monotonic() >= self._close_check_at:
+            self._close_check_at = time.monotonic() + CLOSE_CHECK_S
+            self.train_for_close()
+        return handled
+
+    def train_for_close(self) -> ModelVersion | None:
+        """A pending close labels the backlog with the current model: make it one that learned from
+        every human label there is."""
+        if not pending_close_requests(self.store, self.project.name):
+            return None
+        return self.maybe_train(force=True)
 
     def _due(self, n: int) -> bool:
         if self.trained_on == 0:
@@ -63,7 +81,7 @@ class Trainer(Stage):
     def maybe_train(self, force: bool) -> ModelVersion | None:
         humans = self.store.labels(self.project.name, "human")
         n = len(humans)
-        if n < max(self.config.train.folds, 2) or n == self.trained_on or not (force or self._due(n)):
+        if n < min_train_labels(self.config) or n == self.trained_on or not (force or self._due(n)):
             return None
         classes = {c: k for k, c in enumerate(self.project.classes)}
         emb = self.store.get_embeddings(self.project.name, [h.item_id for h in humans])
@@ -72,10 +90,22 @@ class Trainer(Stage):
         gold_ids = list(gold)
         gold_emb = self.store.get_embeddings(self.project.name, gold_ids) if gold_ids else None
         gold_y = np.array([classes[gold[i]] for i in gold_ids]) if gold_ids else None
-        holdout = set(self.store.task_ids(self.project.name, "holdout"))
-        heldout_mask = np.array([h.item_id in holdout for h in humans])
+        # the threshold's sample: the items drawn where the model would (or almost would) label them,
+        # each standing for 1 / (its draw's probability) items there; people's other picks are the hard
+        # items and would bias it
+        drawn = {t.item_id: t.probability for t in self.store.tasks(self.project.name, ("holdout", "audit"))}
+        sample = np.array([drawn.get(h.item_id, 0.0) > 0 for h in humans])
+        weights = np.array([1.0 / drawn[h.item_id] if ok else 1.0 for h, ok in zip(humans, sample)])
+        extra_emb = extra_y = None
+        if self.config.self_training:  # the certified model labels join the final fit
+            auto = [label for label in self.store.labels(self.project.name, "model") if label.aggregation == "auto_accept"]
+            if auto:
+                extra_emb = self.store.get_embeddings(self.project.name, [label.item_id for label in auto])
+                extra_y = np.array([classes[label.label] for label in auto])
         result = train(emb, y, len(classes), self.project.precision_target, self.config.train,
-                       init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=heldout_mask)
+                       init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=sample,
+                       threshold_weights=weights,
+                       extra_embeddings=extra_emb, extra_labels=extra_y)
         version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
         folder = model_folder(self.models_dir, self.project.name, version)
         write_version(folder, result, version, self.project.classes, self.config.train)

@@ -3,6 +3,7 @@ human labels alone (no oracle)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from numbers import Real
 
@@ -32,6 +33,10 @@ class ThresholdChoice:
         ``support / n_heldout``, the expected fraction of traffic auto-accepted.
     n_heldout : int
         Held-out items the choice was made on.
+    candidate : float
+        The lowest threshold whose *estimated* precision meets the target (no bound; +inf when none):
+        where the selector probes with people before a threshold is certified, so that the evidence
+        lands where it is needed.
     """
 
     threshold: float
@@ -42,6 +47,7 @@ class ThresholdChoice:
     support: int
     coverage: float
     n_heldout: int
+    candidate: float = float("inf")
 
 
 def _probability(name: str, value: float) -> float:
@@ -81,7 +87,8 @@ def _clopper_pearson(successes: np.ndarray, trials: np.ndarray, confidence_level
 
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float = 0.98,
-                     confidence_level: float = 0.95, min_support: int = 30) -> ThresholdChoice:
+                     confidence_level: float = 0.95, min_support: int = 30,
+                     weights: np.ndarray | None = None) -> ThresholdChoice:
     """Lowest confidence threshold whose accepted held-out items provably meet the target.
 
     A threshold ``t`` accepts every item with confidence >= t, so only distinct confidence values
@@ -109,7 +116,14 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
         Whether the model's label matched the human label.
     target_precision, confidence_level : float in (0, 1)
     min_support : int >= 1
-        Fewest accepted held-out items a threshold needs to be considered.
+        Fewest accepted held-out items a threshold needs to be considered (effective items when
+        weighted).
+    weights : float array [n], optional
+        Inverse-probability weights (``1 / probability`` of each item's draw): the items then stand
+        for the stream they were drawn from. Each prefix's precision is the weighted share
+        [Hajek 1971] and its bound uses Kish's effective sample size ``(sum w)^2 / sum w^2`` as the
+        trial count. This is a decision rule: the guarantee on the labels it leads to is the
+        anytime-valid audit bound (:mod:`winnow.core.ml.certify`), not this bound.
 
     Returns
     -------
@@ -119,21 +133,30 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     confidence_level = _probability("confidence_level", confidence_level)
     c, ok = _validate(confidence, correct, min_support)
     n = c.size
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != c.shape or not np.isfinite(w).all() or (w <= 0).any():
+        raise InvalidInput("weights", f"expected {n} finite weights > 0, got shape {list(w.shape)}")
     nothing = ThresholdChoice(np.inf, target_precision, confidence_level, np.nan, np.nan, 0, 0.0, n)
     if n < min_support:
         return nothing
 
     order = np.argsort(-c, kind="stable")
     c_sorted = c[order]
-    hits = np.cumsum(ok[order])  # [n] correct among the top k
-    support = np.arange(1, n + 1)
-    candidate = np.append(c_sorted[1:] < c_sorted[:-1], True) & (support >= min_support)
+    w_sorted = w[order]
+    mass = np.cumsum(w_sorted)  # [n] weight among the top k
+    support = mass**2 / np.cumsum(w_sorted**2)  # effective items among the top k (k when unweighted)
+    share = np.cumsum(w_sorted * ok[order]) / mass
+    hits = share * support  # [n] effective correct among the top k
+    candidate = np.append(c_sorted[1:] < c_sorted[:-1], True) & (support >= min_support - 1e-9)
     k, s, thresholds = support[candidate], hits[candidate], c_sorted[candidate]
     lower, _ = _clopper_pearson(s, k, confidence_level)
+    covered = (mass / mass[-1])[candidate]
 
+    estimated = np.flatnonzero(s / k >= target_precision)
+    candidate = float(thresholds[estimated[-1]]) if estimated.size else float("inf")
     passing = np.flatnonzero(lower >= target_precision)
     if not passing.size:
-        return nothing
+        return dataclasses.replace(nothing, candidate=candidate)
     end = int(passing[-1])
     return ThresholdChoice(
         threshold=float(thresholds[end]),
@@ -141,7 +164,8 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
         confidence_level=confidence_level,
         estimated_precision=float(s[end] / k[end]),
         precision_lower_bound=float(lower[end]),
-        support=int(k[end]),
-        coverage=float(k[end] / n),
+        support=int(round(k[end])),
+        coverage=float(covered[end]),
         n_heldout=n,
+        candidate=candidate,
     )

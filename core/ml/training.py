@@ -132,15 +132,20 @@ def train(
     gold_embeddings: np.ndarray | None = None,
     gold_labels: np.ndarray | None = None,
     threshold_mask: np.ndarray | None = None,
+    threshold_weights: np.ndarray | None = None,
+    extra_embeddings: np.ndarray | None = None,
+    extra_labels: np.ndarray | None = None,
 ) -> TrainResult:
     """Fit the head on all human labels and choose its temperature and auto-accept threshold.
 
     The threshold never sees the labels of the items it will accept: it is chosen on out-of-fold
     predictions for the human-labelled items [cross-fitting], with a one-sided Clopper-Pearson bound
-    (``autoaccept.choose_threshold``), restricted to ``threshold_mask`` [n] when given (the items
-    drawn uniformly from the stream: the selector's picks are harder than the items the threshold
-    will accept, so they would bias it). Gold answers (operator-given) are held out of training and
-    only evaluated on.
+    (``autoaccept.choose_threshold``) on the items of ``threshold_mask`` [n] when given (the items
+    drawn where the model would label them: people's other picks are the hard items and would bias
+    it), each weighted by ``threshold_weights`` [n] when given (``1 / probability`` of its draw). Gold answers (operator-given) are
+    held out of training and only evaluated on. ``extra_embeddings`` / ``extra_labels`` (certified
+    model labels: self-training) join the final fit only, never the cross-fitting that calibrates and
+    chooses the threshold.
     """
     started = time.perf_counter()
     oof = cross_fitted_logits(embeddings, labels, n_classes, config)  # [n, M, C]
@@ -148,14 +153,19 @@ def train(
     oof_probs = mean_probs(oof, temperature)  # [n, C]
     correct = oof_probs.argmax(1) == labels
     sample = np.ones(len(labels), bool) if threshold_mask is None else np.asarray(threshold_mask, bool)
+    w = (np.ones(len(labels)) if threshold_weights is None else np.asarray(threshold_weights, float))[sample]
     choice = choose_threshold(oof_probs.max(1)[sample], correct[sample], precision_target, config.confidence_level,
-                              config.min_support)
-    head = fit_head(embeddings, labels, n_classes, config, init=init)
+                              config.min_support, w)
+    if extra_labels is not None and len(extra_labels):
+        head = fit_head(np.concatenate([embeddings, extra_embeddings]), np.concatenate([labels, extra_labels]),
+                        n_classes, config, init=init)
+    else:
+        head = fit_head(embeddings, labels, n_classes, config, init=init)
     metrics = {
         "n_train": float(len(labels)),
         "heldout_accuracy": float(correct.mean()),
         "heldout_ece": float(expected_calibration_error(oof_probs, labels)),
-        "threshold_sample": float(sample.sum()),
+        "threshold_sample": float(w.sum() ** 2 / (w**2).sum()) if len(w) else 0.0,
         "threshold_sample_coverage": float(choice.coverage),
         "train_s": time.perf_counter() - started,
     }
@@ -173,6 +183,7 @@ def write_version(folder: Path, result: TrainResult, version: str, classes: Sequ
         "classes": list(classes),
         "temperature": result.temperature,
         "threshold": threshold.threshold if np.isfinite(threshold.threshold) else None,
+        "candidate_threshold": threshold.candidate if np.isfinite(threshold.candidate) else None,
         "threshold_choice": {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
                              for k, v in asdict(threshold).items()},
         "metrics": result.metrics,

@@ -35,8 +35,9 @@ from winnow.core.domain.records import (
 class CloseRequest:
     """A request to close a project's stream, and how it was served (``served_at`` None: pending).
 
-    ``items`` is how many items the project had when the request was made; ``tasks`` and
-    ``low_confidence`` are what the close that served it did.
+    ``items`` is how many items the project had when the request was made; ``tasks``,
+    ``low_confidence`` and ``unlabeled`` are what the close that served it did (``unlabeled``: items
+    left without a final label because no model could label them).
     """
 
     project: str
@@ -47,6 +48,7 @@ class CloseRequest:
     served_at: float | None = None
     tasks: int = 0
     low_confidence: int = 0
+    unlabeled: int = 0
 
 
 class Projects(Protocol):
@@ -151,7 +153,11 @@ class TaskQueue(Protocol):
 
     @abstractmethod
     def task_ids(self, project: str, kind: str) -> list[str]:
-        """Items that ever had a task of ``kind`` (label, holdout or gold), open or closed, in task order."""
+        """Items that ever had a task of ``kind`` (label, audit, gold or holdout), open or closed, in task order."""
+
+    @abstractmethod
+    def tasks(self, project: str, kinds: Sequence[str] | None = None) -> list[Task]:
+        """Every task, open or closed, in the order queued (only those of ``kinds`` when given)."""
 
     @abstractmethod
     def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
@@ -236,9 +242,10 @@ class CloseRequests(Protocol):
 
     @abstractmethod
     def mark_closed(self, project: str, request_ids: Sequence[str], actor: str, tasks: int,
-                    low_confidence: int, now: float) -> int:
-        """Mark the pending ones of ``request_ids`` served by a close that queued ``tasks`` tasks and
-        made ``low_confidence`` low-confidence labels, with an audit row "stream_closed".
+                    low_confidence: int, now: float, unlabeled: int = 0) -> int:
+        """Mark the pending ones of ``request_ids`` served by a close that queued ``tasks`` tasks,
+        made ``low_confidence`` low-confidence labels and left ``unlabeled`` items without a label
+        (no model), with an audit row "stream_closed".
         Idempotent: requests already served keep their outcome; returns how many were marked."""
 
 

@@ -6,8 +6,34 @@ from dataclasses import dataclass
 
 from winnow.core.domain.codecs import from_message, to_message
 from winnow.core.loop.close import StreamStatus
+from winnow.core.loop.quality import Quality
 
-__all__ = ["ProjectStats", "from_message", "to_message"]  # the conversion is the bus codecs' (one mapping)
+__all__ = ["CertifiedQuality", "ProjectStats", "from_message", "to_message"]  # the conversion is the bus codecs' (one mapping)
+
+
+@dataclass(frozen=True)
+class CertifiedQuality:
+    """The certified bounds of :class:`~winnow.core.loop.quality.Quality`, flat, as the API sends them."""
+
+    confidence: float
+    accuracy_lower_bound: float | None
+    auto_accepted_precision_lower_bound: float | None
+    auto_accepted: int
+    auto_accepted_errors_upper: int
+    model_labels: int
+    model_errors_upper: int
+    model_errors_estimate: float
+    audits: int
+    audits_pending: int
+    human_error: str
+    human_error_rate_upper: float
+
+    @staticmethod
+    def of(q: Quality) -> "CertifiedQuality":
+        return CertifiedQuality(q.confidence, q.accuracy_lower_bound, q.auto_accepted_precision_lower_bound,
+                                q.auto_accepted.labels, q.auto_accepted.hidden_errors_upper, q.model.labels,
+                                q.model.hidden_errors_upper, q.model.estimate, q.model.drawn, q.model.pending,
+                                q.human_error, q.human_error_rate_upper)
 
 
 @dataclass(frozen=True)
@@ -22,3 +48,4 @@ class ProjectStats:
     current_model_version: str | None
     threshold: float | None  # auto-accept threshold of the current model
     stream: StreamStatus  # open, closing or closed
+    quality: CertifiedQuality  # the certified bounds on the final labels

@@ -32,7 +32,8 @@ from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics, topic
 from winnow.core.ports.bus import Bus, ProducerPool
 from winnow.core.ports.store import Store
-from winnow.services.api.convert import ProjectStats
+from winnow.core.loop.quality import certified_quality
+from winnow.services.api.convert import CertifiedQuality, ProjectStats
 
 
 def _project(name: str) -> str:
@@ -120,7 +121,8 @@ class WinnowApi:
         current = self.store.current_model(project)
         return ProjectStats(project, items, dict(by_source), by_source["human"] / items if items else 0.0,
                             self.store.count_open_tasks(project), None if current is None else current.version,
-                            None if current is None else current.threshold, stream_status(self.store, project))
+                            None if current is None else current.threshold, stream_status(self.store, project),
+                            CertifiedQuality.of(certified_quality(self.store, project)))
 
     def close_stream(self, project: str, actor: str) -> StreamStatus:
         """Ask the selector to close the stream (idempotent while a close is pending); audited."""

@@ -11,10 +11,10 @@ import pytest
 from winnow.bench.chaos import ChaosPlan, run_chaos
 from winnow.bench.cluster import ServerUnavailable
 
-# five classes, half the items to people and half of those holdout, the first model at 60 labels: models
+# five classes, half the items to people, half the checkable ones checked, the first model at 60 labels: models
 # with a threshold come early, so the selector's auto-accept and swap paths run under the kills too
 EARLY_MODELS = {"classes": 5, "budget_labels": 50,
-                "serve_settings": {"WINNOW_HOLDOUT_SHARE": "0.5", "WINNOW_FIRST_MODEL_LABELS": "60"}}
+                "serve_settings": {"WINNOW_AUDIT_PROBABILITY": "0.5", "WINNOW_FIRST_MODEL_LABELS": "60"}}
 
 
 def _assert_targets(result: dict, plan: ChaosPlan) -> None:

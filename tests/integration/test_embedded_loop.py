@@ -37,7 +37,7 @@ def small() -> tuple[Dataset, Dataset]:
     return cut(train), cut(test)
 
 
-CONFIG = LoopConfig(first_model_labels=40, retrain_min_new=30, select_batch=10,
+CONFIG = LoopConfig(first_model_labels=40, retrain_min_new=30, 
                     train=TrainConfig(steps=150, warm_steps=75, folds=3, min_support=20))
 
 

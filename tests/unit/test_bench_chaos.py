@@ -14,7 +14,7 @@ def _label(item_id: str, label: str = "a", source: str = "model", key: str = "")
 
 @pytest.mark.parametrize("field, kwargs", [
     ("bus", {"bus": "redis"}), ("items", {"items": 0}), ("items", {"items": 10**6}), ("kills", {"kills": -1}),
-    ("chunk", {"chunk": 0}), ("classes", {"classes": 1}), ("serve_settings", {"serve_settings": {"HOLDOUT_SHARE": "0.5"}}), ("items", {"items": 3156}), ("uptime_s", {"uptime_s": (3.0, 1.0)}), ("uptime_s", {"uptime_s": (0.0, 1.0)}),
+    ("chunk", {"chunk": 0}), ("classes", {"classes": 1}), ("serve_settings", {"serve_settings": {"AUDIT_PROBABILITY": "0.5"}}), ("items", {"items": 3156}), ("uptime_s", {"uptime_s": (3.0, 1.0)}), ("uptime_s", {"uptime_s": (0.0, 1.0)}),
 ])
 def test_a_bad_plan_names_its_field(field: str, kwargs: dict) -> None:
     with pytest.raises(InvalidInput) as error:

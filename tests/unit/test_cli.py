@@ -58,7 +58,7 @@ def test_unknown_test_labels_are_refused(tmp_path: Path, capsys: pytest.CaptureF
     (["serve", "selector", "--near-duplicate", "nan"], "winnow: error: --near-duplicate: must be a finite number"),
     (["serve", "selector", "--uncertainty", "vibes"], "winnow: error: --uncertainty: 'vibes' is not one of"),
     (["serve", "selector", "--grace-s", "0"], "winnow: error: --grace-s: must be > 0, got 0.0"),
-    (["demo", "--holdout-share", "1.5"], "winnow: error: --holdout-share: must be < 1, got 1.5"),
+    (["demo", "--audit-probability", "1.5"], "winnow: error: --audit-probability: must be <= 1, got 1.5"),
     (["demo", "--budget", "a quarter"], "winnow: error: --budget: must look like LABELS/ITEMS"),
     (["demo", "--budget", "30/20"], "winnow: error: --budget: needs 0 <= LABELS <= ITEMS"),
     (["demo", "--overlap", "many"], "winnow: error: --overlap: 'many' is not an integer"),
@@ -135,8 +135,8 @@ def test_every_setting_is_a_serve_flag_whose_help_names_its_variable() -> None:
 def test_settings_refuse_bad_values_in_code_too() -> None:
     with pytest.raises(InvalidInput, match="^seed: must be >= 0"):
         LoopConfig(seed=-1)
-    with pytest.raises(InvalidInput, match="^select_batch: '5' is not of type int"):
-        LoopConfig(select_batch="5")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="^retrain_min_new: '5' is not of type int"):
+        LoopConfig(retrain_min_new="5")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="^dropout: must be < 1"):
         TrainConfig(dropout=1.0)
     assert LoopConfig(lease_s=5).lease_s == 5.0 and isinstance(ServeConfig(models_dir="m").models_dir, Path)

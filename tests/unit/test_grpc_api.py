@@ -264,10 +264,11 @@ def test_close_stream_is_served_by_the_selector_and_shown_in_stats(project: Serv
     finally:
         selector.close()
     closed = client.wait_closed(P, timeout_s=5.0)
-    assert (closed.state, closed.requested_at, closed.tasks + closed.low_confidence) == ("closed", asked.requested_at, 2)
+    # no model exists: the close invents no label, the items stay unlabeled and the status says so
+    assert (closed.state, closed.requested_at, closed.tasks + closed.low_confidence, closed.unlabeled) == (
+        "closed", asked.requested_at, 0, 2)
     assert closed.closed_at is not None and client.stats(P).stream == closed
-    labeled = {label.item_id for label in store.labels(P)} | {t.item_id for t in store.open_tasks(P)}
-    assert labeled == {"a", "b"}
+    assert store.labels(P) == [] and store.unlabeled_ids(P) == ["a", "b"]
 
 
 def test_close_stream_of_an_unknown_project_is_not_found(served: Served) -> None:

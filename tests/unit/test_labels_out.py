@@ -12,7 +12,7 @@ from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.errors import BusError
 from winnow.core.domain.codecs import ITEMS_SCORED, LABELS, MODELS
-from winnow.core.domain.records import Item, Label, ModelVersion, Project, Scored
+from winnow.core.domain.records import Item, Label, ModelVersion, Project, Scored, Task
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import request_close, stream_status
 from winnow.core.loop.ingest import ingest
@@ -20,10 +20,11 @@ from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.labels_out import same_key, same_stage, write_final_labels
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.topics import consumer_group, create_topics, topic
+from winnow.core.ml.head import Head, HeadConfig, save_model
 from winnow.core.ml.training import train, write_version
 
 CLASSES = ("a", "b", "c")
-CONFIG = LoopConfig(select_batch=5, holdout_share=0.0)
+CONFIG = LoopConfig()
 
 
 @pytest.fixture
@@ -96,8 +97,8 @@ def test_same_stage_ignores_only_the_model_version() -> None:
 def test_a_human_label_written_before_a_crash_is_published_after_restart(store: SqliteStore, tmp_path: Path) -> None:
     path = tmp_path / "bus.sqlite"
     project, ids = _setup(store, path, 10, budget_labels=100)
+    store.add_tasks([Task("p", i, 1.0, None, 0.0) for i in ids])  # every item went to people
     bus = SqliteBus(path)
-    Selector(bus, store, project, CONFIG).step()  # every item becomes a task
     labeling = LabelingService(bus, store, project, CONFIG)
     leases = labeling.lease("ann", 20)
     assert sorted(lease.item_id for lease in leases) == ids
@@ -140,6 +141,10 @@ def test_labels_of_a_close_cut_short_by_a_crash_are_published_when_it_is_served_
         store: SqliteStore, tmp_path: Path) -> None:
     path = tmp_path / "bus.sqlite"
     project, ids = _setup(store, path, 5)
+    folder = path.parent / "v1"  # a model to label at close (with no certified threshold)
+    save_model(folder, Head(HeadConfig(dim=8, n_classes=len(CLASSES))),
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, float("inf")))
     bus = SqliteBus(path)
     selector = Selector(bus, store, project, CONFIG)
     selector.step()

@@ -111,6 +111,14 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "CREATE INDEX close_requests_pending ON close_requests (project, served_at)",
         _close_requests_from_audit,
     ),
+    (  # 3: the audit behind certified labels: each task's draw probability and the model's label
+        # at that look, each model label's chance of having been checked
+        "ALTER TABLE tasks ADD COLUMN probability DOUBLE PRECISION NOT NULL DEFAULT 1.0",
+        "ALTER TABLE tasks ADD COLUMN model_label TEXT",
+        "ALTER TABLE tasks ADD COLUMN family TEXT",
+        "ALTER TABLE labels ADD COLUMN probability DOUBLE PRECISION",
+        "ALTER TABLE close_requests ADD COLUMN unlabeled INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 
 

@@ -30,14 +30,14 @@ from winnow.core.ports.store import CloseRequest, Store
 
 _LABEL_COLUMNS = (
     "project, item_id, label, source, source_id, confidence, threshold, aggregation, "
-    "guideline_version, created_at, idempotency_key"
+    "guideline_version, created_at, idempotency_key, probability"
 )
 _MODEL_COLUMNS = "project, version, path, created_at, n_train, temperature, threshold, metrics"
 _SET_CURRENT = (
     "INSERT INTO current_models (project, version) VALUES (?, ?) "
     "ON CONFLICT (project) DO UPDATE SET version = excluded.version"
 )
-_CLOSE_COLUMNS = "project, request_id, actor, requested_at, items, served_at, tasks, low_confidence"
+_CLOSE_COLUMNS = "project, request_id, actor, requested_at, items, served_at, tasks, low_confidence, unlabeled"
 
 
 def _marks(n: int) -> str:
@@ -183,9 +183,10 @@ class SqlStore(SqlTaskQueue, Store):
                 self._require_items(tx, name, [lb.item_id for lb in labels if lb.project == name])
                 self.dialect.lock_project(tx, name)
             written = tx.inserted(
-                f"INSERT INTO labels ({_LABEL_COLUMNS}) VALUES ({_marks(11)}) ON CONFLICT DO NOTHING",
+                f"INSERT INTO labels ({_LABEL_COLUMNS}) VALUES ({_marks(12)}) ON CONFLICT DO NOTHING",
                 [(lb.project, lb.item_id, lb.label, lb.source, lb.source_id, lb.confidence, lb.threshold,
-                  lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key) for lb in labels],
+                  lb.aggregation, lb.guideline_version, lb.created_at, lb.idempotency_key, lb.probability)
+                 for lb in labels],
             )
             for name in projects:
                 new = [lb.item_id for lb, ok in zip(labels, written) if ok and lb.project == name]
@@ -300,18 +301,19 @@ class SqlStore(SqlTaskQueue, Store):
         return [CloseRequest(*r) for r in rows]
 
     def mark_closed(self, project: str, request_ids: Sequence[str], actor: str, tasks: int,
-                    low_confidence: int, now: float) -> int:
+                    low_confidence: int, now: float, unlabeled: int = 0) -> int:
         """See :meth:`CloseRequests.mark_closed`; the audit row is written only when a request was marked."""
         check_text("actor", actor)
         check_finite("now", now)
-        if tasks < 0 or low_confidence < 0:
-            raise InvalidInput("tasks", f"counts must not be negative, got {tasks} and {low_confidence}")
+        if min(tasks, low_confidence, unlabeled) < 0:
+            raise InvalidInput("tasks", f"counts must not be negative, got {tasks}, {low_confidence} and {unlabeled}")
         with self._tx() as tx:
             self._project(tx, project)
-            marked = tx.run("UPDATE close_requests SET served_at = ?, tasks = ?, low_confidence = ? "
+            marked = tx.run("UPDATE close_requests SET served_at = ?, tasks = ?, low_confidence = ?, unlabeled = ? "
                             f"WHERE project = ? AND served_at IS NULL AND {self._in('request_id')}",
-                            (now, tasks, low_confidence, project, self._ids(request_ids, "request_id")))
+                            (now, tasks, low_confidence, unlabeled, project, self._ids(request_ids, "request_id")))
             if marked:
                 self._audit(tx, project, actor, "stream_closed",
-                            {"requests": list(request_ids), "tasks": tasks, "low_confidence": low_confidence}, now)
+                            {"requests": list(request_ids), "tasks": tasks, "low_confidence": low_confidence,
+                             "unlabeled": unlabeled}, now)
             return marked

@@ -19,6 +19,7 @@ from winnow.core.domain.validation import (
 )
 
 _TASK_ORDER = "t.priority DESC, t.created_at, t.seq"
+_TASK_COLUMNS = "item_id, priority, model_version, created_at, kind, probability, model_label, family"
 # the annotator's own live leases on open tasks (handed back first, so a lost reply costs nothing)
 _OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at FROM assignments a
     JOIN tasks t ON t.project = a.project AND t.item_id = a.item_id
@@ -50,9 +51,10 @@ class SqlTaskQueue(SqlBase):
                 self._project(tx, project)
                 self._require_items(tx, project, [t.item_id for t in tasks if t.project == project])
             return tx.many(
-                "INSERT INTO tasks (project, item_id, priority, model_version, created_at, kind) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project, item_id) DO NOTHING",
-                [(t.project, t.item_id, t.priority, t.model_version, t.created_at, t.kind) for t in tasks],
+                f"INSERT INTO tasks (project, {_TASK_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, item_id) DO NOTHING",
+                [(t.project, t.item_id, t.priority, t.model_version, t.created_at, t.kind, t.probability,
+                  t.model_label, t.family) for t in tasks],
             )
 
     def set_priorities(self, project: str, priorities: Mapping[str, float]) -> None:
@@ -155,9 +157,15 @@ class SqlTaskQueue(SqlBase):
         return [r[0] for r in rows]
 
     def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:
-        rows = self._select(project, "SELECT item_id, priority, model_version, created_at, kind FROM tasks t "
-                                     "WHERE project = ? AND NOT closed", _TASK_ORDER, among)
+        rows = self._select(project, f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE project = ? AND NOT closed",
+                            _TASK_ORDER, among)
         return [Task(project, *r) for r in rows]
+
+    def tasks(self, project: str, kinds: Sequence[str] | None = None) -> list[Task]:
+        """Every task of the project, open or closed, in the order they were queued (``kinds``: only those)."""
+        check_text("kind", *(kinds or ()))
+        rows = self._select(project, f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE project = ?", "t.seq")
+        return [Task(project, *r) for r in rows if kinds is None or r[4] in kinds]
 
     def count_open_tasks(self, project: str) -> int:
         with self._tx(write=False) as tx:

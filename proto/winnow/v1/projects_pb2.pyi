@@ -26,20 +26,50 @@ class CloseStreamRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class StreamStatus(_message.Message):
-    __slots__ = ("project", "state", "requested_at", "closed_at", "tasks", "low_confidence")
+    __slots__ = ("project", "state", "requested_at", "closed_at", "tasks", "low_confidence", "unlabeled")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     LOW_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    UNLABELED_FIELD_NUMBER: _ClassVar[int]
     project: str
     state: StreamState
     requested_at: float
     closed_at: float
     tasks: int
     low_confidence: int
-    def __init__(self, project: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., requested_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., tasks: _Optional[int] = ..., low_confidence: _Optional[int] = ...) -> None: ...
+    unlabeled: int
+    def __init__(self, project: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., requested_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., tasks: _Optional[int] = ..., low_confidence: _Optional[int] = ..., unlabeled: _Optional[int] = ...) -> None: ...
+
+class CertifiedQuality(_message.Message):
+    __slots__ = ("confidence", "accuracy_lower_bound", "auto_accepted_precision_lower_bound", "auto_accepted", "auto_accepted_errors_upper", "model_labels", "model_errors_upper", "model_errors_estimate", "audits", "audits_pending", "human_error", "human_error_rate_upper")
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ACCEPTED_PRECISION_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    AUTO_ACCEPTED_ERRORS_UPPER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LABELS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ERRORS_UPPER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ERRORS_ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    AUDITS_FIELD_NUMBER: _ClassVar[int]
+    AUDITS_PENDING_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_ERROR_FIELD_NUMBER: _ClassVar[int]
+    HUMAN_ERROR_RATE_UPPER_FIELD_NUMBER: _ClassVar[int]
+    confidence: float
+    accuracy_lower_bound: float
+    auto_accepted_precision_lower_bound: float
+    auto_accepted: int
+    auto_accepted_errors_upper: int
+    model_labels: int
+    model_errors_upper: int
+    model_errors_estimate: float
+    audits: int
+    audits_pending: int
+    human_error: str
+    human_error_rate_upper: float
+    def __init__(self, confidence: _Optional[float] = ..., accuracy_lower_bound: _Optional[float] = ..., auto_accepted_precision_lower_bound: _Optional[float] = ..., auto_accepted: _Optional[int] = ..., auto_accepted_errors_upper: _Optional[int] = ..., model_labels: _Optional[int] = ..., model_errors_upper: _Optional[int] = ..., model_errors_estimate: _Optional[float] = ..., audits: _Optional[int] = ..., audits_pending: _Optional[int] = ..., human_error: _Optional[str] = ..., human_error_rate_upper: _Optional[float] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
     __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
@@ -68,7 +98,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class ProjectStats(_message.Message):
-    __slots__ = ("project", "items", "labels_by_source", "human_fraction", "open_tasks", "current_model_version", "threshold", "stream")
+    __slots__ = ("project", "items", "labels_by_source", "human_fraction", "open_tasks", "current_model_version", "threshold", "stream", "quality")
     class LabelsBySourceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +114,7 @@ class ProjectStats(_message.Message):
     CURRENT_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     project: str
     items: int
     labels_by_source: _containers.ScalarMap[str, int]
@@ -92,7 +123,8 @@ class ProjectStats(_message.Message):
     current_model_version: str
     threshold: float
     stream: StreamStatus
-    def __init__(self, project: _Optional[str] = ..., items: _Optional[int] = ..., labels_by_source: _Optional[_Mapping[str, int]] = ..., human_fraction: _Optional[float] = ..., open_tasks: _Optional[int] = ..., current_model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ...) -> None: ...
+    quality: CertifiedQuality
+    def __init__(self, project: _Optional[str] = ..., items: _Optional[int] = ..., labels_by_source: _Optional[_Mapping[str, int]] = ..., human_fraction: _Optional[float] = ..., open_tasks: _Optional[int] = ..., current_model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ..., quality: _Optional[_Union[CertifiedQuality, _Mapping]] = ...) -> None: ...
 
 class ExportLabelsRequest(_message.Message):
     __slots__ = ("project",)

@@ -14,6 +14,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_LABEL: _ClassVar[TaskKind]
     TASK_KIND_HOLDOUT: _ClassVar[TaskKind]
     TASK_KIND_GOLD: _ClassVar[TaskKind]
+    TASK_KIND_AUDIT: _ClassVar[TaskKind]
 
 class LabelSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +26,7 @@ TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_LABEL: TaskKind
 TASK_KIND_HOLDOUT: TaskKind
 TASK_KIND_GOLD: TaskKind
+TASK_KIND_AUDIT: TaskKind
 LABEL_SOURCE_UNSPECIFIED: LabelSource
 LABEL_SOURCE_HUMAN: LabelSource
 LABEL_SOURCE_MODEL: LabelSource
@@ -77,20 +79,26 @@ class Scored(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("project", "item_id", "priority", "model_version", "created_at", "kind")
+    __slots__ = ("project", "item_id", "priority", "model_version", "created_at", "kind", "probability", "model_label", "family")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LABEL_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     project: str
     item_id: str
     priority: float
     model_version: str
     created_at: float
     kind: TaskKind
-    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., priority: _Optional[float] = ..., model_version: _Optional[str] = ..., created_at: _Optional[float] = ..., kind: _Optional[_Union[TaskKind, str]] = ...) -> None: ...
+    probability: float
+    model_label: str
+    family: str
+    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., priority: _Optional[float] = ..., model_version: _Optional[str] = ..., created_at: _Optional[float] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., probability: _Optional[float] = ..., model_label: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("project", "item_id", "annotator", "text", "kind", "expires_at")
@@ -109,7 +117,7 @@ class Lease(_message.Message):
     def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., annotator: _Optional[str] = ..., text: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class Label(_message.Message):
-    __slots__ = ("project", "item_id", "label", "source", "source_id", "confidence", "threshold", "aggregation", "guideline_version", "created_at", "idempotency_key")
+    __slots__ = ("project", "item_id", "label", "source", "source_id", "confidence", "threshold", "aggregation", "guideline_version", "created_at", "idempotency_key", "probability")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +129,7 @@ class Label(_message.Message):
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     project: str
     item_id: str
     label: str
@@ -132,7 +141,8 @@ class Label(_message.Message):
     guideline_version: str
     created_at: float
     idempotency_key: str
-    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[_Union[LabelSource, str]] = ..., source_id: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., aggregation: _Optional[str] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[float] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    probability: float
+    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[_Union[LabelSource, str]] = ..., source_id: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., aggregation: _Optional[str] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
     __slots__ = ("project", "version", "path", "created_at", "n_train", "temperature", "threshold", "metrics")

@@ -1,0 +1,104 @@
+"""A project's certified quality, computed from the store without any truth: how many model labels
+may be wrong (per family and overall) and a lower bound on the accuracy of all final labels.
+
+The families are the model labels' aggregations: ``auto_accept`` (labels given above a threshold,
+at arrival or when a new version re-scored the backlog) and ``low_confidence`` (given at close). Each
+family's trials are its audit tasks (drawn: the people's answer shows whether the model's label was
+right) and its model labels (not drawn, each with its probability of having been drawn). The bound
+for each is anytime-valid (:mod:`winnow.core.ml.certify`); each figure holds at the stated
+confidence on its own (all of them at once: at ``1 - 3 * (1 - confidence)``, by a union bound).
+
+Human labels are taken as right unless the project measured its people: with gold answers, the
+share of gold answers people got wrong (a one-sided Clopper-Pearson upper bound) is charged to every
+human label. ``human_error`` says which was done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import beta
+from winnow.core.ml.certify import ErrorBound, Trials, error_bound
+from winnow.core.ports.store import Store
+
+FAMILIES = ("auto_accept", "low_confidence")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """What the system certifies about a project's final labels (every count is of final labels)."""
+
+    confidence: float
+    final_labels: int
+    human_labels: int
+    model_labels: int
+    gold_labels: int
+    auto_accepted: ErrorBound
+    low_confidence: ErrorBound
+    model: ErrorBound
+    human_error: str  # "not measured" (taken as 0) or "gold" (upper bound from gold answers)
+    human_error_rate_upper: float
+
+    @property
+    def accuracy_lower_bound(self) -> float | None:
+        """Certified lower bound on the share of all final labels that are right (None: no labels)."""
+        if not self.final_labels:
+            return None
+        wrong = self.model.hidden_errors_upper + self.human_error_rate_upper * self.human_labels
+        return max(0.0, 1.0 - wrong / self.final_labels)
+
+    @property
+    def auto_accepted_precision_lower_bound(self) -> float | None:
+        return self.auto_accepted.precision_lower
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["accuracy_lower_bound"] = self.accuracy_lower_bound
+        out["auto_accepted_precision_lower_bound"] = self.auto_accepted_precision_lower_bound
+        for name in ("auto_accepted", "low_confidence", "model"):
+            out[name]["precision_lower"] = getattr(self, name).precision_lower
+        return out
+
+
+def family_trials(store: Store, project: str, families: tuple[str, ...]) -> Trials:
+    """The audit trials of the model labels in ``families`` (module doc)."""
+    labels = store.labels(project)
+    human = {label.item_id: label.label for label in labels if label.source in ("human", "gold")}
+    audits = [t for t in store.tasks(project, ("audit",)) if t.family in families]
+    kept = [label for label in labels if label.source == "model" and label.aggregation in families]
+    drawn_error = [np.nan if t.item_id not in human else float(human[t.item_id] != t.model_label) for t in audits]
+    return Trials.of(
+        [t.probability for t in audits] + [label.probability or 0.0 for label in kept],
+        [True] * len(audits) + [False] * len(kept),
+        drawn_error + [np.nan] * len(kept),
+    )
+
+
+def _human_error(store: Store, project: str, confidence: float) -> tuple[str, float]:
+    gold = store.gold(project)
+    answers = [a for a in store.annotations(project, list(gold)) if a.item_id in gold] if gold else []
+    if not answers:
+        return "not measured", 0.0
+    wrong = sum(a.label != gold[a.item_id] for a in answers)
+    n = len(answers)
+    upper = 1.0 if wrong == n else float(beta.ppf(confidence, wrong + 1, n - wrong))
+    return "gold", upper
+
+
+def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Quality:
+    """The project's certified quality now (one read of its labels and tasks)."""
+    counts = store.count_labels(project)
+    kind, rate = _human_error(store, project, confidence)
+    return Quality(
+        confidence=confidence,
+        final_labels=sum(counts.values()),
+        human_labels=counts.get("human", 0),
+        model_labels=counts.get("model", 0),
+        gold_labels=counts.get("gold", 0),
+        auto_accepted=error_bound(family_trials(store, project, ("auto_accept",)), confidence),
+        low_confidence=error_bound(family_trials(store, project, ("low_confidence",)), confidence),
+        model=error_bound(family_trials(store, project, FAMILIES), confidence),
+        human_error=kind,
+        human_error_rate_upper=rate,
+    )
