@@ -83,6 +83,7 @@ class StreamReport:
     certified_accuracy_lower_bound: float | None = None
     certified_auto_accept_precision_lower_bound: float | None = None
     annotations_per_item: float = 0.0
+    target_met_at_fraction: float | None = None
     quality: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)
     stream: list[dict] = field(default_factory=list)  # per chunk: human labels spent, bound, true accuracy
@@ -91,7 +92,7 @@ class StreamReport:
     KEYS = ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
             "model_test_accuracy", "wall_s", "auto_accepted_fraction", "first_certified_at_fraction",
             "certified_accuracy_lower_bound", "certified_auto_accept_precision_lower_bound",
-            "annotations_per_item", "unlabeled")
+            "annotations_per_item", "unlabeled", "target_met_at_fraction")
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in self.KEYS}
@@ -148,7 +149,8 @@ def run_stream(
     def on_version(model: ModelVersion) -> None:
         if report.first_certified_at_fraction is None and np.isfinite(model.threshold):
             report.first_certified_at_fraction = seen[0] / len(ids)
-        point = {"version": model.version, "human_labels": model.n_train, "threshold_sample": model.metrics.get("threshold_sample"), "candidate": None,
+        point = {"version": model.version, "human_labels": model.n_train,
+                 "threshold_sample": model.metrics.get("threshold_sample"),
                  "threshold": model.threshold, "heldout_accuracy": model.metrics.get("heldout_accuracy")}
         if test_emb is not None:
             head = OnnxHead(Path(model.path))
@@ -189,6 +191,8 @@ def run_stream(
         report.quality = quality.to_dict()
         report.certified_accuracy_lower_bound = quality.accuracy_lower_bound
         report.certified_auto_accept_precision_lower_bound = quality.auto_accepted_precision_lower_bound
+        if quality.target_met is not None:
+            report.target_met_at_fraction = quality.target_met["items"] / len(ids)
         scores = evaluate_labels(labels, truth)
         report.human_labels = scores["human_labels"]
         report.gold = scores["gold"]

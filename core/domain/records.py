@@ -103,6 +103,9 @@ class Task:
     ``probability`` is the chance the item had of being drawn at that look, set before the draw;
     ``model_label`` the model's label at the look (None before the first model); ``family`` (audit
     tasks) the aggregation the model label would have had (auto_accept or low_confidence).
+    ``wanted`` is how many people's answers the task asks for now (adaptive overlap: the labeling
+    service raises it where answers disagree, up to the project's ``overlap``); None asks for the
+    project's ``overlap`` (fixed overlap).
     """
 
     project: str
@@ -114,6 +117,7 @@ class Task:
     probability: float = 1.0
     model_label: str | None = None
     family: str | None = None
+    wanted: int | None = None
 
 
 @dataclass(frozen=True)

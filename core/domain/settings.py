@@ -264,6 +264,10 @@ class LoopConfig:
                                 low=1)
     min_probability: float = setting(0.02, "least chance any other item goes to a person at arrival", low=0.0, high=1.0,
                                      low_open=True)
+    target_accuracy: float | None = setting(
+        None, "target mode: a final-label accuracy target; people are asked (beyond the checks) only until the "
+        "certified bound on every item's final label meets it, and the budget is a cap (unset: spend the budget)",
+        low=0.0, high=1.0, low_open=True, high_open=True)
     self_training: bool = setting(False, "fit each model also on the auto-accepted (certified) model labels")
     near_duplicate: float = setting(0.97, "cosine at or above which a pick duplicates a labeled or queued item",
                                     low=-1.0, high=1.0, low_open=True)

@@ -126,6 +126,8 @@ def validate_tasks(tasks: Sequence[Task]) -> None:
             raise InvalidInput("probability", f"probability of item {t.item_id!r} must be in [0, 1], "
                                               f"got {t.probability!r}")
         check_text("model_label", t.model_label)
+        if t.wanted is not None and (isinstance(t.wanted, bool) or not isinstance(t.wanted, int) or t.wanted < 1):
+            raise InvalidInput("wanted", f"answers wanted for item {t.item_id!r} must be an integer >= 1, got {t.wanted!r}")
         if t.family not in FAMILIES:
             raise InvalidInput("family", f"task family must be one of {list(FAMILIES)}, got {t.family!r}")
 

@@ -14,6 +14,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.labels_out import write_final_labels
 from winnow.core.ml.consensus import (
     annotator_accuracy_on_gold,
+    answers_wanted,
     dawid_skene,
     majority_vote,
 )
@@ -35,7 +36,10 @@ class LabelingService:
         # writes nothing for them and publishes the stored label again: at least once on the topic)
         answered = Counter(a.item_id for a in store.annotations(project.name))
         gold = store.gold(project.name)
-        self._ready: set[str] = {i for i, n in answered.items() if n >= project.overlap and i not in gold}
+        wanted = {t.item_id: t.wanted or project.overlap for t in store.open_tasks(project.name)}
+        labeled = {label.item_id for label in store.labels(project.name, "human")}
+        self._ready: set[str] = {i for i, n in answered.items()
+                                 if i not in gold and (i in labeled or n >= wanted.get(i, project.overlap))}
 
     def lease(self, annotator: str, n: int) -> list[Lease]:
         if not annotator:
@@ -52,13 +56,25 @@ class LabelingService:
         self.store.skip(self.project.name, annotator, item_id)
 
     def submit(self, annotator: str, item_id: str, label: str) -> bool:
-        """Record one answer; the item's final label is made once ``overlap`` answers are in."""
+        """Record one answer; the item's final label is made once its task has all the answers it
+        wants. A task the selector made asks for one answer at first (adaptive overlap,
+        ``consensus.answers_wanted``): another where the answers disagree, or where the only answer
+        disagrees with a model confident enough to be audited, up to the project's ``overlap``; a
+        task with no ``wanted`` asks for ``overlap`` answers."""
         if label not in self.project.classes:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
         added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()))
         if added and item_id not in self.store.gold(self.project.name):
-            answers = self.store.annotations(self.project.name, [item_id])
-            if len(answers) >= self.project.overlap:
+            answers = [a.label for a in self.store.annotations(self.project.name, [item_id])]
+            tasks = self.store.open_tasks(self.project.name, [item_id])
+            task = tasks[0] if tasks else None
+            if task is None or task.wanted is None:
+                wanted = self.project.overlap
+            else:
+                wanted = answers_wanted(answers, self.project.overlap, task.model_label, task.kind == "audit")
+                if wanted > task.wanted:
+                    self.store.want_answers(self.project.name, item_id, wanted)
+            if len(answers) >= wanted:
                 self._ready.add(item_id)
         return added
 

@@ -15,6 +15,7 @@ human label. ``human_error`` says which was done.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ class Quality:
     model: ErrorBound
     human_error: str  # "not measured" (taken as 0) or "gold" (upper bound from gold answers)
     human_error_rate_upper: float
+    target_met: dict | None = None  # target mode: items, human labels and bound when it was first met
 
     @property
     def accuracy_lower_bound(self) -> float | None:
@@ -90,6 +92,7 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
     """The project's certified quality now (one read of its labels and tasks)."""
     counts = store.count_labels(project)
     kind, rate = _human_error(store, project, confidence)
+    met = [json.loads(detail) for _, _, action, detail in store.audit_log(project) if action == "target_met"]
     return Quality(
         confidence=confidence,
         final_labels=sum(counts.values()),
@@ -101,4 +104,5 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
         model=error_bound(family_trials(store, project, FAMILIES), confidence),
         human_error=kind,
         human_error_rate_upper=rate,
+        target_met=met[0] if met else None,
     )

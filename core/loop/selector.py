@@ -12,6 +12,7 @@ undrawn item gets that label with its probability recorded: the certified bounds
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from winnow.core.loop.close import (
     record_close,
 )
 from winnow.core.loop.backlog import Backlog
+from winnow.core.loop.quality import certified_quality
 from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
@@ -80,6 +82,8 @@ class Selector(Stage):
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
         self._close_wait_logged = 0.0
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
+        self._arrivals = 0  # items that reached this selector in this process's life
+        self._target_check_at, self._target_state = 0, False
         self._restore()
 
     # -- state ------------------------------------------------------------------------------
@@ -182,7 +186,7 @@ class Selector(Stage):
             self._queue([Task(self.project.name, ids[k], float(unc[k]), self.version, now,
                               "audit" if audit[k] else "holdout" if probe[k] else "label", float(draws.probability[k]),
                               self.project.classes[predicted[k]] if self.head is not None else None,
-                              family if audit[k] else None) for k in drawn])
+                              family if audit[k] else None, 1) for k in drawn])
             self._guard_add(emb[drawn])
         keep = audit & ~draws.drawn & (draws.funded | final)
         self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])
@@ -216,7 +220,7 @@ class Selector(Stage):
         if not len(self.backlog):
             return 0
         wanted = int(self.budget.credit)
-        if wanted < (1 if final else self.config.select_batch):
+        if wanted < (1 if final else self.config.select_batch) or self._target_met():
             return 0
         pool = np.arange(len(self.backlog))
         if self.guard is not None:
@@ -232,13 +236,37 @@ class Selector(Stage):
         ids = self.backlog.ids
         predicted = probs[chosen].argmax(1)
         self._queue([Task(self.project.name, ids[i], float(u), self.version, now, "label", 1.0,
-                          self.project.classes[k] if self.head is not None else None)
+                          self.project.classes[k] if self.head is not None else None, None, 1)
                      for i, u, k in zip(picked, unc[chosen], predicted)])
         picked_mask = np.zeros(len(self.backlog), bool)
         picked_mask[picked] = True
         self.backlog.drop(picked_mask)  # before the guard grows: the picked rows need no similarity update
         self._guard_add(emb[chosen])
         return len(chosen)
+
+    def _target_met(self) -> bool:
+        """Target mode: whether the certified accuracy of every item's final label, counting each item
+        without a label or a task as wrong, meets ``target_accuracy`` (then people are asked nothing
+        beyond the checks). Re-read from the store at most once per ``select_batch`` arrivals; the first
+        time it is met is written to the audit log (``target_met``: items and human labels then)."""
+        target = self.config.target_accuracy
+        if target is None:
+            return False
+        if self._arrivals < self._target_check_at:
+            return self._target_state
+        self._target_check_at = self._arrivals + self.config.select_batch
+        name = self.project.name
+        items = self.store.count_items(name)
+        q = certified_quality(self.store, name)
+        undecided = items - q.final_labels - self.store.count_open_tasks(name)
+        wrong = q.model.hidden_errors_upper + q.human_error_rate_upper * q.human_labels + max(undecided, 0)
+        self._target_state = bool(items) and 1.0 - wrong / items >= target
+        if self._target_state and not any(action == "target_met" for _, _, action, _ in self.store.audit_log(name)):
+            self.store.audit(name, "selector", "target_met",
+                             json.dumps({"items": items, "human_labels": q.human_labels, "bound": 1.0 - wrong / items}),
+                             self.clock())
+            log.info("selector target met project=%s items=%d human_labels=%d", name, items, q.human_labels)
+        return self._target_state
 
     def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str, probability: np.ndarray) -> int:
         """Write model labels for the given items (all of them); returns how many were new."""
@@ -310,6 +338,7 @@ class Selector(Stage):
             republish_own(self.producer, self.store, self.project.name, "model",
                           {i: self._label_key(i) for i in done}, same_stage)
         fresh = self._embedded([i for i in unlabeled if i not in queued and i not in self.backlog], scored)
+        self._arrivals += len(fresh)
         if fresh:
             self._take(fresh)
 
@@ -362,8 +391,10 @@ class Selector(Stage):
 
         Every backlog item gets a probability of a person from the credit left (in proportion to the
         model's expected error on it); the drawn ones become audit tasks, the others get the model's
-        label with ``aggregation="low_confidence"`` (below any certified threshold; their confidence,
-        the threshold and their probability are on the label, and the final-label bound counts them).
+        label: ``auto_accept`` above the threshold (items whose check found no credit during the
+        stream), else ``aggregation="low_confidence"`` (below any certified threshold; their
+        confidence, the threshold and their probability are on the label, and the final-label bound
+        counts them).
         Before any model exists nothing is invented: the items stay unlabeled (``unlabeled`` in the
         outcome and the stream status) and a later close, after people labeled enough, labels them.
         """
@@ -377,13 +408,22 @@ class Selector(Stage):
             unlabeled = len(self.backlog)
         elif len(self.backlog):
             n = len(self.backlog)
-            probs = self.backlog.probs
-            probability = spread(1.0 - probs.max(1) + 1e-6, float(int(self.budget.credit)))
+            probs, ids = self.backlog.probs, self.backlog.ids
+            confidence = probs.max(1)
+            credit = 0 if self._target_met() else int(self.budget.credit)  # target mode: nothing more to ask
+            probability = spread(1.0 - confidence + 1e-6, float(credit))
             before = int(self.budget.credit)
-            self._look(self.backlog.ids, self.backlog.emb, probs, self.backlog.unc, f"close:{self.version}",
-                       arriving=False, audit=np.ones(n, bool), family=LOW, probability=probability, final=True)
+            # items above the threshold whose check found no credit during the stream are auto-accepted
+            # now (their probability recorded); the others are labeled below any certified threshold
+            for family, rows in ((AUTO, np.flatnonzero(confidence >= self.threshold)),
+                                 (LOW, np.flatnonzero(confidence < self.threshold))):
+                if rows.size:
+                    self._look([ids[k] for k in rows], self.backlog.emb[rows], probs[rows], self.backlog.unc[rows],
+                               f"close:{self.version}", arriving=False, audit=np.ones(rows.size, bool),
+                               family=family, probability=probability[rows], final=True)
+                    low += rows.size if family == LOW else 0
             tasks = before - int(self.budget.credit)
-            low = n - tasks
+            low -= sum(1 for t in self.store.open_tasks(self.project.name, ids) if t.family == LOW)
             self.backlog.drop(np.ones(n, bool))
         self.producer.flush()
         # the requests are served once the output is durable: a crash before this line means the

@@ -213,3 +213,21 @@ def annotator_accuracy_on_gold(items, annotators, labels, gold: Mapping[int, int
     hits = np.bincount(j[on_gold], weights=agrees, minlength=n_annotators)
     n_gold = np.bincount(j[on_gold], minlength=n_annotators)
     return np.divide(hits, n_gold, out=np.full(n_annotators, np.nan), where=n_gold > 0)
+
+
+def answers_wanted(labels: list[str], cap: int, model_label: str | None = None, model_confident: bool = False) -> int:
+    """How many answers an item needs, given the ``labels`` people gave so far (adaptive overlap).
+
+    One answer settles an item unless it disagrees with a confident model (then a second is asked);
+    answers that disagree among themselves ask for one more; never more than ``cap``. So two
+    agreeing answers settle an item, and two disagreeing ones ask for a third.
+    """
+    cap = _count("cap", cap)
+    n = len(labels)
+    if n >= cap:
+        return n
+    if len(set(labels)) > 1:
+        return n + 1
+    if n == 1 and model_confident and model_label is not None and labels[0] != model_label:
+        return 2
+    return max(n, 1)

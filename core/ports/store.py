@@ -127,10 +127,10 @@ class TaskQueue(Protocol):
         leases (renewed, so a caller that lost a reply gets its tasks back), then open tasks,
         highest priority first (ties: the task created first).
 
-        A label task is open while fewer than ``overlap`` annotators hold a live lease on it or
-        have answered it; a gold task is open to every annotator once. An annotator never gets an
-        item it has answered or skipped, nor one item twice. Concurrent callers (threads,
-        connections, processes) never exceed ``overlap``.
+        A task is open while fewer than its ``wanted`` answers (``overlap`` when it has none)
+        annotators hold a live lease on it or have answered it; a gold task is open to every
+        annotator once. An annotator never gets an item it has answered or skipped, nor one item
+        twice. Concurrent callers (threads, connections, processes) never exceed those slots.
         """
 
     @abstractmethod
@@ -158,6 +158,12 @@ class TaskQueue(Protocol):
     @abstractmethod
     def tasks(self, project: str, kinds: Sequence[str] | None = None) -> list[Task]:
         """Every task, open or closed, in the order queued (only those of ``kinds`` when given)."""
+
+    @abstractmethod
+    def want_answers(self, project: str, item_id: str, wanted: int) -> bool:
+        """Ask for ``wanted`` answers on the item's open task (adaptive overlap: it then stays open for
+        that many people, beyond the project's overlap if asked); only ever raises. Returns whether the
+        task changed. InvalidInput "wanted" (< 1), "item_id"."""
 
     @abstractmethod
     def open_tasks(self, project: str, among: Sequence[str] | None = None) -> list[Task]:

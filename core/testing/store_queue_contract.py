@@ -65,6 +65,25 @@ class TaskQueueContract:
         assert lease_ids(s, "x", now=10 * LEASE_S, overlap=3) == []  # never an answered item again
         assert lease_ids(s, "z", now=10 * LEASE_S, overlap=3) == ["i0"]
 
+    def test_a_task_asks_for_its_wanted_answers_which_only_rise(self, s: Store) -> None:
+        """Adaptive overlap: a task that wants one answer is full after one lease, whatever the
+        project's overlap; raising ``wanted`` opens a slot for another person (never lowered)."""
+        s.add_tasks([Task(P, "i0", 0.5, None, 1.0, "audit", 0.1, "card", "auto_accept", 1)])
+        assert [(t.wanted, t.probability, t.model_label, t.family) for t in s.open_tasks(P)] == [
+            (1, 0.1, "card", "auto_accept")]
+        assert lease_ids(s, "x", overlap=3) == ["i0"]
+        assert lease_ids(s, "y", overlap=3) == []  # one answer wanted: its slot is taken
+        assert s.want_answers(P, "i0", 2) is True
+        assert lease_ids(s, "y", overlap=3) == ["i0"]
+        assert s.want_answers(P, "i0", 1) is False and s.open_tasks(P)[0].wanted == 2  # never lowered
+        assert s.want_answers(P, "ghost", 2) is False
+        with pytest.raises(InvalidInput) as err:
+            s.want_answers(P, "i0", 0)
+        assert err.value.field == "wanted"
+        with pytest.raises(InvalidInput) as err:
+            s.add_tasks([Task(P, "i1", 0.5, None, 1.0, "label", 2.0)])
+        assert err.value.field == "probability"
+
     def test_gold_task_open_to_every_annotator_once(self, s: Store) -> None:
         s.add_tasks([task("i0", kind="gold"), task("i1", priority=0.1)])
         for who in ("x", "y", "z"):

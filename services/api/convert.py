@@ -27,13 +27,17 @@ class CertifiedQuality:
     audits_pending: int
     human_error: str
     human_error_rate_upper: float
+    target_met_items: int | None = None
+    target_met_human_labels: int | None = None
 
     @staticmethod
     def of(q: Quality) -> "CertifiedQuality":
         return CertifiedQuality(q.confidence, q.accuracy_lower_bound, q.auto_accepted_precision_lower_bound,
                                 q.auto_accepted.labels, q.auto_accepted.hidden_errors_upper, q.model.labels,
                                 q.model.hidden_errors_upper, q.model.estimate, q.model.drawn, q.model.pending,
-                                q.human_error, q.human_error_rate_upper)
+                                q.human_error, q.human_error_rate_upper,
+                                None if q.target_met is None else q.target_met["items"],
+                                None if q.target_met is None else q.target_met["human_labels"])
 
 
 @dataclass(frozen=True)

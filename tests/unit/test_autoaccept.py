@@ -140,3 +140,29 @@ def test_bad_input_names_the_field(kwargs, field):
     with pytest.raises(InvalidInput) as err:
         choose_threshold(**args)
     assert err.value.field == field
+
+
+def test_weights_make_a_biased_sample_stand_for_the_stream():
+    """People were sent the low-confidence items ten times as often: unweighted, the sample says the
+    precision above 0.9 is what it is among those over-sampled items; weighted by 1 / probability it
+    matches the stream, and equal weights change nothing."""
+    rng = np.random.default_rng(3)
+    n = 20000
+    c = rng.uniform(0.5, 1.0, n)
+    correct = rng.random(n) < c  # calibrated
+    pi = np.where(c < 0.95, 0.5, 0.05)  # the sure items are rarely drawn
+    drawn = rng.random(n) < pi
+    plain = choose_threshold(c[drawn], correct[drawn], 0.9, 0.95, 30)
+    same = choose_threshold(c[drawn], correct[drawn], 0.9, 0.95, 30, np.ones(drawn.sum()))
+    assert (plain.threshold, plain.support) == (same.threshold, same.support)
+    weighted = choose_threshold(c[drawn], correct[drawn], 0.9, 0.95, 30, 1.0 / pi[drawn])
+    # the stream share above the weighted threshold is what the weighted coverage says
+    assert abs(weighted.coverage - (c >= weighted.threshold).mean()) < 0.05
+    assert abs(plain.coverage - (c >= weighted.threshold).mean()) > 0.1  # unweighted: badly off
+    assert np.isfinite(weighted.candidate) and weighted.candidate <= weighted.threshold
+
+
+def test_bad_weights_name_the_field():
+    with pytest.raises(InvalidInput) as err:
+        choose_threshold(np.ones(40), np.ones(40, bool), 0.9, 0.95, 30, np.zeros(40))
+    assert err.value.field == "weights"

@@ -156,3 +156,20 @@ def test_bad_input_names_the_field(change, field):
     with pytest.raises(InvalidInput) as err:
         dawid_skene(**args)
     assert err.value.field == field
+
+
+def test_adaptive_overlap_asks_a_third_answer_exactly_when_two_disagree():
+    from winnow.core.ml.consensus import answers_wanted
+
+    assert answers_wanted([], 3) == 1
+    assert answers_wanted(["a"], 3) == 1  # one answer settles it
+    assert answers_wanted(["a"], 3, model_label="a", model_confident=True) == 1
+    assert answers_wanted(["a"], 3, model_label="b", model_confident=True) == 2  # against a confident model
+    assert answers_wanted(["a"], 3, model_label="b", model_confident=False) == 1
+    assert answers_wanted(["a", "a"], 3) == 2  # two agree: settled
+    assert answers_wanted(["a", "b"], 3) == 3  # two disagree: a third
+    assert answers_wanted(["a", "b", "a"], 3) == 3  # the cap
+    assert answers_wanted(["a", "b"], 2) == 2
+    assert answers_wanted(["a"], 1, model_label="b", model_confident=True) == 1
+    with pytest.raises(InvalidInput, match="cap"):
+        answers_wanted(["a"], 0)

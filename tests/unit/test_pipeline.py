@@ -300,3 +300,49 @@ def test_a_restarted_selector_accepts_what_its_restored_model_clears(env, tmp_pa
     with bus.consumer([topic("p", "labels")], "inspect") as consumer:
         assert sorted(m.key for m in poll_until(consumer, len(labels))) == sorted(label.item_id for label in labels)
     restarted.close()
+
+
+def _stream_through(bus, store, project: Project, config: LoopConfig, tmp_path: Path, n: int = 400) -> dict:
+    """Stream ``n`` clustered items through selector, labeling (a perfect annotator) and trainer;
+    returns the truth by item id."""
+    store.create_project(project)
+    create_topics(bus, project.name, 2)
+    x, y = clustered(n)
+    ids = [f"i{k}" for k in range(n)]
+    truth = dict(zip(ids, (CLASSES[k] for k in y)))
+    selector = Selector(bus, store, project, config)
+    labeling = LabelingService(bus, store, project, config)
+    trainer = Trainer(bus, store, project, config, tmp_path / "models")
+    for start in range(0, n, 50):
+        chunk = ids[start:start + 50]
+        ingest(bus.producer(), store, project, [Item(project.name, i, f"text {i}", 0.0) for i in chunk])
+        score(bus, store, project, chunk, x[start:start + 50])
+        while True:
+            moved = selector.step()
+            for lease in labeling.lease("ann", 100):
+                labeling.submit("ann", lease.item_id, truth[lease.item_id])
+                moved += 1
+            moved += labeling.resolve() + trainer.step()
+            if not moved:
+                break
+    return truth
+
+
+@pytest.mark.parametrize("target, asked", [(None, (0.45, 0.5)), (0.25, (0.2, 0.4))], ids=["budget", "target"])
+def test_target_mode_stops_asking_once_the_certified_bound_meets_the_target(env, tmp_path: Path, target,
+                                                                           asked) -> None:
+    """No model ever labels here (people's labels alone make the bound: every item without a label
+    counts as wrong), so the certified accuracy is the share people labeled. On a 50% budget, budget
+    mode spends it all; target mode at 0.25 stops picking once a quarter is labeled (the arrivals'
+    checks go on) and writes when to the audit log."""
+    bus, store = env
+    config = LoopConfig(**{**CONFIG.__dict__, "first_model_labels": 10_000, "target_accuracy": target})
+    project = Project("p", CLASSES, budget_labels=50, budget_per_items=100)
+    _stream_through(bus, store, project, config, tmp_path)
+    share = len(store.tasks("p")) / 400
+    assert asked[0] <= share <= asked[1]
+    met = [json.loads(detail) for _, _, action, detail in store.audit_log("p") if action == "target_met"]
+    if target is None:
+        assert met == []
+    else:
+        assert len(met) == 1 and met[0]["bound"] >= target and met[0]["human_labels"] >= 0.25 * met[0]["items"]

@@ -28,7 +28,7 @@ from winnow.core.ml.head import (
     save_model,
 )
 from winnow.core.ml.runtime import OnnxRuntime, TorchRuntime
-from winnow.core.ml.training import train
+from winnow.core.ml.training import head_logits, train
 
 CLASSES = ["card_arrival", "top_up", "refund"]
 
@@ -117,6 +117,22 @@ def test_training_leaves_the_process_torch_seed_and_threads_alone(hidden: int) -
     second = train(x, y, 3, 0.9, config)
     for a, b in zip(first.head.parameters(), second.head.parameters()):
         assert torch.equal(a, b)
+
+
+def test_self_training_labels_join_the_final_fit_only() -> None:
+    """Certified model labels (self-training) change the fitted head, never the temperature or the
+    threshold, which are cross-fitted on people's labels alone."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64) + (x[:, 1] > 0)
+    config = TrainConfig(folds=3, min_support=5)
+    people = train(x[:60], y[:60], 3, 0.9, config)
+    both = train(x[:60], y[:60], 3, 0.9, config, extra_embeddings=x[60:], extra_labels=y[60:])
+    assert (people.temperature, people.threshold) == (both.temperature, both.threshold)
+    held = rng.standard_normal((2000, 16)).astype(np.float32)
+    truth = (held[:, 0] > 0).astype(np.int64) + (held[:, 1] > 0)
+    accuracy = [float((head_logits(r.head, held).mean(1).argmax(1) == truth).mean()) for r in (people, both)]
+    assert accuracy[1] > accuracy[0]
 
 
 def test_save_model_refuses_overwrite_and_bad_meta(tmp_path: Path) -> None:

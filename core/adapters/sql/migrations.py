@@ -116,6 +116,7 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN probability DOUBLE PRECISION NOT NULL DEFAULT 1.0",
         "ALTER TABLE tasks ADD COLUMN model_label TEXT",
         "ALTER TABLE tasks ADD COLUMN family TEXT",
+        "ALTER TABLE tasks ADD COLUMN wanted INTEGER",
         "ALTER TABLE labels ADD COLUMN probability DOUBLE PRECISION",
         "ALTER TABLE close_requests ADD COLUMN unlabeled INTEGER NOT NULL DEFAULT 0",
     ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from winnow.core.adapters.sql.base import SqlBase
+from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Annotation, Lease, Task
 from winnow.core.domain.validation import (
     check_finite,
@@ -19,7 +20,7 @@ from winnow.core.domain.validation import (
 )
 
 _TASK_ORDER = "t.priority DESC, t.created_at, t.seq"
-_TASK_COLUMNS = "item_id, priority, model_version, created_at, kind, probability, model_label, family"
+_TASK_COLUMNS = "item_id, priority, model_version, created_at, kind, probability, model_label, family, wanted"
 # the annotator's own live leases on open tasks (handed back first, so a lost reply costs nothing)
 _OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at FROM assignments a
     JOIN tasks t ON t.project = a.project AND t.item_id = a.item_id
@@ -35,7 +36,8 @@ _OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0 FROM tasks t
                         AND (a.state != 'leased' OR a.expires_at > ?))
       AND (t.kind = 'gold' OR (SELECT COUNT(*) FROM assignments a
                                WHERE a.project = t.project AND a.item_id = t.item_id
-                                 AND (a.state = 'answered' OR (a.state = 'leased' AND a.expires_at > ?))) < ?)
+                                 AND (a.state = 'answered' OR (a.state = 'leased' AND a.expires_at > ?)))
+                               < COALESCE(t.wanted, ?))
     ORDER BY {_TASK_ORDER} LIMIT ?"""
 _LATER = "CASE WHEN {old} > {new} THEN {old} ELSE {new} END"  # the later of two expiry times
 
@@ -52,10 +54,20 @@ class SqlTaskQueue(SqlBase):
                 self._require_items(tx, project, [t.item_id for t in tasks if t.project == project])
             return tx.many(
                 f"INSERT INTO tasks (project, {_TASK_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, item_id) DO NOTHING",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, item_id) DO NOTHING",
                 [(t.project, t.item_id, t.priority, t.model_version, t.created_at, t.kind, t.probability,
-                  t.model_label, t.family) for t in tasks],
+                  t.model_label, t.family, t.wanted) for t in tasks],
             )
+
+    def want_answers(self, project: str, item_id: str, wanted: int) -> bool:
+        """See :meth:`TaskQueue.want_answers`."""
+        check_text("item_id", item_id)
+        if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+            raise InvalidInput("wanted", f"must be an integer >= 1, got {wanted!r}")
+        with self._tx() as tx:
+            self._project(tx, project)
+            return tx.run("UPDATE tasks SET wanted = ? WHERE project = ? AND item_id = ? AND NOT closed "
+                          "AND (wanted IS NULL OR wanted < ?)", (wanted, project, item_id, wanted)) > 0
 
     def set_priorities(self, project: str, priorities: Mapping[str, float]) -> None:
         """Re-rank open tasks; ids without an open task are ignored (they may have been labelled)."""

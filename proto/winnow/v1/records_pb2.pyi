@@ -79,7 +79,7 @@ class Scored(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("project", "item_id", "priority", "model_version", "created_at", "kind", "probability", "model_label", "family")
+    __slots__ = ("project", "item_id", "priority", "model_version", "created_at", "kind", "probability", "model_label", "family", "wanted")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class Task(_message.Message):
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_LABEL_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
+    WANTED_FIELD_NUMBER: _ClassVar[int]
     project: str
     item_id: str
     priority: float
@@ -98,7 +99,8 @@ class Task(_message.Message):
     probability: float
     model_label: str
     family: str
-    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., priority: _Optional[float] = ..., model_version: _Optional[str] = ..., created_at: _Optional[float] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., probability: _Optional[float] = ..., model_label: _Optional[str] = ..., family: _Optional[str] = ...) -> None: ...
+    wanted: int
+    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., priority: _Optional[float] = ..., model_version: _Optional[str] = ..., created_at: _Optional[float] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., probability: _Optional[float] = ..., model_label: _Optional[str] = ..., family: _Optional[str] = ..., wanted: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("project", "item_id", "annotator", "text", "kind", "expires_at")
