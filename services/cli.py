@@ -44,7 +44,7 @@ DEMO_ITEMS = Option("items", int, "stream only this many rows (all 10,003 by def
 DEMO_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated",
                     ("0.02", "0.05", "0.10"), env_name="DEMO_NOISE")
 NOISE_RATE = Option("noise", float, "error rate of one simulated annotator", low=0.0, high=1.0)
-OVERLAP = Option("overlap", int, "distinct annotators per picked item (consensus when > 1)", 1, low=1, high=16)
+OVERLAP = Option("overlap", int, "most people asked per item (adaptive: a second or third answer only where answers disagree)", 1, low=1, high=16)
 GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 20, low=0)
 OUT_DIR = Option("out_dir", Path, "where the demo writes its store, models, JSON and PNG (a new or empty folder, "
                  "or an earlier demo's output)", Path("winnow-demo"))

@@ -112,7 +112,11 @@ def run_demo(demo: DemoOptions, settings: Settings) -> int:
     rows = [("items", "items"), ("human labels", "human_labels"), ("human fraction", "human_fraction"),
             ("annotations (with overlap, gold)", "annotations"), ("auto-accepted by the model", "auto_accepted"),
             ("model labels below threshold at close", "low_confidence"), ("gold items", "gold"),
-            ("final label accuracy", "final_label_accuracy"), ("auto-accept precision", "auto_accept_precision"),
+            ("final label accuracy (measured)", "final_label_accuracy"),
+            ("final label accuracy, certified lower bound", "certified_accuracy_lower_bound"),
+            ("auto-accept precision (measured)", "auto_accept_precision"),
+            ("auto-accept precision, certified lower bound", "certified_auto_accept_precision_lower_bound"),
+            ("first threshold certified at (share of stream)", "first_certified_at_fraction"),
             ("model test accuracy", "model_test_accuracy"), ("model versions", "model_versions"),
             ("wall seconds", "wall_s")]
     for title, key in rows:

@@ -8,7 +8,7 @@ echoed values: checked in core, so the API, the stores and both buses agree.
 | classes per project         | 1,000               | the head's output layer and every probability vector    |
 | class name                  | 256 bytes UTF-8     | a label on every record                                 |
 | guideline version           | 128 bytes UTF-8     | copied into every label                                 |
-| overlap                     | 1-100               | distinct people per picked item                         |
+| overlap                     | 1-100               | most people asked per item (adaptive overlap)           |
 | budget_per_items            | 1-1,000,000         |                                                         |
 | item id, annotator, version | 512 bytes UTF-8     | keys on the bus and in every index                      |
 | item text                   | 64 KiB UTF-8        | ``validation.MAX_TEXT_BYTES``                           |

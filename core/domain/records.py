@@ -13,8 +13,9 @@ class Project:
     """A labeling project (tenant): its label schema and the operator's settings.
 
     ``budget_labels`` human labels are allowed per ``budget_per_items`` items streamed in;
-    ``precision_target`` is what auto-accepted (model) labels must reach; ``overlap`` is how many
-    distinct people label each picked item.
+    ``precision_target`` is what auto-accepted (model) labels must reach; ``overlap`` is the most
+    people asked per item (adaptive: one answer, another only where answers disagree or the answer
+    contradicts an audited model; tasks with no ``wanted`` ask exactly ``overlap``).
     """
 
     name: str
