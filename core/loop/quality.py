@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy.stats import beta
 from winnow.core.ml.certify import ErrorBound, Trials, error_bound
+from winnow.core.domain.records import Label, Task
 from winnow.core.ports.store import Store
 
 FAMILIES = ("auto_accept", "low_confidence")
@@ -63,11 +65,11 @@ class Quality:
         return out
 
 
-def family_trials(store: Store, project: str, families: tuple[str, ...]) -> Trials:
-    """The audit trials of the model labels in ``families`` (module doc)."""
-    labels = store.labels(project)
+def family_trials(labels: Sequence[Label], audits: Sequence[Task], families: tuple[str, ...]) -> Trials:
+    """The audit trials of the model labels in ``families`` (module doc), from a project's final
+    ``labels`` and its ``audits`` (tasks of kind audit)."""
     human = {label.item_id: label.label for label in labels if label.source in ("human", "gold")}
-    audits = [t for t in store.tasks(project, ("audit",)) if t.family in families]
+    audits = [t for t in audits if t.family in families]
     kept = [label for label in labels if label.source == "model" and label.aggregation in families]
     drawn_error = [np.nan if t.item_id not in human else float(human[t.item_id] != t.model_label) for t in audits]
     return Trials.of(
@@ -91,6 +93,7 @@ def _human_error(store: Store, project: str, confidence: float) -> tuple[str, fl
 def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Quality:
     """The project's certified quality now (one read of its labels and tasks)."""
     counts = store.count_labels(project)
+    labels, audits = store.labels(project), store.tasks(project, ("audit",))
     kind, rate = _human_error(store, project, confidence)
     met = [json.loads(detail) for _, _, action, detail in store.audit_log(project) if action == "target_met"]
     return Quality(
@@ -99,9 +102,9 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
         human_labels=counts.get("human", 0),
         model_labels=counts.get("model", 0),
         gold_labels=counts.get("gold", 0),
-        auto_accepted=error_bound(family_trials(store, project, ("auto_accept",)), confidence),
-        low_confidence=error_bound(family_trials(store, project, ("low_confidence",)), confidence),
-        model=error_bound(family_trials(store, project, FAMILIES), confidence),
+        auto_accepted=error_bound(family_trials(labels, audits, ("auto_accept",)), confidence),
+        low_confidence=error_bound(family_trials(labels, audits, ("low_confidence",)), confidence),
+        model=error_bound(family_trials(labels, audits, FAMILIES), confidence),
         human_error=kind,
         human_error_rate_upper=rate,
         target_met=met[0] if met else None,
