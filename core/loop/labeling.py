@@ -59,7 +59,7 @@ class LabelingService:
         """Record one answer; the item's final label is made once its task has all the answers it
         wants. A task the selector made asks for one answer at first (adaptive overlap,
         ``consensus.answers_wanted``): another where the answers disagree, or where the only answer
-        disagrees with a model confident enough to be audited, up to the project's ``overlap``; a
+        disagrees with a model confident enough to be audited or probed, up to the project's ``overlap``; a
         task with no ``wanted`` asks for ``overlap`` answers."""
         if label not in self.project.classes:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
@@ -71,7 +71,9 @@ class LabelingService:
             if task is None or task.wanted is None:
                 wanted = self.project.overlap
             else:
-                wanted = answers_wanted(answers, self.project.overlap, task.model_label, task.kind == "audit")
+                # audits and probes are where the model is (nearly) sure: an answer against it is as
+                # likely a slip as a model error, and these answers certify thresholds
+                wanted = answers_wanted(answers, self.project.overlap, task.model_label, task.kind in ("audit", "holdout"))
                 if wanted > task.wanted:
                     self.store.want_answers(self.project.name, item_id, wanted)
             if len(answers) >= wanted:
