@@ -249,9 +249,10 @@ class LoopConfig:
     """Operator settings of the loop that are not part of a project's schema.
 
     Every arriving item gets a known chance of going to a person (:mod:`winnow.core.select.sampling`):
-    at least ``audit_probability`` where the model would label it (the answer checks the model's
-    label, and the certified bounds are built from those checks), at least ``min_probability``
-    elsewhere, more where the model is unsure, all within the project's budget.
+    ``audit_probability`` where the model would label it or nearly would (the answer checks the
+    model's label; the certified bounds and the next threshold are built from those checks),
+    ``min_probability`` elsewhere; the budget left goes to the most useful backlog items, picked by
+    the project's strategy once ``select_batch`` labels of credit are there.
     """
 
     first_model_labels: int = setting(100, "human labels before the first model is trained", low=2)

@@ -212,15 +212,15 @@ class Selector(Stage):
         self.backlog.drop(gone)
         return int(decided.sum())
 
-    def _pick(self, final: bool = False) -> int:
+    def _pick(self) -> int:
         """Send the most useful backlog items to people (the project's strategy over the whole
         backlog under the current model: uncertainty and diversity, near-duplicates of items people
-        have left out), once a batch's worth of credit is there (any at close). A pick is certain
-        given the backlog (probability 1, recorded); returns how many were picked."""
+        have left out), once a batch's worth of credit is there. A pick is certain given the backlog
+        (probability 1, recorded); returns how many were picked."""
         if not len(self.backlog):
             return 0
         wanted = int(self.budget.credit)
-        if wanted < (1 if final else self.config.select_batch) or self._target_met():
+        if wanted < self.config.select_batch or self._target_met():
             return 0
         pool = np.arange(len(self.backlog))
         if self.guard is not None:
