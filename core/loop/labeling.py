@@ -73,7 +73,8 @@ class LabelingService:
             else:
                 # audits and probes are where the model is (nearly) sure: an answer against it is as
                 # likely a slip as a model error, and these answers certify thresholds
-                wanted = answers_wanted(answers, self.project.overlap, task.model_label, task.kind in ("audit", "holdout"))
+                wanted = max(task.wanted, answers_wanted(answers, self.project.overlap, task.model_label,
+                                                         task.kind in ("audit", "holdout")))
                 if wanted > task.wanted:
                     self.store.want_answers(self.project.name, item_id, wanted)
             if len(answers) >= wanted:

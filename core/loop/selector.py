@@ -183,10 +183,13 @@ class Selector(Stage):
         if drawn.size:
             now = self.clock()
             predicted = probs.argmax(1)
+            # a probe with no model to check its answer against asks two people (where the project
+            # allows more than one): its answer will certify thresholds, and a slip there poisons them
+            first = 2 if self.head is None and self.project.overlap >= 2 else 1
             self._queue([Task(self.project.name, ids[k], float(unc[k]), self.version, now,
                               "audit" if audit[k] else "holdout" if probe[k] else "label", float(draws.probability[k]),
                               self.project.classes[predicted[k]] if self.head is not None else None,
-                              family if audit[k] else None, 1) for k in drawn])
+                              family if audit[k] else None, first if probe[k] else 1) for k in drawn])
             self._guard_add(emb[drawn])
         keep = audit & ~draws.drawn & (draws.funded | final)
         self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])

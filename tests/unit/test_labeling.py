@@ -66,3 +66,14 @@ def test_two_agreeing_answers_settle_an_item_against_the_model(labeling) -> None
     service.resolve()
     assert {x.item_id: x.label for x in store.labels(P)}["i1"] == "b"
     assert [t.wanted for t in store.tasks(P) if t.item_id == "i1"] == [2]
+
+
+def test_a_task_that_asks_two_answers_waits_for_the_second(labeling) -> None:
+    service, store = labeling
+    store.add_items([Item(P, "j0", "text j0", 0.0)])
+    store.add_tasks([Task(P, "j0", 0.5, None, 0.0, "holdout", 0.1, None, None, 2)])  # a probe before any model
+    _answer(service, "x", {"j0": "a"})
+    assert "j0" not in {x.item_id for x in store.labels(P)} and service.resolve() == 0
+    _answer(service, "y", {"j0": "a"})
+    service.resolve()
+    assert {x.item_id: x.label for x in store.labels(P)}["j0"] == "a"
