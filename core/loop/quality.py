@@ -22,7 +22,6 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import beta
 from winnow.core.ml.certify import ErrorBound, Trials, error_bound
-from winnow.core.domain.records import Label, Task
 from winnow.core.ports.store import Store
 
 FAMILIES = ("auto_accept", "low_confidence")
@@ -65,17 +64,17 @@ class Quality:
         return out
 
 
-def family_trials(labels: Sequence[Label], audits: Sequence[Task], families: tuple[str, ...]) -> Trials:
-    """The audit trials of the model labels in ``families`` (module doc), from a project's final
-    ``labels`` and its ``audits`` (tasks of kind audit)."""
-    human = {label.item_id: label.label for label in labels if label.source in ("human", "gold")}
-    audits = [t for t in audits if t.family in families]
-    kept = [label for label in labels if label.source == "model" and label.aggregation in families]
-    drawn_error = [np.nan if t.item_id not in human else float(human[t.item_id] != t.model_label) for t in audits]
+def family_trials(kept: Sequence[tuple[str, float | None, int]], audits: Sequence[tuple[str, float, bool | None]],
+                  families: tuple[str, ...]) -> Trials:
+    """The audit trials of the model labels in ``families`` (module doc), from ``Store.audit_record``:
+    the grouped model labels (a label with no probability was never checkable: 0) and the audits."""
+    drawn = [(p, np.nan if wrong is None else float(wrong)) for f, p, wrong in audits if f in families]
+    groups = [(p or 0.0, c) for a, p, c in kept if a in families]
+    undrawn = np.repeat([p for p, _ in groups], [c for _, c in groups]) if groups else np.zeros(0)
     return Trials.of(
-        [t.probability for t in audits] + [label.probability or 0.0 for label in kept],
-        [True] * len(audits) + [False] * len(kept),
-        drawn_error + [np.nan] * len(kept),
+        np.concatenate([[p for p, _ in drawn], undrawn]),
+        np.concatenate([np.ones(len(drawn), bool), np.zeros(len(undrawn), bool)]),
+        np.concatenate([[e for _, e in drawn], np.full(len(undrawn), np.nan)]),
     )
 
 
@@ -93,7 +92,7 @@ def _human_error(store: Store, project: str, confidence: float) -> tuple[str, fl
 def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Quality:
     """The project's certified quality now (one read of its labels and tasks)."""
     counts = store.count_labels(project)
-    labels, audits = store.labels(project), store.tasks(project, ("audit",))
+    kept, audits = store.audit_record(project)
     kind, rate = _human_error(store, project, confidence)
     met = [json.loads(detail) for _, _, action, detail in store.audit_log(project) if action == "target_met"]
     return Quality(
@@ -102,9 +101,9 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
         human_labels=counts.get("human", 0),
         model_labels=counts.get("model", 0),
         gold_labels=counts.get("gold", 0),
-        auto_accepted=error_bound(family_trials(labels, audits, ("auto_accept",)), confidence),
-        low_confidence=error_bound(family_trials(labels, audits, ("low_confidence",)), confidence),
-        model=error_bound(family_trials(labels, audits, FAMILIES), confidence),
+        auto_accepted=error_bound(family_trials(kept, audits, ("auto_accept",)), confidence),
+        low_confidence=error_bound(family_trials(kept, audits, ("low_confidence",)), confidence),
+        model=error_bound(family_trials(kept, audits, FAMILIES), confidence),
         human_error=kind,
         human_error_rate_upper=rate,
         target_met=met[0] if met else None,

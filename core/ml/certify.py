@@ -122,20 +122,31 @@ def error_bound(trials: Trials, confidence: float = 0.95) -> ErrorBound:
     pending = d & np.isnan(e)
     observed = d & ~pending & (e == 1.0)
     errors_seen = observed | pending  # pending answers are taken as disagreements
-    hidden = np.sort(p[~d])  # the smallest pi first: where k hidden errors weigh least
+    # hidden trials grouped by probability, smallest first: where k hidden errors weigh least
+    values, counts = np.unique(p[~d], return_counts=True)
     threshold = np.log(1.0 / (1.0 - confidence))
     # log-factors of the seen errors, per lambda: sum of rho - lam / pi
     pe = p[errors_seen]
     seen = (_rho(pe, LAMBDAS) - LAMBDAS[:, None] / pe[None, :]).sum(1) if pe.size else np.zeros(len(LAMBDAS))
     k_max = 0
-    if hidden.size:
-        cum = np.cumsum(_rho(hidden, LAMBDAS), axis=1)  # [L, m]: k = 1..m hidden errors
-        log_m = seen[:, None] + cum  # log martingale of each lambda for k hidden errors
-        # log of the equal-weight mixture, per k
-        top = log_m.max(0)
-        log_mix = top + np.log(np.exp(log_m - top).mean(0))
-        below = np.flatnonzero(log_mix < threshold)  # monotone in k: a prefix passes
-        k_max = int(below[-1]) + 1 if below.size else 0
+    if values.size:
+        rho = _rho(values, LAMBDAS)  # [L, u]: one hidden error at each probability
+        before = seen[:, None] + np.concatenate([np.zeros((len(LAMBDAS), 1)), np.cumsum(rho * counts, 1)[:, :-1]], 1)
+
+        def passes(logm: np.ndarray) -> np.ndarray:  # the equal-weight mixture stays below 1 / alpha
+            top = logm.max(0)
+            return top + np.log(np.exp(logm - top).mean(0)) < threshold
+
+        # every count is monotone: whole groups pass up to the first that does not
+        full = passes(before + rho * counts)  # [u]: all of group j hidden-wrong, on top of those before
+        j = int(np.argmin(full)) if not full.all() else values.size
+        k_max = int(counts[:j].sum())
+        if j < values.size:  # part of group j: m = 0 passes (the groups before did), all of it fails
+            lo, hi = 0, int(counts[j])
+            while lo + 1 < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if passes((before[:, j] + mid * rho[:, j])[:, None])[0] else (lo, mid)
+            k_max += lo
     estimate = float((1.0 / p[observed]).sum() - observed.sum()) if observed.any() else 0.0
     return ErrorBound(labels=int((~d).sum()), drawn=int(d.sum()), observed_errors=int(observed.sum()),
                       pending=int(pending.sum()), estimate=estimate, hidden_errors_upper=k_max,

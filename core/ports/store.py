@@ -201,6 +201,15 @@ class Labels(Protocol):
     def count_labels(self, project: str) -> dict[str, int]:
         """How many final labels each source made (sources without labels left out), without loading them."""
 
+    @abstractmethod
+    def audit_record(self, project: str) -> tuple[list[tuple[str, float | None, int]], list[tuple[str, float, bool | None]]]:
+        """What the certified bounds are computed from, aggregated in the database:
+
+        - ``(aggregation, probability, count)`` of the model labels, grouped;
+        - ``(family, probability, wrong)`` per audit task: ``wrong`` is whether the item's final
+          human (or gold) label differs from the task's model label, None while it has none.
+        """
+
 
 class ModelRegistry(Protocol):
     @abstractmethod

@@ -84,6 +84,20 @@ class TaskQueueContract:
             s.add_tasks([Task(P, "i1", 0.5, None, 1.0, "label", 2.0)])
         assert err.value.field == "probability"
 
+    def test_audit_record_groups_model_labels_and_joins_audits_to_answers(self, s: Store) -> None:
+        """What the certified bounds read: model labels grouped by (aggregation, probability), and
+        each audit task with whether people's final label contradicts its model label."""
+        s.add_tasks([Task(P, "i0", 0.5, "m1", 0.0, "audit", 0.1, "card", "auto_accept", 1),
+                     Task(P, "i1", 0.5, "m1", 0.0, "audit", 0.1, "card", "auto_accept", 1),
+                     Task(P, "i2", 0.5, "m1", 0.0, "audit", 0.3, "card", "low_confidence", 1),
+                     task("i3")])
+        s.put_labels([label("i0", "card", source="human", key="i0:h"), label("i1", "other", source="human", key="i1:h"),
+                      label("i3", probability=0.1), label("i4", probability=0.1)])
+        kept, audits = s.audit_record(P)
+        assert kept == [("auto_accept", 0.1, 2)]
+        assert audits == [("auto_accept", 0.1, False), ("auto_accept", 0.1, True), ("low_confidence", 0.3, None)]
+        assert s.audit_record(P) == (kept, audits)  # a read: nothing changes
+
     def test_gold_task_open_to_every_annotator_once(self, s: Store) -> None:
         s.add_tasks([task("i0", kind="gold"), task("i1", priority=0.1)])
         for who in ("x", "y", "z"):

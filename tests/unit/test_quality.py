@@ -39,7 +39,7 @@ def test_each_family_is_its_audits_and_its_kept_labels(store: SqliteStore) -> No
                       _label("i3", "b", "human", "single"), _label("i4", "a", "human", "single"),
                       _label("i5", "a", "model", "auto_accept", 0.2), _label("i6", "b", "model", "auto_accept", 0.2),
                       _label("i7", "a", "model", "low_confidence", 0.0)])
-    auto = family_trials(store.labels(P), store.tasks(P, ("audit",)), ("auto_accept",))
+    auto = family_trials(*store.audit_record(P), ("auto_accept",))
     assert auto.probability.tolist() == [0.2, 0.2, 0.5, 0.2, 0.2]
     assert auto.drawn.tolist() == [True, True, True, False, False]
     assert auto.error[:2].tolist() == [0.0, 1.0] and np.isnan(auto.error[2])
