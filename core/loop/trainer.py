@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter, defaultdict
 import logging
 import re
 import time
@@ -94,7 +95,14 @@ class Trainer(Stage):
         # each standing for 1 / (its draw's probability) items there; people's other picks are the hard
         # items and would bias it
         drawn = {t.item_id: t.probability for t in self.store.tasks(self.project.name, ("holdout", "audit"))}
-        sample = np.array([drawn.get(h.item_id, 0.0) > 0 for h in humans])
+        # answers with no majority (three people, three answers) leave the label a guess: kept out of
+        # the sample, which only lowers its precision estimate (the first of them erred, and people
+        # are asked again where an answer contradicts the model, so the model tends to be right there)
+        votes: dict[str, Counter] = defaultdict(Counter)
+        for a in self.store.annotations(self.project.name, [i for i in drawn]):
+            votes[a.item_id][a.label] += 1
+        unsettled = {i for i, v in votes.items() if sum(v.values()) >= 2 and 2 * max(v.values()) <= sum(v.values())}
+        sample = np.array([drawn.get(h.item_id, 0.0) > 0 and h.item_id not in unsettled for h in humans])
         weights = np.array([1.0 / drawn[h.item_id] if ok else 1.0 for h, ok in zip(humans, sample)])
         extra_emb = extra_y = None
         if self.config.self_training:  # the certified model labels join the final fit
