@@ -11,7 +11,7 @@ import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.codecs import ITEMS_SCORED
-from winnow.core.domain.records import Item, ModelVersion, Project, Scored
+from winnow.core.domain.records import Annotation, Item, Label, ModelVersion, Project, Scored, Task
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.ingest import ingest
@@ -346,3 +346,24 @@ def test_target_mode_stops_asking_once_the_certified_bound_meets_the_target(env,
         assert met == []
     else:
         assert len(met) == 1 and met[0]["bound"] >= target and met[0]["human_labels"] >= 0.25 * met[0]["items"]
+
+
+def test_answers_with_no_majority_stay_out_of_the_thresholds_sample(env, tmp_path: Path) -> None:
+    """Three people, three answers: the label is a guess, so the item is left out of the sample the
+    threshold is estimated on (it still trains the model)."""
+    bus, store = env
+    project = Project("p", CLASSES, overlap=3)
+    store.create_project(project)
+    create_topics(bus, "p", 1)
+    x, y = clustered(40)
+    ids = [f"i{k}" for k in range(40)]
+    store.add_items([Item("p", i, f"text {i}", 0.0) for i in ids])
+    store.put_embeddings("p", ids, x)
+    store.add_tasks([Task("p", i, 0.5, None, 0.0, "holdout", 0.5) for i in ids])
+    for k, i in enumerate(ids):
+        answers = [CLASSES[y[k]]] if k else list(CLASSES)  # i0: a, b and c from three people
+        for who, answer in zip(("x", "y", "z"), answers):
+            store.add_annotation(Annotation("p", i, who, answer, 1.0))
+        store.put_label(Label("p", i, answers[0], "human", "x", 1.0, None, "single", "v1", 1.0, f"{i}:h"))
+    model = Trainer(bus, store, project, CONFIG, tmp_path / "models").maybe_train(force=True)
+    assert model.n_train == 40 and model.metrics["threshold_sample"] == pytest.approx(39)
