@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -51,6 +52,35 @@ def score(bus: SqliteBus, store: SqliteStore, project: Project, ids: list[str], 
         producer.publish_many(topic(project.name, "items.scored"), ITEMS_SCORED.keyed(Scored(i) for i in ids))
 
 
+def _stream_through(bus, store, project: Project, config: LoopConfig, tmp_path: Path, n: int = 400,
+                    on_step: Callable[[Selector], None] | None = None):
+    """Stream ``n`` clustered items through selector, labeling (a perfect annotator) and trainer,
+    calling ``on_step`` after every selector step; returns the truth by item id and the three stages."""
+    store.create_project(project)
+    create_topics(bus, project.name, 2)
+    x, y = clustered(n)
+    ids = [f"i{k}" for k in range(n)]
+    truth = dict(zip(ids, (CLASSES[k] for k in y)))
+    selector = Selector(bus, store, project, config)
+    labeling = LabelingService(bus, store, project, config)
+    trainer = Trainer(bus, store, project, config, tmp_path / "models")
+    for start in range(0, n, 50):
+        chunk = ids[start:start + 50]
+        ingest(bus.producer(), store, project, [Item(project.name, i, f"text {i}", 0.0) for i in chunk])
+        score(bus, store, project, chunk, x[start:start + 50])
+        while True:
+            moved = selector.step()
+            if on_step is not None:
+                on_step(selector)
+            for lease in labeling.lease("ann", 100):
+                labeling.submit("ann", lease.item_id, truth[lease.item_id])
+                moved += 1
+            moved += labeling.resolve() + trainer.step()
+            if not moved:
+                break
+    return truth, selector, labeling, trainer
+
+
 def test_poison_messages_go_to_the_dead_letter_topic_and_never_block(env) -> None:
     bus, store = env
     project = Project("p", CLASSES)
@@ -78,27 +108,9 @@ def test_loop_labels_every_item_once_within_budget(env, tmp_path: Path, config: 
     # a target a few dozen checks can certify (0.98 needs about 150 right answers in a row), checked often
     project = Project("p", CLASSES, budget_labels=30, budget_per_items=100, precision_target=0.9)
     config = LoopConfig(**{**config.__dict__, "audit_probability": 0.3})
-    store.create_project(project)
-    create_topics(bus, "p", 2)
-    x, y = clustered(400)
-    ids = [f"i{k}" for k in range(len(x))]
-    truth = dict(zip(ids, (CLASSES[k] for k in y)))
-    selector = Selector(bus, store, project, config)
-    labeling = LabelingService(bus, store, project, config)
-    trainer = Trainer(bus, store, project, config, tmp_path / "models")
-    for start in range(0, len(ids), 50):
-        chunk = ids[start:start + 50]
-        ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
-        score(bus, store, project, chunk, x[start:start + 50])
-        while True:
-            moved = selector.step()
-            check_backlog_caches(selector)
-            for lease in labeling.lease("ann", 100):
-                labeling.submit("ann", lease.item_id, truth[lease.item_id])
-                moved += 1
-            moved += labeling.resolve() + trainer.step()
-            if not moved:
-                break
+    truth, selector, labeling, trainer = _stream_through(bus, store, project, config, tmp_path,
+                                                         on_step=check_backlog_caches)
+    ids = list(truth)
     trainer.maybe_train(force=True)
     selector.step()
     check_backlog_caches(selector)
@@ -300,32 +312,6 @@ def test_a_restarted_selector_accepts_what_its_restored_model_clears(env, tmp_pa
     with bus.consumer([topic("p", "labels")], "inspect") as consumer:
         assert sorted(m.key for m in poll_until(consumer, len(labels))) == sorted(label.item_id for label in labels)
     restarted.close()
-
-
-def _stream_through(bus, store, project: Project, config: LoopConfig, tmp_path: Path, n: int = 400) -> dict:
-    """Stream ``n`` clustered items through selector, labeling (a perfect annotator) and trainer;
-    returns the truth by item id."""
-    store.create_project(project)
-    create_topics(bus, project.name, 2)
-    x, y = clustered(n)
-    ids = [f"i{k}" for k in range(n)]
-    truth = dict(zip(ids, (CLASSES[k] for k in y)))
-    selector = Selector(bus, store, project, config)
-    labeling = LabelingService(bus, store, project, config)
-    trainer = Trainer(bus, store, project, config, tmp_path / "models")
-    for start in range(0, n, 50):
-        chunk = ids[start:start + 50]
-        ingest(bus.producer(), store, project, [Item(project.name, i, f"text {i}", 0.0) for i in chunk])
-        score(bus, store, project, chunk, x[start:start + 50])
-        while True:
-            moved = selector.step()
-            for lease in labeling.lease("ann", 100):
-                labeling.submit("ann", lease.item_id, truth[lease.item_id])
-                moved += 1
-            moved += labeling.resolve() + trainer.step()
-            if not moved:
-                break
-    return truth
 
 
 @pytest.mark.parametrize("target, asked", [(None, (0.45, 0.5)), (0.25, (0.2, 0.4))], ids=["budget", "target"])
