@@ -68,10 +68,11 @@ class Trainer(Stage):
 
     def train_for_close(self) -> ModelVersion | None:
         """A pending close labels the backlog with the current model: make it one that learned from
-        every human label there is."""
+        every human label there is (also when an operator promoted an older version since)."""
         if not pending_close_requests(self.store, self.project.name):
             return None
-        return self.maybe_train(force=True)
+        current = self.store.current_model(self.project.name)
+        return self.maybe_train(force=True, again=current is not None and current.n_train < self.trained_on)
 
     def _due(self, n: int) -> bool:
         if self.trained_on == 0:
@@ -79,10 +80,12 @@ class Trainer(Stage):
         grown = n - self.trained_on
         return grown >= max(self.config.retrain_min_new, self.config.retrain_growth * self.trained_on)
 
-    def maybe_train(self, force: bool) -> ModelVersion | None:
+    def maybe_train(self, force: bool, again: bool = False) -> ModelVersion | None:
+        """Train and register a new version when enough new human labels came (``force``: whenever
+        any came; ``again``: even when none did, as the current version is not this trainer's last)."""
         humans = self.store.labels(self.project.name, "human")
         n = len(humans)
-        if n < min_train_labels(self.config) or n == self.trained_on or not (force or self._due(n)):
+        if n < min_train_labels(self.config) or (n == self.trained_on and not again) or not (force or self._due(n)):
             return None
         classes = {c: k for k, c in enumerate(self.project.classes)}
         emb = self.store.get_embeddings(self.project.name, [h.item_id for h in humans])

@@ -353,3 +353,20 @@ def test_answers_with_no_majority_stay_out_of_the_thresholds_sample(env, tmp_pat
         store.put_label(Label("p", i, answers[0], "human", "x", 1.0, None, "single", "v1", 1.0, f"{i}:h"))
     model = Trainer(bus, store, project, CONFIG, tmp_path / "models").maybe_train(force=True)
     assert model.n_train == 40 and model.metrics["threshold_sample"] == pytest.approx(39)
+
+
+def test_a_close_after_an_older_version_was_promoted_retrains_and_is_served(env, tmp_path: Path) -> None:
+    """An operator promoted an older version: the close waits for a model that learned every human
+    label, so the trainer trains again though it saw no new label, and the close is then served."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=60, budget_per_items=100)
+    truth, selector, labeling, trainer = _stream_through(bus, store, project, CONFIG, tmp_path, n=200)
+    versions = store.models("p")
+    assert len(versions) >= 2
+    store.promote("p", versions[0].version)  # older: trained on fewer labels
+    request_close(store, "p", "operator", 1.0)
+    assert selector.close_if_requested() is None  # its model is behind the labels
+    model = trainer.train_for_close()
+    assert model is not None and model.n_train == len(store.labels("p", "human"))
+    selector.step()  # the models message: it swaps, then serves the close
+    assert stream_status(store, "p").state == "closed"
