@@ -83,7 +83,7 @@ class Selector(Stage):
         self._close_wait_logged = 0.0
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
         self._arrivals = 0  # items that reached this selector in this process's life
-        self._target_check_at, self._target_state = 0, False
+        self._target_check_at, self._target_state, self._target_logged = 0, False, False
         self._restore()
 
     # -- state ------------------------------------------------------------------------------
@@ -264,11 +264,13 @@ class Selector(Stage):
         undecided = items - q.final_labels - self.store.count_open_tasks(name)
         wrong = q.model.hidden_errors_upper + q.human_error_rate_upper * q.human_labels + max(undecided, 0)
         self._target_state = bool(items) and 1.0 - wrong / items >= target
-        if self._target_state and not any(action == "target_met" for _, _, action, _ in self.store.audit_log(name)):
+        if self._target_state and not self._target_logged and not any(
+                action == "target_met" for _, _, action, _ in self.store.audit_log(name)):
             self.store.audit(name, "selector", "target_met",
                              json.dumps({"items": items, "human_labels": q.human_labels, "bound": 1.0 - wrong / items}),
                              self.clock())
             log.info("selector target met project=%s items=%d human_labels=%d", name, items, q.human_labels)
+        self._target_logged = self._target_logged or self._target_state
         return self._target_state
 
     def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str, probability: np.ndarray) -> int:
