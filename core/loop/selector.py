@@ -406,9 +406,12 @@ class Selector(Stage):
         requests = pending_close_requests(self.store, self.project.name)
         tasks = low = unlabeled = 0
         # a close served again after a crash finds the labels it wrote out of the backlog: publish
-        # them again, since the crash may have come before their publish (idempotent downstream)
+        # them again, since the crash may have come before their publish (idempotent downstream):
+        # every low_confidence label, and the auto-accepted ones of the model the close labels with
+        suffix = f":selector:{self.version}"
         republish_stored(self.producer, self.store, self.project.name, "model",
-                         lambda label: label.aggregation == LOW and ":selector:" in label.idempotency_key)
+                         lambda label: ":selector:" in label.idempotency_key
+                         and (label.aggregation == LOW or label.idempotency_key.endswith(suffix)))
         if len(self.backlog) and self.head is None:
             unlabeled = len(self.backlog)
         elif len(self.backlog):

@@ -137,14 +137,19 @@ def test_a_model_label_written_before_a_crash_is_published_when_its_input_is_red
     assert sorted((x.item_id, x.label) for x in _on_topic(path, "check")) == [("i0", "a"), ("i1", "b")]
 
 
+@pytest.mark.parametrize("threshold, aggregation", [(None, "low_confidence"), (0.0, "auto_accept")],
+                         ids=["below-threshold", "above-threshold-unchecked"])
 def test_labels_of_a_close_cut_short_by_a_crash_are_published_when_it_is_served_again(
-        store: SqliteStore, tmp_path: Path) -> None:
+        store: SqliteStore, tmp_path: Path, threshold, aggregation) -> None:
+    """Both kinds of label a close gives: below the threshold, and above it for items whose check
+    found no credit during the stream (no budget here)."""
     path = tmp_path / "bus.sqlite"
     project, ids = _setup(store, path, 5)
-    folder = path.parent / "v1"  # a model to label at close (with no certified threshold)
+    folder = path.parent / "v1"  # a model to label at close
     save_model(folder, Head(HeadConfig(dim=8, n_classes=len(CLASSES))),
-               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None})
-    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, float("inf")))
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": threshold})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0,
+                                      float("inf") if threshold is None else threshold))
     bus = SqliteBus(path)
     selector = Selector(bus, store, project, CONFIG)
     selector.step()
@@ -160,6 +165,7 @@ def test_labels_of_a_close_cut_short_by_a_crash_are_published_when_it_is_served_
     finally:
         bus.close()
     assert stream_status(store, "p").state == "closed"
+    assert {x.aggregation for x in store.labels("p")} == {aggregation}
     assert sorted(x.item_id for x in _on_topic(path, "check")) == ids
 
 
