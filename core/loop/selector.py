@@ -161,11 +161,11 @@ class Selector(Stage):
     # -- looks ------------------------------------------------------------------------------
     def _look(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, look: str,
               arriving: bool, audit: np.ndarray, family: str = AUTO,
-              probability: np.ndarray | None = None, final: bool = False) -> np.ndarray:
+              probability: np.ndarray | None = None, final: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Decide ``ids`` at one look: each gets its probability of a person, then the draw. Drawn
         items become tasks (audit tasks where ``audit`` [n] says the model would label them); undrawn
-        audit items get the model's label in ``family``. Returns the bool mask [n] of items decided;
-        the others stay for a later look: those the model cannot label, and audit items whose turn
+        audit items get the model's label in ``family``. Returns the bool masks [n] of the items drawn
+        and of those decided (drawn or labeled); the others stay for a later look: those the model cannot label, and audit items whose turn
         found no credit for a check (an unchecked label is never given during the stream; only the
         ``final`` look of the close labels what it cannot check, with probability 0).
 
@@ -193,7 +193,7 @@ class Selector(Stage):
             self._guard_add(emb[drawn])
         keep = audit & ~draws.drawn & (draws.funded | final)
         self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])
-        return draws.drawn | keep
+        return draws.drawn, draws.drawn | keep
 
     def _look_at_backlog(self) -> int:
         """The audit look at the backlog items the current head labels above its threshold, as far as
@@ -207,9 +207,9 @@ class Selector(Stage):
             return 0
         rows = rows[np.argsort(-confidence[rows], kind="stable")]
         ids = self.backlog.ids
-        decided = self._look([ids[k] for k in rows], self.backlog.emb[rows], self.backlog.probs[rows],
-                             self.backlog.unc[rows], f"swap:{self.version}", arriving=False,
-                             audit=np.ones(len(rows), bool))
+        _, decided = self._look([ids[k] for k in rows], self.backlog.emb[rows], self.backlog.probs[rows],
+                                self.backlog.unc[rows], f"swap:{self.version}", arriving=False,
+                                audit=np.ones(len(rows), bool))
         gone = np.zeros(len(self.backlog), bool)
         gone[rows[decided]] = True
         self.backlog.drop(gone)
@@ -352,7 +352,7 @@ class Selector(Stage):
         emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
         probs, unc = self._scores(emb)
         audit = probs.max(1) >= self.threshold
-        decided = self._look(fresh, emb, probs, unc, "arrive", arriving=True, audit=audit)
+        _, decided = self._look(fresh, emb, probs, unc, "arrive", arriving=True, audit=audit)
         rest = ~decided
         self._add_backlog([i for i, r in zip(fresh, rest) if r], emb[rest], (probs[rest], unc[rest]))
 
@@ -420,18 +420,17 @@ class Selector(Stage):
             confidence = probs.max(1)
             credit = 0 if self._target_met() else int(self.budget.credit)  # target mode: nothing more to ask
             probability = spread(1.0 - confidence + 1e-6, float(credit))
-            before = int(self.budget.credit)
             # items above the threshold whose check found no credit during the stream are auto-accepted
             # now (their probability recorded); the others are labeled below any certified threshold
             for family, rows in ((AUTO, np.flatnonzero(confidence >= self.threshold)),
                                  (LOW, np.flatnonzero(confidence < self.threshold))):
                 if rows.size:
-                    self._look([ids[k] for k in rows], self.backlog.emb[rows], probs[rows], self.backlog.unc[rows],
-                               f"close:{self.version}", arriving=False, audit=np.ones(rows.size, bool),
-                               family=family, probability=probability[rows], final=True)
-                    low += rows.size if family == LOW else 0
-            tasks = before - int(self.budget.credit)
-            low -= sum(1 for t in self.store.open_tasks(self.project.name, ids) if t.family == LOW)
+                    drawn, _ = self._look([ids[k] for k in rows], self.backlog.emb[rows], probs[rows],
+                                          self.backlog.unc[rows], f"close:{self.version}", arriving=False,
+                                          audit=np.ones(rows.size, bool), family=family,
+                                          probability=probability[rows], final=True)
+                    tasks += int(drawn.sum())
+                    low += int((~drawn).sum()) if family == LOW else 0
             self.backlog.drop(np.ones(n, bool))
         self.producer.flush()
         # the requests are served once the output is durable: a crash before this line means the

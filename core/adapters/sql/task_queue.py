@@ -176,8 +176,8 @@ class SqlTaskQueue(SqlBase):
     def tasks(self, project: str, kinds: Sequence[str] | None = None) -> list[Task]:
         """Every task of the project, open or closed, in the order they were queued (``kinds``: only those)."""
         check_text("kind", *(kinds or ()))
-        rows = self._select(project, f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE project = ?", "t.seq")
-        return [Task(project, *r) for r in rows if kinds is None or r[4] in kinds]
+        rows = self._select(project, f"SELECT {_TASK_COLUMNS} FROM tasks t WHERE project = ?", "t.seq", kinds, "kind")
+        return [Task(project, *r) for r in rows]
 
     def count_open_tasks(self, project: str) -> int:
         with self._tx(write=False) as tx:
