@@ -178,16 +178,25 @@ class Chaos(threading.Thread):
 class Driver:
     """The producer and the annotators: gRPC calls retried until they succeed, as real clients do."""
 
-    def __init__(self, targets: dict[str, str], project: str, truth: dict[str, str]) -> None:
-        self.clients = {name: WinnowClient(target, timeout_s=10.0) for name, target in targets.items()}
+    def __init__(self, targets: dict[str, str], project: str, truth: dict[str, str], cluster: Cluster,
+                 admin: str) -> None:
+        self.clients = {name: WinnowClient(target, admin, timeout_s=10.0) for name, target in targets.items()}
+        self.targets, self.cluster = targets, cluster
+        self.annotators: dict[str, WinnowClient] = {}  # one identity each, once the project exists
         self.project, self.truth = project, truth
         self.retries = 0
         self.acknowledged: set[str] = set()
         self._unsent: dict[str, list[str]] = defaultdict(list)  # annotator -> leased items not yet answered
 
     def close(self) -> None:
-        for client in self.clients.values():
+        for client in (*self.clients.values(), *self.annotators.values()):
             client.close()
+
+    def add_annotators(self) -> None:
+        """A token and a client for each simulated annotator of the (created) project."""
+        for name in ANNOTATORS:
+            token = self.cluster.grant("annotator", self.project, name)
+            self.annotators[name] = WinnowClient(self.targets["labeling"], token, timeout_s=10.0)
 
     def call(self, fn: Callable[[], T], until: float) -> T:
         """``fn()``, retried while the server is unreachable or restarting (``TRANSIENT`` codes) until
@@ -208,8 +217,8 @@ class Driver:
     def annotate(self, until: float) -> int:
         """One round: each annotator answers what it holds, then leases more and answers them."""
         answered = 0
-        labeling = self.clients["labeling"]
         for name in ANNOTATORS:
+            labeling = self.annotators[name]
             try:
                 self._unsent[name] += [x.item_id for x in labeling.lease(self.project, name, 25)
                                        if x.item_id not in self._unsent[name]]
@@ -245,15 +254,16 @@ def _sample(plan: ChaosPlan) -> tuple[tuple[str, ...], list[tuple[str, str, str]
 
 
 def _drive(plan: ChaosPlan, cluster: Cluster, targets: dict[str, str], project: str,
-           broker: LocalServer | None) -> tuple[Driver, Chaos, dict]:
+           broker: LocalServer | None, admin: str) -> tuple[Driver, Chaos, dict]:
     """Create the project, stream the items and answer tasks while the chaos thread kills; close the
     stream and answer until every item has its final label (or the deadline)."""
     until = time.monotonic() + plan.deadline_s
     classes, rows = _sample(plan)
-    driver = Driver(targets, project, {item_id: label for item_id, _, label in rows})
+    driver = Driver(targets, project, {item_id: label for item_id, _, label in rows}, cluster, admin)
     driver.call(lambda: driver.clients["projects"].create_project(
         project, classes, budget_labels=plan.budget_labels, budget_per_items=plan.budget_per_items,
         precision_target=plan.precision_target), until)
+    driver.add_annotators()
     chaos = Chaos(cluster, plan, broker)
     chaos.start()
     sent = 0
@@ -369,8 +379,9 @@ def run_chaos(plan: ChaosPlan, out: Path | None = None, workdir: Path | None = N
 
         cluster = Cluster(root, bus_url, store, default_cache_dir())
         cluster.env.update(plan.serve_settings)
+        admin = cluster.grant("admin", name="chaos-admin")  # before any API service starts: they refuse without one
         targets = _start(cluster, plan, project)
-        driver, chaos, final = _drive(plan, cluster, targets, project, broker)
+        driver, chaos, final = _drive(plan, cluster, targets, project, broker, admin)
         driver.close()
         codes = cluster.stop()
         from winnow.services.serve import open_store

@@ -148,6 +148,17 @@ class Cluster:
         self.services.append(service)
         return service
 
+    def grant(self, role: str, project: str | None = None, name: str | None = None) -> str:
+        """A new token on the cluster's store (what `winnow token create` does), for its clients."""
+        from winnow.core.access.tokens import issue
+        from winnow.services.serve import open_store
+
+        store = open_store(self.store_url)
+        try:
+            return issue(store, "bench", role, project, name, time.time())[0]
+        finally:
+            store.close()
+
     def restart(self, service: Service) -> Service:
         """Start ``service`` again as it was started (same name, project and gRPC port), once it has exited."""
         if service.process.poll() is None:

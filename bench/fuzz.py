@@ -2,7 +2,8 @@
 
 Every RPC of every winnow.v1 service (and health) gets random bytes, invalid UTF-8, mutated valid
 encodings, extreme values (huge strings, NUL, NaN and infinities, extreme integers, 100,000 items)
-and plausible requests, through raw channel calls that send the bytes as they are. The server must
+and plausible requests, through raw channel calls that send the bytes as they are, each with a random
+caller's credential (the admin, two annotators, none, a forged token). The server must
 answer each with a status (never INTERNAL or UNKNOWN), stay the same process, answer health with
 SERVING, and leave its store consistent with its bus (checked by ``bench.fuzz_check``).
 """
@@ -30,7 +31,8 @@ from grpc_health.v1 import health_pb2
 from winnow.bench.cluster import stop_process
 from winnow.bench.common import environment, write_json
 from winnow.bench.fuzz_check import check_store
-from winnow.v1 import ingest_pb2, labeling_pb2, models_pb2, projects_pb2
+from winnow.services.client import channel as bearer_channel
+from winnow.v1 import access_pb2, ingest_pb2, labeling_pb2, models_pb2, projects_pb2
 
 PROJECT = "fuzz"
 CLASSES = ("pos", "neg", "mixed")
@@ -41,7 +43,7 @@ HUGE_ITEM_CALLS = 4  # calls with 100,000 items each (bounded: each costs second
 
 METHODS: list[MethodDescriptor] = [
     method for module, name in ((ingest_pb2, "Ingest"), (labeling_pb2, "Labeling"), (projects_pb2, "Projects"),
-                                (models_pb2, "Models"))
+                                (models_pb2, "Models"), (access_pb2, "Access"))
     for method in module.DESCRIPTOR.services_by_name[name].methods
 ] + [health_pb2.DESCRIPTOR.services_by_name["Health"].methods_by_name["Check"]]  # Watch never ends
 
@@ -54,6 +56,7 @@ class ServerProcess:
     workdir: Path
     process: subprocess.Popen | None = None
     target: str | None = None
+    token: str | None = None  # the first admin token `serve` printed on its first start (the store keeps it)
     lines: deque = field(default_factory=lambda: deque(maxlen=200))
     tracebacks: int = 0
     _ready: threading.Event = field(default_factory=threading.Event)
@@ -77,6 +80,8 @@ class ServerProcess:
             line = line.rstrip("\n")
             self.lines.append(line[:500])
             self.tracebacks += line.startswith("Traceback")
+            if line.startswith("  wn_") and self.token is None:
+                self.token = line.strip()
             if line.startswith("grpc listening on"):
                 self.target = line.removeprefix("grpc listening on").strip()
                 self._ready.set()
@@ -98,7 +103,8 @@ class Values:
         self.rng = rng
         self.huge_items_left = HUGE_ITEM_CALLS
         self.next_id = 0  # valid requests use item ids below this
-        self.leased: list[str] = []  # item ids LeaseTasks handed out: valid answers are for these
+        self.caller = "admin"  # whose credential the next call carries (see CALLERS)
+        self.leased: dict[str, list[str]] = defaultdict(list)  # caller -> item ids LeaseTasks gave it: valid answers
 
     def string(self, plausible: bool) -> str:
         r = self.rng
@@ -185,7 +191,7 @@ def _varint(n: int) -> bytes:
 def invalid_utf8(descriptor: Descriptor, rng: random.Random, valid: bytes) -> bytes:
     """``valid`` plus one string field whose bytes are not UTF-8."""
     strings = [f for f in descriptor.fields if f.type == FieldDescriptor.TYPE_STRING] or list(descriptor.fields)
-    number = rng.choice(strings).number
+    number = rng.choice(strings).number if strings else 1  # an empty message: an unknown field
     bad = rng.choice([b"\xff\xfe", b"\xc3\x28", b"\xed\xa0\x80", b"ok\x80",
                       bytes(rng.randrange(128, 256) for _ in range(9))])
     return valid + _varint(number << 3 | 2) + _varint(len(bad)) + bad
@@ -223,20 +229,22 @@ def valid_request(method: MethodDescriptor, values: Values) -> Any:
                     text=" ".join(rng.choices(WORDS, k=rng.randrange(1, 12))),
                     ingested_at=rng.choice([0.0, time.time()]))
 
-    some_id = (rng.choice(values.leased) if values.leased and rng.random() < 0.8
-               else f"item-{rng.randrange(values.next_id + 1)}")
+    leased = values.leased[values.caller]
+    some_id = rng.choice(leased) if leased and rng.random() < 0.8 else f"item-{rng.randrange(values.next_id + 1)}"
+    me = rng.choice(("", values.caller))  # the annotator is the caller: unnamed, or named
     fields = {
         "Ingest": lambda: item(), "IngestBatch": lambda: {"items": [item() for _ in range(rng.randrange(1, 20))]},
-        "LeaseTasks": lambda: dict(project=PROJECT, annotator=rng.choice(("alice", "bob")),
-                                   max_tasks=rng.randrange(1, 10)),
-        "SubmitLabel": lambda: dict(project=PROJECT, annotator=rng.choice(("alice", "bob")), item_id=some_id,
-                                    label=rng.choice(CLASSES)),
-        "Skip": lambda: dict(project=PROJECT, annotator="alice", item_id=some_id),
-        "Heartbeat": lambda: dict(project=PROJECT, annotator="bob", item_ids=[some_id]),
+        "LeaseTasks": lambda: dict(project=PROJECT, annotator=me, max_tasks=rng.randrange(1, 10)),
+        "SubmitLabel": lambda: dict(project=PROJECT, annotator=me, item_id=some_id, label=rng.choice(CLASSES)),
+        "Skip": lambda: dict(project=PROJECT, annotator=me, item_id=some_id),
+        "Heartbeat": lambda: dict(project=PROJECT, annotator=me, item_ids=[some_id]),
+        "CreateToken": lambda: dict(project=PROJECT, role=rng.choice(("viewer", "annotator", "owner", "admin"))),
+        "ListTokens": lambda: dict(project=PROJECT),
+        "RevokeToken": lambda: dict(token_id=f"{rng.randrange(16 ** 12):012x}"),  # never one of the fuzz's own
         "CreateProject": lambda: dict(name=f"p{rng.randrange(50)}", classes=CLASSES),
         "Promote": lambda: dict(project=PROJECT, version="v0001"),
         "Check": lambda: dict(service=rng.choice(("", "winnow.v1.Ingest"))),
-    }.get(method.name, lambda: dict(project=PROJECT))()
+    }.get(method.name, lambda: dict(project=PROJECT) if "project" in method.input_type.fields_by_name else {})()
     return cls(**fields)
 
 
@@ -267,9 +275,16 @@ def _request_bytes(method: MethodDescriptor, values: Values) -> tuple[str, bytes
 
 
 # -- the run --------------------------------------------------------------------------------------
-def _call(channel: grpc.Channel, method: MethodDescriptor, values: Values) -> tuple[str, grpc.StatusCode]:
-    """Send one request (or one client stream) of raw bytes; (strategy, the status it got)."""
+# whose credential a call carries, and how often: the admin, two annotators, nobody, a forged token
+CALLERS = {"admin": 40, "alice": 25, "bob": 25, "nobody": 5, "forged": 5}
+FORGED = "wn_000000000000_" + "A" * 43
+
+
+def _call(channels: dict[str, grpc.Channel], method: MethodDescriptor, values: Values) -> tuple[str, grpc.StatusCode]:
+    """Send one request (or one client stream) of raw bytes as a random caller; (strategy, the status it got)."""
     path = f"/{method.containing_service.full_name}/{method.name}"
+    values.caller = values.rng.choices(list(CALLERS), weights=list(CALLERS.values()))[0]
+    channel = channels[values.caller]
     try:
         if method.client_streaming:
             n = values.count(values.rng.random() < 0.5)
@@ -293,7 +308,8 @@ def _call(channel: grpc.Channel, method: MethodDescriptor, values: Values) -> tu
                 response = channel.unary_unary(path)(payload, timeout=CALL_TIMEOUT_S)
                 if method.name == "LeaseTasks":
                     leases = labeling_pb2.LeaseTasksResponse.FromString(response).leases
-                    values.leased = (values.leased + [lease.item_id for lease in leases])[-200:]
+                    mine = values.leased[values.caller]
+                    mine[:] = (mine + [lease.item_id for lease in leases])[-200:]
         return strategy, grpc.StatusCode.OK
     except grpc.RpcError as error:
         return strategy, error.code()  # type: ignore[attr-defined]
@@ -310,11 +326,22 @@ def _healthy(target: str) -> bool:
             return False
 
 
-def _create_project(target: str) -> None:
-    with grpc.insecure_channel(target) as channel:
+def _create_project(target: str, admin: str) -> dict[str, str | None]:
+    """Create the fuzz project and its annotators' tokens; the tokens of every caller in CALLERS."""
+    with bearer_channel(target, admin) as channel:
         create = channel.unary_unary("/winnow.v1.Projects/CreateProject",
                                      request_serializer=projects_pb2.CreateProjectRequest.SerializeToString)
         create(projects_pb2.CreateProjectRequest(name=PROJECT, classes=CLASSES, budget_labels=50), timeout=30)
+        token = channel.unary_unary("/winnow.v1.Access/CreateToken",
+                                    request_serializer=access_pb2.CreateTokenRequest.SerializeToString,
+                                    response_deserializer=access_pb2.CreatedToken.FromString)
+        annotators = {name: token(access_pb2.CreateTokenRequest(project=PROJECT, role="annotator", name=name),
+                                  timeout=30).token for name in ("alice", "bob")}
+    return {"admin": admin, **annotators, "nobody": None, "forged": FORGED}
+
+
+def _channels(target: str, tokens: dict[str, str | None]) -> dict[str, grpc.Channel]:
+    return {name: bearer_channel(target, token) for name, token in tokens.items()}
 
 
 def _commit() -> str | None:
@@ -335,35 +362,41 @@ def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.
     by_code: Counter[str] = Counter()
     by_method: dict[str, Counter[str]] = defaultdict(Counter)
     by_strategy: dict[str, Counter[str]] = defaultdict(Counter)
+    by_caller: dict[str, Counter[str]] = defaultdict(Counter)
     deaths: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="winnow-fuzz-") as tmp:
         server = ServerProcess(Path(tmp))
         server.start()
         first_pid = server.process.pid  # type: ignore[union-attr]
-        _create_project(server.target)  # type: ignore[arg-type]
+        if server.token is None:
+            raise RuntimeError("serve all printed no first admin token:\n" + "\n".join(server.lines))
+        tokens = _create_project(server.target, server.token)  # type: ignore[arg-type]
         started, sent = time.monotonic(), 0
-        channel = grpc.insecure_channel(server.target)  # type: ignore[arg-type]
+        channels = _channels(server.target, tokens)  # type: ignore[arg-type]
         try:
             while sent < requests and time.monotonic() - started < max_seconds:
                 method = rng.choice(METHODS)
-                strategy, code = _call(channel, method, values)
+                strategy, code = _call(channels, method, values)
                 sent += 1
                 by_code[code.name] += 1
                 by_method[method.name][code.name] += 1
                 by_strategy[strategy.split(":")[0]][code.name] += 1
+                by_caller[values.caller][code.name] += 1
                 if not server.alive():  # it died: note why, restart it on the same data, go on
                     deaths.append({"after_request": sent, "method": method.name, "strategy": strategy,
                                    "exit_code": server.process.poll(), "log_tail": list(server.lines)[-30:]})
-                    channel.close()
+                    for channel in channels.values():
+                        channel.close()
                     server.start()
-                    channel = grpc.insecure_channel(server.target)  # type: ignore[arg-type]
+                    channels = _channels(server.target, tokens)  # type: ignore[arg-type]
                 if sent % 500 == 0:
                     progress(f"{sent} requests, {dict(by_code)}")
             duration_s = time.monotonic() - started
             healthy_after = server.alive() and _healthy(server.target)  # type: ignore[arg-type]
             same_process = server.process.pid == first_pid  # type: ignore[union-attr]
         finally:
-            channel.close()
+            for channel in channels.values():
+                channel.close()
             exit_code = server.stop()
         progress("checking the store against the bus")
         consistency = check_store(Path(tmp) / "store.sqlite", Path(tmp) / "bus.sqlite")
@@ -372,6 +405,7 @@ def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.
         "requests": sent,
         "requests_asked": requests,
         "by_code": dict(by_code.most_common()),
+        "by_caller": {name: dict(codes.most_common()) for name, codes in sorted(by_caller.items())},
         "internal": by_code["INTERNAL"],
         "unknown": by_code["UNKNOWN"],
         "server_restarts": len(deaths),

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from winnow.core.access.roles import ROLES
 from winnow.core.domain.errors import InvalidInput, WinnowError
 from winnow.core.domain.validation import STRATEGIES
 from winnow.core.domain.settings import (
@@ -90,6 +91,20 @@ CHAOS_SEED = Option("seed", int, "seed of the items, the kill moments and the vi
                     low=0)
 
 
+STORE = next(o for o in options(ServeConfig) if o.key == "store")  # `serve --store`, WINNOW_STORE
+ROLE = Option("role", str, "admin (global: creates projects), owner, producer, annotator, reviewer or viewer", None,
+              env_name="TOKEN_ROLE",
+              choices=ROLES)
+TOKEN_PROJECT = Option("project", str, "the project the token belongs to (every role but admin)", None,
+                       env_name="TOKEN_PROJECT", optional=True)
+TOKEN_NAME = Option("name", str, "the identity the holder acts as (an annotator's labels carry it); default "
+                    "ROLE-ID", None, env_name="TOKEN_NAME", optional=True)
+AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
+                       None, env_name="AUDIT_PROJECT", optional=True)
+EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
+                      env_name="TOKEN_EXPIRES_IN_S", low=0.0, low_open=True, optional=True)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that reports a usage error in one line, ``winnow: error: ...``, and exits with 2."""
 
@@ -154,7 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
     serve.add_argument("service", choices=(*SERVICES, "all"))
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve the API without credentials: every caller may do everything (tests, a machine "
+                       "no one else reaches); without it, calls need a token (`winnow token create`)")
     add_options(serve, options(Settings))
+
+    token = sub.add_parser("token", help="create, list and revoke API tokens, on the store directly")
+    token_sub = token.add_subparsers(dest="token", required=True)
+    create = token_sub.add_parser("create", help="a new token, printed alone on the last line (shown once)")
+    add_options(create, (STORE, ROLE, TOKEN_PROJECT, TOKEN_NAME, EXPIRES_IN_S))
+    listing = token_sub.add_parser("list", help="tokens (never the tokens themselves): id, role, project, name, state")
+    add_options(listing, (STORE, TOKEN_PROJECT))
+    revoke = token_sub.add_parser("revoke", help="revoke a token at once (by its id, the part after wn_)")
+    revoke.add_argument("token_id")
+    add_options(revoke, (STORE,))
+
+    audit = sub.add_parser("audit", help="read and verify the hash-chained audit trail, on the store directly")
+    audit_sub = audit.add_subparsers(dest="audit", required=True)
+    show = audit_sub.add_parser("show", help="a project's audit records, one per line (the global chain without "
+                                "--project)")
+    add_options(show, (STORE, AUDIT_PROJECT))
+    check = audit_sub.add_parser("verify", help="check every chain (or one project's): exit 1 naming the first "
+                                 "record that does not hold; prints each chain's head hash")
+    add_options(check, (STORE, AUDIT_PROJECT))
     return parser
 
 
@@ -179,12 +216,109 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from winnow.services.serve import ShutdownOverran, parse_services, serve
 
     try:
-        serve(settings, parse_services(args.service))
+        serve(settings, parse_services(args.service), insecure=args.insecure)
     except ShutdownOverran as e:  # something is stuck: end the process now, whatever thread holds it
         print(f"winnow: error: {e}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(1)
     return 0
+
+
+def _token_store(args: argparse.Namespace):
+    from winnow.services.serve import open_store
+
+    return open_store(given(args, STORE))
+
+
+def _actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    import time
+
+    from winnow.core.access.tokens import issue
+
+    role, project, name, expires = (given(args, ROLE), given(args, TOKEN_PROJECT), given(args, TOKEN_NAME),
+                                    given(args, EXPIRES_IN_S))
+    store = _token_store(args)
+    try:
+        token, info = issue(store, _actor(), role, project, name, time.time(), expires)
+    finally:
+        store.close()
+    print(f"created token {info.token_id}: role {info.role}, project {info.project or '(all: admin)'}, "
+          f"name {info.name}; shown only now, send it as 'authorization: Bearer TOKEN'")
+    print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    import time
+
+    store = _token_store(args)
+    try:
+        tokens = store.tokens(given(args, TOKEN_PROJECT))
+    finally:
+        store.close()
+    now = time.time()
+    print(f"{'token_id':<12}  {'role':<9}  {'project':<24}  {'name':<24}  state")
+    for t in tokens:
+        state = ("revoked" if t.revoked_at is not None else "expired" if not t.live(now)
+                 else "live" if t.expires_at is None else f"live, expires in {t.expires_at - now:.0f} s")
+        print(f"{t.token_id:<12}  {t.role:<9}  {t.project or '-':<24}  {t.name:<24}  {state}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    import time
+
+    from winnow.core.access.tokens import revoke
+
+    store = _token_store(args)
+    try:
+        info = revoke(store, _actor(), args.token_id, time.time())
+    finally:
+        store.close()
+    print(f"revoked token {info.token_id} ({info.role} {info.name})")
+    return 0
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    store = _token_store(args)
+    try:
+        records = store.audit_trail(given(args, AUDIT_PROJECT))
+    finally:
+        store.close()
+    import datetime
+
+    for r in records:
+        when = datetime.datetime.fromtimestamp(r.time, datetime.timezone.utc).isoformat(timespec="seconds")
+        objects = ",".join(r.objects[:5]) + (f",... ({len(r.objects)})" if len(r.objects) > 5 else "")
+        print(f"{r.n:>6}  {when}  {r.actor:<20}  {r.action:<15}  [{objects}]  {r.detail}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from winnow.core.domain.audit import verify
+
+    project = given(args, AUDIT_PROJECT)
+    store = _token_store(args)
+    try:
+        chains = [project] if project is not None else store.audit_chains()
+        records = [r for chain in chains for r in store.audit_trail(chain or None)]
+    finally:
+        store.close()
+    broken, heads = verify(records)
+    for chain, head in sorted(heads.items()):
+        print(f"intact  {chain or '(global)'}  head {head}")
+    for problem in broken:
+        print(f"BROKEN  {problem}")
+    return 1 if broken else 0
 
 
 def _datasets(args: argparse.Namespace):
@@ -337,7 +471,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
-            ("serve", None): cmd_serve}
+            ("serve", None): cmd_serve, ("token", "create"): cmd_token_create,
+            ("token", "list"): cmd_token_list, ("token", "revoke"): cmd_token_revoke,
+            ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it loads, at every start
     if not args.verbose:  # kafka-python logs every connection attempt at INFO and each failed one twice
         logging.getLogger("kafka").setLevel(logging.ERROR)
-    command = COMMANDS.get((args.command, getattr(args, "bench", None)))
+    sub_command = getattr(args, "bench", None) or getattr(args, "token", None) or getattr(args, "audit", None)
+    command = COMMANDS.get((args.command, sub_command))
     try:
         return command(args) if command is not None else USAGE_ERROR
     except WinnowError as e:

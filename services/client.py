@@ -5,16 +5,71 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple, Union
 
 import grpc
 from winnow.core.domain.errors import InvalidInput, WinnowError
+from winnow.core.access.roles import Principal
+from winnow.core.access.tokens import TokenInfo
+from winnow.core.domain.audit import AuditRecord
 from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
 from winnow.core.loop.close import StreamStatus
 from winnow.services.api.convert import ProjectStats, from_message, to_message
 from winnow.services.api.errors import winnow_errors as _winnow_errors
-from winnow.v1 import ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc, models_pb2, models_pb2_grpc
+from winnow.v1 import access_pb2, access_pb2_grpc, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc
+from winnow.v1 import models_pb2, models_pb2_grpc
 from winnow.v1 import projects_pb2, projects_pb2_grpc, records_pb2
+
+
+class _Details(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Sequence[tuple[str, str]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer TOKEN`` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self.entry = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> _Details:
+        return _Details(details.method, details.timeout, [*(details.metadata or ()), self.entry],
+                        details.credentials, details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    intercept_unary_stream = intercept_stream_unary = intercept_stream_stream = intercept_unary_unary
+
+
+Pem = Union[bytes, str, Path]
+
+
+def _pem(value: Pem | None) -> bytes | None:
+    """PEM bytes, given as bytes or as a file path."""
+    return value if value is None or isinstance(value, bytes) else Path(value).read_bytes()
+
+
+def channel(target: str, token: str | None = None, *, tls: bool = False, tls_ca: Pem | None = None,
+            tls_cert: Pem | None = None, tls_key: Pem | None = None) -> grpc.Channel:
+    """A channel to a Winnow server whose every call carries ``token`` (for stubs used directly).
+
+    TLS when ``tls`` or any TLS setting is given: ``tls_ca`` is the CA that signed the server's
+    certificate (default: the system's roots); ``tls_cert`` and ``tls_key`` are this client's
+    certificate and key for a server that asks for one (mutual TLS)."""
+    if tls or tls_ca is not None or tls_cert is not None:
+        credentials = grpc.ssl_channel_credentials(_pem(tls_ca), _pem(tls_key), _pem(tls_cert))
+        base = grpc.secure_channel(target, credentials)
+    else:
+        base = grpc.insecure_channel(target)
+    return base if token is None else grpc.intercept_channel(base, _Bearer(token))
 
 
 class WinnowClient:
@@ -24,13 +79,22 @@ class WinnowClient:
     unreachable server or a missed deadline raises WinnowError naming the gRPC code.
     """
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, target: str, token: str | None = None, timeout_s: float = 30.0, *, tls: bool = False,
+                 tls_ca: Pem | None = None, tls_cert: Pem | None = None, tls_key: Pem | None = None) -> None:
+        """``token`` is sent as ``authorization: Bearer TOKEN`` on every call (a server run
+        ``--insecure`` needs none); the TLS settings are :func:`channel`'s."""
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self._channel = channel(target, token, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
         self._ingest = ingest_pb2_grpc.IngestStub(self._channel)
         self._labeling = labeling_pb2_grpc.LabelingStub(self._channel)
         self._projects = projects_pb2_grpc.ProjectsStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)
+        self._access = access_pb2_grpc.AccessStub(self._channel)
+
+    def _call(self, method, request):
+        """One unary call with the deadline and the credential; errors raised as WinnowErrors."""
+        with _winnow_errors():
+            return method(request, timeout=self.timeout_s)
 
     def close(self) -> None:
         self._channel.close()
@@ -60,26 +124,22 @@ class WinnowClient:
     # -- annotators -----------------------------------------------------------------------------
     def lease(self, project: str, annotator: str, max_tasks: int) -> list[Lease]:
         request = labeling_pb2.LeaseTasksRequest(project=project, annotator=annotator, max_tasks=max_tasks)
-        with _winnow_errors():
-            response = self._labeling.LeaseTasks(request, timeout=self.timeout_s)
+        response = self._call(self._labeling.LeaseTasks, request)
         return [from_message(lease, Lease) for lease in response.leases]
 
     def submit(self, project: str, annotator: str, item_id: str, label: str) -> bool:
         """Answer an item; False when this annotator had already answered it."""
         request = labeling_pb2.SubmitLabelRequest(project=project, annotator=annotator, item_id=item_id, label=label)
-        with _winnow_errors():
-            return self._labeling.SubmitLabel(request, timeout=self.timeout_s).recorded
+        return self._call(self._labeling.SubmitLabel, request).recorded
 
     def skip(self, project: str, annotator: str, item_id: str) -> None:
         request = labeling_pb2.SkipRequest(project=project, annotator=annotator, item_id=item_id)
-        with _winnow_errors():
-            self._labeling.Skip(request, timeout=self.timeout_s)
+        self._call(self._labeling.Skip, request)
 
     def heartbeat(self, project: str, annotator: str, item_ids: Sequence[str]) -> int:
         """Extend the annotator's live leases; returns how many were extended."""
         request = labeling_pb2.HeartbeatRequest(project=project, annotator=annotator, item_ids=item_ids)
-        with _winnow_errors():
-            return self._labeling.Heartbeat(request, timeout=self.timeout_s).extended
+        return self._call(self._labeling.Heartbeat, request).extended
 
     # -- operators ------------------------------------------------------------------------------
     def create_project(self, name: str, classes: Sequence[str], *, budget_labels: int | None = None,
@@ -91,20 +151,16 @@ class WinnowClient:
             name=name, classes=classes, budget_labels=budget_labels, budget_per_items=budget_per_items,
             precision_target=precision_target, strategy=strategy, overlap=overlap,
             guideline_version=guideline_version)
-        with _winnow_errors():
-            return from_message(self._projects.CreateProject(request, timeout=self.timeout_s), Project)
+        return from_message(self._call(self._projects.CreateProject, request), Project)
 
     def stats(self, project: str) -> ProjectStats:
-        with _winnow_errors():
-            response = self._projects.GetStats(projects_pb2.GetStatsRequest(project=project), timeout=self.timeout_s)
+        response = self._call(self._projects.GetStats, projects_pb2.GetStatsRequest(project=project))
         return from_message(response, ProjectStats)
 
     def close_stream(self, project: str) -> StreamStatus:
         """Tell the project that everything is sent; returns at once, usually in state ``closing``
         (the selector serves the close once every item has reached it). See :meth:`wait_closed`."""
-        with _winnow_errors():
-            response = self._projects.CloseStream(projects_pb2.CloseStreamRequest(project=project),
-                                                  timeout=self.timeout_s)
+        response = self._call(self._projects.CloseStream, projects_pb2.CloseStreamRequest(project=project))
         return from_message(response, StreamStatus)
 
     def wait_closed(self, project: str, timeout_s: float, poll_s: float = 0.5) -> StreamStatus:
@@ -128,13 +184,49 @@ class WinnowClient:
     # -- ML platform ----------------------------------------------------------------------------
     def list_versions(self, project: str) -> list[ModelVersion]:
         """Model versions, oldest first (``stats`` names the current one)."""
-        with _winnow_errors():
-            response = self._models.ListVersions(models_pb2.ListVersionsRequest(project=project),
-                                                 timeout=self.timeout_s)
+        response = self._call(self._models.ListVersions, models_pb2.ListVersionsRequest(project=project))
         return [from_message(v, ModelVersion) for v in response.versions]
 
     def promote(self, project: str, version: str) -> ModelVersion:
-        with _winnow_errors():
-            response = self._models.Promote(models_pb2.PromoteRequest(project=project, version=version),
-                                            timeout=self.timeout_s)
+        response = self._call(self._models.Promote, models_pb2.PromoteRequest(project=project, version=version))
         return from_message(response, ModelVersion)
+
+    # -- access ---------------------------------------------------------------------------------
+    def whoami(self) -> Principal:
+        m = self._call(self._access.WhoAmI, access_pb2.WhoAmIRequest())
+        return Principal(m.name, m.role, m.project if m.HasField("project") else None, m.token_id)
+
+    def create_token(self, role: str, project: str | None, name: str = "",
+                     expires_in_s: float | None = None) -> tuple[str, TokenInfo]:
+        """A new token (returned once) and its record."""
+        request = access_pb2.CreateTokenRequest(project=project, role=role, name=name, expires_in_s=expires_in_s)
+        created = self._call(self._access.CreateToken, request)
+        return created.token, _token_info(created.info)
+
+    def tokens(self, project: str | None) -> list[TokenInfo]:
+        """The project's tokens (every token, for the admin, with ``project`` None)."""
+        response = self._call(self._access.ListTokens, access_pb2.ListTokensRequest(project=project))
+        return [_token_info(t) for t in response.tokens]
+
+    def revoke_token(self, token_id: str) -> TokenInfo:
+        return _token_info(self._call(self._access.RevokeToken, access_pb2.RevokeTokenRequest(token_id=token_id)))
+
+    def audit_trail(self, project: str | None, after: int = 0, limit: int = 0) -> list[AuditRecord]:
+        """The project's audit records (the global chain for None), after number ``after``."""
+        request = access_pb2.ReadAuditRequest(project=project, after=after, limit=limit)
+        with _winnow_errors():
+            return [AuditRecord(m.chain, m.n, m.time, m.actor, m.action, tuple(m.objects), m.detail, m.prev_hash,
+                                m.hash) for m in self._access.ReadAudit(request, timeout=self.timeout_s)]
+
+    def verify_audit(self, project: str | None) -> access_pb2.AuditVerdict:
+        """The server's check of the chain: intact, records, head hash, the first broken record."""
+        return self._call(self._access.VerifyAudit, access_pb2.VerifyAuditRequest(project=project))
+
+
+def _token_info(m: access_pb2.TokenInfo) -> TokenInfo:
+    """A token's record as the API sends it (the hash stays on the server: empty here)."""
+    def optional(name: str):
+        return getattr(m, name) if m.HasField(name) else None
+
+    return TokenInfo(m.token_id, "", m.role, optional("project"), m.name, m.created_at, optional("expires_at"),
+                     optional("revoked_at"))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from winnow.core.access.tokens import issue
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.domain.settings import SERVICES, ServeConfig, Settings
 from winnow.core.loop.prelabel import PrelabelWorker
@@ -34,10 +35,12 @@ from winnow.core.loop.trainer import Trainer
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.index import set_threads
+from winnow.services.api.auth import Authenticator
+from winnow.services.api.server import ServerTls
 
 log = logging.getLogger(__name__)
 
-API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",), "projects": ("Projects", "Models")}
+API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",), "projects": ("Projects", "Models", "Access")}
 WORKERS = ("prelabel", "selector", "trainer")
 FORCED_EXIT = 1  # the exit code when shutdown overran the grace period
 
@@ -254,8 +257,33 @@ def _close_within(deadline: float, closers: list[tuple[str, Callable[[], object]
     return [name for name, _ in closers if name not in done]
 
 
-def serve(settings: Settings, services: Sequence[str], stop: threading.Event | None = None) -> None:
+def credentials(store: Store, store_url: str, insecure: bool) -> Authenticator:
+    """How the API services know their callers: bearer tokens checked against the store, unless the
+    operator said ``--insecure``. A store that has never held a token gets a first admin token when
+    it is the embedded SQLite store (printed once, as notebook servers do); any other store with no
+    live token is refused: the API would answer nobody."""
+    if insecure:
+        log.warning("serving without credentials (--insecure): every caller may do everything")
+        return Authenticator.insecure()
+    tokens = store.tokens()
+    if not tokens and store_url.startswith("sqlite:///"):
+        token, info = issue(store, "serve", "admin", None, "admin", time.time())
+        print("created the first admin token; it is shown only now (the store keeps its hash):\n"
+              f"  {token}\n"
+              "clients send it as 'authorization: Bearer TOKEN' (WinnowClient(target, token=TOKEN)); "
+              f"more tokens: winnow token create --store {store_url} --role ROLE --project PROJECT", flush=True)
+        log.info("first admin token created token_id=%s", info.token_id)
+    elif not any(t.live(time.time()) for t in tokens):
+        raise InvalidInput("--insecure", "the store holds no live token, so the API would answer nobody: create one "
+                           "with `winnow token create --store URL --role admin`, or serve --insecure on purpose")
+    return Authenticator(store)
+
+
+def serve(settings: Settings, services: Sequence[str], stop: threading.Event | None = None,
+          insecure: bool = False) -> None:
     """Run ``services`` until ``stop`` is set (SIGTERM and SIGINT set it when called from the main thread).
+
+    The API services need credentials (:func:`credentials`) unless ``insecure``.
 
     Raises WorkerFailed when a worker's step raised, ShutdownOverran when something was still
     running ``grace_s`` after the stop (it is abandoned: daemon threads, connections left open).
@@ -269,6 +297,7 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
     workers = [s for s in services if s in WORKERS]
     if workers and not options.projects:
         raise InvalidInput("--project", f"{workers} consume one project's topics: name it with --project")
+    tls = ServerTls.load(options.tls_cert, options.tls_key, options.tls_client_ca)  # refused before anything opens
     set_threads(options.faiss_threads)
     if "prelabel" in workers or "trainer" in workers:
         from winnow.core.ml.runtime import set_torch_threads
@@ -280,16 +309,22 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
     bus = open_bus(options.bus_url, options.sqlite_session_timeout_s)
     store = open_store(options.store_url)
     api = tuple(name for s in services for name in API_SERVICES.get(s, ()))
-    server, port = create_server(bus, store, f"{options.grpc_host}:{options.grpc_port}", services=api,
-                                 config=settings.loop)
+    try:
+        auth = credentials(store, options.store_url, insecure) if api else Authenticator.insecure()
+    except BaseException:
+        bus.close()
+        store.close()
+        raise
+    server, port = create_server(bus, store, auth, f"{options.grpc_host}:{options.grpc_port}", services=api,
+                                 config=settings.loop, tls=tls)
     running: list[Worker] = []
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []
     try:
         server.start()
         if options.metrics_port is not None:
-            metrics_server, _ = start_http_server(options.metrics_port, addr=options.grpc_host)
-            print(f"metrics listening on {options.grpc_host}:{metrics_server.server_port}", flush=True)
+            metrics_server, _ = start_http_server(options.metrics_port, addr=options.metrics_host)
+            print(f"metrics listening on {options.metrics_host}:{metrics_server.server_port}", flush=True)
         print(f"grpc listening on {options.grpc_host}:{port}", flush=True)
         log.info("serving services=%s projects=%s bus=%s grpc_port=%d", ",".join(services),
                  ",".join(options.projects), options.bus_url.split("://")[0], port)

@@ -35,3 +35,18 @@ class EmptyPoolError(WinnowError):
 
 class BusError(WinnowError):
     """The message bus failed (broker unreachable, log corrupt)."""
+
+
+class Unauthenticated(WinnowError):
+    """A call came without a credential, or with one that is unknown, expired or revoked (maps to
+    UNAUTHENTICATED). The message never says which."""
+
+
+class PermissionDenied(WinnowError):
+    """The caller is known but its role does not allow the action on that project (maps to
+    PERMISSION_DENIED); the message never says whether another project exists."""
+
+
+class LeaseRequired(WinnowError):
+    """An answer or a skip came for an item the annotator holds no live lease on (maps to
+    FAILED_PRECONDITION): lease it (again) first."""

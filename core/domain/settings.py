@@ -274,6 +274,8 @@ class LoopConfig:
                                     low=-1.0, high=1.0, low_open=True)
     uncertainty: str = setting("margin", "uncertainty score", choices=SCORE_NAMES)
     lease_s: float = setting(600.0, "seconds an annotator holds a leased task", low=0.0, low_open=True)
+    max_open_leases: int = setting(50, "most tasks one annotator may hold leased at once (a lease call asking more "
+                                   "gets its own live leases back first, up to this many)", low=1, high=1000)
     partitions: int = setting(4, "partitions of each new project's topics", low=1, high=1024)
     seed: int = setting(0, "seed of the stream order and every random choice", low=0)
     train: TrainConfig = group(TrainConfig, "training")
@@ -318,6 +320,13 @@ class ServeConfig:
     projects: tuple[str, ...] = setting((), "project(s) the workers consume, comma-separated", flag_name="project")
     grpc_host: str = setting("127.0.0.1", "address to bind")
     grpc_port: int = setting(50051, "gRPC port (0 takes a free one)", low=0, high=65535)
+    tls_cert: Path | None = setting(None, "PEM certificate chain of the gRPC server: serve TLS (with --tls-key)",
+                                    metavar="FILE")
+    tls_key: Path | None = setting(None, "PEM private key of --tls-cert", metavar="FILE")
+    tls_client_ca: Path | None = setting(None, "PEM CA bundle: clients must present a certificate it signed "
+                                         "(mutual TLS; needs --tls-cert)", metavar="FILE")
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint binds (loopback: only this machine "
+                                "reads it; its labels name every project)")
     metrics_port: int | None = setting(None, "Prometheus metrics port (0 takes a free one; unset: off)",
                                        low=0, high=65535)
     models_dir: Path = setting(Path("winnow-data/models"), "where the trainer writes model versions")

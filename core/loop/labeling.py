@@ -46,24 +46,28 @@ class LabelingService:
             raise InvalidInput("annotator", "is empty")
         if n < 1:
             raise InvalidInput("n", f"must be >= 1, got {n}")
-        return self.store.lease_tasks(self.project.name, annotator, n, self.config.lease_s, self.clock(),
-                                      self.project.overlap)
+        # own live leases come back first, so at most ``max_open_leases`` are ever held at once
+        return self.store.lease_tasks(self.project.name, annotator, min(n, self.config.max_open_leases),
+                                      self.config.lease_s, self.clock(), self.project.overlap)
 
     def heartbeat(self, annotator: str, item_ids: Sequence[str]) -> int:
         return self.store.heartbeat(self.project.name, annotator, item_ids, self.config.lease_s, self.clock())
 
     def skip(self, annotator: str, item_id: str) -> None:
-        self.store.skip(self.project.name, annotator, item_id)
+        """Give back a live lease unanswered (LeaseRequired without one)."""
+        self.store.skip(self.project.name, annotator, item_id, leased_at=self.clock())
 
     def submit(self, annotator: str, item_id: str, label: str) -> bool:
-        """Record one answer; the item's final label is made once its task has all the answers it
-        wants. A task the selector made asks for one answer at first (adaptive overlap,
+        """Record one answer to a task the annotator holds a live lease on (LeaseRequired otherwise;
+        an answer given before is not recorded again: False); the item's final label is made once
+        its task has all the answers it wants. A task the selector made asks for one answer at first (adaptive overlap,
         ``consensus.answers_wanted``): another where the answers disagree, or where the only answer
         disagrees with a model confident enough to be audited or probed, up to the project's ``overlap``; a
         task with no ``wanted`` asks for ``overlap`` answers."""
         if label not in self.project.classes:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
-        added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()))
+        added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()),
+                                          leased=True)
         if added and item_id not in self.store.gold(self.project.name):
             answers = [a.label for a in self.store.annotations(self.project.name, [item_id])]
             tasks = self.store.open_tasks(self.project.name, [item_id])

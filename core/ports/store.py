@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence
 
 import numpy as np
+from winnow.core.access.tokens import TokenInfo
+from winnow.core.domain.audit import AuditRecord
 from winnow.core.domain.records import (
     Annotation,
     Item,
@@ -139,13 +141,15 @@ class TaskQueue(Protocol):
         earlier); returns how many were extended."""
 
     @abstractmethod
-    def skip(self, project: str, annotator: str, item_id: str) -> None:
-        """Release a lease without answering; the annotator is not offered the item again."""
+    def skip(self, project: str, annotator: str, item_id: str, leased_at: float | None = None) -> None:
+        """Release a lease without answering; the annotator is not offered the item again. With
+        ``leased_at``, only a lease live at that time may be skipped: LeaseRequired otherwise."""
 
     @abstractmethod
-    def add_annotation(self, annotation: Annotation) -> bool:
+    def add_annotation(self, annotation: Annotation, leased: bool = False) -> bool:
         """Record an answer and end the annotator's lease. Idempotent: False (nothing written) if
-        this annotator already answered the item."""
+        this annotator already answered the item. With ``leased``, the annotator must hold a lease
+        on the item that is live at the annotation's time: LeaseRequired (nothing written) otherwise."""
 
     @abstractmethod
     def annotations(self, project: str, item_ids: Sequence[str] | None = None) -> list[Annotation]:
@@ -234,12 +238,23 @@ class AuditLog(Protocol):
     never a queue that code reads to decide what to do."""
 
     @abstractmethod
-    def audit(self, project: str, actor: str, action: str, detail: str, now: float) -> None:
-        """Append a row."""
+    def audit(self, project: str | None, actor: str, action: str, detail: str, now: float,
+              objects: Sequence[str] = ()) -> AuditRecord:
+        """Append a record to the project's hash chain (None: the global chain) and return it.
+        ``objects`` are the ids touched; never item text."""
 
     @abstractmethod
     def audit_log(self, project: str) -> list[tuple[float, str, str, str]]:
-        """(time, actor, action, detail) rows, oldest first."""
+        """(time, actor, action, detail) of the project's records, oldest first."""
+
+    @abstractmethod
+    def audit_trail(self, project: str | None = None, after: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        """The chain's records (the global one for None) after number ``after``, in chain order, with
+        their hashes (see :func:`winnow.core.domain.audit.verify`)."""
+
+    @abstractmethod
+    def audit_chains(self) -> list[str]:
+        """Every audit chain's name: the projects that have records, and "" for the global one."""
 
 
 class CloseRequests(Protocol):
@@ -264,7 +279,28 @@ class CloseRequests(Protocol):
         Idempotent: requests already served keep their outcome; returns how many were marked."""
 
 
-class Store(Projects, Items, Embeddings, TaskQueue, Labels, ModelRegistry, AuditLog, CloseRequests):
+class Tokens(Protocol):
+    """API tokens, kept only as hashes (:mod:`winnow.core.access.tokens` mints and checks them)."""
+
+    @abstractmethod
+    def add_token(self, info: TokenInfo) -> None:
+        """Store a new token's record. InvalidInput ("role", "project", "name", "token_id" when taken),
+        NotFound("project")."""
+
+    @abstractmethod
+    def token(self, token_id: str) -> TokenInfo:
+        """The token's record, revoked or expired ones too; NotFound("token_id")."""
+
+    @abstractmethod
+    def tokens(self, project: str | None = None, name: str | None = None) -> list[TokenInfo]:
+        """Every token (only ``project``'s, only those named ``name``, when given), oldest first."""
+
+    @abstractmethod
+    def revoke_token(self, token_id: str, now: float) -> TokenInfo:
+        """Revoke it from ``now`` on; idempotent (the first revocation time stays). NotFound("token_id")."""
+
+
+class Store(Projects, Items, Embeddings, TaskQueue, Labels, ModelRegistry, AuditLog, CloseRequests, Tokens):
     """Every role in one object (what the loop and the API hold)."""
 
     @abstractmethod

@@ -11,6 +11,8 @@ import pytest
 from winnow.core.adapters.sql.dialect import Dialect
 from winnow.core.adapters.sql.migrations import MIGRATIONS, migrate
 from winnow.core.adapters.sql.store import SqlStore
+from winnow.core.domain.audit import verify
+from winnow.core.domain.records import Project
 from winnow.core.loop.close import stream_status
 from winnow.core.testing.store_contract import StoreContract
 
@@ -55,5 +57,31 @@ class SqlStoreContract(StoreContract):
             assert stream_status(store, "p").state == "closing"
             assert [r.request_id for r in store.close_requests("q", pending_only=True)] == ["r3"]
             assert len(store.audit_log("p")) == 4
+            # migration 5 chained the old rows: each project's in time order
+            assert verify(store.audit_trail("p") + store.audit_trail("q"))[0] == []
+            assert [r.n for r in store.audit_trail("p")] == [1, 2, 3, 4]
+        finally:
+            store.close()
+
+    def test_an_edited_or_deleted_audit_record_breaks_the_chain(self, open_dialect: Callable[[], Dialect]) -> None:
+        store = SqlStore(open_dialect())
+        try:
+            store.create_project(Project("p", ("a", "b")))
+            for k in range(5):
+                store.audit("p", "op", "export_labels", f"{k} labels", float(k), [f"i{k}"])
+            store.audit(None, "admin", "token_create", "admin root", 9.0, ["t1"])
+            trail = store.audit_trail("p")
+            assert verify(trail + store.audit_trail(None)) == ([], {"p": trail[-1].hash, "": store.audit_trail()[0].hash})
+            with store.dialect.transaction() as tx:  # someone with the database's password edits one record
+                tx.run("UPDATE audit_trail SET detail = ? WHERE chain = ? AND n = ?", ("0 labels", "p", 3))
+            assert [str(b) for b in verify(store.audit_trail("p"))[0]] == \
+                ["chain 'p' record 3: its content does not match its hash (edited)"]
+            with store.dialect.transaction() as tx:  # ... or deletes one and renumbers the rest
+                tx.run("UPDATE audit_trail SET detail = ? WHERE chain = ? AND n = ?", ("2 labels", "p", 3))
+                tx.run("DELETE FROM audit_trail WHERE chain = ? AND n = ?", ("p", 2))
+            assert [str(b) for b in verify(store.audit_trail("p"))[0]] == \
+                ["chain 'p' record 2: missing (the next record is number 3)"]
+            store.audit("p", "op", "export_labels", "later", 10.0)  # appending still links to the last record
+            assert store.audit_trail("p")[-1].n == 6
         finally:
             store.close()

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pytest
+from winnow.core.access.tokens import TokenInfo
 from winnow.core.domain.errors import InvalidInput, NotFound
 from winnow.core.domain.records import (
     Annotation,
@@ -47,6 +48,33 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         store.create_project(Project(P, CLASSES, overlap=2))
         store.add_items(items("i0", "i1", "i2", "i3", "i4"))
         return store
+
+    # -- tokens -----------------------------------------------------------------------------
+    def test_tokens_are_kept_as_records_and_revoked_once(self, s: Store) -> None:
+        admin = TokenInfo("a" * 12, "h1", "admin", None, "root", 1.0)
+        owner = TokenInfo("b" * 12, "h2", "owner", P, "olga", 2.0, expires_at=50.0)
+        s.add_token(admin)
+        s.add_token(owner)
+        assert s.token(owner.token_id) == owner and s.tokens() == [admin, owner] and s.tokens(P) == [owner]
+        with pytest.raises(InvalidInput) as taken:
+            s.add_token(owner)
+        assert taken.value.field == "token_id"
+        revoked = s.revoke_token(owner.token_id, 10.0)
+        assert revoked.revoked_at == 10.0 and s.revoke_token(owner.token_id, 20.0).revoked_at == 10.0
+        assert not revoked.live(5.0) and s.token(admin.token_id).live(1e9)
+        with pytest.raises(NotFound):
+            s.revoke_token("c" * 12, 1.0)
+        with pytest.raises(NotFound):
+            s.token("c" * 12)
+        for bad, field, error in [(TokenInfo("d" * 12, "h", "owner", "nosuch", "x", 1.0), "project", NotFound),
+                                  (TokenInfo("d" * 12, "h", "owner", None, "x", 1.0), "project", InvalidInput),
+                                  (TokenInfo("d" * 12, "h", "admin", P, "x", 1.0), "project", InvalidInput),
+                                  (TokenInfo("d" * 12, "h", "boss", P, "x", 1.0), "role", InvalidInput),
+                                  (TokenInfo("d" * 12, "h", "viewer", P, "nul\x00", 1.0), "name", InvalidInput)]:
+            with pytest.raises(error) as raised:
+                s.add_token(bad)
+            assert raised.value.field == field
+        assert len(s.tokens()) == 2
 
     # -- projects ---------------------------------------------------------------------------
     def test_create_project_is_idempotent_and_names_are_unique(self, store: Store) -> None:

@@ -5,7 +5,7 @@ skips, handing an annotator its own leases back), answers and gold. Part of
 from __future__ import annotations
 
 import pytest
-from winnow.core.domain.errors import InvalidInput, NotFound
+from winnow.core.domain.errors import InvalidInput, LeaseRequired, NotFound
 from winnow.core.domain.records import Annotation, Task
 from winnow.core.ports.store import Store
 from winnow.core.testing.store_records import LEASE_S, P, label, lease_ids, task
@@ -15,6 +15,24 @@ class TaskQueueContract:
     """Needs the ``s`` fixture of :class:`StoreContract` (project ``P`` with items i0..i4, overlap 2)."""
 
     # -- tasks and leases -------------------------------------------------------------------
+    def test_an_answer_or_skip_that_needs_a_lease_needs_a_live_one(self, s: Store) -> None:
+        s.add_tasks([task("i0"), task("i1")])
+        with pytest.raises(LeaseRequired):  # never leased
+            s.add_annotation(Annotation(P, "i0", "ann", "card", 10.0), leased=True)
+        with pytest.raises(LeaseRequired):
+            s.skip(P, "ann", "i0", leased_at=10.0)
+        assert s.annotations(P) == [] and lease_ids(s, "ann", 2, 100.0, 2) == ["i0", "i1"]
+        with pytest.raises(LeaseRequired):  # leased, but answered after the lease ran out
+            s.add_annotation(Annotation(P, "i0", "ann", "card", 100.0 + LEASE_S), leased=True)
+        with pytest.raises(LeaseRequired):  # another annotator's lease is not this one's
+            s.add_annotation(Annotation(P, "i0", "other", "card", 101.0), leased=True)
+        assert s.add_annotation(Annotation(P, "i0", "ann", "card", 101.0), leased=True)
+        assert not s.add_annotation(Annotation(P, "i0", "ann", "card", 102.0), leased=True)  # answered: idempotent
+        s.skip(P, "ann", "i1", leased_at=102.0)
+        with pytest.raises(LeaseRequired):  # skipped: the lease is gone
+            s.add_annotation(Annotation(P, "i1", "ann", "card", 103.0), leased=True)
+        assert [(a.item_id, a.annotator) for a in s.annotations(P)] == [("i0", "ann")]
+
     def test_add_tasks_is_idempotent(self, s: Store) -> None:
         assert s.add_tasks([task("i0", 0.2), task("i1", 0.3)]) == 2
         assert s.add_tasks([task("i0", 0.9), task("i2", 0.1)]) == 1

@@ -21,8 +21,11 @@ from winnow.core.domain.errors import (
     BusError,
     EmptyPoolError,
     InvalidInput,
+    LeaseRequired,
     ModelFileError,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     WinnowError,
 )
 from winnow.core.domain.limits import clip
@@ -37,6 +40,9 @@ ERROR_CODES: dict[type[WinnowError], grpc.StatusCode] = {
     ModelFileError: grpc.StatusCode.FAILED_PRECONDITION,
     EmptyPoolError: grpc.StatusCode.FAILED_PRECONDITION,
     BusError: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    LeaseRequired: grpc.StatusCode.FAILED_PRECONDITION,
 }
 ERROR_CLASS_KEY = "winnow-error"  # trailing metadata: the WinnowError subclass name
 ERROR_FIELD_KEY = "winnow-field"  # trailing metadata: the field an InvalidInput or NotFound names

@@ -1,15 +1,20 @@
-"""What the API does, as plain typed methods on core records: ``WinnowApi`` checks every value
-against ``winnow.core.domain.limits`` before it reaches the store or the bus."""
+"""What the API does, as plain typed methods on core records: ``WinnowApi`` checks the caller's
+right (``Principal.require``) and every value against ``winnow.core.domain.limits`` before anything
+reaches the store or the bus."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from winnow.core.domain.errors import InvalidInput, NotFound
+from winnow.core.access.roles import Action, Principal
+from winnow.core.access.tokens import TokenInfo, issue, revoke
+from winnow.core.domain.audit import AuditRecord, Broken, verify
+from winnow.core.domain.errors import InvalidInput, NotFound, PermissionDenied
 from winnow.core.domain.limits import (
     MAX_CLASS_NAME_BYTES,
     MAX_HEARTBEAT_IDS,
@@ -53,70 +58,100 @@ class WinnowApi:
         self._labeling_lock = threading.Lock()
 
     # -- ingest ---------------------------------------------------------------------------------
-    def ingest(self, items: Sequence[Item]) -> int:
+    def ingest(self, who: Principal, items: Sequence[Item]) -> int:
         """Validate every item (per project) before writing any; returns how many ids were new."""
         check_items(items)
         by_project: dict[str, list[Item]] = {}
         for item in items:
             by_project.setdefault(item.project, []).append(item)
+        for name in by_project:
+            who.require(Action.INGEST, name)
         projects = {name: self.store.get_project(name) for name in by_project}
         for name, group in by_project.items():
             validate_items(projects[name], group)
+        new = 0
         with self.producers.lease() as producer:
-            return sum(ingest(producer, self.store, projects[name], group) for name, group in by_project.items())
+            for name, group in by_project.items():
+                added = ingest(producer, self.store, projects[name], group)
+                self._audit(who, name, "ingest", {"received": len(group), "new": added}, [i.item_id for i in group])
+                new += added
+        return new
 
     # -- labeling -------------------------------------------------------------------------------
-    def _service(self, project: str, annotator: str) -> tuple[LabelingService, threading.Lock]:
-        _project(project)
-        check_string("annotator", annotator, MAX_KEY_BYTES)
+    def _service(self, who: Principal, project: str, annotator: str) -> tuple[LabelingService, threading.Lock, str]:
+        """The project's labeling service, its lock and the annotator the call acts as: the caller's
+        identity (a request naming someone else is refused), or the name given on an ``--insecure``
+        server."""
+        who.require(Action.LABEL, _project(project))
+        check_string("annotator", annotator, MAX_KEY_BYTES, required=who.anonymous)
+        if not who.anonymous:
+            if annotator and annotator != who.name:
+                raise PermissionDenied(f"{who.name!r} may not answer as another annotator")
+            annotator = who.name
         with self._labeling_lock:
             if project not in self._labeling:
                 service = LabelingService(self.bus, self.store, self.store.get_project(project), self.config,
                                           self.clock)
                 self._labeling[project] = (service, threading.Lock())
-            return self._labeling[project]
+            return (*self._labeling[project], annotator)
 
-    def lease(self, project: str, annotator: str, max_tasks: int) -> list[Lease]:
+    def lease(self, who: Principal, project: str, annotator: str, max_tasks: int) -> list[Lease]:
+        """Up to ``max_tasks`` (capped at ``max_open_leases``) leases for the caller."""
         if not 1 <= max_tasks <= MAX_LEASE_TASKS:
             raise InvalidInput("max_tasks", f"must be in [1, {MAX_LEASE_TASKS}], got {max_tasks}")
-        return self._service(project, annotator)[0].lease(annotator, max_tasks)
+        service, _, annotator = self._service(who, project, annotator)
+        leases = service.lease(annotator, max_tasks)
+        if leases:  # audited before any text leaves
+            self._audit(who, project, "lease", {"leases": len(leases), "annotator": annotator},
+                        [lease.item_id for lease in leases])
+        return leases
 
-    def submit(self, project: str, annotator: str, item_id: str, label: str) -> tuple[bool, int]:
-        """Record the answer, then resolve: (answer recorded, final labels made)."""
+    def submit(self, who: Principal, project: str, annotator: str, item_id: str, label: str) -> tuple[bool, int]:
+        """Record the answer to a task the caller holds a live lease on, then resolve: (answer
+        recorded, final labels made)."""
         check_keys("item_id", [item_id])
         check_string("label", label, MAX_CLASS_NAME_BYTES)
-        service, lock = self._service(project, annotator)
+        service, lock, annotator = self._service(who, project, annotator)
         with lock:
             recorded = service.submit(annotator, item_id, label)
-            return recorded, service.resolve()
+            made = service.resolve()
+        self._audit(who, project, "submit", {"recorded": recorded, "annotator": annotator, "final_labels": made},
+                    [item_id])
+        return recorded, made
 
-    def skip(self, project: str, annotator: str, item_id: str) -> None:
+    def skip(self, who: Principal, project: str, annotator: str, item_id: str) -> None:
         check_keys("item_id", [item_id])
-        self._service(project, annotator)[0].skip(annotator, item_id)
+        service, _, annotator = self._service(who, project, annotator)
+        service.skip(annotator, item_id)
+        self._audit(who, project, "skip", {"annotator": annotator}, [item_id])
 
-    def heartbeat(self, project: str, annotator: str, item_ids: Sequence[str]) -> int:
+    def heartbeat(self, who: Principal, project: str, annotator: str, item_ids: Sequence[str]) -> int:
         check_count("item_ids", len(item_ids), MAX_HEARTBEAT_IDS)
         check_keys("item_ids", item_ids)
-        return self._service(project, annotator)[0].heartbeat(annotator, item_ids)
+        service, _, annotator = self._service(who, project, annotator)
+        return service.heartbeat(annotator, item_ids)
 
     # -- projects -------------------------------------------------------------------------------
-    def create_project(self, project: Project) -> Project:
-        """Create the project: its topics first, then its row, so a bus that refuses a topic leaves
-        nothing behind. An existing project with the same settings is returned as it is."""
+    def create_project(self, who: Principal, project: Project) -> Project:
+        """Create the project (the admin only): its topics first, then its row, so a bus that refuses
+        a topic leaves nothing behind. An existing project with the same settings is returned as it is."""
+        who.require(Action.CREATE_PROJECT, None)
         validate_project(project)  # with the limits and the one name rule, before any topic exists
         try:
             existing = self.store.get_project(project.name)
         except NotFound:
             create_topics(self.bus, project.name, self.config.partitions)
             self.store.create_project(project)
+            self._audit(who, project.name, "project_create", dataclasses.asdict(project), [project.name])
             existing = project
         if dataclasses.replace(existing, created_at=project.created_at) != project:
             raise InvalidInput("name", f"a project named {shorten(project.name)} exists with other settings")
         create_topics(self.bus, project.name, self.config.partitions)  # idempotent
         return existing
 
-    def stats(self, project: str) -> ProjectStats:
-        items = self.store.count_items(_project(project))
+    def stats(self, who: Principal, project: str) -> ProjectStats:
+        who.require(Action.STATS, _project(project))
+        items = self.store.count_items(project)
         by_source = Counter(self.store.count_labels(project))
         current = self.store.current_model(project)
         return ProjectStats(project, items, dict(by_source), by_source["human"] / items if items else 0.0,
@@ -124,28 +159,75 @@ class WinnowApi:
                             None if current is None else current.threshold, stream_status(self.store, project),
                             CertifiedQuality.of(certified_quality(self.store, project)))
 
-    def close_stream(self, project: str, actor: str) -> StreamStatus:
+    def close_stream(self, who: Principal, project: str) -> StreamStatus:
         """Ask the selector to close the stream (idempotent while a close is pending); audited."""
-        return request_close(self.store, _project(project), actor, self.clock())
+        who.require(Action.CLOSE, _project(project))
+        return request_close(self.store, project, who.name, self.clock())
 
-    def export_labels(self, project: str, actor: str) -> list[Label]:
+    def export_labels(self, who: Principal, project: str) -> list[Label]:
         """Every final label, oldest first; the export is in the audit log before anything is sent."""
-        labels = self.store.labels(_project(project))
-        self.store.audit(project, actor, "export_labels", f"{len(labels)} labels", self.clock())
+        who.require(Action.EXPORT, _project(project))
+        labels = self.store.labels(project)
+        self._audit(who, project, "export_labels", f"{len(labels)} labels")
         return labels
 
     # -- models ---------------------------------------------------------------------------------
-    def versions(self, project: str) -> tuple[list[ModelVersion], str | None]:
+    def versions(self, who: Principal, project: str) -> tuple[list[ModelVersion], str | None]:
         """The project's versions, oldest first, and the current one."""
-        current = self.store.current_model(_project(project))
+        who.require(Action.VERSIONS, _project(project))
+        current = self.store.current_model(project)
         return self.store.models(project), None if current is None else current.version
 
-    def promote(self, project: str, version: str, actor: str) -> ModelVersion:
+    def promote(self, who: Principal, project: str, version: str) -> ModelVersion:
         """Make ``version`` current and publish it on the models topic (workers swap to it)."""
+        who.require(Action.PROMOTE, _project(project))
         check_keys("version", [version])
-        model = self.store.promote(_project(project), version)
+        model = self.store.promote(project, version)
         with self.producers.lease() as producer:
             producer.publish_many(topic(project, "models"), MODELS.keyed([model]))
             producer.flush()
-        self.store.audit(project, actor, "promote", version, self.clock())
+        self._audit(who, project, "promote", version, [version])
         return model
+
+    def audit_trail(self, who: Principal, project: str | None, after: int, limit: int | None) -> list[AuditRecord]:
+        """The project's audit chain (the global one for None: the admin only), from record ``after`` on."""
+        who.require(Action.AUDIT, None if project is None else _project(project))
+        if after < 0 or (limit is not None and limit < 0):
+            raise InvalidInput("after" if after < 0 else "limit", "must not be negative")
+        return self.store.audit_trail(project, after, limit or None)
+
+    def verify_audit(self, who: Principal, project: str | None) -> tuple[list[Broken], dict[str, str], int]:
+        """Check the chain's hashes: (broken records, head hash by chain, records checked)."""
+        records = self.audit_trail(who, project, 0, None)
+        return (*verify(records), len(records))
+
+    def _audit(self, who: Principal, project: str | None, action: str, detail: str | dict,
+               objects: Sequence[str] = ()) -> None:
+        """An audit record of the caller's action (its name as the actor, its token and role in the detail)."""
+        if isinstance(detail, dict):
+            detail = json.dumps({**detail, "role": who.role, "token": who.token_id}, sort_keys=True)
+        self.store.audit(project, who.name, action, detail, self.clock(), objects)
+
+    # -- access ---------------------------------------------------------------------------------
+    def create_token(self, who: Principal, project: str | None, role: str, name: str,
+                     expires_in_s: float | None) -> tuple[str, TokenInfo]:
+        """A new token (shown once) for ``role`` on ``project``: owners for their project, the
+        admin for any project or a new admin."""
+        who.require(Action.TOKENS, None if project is None else _project(project))
+        token, info = issue(self.store, who.name, role, project, name or None, self.clock(), expires_in_s)
+        return token, info
+
+    def tokens(self, who: Principal, project: str | None) -> list[TokenInfo]:
+        """The project's tokens (every token for the admin when ``project`` is None)."""
+        who.require(Action.TOKENS, None if project is None else _project(project))
+        return self.store.tokens(project)
+
+    def revoke_token(self, who: Principal, token_id: str) -> TokenInfo:
+        """Revoke a token of a project the caller owns (any token for the admin). A token of another
+        project reads as unknown."""
+        who.require(Action.TOKENS, who.project)  # a caller who manages no tokens is refused outright
+        check_keys("token_id", [token_id])
+        info = self.store.token(token_id)
+        if not who.can(Action.TOKENS, info.project):
+            raise NotFound("token_id", f"no token {token_id[:100]!r}")
+        return revoke(self.store, who.name, token_id, self.clock())

@@ -4,6 +4,7 @@ consumer group: one of them killed mid-stream, and both swapping to a new model 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import uuid
@@ -88,10 +89,11 @@ def _sample(n: int, seed: int = 0) -> tuple[tuple[str, ...], list[tuple[str, str
     return train.classes, [(f"b{k}", train.texts[k], train.labels[k]) for k in rows.tolist()]
 
 
-def _annotate(client: WinnowClient, project: str, truth: dict[str, str]) -> int:
-    """Simulated annotators lease what is open and answer with the true label; returns answers given."""
+def _annotate(annotators: dict[str, WinnowClient], project: str, truth: dict[str, str]) -> int:
+    """Simulated annotators (a client with its own token each) lease what is open and answer with the
+    true label; returns answers given."""
     answered = 0
-    for annotator in ANNOTATORS:
+    for annotator, client in annotators.items():
         for lease in client.lease(project, annotator, 50):
             assert client.submit(project, annotator, lease.item_id, truth[lease.item_id])
             answered += 1
@@ -116,12 +118,19 @@ def test_services_on_kafka_and_postgres_label_train_and_swap(cluster: Cluster, b
     classes, rows = _sample(ITEMS)
     truth = {item_id: label for item_id, _, label in rows}
     items = [Item(project, item_id, text) for item_id, text, _ in rows]
+    admin = cluster.grant("admin")  # a PostgreSQL store gets no first token: the API would refuse to start
     api = {name: cluster.start(name) for name in ("projects", "ingest", "labeling")}
     cluster.wait_ready(api.values(), deadline)
-    with (WinnowClient(api["projects"].target) as operator, WinnowClient(api["ingest"].target) as producer,
-          WinnowClient(api["labeling"].target) as labeler):
+    with WinnowClient(api["projects"].target, admin) as operator:
         operator.create_project(project, classes, budget_labels=BUDGET_LABELS, budget_per_items=BUDGET_PER_ITEMS,
                                 precision_target=PRECISION_TARGET)
+        owner, _ = operator.create_token("owner", project, "owner")
+    with (WinnowClient(api["projects"].target, owner) as operator,
+          WinnowClient(api["ingest"].target, cluster.grant("producer", project)) as producer,
+          contextlib.ExitStack() as clients):
+        labeler = {name: clients.enter_context(WinnowClient(api["labeling"].target,
+                                                            cluster.grant("annotator", project, name)))
+                   for name in ANNOTATORS}
         workers = {name: cluster.start(name, project) for name in STAGE_TOPICS}
         cluster.wait_ready(workers.values(), deadline)
 

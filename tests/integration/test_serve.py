@@ -14,6 +14,7 @@ import pytest
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.data.datasets import banking77
 from winnow.core.domain.records import Item, Project
+from winnow.core.testing.certs import TestCa
 from winnow.services.client import WinnowClient
 
 pytestmark = pytest.mark.slow
@@ -39,30 +40,39 @@ def test_serve_all_labels_trains_and_stops_on_sigterm(tmp_path: Path) -> None:
     store.create_project(Project("served", classes, budget_labels=100, budget_per_items=100))
     store.close()
     env = {**os.environ, "WINNOW_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    ca = TestCa()  # the whole loop over TLS: a client without this CA cannot connect (tests/unit/test_tls.py)
+    cert, key = ca.issue("winnow", server=True).write(tmp_path, "server")
     process = subprocess.Popen(
         [sys.executable, "-m", "winnow.services.cli", "serve", "all", "--project", "served",
          "--bus", f"sqlite:///{tmp_path / 'bus.sqlite'}", "--store", f"sqlite:///{tmp_path / 'store.sqlite'}",
-         "--grpc-port", "0", "--metrics-port", "0", "--models-dir", str(tmp_path / "models")],
+         "--grpc-port", "0", "--metrics-port", "0", "--models-dir", str(tmp_path / "models"),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + DEADLINE_S
     try:
+        admin = _wait_for_line(process, "  wn_", deadline)  # the first start makes an admin token, printed once
         metrics = _wait_for_line(process, "metrics listening on", deadline)
         target = _wait_for_line(process, "grpc listening on", deadline)
-        with WinnowClient(target) as client:
+        with WinnowClient(target, admin, tls_ca=ca.pem) as operator, \
+                WinnowClient(target, operator.create_token("producer", "served")[0], tls_ca=ca.pem) as producer, \
+                WinnowClient(target, operator.create_token("annotator", "served", "ann-1")[0], tls_ca=ca.pem) as person:
             truth = {f"s{k}": label for k, (_, label) in enumerate(rows)}
-            assert client.ingest([Item("served", f"s{k}", text, 0.0) for k, (text, _) in enumerate(rows)]) == len(rows)
+            items = [Item("served", f"s{k}", text, 0.0) for k, (text, _) in enumerate(rows)]
+            assert producer.ingest(items) == len(rows)
             answered = 0
-            while time.monotonic() < deadline and not client.list_versions("served"):
-                leases = client.lease("served", "ann-1", 50)
+            while time.monotonic() < deadline and not operator.list_versions("served"):
+                leases = person.lease("served", "", 50)
                 for lease in leases:
-                    client.submit("served", "ann-1", lease.item_id, truth[lease.item_id])
+                    person.submit("served", "", lease.item_id, truth[lease.item_id])
                 answered += len(leases)
                 if not leases:
                     time.sleep(0.2)  # the workers are consuming; nothing to answer yet
-            versions = client.list_versions("served")
+            versions = operator.list_versions("served")
             assert versions and versions[-1].n_train >= 100
-            stats = client.stats("served")
+            stats = operator.stats("served")
             assert stats.labels_by_source.get("human", 0) >= 100 and stats.current_model_version == versions[-1].version
+            labels = {label.source_id for label in operator.export_labels("served") if label.source == "human"}
+            assert labels == {"ann-1"}  # the annotator on every label is the identity that answered
         body = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10).read().decode()
         assert 'winnow_messages_total{project="served",service="prelabel"}' in body
     finally:

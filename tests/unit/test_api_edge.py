@@ -8,12 +8,14 @@ import math
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+from winnow.core.access.tokens import issue
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain import limits
@@ -22,9 +24,11 @@ from winnow.core.domain.records import Item
 from winnow.core.loop.topics import STAGES, topic
 from winnow.services.api.convert import to_message
 from winnow.services.api.errors import INTERNAL_DETAILS, MAX_DETAILS_CHARS
+from winnow.services.api.auth import Authenticator
 from winnow.services.api.server import create_server
 from winnow.services.api.servicers import SERVICES
 from winnow.services.client import WinnowClient
+from winnow.services.client import channel as bearer_channel
 from winnow.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
@@ -50,10 +54,11 @@ class Edge:
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[Edge]:
     bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
-    server, port = create_server(bus, store)
+    server, port = create_server(bus, store, Authenticator(store))
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    client = WinnowClient(f"127.0.0.1:{port}", timeout_s=30.0)
+    admin, _ = issue(store, "test", "admin", None, "admin", time.time())
+    channel = bearer_channel(f"127.0.0.1:{port}", admin)
+    client = WinnowClient(f"127.0.0.1:{port}", admin, timeout_s=30.0)
     client.create_project(P, CLASSES)
     try:
         yield Edge(client, channel, bus, store)
@@ -99,8 +104,9 @@ def test_an_item_whose_time_is_not_a_finite_time_is_refused(edge: Edge, ingested
 
 
 # -- bytes that are not a request -------------------------------------------------------------------
-_UNARY = [f"/{descriptor.full_name}/{method.name}" for _, descriptor in SERVICES.values()
-          for method in descriptor.methods if not method.client_streaming] + ["/grpc.health.v1.Health/Check"]
+_UNARY = [f"/{descriptor.full_name}/{method.name}" for _, descriptor in SERVICES.values()  # an empty request
+          for method in descriptor.methods if not method.client_streaming and method.input_type.fields  # reads any
+          ] + ["/grpc.health.v1.Health/Check"]
 # field 1 (a string in every request) holding bytes that are not UTF-8; then wire formats that are corrupt
 _BAD_PAYLOADS = [b"\x0a\x04\xff\xfe\xfd\xfc", b"\x0a\x02\xc3\x28", b"\xff\xff\xff\xff", b"\x0a\x7fab", b"\x08"]
 
@@ -159,10 +165,11 @@ def test_the_longest_legal_name_is_created_with_all_its_topics(edge: Edge) -> No
 def test_a_bus_that_refuses_the_topics_leaves_no_project_row(tmp_path: Path) -> None:
     bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
     bus.close()  # every write to it now fails
-    server, port = create_server(bus, store)
+    server, port = create_server(bus, store, Authenticator(store))
     server.start()
+    admin, _ = issue(store, "test", "admin", None, "admin", time.time())
     try:
-        with WinnowClient(f"127.0.0.1:{port}") as client, pytest.raises(WinnowError):
+        with WinnowClient(f"127.0.0.1:{port}", admin) as client, pytest.raises(WinnowError):
             client.create_project(P, CLASSES)
         assert store.list_projects() == []
     finally:

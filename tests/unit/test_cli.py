@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,83 @@ def test_every_serve_setting_refuses_a_bad_value_in_one_line(option, capsys: pyt
 def test_a_store_url_is_never_echoed(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = run(["serve", "all", "--store", "mysql://admin:hunter2@db/winnow"], capsys)
     assert code == 2 and "hunter2" not in err and "--store: must start with postgresql://" in err
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+def test_token_create_list_revoke_on_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from winnow.core.access.tokens import authenticate
+    from winnow.core.adapters.sqlite_store import SqliteStore
+    from winnow.core.domain.errors import Unauthenticated
+    from winnow.core.domain.records import Project
+
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    assert main(["token", "create", "--store", url, "--role", "admin"]) == 0
+    admin = capsys.readouterr().out.strip().splitlines()[-1]  # the token alone on the last line
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        assert authenticate(store.token, admin, 0.0).role == "admin"
+        store.create_project(Project("p1", ("a", "b")))
+    finally:
+        store.close()
+    assert main(["token", "create", "--store", url, "--role", "annotator", "--project", "p1", "--name", "ann",
+                 "--expires-in-s", "60"]) == 0
+    annotator = capsys.readouterr().out.strip().splitlines()[-1]
+    token_id = annotator.split("_")[1]
+    assert main(["token", "list", "--store", url, "--project", "p1"]) == 0
+    listing = capsys.readouterr().out
+    assert token_id in listing and "annotator" in listing and "live, expires in" in listing
+    assert annotator not in listing and admin not in listing
+    assert main(["token", "revoke", token_id, "--store", url]) == 0
+    assert main(["token", "list", "--store", url]) == 0
+    assert "revoked" in capsys.readouterr().out
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        with pytest.raises(Unauthenticated):
+            authenticate(store.token, annotator, 0.0)
+        assert [row[2] for row in store.audit_log("p1")] == ["token_create", "token_revoke"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--role", "boss"], "--role: 'boss' is not one of"),
+    (["--role", "owner"], "project: a token of role owner belongs to one project"),
+    (["--role", "admin", "--project", "p1"], "project: the admin role is global"),
+    (["--role", "viewer", "--project", "nosuch"], "project: no project named 'nosuch'"),
+    (["--role", "viewer", "--project", "p1", "--expires-in-s", "-5"], "--expires-in-s: must be > 0"),
+    ([], "--role: is required"),
+])
+def test_token_create_refuses_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    argv: list[str], message: str) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    code, err = run(["token", "create", "--store", url, *argv], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_makes_a_first_admin_token_only_for_an_embedded_store_that_never_had_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from winnow.core.adapters.sqlite_store import SqliteStore
+    from winnow.core.domain.errors import Unauthenticated
+    from winnow.services.serve import credentials
+
+    store = SqliteStore(tmp_path / "store.sqlite")
+    try:
+        with pytest.raises(InvalidInput) as refused:  # a shared store (PostgreSQL) is never given a token
+            credentials(store, "postgresql://db/winnow", insecure=False)
+        assert refused.value.field == "--insecure" and store.tokens() == []
+        assert not credentials(store, "postgresql://db/winnow", insecure=True).secure
+        auth = credentials(store, "sqlite:///store.sqlite", insecure=False)
+        printed = capsys.readouterr().out
+        [token] = re.findall(r"wn_[0-9a-f]{12}_[A-Za-z0-9_-]+", printed)
+        assert "authorization: Bearer TOKEN" in printed and "winnow token create" in printed
+        [info] = store.tokens()
+        assert info.role == "admin" and auth.principal([("authorization", f"Bearer {token}")]).role == "admin"
+        credentials(store, "sqlite:///store.sqlite", insecure=False)
+        assert len(store.tokens()) == 1 and capsys.readouterr().out == ""  # not on later starts
+        store.revoke_token(info.token_id, 1.0)
+        with pytest.raises(InvalidInput):  # every token revoked: refused, not silently re-made
+            credentials(store, "sqlite:///store.sqlite", insecure=False)
+        with pytest.raises(Unauthenticated):
+            auth.principal([])
+    finally:
+        store.close()

@@ -276,3 +276,20 @@ def test_dockerfile_installs_the_project_and_the_encoder_weights() -> None:
     assert "STOPSIGNAL SIGTERM" in text and "USER " in text
     for name in ("WINNOW_GRPC_HOST=0.0.0.0", f"WINNOW_MODELS_DIR={MODELS_PATH}"):
         assert name in text
+
+
+def test_k8s_network_policies_deny_by_default_and_open_only_grpc_and_metrics() -> None:
+    policies = {p["metadata"]["name"]: p["spec"] for p in _of_kind("NetworkPolicy")}
+    deny = policies["winnow-default-deny"]
+    assert deny["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "winnow"}}
+    assert set(deny["policyTypes"]) == {"Ingress", "Egress"} and "ingress" not in deny and "egress" not in deny
+    api = policies["winnow-api-clients"]
+    [components] = api["podSelector"]["matchExpressions"]
+    assert set(components["values"]) == {"ingest", "labeling", "projects"}  # never the workers
+    assert [p["port"] for rule in api["ingress"] for p in rule["ports"]] == [GRPC_PORT]
+    scrape = policies["winnow-metrics-scrape"]
+    assert [p["port"] for rule in scrape["ingress"] for p in rule["ports"]] == [9100]
+    assert scrape["ingress"][0]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    ports = {p["port"] for rule in policies["winnow-egress"]["egress"] for p in rule["ports"]}
+    assert ports == {53, 9092, 9093, 5432}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from winnow.core.access.tokens import issue
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
@@ -26,9 +29,10 @@ from winnow.core.loop.close import StreamStatus
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.topics import topic
 from winnow.services.api.convert import to_message
+from winnow.services.api.auth import Authenticator
 from winnow.services.api.server import create_server
 from winnow.services.api.servicers import SERVICES
-from winnow.services.client import WinnowClient
+from winnow.services.client import WinnowClient, channel
 from winnow.v1 import (
     ingest_pb2,
     ingest_pb2_grpc,
@@ -44,24 +48,34 @@ GRACE_S = 1.0
 
 @dataclass
 class Served:
-    client: WinnowClient
-    channel: grpc.Channel
+    client: WinnowClient  # the admin's
+    channel: grpc.Channel  # carries the admin's token
     bus: SqliteBus
     store: SqliteStore
+    target: str
+    members: list[WinnowClient]
+
+    def member(self, name: str, role: str = "annotator") -> WinnowClient:
+        """A client acting as ``name``, a ``role`` of project P."""
+        token, _ = issue(self.store, "test", role, P, name, time.time())
+        self.members.append(WinnowClient(self.target, token))
+        return self.members[-1]
 
 
 @contextmanager
 def _serve(tmp_path: Path, services: tuple[str, ...] = tuple(SERVICES)) -> Iterator[Served]:
     bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
-    server, port = create_server(bus, store, services=services)
+    server, port = create_server(bus, store, Authenticator(store), services=services)
     server.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    client = WinnowClient(f"127.0.0.1:{port}")
+    admin, _ = issue(store, "test", "admin", None, "admin", time.time())
+    target = f"127.0.0.1:{port}"
+    served = Served(WinnowClient(target, admin), channel(target, admin), bus, store, target, [])
     try:
-        yield Served(client, channel, bus, store)
+        yield served
     finally:
-        client.close()
-        channel.close()
+        for client in (served.client, *served.members):
+            client.close()
+        served.channel.close()
         server.stop(GRACE_S).wait()
         bus.close()
         store.close()
@@ -117,7 +131,7 @@ def test_a_server_serves_only_the_chosen_services(tmp_path: Path) -> None:
             labeling_pb2_grpc.LabelingStub(served.channel).Skip(labeling_pb2.SkipRequest(project=P), timeout=5)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
         with pytest.raises(InvalidInput) as bad:
-            create_server(served.bus, served.store, services=("billing",))
+            create_server(served.bus, served.store, Authenticator(served.store), services=("billing",))
         assert bad.value.field == "services"
     (tmp_path / "worker").mkdir()
     with _serve(tmp_path / "worker", services=()) as worker:  # a worker process: health and reflection only
@@ -187,20 +201,21 @@ def test_a_bad_item_fails_the_whole_stream_and_writes_nothing(project: Served, b
 # -- labeling -----------------------------------------------------------------------------------
 def test_lease_submit_consensus_and_export(project: Served) -> None:
     client, store = project.client, project.store
+    alice, bob = project.member("alice"), project.member("bob")
     client.ingest(_items("a", "b"))
     store.add_tasks([Task(P, "a", 2.0, None, 1.0), Task(P, "b", 1.0, None, 1.0)])
-    leases = client.lease(P, "alice", 5)
+    leases = alice.lease(P, "", 5)  # the annotator is the caller: "" or her own name
     assert [(lease.item_id, lease.text, lease.kind, lease.annotator) for lease in leases] == \
         [("a", "text of a", "label", "alice"), ("b", "text of b", "label", "alice")]
-    assert client.heartbeat(P, "alice", ["a", "b", "unknown"]) == 2
-    client.skip(P, "alice", "b")
-    assert [lease.item_id for lease in client.lease(P, "alice", 5)] == ["a"]  # her own live lease, handed back
+    assert alice.heartbeat(P, "alice", ["a", "b", "unknown"]) == 2
+    alice.skip(P, "alice", "b")
+    assert [lease.item_id for lease in alice.lease(P, "alice", 5)] == ["a"]  # her own live lease, handed back
 
-    assert client.submit(P, "alice", "a", "pos") is True
-    assert client.submit(P, "alice", "a", "pos") is False  # one answer per annotator
+    assert alice.submit(P, "alice", "a", "pos") is True
+    assert alice.submit(P, "alice", "a", "pos") is False  # one answer per annotator
     assert list(client.export_labels(P)) == []  # overlap 2: one answer is not a final label yet
-    assert [lease.item_id for lease in client.lease(P, "bob", 5)] == ["a", "b"]
-    assert client.submit(P, "bob", "a", "pos") is True
+    assert [lease.item_id for lease in bob.lease(P, "bob", 5)] == ["a", "b"]
+    assert bob.submit(P, "bob", "a", "pos") is True
 
     [label] = client.export_labels(P)
     assert (label.item_id, label.label, label.source, label.source_id, label.guideline_version) == \
@@ -208,8 +223,16 @@ def test_lease_submit_consensus_and_export(project: Served) -> None:
     assert label.aggregation and label.idempotency_key and 0 < label.confidence <= 1 and label.threshold is None
     assert store.labels(P) == [label]
     assert _published(project.bus, "labels") == ["a"]
-    assert [(action, detail) for _, _, action, detail in store.audit_log(P)][-2:] == \
-        [("export_labels", "0 labels"), ("export_labels", "1 labels")]
+    trail = store.audit_trail(P)  # every change and every reveal, by whom, on what
+    assert [(r.actor, r.action) for r in trail if r.action.startswith("token_")] == [("test", "token_create")] * 2
+    trail = [r for r in trail if not r.action.startswith("token_")]
+    assert [(r.actor, r.action, r.objects) for r in trail] == [
+        ("admin", "project_create", (P,)), ("admin", "ingest", ("a", "b")), ("alice", "lease", ("a", "b")),
+        ("alice", "skip", ("b",)), ("alice", "lease", ("a",)), ("alice", "submit", ("a",)),
+        ("alice", "submit", ("a",)), ("admin", "export_labels", ()), ("bob", "lease", ("a", "b")),
+        ("bob", "submit", ("a",)), ("admin", "export_labels", ())]
+    assert [json.loads(r.detail)["recorded"] for r in trail if r.action == "submit"] == [True, False, True]
+    assert "text of" not in str(trail)  # never an item's text
     stats = client.stats(P)
     assert (stats.items, stats.labels_by_source, stats.human_fraction, stats.open_tasks) == (2, {"human": 1}, 0.5, 1)
     assert (stats.current_model_version, stats.threshold) == (None, None)
@@ -217,24 +240,23 @@ def test_lease_submit_consensus_and_export(project: Served) -> None:
 
 def test_a_label_outside_the_schema_is_refused_and_writes_nothing(project: Served) -> None:
     project.client.ingest(_items("a"))
-    request = labeling_pb2.SubmitLabelRequest(project=P, annotator="alice", item_id="a", label="meh")
+    request = labeling_pb2.SubmitLabelRequest(project=P, item_id="a", label="meh")
     with pytest.raises(grpc.RpcError) as raised:
         labeling_pb2_grpc.LabelingStub(project.channel).SubmitLabel(request, timeout=5)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details().startswith("label: ") and "'meh'" in raised.value.details()
     with pytest.raises(InvalidInput) as mapped:
-        project.client.submit(P, "alice", "a", "meh")
+        project.client.submit(P, "", "a", "meh")
     assert mapped.value.field == "label"
     assert project.store.annotations(P) == [] and project.store.labels(P) == []
 
 
 def test_labeling_errors_name_the_field(project: Served) -> None:
     client = project.client
-    cases = [(lambda: client.lease(P, "alice", 0), InvalidInput, "max_tasks"),
-             (lambda: client.lease(P, "", 1), InvalidInput, "annotator"),
-             (lambda: client.lease("nosuchproject", "alice", 1), NotFound, "project"),
-             (lambda: client.submit(P, "alice", "ghost", "pos"), NotFound, "item_id"),
-             (lambda: client.skip(P, "alice", "ghost"), NotFound, "item_id"),
+    cases = [(lambda: client.lease(P, "", 0), InvalidInput, "max_tasks"),
+             (lambda: client.lease("nosuchproject", "", 1), NotFound, "project"),
+             (lambda: client.submit(P, "", "ghost", "pos"), NotFound, "item_id"),
+             (lambda: client.skip(P, "", "ghost"), NotFound, "item_id"),
              (lambda: client.stats("nosuchproject"), NotFound, "project"),
              (lambda: list(client.export_labels("nosuchproject")), NotFound, "project")]
     for call, error, field in cases:

@@ -8,9 +8,17 @@ from typing import Any, Sequence
 
 from winnow.core.adapters.sql.dialect import Dialect, Tx
 from winnow.core.adapters.sql.migrations import migrate
+from winnow.core.domain.audit import GLOBAL, AuditRecord, link
 from winnow.core.domain.errors import NotFound
 from winnow.core.domain.records import Project
 from winnow.core.domain.validation import check_text
+
+AUDIT_COLUMNS = "chain, n, time, actor, action, objects, detail, prev_hash, hash"
+
+
+def audit_record(row: Sequence[Any]) -> AuditRecord:
+    return AuditRecord(row[0], row[1], row[2], row[3], row[4], tuple(json.loads(row[5])), *row[6:])
+
 
 PROJECT_COLUMNS = (
     "name, classes, budget_labels, budget_per_items, precision_target, strategy, overlap, "
@@ -79,11 +87,19 @@ class SqlBase:
         tx.run(f"DELETE FROM assignments WHERE project = ? AND {self._in('item_id')} AND state = 'leased'",
                (project, ids))
 
-    def _audit(self, tx: Tx, project: str, actor: str, action: str, detail: str | dict, now: float) -> None:
-        """Append an audit row (``detail`` a dict is written as JSON)."""
+    def _audit(self, tx: Tx, project: str | None, actor: str, action: str, detail: str | dict, now: float,
+               objects: Sequence[str] = ()) -> AuditRecord:
+        """Append a record to the project's audit chain (the global one for None), linked to the
+        chain's last record (``detail`` a dict is written as JSON)."""
+        chain = GLOBAL if project is None else project
         text = detail if isinstance(detail, str) else json.dumps(detail)
-        tx.run("INSERT INTO audit (project, time, actor, action, detail) VALUES (?, ?, ?, ?, ?)",
-               (project, now, actor, action, text))
+        self.dialect.lock_audit(tx, chain)
+        row = tx.one(f"SELECT {AUDIT_COLUMNS} FROM audit_trail WHERE chain = ? ORDER BY n DESC LIMIT 1", (chain,))
+        record = link(None if row is None else audit_record(row), chain, now, actor, action, objects, text)
+        tx.run(f"INSERT INTO audit_trail ({AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (record.chain, record.n, record.time, record.actor, record.action,
+                json.dumps(list(record.objects), ensure_ascii=False), record.detail, record.prev_hash, record.hash))
+        return record
 
     def close(self) -> None:
         """Release the connection."""

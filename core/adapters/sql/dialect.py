@@ -101,6 +101,10 @@ class Dialect(ABC):
     def lock_migrations(self, tx: Tx) -> None:
         """Make processes that open together migrate one after the other."""
 
+    def lock_audit(self, tx: Tx, chain: str) -> None:
+        """Queue behind every other transaction appending to this audit chain until this one ends
+        (each record links to the one before it). No-op where writers are serialised anyway."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -220,6 +224,9 @@ class PostgresDialect(Dialect):
 
     def lock_migrations(self, tx: Tx) -> None:
         tx.one("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+
+    def lock_audit(self, tx: Tx, chain: str) -> None:
+        tx.one("SELECT pg_advisory_xact_lock(hashtextextended('winnow.audit:' || ?, 0))", (chain,))
 
     def close(self) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from winnow.core.adapters.sql.dialect import Dialect, Tx
 from winnow.core.domain.errors import WinnowError
@@ -34,6 +34,21 @@ def _close_requests_from_audit(tx: Tx) -> None:
                     "WHERE project = ? AND request_id = ? AND served_at IS NULL",
                     [(at, int(fields["tasks"]), int(fields["low_confidence"]), project, r)
                      for r in fields["requests"]])
+
+
+def _chain_the_audit_log(tx: Tx) -> None:
+    """Copy the unchained audit rows (before migration 5) into the hash-chained trail, each project's
+    rows in their time order."""
+    from winnow.core.domain.audit import link
+
+    last: dict[str, Any] = {}
+    for project, at, actor, action, detail in tx.all(
+            "SELECT project, time, actor, action, detail FROM audit ORDER BY project, time, seq"):
+        record = last[project] = link(last.get(project), project, at, actor, action, (), detail)
+        tx.run("INSERT INTO audit_trail (chain, n, time, actor, action, objects, detail, prev_hash, hash) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (record.chain, record.n, record.time, record.actor, record.action, "[]", record.detail,
+                record.prev_hash, record.hash))
 
 
 MIGRATIONS: tuple[tuple[Step, ...], ...] = (
@@ -119,6 +134,25 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "ALTER TABLE tasks ADD COLUMN wanted INTEGER",
         "ALTER TABLE labels ADD COLUMN probability DOUBLE PRECISION",
         "ALTER TABLE close_requests ADD COLUMN unlabeled INTEGER NOT NULL DEFAULT 0",
+    ),
+    (  # 4: API tokens, kept as hashes (the global admin's have no project)
+        """CREATE TABLE tokens (
+            token_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL, role TEXT NOT NULL,
+            project TEXT REFERENCES projects(name), name TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL, expires_at DOUBLE PRECISION, revoked_at DOUBLE PRECISION)""",
+        "CREATE INDEX tokens_project ON tokens (project, created_at)",
+        "CREATE INDEX tokens_name ON tokens (name)",
+    ),
+    (  # 5: the audit trail becomes hash-chained, one chain per project ("" for global records)
+        """CREATE TABLE audit_trail (
+            seq {serial},
+            chain TEXT NOT NULL, n INTEGER NOT NULL, time DOUBLE PRECISION NOT NULL, actor TEXT NOT NULL,
+            action TEXT NOT NULL, objects TEXT NOT NULL, detail TEXT NOT NULL,
+            prev_hash TEXT NOT NULL, hash TEXT NOT NULL,
+            UNIQUE (chain, n))""",
+        "CREATE INDEX audit_trail_time ON audit_trail (chain, time, n)",
+        _chain_the_audit_log,
+        "DROP TABLE audit",
     ),
 )
 

@@ -12,8 +12,10 @@ import time
 from typing import Sequence
 
 import numpy as np
-from winnow.core.adapters.sql.base import PROJECT_COLUMNS
+from winnow.core.adapters.sql.access import SqlTokens
+from winnow.core.adapters.sql.base import AUDIT_COLUMNS, PROJECT_COLUMNS, audit_record
 from winnow.core.adapters.sql.task_queue import SqlTaskQueue
+from winnow.core.domain.audit import GLOBAL, AuditRecord
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.domain.records import Item, Label, ModelVersion, Project
 from winnow.core.domain.validation import (
@@ -44,7 +46,7 @@ def _marks(n: int) -> str:
     return ", ".join("?" * n)
 
 
-class SqlStore(SqlTaskQueue, Store):
+class SqlStore(SqlTaskQueue, SqlTokens, Store):
     """Every store role on one database; construct it with a dialect (or use ``SqliteStore`` /
     ``PostgresStore``). The schema is created or migrated on open."""
 
@@ -268,20 +270,38 @@ class SqlStore(SqlTaskQueue, Store):
         return self._model(row)
 
     # -- audit ------------------------------------------------------------------------------
-    def audit(self, project: str, actor: str, action: str, detail: str, now: float) -> None:
+    def audit(self, project: str | None, actor: str, action: str, detail: str, now: float,
+              objects: Sequence[str] = ()) -> AuditRecord:
         check_text("actor", actor)
         check_text("action", action)
         check_text("detail", detail)
+        check_text("objects", *objects)
         check_finite("now", now)
         with self._tx() as tx:
-            self._project(tx, project)
-            self._audit(tx, project, actor, action, detail, now)
+            if project is not None:
+                self._project(tx, project)
+            return self._audit(tx, project, actor, action, detail, now, objects)
 
     def audit_log(self, project: str) -> list[tuple[float, str, str, str]]:
         with self._tx(write=False) as tx:
             self._project(tx, project)
             return [tuple(r) for r in tx.all(  # type: ignore[misc]
-                "SELECT time, actor, action, detail FROM audit WHERE project = ? ORDER BY time, seq", (project,))]
+                "SELECT time, actor, action, detail FROM audit_trail WHERE chain = ? ORDER BY time, n", (project,))]
+
+    def audit_trail(self, project: str | None = None, after: int = 0, limit: int | None = None) -> list[AuditRecord]:
+        """See :meth:`AuditLog.audit_trail`."""
+        chain = GLOBAL if project is None else project
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit_trail WHERE chain = ? AND n > ? ORDER BY n"
+        with self._tx(write=False) as tx:
+            if project is not None:
+                self._project(tx, project)
+            rows = tx.all(sql + ("" if limit is None else f" LIMIT {int(limit)}"), (chain, after))
+        return [audit_record(r) for r in rows]
+
+    def audit_chains(self) -> list[str]:
+        """Every chain's name ("" for the global one)."""
+        with self._tx(write=False) as tx:
+            return [r[0] for r in tx.all("SELECT DISTINCT chain FROM audit_trail ORDER BY chain")]
 
     # -- close requests ---------------------------------------------------------------------
     def request_close(self, project: str, request_id: str, actor: str, now: float) -> CloseRequest:

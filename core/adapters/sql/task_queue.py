@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from winnow.core.adapters.sql.base import SqlBase
-from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.errors import InvalidInput, LeaseRequired
 from winnow.core.domain.records import Annotation, Lease, Task
 from winnow.core.domain.validation import (
     check_finite,
@@ -120,13 +120,20 @@ class SqlTaskQueue(SqlBase):
                 (now + lease_s, now + lease_s, project, annotator, now, self._ids(item_ids)),
             )
 
-    def skip(self, project: str, annotator: str, item_id: str) -> None:
+    def skip(self, project: str, annotator: str, item_id: str, leased_at: float | None = None) -> None:
         """Release the lease (if any) as skipped; an answered item stays answered. NotFound for an
-        unknown item."""
+        unknown item; with ``leased_at``, LeaseRequired unless a lease live then is held."""
         validate_annotator(annotator)
+        check_finite("leased_at", leased_at)
         with self._tx() as tx:
             self._project(tx, project)
             self._require_items(tx, project, [item_id])
+            if leased_at is not None:
+                if not tx.run("UPDATE assignments SET state = 'skipped' WHERE project = ? AND item_id = ? "
+                              "AND annotator = ? AND state = 'leased' AND expires_at > ?",
+                              (project, item_id, annotator, leased_at)):
+                    raise LeaseRequired(f"no live lease on item {item_id[:100]!r}: lease it first")
+                return
             tx.run(
                 "INSERT INTO assignments (project, item_id, annotator, state, expires_at) VALUES (?, ?, ?, 'skipped', 0) "
                 "ON CONFLICT (project, item_id, annotator) DO UPDATE SET state = 'skipped' "
@@ -134,15 +141,21 @@ class SqlTaskQueue(SqlBase):
                 (project, item_id, annotator),
             )
 
-    def add_annotation(self, annotation: Annotation) -> bool:
+    def add_annotation(self, annotation: Annotation, leased: bool = False) -> bool:
         """Record the answer and mark the annotator's assignment answered; False (nothing written)
         if this annotator already answered the item. InvalidInput("label") outside the schema,
-        "annotator" when empty, NotFound("item_id") for an unknown item."""
+        "annotator" when empty, NotFound("item_id") for an unknown item; with ``leased``,
+        LeaseRequired unless the annotator's lease on the item is live at the annotation's time."""
         a = annotation
         validate_annotation(a)
         with self._tx() as tx:
             check_label(self._project(tx, a.project), a.label)
             self._require_items(tx, a.project, [a.item_id])
+            if leased:
+                state = tx.one("SELECT state, expires_at FROM assignments WHERE project = ? AND item_id = ? "
+                               "AND annotator = ?", (a.project, a.item_id, a.annotator))
+                if state is None or state[0] == "skipped" or (state[0] == "leased" and state[1] <= a.created_at):
+                    raise LeaseRequired(f"no live lease on item {a.item_id[:100]!r}: lease it (again) first")
             if not tx.run(
                 "INSERT INTO annotations (project, item_id, annotator, label, created_at) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (project, item_id, annotator) DO NOTHING",
