@@ -99,6 +99,8 @@ TOKEN_PROJECT = Option("project", str, "the project the token belongs to (every 
                        env_name="TOKEN_PROJECT", optional=True)
 TOKEN_NAME = Option("name", str, "the identity the holder acts as (an annotator's labels carry it); default "
                     "ROLE-ID", None, env_name="TOKEN_NAME", optional=True)
+BUS = next(o for o in options(ServeConfig) if o.key == "bus")  # `serve --bus`, WINNOW_BUS
+ERASE_PROJECT = Option("project", str, "the project of the items", None, env_name="ERASE_PROJECT")
 AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
                        None, env_name="AUDIT_PROJECT", optional=True)
 EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
@@ -183,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke a token at once (by its id, the part after wn_)")
     revoke.add_argument("token_id")
     add_options(revoke, (STORE,))
+
+    erase = sub.add_parser("erase", help="erase items for good, on the store and the bus directly (the running "
+                           "workers drop them from their caches and memory within seconds)")
+    erase.add_argument("item_ids", nargs="+", metavar="ITEM_ID")
+    add_options(erase, (STORE, BUS, ERASE_PROJECT))
 
     audit = sub.add_parser("audit", help="read and verify the hash-chained audit trail, on the store directly")
     audit_sub = audit.add_subparsers(dest="audit", required=True)
@@ -285,6 +292,29 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"revoked token {info.token_id} ({info.role} {info.name})")
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    import time
+
+    from winnow.core.loop.erase import erase
+    from winnow.services.serve import open_bus
+
+    project = given(args, ERASE_PROJECT)
+    store = _token_store(args)
+    try:
+        bus = open_bus(given(args, BUS))
+        try:
+            erasure = erase(bus, store, project, args.item_ids, _actor(), time.time())
+        finally:
+            bus.close()
+    finally:
+        store.close()
+    print(f"erased {len(erasure.erased)} items ({len(erasure.already)} erased before)")
+    if erasure.model_versions:
+        print("model versions that may have learned from them (later versions do not): "
+              + ", ".join(erasure.model_versions))
     return 0
 
 
@@ -473,7 +503,7 @@ COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("serve", None): cmd_serve, ("token", "create"): cmd_token_create,
             ("token", "list"): cmd_token_list, ("token", "revoke"): cmd_token_revoke,
-            ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}
+            ("erase", None): cmd_erase, ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

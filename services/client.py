@@ -16,6 +16,7 @@ from winnow.core.access.tokens import TokenInfo
 from winnow.core.domain.audit import AuditRecord
 from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
 from winnow.core.loop.close import StreamStatus
+from winnow.core.ports.store import Erasure
 from winnow.services.api.convert import ProjectStats, from_message, to_message
 from winnow.services.api.errors import winnow_errors as _winnow_errors
 from winnow.v1 import access_pb2, access_pb2_grpc, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc
@@ -174,6 +175,13 @@ class WinnowClient:
                 raise WinnowError(f"project {project!r}'s stream is still {status.state} after {timeout_s} s"
                                   + (": is its selector running?" if status.state == "closing" else ""))
             time.sleep(poll_s)
+
+    def erase(self, project: str, item_ids: Sequence[str]) -> Erasure:
+        """Erase items for good (owners); what was erased, what was already, which model versions may
+        have learned from them."""
+        report = self._call(self._projects.EraseItems, projects_pb2.EraseItemsRequest(project=project,
+                                                                                      item_ids=item_ids))
+        return Erasure(tuple(report.erased), tuple(report.already_erased), tuple(report.model_versions))
 
     def export_labels(self, project: str) -> Iterator[Label]:
         """Every final label of the project, oldest first (no deadline: exports can be long)."""

@@ -324,13 +324,17 @@ class KafkaBus(Bus):
                 request_timeout_ms=self._request_timeout_ms,
             )
 
-    def create_topic(self, topic: str, partitions: int = 1) -> None:
-        """Create ``topic`` with the cluster's default replication; return once its metadata has leaders."""
+    def create_topic(self, topic: str, partitions: int = 1, compact: bool = False) -> None:
+        """Create ``topic`` with the cluster's default replication (compacted as well as time-retained
+        with ``compact``); return once its metadata has leaders."""
         check_topic_name(topic)  # the rule the SQLite bus applies too, before any broker round trip
         if partitions < 1:
             raise InvalidInput("partitions", f"must be at least 1, got {partitions}")
+        spec: dict = {"num_partitions": partitions}
+        if compact:
+            spec["configs"] = {"cleanup.policy": "compact,delete"}
         try:
-            self._admin.create_topics({topic: {"num_partitions": partitions}})
+            self._admin.create_topics({topic: spec})
         except TopicAlreadyExistsError:
             log.debug("topic exists topic=%s", topic)
         except (InvalidTopicError, InvalidPartitionsError) as exc:
@@ -339,6 +343,24 @@ class KafkaBus(Bus):
             raise _bus_error(f"create topic {topic!r}", exc) from exc
         with _broker_errors(f"wait for topic {topic!r}"):
             self._admin.wait_for_topics([topic], timeout_ms=int(self.metadata_timeout_s * 1000))
+
+    def erase(self, topic: str, keys: Sequence[str]) -> None:
+        """A tombstone (null value) per key, acknowledged by the brokers before this returns."""
+        check_topic_name(topic)
+        if not keys:
+            return
+        partitions = self.partitions(topic)
+        producer = self._kafka_producer()
+        try:
+            with _broker_errors(f"erase on {topic!r}"):
+                sent = [producer.send(topic, key=key.encode("utf-8"), value=None,
+                                      partition=partition_for(key, partitions)) for key in keys]
+                producer.flush(timeout=self.metadata_timeout_s)
+            failed = [f.exception for f in sent if f.failed() or not f.is_done]
+            if failed:
+                raise BusError(f"kafka tombstones failed for {len(failed)} of {len(sent)} keys: {failed[0]!r}")
+        finally:
+            producer.close(timeout=self.metadata_timeout_s)
 
     def delete_topics(self, topics: Sequence[str]) -> None:
         """Delete ``topics`` (missing ones are ignored); for test teardown and operators."""

@@ -55,6 +55,9 @@ def _local_server(script: Path, server_dir: str) -> Iterator[str]:
         run("stop", STOP_TIMEOUT_S)
 
 
+_KAFKA_DIRS: dict[str, Path] = {}  # bootstrap -> the folder of a broker started here (its log segments)
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``host:port`` of a Kafka broker (``WINNOW_KAFKA_BOOTSTRAP``, or one started for the session)."""
@@ -62,8 +65,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if existing:
         yield existing
         return
-    with _local_server(KAFKA_LOCAL, str(tmp_path_factory.mktemp("kafka"))) as bootstrap:
+    server_dir = tmp_path_factory.mktemp("kafka")
+    with _local_server(KAFKA_LOCAL, str(server_dir)) as bootstrap:
+        _KAFKA_DIRS[bootstrap] = server_dir
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_log_dir(kafka_bootstrap: str) -> Path | None:
+    """The broker's log folder (its segment files, byte for byte) when this session started it."""
+    server_dir = _KAFKA_DIRS.get(kafka_bootstrap)
+    return None if server_dir is None else server_dir / "data"
 
 
 @pytest.fixture(scope="session")

@@ -67,7 +67,22 @@ class SqliteBus(Bus):
             raise BusError(f"sqlite bus: cannot open {self.path}: {e}") from e
 
     @bus_errors
-    def create_topic(self, topic: str, partitions: int = 1) -> None:
+    def erase(self, topic: str, keys: Sequence[str]) -> None:
+        """Overwrite the records' values (and headers) with empty tombstones, zeroing the freed bytes
+        (``secure_delete``), then checkpoint and truncate the write-ahead log that held the old pages."""
+        check_name("topic", topic)
+        for key in keys:
+            check_name("key", key)
+        if not keys:
+            return
+        with self._lock:
+            with write_tx(self._conn):
+                self._conn.executemany("UPDATE messages SET value = x'', headers = NULL WHERE topic = ? AND key = ?",
+                                       [(topic, key) for key in keys])
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @bus_errors
+    def create_topic(self, topic: str, partitions: int = 1, compact: bool = False) -> None:
         check_topic_name(check_name("topic", topic))  # Kafka's rule, so a name works on both buses
         if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
             raise InvalidInput("partitions", f"must be an integer >= 1, got {partitions!r}")

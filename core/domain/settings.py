@@ -274,6 +274,8 @@ class LoopConfig:
                                     low=-1.0, high=1.0, low_open=True)
     uncertainty: str = setting("margin", "uncertainty score", choices=SCORE_NAMES)
     lease_s: float = setting(600.0, "seconds an annotator holds a leased task", low=0.0, low_open=True)
+    erasure_check_s: float = setting(2.0, "seconds between a worker's looks for erased items (to drop them from "
+                                     "its memory and caches; 0: at every step)", low=0.0)
     max_open_leases: int = setting(50, "most tasks one annotator may hold leased at once (a lease call asking more "
                                    "gets its own live leases back first, up to this many)", low=1, high=1000)
     partitions: int = setting(4, "partitions of each new project's topics", low=1, high=1024)

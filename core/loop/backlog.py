@@ -98,6 +98,8 @@ class Backlog:
         self._unc[:k], self._dup[:k] = self._unc[keep], self._dup[keep]
         self._ids = [self._ids[i] for i in keep.tolist()]
         self._index = {item_id: row for row, item_id in enumerate(self._ids)}
+        self._emb[k:self._n] = 0  # nothing of a dropped (perhaps erased) item stays in memory
+        self._probs[k:self._n] = 0
         self._n = k
 
     def rescore(self, probs: np.ndarray, unc: np.ndarray) -> None:
@@ -107,6 +109,12 @@ class Backlog:
         if self._probs.shape[1:] != probs.shape[1:]:
             self._probs = np.empty((len(self._emb), probs.shape[1]))
         self._probs[: self._n], self._unc[: self._n] = probs, unc
+
+    def reset_dup(self, similarity: np.ndarray) -> None:
+        """Set each row's guard similarity to ``similarity`` ``[n]`` (a guard rebuilt after an erase)."""
+        if len(similarity) != self._n:
+            raise ValueError(f"reset_dup gives {len(similarity)} rows for a backlog of {self._n}")
+        self._dup[: self._n] = similarity
 
     def raise_dup(self, similarity: np.ndarray) -> None:
         """Raise each row's guard similarity to ``similarity`` ``[n]`` where that is higher."""

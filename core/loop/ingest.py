@@ -1,7 +1,13 @@
-"""Ingest: validate a batch of items, store it and publish it onto items.raw."""
+"""Ingest: validate a batch of items, store it and publish references to it onto items.raw.
+
+The bus never carries the text of an item ingested here: items.raw holds the item without its text
+(the prelabel worker reads the text from the store), so erasing an item from the store erases its
+text everywhere Winnow put it (the claim-check pattern). Producers that write items.raw themselves
+put the text on the topic; an erase then leaves a tombstone there (see ``Bus.erase``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Sequence
 
@@ -16,7 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def ingest(producer: Producer, store: Store, project: Project, items: Sequence[Item]) -> int:
-    """Validate, store and publish items onto items.raw; returns how many were new (ids are idempotent).
+    """Validate, store and publish references to the items onto items.raw; returns how many were new
+    (ids are idempotent; an erased id is skipped).
 
     Returns once the items are durable on the bus (``producer`` is flushed; a failed publish raises
     ``BusError``, and the caller's retry is idempotent). ``producer`` must be the caller's alone while
@@ -25,6 +32,8 @@ def ingest(producer: Producer, store: Store, project: Project, items: Sequence[I
     """
     validate_items(project, items)
     new = store.add_items(items)
-    producer.publish_many(topic(project.name, "items.raw"), ITEMS_RAW.keyed(items))
+    erased = store.erased_among(project.name, [i.item_id for i in items])  # skipped by the store, not sent on
+    references = [dataclasses.replace(i, text="") for i in items if i.item_id not in erased]
+    producer.publish_many(topic(project.name, "items.raw"), ITEMS_RAW.keyed(references))
     producer.flush()
     return new

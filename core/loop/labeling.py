@@ -117,6 +117,9 @@ class LabelingService:
             return 0
         ready, self._ready = sorted(self._ready), set()
         answers, item_index, _, args, gold_ids = self._answers()
+        ready = [i for i in ready if i in item_index]  # an item erased since its last answer has none left
+        if not ready:
+            return 0
         if self.project.overlap == 1 and not gold_ids:
             result, aggregation = majority_vote(*args), "single"
         else:

@@ -14,6 +14,7 @@ from winnow.core.domain.codecs import ITEMS_SCORED
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.domain.records import Item, Project, Scored
 from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.erase import ErasureWatch
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.runtime import Prediction, Runtime
@@ -62,6 +63,7 @@ class PrelabelWorker(Stage):
         # the next batch, gathered (and decoded) while the model works on the one in flight
         self._ahead: tuple[list[Message], list[tuple[str, object]]] = ([], [])
         self._refused: dict[str, WinnowError] = {}  # items the store refused, dead-lettered by ``_write``
+        self._erasures = ErasureWatch(store, project.name, True, config.erasure_check_s)  # its cache outlives it
 
     @property
     def overlap(self) -> bool:
@@ -82,7 +84,9 @@ class PrelabelWorker(Stage):
         flight, start it on the next batch (gathered while it worked, topped up with what came since),
         then write the finished batch's output, flush, commit its offsets and gather the batch after,
         all while the model works. Waits ``timeout_s`` (and ``fill_s``) for messages only when no batch
-        is in flight: otherwise the model's time on a batch is the window in which the next one fills."""
+        is in flight: otherwise the model's time on a batch is the window in which the next one fills.
+        Either way, first drops the cached embeddings of texts erased since the last look."""
+        self._forget_erased()
         if self._model is None:
             return super().step(max_messages, timeout_s)
         busy = self._in_flight
@@ -150,7 +154,7 @@ class PrelabelWorker(Stage):
             if stage == "models" and model.version != self.runtime.model_version:
                 self.runtime.swap(Path(model.path))
                 log.info("prelabel swapped project=%s version=%s", self.project.name, model.version)
-        items = [item for stage, item in records if stage == "items.raw"]
+        items = self._resolve([item for stage, item in records if stage == "items.raw"])
         if not items:
             return []
         # the models topic has one partition: in a group of several prelabel workers only one member
@@ -161,6 +165,33 @@ class PrelabelWorker(Stage):
             self.runtime.swap(Path(current.path))
             log.info("prelabel swapped project=%s version=%s", self.project.name, current.version)
         return items
+
+    def _resolve(self, items: list[Item]) -> list[Item]:
+        """The batch's items with their text: a reference (an item without text, as ``ingest``
+        publishes it) gets the stored text; an erased item is dropped without a trace (a dead letter
+        would keep its text); a reference to an item the store never had is dead-lettered."""
+        if not items:
+            return items
+        erased = self.store.erased_among(self.project.name, [i.item_id for i in items])
+        references = [i.item_id for i in items if not i.text and i.item_id not in erased]
+        stored = {i.item_id: i for i in self.store.find_items(self.project.name, references)} if references else {}
+        kept = []
+        for item in items:
+            if item.item_id in erased:
+                continue
+            if item.text:
+                kept.append(item)
+            elif item.item_id in stored:
+                kept.append(stored[item.item_id])
+            else:
+                self.reject("items.raw", [item], NotFound("item_id", f"item {item.item_id[:100]!r} is not in the store"))
+        return kept
+
+    def _forget_erased(self) -> None:
+        """Drop the cached embeddings of texts erased since the last look."""
+        digests = [d for _, d in self._erasures.new() if d is not None]
+        if digests:
+            log.info("prelabel forgot project=%s cached_embeddings=%d", self.project.name, self.runtime.forget(digests))
 
     def _store_items(self, items: list[Item]) -> None:
         """Add the batch's items to the store (producers may write items.raw directly: the store learns
@@ -185,15 +216,16 @@ class PrelabelWorker(Stage):
     def _write(self, items: list[Item], prediction: Prediction) -> None:
         """Embeddings into the store, one items.scored message per item (flushed by the caller).
 
-        An item the store does not have (refused by ``_store_items``, or erased meanwhile) is
-        dead-lettered and the others are written.
+        An item erased meanwhile is dropped; one the store does not have (refused by
+        ``_store_items``) is dead-lettered; the others are written.
         """
         embeddings, logits = prediction.embeddings, prediction.logits  # [n, D], [n, members, C]
         try:
             self.store.put_embeddings(self.project.name, [i.item_id for i in items], embeddings)
         except NotFound:
             keep = np.array([self._in_store(item) for item in items], bool)  # one look-up per item, only here
-            for item in (item for item, k in zip(items, keep) if not k):
+            erased = self.store.erased_among(self.project.name, [i.item_id for i, k in zip(items, keep) if not k])
+            for item in (item for item, k in zip(items, keep) if not k and item.item_id not in erased):
                 self.reject("items.raw", [item], self._refused.pop(item.item_id, None) or NotFound(
                     "item_id", f"item {item.item_id[:100]!r} is not in the store"))
             items, embeddings = [item for item, k in zip(items, keep) if k], embeddings[keep]

@@ -31,6 +31,7 @@ from winnow.core.loop.close import (
     record_close,
 )
 from winnow.core.loop.backlog import Backlog
+from winnow.core.loop.erase import ErasureWatch
 from winnow.core.loop.quality import certified_quality
 from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
@@ -84,6 +85,7 @@ class Selector(Stage):
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
         self._arrivals = 0  # items that reached this selector in this process's life
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
+        self._erasures = ErasureWatch(store, project.name, False, config.erasure_check_s)  # then _restore reads
         self._restore()
 
     # -- state ------------------------------------------------------------------------------
@@ -95,10 +97,8 @@ class Selector(Stage):
         tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
         labeled = {label.item_id: label.source for label in self.store.labels(name)}
         tasked = {t.item_id for t in tasks}
-        anchors = list(tasked) + [i for i, source in labeled.items() if source == "human" and i not in tasked]
         pending = [i for i in self.store.unlabeled_ids(name) if i not in tasked]
-        if anchors:
-            self._guard_add(self.store.get_embeddings(name, anchors))
+        self._build_guard(tasks, labeled)
         # undecided items with a vector are the backlog (the others reach the selector through
         # items.scored); a restart does not look at them again, so it draws nothing by itself
         scored = self.store.embedded_ids(name, pending)
@@ -112,6 +112,29 @@ class Selector(Stage):
         # (with the same draws: uniforms are keyed by item and version), durable before the first step
         if self._look_at_backlog():
             self.producer.flush()
+
+    def _build_guard(self, tasks: list[Task], labeled: dict[str, str]) -> None:
+        """The near-duplicate guard, from the store: the items queued for people or labeled by them."""
+        tasked = {t.item_id for t in tasks}
+        anchors = list(tasked) + [i for i, source in labeled.items() if source == "human" and i not in tasked]
+        self.guard, self._guarded = None, 0
+        if anchors:
+            self._guard_add(self.store.get_embeddings(self.project.name, anchors))
+
+    def _forget_erased(self) -> None:
+        """Drop erased items from the backlog and rebuild the guard without them (their vectors are
+        derived from their text); the backlog's guard similarities are measured again."""
+        gone = {item_id for item_id, _ in self._erasures.new()}
+        if not gone:
+            return
+        self.backlog.drop(np.array([i in gone for i in self.backlog.ids], bool))
+        name = self.project.name
+        self._build_guard([t for t in self.store.tasks(name) if t.kind != "gold"],
+                          {label.item_id: label.source for label in self.store.labels(name)})
+        if len(self.backlog):
+            self.backlog.reset_dup(self.guard.index.max_similarity(self.backlog.emb) if self.guard is not None
+                                   else np.full(len(self.backlog), -np.inf, np.float32))
+        log.info("selector forgot project=%s erased=%d backlog=%d", name, len(gone), len(self.backlog))
 
     def _add_backlog(self, ids: list[str], emb: np.ndarray, scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Put items in the backlog; ``scores`` are their ``_scores`` if the caller has them."""
@@ -292,6 +315,7 @@ class Selector(Stage):
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
         """Handle one batch, then serve a pending close request if there is one (checked after every
         batch that moved messages, else every ``CLOSE_CHECK_S``)."""
+        self._forget_erased()
         handled = super().step(max_messages, timeout_s)
         if handled or time.monotonic() >= self._close_check_at:
             self._close_check_at = time.monotonic() + CLOSE_CHECK_S

@@ -4,6 +4,8 @@ project's dead-letter topic."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -70,9 +72,12 @@ class Stage(ABC):
         return messages
 
     def _decode_all(self, messages: list[Message]) -> list[tuple[str, object]]:
-        """The ``(stage, record)`` of each message; poison messages go to the dead-letter topic."""
+        """The ``(stage, record)`` of each message; poison messages go to the dead-letter topic, and
+        tombstones (an erase's empty values) are skipped."""
         records: list[tuple[str, object]] = []
         for m in messages:
+            if not m.value:
+                continue
             try:
                 records.append((self._stage_of(m), self.decode(m)))
             except (ValueError, TypeError, KeyError, WinnowError) as e:
@@ -83,8 +88,8 @@ class Stage(ABC):
         """The typed record a message carries (its topic's codec, ``winnow.core.domain.codecs``); an
         item is validated as ingest validates it. Raises ``InvalidInput``/``NotFound`` on a bad one."""
         record = codec_for(self._stage_of(message)).decode(message.value)
-        if isinstance(record, Item):
-            validate_items(self.project, [record])
+        if isinstance(record, Item):  # without text, a reference to the stored item (see ``ingest``)
+            validate_items(self.project, [record if record.text else dataclasses.replace(record, text="-")])
         return record
 
     def _dead_letter(self, message: Message, error: Exception) -> None:

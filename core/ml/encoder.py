@@ -344,7 +344,9 @@ class TorchEncoder(_BucketedEncoder):
 
 
 class EmbeddingCache:
-    """SQLite (WAL) map from sha256(encoder_id, text) to a float32 vector; safe to share between threads."""
+    """SQLite (WAL) map from sha256(encoder_id, sha256(text)) to a float32 vector; safe to share
+    between threads. Keyed by the text's digest, so an erased item's entry can be dropped from its
+    digest alone (:meth:`forget`) once the text itself is gone; freed pages are zeroed."""
 
     _CHUNK = 500  # keys per SELECT, below SQLite's bound-variable limit
 
@@ -355,14 +357,28 @@ class EmbeddingCache:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA secure_delete=ON")
             self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
                              " WITHOUT ROWID")
         except sqlite3.DatabaseError as e:
             raise ModelFileError(f"{self.path}: not a usable embedding cache ({e})") from e
 
     def _keys(self, texts: Sequence[str]) -> list[bytes]:
+        return self._digest_keys([hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in texts])
+
+    def _digest_keys(self, digests: Sequence[bytes]) -> list[bytes]:
         prefix = self.encoder_id.encode() + b"\0"
-        return [hashlib.sha256(prefix + t.encode()).digest() for t in texts]
+        return [hashlib.sha256(prefix + d).digest() for d in digests]
+
+    def forget(self, text_sha256: Sequence[str]) -> int:
+        """Drop the entries of the texts with these hex SHA-256 digests (an erase); how many were
+        there. The write-ahead log that held them is truncated."""
+        keys = self._digest_keys([bytes.fromhex(d) for d in text_sha256])
+        with self._lock:
+            with self._db:
+                gone = sum(self._db.execute("DELETE FROM embedding WHERE key = ?", (k,)).rowcount for k in keys)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return gone
 
     def get_many(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Cached vectors float32 ``[n, dim]`` (zeros where missing) and the hit mask bool ``[n]``."""

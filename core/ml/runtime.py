@@ -86,6 +86,12 @@ class Runtime(ABC):
             return Prediction(embeddings, None, None, None)
         return Prediction(embeddings, head.logits(embeddings), head.version, MappingProxyType(head.meta))
 
+    def forget(self, text_sha256: Sequence[str]) -> int:
+        """Drop cached embeddings of erased texts (by their hex SHA-256); how many there were (0
+        without an embedding cache)."""
+        cache = getattr(self.encoder, "cache", None)
+        return 0 if cache is None or not text_sha256 else cache.forget(text_sha256)
+
 
 class OnnxRuntime(Runtime):
     """Heads run from head.onnx on ONNX Runtime."""

@@ -177,8 +177,17 @@ class Bus(ABC):
     """
 
     @abstractmethod
-    def create_topic(self, topic: str, partitions: int = 1) -> None:
-        """Create ``topic`` if it does not exist (idempotent; an existing topic keeps its partitions)."""
+    def create_topic(self, topic: str, partitions: int = 1, compact: bool = False) -> None:
+        """Create ``topic`` if it does not exist (idempotent; an existing topic keeps its partitions
+        and settings). ``compact``: a topic whose records ``erase`` must be able to remove (on Kafka,
+        ``cleanup.policy=compact,delete``: the log cleaner drops a key's records behind its tombstone)."""
+
+    @abstractmethod
+    def erase(self, topic: str, keys: Sequence[str]) -> None:
+        """Remove the payloads of the records with these keys, where the bus keeps them: the SQLite
+        log overwrites them in place with empty tombstones (offsets stay dense); Kafka appends a
+        tombstone per key, and the log cleaner of a compacted topic removes the earlier records.
+        Consumers skip tombstones (an empty value is never a record)."""
 
     @abstractmethod
     def producer(self) -> Producer:

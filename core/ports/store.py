@@ -53,6 +53,20 @@ class CloseRequest:
     unlabeled: int = 0
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """What an erase did: the items it erased now, those erased before, and the model versions that
+    may have learned from them (every version registered after the item's first human or gold label;
+    a superset, as a label that came during a training run counts as used)."""
+
+    erased: tuple[str, ...]
+    already: tuple[str, ...]
+    model_versions: tuple[str, ...]
+
+
+ERASURE_DIGEST_S = 7 * 24 * 3600.0  # how long an erased text's digest stays for the workers' caches
+
+
 class Projects(Protocol):
     @abstractmethod
     def create_project(self, project: Project) -> None:
@@ -71,8 +85,8 @@ class Projects(Protocol):
 class Items(Protocol):
     @abstractmethod
     def add_items(self, items: Sequence[Item]) -> int:
-        """Insert items in one transaction, keeping ingest order. Idempotent: an id already present
-        is skipped. Returns how many were new."""
+        """Insert items in one transaction, keeping ingest order. Idempotent: an id already present,
+        or erased, is skipped. Returns how many were new."""
 
     @abstractmethod
     def get_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
@@ -82,9 +96,24 @@ class Items(Protocol):
     def count_items(self, project: str) -> int: ...
 
     @abstractmethod
-    def delete_item(self, project: str, item_id: str) -> None:
-        """Remove an item and everything about it (embedding, tasks, leases, annotations, gold,
-        label) and write an audit row; NotFound("item_id") when missing."""
+    def find_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
+        """The items of ``item_ids`` that the store has, in the order asked (no error for the others)."""
+
+    @abstractmethod
+    def erase_items(self, project: str, item_ids: Sequence[str], actor: str, now: float) -> Erasure:
+        """Remove the items and everything about them (text, embedding, tasks, leases, answers, gold,
+        final label) in one transaction, keep their ids as erased (``add_items`` skips an erased id
+        for ever) and audit it. Idempotent: ids erased before are reported as such; NotFound("item_id")
+        names the first id that never existed (and nothing is erased)."""
+
+    @abstractmethod
+    def erasures(self, project: str, after: int = 0) -> list[tuple[int, str, str | None]]:
+        """``(seq, item_id, text_sha256)`` of the items erased after ``seq`` (the digest, which
+        workers use to drop cached embeddings, is kept for ``ERASURE_DIGEST_S`` only)."""
+
+    @abstractmethod
+    def erased_among(self, project: str, item_ids: Sequence[str]) -> set[str]:
+        """The ids among ``item_ids`` that were erased."""
 
     @abstractmethod
     def unlabeled_ids(self, project: str, among: Sequence[str] | None = None) -> list[str]:

@@ -99,6 +99,19 @@ class BusContract(ABC):
             offsets = [m.offset for m in got if m.partition == p]
             assert offsets == sorted(set(offsets))
 
+    def test_after_an_erase_the_last_record_of_each_erased_key_is_a_tombstone(self) -> None:
+        topic = f"contract-{uuid.uuid4().hex[:12]}"
+        self.bus.create_topic(topic, 2, compact=True)
+        sent = self.publish(topic, 12, keys=4)
+        self.bus.erase(topic, ["key-1", "key-3"])
+        self.bus.erase(topic, [])  # nothing to do
+        with self.bus.consumer([topic], self.new_group()) as consumer:
+            got = poll_until(consumer, 12)
+            got += consumer.poll(100, timeout_s=1.0)  # Kafka appends the tombstones after the records
+        last = {m.key: m.value for m in sorted(got, key=lambda m: (m.partition, m.offset))}
+        assert last == {"key-0": sent[8], "key-1": b"", "key-2": sent[10], "key-3": b""}
+        assert not [m for m in got if m.key in ("key-0", "key-2") and not m.value]  # other keys keep theirs
+
     def test_a_key_always_lands_in_the_same_partition(self) -> None:
         topic = self.new_topic(5)
         self.publish(topic, 200, keys=17)

@@ -8,6 +8,7 @@ each time, so that concurrent stores can be tested; the contract closes them). T
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Callable, Iterator
 
@@ -23,7 +24,7 @@ from winnow.core.domain.records import (
     Project,
     Task,
 )
-from winnow.core.ports.store import Store
+from winnow.core.ports.store import ERASURE_DIGEST_S, Erasure, Store
 from winnow.core.testing.store_input_contract import StoreInputContract
 from winnow.core.testing.store_queue_contract import TaskQueueContract
 from winnow.core.testing.store_records import CLASSES, LEASE_S, P, items, label, lease_ids, model, task
@@ -118,7 +119,7 @@ class StoreContract(TaskQueueContract, StoreInputContract):
             lambda s: s.add_items(items("a", project="nope")),
             lambda s: s.get_items("nope", ["a"]),
             lambda s: s.count_items("nope"),
-            lambda s: s.delete_item("nope", "a"),
+            lambda s: s.erase_items("nope", ["a"], "op", 0.0),
             lambda s: s.put_embeddings("nope", ["a"], np.zeros((1, 2), np.float32)),
             lambda s: s.get_embeddings("nope", ["a"]),
             lambda s: s.add_tasks([Task("nope", "a", 1.0, None, 0.0)]),
@@ -303,14 +304,20 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         assert s.current_model(P) == v1
 
     # -- deletion and audit -----------------------------------------------------------------
-    def test_delete_item_removes_everything(self, s: Store) -> None:
+    def test_erase_items_removes_everything_and_for_ever(self, s: Store) -> None:
         s.put_embeddings(P, ["i0", "i1"], np.ones((2, 4), np.float32))
         s.add_tasks([task("i0"), task("i1")])
         lease_ids(s, "x", overlap=2)
         s.add_annotation(Annotation(P, "i0", "y", "card", 1.0))
         s.set_gold(P, {"i0": "card"})
-        s.put_label(label("i0"))
-        s.delete_item(P, "i0")
+        s.register_model(model("v1", 0.5))
+        s.put_label(label("i0", source="human", created_at=1.0))
+        s.register_model(model("v2", 2.0))  # trained after i0's label: may have learned it
+        with pytest.raises(NotFound) as unknown:  # one id that never existed: nothing is erased
+            s.erase_items(P, ["i0", "ghost"], "owner", 3.0)
+        assert unknown.value.field == "item_id" and s.count_items(P) == 5
+        erasure = s.erase_items(P, ["i0"], "owner", 3.0)
+        assert erasure == Erasure(("i0",), (), ("v2",))
         assert s.count_items(P) == 4
         with pytest.raises(NotFound):
             s.get_items(P, ["i0"])
@@ -320,13 +327,20 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         assert [t.item_id for t in s.open_tasks(P)] == ["i1"]
         assert s.annotations(P) == [] and s.gold(P) == {} and s.labels(P) == []
         assert s.unlabeled_ids(P) == ["i1", "i2", "i3", "i4"]
-        assert any("delete" in action and detail == "i0" for _, _, action, detail in s.audit_log(P))
+        [record] = [r for r in s.audit_trail(P) if r.action == "erase"]
+        assert (record.actor, record.objects) == ("owner", ("i0",)) and "text of i0" not in record.detail
         assert s.heartbeat(P, "x", ["i0"], LEASE_S, 1.0) == 0
-        with pytest.raises(NotFound) as err:
-            s.delete_item(P, "i0")
-        assert err.value.field == "item_id"
-        assert s.add_items(items("i0")) == 1
-        assert s.unlabeled_ids(P)[-1] == "i0"
+        assert s.erase_items(P, ["i0", "i1"], "owner", 4.0) == Erasure(("i1",), ("i0",), ())  # idempotent
+        assert s.add_items(items("i0", "i5")) == 1  # an erased id is never added again
+        assert s.find_items(P, ["i5", "i0", "i1"]) == items("i0", "i5")[1:]
+        assert s.erased_among(P, ["i0", "i2", "i1"]) == {"i0", "i1"}
+        digest = hashlib.sha256(b"text of i0").hexdigest()
+        assert [(item_id, d) for _, item_id, d in s.erasures(P)] == [("i0", digest), ("i1", hashlib.sha256(
+            b"text of i1").hexdigest())]
+        first_seq = s.erasures(P)[0][0]
+        assert [item_id for _, item_id, _ in s.erasures(P, after=first_seq)] == ["i1"]
+        s.erase_items(P, ["i2"], "owner", 4.0 + ERASURE_DIGEST_S + 1)  # a week later: old digests go
+        assert [d is None for _, _, d in s.erasures(P)] == [True, True, False]
 
     def test_audit_log_oldest_first_per_project(self, s: Store) -> None:
         s.create_project(Project("other", CLASSES))

@@ -72,7 +72,7 @@ class StoreInputContract:
             (lambda s: s.add_items([*items("n1"), Item(P, "n2", "te\x00xt")]), "text"),
             (lambda s: s.add_items([*items("n1"), Item(P + "\x00", "n2", "text")]), "project"),
             (lambda s: s.get_items(P, ["i0", "i\x001"]), "item_id"),
-            (lambda s: s.delete_item(P, "i0\x00"), "item_id"),
+            (lambda s: s.erase_items(P, ["i0\x00"], "op", 0.0), "item_id"),
             (lambda s: s.unlabeled_ids(P, ["i\x00"]), "item_id"),
             (lambda s: s.put_embeddings(P, ["i0", "i\x00"], np.zeros((2, 2), np.float32)), "item_id"),
             (lambda s: s.add_tasks([task("i1"), Task(P, "i0", 0.5, "m\x00", 0.0)]), "model_version"),

@@ -32,11 +32,12 @@ from winnow.core.domain.records import Item, Label, Lease, ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
+from winnow.core.loop.erase import erase
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics, topic
 from winnow.core.ports.bus import Bus, ProducerPool
-from winnow.core.ports.store import Store
+from winnow.core.ports.store import Erasure, Store
 from winnow.core.loop.quality import certified_quality
 from winnow.services.api.convert import CertifiedQuality, ProjectStats
 
@@ -163,6 +164,11 @@ class WinnowApi:
         """Ask the selector to close the stream (idempotent while a close is pending); audited."""
         who.require(Action.CLOSE, _project(project))
         return request_close(self.store, project, who.name, self.clock())
+
+    def erase(self, who: Principal, project: str, item_ids: Sequence[str]) -> Erasure:
+        """Erase items from the store and the bus (owners); see :mod:`winnow.core.loop.erase`."""
+        who.require(Action.ERASE, _project(project))
+        return erase(self.bus, self.store, project, item_ids, who.name, self.clock())
 
     def export_labels(self, who: Principal, project: str) -> list[Label]:
         """Every final label, oldest first; the export is in the audit log before anything is sent."""

@@ -123,6 +123,12 @@ class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
                     ) -> projects_pb2.StreamStatus:
         return to_message(self.api.close_stream(self.who(context), request.project), projects_pb2.StreamStatus)
 
+    def EraseItems(self, request: projects_pb2.EraseItemsRequest, context: grpc.ServicerContext
+                   ) -> projects_pb2.ErasureReport:
+        erasure = self.api.erase(self.who(context), request.project, list(request.item_ids))
+        return projects_pb2.ErasureReport(erased=erasure.erased, already_erased=erasure.already,
+                                          model_versions=erasure.model_versions)
+
 
 class ModelsServicer(_Servicer, models_pb2_grpc.ModelsServicer):
     """Models: list versions, promote one (audited)."""

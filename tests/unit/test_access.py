@@ -38,8 +38,8 @@ OK, DENIED, NO_ONE = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED, grpc
 # what each role may do, written out from the issue (not read from the code under test)
 ALLOWED = {
     "admin": {"create_project", "ingest", "close", "label", "stats", "export", "versions", "promote", "tokens",
-              "audit"},
-    "owner": {"ingest", "close", "label", "stats", "export", "versions", "promote", "tokens", "audit"},
+              "audit", "erase"},
+    "owner": {"ingest", "close", "label", "stats", "export", "versions", "promote", "tokens", "audit", "erase"},
     "producer": {"ingest", "close", "stats"},
     "annotator": {"label"},
     "reviewer": {"stats", "export", "versions"},
@@ -99,6 +99,7 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
         "Projects/GetStats": ("stats", lambda p: projects_pb2.GetStatsRequest(project=p)),
         "Projects/ExportLabels": ("export", lambda p: projects_pb2.ExportLabelsRequest(project=p)),
         "Projects/CloseStream": ("close", lambda p: projects_pb2.CloseStreamRequest(project=p)),
+        "Projects/EraseItems": ("erase", lambda p: projects_pb2.EraseItemsRequest(project=p, item_ids=["gone"])),
         "Models/ListVersions": ("versions", lambda p: models_pb2.ListVersionsRequest(project=p)),
         "Models/Promote": ("promote", lambda p: models_pb2.PromoteRequest(project=p, version="v-none")),
         "Access/WhoAmI": (None, lambda p: access_pb2.WhoAmIRequest()),
@@ -113,6 +114,7 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
 
 # what an allowed call answers (the requests above are valid, but some are refused for what they ask)
 _ALLOWED_CODE = {"Labeling/SubmitLabel": grpc.StatusCode.FAILED_PRECONDITION,  # no lease held
+                 "Projects/EraseItems": grpc.StatusCode.NOT_FOUND,  # no item "gone"
                  "Labeling/Skip": grpc.StatusCode.FAILED_PRECONDITION,
                  "Models/Promote": grpc.StatusCode.NOT_FOUND}  # no such version
 

@@ -290,3 +290,29 @@ def test_serve_makes_a_first_admin_token_only_for_an_embedded_store_that_never_h
             auth.principal([])
     finally:
         store.close()
+
+
+def test_erase_on_the_store_and_bus_directly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from winnow.core.adapters.sqlite_bus import SqliteBus
+    from winnow.core.adapters.sqlite_store import SqliteStore
+    from winnow.core.domain.records import Item, Project
+    from winnow.core.loop.ingest import ingest
+    from winnow.core.loop.topics import create_topics
+
+    store, bus = SqliteStore(tmp_path / "store.sqlite"), SqliteBus(tmp_path / "bus.sqlite")
+    try:
+        project = Project("p1", ("a", "b"))
+        store.create_project(project)
+        create_topics(bus, "p1", 1)
+        ingest(bus.producer(), store, project, [Item("p1", "i0", "forget me please"), Item("p1", "i1", "keep me")])
+    finally:
+        bus.close()
+        store.close()
+    urls = ["--store", f"sqlite:///{tmp_path / 'store.sqlite'}", "--bus", f"sqlite:///{tmp_path / 'bus.sqlite'}"]
+    assert main(["erase", "i0", "--project", "p1", *urls]) == 0
+    assert "erased 1 items (0 erased before)" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if b"forget me please" in p.read_bytes()]
+    code, err = run(["erase", "ghost", "--project", "p1", *urls], capsys)
+    assert code == 2 and "item_id: no item 'ghost'" in err
+    code, err = run(["erase", "i1", *urls], capsys)
+    assert code == 2 and "--project: is required" in err

@@ -75,20 +75,33 @@ def test_an_item_with_a_nan_time_on_items_raw_is_dead_lettered_and_the_batch_goe
     prelabel.close()
 
 
-def test_an_item_erased_while_in_the_model_is_dead_lettered_and_the_others_written(env) -> None:
+def test_an_item_erased_while_in_the_model_is_dropped_without_a_dead_letter(env) -> None:
     bus, store = env
     ingest(bus.producer(), store, PROJECT, [Item("p", f"i{k}", f"text {k}", 0.0) for k in range(3)])
     prelabel = PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(CrcEncoder()), overlap=True)
     prelabel.step()  # the batch is in the model
     assert prelabel.in_flight == 3
-    store.delete_item("p", "i1")
+    store.erase_items("p", ["i1"], "owner", 1.0)
     assert prelabel.drain() == 3
     assert prelabel.consumer.lag() == 0
     assert scored_ids(bus) == ["i0", "i2"]
     assert store.embedded_ids("p", ["i0", "i1", "i2"]) == ["i0", "i2"]
+    assert read(bus, "dead-letter") == []  # a dead letter would keep what the erase removed
+    prelabel.close()
+
+
+def test_items_raw_carries_references_the_prelabel_resolves_from_the_store(env) -> None:
+    bus, store = env
+    ingest(bus.producer(), store, PROJECT, [Item("p", f"i{k}", f"text {k}", 0.0) for k in range(3)])
+    assert {ITEMS_RAW.decode(m.value).text for m in read(bus, "items.raw")} == {""}  # no text on the bus
+    store.erase_items("p", ["i2"], "owner", 1.0)
+    with bus.producer() as producer:  # a producer writing items.raw itself: a reference to nothing
+        producer.publish_many(topic("p", "items.raw"), ITEMS_RAW.keyed([Item("p", "ghost", "", 0.0)]))
+    prelabel = PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(CrcEncoder()), overlap=False)
+    prelabel.step()
+    assert scored_ids(bus) == ["i0", "i1"]  # i2 erased: dropped
     (dead,) = read(bus, "dead-letter")
-    assert dead.key == "i1" and dead.header("error").startswith(b"NotFound: item_id")
-    assert ITEMS_RAW.decode(dead.value) == Item("p", "i1", "text 1", 0.0)
+    assert dead.key == "ghost" and dead.header("error").startswith(b"NotFound: item_id")
     prelabel.close()
 
 

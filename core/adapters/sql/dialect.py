@@ -105,6 +105,10 @@ class Dialect(ABC):
         """Queue behind every other transaction appending to this audit chain until this one ends
         (each record links to the one before it). No-op where writers are serialised anyway."""
 
+    def scrub(self) -> None:
+        """After an erase: remove what the database keeps of deleted rows outside its tables, where it
+        can. No-op on PostgreSQL (autovacuum reclaims dead tuples; encrypt its disk)."""
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -126,6 +130,13 @@ class SqliteDialect(Dialect):
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA foreign_keys = ON")
+        self._conn.execute("PRAGMA secure_delete = ON")  # deleted rows are zeroed, not left in free pages
+
+    def scrub(self) -> None:
+        """Truncate the write-ahead log, whose frames still hold the pages as they were before a
+        delete (best effort: a reader in another process may hold it; the next checkpoint does it)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[Tx]:

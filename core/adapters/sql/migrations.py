@@ -154,6 +154,14 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         _chain_the_audit_log,
         "DROP TABLE audit",
     ),
+    (  # 6: erased items: their ids stay (an erased id is never added again), their text's digest only
+        # until the workers have dropped its cached embedding
+        """CREATE TABLE erasures (
+            seq {serial},
+            project TEXT NOT NULL REFERENCES projects(name), item_id TEXT NOT NULL,
+            erased_at DOUBLE PRECISION NOT NULL, text_sha256 TEXT,
+            UNIQUE (project, item_id))""",
+    ),
 )
 
 

@@ -7,8 +7,8 @@ Each method is one transaction. Everything a call is given is validated before a
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 from typing import Sequence
 
 import numpy as np
@@ -28,7 +28,7 @@ from winnow.core.domain.validation import (
     validate_project,
     validate_vectors,
 )
-from winnow.core.ports.store import CloseRequest, Store
+from winnow.core.ports.store import ERASURE_DIGEST_S, CloseRequest, Erasure, Store
 
 _LABEL_COLUMNS = (
     "project, item_id, label, source, source_id, confidence, threshold, aggregation, "
@@ -83,9 +83,10 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             for project in sorted({i.project for i in items}):
                 self._project(tx, project)
             return tx.many(
-                "INSERT INTO items (project, item_id, text, ingested_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO items (project, item_id, text, ingested_at) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                "(SELECT 1 FROM erasures e WHERE e.project = ? AND e.item_id = ?) "
                 "ON CONFLICT (project, item_id) DO NOTHING",
-                [(i.project, i.item_id, i.text, i.ingested_at) for i in items],
+                [(i.project, i.item_id, i.text, i.ingested_at, i.project, i.item_id) for i in items],
             )
 
     def get_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
@@ -104,17 +105,57 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             self._project(tx, project)
             return tx.one("SELECT COUNT(*) FROM items WHERE project = ?", (project,))[0]
 
-    def delete_item(self, project: str, item_id: str) -> None:
-        """Remove the item with its embedding, task, assignments, annotations, gold answer and final
-        label, and write an audit row (actor "store", action "delete_item"); NotFound("item_id")
-        when missing. Holds the project's task lock."""
-        check_text("item_id", item_id)
+    def find_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all(f"SELECT item_id, text, ingested_at FROM items WHERE project = ? AND {self._in('item_id')}",
+                          (project, self._ids(item_ids)))
+        found = {r[0]: Item(project, *r) for r in rows}
+        return [found[i] for i in item_ids if i in found]
+
+    def erase_items(self, project: str, item_ids: Sequence[str], actor: str, now: float) -> Erasure:
+        """See :meth:`Items.erase_items`; holds the project's task lock (no lease or label races it)."""
+        check_text("actor", actor)
+        check_finite("now", now)
+        ids = list(dict.fromkeys(item_ids))
         with self._tx() as tx:
             self._project(tx, project)
             self.dialect.lock_project(tx, project)
-            if not tx.run("DELETE FROM items WHERE project = ? AND item_id = ?", (project, item_id)):
-                raise NotFound("item_id", f"no item {item_id[:100]!r} in project {project!r}")
-            self._audit(tx, project, "store", "delete_item", item_id, time.time())
+            present = {r[0]: r[1] for r in tx.all(
+                f"SELECT item_id, text FROM items WHERE project = ? AND {self._in('item_id')}",
+                (project, self._ids(ids)))}
+            before = {r[0] for r in tx.all(
+                f"SELECT item_id FROM erasures WHERE project = ? AND {self._in('item_id')}", (project, self._ids(ids)))}
+            unknown = [i for i in ids if i not in present and i not in before]
+            if unknown:
+                raise NotFound("item_id", f"no item {unknown[0][:100]!r} in project {project!r}")
+            erased = [i for i in ids if i in present]
+            first = tx.one(f"SELECT MIN(created_at) FROM labels WHERE project = ? AND source IN ('human', 'gold') "
+                           f"AND {self._in('item_id')}", (project, self._ids(erased)))[0] if erased else None
+            versions = [] if first is None else [r[0] for r in tx.all(
+                "SELECT version FROM models WHERE project = ? AND created_at >= ? ORDER BY seq", (project, first))]
+            if erased:
+                tx.run(f"DELETE FROM items WHERE project = ? AND {self._in('item_id')}", (project, self._ids(erased)))
+                tx.many("INSERT INTO erasures (project, item_id, erased_at, text_sha256) VALUES (?, ?, ?, ?)",
+                        [(project, i, now, hashlib.sha256(present[i].encode("utf-8", "surrogatepass")).hexdigest())
+                         for i in erased])
+            tx.run("UPDATE erasures SET text_sha256 = NULL WHERE project = ? AND erased_at < ?",
+                   (project, now - ERASURE_DIGEST_S))
+            self._audit(tx, project, actor, "erase", {"erased": len(erased), "already": len(ids) - len(erased),
+                                                      "model_versions": versions}, now, ids)
+        self.dialect.scrub()
+        return Erasure(tuple(erased), tuple(i for i in ids if i not in present), tuple(versions))
+
+    def erasures(self, project: str, after: int = 0) -> list[tuple[int, str, str | None]]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return [tuple(r) for r in tx.all(  # type: ignore[misc]
+                "SELECT seq, item_id, text_sha256 FROM erasures WHERE project = ? AND seq > ? ORDER BY seq",
+                (project, after))]
+
+    def erased_among(self, project: str, item_ids: Sequence[str]) -> set[str]:
+        rows = self._select(project, "SELECT item_id FROM erasures WHERE project = ?", "seq", item_ids)
+        return {r[0] for r in rows}
 
     def unlabeled_ids(self, project: str, among: Sequence[str] | None = None) -> list[str]:
         rows = self._select(project, "SELECT i.item_id FROM items i WHERE i.project = ? AND NOT EXISTS "

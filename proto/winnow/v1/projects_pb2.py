@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from winnow.v1 import records_pb2 as winnow_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/projects.proto\x12\twinnow.v1\x1a\x17winnow/v1/records.proto\"%\n\x12\x43loseStreamRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\xd2\x01\n\x0cStreamStatus\x12\x0f\n\x07project\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.winnow.v1.StreamState\x12\x19\n\x0crequested_at\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tclosed_at\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05tasks\x18\x05 \x01(\x03\x12\x16\n\x0elow_confidence\x18\x06 \x01(\x03\x12\x11\n\tunlabeled\x18\x07 \x01(\x03\x42\x0f\n\r_requested_atB\x0c\n\n_closed_at\"\x9b\x04\n\x10\x43\x65rtifiedQuality\x12\x12\n\nconfidence\x18\x01 \x01(\x01\x12!\n\x14\x61\x63\x63uracy_lower_bound\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x30\n#auto_accepted_precision_lower_bound\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rauto_accepted\x18\x04 \x01(\x03\x12\"\n\x1a\x61uto_accepted_errors_upper\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_labels\x18\x06 \x01(\x03\x12\x1a\n\x12model_errors_upper\x18\x07 \x01(\x03\x12\x1d\n\x15model_errors_estimate\x18\x08 \x01(\x01\x12\x0e\n\x06\x61udits\x18\t \x01(\x03\x12\x16\n\x0e\x61udits_pending\x18\n \x01(\x03\x12\x13\n\x0bhuman_error\x18\x0b \x01(\t\x12\x1e\n\x16human_error_rate_upper\x18\x0c \x01(\x01\x12\x1d\n\x10target_met_items\x18\r \x01(\x03H\x02\x88\x01\x01\x12$\n\x17target_met_human_labels\x18\x0e \x01(\x03H\x03\x88\x01\x01\x42\x17\n\x15_accuracy_lower_boundB&\n$_auto_accepted_precision_lower_boundB\x13\n\x11_target_met_itemsB\x1a\n\x18_target_met_human_labels\"\xc7\x02\n\x14\x43reateProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12\x1a\n\rbudget_labels\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10\x62udget_per_items\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10precision_target\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08strategy\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07overlap\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x1e\n\x11guideline_version\x18\x08 \x01(\tH\x05\x88\x01\x01\x42\x10\n\x0e_budget_labelsB\x13\n\x11_budget_per_itemsB\x13\n\x11_precision_targetB\x0b\n\t_strategyB\n\n\x08_overlapB\x14\n\x12_guideline_version\"\"\n\x0fGetStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\x93\x03\n\x0cProjectStats\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x03\x12\x45\n\x10labels_by_source\x18\x03 \x03(\x0b\x32+.winnow.v1.ProjectStats.LabelsBySourceEntry\x12\x16\n\x0ehuman_fraction\x18\x04 \x01(\x01\x12\x12\n\nopen_tasks\x18\x05 \x01(\x03\x12\"\n\x15\x63urrent_model_version\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\'\n\x06stream\x18\x08 \x01(\x0b\x32\x17.winnow.v1.StreamStatus\x12,\n\x07quality\x18\t \x01(\x0b\x32\x1b.winnow.v1.CertifiedQuality\x1a\x35\n\x13LabelsBySourceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x18\n\x16_current_model_versionB\x0c\n\n_threshold\"&\n\x13\x45xportLabelsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t*u\n\x0bStreamState\x12\x1c\n\x18STREAM_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11STREAM_STATE_OPEN\x10\x01\x12\x18\n\x14STREAM_STATE_CLOSING\x10\x02\x12\x17\n\x13STREAM_STATE_CLOSED\x10\x03\x32\x9c\x02\n\x08Projects\x12\x44\n\rCreateProject\x12\x1f.winnow.v1.CreateProjectRequest\x1a\x12.winnow.v1.Project\x12?\n\x08GetStats\x12\x1a.winnow.v1.GetStatsRequest\x1a\x17.winnow.v1.ProjectStats\x12\x42\n\x0c\x45xportLabels\x12\x1e.winnow.v1.ExportLabelsRequest\x1a\x10.winnow.v1.Label0\x01\x12\x45\n\x0b\x43loseStream\x12\x1d.winnow.v1.CloseStreamRequest\x1a\x17.winnow.v1.StreamStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/projects.proto\x12\twinnow.v1\x1a\x17winnow/v1/records.proto\"6\n\x11\x45raseItemsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x10\n\x08item_ids\x18\x02 \x03(\t\"O\n\rErasureReport\x12\x0e\n\x06\x65rased\x18\x01 \x03(\t\x12\x16\n\x0e\x61lready_erased\x18\x02 \x03(\t\x12\x16\n\x0emodel_versions\x18\x03 \x03(\t\"%\n\x12\x43loseStreamRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\xd2\x01\n\x0cStreamStatus\x12\x0f\n\x07project\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.winnow.v1.StreamState\x12\x19\n\x0crequested_at\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tclosed_at\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05tasks\x18\x05 \x01(\x03\x12\x16\n\x0elow_confidence\x18\x06 \x01(\x03\x12\x11\n\tunlabeled\x18\x07 \x01(\x03\x42\x0f\n\r_requested_atB\x0c\n\n_closed_at\"\x9b\x04\n\x10\x43\x65rtifiedQuality\x12\x12\n\nconfidence\x18\x01 \x01(\x01\x12!\n\x14\x61\x63\x63uracy_lower_bound\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x30\n#auto_accepted_precision_lower_bound\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rauto_accepted\x18\x04 \x01(\x03\x12\"\n\x1a\x61uto_accepted_errors_upper\x18\x05 \x01(\x03\x12\x14\n\x0cmodel_labels\x18\x06 \x01(\x03\x12\x1a\n\x12model_errors_upper\x18\x07 \x01(\x03\x12\x1d\n\x15model_errors_estimate\x18\x08 \x01(\x01\x12\x0e\n\x06\x61udits\x18\t \x01(\x03\x12\x16\n\x0e\x61udits_pending\x18\n \x01(\x03\x12\x13\n\x0bhuman_error\x18\x0b \x01(\t\x12\x1e\n\x16human_error_rate_upper\x18\x0c \x01(\x01\x12\x1d\n\x10target_met_items\x18\r \x01(\x03H\x02\x88\x01\x01\x12$\n\x17target_met_human_labels\x18\x0e \x01(\x03H\x03\x88\x01\x01\x42\x17\n\x15_accuracy_lower_boundB&\n$_auto_accepted_precision_lower_boundB\x13\n\x11_target_met_itemsB\x1a\n\x18_target_met_human_labels\"\xc7\x02\n\x14\x43reateProjectRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12\x1a\n\rbudget_labels\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x1d\n\x10\x62udget_per_items\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x1d\n\x10precision_target\x18\x05 \x01(\x01H\x02\x88\x01\x01\x12\x15\n\x08strategy\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x14\n\x07overlap\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x1e\n\x11guideline_version\x18\x08 \x01(\tH\x05\x88\x01\x01\x42\x10\n\x0e_budget_labelsB\x13\n\x11_budget_per_itemsB\x13\n\x11_precision_targetB\x0b\n\t_strategyB\n\n\x08_overlapB\x14\n\x12_guideline_version\"\"\n\x0fGetStatsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\x93\x03\n\x0cProjectStats\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x03\x12\x45\n\x10labels_by_source\x18\x03 \x03(\x0b\x32+.winnow.v1.ProjectStats.LabelsBySourceEntry\x12\x16\n\x0ehuman_fraction\x18\x04 \x01(\x01\x12\x12\n\nopen_tasks\x18\x05 \x01(\x03\x12\"\n\x15\x63urrent_model_version\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\'\n\x06stream\x18\x08 \x01(\x0b\x32\x17.winnow.v1.StreamStatus\x12,\n\x07quality\x18\t \x01(\x0b\x32\x1b.winnow.v1.CertifiedQuality\x1a\x35\n\x13LabelsBySourceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x42\x18\n\x16_current_model_versionB\x0c\n\n_threshold\"&\n\x13\x45xportLabelsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t*u\n\x0bStreamState\x12\x1c\n\x18STREAM_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11STREAM_STATE_OPEN\x10\x01\x12\x18\n\x14STREAM_STATE_CLOSING\x10\x02\x12\x17\n\x13STREAM_STATE_CLOSED\x10\x03\x32\xe2\x02\n\x08Projects\x12\x44\n\rCreateProject\x12\x1f.winnow.v1.CreateProjectRequest\x1a\x12.winnow.v1.Project\x12?\n\x08GetStats\x12\x1a.winnow.v1.GetStatsRequest\x1a\x17.winnow.v1.ProjectStats\x12\x42\n\x0c\x45xportLabels\x12\x1e.winnow.v1.ExportLabelsRequest\x1a\x10.winnow.v1.Label0\x01\x12\x45\n\x0b\x43loseStream\x12\x1d.winnow.v1.CloseStreamRequest\x1a\x17.winnow.v1.StreamStatus\x12\x44\n\nEraseItems\x12\x1c.winnow.v1.EraseItemsRequest\x1a\x18.winnow.v1.ErasureReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROJECTSTATS_LABELSBYSOURCEENTRY']._loaded_options = None
   _globals['_PROJECTSTATS_LABELSBYSOURCEENTRY']._serialized_options = b'8\001'
-  _globals['_STREAMSTATE']._serialized_start=1670
-  _globals['_STREAMSTATE']._serialized_end=1787
-  _globals['_CLOSESTREAMREQUEST']._serialized_start=64
-  _globals['_CLOSESTREAMREQUEST']._serialized_end=101
-  _globals['_STREAMSTATUS']._serialized_start=104
-  _globals['_STREAMSTATUS']._serialized_end=314
-  _globals['_CERTIFIEDQUALITY']._serialized_start=317
-  _globals['_CERTIFIEDQUALITY']._serialized_end=856
-  _globals['_CREATEPROJECTREQUEST']._serialized_start=859
-  _globals['_CREATEPROJECTREQUEST']._serialized_end=1186
-  _globals['_GETSTATSREQUEST']._serialized_start=1188
-  _globals['_GETSTATSREQUEST']._serialized_end=1222
-  _globals['_PROJECTSTATS']._serialized_start=1225
-  _globals['_PROJECTSTATS']._serialized_end=1628
-  _globals['_PROJECTSTATS_LABELSBYSOURCEENTRY']._serialized_start=1535
-  _globals['_PROJECTSTATS_LABELSBYSOURCEENTRY']._serialized_end=1588
-  _globals['_EXPORTLABELSREQUEST']._serialized_start=1630
-  _globals['_EXPORTLABELSREQUEST']._serialized_end=1668
-  _globals['_PROJECTS']._serialized_start=1790
-  _globals['_PROJECTS']._serialized_end=2074
+  _globals['_STREAMSTATE']._serialized_start=1807
+  _globals['_STREAMSTATE']._serialized_end=1924
+  _globals['_ERASEITEMSREQUEST']._serialized_start=64
+  _globals['_ERASEITEMSREQUEST']._serialized_end=118
+  _globals['_ERASUREREPORT']._serialized_start=120
+  _globals['_ERASUREREPORT']._serialized_end=199
+  _globals['_CLOSESTREAMREQUEST']._serialized_start=201
+  _globals['_CLOSESTREAMREQUEST']._serialized_end=238
+  _globals['_STREAMSTATUS']._serialized_start=241
+  _globals['_STREAMSTATUS']._serialized_end=451
+  _globals['_CERTIFIEDQUALITY']._serialized_start=454
+  _globals['_CERTIFIEDQUALITY']._serialized_end=993
+  _globals['_CREATEPROJECTREQUEST']._serialized_start=996
+  _globals['_CREATEPROJECTREQUEST']._serialized_end=1323
+  _globals['_GETSTATSREQUEST']._serialized_start=1325
+  _globals['_GETSTATSREQUEST']._serialized_end=1359
+  _globals['_PROJECTSTATS']._serialized_start=1362
+  _globals['_PROJECTSTATS']._serialized_end=1765
+  _globals['_PROJECTSTATS_LABELSBYSOURCEENTRY']._serialized_start=1672
+  _globals['_PROJECTSTATS_LABELSBYSOURCEENTRY']._serialized_end=1725
+  _globals['_EXPORTLABELSREQUEST']._serialized_start=1767
+  _globals['_EXPORTLABELSREQUEST']._serialized_end=1805
+  _globals['_PROJECTS']._serialized_start=1927
+  _globals['_PROJECTS']._serialized_end=2281
 # @@protoc_insertion_point(module_scope)

@@ -19,6 +19,24 @@ STREAM_STATE_OPEN: StreamState
 STREAM_STATE_CLOSING: StreamState
 STREAM_STATE_CLOSED: StreamState
 
+class EraseItemsRequest(_message.Message):
+    __slots__ = ("project", "item_ids")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, project: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ErasureReport(_message.Message):
+    __slots__ = ("erased", "already_erased", "model_versions")
+    ERASED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_ERASED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    erased: _containers.RepeatedScalarFieldContainer[str]
+    already_erased: _containers.RepeatedScalarFieldContainer[str]
+    model_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, erased: _Optional[_Iterable[str]] = ..., already_erased: _Optional[_Iterable[str]] = ..., model_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class CloseStreamRequest(_message.Message):
     __slots__ = ("project",)
     PROJECT_FIELD_NUMBER: _ClassVar[int]

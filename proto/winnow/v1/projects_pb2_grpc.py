@@ -56,6 +56,11 @@ class ProjectsStub:
                 request_serializer=winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.SerializeToString,
                 response_deserializer=winnow_dot_v1_dot_projects__pb2.StreamStatus.FromString,
                 _registered_method=True)
+        self.EraseItems = channel.unary_unary(
+                '/winnow.v1.Projects/EraseItems',
+                request_serializer=winnow_dot_v1_dot_projects__pb2.EraseItemsRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_projects__pb2.ErasureReport.FromString,
+                _registered_method=True)
 
 
 class ProjectsServicer:
@@ -93,6 +98,16 @@ class ProjectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseItems(self, request, context):
+        """Erase items for good (owners): their text, embeddings, tasks, answers and labels leave the store,
+        the embedding caches, the selector's memory, every later export and the bus (the SQLite log
+        overwrites their records; Kafka gets tombstones). The ids stay, marked erased: they are never
+        ingested again. Names the model versions that may have learned from them; later ones do not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProjectsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +130,11 @@ def add_ProjectsServicer_to_server(servicer, server):
                     servicer.CloseStream,
                     request_deserializer=winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.FromString,
                     response_serializer=winnow_dot_v1_dot_projects__pb2.StreamStatus.SerializeToString,
+            ),
+            'EraseItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseItems,
+                    request_deserializer=winnow_dot_v1_dot_projects__pb2.EraseItemsRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_projects__pb2.ErasureReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +246,33 @@ class Projects:
             '/winnow.v1.Projects/CloseStream',
             winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.SerializeToString,
             winnow_dot_v1_dot_projects__pb2.StreamStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/winnow.v1.Projects/EraseItems',
+            winnow_dot_v1_dot_projects__pb2.EraseItemsRequest.SerializeToString,
+            winnow_dot_v1_dot_projects__pb2.ErasureReport.FromString,
             options,
             channel_credentials,
             insecure,
