@@ -11,6 +11,9 @@
 # Needs java (17+), mvn and python3 on PATH. Environment: KAFKA_HEAP_OPTS (default -Xmx512m -Xms256m),
 # KAFKA_JVM_OPTS (default: C1 only and the serial GC, which halve start-up on a busy 2-core machine),
 # KAFKA_START_TIMEOUT_S (default 120), KAFKA_STOP_TIMEOUT_S (default 30).
+# KAFKA_SSL_DIR (first start only): a folder with server.pem (the broker's unencrypted PKCS#8 key and
+# certificate chain) and ca.pem; the broker then also listens with SSL and with SASL_SSL (mechanism
+# PLAIN, user "winnow", password KAFKA_SASL_PASSWORD), on the ports server.properties names.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,15 +55,32 @@ write_config() { # DIR -> server.properties and log4j2.properties (first start o
   port="$(free_port)"
   ctrl="$(free_port)"
   while [[ "$ctrl" == "$port" ]]; do ctrl="$(free_port)"; done
+  local listeners="PLAINTEXT://127.0.0.1:$port" map="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" tls=""
+  if [[ -n "${KAFKA_SSL_DIR:-}" ]]; then
+    local ssl sasl
+    ssl="$(free_port)"
+    sasl="$(free_port)"
+    [[ -f "$KAFKA_SSL_DIR/server.pem" && -f "$KAFKA_SSL_DIR/ca.pem" ]] || die "KAFKA_SSL_DIR needs server.pem and ca.pem"
+    [[ -n "${KAFKA_SASL_PASSWORD:-}" ]] || die "KAFKA_SSL_DIR needs KAFKA_SASL_PASSWORD"
+    listeners="$listeners,SSL://127.0.0.1:$ssl,SASL_SSL://127.0.0.1:$sasl"
+    map="$map,SSL:SSL,SASL_SSL:SASL_SSL"
+    tls="ssl.keystore.type=PEM
+ssl.keystore.location=$KAFKA_SSL_DIR/server.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$KAFKA_SSL_DIR/ca.pem
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username=\"winnow\" password=\"$KAFKA_SASL_PASSWORD\" user_winnow=\"$KAFKA_SASL_PASSWORD\";"
+  fi
   cat >"$dir/server.properties" <<EOF
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctrl
+listeners=$listeners,CONTROLLER://127.0.0.1:$ctrl
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctrl
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+advertised.listeners=$listeners
+listener.security.protocol.map=$map
+$tls
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=false

@@ -17,7 +17,9 @@
 # connection is trusted without a password, and fsync is off (fast, but an OS crash can lose data).
 # Never point it at data you want to keep.
 # Environment: POSTGRES_BIN_DIR (default: the newest /usr/lib/postgresql/*/bin),
-# POSTGRES_START_TIMEOUT_S (default 60), POSTGRES_STOP_TIMEOUT_S (default 30).
+# POSTGRES_START_TIMEOUT_S (default 60), POSTGRES_STOP_TIMEOUT_S (default 30), POSTGRES_SSL_DIR (first
+# start only: a folder with server.crt and server.key; the server then offers TLS, and clients ask for
+# it in their DSN, e.g. ?sslmode=verify-full&sslrootcert=CA.pem).
 set -euo pipefail
 
 SERVER_USER=postgres
@@ -93,6 +95,13 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+  if [[ -n "${POSTGRES_SSL_DIR:-}" ]]; then # TLS: clients may ask for it (sslmode=verify-full)
+    [[ -f "$POSTGRES_SSL_DIR/server.crt" && -f "$POSTGRES_SSL_DIR/server.key" ]] \
+      || die "POSTGRES_SSL_DIR needs server.crt and server.key"
+    install -m 600 "$POSTGRES_SSL_DIR/server.crt" "$POSTGRES_SSL_DIR/server.key" "$dir/data/"
+    if ((EUID == 0)); then chown "$SERVER_USER" "$dir/data/server.crt" "$dir/data/server.key"; fi
+    printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >>"$dir/data/postgresql.conf"
+  fi
 }
 
 start() {

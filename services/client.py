@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import NamedTuple, Union
@@ -21,7 +21,7 @@ from winnow.services.api.convert import ProjectStats, from_message, to_message
 from winnow.services.api.errors import winnow_errors as _winnow_errors
 from winnow.v1 import access_pb2, access_pb2_grpc, ingest_pb2_grpc, labeling_pb2, labeling_pb2_grpc
 from winnow.v1 import models_pb2, models_pb2_grpc
-from winnow.v1 import projects_pb2, projects_pb2_grpc, records_pb2
+from winnow.v1 import projects_pb2, projects_pb2_grpc, records_pb2, review_pb2, review_pb2_grpc
 
 
 class _Details(NamedTuple):
@@ -91,6 +91,7 @@ class WinnowClient:
         self._projects = projects_pb2_grpc.ProjectsStub(self._channel)
         self._models = models_pb2_grpc.ModelsStub(self._channel)
         self._access = access_pb2_grpc.AccessStub(self._channel)
+        self._review = review_pb2_grpc.ReviewStub(self._channel)
 
     def _call(self, method, request):
         """One unary call with the deadline and the credential; errors raised as WinnowErrors."""
@@ -229,6 +230,26 @@ class WinnowClient:
     def verify_audit(self, project: str | None) -> access_pb2.AuditVerdict:
         """The server's check of the chain: intact, records, head hash, the first broken record."""
         return self._call(self._access.VerifyAudit, access_pb2.VerifyAuditRequest(project=project))
+
+    # -- reviewers ------------------------------------------------------------------------------
+    def set_gold(self, project: str, answers: Mapping[str, str]) -> int:
+        """Record known answers; how many gold items the project has now."""
+        return self._call(self._review.SetGold, review_pb2.SetGoldRequest(project=project, answers=answers)).gold_items
+
+    def annotator_quality(self, project: str) -> dict[str, dict[str, float | None]]:
+        """Per annotator: answers, accuracy on gold (None: no gold answered), the Dawid-Skene estimate."""
+        response = self._call(self._review.AnnotatorQuality, review_pb2.AnnotatorQualityRequest(project=project))
+        return {q.annotator: {"answers": q.answers,
+                              "gold_accuracy": q.gold_accuracy if q.HasField("gold_accuracy") else None,
+                              "estimated_accuracy": q.estimated_accuracy if q.HasField("estimated_accuracy") else None}
+                for q in response.annotators}
+
+    def disagreements(self, project: str, limit: int = 0) -> list[tuple[str, dict[str, str], str | None]]:
+        """Items whose answers disagree: (item, annotator -> answer, final label or None)."""
+        response = self._call(self._review.Disagreements, review_pb2.DisagreementsRequest(project=project,
+                                                                                         limit=limit))
+        return [(d.item_id, dict(d.answers), d.final_label if d.HasField("final_label") else None)
+                for d in response.items]
 
 
 def _token_info(m: access_pb2.TokenInfo) -> TokenInfo:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import (
@@ -40,6 +43,59 @@ from winnow.core.ports.bus import (
 )
 
 log = logging.getLogger(__name__)
+
+# bus URL options (kafka://HOST:PORT?name=value&...) -> kafka-python settings; files must exist
+_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+_TEXT = ("sasl_plain_username",)
+SASL_PASSWORD_ENV = "WINNOW_KAFKA_SASL_PASSWORD"  # the password never in the URL (process lists show it)
+
+
+def security_from_url(url: str, environ: Mapping[str, str] = os.environ) -> tuple[str, dict[str, object]]:
+    """``kafka://HOST:PORT[,HOST:PORT][?security_protocol=SASL_SSL&ssl_cafile=/ca.pem&sasl_mechanism=
+    SCRAM-SHA-512&sasl_plain_username=winnow]`` -> (bootstrap, kafka-python settings). The SASL
+    password comes from ``WINNOW_KAFKA_SASL_PASSWORD``. InvalidInput("--bus") naming the option for
+    an unknown option, a bad value or a missing file (the value never echoed: it may be secret)."""
+    parts = urlsplit(url)
+    bootstrap = parts.netloc
+    if parts.scheme != "kafka" or not bootstrap or parts.path not in ("", "/"):
+        raise InvalidInput("--bus", "must look like kafka://HOST:PORT[?option=value&...]")
+    settings: dict[str, object] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
+        if name in settings:
+            raise InvalidInput("--bus", f"option {name} is given twice")
+        if name == "security_protocol":
+            if value not in _PROTOCOLS:
+                raise InvalidInput("--bus", f"security_protocol must be one of {', '.join(_PROTOCOLS)}")
+        elif name == "sasl_mechanism":
+            if value not in _MECHANISMS:
+                raise InvalidInput("--bus", f"sasl_mechanism must be one of {', '.join(_MECHANISMS)}")
+        elif name in _FILES:
+            if not Path(value).is_file():
+                raise InvalidInput("--bus", f"{name}: no such file")
+        elif name == "ssl_check_hostname":
+            if value not in ("true", "false"):
+                raise InvalidInput("--bus", "ssl_check_hostname must be true or false")
+            settings[name] = value == "true"
+            continue
+        elif name not in _TEXT:
+            raise InvalidInput("--bus", f"unknown option {name[:40]!r}; known: security_protocol, sasl_mechanism, "
+                               f"sasl_plain_username, ssl_check_hostname, {', '.join(_FILES)}")
+        settings[name] = value
+    protocol = settings.get("security_protocol", "PLAINTEXT")
+    if str(protocol).startswith("SASL"):
+        if "sasl_mechanism" not in settings or "sasl_plain_username" not in settings:
+            raise InvalidInput("--bus", f"{protocol} needs sasl_mechanism and sasl_plain_username")
+        password = environ.get(SASL_PASSWORD_ENV)
+        if not password:
+            raise InvalidInput("--bus", f"{protocol} needs the password in {SASL_PASSWORD_ENV}")
+        settings["sasl_plain_password"] = password
+    elif "sasl_mechanism" in settings or "sasl_plain_username" in settings:
+        raise InvalidInput("--bus", "SASL options need security_protocol=SASL_SSL (or SASL_PLAINTEXT)")
+    if any(name in settings for name in _FILES) and not str(protocol).endswith("SSL"):
+        raise InvalidInput("--bus", "ssl_* files need security_protocol=SSL or SASL_SSL")
+    return bootstrap, settings
 
 
 def _bus_error(action: str, exc: KafkaError) -> BusError:
@@ -288,7 +344,11 @@ class KafkaBus(Bus):
         join_timeout_ms: int = 30000,
         linger_ms: int = 5,
         metadata_timeout_s: float = 30.0,
+        security: Mapping[str, object] | None = None,
     ) -> None:
+        """``security``: kafka-python's connection settings for SSL or SASL (``security_protocol``,
+        ``ssl_cafile``, ``sasl_mechanism``, ...), given to every client (see :func:`security_from_url`)."""
+        self._security = dict(security or {})
         self._bootstrap = bootstrap
         self._client_id = client_id
         self._session_timeout_ms = session_timeout_ms
@@ -301,6 +361,7 @@ class KafkaBus(Bus):
         self._producers: weakref.WeakSet[KafkaStageProducer] = weakref.WeakSet()
         with _broker_errors(f"connect to {bootstrap}"):
             self._admin = KafkaAdminClient(
+                **self._security,
                 bootstrap_servers=bootstrap,
                 client_id=f"{client_id}-admin",
                 request_timeout_ms=request_timeout_ms,
@@ -315,6 +376,7 @@ class KafkaBus(Bus):
     def _kafka_producer(self) -> KafkaProducer:
         with _broker_errors(f"connect a producer to {self._bootstrap}"):
             return KafkaProducer(
+                **self._security,
                 bootstrap_servers=self._bootstrap,
                 client_id=self._client_id,
                 acks="all",
@@ -400,6 +462,7 @@ class KafkaBus(Bus):
         with _broker_errors(f"join group {group!r}"):
             consumer = KafkaConsumer(
                 *topics,
+                **self._security,
                 bootstrap_servers=self._bootstrap,
                 client_id=self._client_id,
                 group_id=group,

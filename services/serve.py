@@ -40,7 +40,8 @@ from winnow.services.api.server import ServerTls
 
 log = logging.getLogger(__name__)
 
-API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",), "projects": ("Projects", "Models", "Access")}
+API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",),
+                "projects": ("Projects", "Models", "Access", "Review")}
 WORKERS = ("prelabel", "selector", "trainer")
 FORCED_EXIT = 1  # the exit code when shutdown overran the grace period
 
@@ -63,11 +64,13 @@ class ShutdownOverran(WinnowError):
 
 
 def open_bus(url: str, session_timeout_s: float = ServeConfig.sqlite_session_timeout_s) -> Bus:
-    """``sqlite:///path/bus.sqlite`` or ``kafka://host:port``."""
+    """``sqlite:///path/bus.sqlite`` or ``kafka://host:port[?security options]`` (see
+    ``kafka_bus.security_from_url``: SSL, SASL_SSL)."""
     if url.startswith("kafka://"):
-        from winnow.services.kafka_bus import KafkaBus
+        from winnow.services.kafka_bus import KafkaBus, security_from_url
 
-        return KafkaBus(url.removeprefix("kafka://"))
+        bootstrap, security = security_from_url(url)
+        return KafkaBus(bootstrap, security=security)
     if url.startswith("sqlite:///"):
         from winnow.core.adapters.sqlite_bus import SqliteBus
 

@@ -10,9 +10,10 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from winnow.core.data.datasets import Dataset
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.domain.records import Item, Label, ModelVersion, Project, Task
+from winnow.core.domain.records import Item, Label, ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.embedded import EmbeddedLoop
+from winnow.core.loop.gold import add_gold
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.quality import certified_quality
 from winnow.core.ml.head import OnnxHead
@@ -165,13 +166,8 @@ def run_stream(
         if gold:
             gold_ids = ids[:gold]
             loop.ingest([Item(project.name, i, texts[i], time.time()) for i in gold_ids])
-            answers = {i: truth[i] for i in gold_ids}
-            loop.store.set_gold(project.name, answers)
-            now = time.time()
-            for item_id, answer in answers.items():
-                loop.store.put_label(Label(project.name, item_id, answer, "gold", "operator", 1.0, None, "gold",
-                                           project.guideline_version, now, f"{item_id}:gold"))
-            loop.store.add_tasks([Task(project.name, i, 1e9, None, now, "gold") for i in gold_ids])
+            add_gold(loop.producer, loop.store, project, {i: truth[i] for i in gold_ids}, "operator", time.time())
+            loop.producer.flush()
         for start in range(gold, len(ids), chunk):
             batch = ids[start:start + chunk]
             seen[0] = start + len(batch)

@@ -314,7 +314,10 @@ SERVICES = ("ingest", "labeling", "projects", "prelabel", "selector", "trainer")
 class ServeConfig:
     """What ``winnow serve`` binds, connects to and how it stops."""
 
-    bus_url: str = setting("sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH",
+    bus_url: str = setting("sqlite:///winnow-data/bus.sqlite", "bus URL: kafka://HOST:PORT or sqlite:///PATH; "
+                           "Kafka over TLS or SASL: kafka://HOST:PORT?security_protocol=SASL_SSL&ssl_cafile=CA.pem&"
+                           "sasl_mechanism=SCRAM-SHA-512&sasl_plain_username=USER (password in "
+                           "WINNOW_KAFKA_SASL_PASSWORD)",
                            flag_name="bus", prefixes=("kafka://", "sqlite:///"), metavar="URL")
     store_url: str = setting("sqlite:///winnow-data/store.sqlite", "store URL: postgresql://... or sqlite:///PATH",
                              flag_name="store", prefixes=("postgresql://", "postgres://", "sqlite:///"),

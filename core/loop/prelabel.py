@@ -184,7 +184,8 @@ class PrelabelWorker(Stage):
             elif item.item_id in stored:
                 kept.append(stored[item.item_id])
             else:
-                self.reject("items.raw", [item], NotFound("item_id", f"item {item.item_id[:100]!r} is not in the store"))
+                self.reject("items.raw", [item],
+                            NotFound("item_id", f"item {item.item_id[:100]!r} is not in the store"))
         return kept
 
     def _forget_erased(self) -> None:

@@ -71,7 +71,8 @@ class SqlStoreContract(StoreContract):
                 store.audit("p", "op", "export_labels", f"{k} labels", float(k), [f"i{k}"])
             store.audit(None, "admin", "token_create", "admin root", 9.0, ["t1"])
             trail = store.audit_trail("p")
-            assert verify(trail + store.audit_trail(None)) == ([], {"p": trail[-1].hash, "": store.audit_trail()[0].hash})
+            heads = {"p": trail[-1].hash, "": store.audit_trail()[0].hash}
+            assert verify(trail + store.audit_trail(None)) == ([], heads)
             with store.dialect.transaction() as tx:  # someone with the database's password edits one record
                 tx.run("UPDATE audit_trail SET detail = ? WHERE chain = ? AND n = ?", ("0 labels", "p", 3))
             assert [str(b) for b in verify(store.audit_trail("p"))[0]] == \

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from winnow.core.access.roles import Action, Principal
 from winnow.core.access.tokens import TokenInfo, issue, revoke
@@ -33,6 +33,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.erase import erase
+from winnow.core.loop.gold import add_gold
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics, topic
@@ -79,6 +80,15 @@ class WinnowApi:
         return new
 
     # -- labeling -------------------------------------------------------------------------------
+    def _labeling_service(self, project: str) -> tuple[LabelingService, threading.Lock]:
+        """The project's one labeling service and the lock its submits and consensus run under."""
+        with self._labeling_lock:
+            if project not in self._labeling:
+                service = LabelingService(self.bus, self.store, self.store.get_project(project), self.config,
+                                          self.clock)
+                self._labeling[project] = (service, threading.Lock())
+            return self._labeling[project]
+
     def _service(self, who: Principal, project: str, annotator: str) -> tuple[LabelingService, threading.Lock, str]:
         """The project's labeling service, its lock and the annotator the call acts as: the caller's
         identity (a request naming someone else is refused), or the name given on an ``--insecure``
@@ -89,12 +99,7 @@ class WinnowApi:
             if annotator and annotator != who.name:
                 raise PermissionDenied(f"{who.name!r} may not answer as another annotator")
             annotator = who.name
-        with self._labeling_lock:
-            if project not in self._labeling:
-                service = LabelingService(self.bus, self.store, self.store.get_project(project), self.config,
-                                          self.clock)
-                self._labeling[project] = (service, threading.Lock())
-            return (*self._labeling[project], annotator)
+        return (*self._labeling_service(project), annotator)
 
     def lease(self, who: Principal, project: str, annotator: str, max_tasks: int) -> list[Lease]:
         """Up to ``max_tasks`` (capped at ``max_open_leases``) leases for the caller."""
@@ -131,6 +136,42 @@ class WinnowApi:
         check_keys("item_ids", item_ids)
         service, _, annotator = self._service(who, project, annotator)
         return service.heartbeat(annotator, item_ids)
+
+    # -- review ---------------------------------------------------------------------------------
+    def set_gold(self, who: Principal, project: str, answers: Mapping[str, str]) -> int:
+        """Record known answers (reviewers, owners); how many gold items the project has now."""
+        who.require(Action.GOLD, _project(project))
+        check_count("answers", len(answers), MAX_HEARTBEAT_IDS)
+        check_keys("answers", list(answers))
+        if not answers:
+            raise InvalidInput("answers", "is empty")
+        record = self.store.get_project(project)
+        with self.producers.lease() as producer:
+            gold = add_gold(producer, self.store, record, answers, who.name, self.clock())
+            producer.flush()
+        self._audit(who, project, "gold", {"answers": len(answers), "gold_items": gold}, list(answers))
+        return gold
+
+    def annotator_quality(self, who: Principal, project: str) -> dict[str, dict[str, float | None]]:
+        """Per annotator: answers, accuracy on gold, the Dawid-Skene estimate."""
+        who.require(Action.QUALITY, _project(project))
+        service, lock = self._labeling_service(project)
+        with lock:
+            return service.annotator_quality()
+
+    def disagreements(self, who: Principal, project: str, limit: int) -> list[tuple[str, dict[str, str], str | None]]:
+        """Items whose answers disagree, oldest first: (item, annotator -> answer, final label); audited."""
+        who.require(Action.QUALITY, _project(project))
+        if not 0 <= limit <= MAX_LEASE_TASKS:
+            raise InvalidInput("limit", f"must be in [0, {MAX_LEASE_TASKS}], got {limit}")
+        by_item: dict[str, dict[str, str]] = {}
+        for a in self.store.annotations(project):
+            by_item.setdefault(a.item_id, {})[a.annotator] = a.label
+        split = [(i, answers) for i, answers in by_item.items() if len(set(answers.values())) > 1][:limit or 100]
+        finals = {label.item_id: label.label for label in self.store.labels(project)} if split else {}
+        found = [(i, answers, finals.get(i)) for i, answers in split]
+        self._audit(who, project, "disagreements", {"items": len(found)}, [i for i, _, _ in found])
+        return found
 
     # -- projects -------------------------------------------------------------------------------
     def create_project(self, who: Principal, project: Project) -> Project:

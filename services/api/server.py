@@ -66,7 +66,8 @@ def create_server(bus: Bus, store: Store, auth: Authenticator, addr: str = "127.
     """A server, not started yet, with the chosen winnow.v1 ``services`` (keys of ``SERVICES``; none
     for a worker process), the health service (SERVING for each) and server reflection.
 
-    ``tls`` serves TLS (mutual TLS with a client CA) instead of plaintext. ``auth`` names each call's caller: ``Authenticator(store)`` checks bearer tokens, and only
+    ``tls`` serves TLS (mutual TLS with a client CA) instead of plaintext. ``auth`` names each
+    call's caller: ``Authenticator(store)`` checks bearer tokens (or client certificates), and only
     ``Authenticator.insecure()`` (said on purpose) trusts everyone. Health and reflection answer
     without a credential (probes and tools; they reveal no project).
 

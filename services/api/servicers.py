@@ -33,6 +33,8 @@ from winnow.v1 import (
     projects_pb2,
     projects_pb2_grpc,
     records_pb2,
+    review_pb2,
+    review_pb2_grpc,
 )
 
 
@@ -188,6 +190,27 @@ class AccessServicer(_Servicer, access_pb2_grpc.AccessServicer):
                                        broken=str(broken[0]) if broken else "")
 
 
+class ReviewServicer(_Servicer, review_pb2_grpc.ReviewServicer):
+    """Review: gold answers, annotator quality, disagreements (reviewers and owners)."""
+
+    def SetGold(self, request: review_pb2.SetGoldRequest, context: grpc.ServicerContext) -> review_pb2.SetGoldResponse:
+        return review_pb2.SetGoldResponse(gold_items=self.api.set_gold(self.who(context), request.project,
+                                                                      dict(request.answers)))
+
+    def AnnotatorQuality(self, request: review_pb2.AnnotatorQualityRequest, context: grpc.ServicerContext
+                         ) -> review_pb2.AnnotatorQualityResponse:
+        quality = self.api.annotator_quality(self.who(context), request.project)
+        return review_pb2.AnnotatorQualityResponse(annotators=[
+            review_pb2.AnnotatorQuality(annotator=name, answers=int(q["answers"]), gold_accuracy=q["gold_accuracy"],
+                                        estimated_accuracy=q["estimated_accuracy"]) for name, q in quality.items()])
+
+    def Disagreements(self, request: review_pb2.DisagreementsRequest, context: grpc.ServicerContext
+                      ) -> review_pb2.DisagreementsResponse:
+        found = self.api.disagreements(self.who(context), request.project, request.limit)
+        return review_pb2.DisagreementsResponse(items=[
+            review_pb2.Disagreement(item_id=i, answers=answers, final_label=final) for i, answers, final in found])
+
+
 # name -> (servicer class, service descriptor)
 SERVICES: dict[str, tuple[type, ServiceDescriptor]] = {
     "Ingest": (IngestServicer, ingest_pb2.DESCRIPTOR.services_by_name["Ingest"]),
@@ -195,6 +218,7 @@ SERVICES: dict[str, tuple[type, ServiceDescriptor]] = {
     "Projects": (ProjectsServicer, projects_pb2.DESCRIPTOR.services_by_name["Projects"]),
     "Models": (ModelsServicer, models_pb2.DESCRIPTOR.services_by_name["Models"]),
     "Access": (AccessServicer, access_pb2.DESCRIPTOR.services_by_name["Access"]),
+    "Review": (ReviewServicer, review_pb2.DESCRIPTOR.services_by_name["Review"]),
 }
 
 _HANDLER_KINDS = {  # (client streams, server streams) -> grpc's handler factory

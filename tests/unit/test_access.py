@@ -30,6 +30,7 @@ from winnow.v1 import (
     models_pb2,
     projects_pb2,
     records_pb2,
+    review_pb2,
 )
 
 CLASSES = ("pos", "neg")
@@ -38,11 +39,12 @@ OK, DENIED, NO_ONE = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED, grpc
 # what each role may do, written out from the issue (not read from the code under test)
 ALLOWED = {
     "admin": {"create_project", "ingest", "close", "label", "stats", "export", "versions", "promote", "tokens",
-              "audit", "erase"},
-    "owner": {"ingest", "close", "label", "stats", "export", "versions", "promote", "tokens", "audit", "erase"},
+              "audit", "erase", "gold", "quality"},
+    "owner": {"ingest", "close", "label", "stats", "export", "versions", "promote", "tokens", "audit", "erase",
+              "gold", "quality"},
     "producer": {"ingest", "close", "stats"},
     "annotator": {"label"},
-    "reviewer": {"stats", "export", "versions"},
+    "reviewer": {"stats", "export", "versions", "gold", "quality"},
     "viewer": {"stats", "export", "versions"},
 }
 
@@ -103,6 +105,9 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
         "Models/ListVersions": ("versions", lambda p: models_pb2.ListVersionsRequest(project=p)),
         "Models/Promote": ("promote", lambda p: models_pb2.PromoteRequest(project=p, version="v-none")),
         "Access/WhoAmI": (None, lambda p: access_pb2.WhoAmIRequest()),
+        "Review/SetGold": ("gold", lambda p: review_pb2.SetGoldRequest(project=p, answers={"seed": "pos"})),
+        "Review/AnnotatorQuality": ("quality", lambda p: review_pb2.AnnotatorQualityRequest(project=p)),
+        "Review/Disagreements": ("quality", lambda p: review_pb2.DisagreementsRequest(project=p)),
         "Access/CreateToken": ("tokens", lambda p: access_pb2.CreateTokenRequest(project=p, role="viewer")),
         "Access/ListTokens": ("tokens", lambda p: access_pb2.ListTokensRequest(project=p)),
         "Access/RevokeToken": ("tokens", lambda p: access_pb2.RevokeTokenRequest(

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from winnow.core.access.tokens import issue
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
-from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
+from winnow.core.domain.errors import InvalidInput, NotFound, PermissionDenied, WinnowError
 from winnow.core.domain.codecs import ITEMS_SCORED
 from winnow.core.domain.records import Item, ModelVersion, Scored, Task
 from winnow.core.domain.settings import LoopConfig
@@ -324,3 +324,36 @@ def test_list_and_promote_versions(project: Served) -> None:
 def test_an_unreachable_server_raises_winnow_error() -> None:
     with WinnowClient("127.0.0.1:1", timeout_s=2.0) as client, pytest.raises(WinnowError, match="UNAVAILABLE"):
         client.stats(P)
+
+
+# -- review -------------------------------------------------------------------------------------
+def test_a_reviewer_sets_gold_and_sees_quality_and_disagreements(project: Served) -> None:
+    client, store = project.client, project.store
+    reviewer, alice, bob = project.member("rita", "reviewer"), project.member("alice"), project.member("bob")
+    client.ingest(_items("g1", "g2", "x"))
+    store.add_tasks([Task(P, "x", 1.0, None, 1.0)])
+    assert reviewer.set_gold(P, {"g1": "pos", "g2": "neg"}) == 2
+    with pytest.raises(NotFound):
+        reviewer.set_gold(P, {"ghost": "pos"})
+    with pytest.raises(InvalidInput) as bad:
+        reviewer.set_gold(P, {"g1": "meh"})
+    assert bad.value.field == "label"
+    assert {label.item_id: (label.source, label.label) for label in client.export_labels(P)} == {
+        "g1": ("gold", "pos"), "g2": ("gold", "neg")}
+    for person, answers in ((alice, {"g1": "pos", "g2": "neg", "x": "pos"}), (bob, {"g1": "neg", "g2": "neg",
+                                                                                  "x": "neg"})):
+        leased = {lease.item_id for lease in person.lease(P, "", 10)}
+        assert leased == set(answers)  # gold first, to every annotator once
+        for item_id, answer in answers.items():
+            person.submit(P, "", item_id, answer)
+    quality = reviewer.annotator_quality(P)
+    assert quality["alice"]["gold_accuracy"] == 1.0 and quality["bob"]["gold_accuracy"] == 0.5
+    assert quality["alice"]["answers"] == 3
+    split = reviewer.disagreements(P)
+    assert [(i, answers) for i, answers, _ in split] == [("g1", {"alice": "pos", "bob": "neg"}),
+                                                         ("x", {"alice": "pos", "bob": "neg"})]
+    assert dict((i, final) for i, _, final in split)["g1"] == "pos"
+    actions = [r.action for r in store.audit_trail(P)]
+    assert "gold" in actions and "disagreements" in actions
+    with pytest.raises(PermissionDenied):
+        alice.annotator_quality(P)
