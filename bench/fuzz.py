@@ -278,6 +278,9 @@ def _request_bytes(method: MethodDescriptor, values: Values) -> tuple[str, bytes
 # whose credential a call carries, and how often: the admin, two annotators, nobody, a forged token
 CALLERS = {"admin": 40, "alice": 25, "bob": 25, "nobody": 5, "forged": 5}
 FORGED = "wn_000000000000_" + "A" * 43
+# what a call without a valid credential may get: the refusal, or (bytes that are no request, a
+# message over gRPC's size limit) a refusal that comes before anyone is asked who they are
+ANSWERS_WITHOUT_CREDENTIALS = ("UNAUTHENTICATED", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED")
 
 
 def _call(channels: dict[str, grpc.Channel], method: MethodDescriptor, values: Values) -> tuple[str, grpc.StatusCode]:
@@ -363,6 +366,7 @@ def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.
     by_method: dict[str, Counter[str]] = defaultdict(Counter)
     by_strategy: dict[str, Counter[str]] = defaultdict(Counter)
     by_caller: dict[str, Counter[str]] = defaultdict(Counter)
+    leaks: list[str] = []  # calls without a valid credential that got more than a refusal
     deaths: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="winnow-fuzz-") as tmp:
         server = ServerProcess(Path(tmp))
@@ -382,6 +386,9 @@ def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.
                 by_method[method.name][code.name] += 1
                 by_strategy[strategy.split(":")[0]][code.name] += 1
                 by_caller[values.caller][code.name] += 1
+                if values.caller in ("nobody", "forged") and method.containing_service.name != "Health" \
+                        and code.name not in ANSWERS_WITHOUT_CREDENTIALS:
+                    leaks.append(f"{values.caller} {method.name} {strategy}: {code.name}")
                 if not server.alive():  # it died: note why, restart it on the same data, go on
                     deaths.append({"after_request": sent, "method": method.name, "strategy": strategy,
                                    "exit_code": server.process.poll(), "log_tail": list(server.lines)[-30:]})
@@ -406,6 +413,8 @@ def run_fuzz(requests: int, out: Path, seed: int = 0, max_seconds: float = 1800.
         "requests_asked": requests,
         "by_code": dict(by_code.most_common()),
         "by_caller": {name: dict(codes.most_common()) for name, codes in sorted(by_caller.items())},
+        "unauthenticated_answers": len(leaks),  # must be 0: no credential, no answer but a refusal
+        "unauthenticated_answer_examples": leaks[:10],
         "internal": by_code["INTERNAL"],
         "unknown": by_code["UNKNOWN"],
         "server_restarts": len(deaths),

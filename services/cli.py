@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(throughput, (BENCH_BUS, BENCH_ITEMS, BENCH_REPEATS, BENCH_HEAD_LABELS, BENCH_PROFILE_DIR, LABELS_OUT,
                              *loop_options))
     fuzz = bench_sub.add_parser("fuzz", help="malformed and absurd requests against `serve all` on 127.0.0.1 "
-                                "(exit 1 unless: no INTERNAL or UNKNOWN, no restart, healthy, store consistent)")
+                                "(exit 1 unless: no INTERNAL or UNKNOWN, no restart, healthy, store consistent, "
+                                "no answer but a refusal to a call without a valid credential)")
     add_options(fuzz, (FUZZ_REQUESTS, FUZZ_SEED, FUZZ_MAX_SECONDS, FUZZ_OUT))
     chaos = bench_sub.add_parser("chaos", help="stream items while SIGKILLing the processes, then count lost and "
                                  "duplicated labels (exit 1 unless: 0 lost, 0 duplicated, every label on the topic)")
@@ -436,7 +437,7 @@ def cmd_bench_fuzz(args: argparse.Namespace) -> int:
                   f"store_consistent={result['store_consistent']}")
     console.print(f"wrote {out}")
     passed = (result["internal"] == result["unknown"] == result["server_restarts"] == 0 and result["healthy_after"]
-              and result["store_consistent"])
+              and result["store_consistent"] and result["unauthenticated_answers"] == 0)
     return 0 if passed else 1
 
 

@@ -36,7 +36,9 @@ from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.index import set_threads
 from winnow.services.api.auth import Authenticator
+from winnow.services.api.operations import WinnowApi
 from winnow.services.api.server import ServerTls
+from winnow.services.web.app import PageServer, labeling_app
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +320,11 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
         bus.close()
         store.close()
         raise
+    operations = WinnowApi(bus, store, settings.loop)  # one per process: the gRPC API and the page share it
     server, port = create_server(bus, store, auth, f"{options.grpc_host}:{options.grpc_port}", services=api,
-                                 config=settings.loop, tls=tls)
+                                 config=settings.loop, tls=tls, api=operations)
+    page = (PageServer(labeling_app(operations, auth), options.grpc_host, options.http_port, tls)
+            if options.http_port is not None and "labeling" in services else None)
     running: list[Worker] = []
     threads: list[threading.Thread] = []
     failures: list[BaseException] = []
@@ -328,6 +333,9 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
         if options.metrics_port is not None:
             metrics_server, _ = start_http_server(options.metrics_port, addr=options.metrics_host)
             print(f"metrics listening on {options.metrics_host}:{metrics_server.server_port}", flush=True)
+        if page is not None:
+            page.start()
+            print(f"http listening on {options.grpc_host}:{page.port}", flush=True)
         print(f"grpc listening on {options.grpc_host}:{port}", flush=True)
         log.info("serving services=%s projects=%s bus=%s grpc_port=%d", ",".join(services),
                  ",".join(options.projects), options.bus_url.split("://")[0], port)
@@ -349,13 +357,13 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
         stop.wait()
     finally:
         stop.set()
-        _shut_down(options, server, running, threads, bus, store)
+        _shut_down(options, server, running, threads, bus, store, page)
     if failures:
         raise WorkerFailed(f"a worker failed, so the service stopped: {failures[0]!r}") from failures[0]
 
 
 def _shut_down(options: ServeConfig, server, running: list[Worker], threads: list[threading.Thread], bus: Bus,
-               store: Store) -> None:
+               store: Store, page: PageServer | None = None) -> None:
     """Stop everything within ``options.grace_s`` (the watchdog of a signalled process ends it just after)."""
     started = time.monotonic()
     deadline = started + 0.9 * options.grace_s  # the rest is the watchdog's margin
@@ -366,6 +374,8 @@ def _shut_down(options: ServeConfig, server, running: list[Worker], threads: lis
     server.stop(max(0.0, deadline - time.monotonic())).wait(max(0.0, deadline - time.monotonic()))
     closers: list[tuple[str, Callable[[], object]]] = [
         (f"{w.name}-{w.project}", w.stage.close) for w in running if f"{w.name}-{w.project}" not in stuck]
+    if page is not None:
+        closers.insert(0, ("page", page.stop))
     stuck += _close_within(deadline, [*closers, ("bus", bus.close), ("store", store.close)])
     if stuck:
         raise ShutdownOverran(f"still running after grace_s={options.grace_s:g}: {', '.join(stuck)}")

@@ -123,7 +123,8 @@ class Task:
 
 @dataclass(frozen=True)
 class Lease:
-    """A task handed to one annotator until ``expires_at`` (then it is handed out again)."""
+    """A task handed to one annotator until ``expires_at`` (then it is handed out again).
+    ``suggestion``: the model's label, on ordinary ("label") tasks only."""
 
     project: str
     item_id: str
@@ -131,6 +132,7 @@ class Lease:
     text: str
     kind: str
     expires_at: float
+    suggestion: str | None = None
 
 
 @dataclass(frozen=True)

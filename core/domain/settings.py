@@ -330,6 +330,8 @@ class ServeConfig:
     tls_key: Path | None = setting(None, "PEM private key of --tls-cert", metavar="FILE")
     tls_client_ca: Path | None = setting(None, "PEM CA bundle: clients must present a certificate it signed "
                                          "(mutual TLS; needs --tls-cert)", metavar="FILE")
+    http_port: int | None = setting(None, "port of the labeling page (HTTP, or HTTPS with --tls-cert), served with "
+                                    "the labeling service (0 takes a free one; unset: no page)", low=0, high=65535)
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint binds (loopback: only this machine "
                                 "reads it; its labels name every project)")
     metrics_port: int | None = setting(None, "Prometheus metrics port (0 takes a free one; unset: off)",

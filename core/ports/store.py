@@ -158,6 +158,8 @@ class TaskQueue(Protocol):
         leases (renewed, so a caller that lost a reply gets its tasks back), then open tasks,
         highest priority first (ties: the task created first).
 
+        A lease carries the model's label as ``suggestion`` on ordinary ("label") tasks only, never
+        on audit, holdout or gold tasks (it would bias the answers that measure model and people).
         A task is open while fewer than its ``wanted`` answers (``overlap`` when it has none)
         annotators hold a live lease on it or have answered it; a gold task is open to every
         annotator once. An annotator never gets an item it has answered or skipped, nor one item

@@ -15,6 +15,17 @@ class TaskQueueContract:
     """Needs the ``s`` fixture of :class:`StoreContract` (project ``P`` with items i0..i4, overlap 2)."""
 
     # -- tasks and leases -------------------------------------------------------------------
+    def test_a_lease_suggests_the_models_label_on_ordinary_tasks_only(self, s: Store) -> None:
+        s.add_tasks([Task(P, item_id, 1.0 - k / 10, "v1", 0.0, kind, 1.0, "card")
+                     for k, (item_id, kind) in enumerate([("i0", "label"), ("i1", "holdout"), ("i2", "audit"),
+                                                          ("i3", "gold")])])
+        s.add_tasks([Task(P, "i4", 0.1, None, 0.0)])  # no model yet: nothing to suggest
+        leases = s.lease_tasks(P, "ann", 5, LEASE_S, 1.0, 1)
+        assert {x.item_id: x.suggestion for x in leases} == {"i0": "card", "i1": None, "i2": None, "i3": None,
+                                                            "i4": None}
+        again = s.lease_tasks(P, "ann", 5, LEASE_S, 2.0, 1)  # its own leases handed back carry it too
+        assert {x.item_id: x.suggestion for x in again}["i0"] == "card"
+
     def test_an_answer_or_skip_that_needs_a_lease_needs_a_live_one(self, s: Store) -> None:
         s.add_tasks([task("i0"), task("i1")])
         with pytest.raises(LeaseRequired):  # never leased

@@ -137,6 +137,19 @@ class WinnowApi:
         service, _, annotator = self._service(who, project, annotator)
         return service.heartbeat(annotator, item_ids)
 
+    def project_for(self, who: Principal, project: str) -> Project:
+        """The project's record, for a caller who may label in it (what the labeling page shows)."""
+        who.require(Action.LABEL, _project(project))
+        return self.store.get_project(project)
+
+    def my_quality(self, who: Principal, project: str) -> dict[str, float | None]:
+        """The caller's own answers and accuracy on gold (what an annotator may see of their quality)."""
+        who.require(Action.LABEL, _project(project))
+        service, lock = self._labeling_service(project)
+        with lock:
+            mine = service.annotator_quality().get(who.name, {})
+        return {"answers": int(mine.get("answers") or 0), "gold_accuracy": mine.get("gold_accuracy")}
+
     # -- review ---------------------------------------------------------------------------------
     def set_gold(self, who: Principal, project: str, answers: Mapping[str, str]) -> int:
         """Record known answers (reviewers, owners); how many gold items the project has now."""

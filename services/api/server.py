@@ -62,7 +62,8 @@ class ServerTls:
 
 def create_server(bus: Bus, store: Store, auth: Authenticator, addr: str = "127.0.0.1:0",
                   services: Sequence[str] = tuple(SERVICES), config: LoopConfig | None = None,
-                  max_workers: int = 8, tls: ServerTls | None = None) -> tuple[grpc.Server, int]:
+                  max_workers: int = 8, tls: ServerTls | None = None,
+                  api: WinnowApi | None = None) -> tuple[grpc.Server, int]:
     """A server, not started yet, with the chosen winnow.v1 ``services`` (keys of ``SERVICES``; none
     for a worker process), the health service (SERVING for each) and server reflection.
 
@@ -73,12 +74,13 @@ def create_server(bus: Bus, store: Store, auth: Authenticator, addr: str = "127.
 
     ``config`` is the loop settings the workers run with (lease time, partitions of new topics),
     so the API and the workers agree. Returns the server and the port it bound (``addr`` may ask
-    for port 0). The caller starts it and stops it with a grace period, in a ``finally``.
+    for port 0). The caller starts it and stops it with a grace period, in a ``finally``. ``api``:
+    the operations to serve (one per process, shared with the labeling page), made here when None.
     """
     unknown = [name for name in services if name not in SERVICES]
     if unknown:
         raise InvalidInput("services", f"{unknown} given; expected some of {list(SERVICES)}")
-    api = WinnowApi(bus, store, config or LoopConfig())
+    api = api or WinnowApi(bus, store, config or LoopConfig())
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers))
     health_servicer = health.HealthServicer()
     server.add_generic_rpc_handlers((handlers(health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"]),))

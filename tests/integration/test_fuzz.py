@@ -27,3 +27,5 @@ def test_a_short_fuzz_run_finds_no_internal_error_and_a_consistent_store(tmp_pat
     assert result["store_consistent"] is True, result["store"]["problems"]
     assert result["store"]["items"] > 0  # the check looked at real rows, not an empty store
     assert result["tracebacks_logged"] == 0 and result["exit_code_on_sigterm"] == 0
+    assert result["by_code"].get("UNAUTHENTICATED", 0) > 0  # calls without a valid credential were sent
+    assert result["unauthenticated_answers"] == 0, result["unauthenticated_answer_examples"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -46,13 +47,16 @@ def test_serve_all_labels_trains_and_stops_on_sigterm(tmp_path: Path) -> None:
         [sys.executable, "-m", "winnow.services.cli", "serve", "all", "--project", "served",
          "--bus", f"sqlite:///{tmp_path / 'bus.sqlite'}", "--store", f"sqlite:///{tmp_path / 'store.sqlite'}",
          "--grpc-port", "0", "--metrics-port", "0", "--models-dir", str(tmp_path / "models"),
-         "--tls-cert", str(cert), "--tls-key", str(key)],
+         "--tls-cert", str(cert), "--tls-key", str(key), "--http-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + DEADLINE_S
     try:
         admin = _wait_for_line(process, "  wn_", deadline)  # the first start makes an admin token, printed once
         metrics = _wait_for_line(process, "metrics listening on", deadline)
+        page = _wait_for_line(process, "http listening on", deadline)
         target = _wait_for_line(process, "grpc listening on", deadline)
+        tls = ssl.create_default_context(cadata=ca.pem.decode())  # the labeling page: HTTPS, same certificate
+        assert b"Winnow" in urllib.request.urlopen(f"https://{page}/", context=tls, timeout=10).read()
         with WinnowClient(target, admin, tls_ca=ca.pem) as operator, \
                 WinnowClient(target, operator.create_token("producer", "served")[0], tls_ca=ca.pem) as producer, \
                 WinnowClient(target, operator.create_token("annotator", "served", "ann-1")[0], tls_ca=ca.pem) as person:

@@ -22,13 +22,16 @@ from winnow.core.domain.validation import (
 _TASK_ORDER = "t.priority DESC, t.created_at, t.seq"
 _TASK_COLUMNS = "item_id, priority, model_version, created_at, kind, probability, model_label, family, wanted"
 # the annotator's own live leases on open tasks (handed back first, so a lost reply costs nothing)
-_OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at FROM assignments a
+# the model's label rides along on ordinary tasks only: on audits, holdouts and gold it would bias the
+# very answers that measure the model and the people
+_SUGGESTION = "CASE WHEN t.kind = 'label' THEN t.model_label END"
+_OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at, {_SUGGESTION} FROM assignments a
     JOIN tasks t ON t.project = a.project AND t.item_id = a.item_id
     JOIN items i ON i.project = a.project AND i.item_id = a.item_id
     WHERE a.project = ? AND a.annotator = ? AND a.state = 'leased' AND a.expires_at > ? AND NOT t.closed
     ORDER BY {_TASK_ORDER} LIMIT ?"""
 # open tasks this annotator has neither answered, skipped nor holds, with a free overlap slot
-_OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0 FROM tasks t
+_OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0, {_SUGGESTION} FROM tasks t
     JOIN items i ON i.project = t.project AND i.item_id = t.item_id
     WHERE t.project = ? AND NOT t.closed
       AND NOT EXISTS (SELECT 1 FROM assignments a
@@ -104,8 +107,8 @@ class SqlTaskQueue(SqlBase):
                 + _LATER.format(old="assignments.expires_at", new="excluded.expires_at"),
                 [(project, item_id, annotator, expires_at) for item_id, *_ in rows],
             )
-        return [Lease(project, item_id, annotator, text, kind, max(held, expires_at))
-                for item_id, kind, text, held in rows]
+        return [Lease(project, item_id, annotator, text, kind, max(held, expires_at), suggestion)
+                for item_id, kind, text, held, suggestion in rows]
 
     def heartbeat(self, project: str, annotator: str, item_ids: Sequence[str], lease_s: float, now: float) -> int:
         """Move the expiry of this annotator's live leases to ``now + lease_s`` (never earlier)."""

@@ -103,20 +103,22 @@ class Task(_message.Message):
     def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., priority: _Optional[float] = ..., model_version: _Optional[str] = ..., created_at: _Optional[float] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., probability: _Optional[float] = ..., model_label: _Optional[str] = ..., family: _Optional[str] = ..., wanted: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("project", "item_id", "annotator", "text", "kind", "expires_at")
+    __slots__ = ("project", "item_id", "annotator", "text", "kind", "expires_at", "suggestion")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTION_FIELD_NUMBER: _ClassVar[int]
     project: str
     item_id: str
     annotator: str
     text: str
     kind: TaskKind
     expires_at: float
-    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., annotator: _Optional[str] = ..., text: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., expires_at: _Optional[float] = ...) -> None: ...
+    suggestion: str
+    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., annotator: _Optional[str] = ..., text: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., expires_at: _Optional[float] = ..., suggestion: _Optional[str] = ...) -> None: ...
 
 class Label(_message.Message):
     __slots__ = ("project", "item_id", "label", "source", "source_id", "confidence", "threshold", "aggregation", "guideline_version", "created_at", "idempotency_key", "probability")

@@ -1,0 +1,180 @@
+"""The labeling page over HTTP: a small JSON API on the same ``WinnowApi`` as the gRPC Labeling
+service (the same leases, identities, audit and errors) and the page that uses it.
+
+Every API call carries ``Authorization: Bearer TOKEN``; the page asks for the token once and keeps
+it in the tab's session storage. Errors are JSON ``{"error": ..., "field": ...}`` with the HTTP
+status of the gRPC code the same error gets (401, 403, 400, 404, 409).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from winnow.core.access.roles import Principal
+from winnow.core.domain.errors import (
+    EmptyPoolError,
+    InvalidInput,
+    LeaseRequired,
+    ModelFileError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    WinnowError,
+)
+from winnow.core.domain.limits import MAX_LEASE_TASKS
+from winnow.services.api.auth import Authenticator
+from winnow.services.api.operations import WinnowApi
+from winnow.services.api.server import ServerTls
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+MAX_BODY_BYTES = 1 << 20  # a labeling request is a few ids and a class name
+
+_STATUS: dict[type[WinnowError], int] = {
+    Unauthenticated: 401, PermissionDenied: 403, InvalidInput: 400, NotFound: 404, LeaseRequired: 409,
+    ModelFileError: 409, EmptyPoolError: 409,
+}
+
+
+def _error(error: Exception) -> JSONResponse:
+    status = next((code for cls, code in _STATUS.items() if isinstance(error, cls)), 500)
+    if status == 500:  # a bug: logged, nothing of the payload returned
+        log.error("http call failed error=%s", type(error).__name__)
+        return JSONResponse({"error": "internal error (logged on the server)"}, status_code=500)
+    body: dict[str, Any] = {"error": str(error)[:400], "kind": type(error).__name__}
+    if isinstance(error, (InvalidInput, NotFound)):
+        body["field"] = error.field
+    return JSONResponse(body, status_code=status, headers={"WWW-Authenticate": "Bearer"} if status == 401 else None)
+
+
+def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
+    """The page (``/``), its assets (``/static``) and its JSON API (``/api/...``)."""
+
+    def endpoint(handler: Callable[[Principal, dict, str], Any]) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON endpoint: the caller from the Authorization header, the body as a dict, the
+        project from ``?project=`` (else the caller's own); the work runs in a thread (store calls block)."""
+
+        async def call(request: Request) -> Response:
+            try:
+                raw = await request.body()
+                if len(raw) > MAX_BODY_BYTES:
+                    raise InvalidInput("body", f"over {MAX_BODY_BYTES} bytes")
+                try:
+                    body = json.loads(raw) if raw else {}
+                except ValueError:
+                    raise InvalidInput("body", "is not JSON") from None
+                if not isinstance(body, dict):
+                    raise InvalidInput("body", "must be a JSON object")
+                header = request.headers.get("authorization")
+                who = await run_in_threadpool(auth.principal, [("authorization", header)] if header else [])
+                project = request.query_params.get("project") or who.project or ""
+                result = await run_in_threadpool(handler, who, body, project)
+            except Exception as error:
+                return _error(error)
+            return JSONResponse(result)
+
+        return call
+
+    def me(who: Principal, body: dict, project: str) -> dict:
+        record = api.project_for(who, project)
+        mine = api.my_quality(who, project)
+        return {"name": who.name, "role": who.role, "project": project, "classes": list(record.classes),
+                "guideline_version": record.guideline_version, "answers": mine["answers"],
+                "gold_accuracy": mine["gold_accuracy"]}
+
+    def lease(who: Principal, body: dict, project: str) -> dict:
+        leases = api.lease(who, project, "", _int(body, "max_tasks", 10, 1, MAX_LEASE_TASKS))
+        return {"leases": [{"item_id": x.item_id, "text": x.text, "kind": x.kind, "expires_at": x.expires_at,
+                            "suggestion": x.suggestion} for x in leases]}
+
+    def submit(who: Principal, body: dict, project: str) -> dict:
+        recorded, made = api.submit(who, project, "", _text(body, "item_id"), _text(body, "label"))
+        return {"recorded": recorded, "final_labels": made}
+
+    def skip(who: Principal, body: dict, project: str) -> dict:
+        api.skip(who, project, "", _text(body, "item_id"))
+        return {}
+
+    def heartbeat(who: Principal, body: dict, project: str) -> dict:
+        ids = body.get("item_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise InvalidInput("item_ids", "must be a list of item ids")
+        return {"extended": api.heartbeat(who, project, "", ids)}
+
+    async def page(request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    return Starlette(routes=[
+        Route("/", page),
+        Route("/api/me", endpoint(me), methods=["GET"]),
+        Route("/api/lease", endpoint(lease), methods=["POST"]),
+        Route("/api/submit", endpoint(submit), methods=["POST"]),
+        Route("/api/skip", endpoint(skip), methods=["POST"]),
+        Route("/api/heartbeat", endpoint(heartbeat), methods=["POST"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ])
+
+
+def _text(body: dict, field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(field, "is required (a string)")
+    return value
+
+
+def _int(body: dict, field: str, default: int, low: int, high: int) -> int:
+    value = body.get(field, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidInput(field, f"must be an integer in [{low}, {high}]")
+    return value
+
+
+class PageServer:
+    """The page's HTTP server (uvicorn) in a thread of its own, HTTPS with the gRPC server's certificate."""
+
+    def __init__(self, app: Starlette, host: str, port: int, tls: ServerTls | None = None) -> None:
+        import socket
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self._socket.listen(128)  # connections wait in the backlog until uvicorn's loop accepts them
+        self.port = self._socket.getsockname()[1]
+        self._files: list[Path] = []
+        ssl: dict[str, str] = {}
+        if tls is not None:  # uvicorn reads files: the PEM bytes go to private temporary ones
+            import tempfile
+
+            for name, data in (("ssl_certfile", tls.cert), ("ssl_keyfile", tls.key)):
+                handle, path = tempfile.mkstemp(prefix="winnow-page-", suffix=".pem")
+                with open(handle, "wb") as f:
+                    f.write(data)
+                self._files.append(Path(path))
+                ssl[name] = path
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, **ssl))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+                                        name="labeling-page", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self._socket.close()
+        for path in self._files:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,116 @@
+"""The labeling page in real headless Chromium: an annotator signs in with a token, answers 20 items
+with the keyboard, skips one and undoes one; the store then holds exactly those answers, as final
+labels with the annotator's identity and the project's guideline version; a holdout task shows no
+model suggestion. A screenshot of the page is written to docs/."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from winnow.core.access.tokens import issue
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.records import Item, Project, Task
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.ingest import ingest
+from winnow.core.loop.topics import create_topics
+from winnow.services.api.auth import Authenticator
+from winnow.services.api.operations import WinnowApi
+from winnow.services.web.app import PageServer, labeling_app
+
+pytestmark = pytest.mark.browser
+
+P = "intents"
+CLASSES = ("card_lost", "refund", "top_up", "exchange_rate", "transfer_pending")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+TEXTS = ["I lost my card yesterday", "Where is my refund?", "How do I top up by bank transfer?",
+         "What rate do you use for euros?", "My transfer has been pending for days"]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, str, dict[str, str]]]:
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    project = Project(P, CLASSES, guideline_version="2026-12")
+    store.create_project(project)
+    create_topics(bus, P, 1)
+    truth = {f"h{k}": CLASSES[k % 5] for k in range(1)} | {f"i{k:02d}": CLASSES[k % 5] for k in range(22)}
+    texts = {item_id: f"{TEXTS[CLASSES.index(label)]} (#{item_id})" for item_id, label in truth.items()}
+    ingest(bus.producer(), store, project, [Item(P, i, t) for i, t in texts.items()])
+    tasks = [Task(P, "h0", 2.0, "v1", 0.0, "holdout", 0.1, CLASSES[1])]  # first: it must show no suggestion
+    tasks += [Task(P, f"i{k:02d}", 1.0 - k / 100, "v1", 0.0, "label", 1.0, truth[f"i{k:02d}"]) for k in range(22)]
+    store.add_tasks(tasks)
+    token, _ = issue(store, "test", "annotator", P, "ana", time.time())
+    server = PageServer(labeling_app(WinnowApi(bus, store, LoopConfig()), Authenticator(store)), "127.0.0.1", 0)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}/", store, token, {t: i for i, t in texts.items()}
+    finally:
+        server.stop()
+        bus.close()
+        store.close()
+
+
+def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser) -> None:
+    url, store, token, item_of = served
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page.goto(url)
+    page.fill("#token", token)
+    page.click("#signin button")
+    page.wait_for_selector("#work:not([hidden])")
+    assert "ana · intents" in page.inner_text("#who") and "2026-12" in page.inner_text("#guideline")
+
+    def current() -> str:
+        page.wait_for_function("document.getElementById('text').textContent.length > 0")
+        return item_of[page.inner_text("#text")]
+
+    def press_answer(item_id: str, label: str) -> None:
+        page.keyboard.press(str(CLASSES.index(label) + 1))
+        page.wait_for_function(f"!document.getElementById('text').textContent.includes('#{item_id})')")
+
+    expected: dict[str, str] = {}
+    first = current()
+    assert first == "h0" and page.is_hidden("#suggestion")  # a holdout never shows the model's label
+    press_answer("h0", "card_lost")
+    expected["h0"] = "card_lost"
+    second = current()
+    assert page.is_visible("#suggestion") and second in page.inner_text("#text").replace(")", "").split("#")[-1]
+    skipped = undone = None
+    while len(expected) < 20:
+        item_id = current()
+        label = CLASSES[int(item_id[1:]) % 5]
+        if skipped is None and item_id == "i05":
+            page.keyboard.press("Escape")  # skip it
+            page.wait_for_function("!document.getElementById('text').textContent.includes('#i05)')")
+            skipped = item_id
+            continue
+        if undone is None and item_id == "i08":
+            wrong = CLASSES[(CLASSES.index(label) + 1) % 5]
+            press_answer(item_id, wrong)
+            page.keyboard.press("Control+z")  # the wrong answer comes back before it is sent
+            page.wait_for_function("document.getElementById('text').textContent.includes('#i08)')")
+            undone = item_id
+        if item_id == "i12":  # type-ahead: filter the classes and answer with Enter
+            page.keyboard.type(label.split("_")[0])
+            page.keyboard.press("Enter")
+            page.wait_for_function("!document.getElementById('text').textContent.includes('#i12)')")
+        else:
+            press_answer(item_id, label)
+        expected[item_id] = label
+    page.screenshot(path=str(DOCS / "labeling-page.png"))
+    deadline = time.monotonic() + 20  # the last answer is sent after its undo window
+    while len(store.labels(P)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    labels = store.labels(P)
+    assert {label.item_id: label.label for label in labels} == expected
+    assert {(label.source, label.source_id, label.guideline_version) for label in labels} == {("human", "ana",
+                                                                                               "2026-12")}
+    assert skipped == "i05" and "i05" not in expected and undone == "i08"
+    answers = [a for a in store.annotations(P) if a.item_id == "i08"]
+    assert [(a.annotator, a.label) for a in answers] == [("ana", CLASSES[8 % 5])]  # the undone answer never left
+    page.set_viewport_size({"width": 390, "height": 760})  # a phone
+    page.screenshot(path=str(DOCS / "labeling-page-phone.png"))
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.close()
