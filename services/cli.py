@@ -81,6 +81,12 @@ STORAGE_ITEMS = Option("items", int, "records per timed call", 10_000, env_name=
                        high=1_000_000)
 STORAGE_REPEATS = Option("repeats", int, "fresh bus and store files per call kind (medians)", 3,
                          env_name="STORAGE_REPEATS", low=1, high=100)
+LABELING_ANNOTATORS = Option("annotators", tuple, "concurrent annotators per run, comma-separated", ("1", "20", "50"),
+                             env_name="LABELING_ANNOTATORS")
+LABELING_PRIORS = Option("prior", tuple, "annotations already in the project per run, comma-separated",
+                         ("1000", "100000"), env_name="LABELING_PRIOR")
+LABELING_SECONDS = Option("seconds", float, "seconds each run's annotators answer", 10.0, env_name="LABELING_SECONDS",
+                          low=0.0, low_open=True, high=3600.0)
 CHAOS_BUS = Option("bus", str, "sqlite: `serve all` on the embedded bus and store; kafka: the six services on a "
                    "Kafka broker and PostgreSQL started with the deploy scripts", "sqlite", env_name="CHAOS_BUS",
                    choices=("sqlite", "kafka"))
@@ -167,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = bench_sub.add_parser("chaos", help="stream items while SIGKILLing the processes, then count lost and "
                                  "duplicated labels (exit 1 unless: 0 lost, 0 duplicated, every label on the topic)")
     add_options(chaos, (CHAOS_BUS, CHAOS_ITEMS, CHAOS_KILLS, CHAOS_SEED, FUZZ_OUT))
+    labeling = bench_sub.add_parser("labeling", help="concurrent annotators on the labeling API at two history "
+                                    "lengths: lease and submit latency, answers/s, errors, double leases")
+    add_options(labeling, (LABELING_ANNOTATORS, LABELING_PRIORS, LABELING_SECONDS, FUZZ_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
@@ -457,6 +466,20 @@ def cmd_bench_chaos(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_bench_labeling(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.labeling import run_labeling_benchmark
+
+    count = Option("count", int, "a count", low=0)
+    annotators = tuple(count.parse(t, LABELING_ANNOTATORS.flag) for t in given(args, LABELING_ANNOTATORS))
+    priors = tuple(count.parse(t, LABELING_PRIORS.flag) for t in given(args, LABELING_PRIORS))
+    out, seconds = given(args, FUZZ_OUT), given(args, LABELING_SECONDS)
+    console = Console(stderr=True)
+    result = run_labeling_benchmark(out, annotators, priors, seconds, progress=lambda run: console.print(run))
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0 if all(r["errors"] == 0 and r["double_leases"] == 0 for r in result["runs"]) else 1
+
+
 def cmd_bench_storage(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.storage import run_storage_benchmark
@@ -502,6 +525,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
+            ("bench", "labeling"): cmd_bench_labeling,
             ("serve", None): cmd_serve, ("token", "create"): cmd_token_create,
             ("token", "list"): cmd_token_list, ("token", "revoke"): cmd_token_revoke,
             ("erase", None): cmd_erase, ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}

@@ -274,6 +274,9 @@ class LoopConfig:
                                     low=-1.0, high=1.0, low_open=True)
     uncertainty: str = setting("margin", "uncertainty score", choices=SCORE_NAMES)
     lease_s: float = setting(600.0, "seconds an annotator holds a leased task", low=0.0, low_open=True)
+    consensus_refit_answers: int = setting(
+        200, "new answers (or a tenth of all, if more) after which the labeling service refits Dawid-Skene over "
+        "every answer; between refits each item is aggregated alone with the last fit", low=1)
     erasure_check_s: float = setting(2.0, "seconds between a worker's looks for erased items (to drop them from "
                                      "its memory and caches; 0: at every step)", low=0.0)
     max_open_leases: int = setting(50, "most tasks one annotator may hold leased at once (a lease call asking more "

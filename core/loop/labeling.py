@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from typing import Callable, Sequence
@@ -13,10 +14,10 @@ from winnow.core.domain.records import Annotation, Label, Lease, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.labels_out import write_final_labels
 from winnow.core.ml.consensus import (
+    OneCoinFit,
     annotator_accuracy_on_gold,
     answers_wanted,
     dawid_skene,
-    majority_vote,
 )
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
@@ -28,13 +29,20 @@ class LabelingService:
     """What people use: lease tasks, submit, skip, heartbeat; consensus makes the final human label."""
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, background_refit: bool = False) -> None:
+        """``background_refit``: refit the consensus model in a thread of its own (a server: no
+        submit waits for it) rather than in the call that finds it stale (a reproducible run)."""
         self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
+        self.background_refit = background_refit
+        self._fit: OneCoinFit | None = None
+        self._fit_lock = threading.Lock()
+        self._refitting: threading.Thread | None = None
         self.producer = bus.producer()  # the labels this service publishes, flushed by ``resolve``
         # items with all their answers: those without a final label yet (a crash between the last
         # answer and consensus), and those with one, whose publish a crash may have cut off (``resolve``
         # writes nothing for them and publishes the stored label again: at least once on the topic)
         answered = Counter(a.item_id for a in store.annotations(project.name))
+        self._answers_seen = sum(answered.values())  # grows with each recorded answer: when to refit
         gold = store.gold(project.name)
         wanted = {t.item_id: t.wanted or project.overlap for t in store.open_tasks(project.name)}
         labeled = {label.item_id for label in store.labels(project.name, "human")}
@@ -68,6 +76,8 @@ class LabelingService:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
         added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()),
                                           leased=True)
+        if added:
+            self._answers_seen += 1
         if added and item_id not in self.store.gold(self.project.name):
             answers = [a.label for a in self.store.annotations(self.project.name, [item_id])]
             tasks = self.store.open_tasks(self.project.name, [item_id])
@@ -111,30 +121,63 @@ class LabelingService:
                        "estimated_accuracy": None if np.isnan(estimated[k]) else float(estimated[k])}
                 for k, name in enumerate(names)}
 
+    def _refit(self) -> OneCoinFit:
+        """A one-coin Dawid-Skene fit over every answer of the project (gold clamped)."""
+        _, _, names, args, gold = self._answers()
+        fit = OneCoinFit.of(dawid_skene(*args, gold=gold), names, np.bincount(args[1], minlength=len(names)))
+        with self._fit_lock:
+            if self._fit is None or fit.answers >= self._fit.answers:
+                self._fit = fit
+        return fit
+
+    def _current_fit(self) -> OneCoinFit:
+        """The fit to aggregate with: made now if there is none; refitted (in the background where
+        ``background_refit``) once the answers grew by ``consensus_refit_answers`` or a tenth."""
+        with self._fit_lock:
+            fit, running = self._fit, self._refitting is not None and self._refitting.is_alive()
+        if fit is None:
+            return self._refit()
+        stale = self._answers_seen - fit.answers >= max(self.config.consensus_refit_answers, fit.answers // 10)
+        if stale and not running:
+            if self.background_refit:
+                self._refitting = threading.Thread(target=self._refit, name=f"consensus-{self.project.name}",
+                                                   daemon=True)
+                self._refitting.start()
+            else:
+                fit = self._refit()
+        return fit
+
     def resolve(self) -> int:
-        """Aggregate the items that have all their answers into final human labels (one batch)."""
+        """Aggregate the items that have all their answers into final human labels (one batch).
+
+        Incremental: only these items' answers are read. With one answer per item and no gold, the
+        answer is the label ("single"); otherwise each item's posterior comes from the project's
+        last Dawid-Skene fit (class prior and each annotator's accuracy), refitted over all answers
+        on a schedule (``_current_fit``), so a submit costs the same at any history length."""
         if not self._ready:
             return 0
         ready, self._ready = sorted(self._ready), set()
-        answers, item_index, _, args, gold_ids = self._answers()
-        ready = [i for i in ready if i in item_index]  # an item erased since its last answer has none left
+        by_item: dict[str, list[Annotation]] = {}
+        for a in self.store.annotations(self.project.name, ready):
+            by_item.setdefault(a.item_id, []).append(a)
+        ready = [i for i in ready if i in by_item]  # an item erased since its last answer has none left
         if not ready:
             return 0
-        if self.project.overlap == 1 and not gold_ids:
-            result, aggregation = majority_vote(*args), "single"
-        else:
-            result = dawid_skene(*args, gold=gold_ids)
-            aggregation = result.method
+        classes = {c: k for k, c in enumerate(self.project.classes)}
+        single = self.project.overlap == 1 and not self.store.gold(self.project.name)
+        fit = None if single else self._current_fit()
         now = self.clock()
-        annotators_of: dict[str, set[str]] = {}  # one pass over the answers, not one per ready item
-        for a in answers:
-            annotators_of.setdefault(a.item_id, set()).add(a.annotator)
         labels = []
         for item_id in ready:
-            k = item_index[item_id]
-            who_said = sorted(annotators_of[item_id])
-            labels.append(Label(self.project.name, item_id, self.project.classes[int(result.labels[k])], "human",
-                                ",".join(who_said), float(result.confidence[k]), None, aggregation,
+            given = by_item[item_id]
+            if fit is None:
+                votes = np.bincount([classes[a.label] for a in given], minlength=len(classes))
+                k, confidence, aggregation = int(votes.argmax()), float(votes.max() / votes.sum()), "single"
+            else:
+                post = fit.posterior([a.annotator for a in given], [classes[a.label] for a in given])
+                k, confidence, aggregation = int(post.argmax()), float(post.max()), fit.method
+            labels.append(Label(self.project.name, item_id, self.project.classes[k], "human",
+                                ",".join(sorted({a.annotator for a in given})), confidence, None, aggregation,
                                 self.project.guideline_version, now, f"{item_id}:labeling:human"))
         new = write_final_labels(self.producer, self.store, labels)
         self.producer.flush()

@@ -231,3 +231,40 @@ def answers_wanted(labels: list[str], cap: int, model_label: str | None = None, 
     if n == 1 and model_confident and model_label is not None and labels[0] != model_label:
         return 2
     return max(n, 1)
+
+
+@dataclass(frozen=True, eq=False)
+class OneCoinFit:
+    """What a one-coin Dawid-Skene fit learned, kept to aggregate new items without refitting:
+    the class prior ``[C]`` and each annotator's accuracy, shrunk towards the fit's median by
+    ``PSEUDO_ANSWERS`` (an annotator seen on one answer is not trusted as if measured on hundreds;
+    one the fit has not seen gets the median, ``default_accuracy``)."""
+
+    PSEUDO_ANSWERS = 10
+
+    prior: np.ndarray
+    accuracy: Mapping[str, float]
+    default_accuracy: float
+    method: str
+    answers: int  # annotations the fit saw
+
+    @staticmethod
+    def of(result: ConsensusResult, names: list[str], given: np.ndarray, smoothing: float = 0.1) -> "OneCoinFit":
+        """From a fit over annotations in which annotator ``k`` (``names[k]``) gave ``given[k]``."""
+        labeled = result.posterior[result.posterior.sum(axis=1) > 0]
+        prior = labeled.sum(axis=0) + smoothing
+        measured = np.isfinite(result.annotator_accuracy)
+        default = float(np.median(result.annotator_accuracy[measured])) if measured.any() else 0.8
+        m = OneCoinFit.PSEUDO_ANSWERS
+        known = {name: float((n * q + m * default) / (n + m))
+                 for name, q, n in zip(names, result.annotator_accuracy, given) if np.isfinite(q)}
+        return OneCoinFit(prior / prior.sum(), known, default, result.method, int(np.sum(given)))
+
+    def posterior(self, annotators: list[str], labels: list[int]) -> np.ndarray:
+        """P(true class | these answers) ``[C]``: each answer is right with its annotator's accuracy,
+        else any other class alike (the one-coin model's E-step for one item)."""
+        c = self.prior.size
+        q = np.clip(np.array([self.accuracy.get(a, self.default_accuracy) for a in annotators], float), 1e-3, 1 - 1e-3)
+        log_post = np.log(self.prior)
+        np.add.at(log_post, np.asarray(labels, np.int64), np.log(q) - np.log((1 - q) / max(c - 1, 1)))
+        return np.exp(log_post - logsumexp(log_post))

@@ -85,7 +85,7 @@ class WinnowApi:
         with self._labeling_lock:
             if project not in self._labeling:
                 service = LabelingService(self.bus, self.store, self.store.get_project(project), self.config,
-                                          self.clock)
+                                          self.clock, background_refit=True)
                 self._labeling[project] = (service, threading.Lock())
             return self._labeling[project]
 

@@ -77,3 +77,89 @@ def test_a_task_that_asks_two_answers_waits_for_the_second(labeling) -> None:
     _answer(service, "y", {"j0": "a"})
     service.resolve()
     assert {x.item_id: x.label for x in store.labels(P)}["j0"] == "a"
+
+
+class CountingStore:
+    """The store, counting the reads of every answer of the project (what made submits grow with history)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store, self.full_reads = store, 0
+
+    def annotations(self, project, item_ids=None):
+        self.full_reads += item_ids is None
+        return self.store.annotations(project, item_ids)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def _crowd(tmp_path: Path, items: int, refit: int):
+    store, bus = SqliteStore(tmp_path / "store.sqlite"), SqliteBus(tmp_path / "bus.sqlite")
+    project = Project(P, ("a", "b", "c", "d"), overlap=3)
+    store.create_project(project)
+    create_topics(bus, P, 1)
+    store.add_items([Item(P, f"i{k}", f"text {k}", 0.0) for k in range(items)])
+    store.add_tasks([Task(P, f"i{k}", 0.5, None, 0.0) for k in range(items)])
+    counting = CountingStore(store)
+    config = LoopConfig(consensus_refit_answers=refit)
+    service = LabelingService(bus, counting, project, config)  # type: ignore[arg-type]
+    return service, counting, store, bus
+
+
+def _answer_all(service: LabelingService, who: str, answer) -> list[str]:
+    """``who`` leases (50 at a time, the cap) and answers until nothing is left; the items answered."""
+    done: list[str] = []
+    while leases := service.lease(who, 50):
+        for lease in leases:
+            service.submit(who, lease.item_id, answer(lease.item_id))
+            service.resolve()
+            done.append(lease.item_id)
+    return done
+
+
+def test_a_submit_reads_only_its_items_answers_between_scheduled_refits(tmp_path: Path) -> None:
+    import numpy as np
+
+    service, counting, store, bus = _crowd(tmp_path, 60, refit=30)
+    rng = np.random.default_rng(1)
+    try:
+        truth = {f"i{k}": "abcd"[k % 4] for k in range(60)}
+        answered = 0
+        for who, accuracy in (("x", 1.0), ("y", 0.9), ("z", 0.8)):
+            answered += len(_answer_all(service, who, lambda i, q=accuracy: truth[i] if rng.random() < q
+                                        else "abcd"[("abcd".index(truth[i]) + 1) % 4]))
+        # a full read only for the first fit, then once per 30 new answers (a tenth of all is less here)
+        assert answered == 180 and 1 <= counting.full_reads <= 2 + 60 // 30
+        assert len(store.labels(P)) == 60
+        assert sum(1 for label in store.labels(P) if label.label == truth[label.item_id]) >= 58
+    finally:
+        bus.close()
+        store.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_incremental_consensus_is_as_right_as_a_full_refit(tmp_path: Path, seed: int) -> None:
+    import numpy as np
+
+    from winnow.core.ml.consensus import dawid_skene
+
+    service, counting, store, bus = _crowd(tmp_path, 200, refit=50)
+    rng = np.random.default_rng(seed)
+    try:
+        truth = {f"i{k}": "abcd"[int(rng.integers(0, 4))] for k in range(200)}
+        for who, accuracy in (("x", 0.95), ("y", 0.75), ("z", 0.6)):
+            _answer_all(service, who, lambda i, q=accuracy: truth[i] if rng.random() < q
+                        else "abcd"[int(rng.integers(0, 4))])
+        answers = store.annotations(P)
+        items = sorted({a.item_id for a in answers})
+        names = sorted({a.annotator for a in answers})
+        full = dawid_skene(np.array([items.index(a.item_id) for a in answers]),
+                           np.array([names.index(a.annotator) for a in answers]),
+                           np.array(["abcd".index(a.label) for a in answers]), len(items), len(names), 4)
+        final = {label.item_id: label.label for label in store.labels(P)}
+        right_full = sum(truth[i] == "abcd"[full.labels[k]] for k, i in enumerate(items))
+        right_incremental = sum(truth[i] == label for i, label in final.items())
+        assert len(final) == 200 and right_incremental >= right_full - 3, (right_full, right_incremental)
+    finally:
+        bus.close()
+        store.close()
