@@ -135,9 +135,10 @@ class LabelingService:
         ``background_refit``) once the answers grew by ``consensus_refit_answers`` or a tenth."""
         with self._fit_lock:
             fit, running = self._fit, self._refitting is not None and self._refitting.is_alive()
-        if fit is None:
+        if fit is None and not self.background_refit:
             return self._refit()
-        stale = self._answers_seen - fit.answers >= max(self.config.consensus_refit_answers, fit.answers // 10)
+        stale = fit is None or (self._answers_seen - fit.answers
+                                >= max(self.config.consensus_refit_answers, fit.answers // 10))
         if stale and not running:
             if self.background_refit:
                 self._refitting = threading.Thread(target=self._refit, name=f"consensus-{self.project.name}",
@@ -145,7 +146,8 @@ class LabelingService:
                 self._refitting.start()
             else:
                 fit = self._refit()
-        return fit
+        # while a server's first fit runs, every annotator counts alike: a majority vote
+        return fit if fit is not None else OneCoinFit.provisional(len(self.project.classes))
 
     def resolve(self) -> int:
         """Aggregate the items that have all their answers into final human labels (one batch).

@@ -249,6 +249,11 @@ class OneCoinFit:
     answers: int  # annotations the fit saw
 
     @staticmethod
+    def provisional(n_classes: int) -> "OneCoinFit":
+        """No fit yet: a uniform prior and one accuracy for all, which aggregates as a majority vote."""
+        return OneCoinFit(np.full(n_classes, 1.0 / n_classes), {}, 0.8, "majority_vote", 0)
+
+    @staticmethod
     def of(result: ConsensusResult, names: list[str], given: np.ndarray, smoothing: float = 0.1) -> "OneCoinFit":
         """From a fit over annotations in which annotator ``k`` (``names[k]``) gave ``given[k]``."""
         labeled = result.posterior[result.posterior.sum(axis=1) > 0]

@@ -162,6 +162,9 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             erased_at DOUBLE PRECISION NOT NULL, text_sha256 TEXT,
             UNIQUE (project, item_id))""",
     ),
+    (  # 7: an annotator's own leases without a scan of every assignment the project ever had
+        "CREATE INDEX assignments_annotator ON assignments (project, annotator, state)",
+    ),
 )
 
 
