@@ -244,12 +244,14 @@ class WinnowClient:
                               "estimated_accuracy": q.estimated_accuracy if q.HasField("estimated_accuracy") else None}
                 for q in response.annotators}
 
-    def disagreements(self, project: str, limit: int = 0) -> list[tuple[str, dict[str, str], str | None]]:
-        """Items whose answers disagree: (item, annotator -> answer, final label or None)."""
+    def disagreements(self, project: str, limit: int = 0
+                      ) -> list[tuple[str, dict[str, str], str | None, str | None]]:
+        """Items whose answers disagree with each other or with a confident model: (item, annotator ->
+        answer, final label or None, the confident model's label or None)."""
         response = self._call(self._review.Disagreements, review_pb2.DisagreementsRequest(project=project,
                                                                                          limit=limit))
-        return [(d.item_id, dict(d.answers), d.final_label if d.HasField("final_label") else None)
-                for d in response.items]
+        return [(d.item_id, dict(d.answers), d.final_label if d.HasField("final_label") else None,
+                 d.model_label if d.HasField("model_label") else None) for d in response.items]
 
 
 def _token_info(m: access_pb2.TokenInfo) -> TokenInfo:

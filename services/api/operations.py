@@ -142,6 +142,11 @@ class WinnowApi:
         who.require(Action.LABEL, _project(project))
         return self.store.get_project(project)
 
+    def project_for_review(self, who: Principal, project: str) -> Project:
+        """The project's record, for a caller who may review it (settings and budget)."""
+        who.require(Action.QUALITY, _project(project))
+        return self.store.get_project(project)
+
     def my_quality(self, who: Principal, project: str) -> dict[str, float | None]:
         """The caller's own answers and accuracy on gold (what an annotator may see of their quality)."""
         who.require(Action.LABEL, _project(project))
@@ -172,18 +177,25 @@ class WinnowApi:
         with lock:
             return service.annotator_quality()
 
-    def disagreements(self, who: Principal, project: str, limit: int) -> list[tuple[str, dict[str, str], str | None]]:
-        """Items whose answers disagree, oldest first: (item, annotator -> answer, final label); audited."""
+    def disagreements(self, who: Principal, project: str, limit: int
+                      ) -> list[tuple[str, dict[str, str], str | None, str | None]]:
+        """Items whose answers disagree with each other, or with a confident model (the model's label on
+        an audit or holdout task), oldest first: (item, annotator -> answer, final label, the confident
+        model's label or None); audited."""
         who.require(Action.QUALITY, _project(project))
         if not 0 <= limit <= MAX_LEASE_TASKS:
             raise InvalidInput("limit", f"must be in [0, {MAX_LEASE_TASKS}], got {limit}")
         by_item: dict[str, dict[str, str]] = {}
         for a in self.store.annotations(project):
             by_item.setdefault(a.item_id, {})[a.annotator] = a.label
-        split = [(i, answers) for i, answers in by_item.items() if len(set(answers.values())) > 1][:limit or 100]
+        confident = {t.item_id: t.model_label for t in self.store.tasks(project, ("audit", "holdout"))
+                     if t.model_label is not None}
+        split = [(i, answers) for i, answers in by_item.items()
+                 if len(set(answers.values())) > 1 or (i in confident and set(answers.values()) != {confident[i]})]
+        split = split[:limit or 100]
         finals = {label.item_id: label.label for label in self.store.labels(project)} if split else {}
-        found = [(i, answers, finals.get(i)) for i, answers in split]
-        self._audit(who, project, "disagreements", {"items": len(found)}, [i for i, _, _ in found])
+        found = [(i, answers, finals.get(i), confident.get(i)) for i, answers in split]
+        self._audit(who, project, "disagreements", {"items": len(found)}, [i for i, *_ in found])
         return found
 
     # -- projects -------------------------------------------------------------------------------

@@ -208,7 +208,8 @@ class ReviewServicer(_Servicer, review_pb2_grpc.ReviewServicer):
                       ) -> review_pb2.DisagreementsResponse:
         found = self.api.disagreements(self.who(context), request.project, request.limit)
         return review_pb2.DisagreementsResponse(items=[
-            review_pb2.Disagreement(item_id=i, answers=answers, final_label=final) for i, answers, final in found])
+            review_pb2.Disagreement(item_id=i, answers=answers, final_label=final, model_label=model)
+            for i, answers, final, model in found])
 
 
 # name -> (servicer class, service descriptor)

@@ -8,6 +8,7 @@ status of the gRPC code the same error gets (401, 403, 400, 404, 409).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -59,7 +60,8 @@ def _error(error: Exception) -> JSONResponse:
 
 
 def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
-    """The page (``/``), its assets (``/static``) and its JSON API (``/api/...``)."""
+    """The labeling page (``/``), the reviewer page (``/review``), their assets (``/static``) and
+    their JSON API (``/api/...``)."""
 
     def endpoint(handler: Callable[[Principal, dict, str], Any]) -> Callable[[Request], Awaitable[Response]]:
         """A JSON endpoint: the caller from the Authorization header, the body as a dict, the
@@ -112,11 +114,33 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
             raise InvalidInput("item_ids", "must be a list of item ids")
         return {"extended": api.heartbeat(who, project, "", ids)}
 
+    def review(who: Principal, body: dict, project: str) -> dict:
+        stats = api.stats(who, project)
+        record = api.project_for_review(who, project)
+        quality = api.annotator_quality(who, project)
+        found = api.disagreements(who, project, 0)
+        return {
+            "project": project, "name": who.name, "role": who.role, "items": stats.items,
+            "labels_by_source": stats.labels_by_source, "human_fraction": stats.human_fraction,
+            "budget": {"labels": record.budget_labels, "per_items": record.budget_per_items},
+            "open_tasks": stats.open_tasks, "model_version": stats.current_model_version,
+            "threshold": stats.threshold, "stream": stats.stream.state,
+            "quality": dataclasses.asdict(stats.quality),
+            "gold_items": stats.labels_by_source.get("gold", 0),
+            "annotators": [{"name": name, **q} for name, q in sorted(quality.items())],
+            "disagreements": [{"item_id": i, "answers": answers, "final_label": final, "model_label": model}
+                              for i, answers, final, model in found]}
+
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
+    async def review_page(request: Request) -> Response:
+        return FileResponse(STATIC / "review.html", headers={"Cache-Control": "no-store"})
+
     return Starlette(routes=[
         Route("/", page),
+        Route("/review", review_page),
+        Route("/api/review", endpoint(review), methods=["GET"]),
         Route("/api/me", endpoint(me), methods=["GET"]),
         Route("/api/lease", endpoint(lease), methods=["POST"]),
         Route("/api/submit", endpoint(submit), methods=["POST"]),

@@ -114,3 +114,25 @@ def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser) -> No
     page.screenshot(path=str(DOCS / "labeling-page-phone.png"))
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.close()
+
+
+def test_a_reviewer_sees_a_planted_disagreement(served, browser) -> None:
+    url, store, _, _ = served
+    from winnow.core.domain.records import Annotation
+
+    store.add_annotation(Annotation(P, "i03", "ana", "exchange_rate", time.time()))
+    store.add_annotation(Annotation(P, "i03", "ben", "top_up", time.time()))  # people disagree
+    store.add_annotation(Annotation(P, "h0", "ana", "refund", time.time()))
+    store.add_annotation(Annotation(P, "h0", "ben", "card_lost", time.time()))  # and one against the model
+    token, _ = issue(store, "test", "reviewer", P, "rita", time.time())
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(url + "review")
+    page.fill("#token", token)
+    page.click("#signin button")
+    page.wait_for_selector("#disagreements tbody tr")
+    rows = [page.inner_text(f"#disagreements tbody tr:nth-child({k})") for k in (1, 2)]
+    assert any("i03" in row and "ana: exchange_rate" in row and "ben: top_up" in row for row in rows)
+    assert any("h0" in row and "refund" in row for row in rows)  # the model said refund on this holdout
+    assert "rita · intents" in page.inner_text("#who") and "ana" in page.inner_text("#annotators")
+    page.screenshot(path=str(DOCS / "review-page.png"), full_page=True)
+    page.close()

@@ -350,9 +350,9 @@ def test_a_reviewer_sets_gold_and_sees_quality_and_disagreements(project: Served
     assert quality["alice"]["gold_accuracy"] == 1.0 and quality["bob"]["gold_accuracy"] == 0.5
     assert quality["alice"]["answers"] == 3
     split = reviewer.disagreements(P)
-    assert [(i, answers) for i, answers, _ in split] == [("g1", {"alice": "pos", "bob": "neg"}),
-                                                         ("x", {"alice": "pos", "bob": "neg"})]
-    assert dict((i, final) for i, _, final in split)["g1"] == "pos"
+    assert [(i, answers) for i, answers, _, _ in split] == [("g1", {"alice": "pos", "bob": "neg"}),
+                                                            ("x", {"alice": "pos", "bob": "neg"})]
+    assert dict((i, final) for i, _, final, _ in split)["g1"] == "pos"
     actions = [r.action for r in store.audit_trail(P)]
     assert "gold" in actions and "disagreements" in actions
     with pytest.raises(PermissionDenied):

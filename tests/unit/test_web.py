@@ -33,7 +33,7 @@ def page(tmp_path: Path) -> Iterator[tuple[TestClient, SqliteStore, dict[str, st
     store.add_tasks([Task(P, "i0", 0.9, "v1", 0.0, "label", 1.0, "neg"),
                      Task(P, "i1", 0.8, "v1", 0.0, "holdout", 0.1, "pos")])
     tokens = {name: issue(store, "test", role, P, name, time.time())[0]
-              for name, role in (("ann", "annotator"), ("viv", "viewer"))}
+              for name, role in (("ann", "annotator"), ("viv", "viewer"), ("rev", "reviewer"), ("bob", "annotator"))}
     app = labeling_app(WinnowApi(bus, store, LoopConfig()), Authenticator(store))
     with TestClient(app) as client:
         yield client, store, tokens
@@ -96,3 +96,22 @@ def test_a_body_that_is_not_a_json_object_is_refused(page) -> None:
     for raw in (b"not json", b"[1, 2]"):
         response = client.post("/api/lease", content=raw, headers=_as(tokens["ann"]))
         assert response.status_code == 400 and response.json()["field"] == "body"
+
+
+def test_the_reviewer_sees_quality_budget_and_disagreements(page) -> None:
+    client, store, tokens = page
+    store.add_tasks([Task(P, "i2", 0.95, None, 0.0, "label", 1.0, None, None, 2)])  # two answers wanted
+    answers = {"ann": {"i1": "neg", "i2": "pos"}, "bob": {"i2": "neg"}}  # i1: a holdout the model called "pos"
+    for who, mine in answers.items():
+        client.post("/api/lease", json={}, headers=_as(tokens[who]))
+        for item_id, label in mine.items():
+            assert client.post("/api/submit", json={"item_id": item_id, "label": label},
+                               headers=_as(tokens[who])).status_code == 200
+    report = client.get("/api/review", headers=_as(tokens["rev"])).json()
+    assert report["budget"] == {"labels": 25, "per_items": 100} and report["items"] == 4
+    assert {a["name"]: a["answers"] for a in report["annotators"]} == {"ann": 2, "bob": 1}
+    found = {d["item_id"]: (d["answers"], d["model_label"]) for d in report["disagreements"]}
+    assert found == {"i1": ({"ann": "neg"}, "pos"), "i2": ({"ann": "pos", "bob": "neg"}, None)}
+    assert "accuracy_lower_bound" in report["quality"]
+    assert client.get("/api/review", headers=_as(tokens["ann"])).status_code == 403  # annotators do not review
+    assert client.get("/review").status_code == 200

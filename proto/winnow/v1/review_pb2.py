@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16winnow/v1/review.proto\x12\twinnow.v1\"\x8a\x01\n\x0eSetGoldRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x37\n\x07\x61nswers\x18\x02 \x03(\x0b\x32&.winnow.v1.SetGoldRequest.AnswersEntry\x1a.\n\x0c\x41nswersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x0fSetGoldResponse\x12\x12\n\ngold_items\x18\x01 \x01(\x05\"*\n\x17\x41nnotatorQualityRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\x9c\x01\n\x10\x41nnotatorQuality\x12\x11\n\tannotator\x18\x01 \x01(\t\x12\x0f\n\x07\x61nswers\x18\x02 \x01(\x03\x12\x1a\n\rgold_accuracy\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12\x65stimated_accuracy\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_gold_accuracyB\x15\n\x13_estimated_accuracy\"K\n\x18\x41nnotatorQualityResponse\x12/\n\nannotators\x18\x01 \x03(\x0b\x32\x1b.winnow.v1.AnnotatorQuality\"6\n\x14\x44isagreementsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xb0\x01\n\x0c\x44isagreement\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x35\n\x07\x61nswers\x18\x02 \x03(\x0b\x32$.winnow.v1.Disagreement.AnswersEntry\x12\x18\n\x0b\x66inal_label\x18\x03 \x01(\tH\x00\x88\x01\x01\x1a.\n\x0c\x41nswersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_final_label\"?\n\x15\x44isagreementsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.winnow.v1.Disagreement2\xfb\x01\n\x06Review\x12@\n\x07SetGold\x12\x19.winnow.v1.SetGoldRequest\x1a\x1a.winnow.v1.SetGoldResponse\x12[\n\x10\x41nnotatorQuality\x12\".winnow.v1.AnnotatorQualityRequest\x1a#.winnow.v1.AnnotatorQualityResponse\x12R\n\rDisagreements\x12\x1f.winnow.v1.DisagreementsRequest\x1a .winnow.v1.DisagreementsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16winnow/v1/review.proto\x12\twinnow.v1\"\x8a\x01\n\x0eSetGoldRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x37\n\x07\x61nswers\x18\x02 \x03(\x0b\x32&.winnow.v1.SetGoldRequest.AnswersEntry\x1a.\n\x0c\x41nswersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"%\n\x0fSetGoldResponse\x12\x12\n\ngold_items\x18\x01 \x01(\x05\"*\n\x17\x41nnotatorQualityRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\x9c\x01\n\x10\x41nnotatorQuality\x12\x11\n\tannotator\x18\x01 \x01(\t\x12\x0f\n\x07\x61nswers\x18\x02 \x01(\x03\x12\x1a\n\rgold_accuracy\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12\x65stimated_accuracy\x18\x04 \x01(\x01H\x01\x88\x01\x01\x42\x10\n\x0e_gold_accuracyB\x15\n\x13_estimated_accuracy\"K\n\x18\x41nnotatorQualityResponse\x12/\n\nannotators\x18\x01 \x03(\x0b\x32\x1b.winnow.v1.AnnotatorQuality\"6\n\x14\x44isagreementsRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"\xda\x01\n\x0c\x44isagreement\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x35\n\x07\x61nswers\x18\x02 \x03(\x0b\x32$.winnow.v1.Disagreement.AnswersEntry\x12\x18\n\x0b\x66inal_label\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x18\n\x0bmodel_label\x18\x04 \x01(\tH\x01\x88\x01\x01\x1a.\n\x0c\x41nswersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x0c_final_labelB\x0e\n\x0c_model_label\"?\n\x15\x44isagreementsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.winnow.v1.Disagreement2\xfb\x01\n\x06Review\x12@\n\x07SetGold\x12\x19.winnow.v1.SetGoldRequest\x1a\x1a.winnow.v1.SetGoldResponse\x12[\n\x10\x41nnotatorQuality\x12\".winnow.v1.AnnotatorQualityRequest\x1a#.winnow.v1.AnnotatorQualityResponse\x12R\n\rDisagreements\x12\x1f.winnow.v1.DisagreementsRequest\x1a .winnow.v1.DisagreementsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,11 +50,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISAGREEMENTSREQUEST']._serialized_start=497
   _globals['_DISAGREEMENTSREQUEST']._serialized_end=551
   _globals['_DISAGREEMENT']._serialized_start=554
-  _globals['_DISAGREEMENT']._serialized_end=730
+  _globals['_DISAGREEMENT']._serialized_end=772
   _globals['_DISAGREEMENT_ANSWERSENTRY']._serialized_start=130
   _globals['_DISAGREEMENT_ANSWERSENTRY']._serialized_end=176
-  _globals['_DISAGREEMENTSRESPONSE']._serialized_start=732
-  _globals['_DISAGREEMENTSRESPONSE']._serialized_end=795
-  _globals['_REVIEW']._serialized_start=798
-  _globals['_REVIEW']._serialized_end=1049
+  _globals['_DISAGREEMENTSRESPONSE']._serialized_start=774
+  _globals['_DISAGREEMENTSRESPONSE']._serialized_end=837
+  _globals['_REVIEW']._serialized_start=840
+  _globals['_REVIEW']._serialized_end=1091
 # @@protoc_insertion_point(module_scope)

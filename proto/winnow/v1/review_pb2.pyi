@@ -60,7 +60,7 @@ class DisagreementsRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Disagreement(_message.Message):
-    __slots__ = ("item_id", "answers", "final_label")
+    __slots__ = ("item_id", "answers", "final_label", "model_label")
     class AnswersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,10 +71,12 @@ class Disagreement(_message.Message):
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     FINAL_LABEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LABEL_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     answers: _containers.ScalarMap[str, str]
     final_label: str
-    def __init__(self, item_id: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ..., final_label: _Optional[str] = ...) -> None: ...
+    model_label: str
+    def __init__(self, item_id: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ..., final_label: _Optional[str] = ..., model_label: _Optional[str] = ...) -> None: ...
 
 class DisagreementsResponse(_message.Message):
     __slots__ = ("items",)

@@ -72,7 +72,8 @@ class ReviewServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Disagreements(self, request, context):
-        """Items whose answers disagree, oldest first, with every answer and the final label (audited).
+        """Items whose answers disagree with each other, or with a confident model (its label on an audit or
+        holdout task), oldest first, with every answer and the final label (audited).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
