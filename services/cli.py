@@ -107,6 +107,10 @@ TOKEN_NAME = Option("name", str, "the identity the holder acts as (an annotator'
                     "ROLE-ID", None, env_name="TOKEN_NAME", optional=True)
 BUS = next(o for o in options(ServeConfig) if o.key == "bus")  # `serve --bus`, WINNOW_BUS
 ERASE_PROJECT = Option("project", str, "the project of the items", None, env_name="ERASE_PROJECT")
+EXPORT_FORMAT = Option("format", str, "jsonl, csv or labelstudio", "jsonl", env_name="EXPORT_FORMAT",
+                       choices=("jsonl", "csv", "labelstudio"))
+EXPORT_OUT = Option("out", Path, "file to write (default: standard output)", None, env_name="EXPORT_OUT",
+                    optional=True)
 AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
                        None, env_name="AUDIT_PROJECT", optional=True)
 EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
@@ -200,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "workers drop them from their caches and memory within seconds)")
     erase.add_argument("item_ids", nargs="+", metavar="ITEM_ID")
     add_options(erase, (STORE, BUS, ERASE_PROJECT))
+
+    export = sub.add_parser("export", help="a project's final labels with text, provenance and answers, as JSONL, "
+                            "CSV or Label Studio JSON, from the store directly (audited)")
+    add_options(export, (STORE, ERASE_PROJECT, EXPORT_FORMAT, EXPORT_OUT))
+    importer = sub.add_parser("import", help="a Label Studio JSON export into a project: items, answers, gold, "
+                              "final labels (on the store and bus directly; checked whole before anything is written)")
+    importer.add_argument("file", type=Path, metavar="FILE")
+    importer.add_argument("--as-gold", action="store_true", help="every answered item's answer is a known answer")
+    add_options(importer, (STORE, BUS, ERASE_PROJECT))
 
     audit = sub.add_parser("audit", help="read and verify the hash-chained audit trail, on the store directly")
     audit_sub = audit.add_subparsers(dest="audit", required=True)
@@ -325,6 +338,57 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if erasure.model_versions:
         print("model versions that may have learned from them (later versions do not): "
               + ", ".join(erasure.model_versions))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from winnow.core.data.formats import to_label_studio, write_csv, write_jsonl
+    from winnow.core.loop.transfer import export_rows
+
+    project, fmt, out = given(args, ERASE_PROJECT), given(args, EXPORT_FORMAT), given(args, EXPORT_OUT)
+    store = _token_store(args)
+    try:
+        data = export_rows(store, project, _actor(), time.time())
+    finally:
+        store.close()
+    text = (write_jsonl(data) if fmt == "jsonl" else write_csv(data) if fmt == "csv"
+            else json.dumps(to_label_studio(data), ensure_ascii=False, indent=1))
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        Path(out).write_text(text, encoding="utf-8")
+        print(f"wrote {len(data)} labels to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import time
+
+    from winnow.core.data.formats import from_label_studio
+    from winnow.core.loop.transfer import import_tasks
+    from winnow.services.serve import open_bus
+
+    project_name = given(args, ERASE_PROJECT)
+    try:
+        text = args.file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput("FILE", f"cannot read {str(args.file)[:200]!r}: {e}") from None
+    store = _token_store(args)
+    try:
+        project = store.get_project(project_name)
+        imported = from_label_studio(text, project.name, project.classes, time.time())
+        bus = open_bus(given(args, BUS))
+        try:
+            with bus.producer() as producer:
+                counts = import_tasks(producer, store, project, imported, _actor(), time.time(), args.as_gold)
+        finally:
+            bus.close()
+    finally:
+        store.close()
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
@@ -528,7 +592,8 @@ COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "labeling"): cmd_bench_labeling,
             ("serve", None): cmd_serve, ("token", "create"): cmd_token_create,
             ("token", "list"): cmd_token_list, ("token", "revoke"): cmd_token_revoke,
-            ("erase", None): cmd_erase, ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}
+            ("erase", None): cmd_erase, ("export", None): cmd_export, ("import", None): cmd_import,
+            ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
