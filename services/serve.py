@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 from winnow.core.access.tokens import issue
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.domain.settings import SERVICES, ServeConfig, Settings
 from winnow.core.loop.prelabel import PrelabelWorker
+from winnow.core.loop.quality import certified_quality
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import consumer_group, create_topics
@@ -36,6 +37,18 @@ from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.index import set_threads
 from winnow.services.api.auth import Authenticator
+from winnow.services.metrics import (
+    AUDIT_AGREEMENT,
+    CERTIFIED_ACCURACY,
+    CERTIFIED_PRECISION,
+    HUMAN_FRACTION,
+    LAG,
+    MESSAGES,
+    METRIC_ERRORS,
+    MODEL_VERSION,
+    OPEN_TASKS,
+    STEP_SECONDS,
+)
 from winnow.services.api.operations import WinnowApi
 from winnow.services.api.server import ServerTls
 from winnow.services.web.app import PageServer, labeling_app
@@ -47,14 +60,6 @@ API_SERVICES = {"ingest": ("Ingest",), "labeling": ("Labeling",),
 WORKERS = ("prelabel", "selector", "trainer")
 FORCED_EXIT = 1  # the exit code when shutdown overran the grace period
 
-MESSAGES = Counter("winnow_messages_total", "Bus messages a stage handled", ["service", "project"])
-LAG = Gauge("winnow_consumer_lag", "Messages on the stage's partitions not yet committed", ["service", "project"])
-METRIC_ERRORS = Counter("winnow_metric_errors_total", "Metric measurements that failed (lag, label counts)",
-                        ["service", "project"])
-STEP_SECONDS = Histogram("winnow_step_seconds", "Time to handle one batch (output durable, offsets committed)",
-                         ["service", "project"])
-HUMAN_FRACTION = Gauge("winnow_human_fraction", "Share of final labels made by people", ["project"])
-MODEL_VERSION = Gauge("winnow_model_version", "Human labels the current model was trained on", ["project", "version"])
 
 
 class WorkerFailed(WinnowError):
@@ -146,7 +151,8 @@ class Worker:
             self.metric_waiting.clear()
 
     def measure_labels(self, store: Store) -> None:
-        """The trainer's gauges: share of human labels, current model version; failures logged, never raised."""
+        """The trainer's gauges: share of human labels, current model version, open tasks, the certified
+        bounds and the realised agreement on audits; failures logged, never raised."""
         try:
             counts = store.count_labels(self.project)
             if total := sum(counts.values()):
@@ -154,6 +160,14 @@ class Worker:
             current = store.current_model(self.project)
             if current is not None:
                 MODEL_VERSION.labels(self.project, current.version).set(current.n_train)
+            OPEN_TASKS.labels(self.project).set(store.count_open_tasks(self.project))
+            quality = certified_quality(store, self.project)
+            for gauge, value in ((CERTIFIED_ACCURACY, quality.accuracy_lower_bound),
+                                 (CERTIFIED_PRECISION, quality.auto_accepted_precision_lower_bound)):
+                gauge.labels(self.project).set(float("nan") if value is None else value)
+            answered = [wrong for _, _, wrong in store.audit_record(self.project)[1] if wrong is not None]
+            if answered:
+                AUDIT_AGREEMENT.labels(self.project).set(1.0 - sum(answered) / len(answered))
         except Exception as e:  # the metric must never stop the worker
             METRIC_ERRORS.labels(self.name, self.project).inc()
             log.warning("label metrics not measured service=%s project=%s error=%s", self.name, self.project,

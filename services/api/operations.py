@@ -41,6 +41,7 @@ from winnow.core.ports.bus import Bus, ProducerPool
 from winnow.core.ports.store import Erasure, Store
 from winnow.core.loop.quality import certified_quality
 from winnow.services.api.convert import CertifiedQuality, ProjectStats
+from winnow.services.metrics import ANSWERS, LEASES, SKIPS
 
 
 def _project(name: str) -> str:
@@ -107,6 +108,7 @@ class WinnowApi:
             raise InvalidInput("max_tasks", f"must be in [1, {MAX_LEASE_TASKS}], got {max_tasks}")
         service, _, annotator = self._service(who, project, annotator)
         leases = service.lease(annotator, max_tasks)
+        LEASES.labels(project).inc(len(leases))
         if leases:  # audited before any text leaves
             self._audit(who, project, "lease", {"leases": len(leases), "annotator": annotator},
                         [lease.item_id for lease in leases])
@@ -121,6 +123,8 @@ class WinnowApi:
         with lock:
             recorded = service.submit(annotator, item_id, label)
             made = service.resolve()
+        if recorded:
+            ANSWERS.labels(project, annotator).inc()
         self._audit(who, project, "submit", {"recorded": recorded, "annotator": annotator, "final_labels": made},
                     [item_id])
         return recorded, made
@@ -129,6 +133,7 @@ class WinnowApi:
         check_keys("item_id", [item_id])
         service, _, annotator = self._service(who, project, annotator)
         service.skip(annotator, item_id)
+        SKIPS.labels(project).inc()
         self._audit(who, project, "skip", {"annotator": annotator}, [item_id])
 
     def heartbeat(self, who: Principal, project: str, annotator: str, item_ids: Sequence[str]) -> int:

@@ -293,3 +293,23 @@ def test_k8s_network_policies_deny_by_default_and_open_only_grpc_and_metrics() -
         "kubernetes.io/metadata.name": "monitoring"}}}]
     ports = {p["port"] for rule in policies["winnow-egress"]["egress"] for p in rule["ports"]}
     assert ports == {53, 9092, 9093, 5432}
+
+
+def test_the_grafana_dashboard_charts_only_metrics_winnow_exports() -> None:
+    import json
+
+    from prometheus_client import REGISTRY
+    from winnow.services import metrics
+
+    dashboard = json.loads((DEPLOY / "grafana" / "winnow.json").read_text())
+    exported = {name for m in REGISTRY.collect() for s in m.samples for name in (s.name,) if name.startswith("winnow_")}
+    exported |= {m.name + suffix for m in REGISTRY.collect() if m.name.startswith("winnow_")
+                 for suffix in ("", "_total", "_bucket", "_count", "_sum")}
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"winnow_[a-z_]+", target["expr"])}
+    assert used and used <= exported, used - exported
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    for needed in ("Open tasks", "Answers per annotator per hour", "Leases that expired unanswered, per hour",
+                   "Human share of final labels"):
+        assert needed in titles
+    assert metrics.ANSWERS._labelnames == ("project", "annotator")

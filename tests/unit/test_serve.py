@@ -153,3 +153,32 @@ def test_label_metrics_failing_with_the_store_are_logged_not_raised(tmp_path: Pa
     assert "label metrics not measured service=trainer project=p" in caplog.text
     trainer.close()
     bus.close()
+
+
+def test_the_trainers_gauges_show_open_tasks_bounds_and_audit_agreement(tmp_path: Path) -> None:
+    from winnow.core.domain.records import Annotation, Item, Label, Task
+    from winnow.services.metrics import AUDIT_AGREEMENT, CERTIFIED_ACCURACY, HUMAN_FRACTION, OPEN_TASKS
+
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    store.create_project(Project("gauged", ("a", "b")))
+    create_topics(bus, "gauged", 1)
+    store.add_items([Item("gauged", f"i{k}", f"text {k}", 1.0) for k in range(4)])
+    store.add_tasks([Task("gauged", "i0", 0.5, "v1", 1.0, "audit", 0.5, "a", "auto_accept"),
+                     Task("gauged", "i1", 0.5, "v1", 1.0, "audit", 0.5, "a", "auto_accept"),
+                     Task("gauged", "i2", 0.5, None, 1.0)])
+    for item_id, answer in (("i0", "a"), ("i1", "b")):  # one check agrees with the model, one does not
+        store.add_annotation(Annotation("gauged", item_id, "ann", answer, 2.0))
+        store.put_label(Label("gauged", item_id, answer, "human", "ann", 1.0, None, "single", "v1", 2.0,
+                              f"{item_id}:h"))
+    trainer = Trainer(bus, store, store.get_project("gauged"), LoopConfig(), tmp_path / "models")
+    Worker("trainer", trainer).measure_labels(store)
+    assert OPEN_TASKS.labels("gauged")._value.get() == 1
+    assert AUDIT_AGREEMENT.labels("gauged")._value.get() == 0.5
+    assert HUMAN_FRACTION.labels("gauged")._value.get() == 1.0
+    from winnow.core.loop.quality import certified_quality
+
+    bound = certified_quality(store, "gauged").accuracy_lower_bound
+    assert bound is not None and CERTIFIED_ACCURACY.labels("gauged")._value.get() == bound
+    trainer.close()
+    bus.close()
+    store.close()
