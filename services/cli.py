@@ -111,6 +111,18 @@ EXPORT_FORMAT = Option("format", str, "jsonl, csv or labelstudio", "jsonl", env_
                        choices=("jsonl", "csv", "labelstudio"))
 EXPORT_OUT = Option("out", Path, "file to write (default: standard output)", None, env_name="EXPORT_OUT",
                     optional=True)
+TARGET = Option("target", str, "HOST:PORT of the server's gRPC API", "127.0.0.1:50051", env_name="TARGET")
+TOKEN = Option("token", str, "the bearer token (prefer the variable: a flag shows in process lists)", None,
+               env_name="TOKEN", optional=True)
+TLS_CA = Option("tls_ca", Path, "PEM CA of the server's certificate: speak TLS", None, env_name="TLS_CA",
+                optional=True)
+CLIENT_OPTIONS = (TARGET, TOKEN, TLS_CA)
+CLASSES_OPT = Option("classes", tuple, "the label schema, comma-separated", None, env_name="PROJECT_CLASSES")
+GUIDELINE = Option("guideline_version", str, "version of the labeling guideline, carried by every label", "v1",
+                   env_name="GUIDELINE_VERSION")
+ID_COL = Option("id_col", str, "item id column (default: FILE's stem and the row number)", None,
+                env_name="ID_COL", optional=True)
+ID_COL_REQUIRED = Option("id_col", str, "item id column", "item_id", env_name="ID_COL")
 AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
                        None, env_name="AUDIT_PROJECT", optional=True)
 EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
@@ -213,6 +225,27 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("file", type=Path, metavar="FILE")
     importer.add_argument("--as-gold", action="store_true", help="every answered item's answer is a known answer")
     add_options(importer, (STORE, BUS, ERASE_PROJECT))
+
+    project = sub.add_parser("project", help="create, list and show projects on a running server (--target, token "
+                             "in WINNOW_TOKEN)")
+    project_sub = project.add_subparsers(dest="project_command", required=True)
+    create_p = project_sub.add_parser("create", help="create a project (the admin); the same settings again change "
+                                      "nothing")
+    create_p.add_argument("name")
+    add_options(create_p, (*CLIENT_OPTIONS, CLASSES_OPT, BUDGET, PRECISION, STRATEGY, OVERLAP, GUIDELINE))
+    add_options(project_sub.add_parser("list", help="the projects the token belongs to"), CLIENT_OPTIONS)
+    show = project_sub.add_parser("show", help="a project's settings and stats, as JSON")
+    show.add_argument("name")
+    add_options(show, CLIENT_OPTIONS)
+    ingest_p = sub.add_parser("ingest", help="stream a CSV or JSONL file of items into a project, with a progress bar "
+                              "(every row checked before any is sent)")
+    ingest_p.add_argument("file", type=Path, metavar="FILE")
+    add_options(ingest_p, (*CLIENT_OPTIONS, ERASE_PROJECT, TEXT_COL, ID_COL))
+    gold_p = sub.add_parser("gold", help="upload known answers (a CSV or JSONL file of item ids and labels)")
+    gold_p.add_argument("file", type=Path, metavar="FILE")
+    add_options(gold_p, (*CLIENT_OPTIONS, ERASE_PROJECT, ID_COL_REQUIRED, LABEL_COL))
+    add_options(sub.add_parser("quality", help="each annotator's answers, accuracy on gold and estimated accuracy"),
+                (*CLIENT_OPTIONS, ERASE_PROJECT))
 
     audit = sub.add_parser("audit", help="read and verify the hash-chained audit trail, on the store directly")
     audit_sub = audit.add_subparsers(dest="audit", required=True)
@@ -389,6 +422,70 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _client(args: argparse.Namespace):
+    from winnow.services.client import WinnowClient
+
+    ca = given(args, TLS_CA)
+    return WinnowClient(given(args, TARGET), given(args, TOKEN), tls_ca=ca)
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    with _client(args) as client:
+        if args.project_command == "create":
+            labels, per = budget(args)
+            made = client.create_project(args.name, given(args, CLASSES_OPT), budget_labels=labels,
+                                         budget_per_items=per, precision_target=given(args, PRECISION),
+                                         strategy=given(args, STRATEGY), overlap=given(args, OVERLAP),
+                                         guideline_version=given(args, GUIDELINE))
+            print(f"project {made.name}: {len(made.classes)} classes, budget {made.budget_labels}/"
+                  f"{made.budget_per_items}, precision target {made.precision_target}")
+        elif args.project_command == "list":
+            for p in client.projects():
+                print(f"{p.name:<30} {len(p.classes):>5} classes  budget {p.budget_labels}/{p.budget_per_items}  "
+                      f"guideline {p.guideline_version}")
+        else:
+            stats = client.stats(args.name)
+            print(json.dumps({"project": dataclasses.asdict(client.project(args.name)),
+                              "stats": dataclasses.asdict(stats)}, indent=1, default=str))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+    from winnow.services.ops import ingest_file, items_from
+
+    items = items_from(args.file, given(args, ERASE_PROJECT), given(args, TEXT_COL), given(args, ID_COL))
+    with _client(args) as client, Progress(transient=True) as bar:
+        task = bar.add_task(f"ingest {args.file.name}", total=len(items))
+        new = ingest_file(client, items, progress=lambda done: bar.update(task, completed=done))
+    print(f"sent {len(items)} items, {new} new")
+    return 0
+
+
+def cmd_gold(args: argparse.Namespace) -> int:
+    from winnow.services.ops import read_rows
+
+    id_col, label_col = given(args, ID_COL_REQUIRED), given(args, LABEL_COL)
+    rows = read_rows(args.file, (id_col, label_col))
+    with _client(args) as client:
+        gold = client.set_gold(given(args, ERASE_PROJECT), {row[id_col]: row[label_col] for row in rows})
+    print(f"{len(rows)} answers recorded; the project has {gold} gold items")
+    return 0
+
+
+def cmd_quality(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        quality = client.annotator_quality(given(args, ERASE_PROJECT))
+    print(f"{'annotator':<24} {'answers':>8} {'gold accuracy':>14} {'estimated':>10}")
+    for name, q in sorted(quality.items()):
+        show = ["-" if q[k] is None else f"{q[k]:.3f}" for k in ("gold_accuracy", "estimated_accuracy")]
+        print(f"{name:<24} {q['answers']:>8} {show[0]:>14} {show[1]:>10}")
     return 0
 
 
@@ -593,6 +690,8 @@ COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("serve", None): cmd_serve, ("token", "create"): cmd_token_create,
             ("token", "list"): cmd_token_list, ("token", "revoke"): cmd_token_revoke,
             ("erase", None): cmd_erase, ("export", None): cmd_export, ("import", None): cmd_import,
+            ("project", None): cmd_project, ("ingest", None): cmd_ingest, ("gold", None): cmd_gold,
+            ("quality", None): cmd_quality,
             ("audit", "show"): cmd_audit_show, ("audit", "verify"): cmd_audit_verify}
 
 

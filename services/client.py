@@ -155,6 +155,15 @@ class WinnowClient:
             guideline_version=guideline_version)
         return from_message(self._call(self._projects.CreateProject, request), Project)
 
+    def projects(self) -> list[Project]:
+        """The projects this caller belongs to (every project, for the admin)."""
+        response = self._call(self._projects.ListProjects, projects_pb2.ListProjectsRequest())
+        return [from_message(p, Project) for p in response.projects]
+
+    def project(self, project: str) -> Project:
+        return from_message(self._call(self._projects.GetProject, projects_pb2.GetProjectRequest(project=project)),
+                            Project)
+
     def stats(self, project: str) -> ProjectStats:
         response = self._call(self._projects.GetStats, projects_pb2.GetStatsRequest(project=project))
         return from_message(response, ProjectStats)

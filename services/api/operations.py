@@ -221,6 +221,20 @@ class WinnowApi:
         create_topics(self.bus, project.name, self.config.partitions)  # idempotent
         return existing
 
+    def projects(self, who: Principal) -> list[Project]:
+        """The projects the caller belongs to (all of them for the admin), by name."""
+        if who.project is not None:
+            try:
+                return [self.store.get_project(who.project)]
+            except NotFound:
+                return []
+        return self.store.list_projects()
+
+    def project(self, who: Principal, project: str) -> Project:
+        """One project's settings, for anyone who may read its stats."""
+        who.require(Action.STATS, _project(project))
+        return self.store.get_project(project)
+
     def stats(self, who: Principal, project: str) -> ProjectStats:
         who.require(Action.STATS, _project(project))
         items = self.store.count_items(project)

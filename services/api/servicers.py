@@ -112,6 +112,15 @@ class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
         project = Project(request.name, tuple(request.classes), created_at=self.api.clock(), **settings)
         return to_message(self.api.create_project(who, project), records_pb2.Project)
 
+    def ListProjects(self, request: projects_pb2.ListProjectsRequest, context: grpc.ServicerContext
+                     ) -> projects_pb2.ListProjectsResponse:
+        return projects_pb2.ListProjectsResponse(
+            projects=[to_message(p, records_pb2.Project) for p in self.api.projects(self.who(context))])
+
+    def GetProject(self, request: projects_pb2.GetProjectRequest, context: grpc.ServicerContext
+                   ) -> records_pb2.Project:
+        return to_message(self.api.project(self.who(context), request.project), records_pb2.Project)
+
     def GetStats(self, request: projects_pb2.GetStatsRequest, context: grpc.ServicerContext
                  ) -> projects_pb2.ProjectStats:
         return to_message(self.api.stats(self.who(context), request.project), projects_pb2.ProjectStats)

@@ -99,6 +99,8 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
         "Projects/CreateProject": ("create_project", lambda p: projects_pb2.CreateProjectRequest(name=p,
                                                                                                   classes=CLASSES)),
         "Projects/GetStats": ("stats", lambda p: projects_pb2.GetStatsRequest(project=p)),
+        "Projects/GetProject": ("stats", lambda p: projects_pb2.GetProjectRequest(project=p)),
+        "Projects/ListProjects": (None, lambda p: projects_pb2.ListProjectsRequest()),
         "Projects/ExportLabels": ("export", lambda p: projects_pb2.ExportLabelsRequest(project=p)),
         "Projects/CloseStream": ("close", lambda p: projects_pb2.CloseStreamRequest(project=p)),
         "Projects/EraseItems": ("erase", lambda p: projects_pb2.EraseItemsRequest(project=p, item_ids=["gone"])),
@@ -295,3 +297,11 @@ def test_an_owner_reads_and_verifies_its_audit_trail_and_nothing_else(world: Wor
         verdict = admin.verify_audit(OTHER)
         assert not verdict.intact and verdict.broken == f"chain '{OTHER}' record 1: its content does not match its " \
                                                          "hash (edited)"
+
+
+def test_a_caller_lists_only_its_own_project(world: World) -> None:
+    with WinnowClient(world.target, world.tokens["viewer"]) as viewer:
+        assert [p.name for p in viewer.projects()] == [OWN]
+        assert viewer.project(OWN).classes == CLASSES
+    with WinnowClient(world.target, world.tokens["admin"]) as admin:
+        assert {OWN, OTHER} <= {p.name for p in admin.projects()}

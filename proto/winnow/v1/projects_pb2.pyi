@@ -153,3 +153,19 @@ class ExportLabelsRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     project: str
     def __init__(self, project: _Optional[str] = ...) -> None: ...
+
+class ListProjectsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProjectsResponse(_message.Message):
+    __slots__ = ("projects",)
+    PROJECTS_FIELD_NUMBER: _ClassVar[int]
+    projects: _containers.RepeatedCompositeFieldContainer[_records_pb2.Project]
+    def __init__(self, projects: _Optional[_Iterable[_Union[_records_pb2.Project, _Mapping]]] = ...) -> None: ...
+
+class GetProjectRequest(_message.Message):
+    __slots__ = ("project",)
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    def __init__(self, project: _Optional[str] = ...) -> None: ...

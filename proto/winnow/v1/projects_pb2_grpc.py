@@ -41,6 +41,16 @@ class ProjectsStub:
                 request_serializer=winnow_dot_v1_dot_projects__pb2.CreateProjectRequest.SerializeToString,
                 response_deserializer=winnow_dot_v1_dot_records__pb2.Project.FromString,
                 _registered_method=True)
+        self.ListProjects = channel.unary_unary(
+                '/winnow.v1.Projects/ListProjects',
+                request_serializer=winnow_dot_v1_dot_projects__pb2.ListProjectsRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_projects__pb2.ListProjectsResponse.FromString,
+                _registered_method=True)
+        self.GetProject = channel.unary_unary(
+                '/winnow.v1.Projects/GetProject',
+                request_serializer=winnow_dot_v1_dot_projects__pb2.GetProjectRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_records__pb2.Project.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/winnow.v1.Projects/GetStats',
                 request_serializer=winnow_dot_v1_dot_projects__pb2.GetStatsRequest.SerializeToString,
@@ -69,6 +79,20 @@ class ProjectsServicer:
 
     def CreateProject(self, request, context):
         """Create a project and its bus topics; the same request again returns the project unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProjects(self, request, context):
+        """The projects the caller belongs to (every project, for the admin), by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProject(self, request, context):
+        """One project's settings (anyone who may read its stats).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,6 +138,16 @@ def add_ProjectsServicer_to_server(servicer, server):
             'CreateProject': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateProject,
                     request_deserializer=winnow_dot_v1_dot_projects__pb2.CreateProjectRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_records__pb2.Project.SerializeToString,
+            ),
+            'ListProjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProjects,
+                    request_deserializer=winnow_dot_v1_dot_projects__pb2.ListProjectsRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_projects__pb2.ListProjectsResponse.SerializeToString,
+            ),
+            'GetProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProject,
+                    request_deserializer=winnow_dot_v1_dot_projects__pb2.GetProjectRequest.FromString,
                     response_serializer=winnow_dot_v1_dot_records__pb2.Project.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
@@ -164,6 +198,60 @@ class Projects:
             target,
             '/winnow.v1.Projects/CreateProject',
             winnow_dot_v1_dot_projects__pb2.CreateProjectRequest.SerializeToString,
+            winnow_dot_v1_dot_records__pb2.Project.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/winnow.v1.Projects/ListProjects',
+            winnow_dot_v1_dot_projects__pb2.ListProjectsRequest.SerializeToString,
+            winnow_dot_v1_dot_projects__pb2.ListProjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/winnow.v1.Projects/GetProject',
+            winnow_dot_v1_dot_projects__pb2.GetProjectRequest.SerializeToString,
             winnow_dot_v1_dot_records__pb2.Project.FromString,
             options,
             channel_credentials,

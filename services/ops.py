@@ -1,0 +1,74 @@
+"""The operator's and producer's commands against a running server (``--target``, ``--token``):
+projects (create, list, show), ingesting a CSV or JSONL file with a progress bar, uploading gold
+answers and reading annotator quality. Each reads its file whole and checks every row (naming the row
+and column of the first problem) before it sends anything."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.records import Item
+
+MAX_FILE_BYTES = 2 << 30
+
+
+def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    """The rows of a CSV (with a header) or JSONL file (by suffix ``.jsonl``/``.json``), each with
+    ``columns`` as non-empty strings; InvalidInput naming ``row N`` (1 is the first data row) and the
+    column for the first problem."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidInput("FILE", f"{path.name} is over {MAX_FILE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput("FILE", f"cannot read {str(path)[:200]!r}: {e}") from None
+    if path.suffix in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate((line for line in text.splitlines() if line.strip()), start=1):
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise InvalidInput(f"row {n}", f"is not JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise InvalidInput(f"row {n}", "must be a JSON object")
+            rows.append(row)
+    else:
+        reader = csv.DictReader(text.splitlines())
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInput(missing[0], f"no such column in {path.name} (columns: {reader.fieldnames})")
+        rows = list(reader)
+    for n, row in enumerate(rows, start=1):
+        for column in columns:
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                raise InvalidInput(f"row {n}: {column}", "is missing or empty")
+    return rows
+
+
+def items_from(path: Path, project: str, text_col: str, id_col: str | None) -> list[Item]:
+    """Items from a file: the text column, and the id column (default: ``<file stem>-<row>``, so the
+    same file ingested again adds nothing)."""
+    rows = read_rows(path, (text_col,) + ((id_col,) if id_col else ()))
+    items = [Item(project, row[id_col] if id_col else f"{Path(path).stem}-{n}", row[text_col])
+             for n, row in enumerate(rows, start=1)]
+    seen: set[str] = set()
+    for n, item in enumerate(items, start=1):
+        if item.item_id in seen:
+            raise InvalidInput(f"row {n}: {id_col or 'id'}", f"{item.item_id[:100]!r} appears twice")
+        seen.add(item.item_id)
+    return items
+
+
+def ingest_file(client, items: list[Item], batch: int = 1000, progress: Callable[[int], None] = lambda _: None) -> int:
+    """Send the items in batches (each all or nothing; ids are idempotent, so a rerun is safe); how many were new."""
+    new = 0
+    for start in range(0, len(items), batch):
+        new += client.ingest(items[start:start + batch], batch_size=batch)
+        progress(min(start + batch, len(items)))
+    return new
