@@ -41,8 +41,10 @@ class LabelingService:
         # items with all their answers: those without a final label yet (a crash between the last
         # answer and consensus), and those with one, whose publish a crash may have cut off (``resolve``
         # writes nothing for them and publishes the stored label again: at least once on the topic)
-        answered = Counter(a.item_id for a in store.annotations(project.name))
-        self._answers_seen = sum(answered.values())  # grows with each recorded answer: when to refit
+        history = store.annotations(project.name)
+        answered = Counter(a.item_id for a in history)
+        self._answer_counts = Counter(a.annotator for a in history)  # per annotator, kept up to date by submit
+        self._answers_seen = len(history)  # grows with each recorded answer: when to refit
         gold = store.gold(project.name)
         wanted = {t.item_id: t.wanted or project.overlap for t in store.open_tasks(project.name)}
         labeled = {label.item_id for label in store.labels(project.name, "human")}
@@ -78,6 +80,7 @@ class LabelingService:
                                           leased=True)
         if added:
             self._answers_seen += 1
+            self._answer_counts[annotator] += 1
         if added and item_id not in self.store.gold(self.project.name):
             answers = [a.label for a in self.store.annotations(self.project.name, [item_id])]
             tasks = self.store.open_tasks(self.project.name, [item_id])
@@ -107,6 +110,15 @@ class LabelingService:
                 len(item_index), len(annotators), len(classes))
         gold = {item_index[i]: classes[c] for i, c in self.store.gold(self.project.name).items() if i in item_index}
         return answers, item_index, list(annotators), args, gold
+
+    def own_quality(self, annotator: str) -> dict[str, float | None]:
+        """One annotator's answers and accuracy on gold (what the labeling page shows them): read from
+        the gold items' answers only, so it costs the same at any history length."""
+        gold = self.store.gold(self.project.name)
+        mine = [a for a in self.store.annotations(self.project.name, list(gold)) if a.annotator == annotator] \
+            if gold else []
+        return {"answers": self._answer_counts.get(annotator, 0),
+                "gold_accuracy": sum(a.label == gold[a.item_id] for a in mine) / len(mine) if mine else None}
 
     def annotator_quality(self) -> dict[str, dict[str, float | None]]:
         """Per annotator: answers given, accuracy on gold items, and the Dawid-Skene estimate."""

@@ -155,10 +155,7 @@ class WinnowApi:
     def my_quality(self, who: Principal, project: str) -> dict[str, float | None]:
         """The caller's own answers and accuracy on gold (what an annotator may see of their quality)."""
         who.require(Action.LABEL, _project(project))
-        service, lock = self._labeling_service(project)
-        with lock:
-            mine = service.annotator_quality().get(who.name, {})
-        return {"answers": int(mine.get("answers") or 0), "gold_accuracy": mine.get("gold_accuracy")}
+        return self._labeling_service(project)[0].own_quality(who.name)
 
     # -- review ---------------------------------------------------------------------------------
     def set_gold(self, who: Principal, project: str, answers: Mapping[str, str]) -> int:
@@ -178,9 +175,7 @@ class WinnowApi:
     def annotator_quality(self, who: Principal, project: str) -> dict[str, dict[str, float | None]]:
         """Per annotator: answers, accuracy on gold, the Dawid-Skene estimate."""
         who.require(Action.QUALITY, _project(project))
-        service, lock = self._labeling_service(project)
-        with lock:
-            return service.annotator_quality()
+        return self._labeling_service(project)[0].annotator_quality()  # reads only: submits need not wait
 
     def disagreements(self, who: Principal, project: str, limit: int
                       ) -> list[tuple[str, dict[str, str], str | None, str | None]]:

@@ -115,3 +115,18 @@ def test_the_reviewer_sees_quality_budget_and_disagreements(page) -> None:
     assert "accuracy_lower_bound" in report["quality"]
     assert client.get("/api/review", headers=_as(tokens["ann"])).status_code == 403  # annotators do not review
     assert client.get("/review").status_code == 200
+
+
+def test_the_page_shows_the_annotator_their_own_answers_and_gold_accuracy(page) -> None:
+    client, store, tokens = page
+    from winnow.core.domain.records import Task as T
+
+    store.set_gold(P, {"i3": "neg"})
+    store.add_tasks([T(P, "i3", 2.0, None, 0.0, "gold")])
+    leased = [x["item_id"] for x in client.post("/api/lease", json={}, headers=_as(tokens["ann"])).json()["leases"]]
+    assert leased[0] == "i3"  # gold first
+    for item_id, label in (("i3", "pos"), ("i0", "neg")):
+        client.post("/api/submit", json={"item_id": item_id, "label": label}, headers=_as(tokens["ann"]))
+    me = client.get("/api/me", headers=_as(tokens["ann"])).json()
+    assert (me["answers"], me["gold_accuracy"]) == (2, 0.0)
+    assert client.get("/api/me", headers=_as(tokens["bob"])).json()["gold_accuracy"] is None

@@ -1,5 +1,6 @@
 // The reviewer page: the project's budget and certified quality, each annotator's measured accuracy,
-// and the items where people disagree with each other or with a confident model. Refreshes every 15 s.
+// and the items where people disagree with each other or with a confident model. Refreshes every minute
+// (each read of the disagreements is in the audit trail).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -75,4 +76,4 @@ $("signin").addEventListener("submit", (event) => {
   load();
 });
 if (state.token) load(); else $("signin").hidden = false;
-setInterval(() => { if (!$("report").hidden) load(); }, 15000);
+setInterval(() => { if (!$("report").hidden) load(); }, 60000);
