@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from winnow.core.access.roles import Principal
 from winnow.core.domain.errors import (
+    BusError,
     EmptyPoolError,
     InvalidInput,
     LeaseRequired,
@@ -44,8 +45,11 @@ MAX_BODY_BYTES = 1 << 20  # a labeling request is a few ids and a class name
 
 _STATUS: dict[type[WinnowError], int] = {
     Unauthenticated: 401, PermissionDenied: 403, InvalidInput: 400, NotFound: 404, LeaseRequired: 409,
-    ModelFileError: 409, EmptyPoolError: 409,
+    ModelFileError: 409, EmptyPoolError: 409, BusError: 503,
 }
+# the pages load only their own assets, are never framed, and send no referrer (the URL may name a project)
+PAGE_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+                "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
 
 def _error(error: Exception) -> JSONResponse:
@@ -132,10 +136,10 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
                               for i, answers, final, model in found]}
 
     async def page(request: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
     async def review_page(request: Request) -> Response:
-        return FileResponse(STATIC / "review.html", headers={"Cache-Control": "no-store"})
+        return FileResponse(STATIC / "review.html", headers=PAGE_HEADERS)
 
     return Starlette(routes=[
         Route("/", page),

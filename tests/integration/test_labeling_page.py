@@ -55,7 +55,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, str, dict[str, st
 
 def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser) -> None:
     url, store, token, item_of = served
-    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    page = browser.new_page(viewport={"width": 1100, "height": 800}, bypass_csp=True)  # its waits evaluate JS
     page.goto(url)
     page.fill("#token", token)
     page.click("#signin button")
@@ -125,7 +125,7 @@ def test_a_reviewer_sees_a_planted_disagreement(served, browser) -> None:
     store.add_annotation(Annotation(P, "h0", "ana", "refund", time.time()))
     store.add_annotation(Annotation(P, "h0", "ben", "card_lost", time.time()))  # and one against the model
     token, _ = issue(store, "test", "reviewer", P, "rita", time.time())
-    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page = browser.new_page(viewport={"width": 1100, "height": 900})  # under its own Content-Security-Policy
     page.goto(url + "review")
     page.fill("#token", token)
     page.click("#signin button")

@@ -49,6 +49,7 @@ def test_the_page_and_its_assets_are_served(page) -> None:
     client, _, _ = page
     html = client.get("/")
     assert html.status_code == 200 and "<title>Winnow · labeling</title>" in html.text
+    assert "default-src 'self'" in html.headers["content-security-policy"] and html.headers["x-frame-options"] == "DENY"
     assert client.get("/static/app.js").status_code == 200 and client.get("/static/app.css").status_code == 200
 
 
