@@ -123,6 +123,16 @@ GUIDELINE = Option("guideline_version", str, "version of the labeling guideline,
 ID_COL = Option("id_col", str, "item id column (default: FILE's stem and the row number)", None,
                 env_name="ID_COL", optional=True)
 ID_COL_REQUIRED = Option("id_col", str, "item id column", "item_id", env_name="ID_COL")
+NEW_BUDGET = Option("budget", str, "new human label budget, LABELS/ITEMS", None, env_name="NEW_BUDGET", optional=True,
+                    metavar="LABELS/ITEMS")
+NEW_PRECISION = Option("precision", float, "new precision target", None, env_name="NEW_PRECISION", low=0.0,
+                       high=1.0, low_open=True, high_open=True, optional=True)
+NEW_STRATEGY = Option("strategy", str, "new selection strategy", None, env_name="NEW_STRATEGY", choices=STRATEGIES,
+                      optional=True)
+NEW_OVERLAP = Option("overlap", int, "new most people asked per item", None, env_name="NEW_OVERLAP", low=1,
+                     high=100, optional=True)
+NEW_GUIDELINE = Option("guideline_version", str, "new guideline version (every later label carries it)", None,
+                       env_name="NEW_GUIDELINE_VERSION", optional=True)
 AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
                        None, env_name="AUDIT_PROJECT", optional=True)
 EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
@@ -234,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     create_p.add_argument("name")
     add_options(create_p, (*CLIENT_OPTIONS, CLASSES_OPT, BUDGET, PRECISION, STRATEGY, OVERLAP, GUIDELINE))
     add_options(project_sub.add_parser("list", help="the projects the token belongs to"), CLIENT_OPTIONS)
+    update = project_sub.add_parser("update", help="change a project's settings (owners): only those given change; "
+                                    "audited; the workers take them within seconds")
+    update.add_argument("name")
+    add_options(update, (*CLIENT_OPTIONS, NEW_BUDGET, NEW_PRECISION, NEW_STRATEGY, NEW_OVERLAP, NEW_GUIDELINE))
     show = project_sub.add_parser("show", help="a project's settings and stats, as JSON")
     show.add_argument("name")
     add_options(show, CLIENT_OPTIONS)
@@ -445,6 +459,21 @@ def cmd_project(args: argparse.Namespace) -> int:
                                          guideline_version=given(args, GUIDELINE))
             print(f"project {made.name}: {len(made.classes)} classes, budget {made.budget_labels}/"
                   f"{made.budget_per_items}, precision target {made.precision_target}")
+        elif args.project_command == "update":
+            changes: dict[str, object] = {}
+            if given(args, NEW_BUDGET) is not None:
+                args.budget = given(args, NEW_BUDGET)
+                changes["budget_labels"], changes["budget_per_items"] = budget(args)
+            for option, key in ((NEW_PRECISION, "precision_target"), (NEW_STRATEGY, "strategy"),
+                                (NEW_OVERLAP, "overlap"), (NEW_GUIDELINE, "guideline_version")):
+                if (value := given(args, option)) is not None:
+                    changes[key] = value
+            if not changes:
+                raise InvalidInput("--budget", "nothing to change: give at least one setting")
+            made = client.update_project(args.name, **changes)
+            print(f"project {made.name}: budget {made.budget_labels}/{made.budget_per_items}, precision target "
+                  f"{made.precision_target}, strategy {made.strategy}, overlap {made.overlap}, guideline "
+                  f"{made.guideline_version}")
         elif args.project_command == "list":
             for p in client.projects():
                 print(f"{p.name:<30} {len(p.classes):>5} classes  budget {p.budget_labels}/{p.budget_per_items}  "

@@ -164,6 +164,16 @@ class WinnowClient:
         return from_message(self._call(self._projects.GetProject, projects_pb2.GetProjectRequest(project=project)),
                             Project)
 
+    def update_project(self, project: str, *, budget_labels: int | None = None, budget_per_items: int | None = None,
+                       precision_target: float | None = None, strategy: str | None = None,
+                       overlap: int | None = None, guideline_version: str | None = None) -> Project:
+        """Change a project's settings (owners); those left None keep their value."""
+        request = projects_pb2.UpdateProjectRequest(
+            project=project, budget_labels=budget_labels, budget_per_items=budget_per_items,
+            precision_target=precision_target, strategy=strategy, overlap=overlap,
+            guideline_version=guideline_version)
+        return from_message(self._call(self._projects.UpdateProject, request), Project)
+
     def stats(self, project: str) -> ProjectStats:
         response = self._call(self._projects.GetStats, projects_pb2.GetStatsRequest(project=project))
         return from_message(response, ProjectStats)

@@ -18,6 +18,7 @@ class Action(str, Enum):
     """Everything the API lets a caller do, one value per right (several RPCs may share one)."""
 
     CREATE_PROJECT = "create_project"  # admin only: projects are made before anyone belongs to them
+    SETTINGS = "settings"  # change a project's settings
     INGEST = "ingest"
     CLOSE = "close"
     LABEL = "label"  # lease, submit, skip, heartbeat, each on the caller's own leases

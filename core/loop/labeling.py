@@ -13,6 +13,7 @@ from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Annotation, Label, Lease, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.labels_out import write_final_labels
+from winnow.core.loop.stage import PROJECT_CHECK_S
 from winnow.core.ml.consensus import (
     OneCoinFit,
     annotator_accuracy_on_gold,
@@ -34,6 +35,7 @@ class LabelingService:
         submit waits for it) rather than in the call that finds it stale (a reproducible run)."""
         self.bus, self.store, self.project, self.config, self.clock = bus, store, project, config, clock
         self.background_refit = background_refit
+        self._project_check_at = time.monotonic() + PROJECT_CHECK_S
         self._fit: OneCoinFit | None = None
         self._fit_lock = threading.Lock()
         self._refitting: threading.Thread | None = None
@@ -51,7 +53,14 @@ class LabelingService:
         self._ready: set[str] = {i for i, n in answered.items()
                                  if i not in gold and (i in labeled or n >= wanted.get(i, project.overlap))}
 
+    def _check_project(self) -> None:
+        """Every ``PROJECT_CHECK_S``, take the project's settings again (overlap, guideline version)."""
+        if time.monotonic() >= self._project_check_at:
+            self._project_check_at = time.monotonic() + PROJECT_CHECK_S
+            self.project = self.store.get_project(self.project.name)
+
     def lease(self, annotator: str, n: int) -> list[Lease]:
+        self._check_project()
         if not annotator:
             raise InvalidInput("annotator", "is empty")
         if n < 1:

@@ -87,6 +87,7 @@ class PrelabelWorker(Stage):
         is in flight: otherwise the model's time on a batch is the window in which the next one fills.
         Either way, first drops the cached embeddings of texts erased since the last look."""
         self._forget_erased()
+        self.check_project()
         if self._model is None:
             return super().step(max_messages, timeout_s)
         busy = self._in_flight

@@ -113,6 +113,23 @@ class Selector(Stage):
         if self._look_at_backlog():
             self.producer.flush()
 
+    def project_changed(self, project: Project) -> None:
+        """New settings: a new budget counts the whole stream at the new rate, as a restart would
+        (what has arrived earns credit at it, every task drawn spent one); a new strategy picks from now on."""
+        old, self.project = self.project, project
+        if (old.budget_labels, old.budget_per_items) != (project.budget_labels, project.budget_per_items):
+            name = project.name
+            tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
+            tasked = {t.item_id for t in tasks}
+            labeled = {label.item_id: label.source for label in self.store.labels(name)}
+            self.budget = BudgetController(project.budget_labels, project.budget_per_items)
+            self.budget.observe(len(self.backlog) + len(tasked)
+                                + sum(1 for i, s in labeled.items() if s == "model" and i not in tasked))
+            self.budget.grant(len(tasks))
+            self.sampler = StreamSampler(self.budget)
+        if old.strategy != project.strategy:
+            self.strategy = make_strategy(project.strategy)
+
     def _build_guard(self, tasks: list[Task], labeled: dict[str, str]) -> None:
         """The near-duplicate guard, from the store: the items queued for people or labeled by them."""
         tasked = {t.item_id for t in tasks}

@@ -23,6 +23,9 @@ from winnow.core.ports.store import Store
 log = logging.getLogger(__name__)
 
 
+PROJECT_CHECK_S = 5.0  # how often a worker reads its project's settings again
+
+
 class Stage(ABC):
     """A consumer that turns a batch of messages into durable output, then commits.
 
@@ -37,6 +40,7 @@ class Stage(ABC):
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig) -> None:
         self.bus, self.store, self.project, self.config = bus, store, project, config
+        self._project_check_at = time.monotonic() + PROJECT_CHECK_S
         self.group = consumer_group(self.name, project.name)
         self.producer = bus.producer()
         self.consumer = bus.consumer([topic(project.name, s) for s in self.stages], self.group)
@@ -55,12 +59,28 @@ class Stage(ABC):
         is full (dynamic batching: a producer's batch often lands over several polls, and every step
         costs a flush and a commit, and for the prelabel worker a less efficient model batch).
         """
+        self.check_project()
         messages = self._gather(max_messages, timeout_s)
         if messages:
             self.handle(self._decode_all(messages))
             self.producer.flush()
             self.consumer.commit()
         return len(messages)
+
+    def check_project(self, force: bool = False) -> None:
+        """Every ``PROJECT_CHECK_S``, read the project's settings again; when an owner changed them
+        (``UpdateProject``), apply them (``project_changed``)."""
+        if not force and time.monotonic() < self._project_check_at:
+            return
+        self._project_check_at = time.monotonic() + PROJECT_CHECK_S
+        fresh = self.store.get_project(self.project.name)
+        if fresh != self.project:
+            log.info("%s settings changed project=%s", self.name, self.project.name)
+            self.project_changed(fresh)
+
+    def project_changed(self, project: Project) -> None:
+        """Apply new settings (the base keeps the record: labels carry its guideline version)."""
+        self.project = project
 
     def _gather(self, max_messages: int, timeout_s: float) -> list[Message]:
         """Poll for a batch: wait up to ``timeout_s`` for the first message, then ``fill_s`` for more."""

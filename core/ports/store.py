@@ -69,6 +69,13 @@ ERASURE_DIGEST_S = 7 * 24 * 3600.0  # how long an erased text's digest stays for
 
 class Projects(Protocol):
     @abstractmethod
+    def update_project(self, project: Project, actor: str, now: float) -> Project:
+        """Replace a project's settings (budget, precision target, strategy, overlap, guideline
+        version) with ``project``'s, audited with what changed; its name, classes and creation time
+        stay. NotFound("project"); InvalidInput("classes") if they differ, and whatever
+        ``validate_project`` raises. Returns the project as stored."""
+
+    @abstractmethod
     def create_project(self, project: Project) -> None:
         """Create a project; a second call with an identical project is a no-op. InvalidInput("name")
         if a different project has that name, and whatever ``validate_project`` raises."""

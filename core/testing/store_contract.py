@@ -9,6 +9,7 @@ each time, so that concurrent stores can be tested; the contract closes them). T
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Callable, Iterator
 
@@ -78,6 +79,25 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         assert len(s.tokens()) == 2
 
     # -- projects ---------------------------------------------------------------------------
+    def test_update_project_changes_settings_audited_never_classes(self, store: Store) -> None:
+        store.create_project(Project(P, CLASSES, created_at=1.0))
+        updated = store.update_project(Project(P, CLASSES, budget_labels=10, guideline_version="v2", created_at=9.0),
+                                       "olga", 5.0)
+        assert (updated.budget_labels, updated.guideline_version, updated.created_at) == (10, "v2", 1.0)
+        assert store.get_project(P) == updated
+        [record] = [r for r in store.audit_trail(P) if r.action == "project_update"]
+        assert record.actor == "olga" and json.loads(record.detail) == {"budget_labels": [25, 10],
+                                                                        "guideline_version": ["v1", "v2"]}
+        assert store.update_project(updated, "olga", 6.0) == updated  # nothing changed: nothing audited
+        assert len([r for r in store.audit_trail(P) if r.action == "project_update"]) == 1
+        for bad, field, error in [(Project(P, ("x", "y")), "classes", InvalidInput),
+                                  (Project(P, CLASSES, budget_labels=200), "budget_labels", InvalidInput),
+                                  (Project("nope", CLASSES), "project", NotFound)]:
+            with pytest.raises(error) as raised:
+                store.update_project(bad, "olga", 7.0)
+            assert raised.value.field == field
+        assert store.get_project(P) == updated
+
     def test_create_project_is_idempotent_and_names_are_unique(self, store: Store) -> None:
         project = Project(P, CLASSES, overlap=3, precision_target=0.95, created_at=5.0)
         store.create_project(project)

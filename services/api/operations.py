@@ -44,6 +44,9 @@ from winnow.services.api.convert import CertifiedQuality, ProjectStats
 from winnow.services.metrics import ANSWERS, LEASES, SKIPS
 
 
+_SETTINGS = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
+
+
 def _project(name: str) -> str:
     check_project_name(name, "project")  # a name no project can have is refused before any lookup
     return name
@@ -229,6 +232,19 @@ class WinnowApi:
         """One project's settings, for anyone who may read its stats."""
         who.require(Action.STATS, _project(project))
         return self.store.get_project(project)
+
+    def update_project(self, who: Principal, project: str, changes: Mapping[str, object]) -> Project:
+        """Change a project's settings (owners); audited; the workers take them within seconds."""
+        who.require(Action.SETTINGS, _project(project))
+        unknown = sorted(set(changes) - set(_SETTINGS))
+        if unknown:
+            raise InvalidInput(unknown[0], "is not a setting that can change")
+        current = self.store.get_project(project)
+        updated = self.store.update_project(dataclasses.replace(current, **changes), who.name, self.clock())
+        with self._labeling_lock:
+            if project in self._labeling:  # this process's labeling service takes them at once
+                self._labeling[project][0].project = updated
+        return updated
 
     def stats(self, who: Principal, project: str) -> ProjectStats:
         who.require(Action.STATS, _project(project))

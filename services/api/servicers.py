@@ -117,6 +117,12 @@ class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
         return projects_pb2.ListProjectsResponse(
             projects=[to_message(p, records_pb2.Project) for p in self.api.projects(self.who(context))])
 
+    def UpdateProject(self, request: projects_pb2.UpdateProjectRequest, context: grpc.ServicerContext
+                      ) -> records_pb2.Project:
+        who = self.who(context)
+        changes = {name: getattr(request, name) for name in _PROJECT_SETTINGS if request.HasField(name)}
+        return to_message(self.api.update_project(who, request.project, changes), records_pb2.Project)
+
     def GetProject(self, request: projects_pb2.GetProjectRequest, context: grpc.ServicerContext
                    ) -> records_pb2.Project:
         return to_message(self.api.project(self.who(context), request.project), records_pb2.Project)

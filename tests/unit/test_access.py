@@ -39,9 +39,9 @@ OK, DENIED, NO_ONE = grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED, grpc
 # what each role may do, written out from the issue (not read from the code under test)
 ALLOWED = {
     "admin": {"create_project", "ingest", "close", "label", "stats", "export", "versions", "promote", "tokens",
-              "audit", "erase", "gold", "quality"},
+              "audit", "erase", "gold", "quality", "settings"},
     "owner": {"ingest", "close", "label", "stats", "export", "versions", "promote", "tokens", "audit", "erase",
-              "gold", "quality"},
+              "gold", "quality", "settings"},
     "producer": {"ingest", "close", "stats"},
     "annotator": {"label"},
     "reviewer": {"stats", "export", "versions", "gold", "quality"},
@@ -100,6 +100,8 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
                                                                                                   classes=CLASSES)),
         "Projects/GetStats": ("stats", lambda p: projects_pb2.GetStatsRequest(project=p)),
         "Projects/GetProject": ("stats", lambda p: projects_pb2.GetProjectRequest(project=p)),
+        "Projects/UpdateProject": ("settings", lambda p: projects_pb2.UpdateProjectRequest(project=p,
+                                                                                          guideline_version="v1")),
         "Projects/ListProjects": (None, lambda p: projects_pb2.ListProjectsRequest()),
         "Projects/ExportLabels": ("export", lambda p: projects_pb2.ExportLabelsRequest(project=p)),
         "Projects/CloseStream": ("close", lambda p: projects_pb2.CloseStreamRequest(project=p)),

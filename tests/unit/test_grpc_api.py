@@ -357,3 +357,37 @@ def test_a_reviewer_sets_gold_and_sees_quality_and_disagreements(project: Served
     assert "gold" in actions and "disagreements" in actions
     with pytest.raises(PermissionDenied):
         alice.annotator_quality(P)
+
+
+# -- settings -----------------------------------------------------------------------------------
+def test_an_owner_changes_settings_and_the_workers_take_them(project: Served) -> None:
+    client, store, bus = project.client, project.store, project.bus
+    owner, alice, bob = project.member("olga", "owner"), project.member("alice"), project.member("bob")
+    client.ingest(_items(*[f"s{k}" for k in range(20)]))
+    store.put_embeddings(P, [f"s{k}" for k in range(20)], np.eye(20, 8, dtype=np.float32))
+    with bus.producer() as producer:
+        producer.publish_many(topic(P, "items.scored"), ITEMS_SCORED.keyed(Scored(f"s{k}") for k in range(20)))
+    selector = Selector(bus, store, store.get_project(P), LoopConfig())
+    try:
+        selector.step()
+        before = float(selector.budget.credit) + store.count_open_tasks(P)  # 10 labels per 100 items
+        with pytest.raises(PermissionDenied):
+            alice.update_project(P, budget_labels=100)
+        updated = owner.update_project(P, budget_labels=100, guideline_version="v2")
+        assert (updated.budget_labels, updated.guideline_version, updated.classes) == (100, "v2", CLASSES)
+        selector.check_project(force=True)  # a worker reads its settings again every few seconds
+        assert float(selector.budget.credit) + store.count_open_tasks(P) == pytest.approx(20 * 100 / 100)
+        assert before == pytest.approx(20 * 10 / 100)
+    finally:
+        selector.close()
+    client.ingest(_items("late"))
+    store.add_tasks([Task(P, "late", 99.0, None, 1.0)])
+    for person in (alice, bob):  # overlap 2: the label is made by the second answer, under the new guideline
+        assert "late" in [lease.item_id for lease in person.lease(P, "", 50)]
+        person.submit(P, "", "late", "pos")
+    [label] = [x for x in store.labels(P) if x.item_id == "late"]
+    assert label.guideline_version == "v2"
+    assert [r.action for r in store.audit_trail(P)].count("project_update") == 1
+    with pytest.raises(InvalidInput) as bad:
+        owner.update_project(P, budget_labels=500)
+    assert bad.value.field == "budget_labels"

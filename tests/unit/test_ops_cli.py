@@ -86,3 +86,15 @@ def test_a_missing_or_bad_token_is_one_line(server, capsys, monkeypatch: pytest.
     monkeypatch.setenv("WINNOW_TOKEN", "wn_000000000000_" + "A" * 43)
     code, _, err = run(["project", "list"], capsys)
     assert code == 2 and "the token is unknown, expired or revoked" in err
+
+
+def test_project_update_changes_only_what_is_given(server, capsys) -> None:
+    run(["project", "create", "intents", "--classes", "a,b", "--budget", "10/100"], capsys)
+    code, out, _ = run(["project", "update", "intents", "--guideline-version", "v2", "--budget", "30/100"], capsys)
+    assert code == 0 and "budget 30/100" in out and "guideline v2" in out
+    project = server.get_project("intents")
+    assert (project.budget_labels, project.guideline_version, project.precision_target) == (30, "v2", 0.98)
+    code, _, err = run(["project", "update", "intents"], capsys)
+    assert code == 2 and "nothing to change" in err
+    code, _, err = run(["project", "update", "intents", "--budget", "300/100"], capsys)
+    assert code == 2 and "--budget" in err

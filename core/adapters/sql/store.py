@@ -64,6 +64,27 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             ) and self._project(tx, p.name) != p:
                 raise InvalidInput("name", f"a different project named {p.name!r} exists")
 
+    def update_project(self, project: Project, actor: str, now: float) -> Project:
+        """See :meth:`Projects.update_project` (one transaction: the row and its audit record)."""
+        validate_project(project)
+        check_text("actor", actor)
+        check_finite("now", now)
+        p = project
+        with self._tx() as tx:
+            old = self._project(tx, p.name)
+            if p.classes != old.classes:
+                raise InvalidInput("classes", "a project's classes cannot change (yet): make a new project")
+            settings = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap",
+                        "guideline_version")
+            changed = {k: [getattr(old, k), getattr(p, k)] for k in settings if getattr(old, k) != getattr(p, k)}
+            if changed:
+                tx.run("UPDATE projects SET budget_labels = ?, budget_per_items = ?, precision_target = ?, "
+                       "strategy = ?, overlap = ?, guideline_version = ? WHERE name = ?",
+                       (p.budget_labels, p.budget_per_items, p.precision_target, p.strategy, p.overlap,
+                        p.guideline_version, p.name))
+                self._audit(tx, p.name, actor, "project_update", changed, now, [p.name])
+            return self._project(tx, p.name)
+
     def get_project(self, name: str) -> Project:
         with self._tx(write=False) as tx:
             return self._project(tx, name)

@@ -169,3 +169,21 @@ class GetProjectRequest(_message.Message):
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     project: str
     def __init__(self, project: _Optional[str] = ...) -> None: ...
+
+class UpdateProjectRequest(_message.Message):
+    __slots__ = ("project", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_PER_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_TARGET_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    budget_labels: int
+    budget_per_items: int
+    precision_target: float
+    strategy: str
+    overlap: int
+    guideline_version: str
+    def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ...) -> None: ...

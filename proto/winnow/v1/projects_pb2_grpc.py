@@ -51,6 +51,11 @@ class ProjectsStub:
                 request_serializer=winnow_dot_v1_dot_projects__pb2.GetProjectRequest.SerializeToString,
                 response_deserializer=winnow_dot_v1_dot_records__pb2.Project.FromString,
                 _registered_method=True)
+        self.UpdateProject = channel.unary_unary(
+                '/winnow.v1.Projects/UpdateProject',
+                request_serializer=winnow_dot_v1_dot_projects__pb2.UpdateProjectRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_records__pb2.Project.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/winnow.v1.Projects/GetStats',
                 request_serializer=winnow_dot_v1_dot_projects__pb2.GetStatsRequest.SerializeToString,
@@ -93,6 +98,15 @@ class ProjectsServicer:
 
     def GetProject(self, request, context):
         """One project's settings (anyone who may read its stats).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProject(self, request, context):
+        """Change a project's settings (owners): budget, precision target, strategy, overlap, guideline
+        version (every later label carries the new one). Audited with what changed; the workers apply it
+        within seconds. Its classes cannot change.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +162,11 @@ def add_ProjectsServicer_to_server(servicer, server):
             'GetProject': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProject,
                     request_deserializer=winnow_dot_v1_dot_projects__pb2.GetProjectRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_records__pb2.Project.SerializeToString,
+            ),
+            'UpdateProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProject,
+                    request_deserializer=winnow_dot_v1_dot_projects__pb2.UpdateProjectRequest.FromString,
                     response_serializer=winnow_dot_v1_dot_records__pb2.Project.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
@@ -252,6 +271,33 @@ class Projects:
             target,
             '/winnow.v1.Projects/GetProject',
             winnow_dot_v1_dot_projects__pb2.GetProjectRequest.SerializeToString,
+            winnow_dot_v1_dot_records__pb2.Project.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/winnow.v1.Projects/UpdateProject',
+            winnow_dot_v1_dot_projects__pb2.UpdateProjectRequest.SerializeToString,
             winnow_dot_v1_dot_records__pb2.Project.FromString,
             options,
             channel_credentials,
