@@ -79,10 +79,10 @@ class LabelingService:
     def submit(self, annotator: str, item_id: str, label: str) -> bool:
         """Record one answer to a task the annotator holds a live lease on (LeaseRequired otherwise;
         an answer given before is not recorded again: False); the item's final label is made once
-        its task has all the answers it wants. A task the selector made asks for one answer at first (adaptive overlap,
-        ``consensus.answers_wanted``): another where the answers disagree, or where the only answer
-        disagrees with a model confident enough to be audited or probed, up to the project's ``overlap``; a
-        task with no ``wanted`` asks for ``overlap`` answers."""
+        its task has all the answers it wants. A task the selector made asks for one answer at first
+        (adaptive overlap, ``consensus.answers_wanted``): another where the answers disagree, or where
+        the only answer disagrees with a model confident enough to be audited or probed, up to the
+        project's ``overlap``; a task with no ``wanted`` asks for ``overlap`` answers."""
         if label not in self.project.classes:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
         added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()),
@@ -151,6 +151,13 @@ class LabelingService:
                 self._fit = fit
         return fit
 
+    def _refit_logged(self) -> None:
+        """``_refit`` in the background: a failure is logged, and the next stale check tries again."""
+        try:
+            self._refit()
+        except Exception:
+            log.exception("consensus refit failed project=%s; the last fit stays", self.project.name)
+
     def _current_fit(self) -> OneCoinFit:
         """The fit to aggregate with: made now if there is none; refitted (in the background where
         ``background_refit``) once the answers grew by ``consensus_refit_answers`` or a tenth."""
@@ -162,7 +169,7 @@ class LabelingService:
                                 >= max(self.config.consensus_refit_answers, fit.answers // 10))
         if stale and not running:
             if self.background_refit:
-                self._refitting = threading.Thread(target=self._refit, name=f"consensus-{self.project.name}",
+                self._refitting = threading.Thread(target=self._refit_logged, name=f"consensus-{self.project.name}",
                                                    daemon=True)
                 self._refitting.start()
             else:
