@@ -1,10 +1,12 @@
 """The labeling page in real headless Chromium: an annotator signs in with a token, answers 20 items
 with the keyboard, skips one and undoes one; the store then holds exactly those answers, as final
 labels with the annotator's identity and the project's guideline version; a holdout task shows no
-model suggestion. A screenshot of the page is written to docs/."""
+model suggestion. Screenshots go to ``WINNOW_SCREENSHOTS`` when set (docs/ holds the committed ones),
+else to the test's temporary folder."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.browser
 
 P = "intents"
 CLASSES = ("card_lost", "refund", "top_up", "exchange_rate", "transfer_pending")
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+SHOTS = os.environ.get("WINNOW_SCREENSHOTS")
 TEXTS = ["I lost my card yesterday", "Where is my refund?", "How do I top up by bank transfer?",
          "What rate do you use for euros?", "My transfer has been pending for days"]
 
@@ -53,7 +55,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, SqliteStore, str, dict[str, st
         store.close()
 
 
-def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser) -> None:
+def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser, tmp_path: Path) -> None:
     url, store, token, item_of = served
     page = browser.new_page(viewport={"width": 1100, "height": 800}, bypass_csp=True)  # its waits evaluate JS
     page.goto(url)
@@ -99,7 +101,7 @@ def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser) -> No
         else:
             press_answer(item_id, label)
         expected[item_id] = label
-    page.screenshot(path=str(DOCS / "labeling-page.png"))
+    page.screenshot(path=str(Path(SHOTS or tmp_path) / "labeling-page.png"))
     deadline = time.monotonic() + 20  # the last answer is sent after its undo window
     while len(store.labels(P)) < 20 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -111,12 +113,12 @@ def test_an_annotator_labels_by_keyboard_skips_and_undoes(served, browser) -> No
     answers = [a for a in store.annotations(P) if a.item_id == "i08"]
     assert [(a.annotator, a.label) for a in answers] == [("ana", CLASSES[8 % 5])]  # the undone answer never left
     page.set_viewport_size({"width": 390, "height": 760})  # a phone
-    page.screenshot(path=str(DOCS / "labeling-page-phone.png"))
+    page.screenshot(path=str(Path(SHOTS or tmp_path) / "labeling-page-phone.png"))
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.close()
 
 
-def test_a_reviewer_sees_a_planted_disagreement(served, browser) -> None:
+def test_a_reviewer_sees_a_planted_disagreement(served, browser, tmp_path: Path) -> None:
     url, store, _, _ = served
     from winnow.core.domain.records import Annotation
 
@@ -134,5 +136,5 @@ def test_a_reviewer_sees_a_planted_disagreement(served, browser) -> None:
     assert any("i03" in row and "ana: exchange_rate" in row and "ben: top_up" in row for row in rows)
     assert any("h0" in row and "refund" in row for row in rows)  # the model said refund on this holdout
     assert "rita · intents" in page.inner_text("#who") and "ana" in page.inner_text("#annotators")
-    page.screenshot(path=str(DOCS / "review-page.png"), full_page=True)
+    page.screenshot(path=str(Path(SHOTS or tmp_path) / "review-page.png"), full_page=True)
     page.close()
