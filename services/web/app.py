@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -23,19 +24,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from winnow.core.access.roles import Principal
-from winnow.core.domain.errors import (
-    BusError,
-    EmptyPoolError,
-    InvalidInput,
-    LeaseRequired,
-    ModelFileError,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-    WinnowError,
-)
+from winnow.core.domain.errors import InvalidInput, NotFound
 from winnow.core.domain.limits import MAX_LEASE_TASKS
 from winnow.services.api.auth import Authenticator
+from winnow.services.api.errors import ERROR_CODES
 from winnow.services.api.operations import WinnowApi
 from winnow.services.api.server import ServerTls
 
@@ -43,17 +35,18 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_BODY_BYTES = 1 << 20  # a labeling request is a few ids and a class name
 
-_STATUS: dict[type[WinnowError], int] = {
-    Unauthenticated: 401, PermissionDenied: 403, InvalidInput: 400, NotFound: 404, LeaseRequired: 409,
-    ModelFileError: 409, EmptyPoolError: 409, BusError: 503,
-}
+# each error's gRPC code (``services.api.errors``, the one mapping) as an HTTP status
+_HTTP = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403,
+         grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+         grpc.StatusCode.FAILED_PRECONDITION: 409, grpc.StatusCode.UNAVAILABLE: 503}
 # the pages load only their own assets, are never framed, and send no referrer (the URL may name a project)
 PAGE_HEADERS = {"Cache-Control": "no-store", "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
                 "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"}
 
 
 def _error(error: Exception) -> JSONResponse:
-    status = next((code for cls, code in _STATUS.items() if isinstance(error, cls)), 500)
+    code = next((c for cls, c in ERROR_CODES.items() if isinstance(error, cls)), grpc.StatusCode.INTERNAL)
+    status = _HTTP.get(code, 500)
     if status == 500:  # a bug: logged, nothing of the payload returned
         log.error("http call failed error=%s", type(error).__name__)
         return JSONResponse({"error": "internal error (logged on the server)"}, status_code=500)
