@@ -133,6 +133,8 @@ NEW_OVERLAP = Option("overlap", int, "new most people asked per item", None, env
                      high=100, optional=True)
 NEW_GUIDELINE = Option("guideline_version", str, "new guideline version (every later label carries it)", None,
                        env_name="NEW_GUIDELINE_VERSION", optional=True)
+EXPORT_TARGET = Option("target", str, "HOST:PORT of a server to export from (its ExportRows; the token in "
+                       "WINNOW_TOKEN); unset: the store", None, env_name="TARGET", optional=True)
 AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
                        None, env_name="AUDIT_PROJECT", optional=True)
 EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
@@ -228,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(erase, (STORE, BUS, ERASE_PROJECT))
 
     export = sub.add_parser("export", help="a project's final labels with text, provenance and answers, as JSONL, "
-                            "CSV or Label Studio JSON, from the store directly (audited)")
-    add_options(export, (STORE, ERASE_PROJECT, EXPORT_FORMAT, EXPORT_OUT))
+                            "CSV or Label Studio JSON: from a server with --target (a viewer's token), else from "
+                            "the store directly (audited)")
+    add_options(export, (STORE, ERASE_PROJECT, EXPORT_FORMAT, EXPORT_OUT, EXPORT_TARGET, TOKEN, TLS_CA))
     importer = sub.add_parser("import", help="a Label Studio JSON export into a project: items, answers, gold, "
                               "final labels (on the store and bus directly; checked whole before anything is written)")
     importer.add_argument("file", type=Path, metavar="FILE")
@@ -396,11 +399,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from winnow.core.loop.transfer import export_rows
 
     project, fmt, out = given(args, ERASE_PROJECT), given(args, EXPORT_FORMAT), given(args, EXPORT_OUT)
-    store = _token_store(args)
-    try:
-        data = export_rows(store, project, _actor(), time.time())
-    finally:
-        store.close()
+    if given(args, EXPORT_TARGET) is not None:
+        from winnow.services.client import WinnowClient
+
+        with WinnowClient(given(args, EXPORT_TARGET), given(args, TOKEN), tls_ca=given(args, TLS_CA)) as client:
+            data = client.export_rows(project)
+    else:
+        store = _token_store(args)
+        try:
+            data = export_rows(store, project, _actor(), time.time())
+        finally:
+            store.close()
     text = (write_jsonl(data) if fmt == "jsonl" else write_csv(data) if fmt == "csv"
             else json.dumps(to_label_studio(data), ensure_ascii=False, indent=1))
     if out is None:

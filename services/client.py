@@ -203,6 +203,16 @@ class WinnowClient:
                                                                                       item_ids=item_ids))
         return Erasure(tuple(report.erased), tuple(report.already_erased), tuple(report.model_versions))
 
+    def export_rows(self, project: str) -> list[dict]:
+        """Every final label as a row: text, label, provenance, answers (``winnow.core.data.formats``)."""
+        fields = ("threshold", "probability")
+        with _winnow_errors():
+            return [{"item_id": m.item_id, "text": m.text, "label": m.label, "source": m.source,
+                     "source_id": m.source_id, "aggregation": m.aggregation, "confidence": m.confidence,
+                     **{f: getattr(m, f) if m.HasField(f) else None for f in fields},
+                     "guideline_version": m.guideline_version, "created_at": m.created_at, "answers": dict(m.answers)}
+                    for m in self._projects.ExportRows(projects_pb2.ExportLabelsRequest(project=project))]
+
     def export_labels(self, project: str) -> Iterator[Label]:
         """Every final label of the project, oldest first (no deadline: exports can be long)."""
         with _winnow_errors():

@@ -34,6 +34,7 @@ from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.erase import erase
 from winnow.core.loop.gold import add_gold
+from winnow.core.loop.transfer import export_rows
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics, topic
@@ -265,6 +266,11 @@ class WinnowApi:
         """Erase items from the store and the bus (owners); see :mod:`winnow.core.loop.erase`."""
         who.require(Action.ERASE, _project(project))
         return erase(self.bus, self.store, project, item_ids, who.name, self.clock())
+
+    def export_rows(self, who: Principal, project: str) -> list[dict]:
+        """Every final label with its text, provenance and answers (``core.data.formats.rows``); audited."""
+        who.require(Action.EXPORT, _project(project))
+        return export_rows(self.store, project, who.name, self.clock())
 
     def export_labels(self, who: Principal, project: str) -> list[Label]:
         """Every final label, oldest first; the export is in the audit log before anything is sent."""

@@ -136,6 +136,11 @@ class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
         labels = self.api.export_labels(self.who(context), request.project)  # errors raise here, before streaming
         return (to_message(label, records_pb2.Label) for label in labels)
 
+    def ExportRows(self, request: projects_pb2.ExportLabelsRequest, context: grpc.ServicerContext
+                   ) -> Iterator[projects_pb2.ExportRow]:
+        data = self.api.export_rows(self.who(context), request.project)  # errors raise here, before streaming
+        return (projects_pb2.ExportRow(**row) for row in data)
+
     def CloseStream(self, request: projects_pb2.CloseStreamRequest, context: grpc.ServicerContext
                     ) -> projects_pb2.StreamStatus:
         return to_message(self.api.close_stream(self.who(context), request.project), projects_pb2.StreamStatus)

@@ -104,6 +104,7 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
                                                                                           guideline_version="v1")),
         "Projects/ListProjects": (None, lambda p: projects_pb2.ListProjectsRequest()),
         "Projects/ExportLabels": ("export", lambda p: projects_pb2.ExportLabelsRequest(project=p)),
+        "Projects/ExportRows": ("export", lambda p: projects_pb2.ExportLabelsRequest(project=p)),
         "Projects/CloseStream": ("close", lambda p: projects_pb2.CloseStreamRequest(project=p)),
         "Projects/EraseItems": ("erase", lambda p: projects_pb2.EraseItemsRequest(project=p, item_ids=["gone"])),
         "Models/ListVersions": ("versions", lambda p: models_pb2.ListVersionsRequest(project=p)),

@@ -98,3 +98,22 @@ def test_project_update_changes_only_what_is_given(server, capsys) -> None:
     assert code == 2 and "nothing to change" in err
     code, _, err = run(["project", "update", "intents", "--budget", "300/100"], capsys)
     assert code == 2 and "--budget" in err
+
+
+def test_export_from_the_server_matches_the_store(server, tmp_path: Path, capsys) -> None:
+    from winnow.core.domain.records import Label
+
+    run(["project", "create", "intents", "--classes", "a,b"], capsys)
+    rows = tmp_path / "rows.csv"
+    rows.write_text("id,text\nx1,first ✓\nx2,second\n")
+    run(["ingest", str(rows), "--project", "intents", "--id-col", "id"], capsys)
+    server.put_label(Label("intents", "x1", "a", "model", "v0001", 0.99, 0.9, "auto_accept", "v1", 5.0, "x1:m", 0.2))
+    code, remote, _ = run(["export", "--project", "intents", "--format", "jsonl"], capsys)  # WINNOW_TARGET is set
+    assert code == 0
+    [row] = [json.loads(line) for line in remote.splitlines()]
+    assert (row["item_id"], row["text"], row["label"], row["source_id"], row["probability"]) == \
+        ("x1", "first ✓", "a", "v0001", 0.2)
+    store_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+    code, local, _ = run(["export", "--project", "intents", "--format", "jsonl", "--store", store_url, "--target", ""],
+                         capsys)
+    assert code == 0 and json.loads(local) == row

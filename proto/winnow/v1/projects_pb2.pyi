@@ -187,3 +187,38 @@ class UpdateProjectRequest(_message.Message):
     overlap: int
     guideline_version: str
     def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ...) -> None: ...
+
+class ExportRow(_message.Message):
+    __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers")
+    class AnswersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    text: str
+    label: str
+    source: str
+    source_id: str
+    aggregation: str
+    confidence: float
+    threshold: float
+    probability: float
+    guideline_version: str
+    created_at: str
+    answers: _containers.ScalarMap[str, str]
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[str] = ..., source_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., probability: _Optional[float] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ...) -> None: ...

@@ -66,6 +66,11 @@ class ProjectsStub:
                 request_serializer=winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.SerializeToString,
                 response_deserializer=winnow_dot_v1_dot_records__pb2.Label.FromString,
                 _registered_method=True)
+        self.ExportRows = channel.unary_stream(
+                '/winnow.v1.Projects/ExportRows',
+                request_serializer=winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_projects__pb2.ExportRow.FromString,
+                _registered_method=True)
         self.CloseStream = channel.unary_unary(
                 '/winnow.v1.Projects/CloseStream',
                 request_serializer=winnow_dot_v1_dot_projects__pb2.CloseStreamRequest.SerializeToString,
@@ -125,6 +130,14 @@ class ProjectsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportRows(self, request, context):
+        """Every final label as a row people use: the item's text, the label, its provenance and every
+        person's answer (what `winnow export` writes as JSONL, CSV or Label Studio JSON); audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseStream(self, request, context):
         """The producer has sent everything for now. Once every item ingested so far has reached the
         selector, it spends the budget left on the most useful items and labels the rest with the
@@ -178,6 +191,11 @@ def add_ProjectsServicer_to_server(servicer, server):
                     servicer.ExportLabels,
                     request_deserializer=winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.FromString,
                     response_serializer=winnow_dot_v1_dot_records__pb2.Label.SerializeToString,
+            ),
+            'ExportRows': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportRows,
+                    request_deserializer=winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_projects__pb2.ExportRow.SerializeToString,
             ),
             'CloseStream': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseStream,
@@ -353,6 +371,33 @@ class Projects:
             '/winnow.v1.Projects/ExportLabels',
             winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.SerializeToString,
             winnow_dot_v1_dot_records__pb2.Label.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/winnow.v1.Projects/ExportRows',
+            winnow_dot_v1_dot_projects__pb2.ExportLabelsRequest.SerializeToString,
+            winnow_dot_v1_dot_projects__pb2.ExportRow.FromString,
             options,
             channel_credentials,
             insecure,
