@@ -135,6 +135,8 @@ NEW_GUIDELINE = Option("guideline_version", str, "new guideline version (every l
                        env_name="NEW_GUIDELINE_VERSION", optional=True)
 EXPORT_TARGET = Option("target", str, "HOST:PORT of a server to export from (its ExportRows; the token in "
                        "WINNOW_TOKEN); unset: the store", None, env_name="TARGET", optional=True)
+GUIDELINE_FILE = Option("guideline_file", Path, "a text or Markdown file: the guideline people read on the labeling "
+                        "page (at most 64 KiB)", None, env_name="GUIDELINE_FILE", optional=True, metavar="FILE")
 AUDIT_PROJECT = Option("project", str, "the project whose chain to read (default: the global chain; verify: all)",
                        None, env_name="AUDIT_PROJECT", optional=True)
 EXPIRES_IN_S = Option("expires_in_s", float, "seconds until the token expires (default: until revoked)", None,
@@ -245,12 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     create_p = project_sub.add_parser("create", help="create a project (the admin); the same settings again change "
                                       "nothing")
     create_p.add_argument("name")
-    add_options(create_p, (*CLIENT_OPTIONS, CLASSES_OPT, BUDGET, PRECISION, STRATEGY, OVERLAP, GUIDELINE))
+    add_options(create_p, (*CLIENT_OPTIONS, CLASSES_OPT, BUDGET, PRECISION, STRATEGY, OVERLAP, GUIDELINE,
+                           GUIDELINE_FILE))
     add_options(project_sub.add_parser("list", help="the projects the token belongs to"), CLIENT_OPTIONS)
     update = project_sub.add_parser("update", help="change a project's settings (owners): only those given change; "
                                     "audited; the workers take them within seconds")
     update.add_argument("name")
-    add_options(update, (*CLIENT_OPTIONS, NEW_BUDGET, NEW_PRECISION, NEW_STRATEGY, NEW_OVERLAP, NEW_GUIDELINE))
+    add_options(update, (*CLIENT_OPTIONS, NEW_BUDGET, NEW_PRECISION, NEW_STRATEGY, NEW_OVERLAP, NEW_GUIDELINE,
+                         GUIDELINE_FILE))
     show = project_sub.add_parser("show", help="a project's settings and stats, as JSON")
     show.add_argument("name")
     add_options(show, CLIENT_OPTIONS)
@@ -448,6 +452,16 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guideline(args: argparse.Namespace) -> str | None:
+    path = given(args, GUIDELINE_FILE)
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(GUIDELINE_FILE.flag, f"cannot read {str(path)[:200]!r}: {e}") from None
+
+
 def _client(args: argparse.Namespace):
     from winnow.services.client import WinnowClient
 
@@ -465,7 +479,7 @@ def cmd_project(args: argparse.Namespace) -> int:
             made = client.create_project(args.name, given(args, CLASSES_OPT), budget_labels=labels,
                                          budget_per_items=per, precision_target=given(args, PRECISION),
                                          strategy=given(args, STRATEGY), overlap=given(args, OVERLAP),
-                                         guideline_version=given(args, GUIDELINE))
+                                         guideline_version=given(args, GUIDELINE), guideline=_guideline(args))
             print(f"project {made.name}: {len(made.classes)} classes, budget {made.budget_labels}/"
                   f"{made.budget_per_items}, precision target {made.precision_target}")
         elif args.project_command == "update":
@@ -477,6 +491,8 @@ def cmd_project(args: argparse.Namespace) -> int:
                                 (NEW_OVERLAP, "overlap"), (NEW_GUIDELINE, "guideline_version")):
                 if (value := given(args, option)) is not None:
                     changes[key] = value
+            if (text := _guideline(args)) is not None:
+                changes["guideline"] = text
             if not changes:
                 raise InvalidInput("--budget", "nothing to change: give at least one setting")
             made = client.update_project(args.name, **changes)

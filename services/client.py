@@ -147,12 +147,12 @@ class WinnowClient:
     def create_project(self, name: str, classes: Sequence[str], *, budget_labels: int | None = None,
                        budget_per_items: int | None = None, precision_target: float | None = None,
                        strategy: str | None = None, overlap: int | None = None,
-                       guideline_version: str | None = None) -> Project:
+                       guideline_version: str | None = None, guideline: str | None = None) -> Project:
         """Create a project (settings left None take the server's defaults); idempotent."""
         request = projects_pb2.CreateProjectRequest(
             name=name, classes=classes, budget_labels=budget_labels, budget_per_items=budget_per_items,
             precision_target=precision_target, strategy=strategy, overlap=overlap,
-            guideline_version=guideline_version)
+            guideline_version=guideline_version, guideline=guideline)
         return from_message(self._call(self._projects.CreateProject, request), Project)
 
     def projects(self) -> list[Project]:
@@ -166,12 +166,13 @@ class WinnowClient:
 
     def update_project(self, project: str, *, budget_labels: int | None = None, budget_per_items: int | None = None,
                        precision_target: float | None = None, strategy: str | None = None,
-                       overlap: int | None = None, guideline_version: str | None = None) -> Project:
+                       overlap: int | None = None, guideline_version: str | None = None,
+                       guideline: str | None = None) -> Project:
         """Change a project's settings (owners); those left None keep their value."""
         request = projects_pb2.UpdateProjectRequest(
             project=project, budget_labels=budget_labels, budget_per_items=budget_per_items,
             precision_target=precision_target, strategy=strategy, overlap=overlap,
-            guideline_version=guideline_version)
+            guideline_version=guideline_version, guideline=guideline)
         return from_message(self._call(self._projects.UpdateProject, request), Project)
 
     def stats(self, project: str) -> ProjectStats:

@@ -41,6 +41,7 @@ TOPIC_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 MAX_CLASSES = 1000
 MAX_CLASS_NAME_BYTES = 256
 MAX_GUIDELINE_VERSION_BYTES = 128
+MAX_GUIDELINE_BYTES = 64 * 1024  # the guideline's text
 MAX_OVERLAP = 100
 MAX_BUDGET_PER_ITEMS = 1_000_000
 MAX_KEY_BYTES = 512  # item ids, annotators, model versions
@@ -112,6 +113,7 @@ def check_project_limits(project: Project) -> None:
         raise InvalidInput("budget_per_items",
                            f"must be in [1, {MAX_BUDGET_PER_ITEMS}], got {project.budget_per_items}")
     check_string("guideline_version", project.guideline_version, MAX_GUIDELINE_VERSION_BYTES)
+    check_string("guideline", project.guideline, MAX_GUIDELINE_BYTES, required=False)
     check_time("created_at", project.created_at)
 
 

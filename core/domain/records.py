@@ -27,6 +27,7 @@ class Project:
     overlap: int = 1
     guideline_version: str = "v1"
     created_at: float = 0.0
+    guideline: str = ""  # the labeling guideline people read (the labeling page shows it)
 
 
 @dataclass(frozen=True)

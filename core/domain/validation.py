@@ -71,6 +71,7 @@ def validate_project(project: Project) -> None:
     check_text("name", project.name)
     check_text("classes", *project.classes)
     check_text("guideline_version", project.guideline_version)
+    check_text("guideline", project.guideline)
     check_finite("created_at", project.created_at)
     check_project_limits(project)  # the one name rule (both buses) and the upper bounds
     if not project.classes or any(not c.strip() for c in project.classes):

@@ -80,9 +80,10 @@ class StoreContract(TaskQueueContract, StoreInputContract):
 
     # -- projects ---------------------------------------------------------------------------
     def test_update_project_changes_settings_audited_never_classes(self, store: Store) -> None:
-        store.create_project(Project(P, CLASSES, created_at=1.0))
-        updated = store.update_project(Project(P, CLASSES, budget_labels=10, guideline_version="v2", created_at=9.0),
-                                       "olga", 5.0)
+        store.create_project(Project(P, CLASSES, created_at=1.0, guideline="Pick the customer's intent."))
+        assert store.get_project(P).guideline == "Pick the customer's intent."
+        updated = store.update_project(Project(P, CLASSES, budget_labels=10, guideline_version="v2", created_at=9.0,
+                                               guideline="Pick the customer's intent."), "olga", 5.0)
         assert (updated.budget_labels, updated.guideline_version, updated.created_at) == (10, "v2", 1.0)
         assert store.get_project(P) == updated
         [record] = [r for r in store.audit_trail(P) if r.action == "project_update"]

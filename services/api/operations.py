@@ -45,7 +45,8 @@ from winnow.services.api.convert import CertifiedQuality, ProjectStats
 from winnow.services.metrics import ANSWERS, LEASES, SKIPS
 
 
-_SETTINGS = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
+_SETTINGS = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version",
+             "guideline")
 
 
 def _project(name: str) -> str:

@@ -99,7 +99,7 @@ class LabelingServicer(_Servicer, labeling_pb2_grpc.LabelingServicer):
 
 
 _PROJECT_SETTINGS = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap",
-                     "guideline_version")
+                     "guideline_version", "guideline")
 
 
 class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):

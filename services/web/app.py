@@ -89,7 +89,8 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
         record = api.project_for(who, project)
         mine = api.my_quality(who, project)
         return {"name": who.name, "role": who.role, "project": project, "classes": list(record.classes),
-                "guideline_version": record.guideline_version, "answers": mine["answers"],
+                "guideline_version": record.guideline_version, "guideline": record.guideline,
+                "answers": mine["answers"],
                 "gold_accuracy": mine["gold_accuracy"]}
 
     def lease(who: Principal, body: dict, project: str) -> dict:

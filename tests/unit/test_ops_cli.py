@@ -88,8 +88,17 @@ def test_a_missing_or_bad_token_is_one_line(server, capsys, monkeypatch: pytest.
     assert code == 2 and "the token is unknown, expired or revoked" in err
 
 
-def test_project_update_changes_only_what_is_given(server, capsys) -> None:
-    run(["project", "create", "intents", "--classes", "a,b", "--budget", "10/100"], capsys)
+def test_project_update_changes_only_what_is_given(server, capsys, tmp_path: Path) -> None:
+    guide = tmp_path / "guide.md"
+    guide.write_text("# Intents\nPick what the customer wants.\n")
+    run(["project", "create", "intents", "--classes", "a,b", "--budget", "10/100", "--guideline-file", str(guide)],
+        capsys)
+    assert server.get_project("intents").guideline.startswith("# Intents")
+    guide.write_text("# Intents, v2\n")
+    assert run(["project", "update", "intents", "--guideline-file", str(guide)], capsys)[0] == 0
+    assert server.get_project("intents").guideline == "# Intents, v2\n"
+    code, _, err = run(["project", "update", "intents", "--guideline-file", str(tmp_path / "none.md")], capsys)
+    assert code == 2 and "--guideline-file: cannot read" in err
     code, out, _ = run(["project", "update", "intents", "--guideline-version", "v2", "--budget", "30/100"], capsys)
     assert code == 0 and "budget 30/100" in out and "guideline v2" in out
     project = server.get_project("intents")

@@ -26,7 +26,7 @@ P = "web"
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[tuple[TestClient, SqliteStore, dict[str, str]]]:
     bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
-    project = Project(P, ("pos", "neg"), guideline_version="g7")
+    project = Project(P, ("pos", "neg"), guideline_version="g7", guideline="Positive: praise.\nNegative: blame.")
     store.create_project(project)
     create_topics(bus, P, 1)
     ingest(bus.producer(), store, project, [Item(P, f"i{k}", f"text {k}") for k in range(4)])
@@ -58,6 +58,7 @@ def test_an_annotator_leases_answers_and_skips_as_itself(page) -> None:
     me = client.get("/api/me", headers=_as(tokens["ann"])).json()
     assert (me["name"], me["project"], me["classes"], me["guideline_version"], me["answers"]) == \
         ("ann", P, ["pos", "neg"], "g7", 0)
+    assert me["guideline"] == "Positive: praise.\nNegative: blame."
     leases = client.post("/api/lease", json={"max_tasks": 5}, headers=_as(tokens["ann"])).json()["leases"]
     assert [(x["item_id"], x["kind"], x["suggestion"]) for x in leases] == [("i0", "label", "neg"),
                                                                           ("i1", "holdout", None)]

@@ -22,7 +22,7 @@ def audit_record(row: Sequence[Any]) -> AuditRecord:
 
 PROJECT_COLUMNS = (
     "name, classes, budget_labels, budget_per_items, precision_target, strategy, overlap, "
-    "guideline_version, created_at"
+    "guideline_version, created_at, guideline"
 )
 
 

@@ -165,6 +165,9 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (  # 7: an annotator's own leases without a scan of every assignment the project ever had
         "CREATE INDEX assignments_annotator ON assignments (project, annotator, state)",
     ),
+    (  # 8: the labeling guideline's text (people read it on the labeling page)
+        "ALTER TABLE projects ADD COLUMN guideline TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 

@@ -58,9 +58,9 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         p = project
         with self._tx() as tx:
             if not tx.run(
-                f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_marks(9)}) ON CONFLICT (name) DO NOTHING",
+                f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_marks(10)}) ON CONFLICT (name) DO NOTHING",
                 (p.name, self.dialect.array(p.classes), p.budget_labels, p.budget_per_items, p.precision_target,
-                 p.strategy, p.overlap, p.guideline_version, p.created_at),
+                 p.strategy, p.overlap, p.guideline_version, p.created_at, p.guideline),
             ) and self._project(tx, p.name) != p:
                 raise InvalidInput("name", f"a different project named {p.name!r} exists")
 
@@ -75,13 +75,13 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             if p.classes != old.classes:
                 raise InvalidInput("classes", "a project's classes cannot change (yet): make a new project")
             settings = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap",
-                        "guideline_version")
+                        "guideline_version", "guideline")
             changed = {k: [getattr(old, k), getattr(p, k)] for k in settings if getattr(old, k) != getattr(p, k)}
             if changed:
                 tx.run("UPDATE projects SET budget_labels = ?, budget_per_items = ?, precision_target = ?, "
-                       "strategy = ?, overlap = ?, guideline_version = ? WHERE name = ?",
+                       "strategy = ?, overlap = ?, guideline_version = ?, guideline = ? WHERE name = ?",
                        (p.budget_labels, p.budget_per_items, p.precision_target, p.strategy, p.overlap,
-                        p.guideline_version, p.name))
+                        p.guideline_version, p.guideline, p.name))
                 self._audit(tx, p.name, actor, "project_update", changed, now, [p.name])
             return self._project(tx, p.name)
 

@@ -94,7 +94,7 @@ class CertifiedQuality(_message.Message):
     def __init__(self, confidence: _Optional[float] = ..., accuracy_lower_bound: _Optional[float] = ..., auto_accepted_precision_lower_bound: _Optional[float] = ..., auto_accepted: _Optional[int] = ..., auto_accepted_errors_upper: _Optional[int] = ..., model_labels: _Optional[int] = ..., model_errors_upper: _Optional[int] = ..., model_errors_estimate: _Optional[float] = ..., audits: _Optional[int] = ..., audits_pending: _Optional[int] = ..., human_error: _Optional[str] = ..., human_error_rate_upper: _Optional[float] = ..., target_met_items: _Optional[int] = ..., target_met_human_labels: _Optional[int] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
-    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
+    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class CreateProjectRequest(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GUIDELINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     budget_labels: int
@@ -111,7 +112,8 @@ class CreateProjectRequest(_message.Message):
     strategy: str
     overlap: int
     guideline_version: str
-    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ...) -> None: ...
+    guideline: str
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("project",)
@@ -171,7 +173,7 @@ class GetProjectRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class UpdateProjectRequest(_message.Message):
-    __slots__ = ("project", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version")
+    __slots__ = ("project", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_PER_ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +181,7 @@ class UpdateProjectRequest(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GUIDELINE_FIELD_NUMBER: _ClassVar[int]
     project: str
     budget_labels: int
     budget_per_items: int
@@ -186,7 +189,8 @@ class UpdateProjectRequest(_message.Message):
     strategy: str
     overlap: int
     guideline_version: str
-    def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ...) -> None: ...
+    guideline: str
+    def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ...) -> None: ...
 
 class ExportRow(_message.Message):
     __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers")

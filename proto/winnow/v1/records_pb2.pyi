@@ -33,7 +33,7 @@ LABEL_SOURCE_MODEL: LabelSource
 LABEL_SOURCE_GOLD: LabelSource
 
 class Project(_message.Message):
-    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "created_at")
+    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "created_at", "guideline")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,7 @@ class Project(_message.Message):
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    GUIDELINE_FIELD_NUMBER: _ClassVar[int]
     name: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     budget_labels: int
@@ -52,7 +53,8 @@ class Project(_message.Message):
     overlap: int
     guideline_version: str
     created_at: float
-    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    guideline: str
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[float] = ..., guideline: _Optional[str] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("project", "item_id", "text", "ingested_at")

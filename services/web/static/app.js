@@ -47,7 +47,9 @@ async function signIn(token) {
   sessionStorage.setItem("winnow-token", token);
   state.project = state.me.project;
   $("who").textContent = `${state.me.name} · ${state.me.project}`;
-  $("guideline").textContent = `Guideline version ${state.me.guideline_version}`;
+  $("guideline").textContent = `Guideline version ${state.me.guideline_version}` +
+    (state.me.guideline ? " (open to read)" : "");
+  $("guideline-text").textContent = state.me.guideline || "No guideline text was given for this project.";
   state.answered = state.me.answers;
   progress();
   next();
