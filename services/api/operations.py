@@ -147,16 +147,6 @@ class WinnowApi:
         service, _, annotator = self._service(who, project, annotator)
         return service.heartbeat(annotator, item_ids)
 
-    def project_for(self, who: Principal, project: str) -> Project:
-        """The project's record, for a caller who may label in it (what the labeling page shows)."""
-        who.require(Action.LABEL, _project(project))
-        return self.store.get_project(project)
-
-    def project_for_review(self, who: Principal, project: str) -> Project:
-        """The project's record, for a caller who may review it (settings and budget)."""
-        who.require(Action.QUALITY, _project(project))
-        return self.store.get_project(project)
-
     def my_quality(self, who: Principal, project: str) -> dict[str, float | None]:
         """The caller's own answers and accuracy on gold (what an annotator may see of their quality)."""
         who.require(Action.LABEL, _project(project))
@@ -230,9 +220,10 @@ class WinnowApi:
                 return []
         return self.store.list_projects()
 
-    def project(self, who: Principal, project: str) -> Project:
-        """One project's settings, for anyone who may read its stats."""
-        who.require(Action.STATS, _project(project))
+    def project(self, who: Principal, project: str, action: Action = Action.STATS) -> Project:
+        """One project's settings, for a caller allowed ``action`` on it (reading its stats by default;
+        the labeling page asks as a labeler, the reviewer page as a reviewer)."""
+        who.require(action, _project(project))
         return self.store.get_project(project)
 
     def update_project(self, who: Principal, project: str, changes: Mapping[str, object]) -> Project:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from winnow.core.access.roles import Principal
+from winnow.core.access.roles import Action, Principal
 from winnow.core.domain.errors import InvalidInput, NotFound
 from winnow.core.domain.limits import MAX_LEASE_TASKS
 from winnow.services.api.auth import Authenticator
@@ -86,7 +86,7 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
         return call
 
     def me(who: Principal, body: dict, project: str) -> dict:
-        record = api.project_for(who, project)
+        record = api.project(who, project, Action.LABEL)
         mine = api.my_quality(who, project)
         return {"name": who.name, "role": who.role, "project": project, "classes": list(record.classes),
                 "guideline_version": record.guideline_version, "guideline": record.guideline,
@@ -114,7 +114,7 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
 
     def review(who: Principal, body: dict, project: str) -> dict:
         stats = api.stats(who, project)
-        record = api.project_for_review(who, project)
+        record = api.project(who, project, Action.QUALITY)
         quality = api.annotator_quality(who, project)
         found = api.disagreements(who, project, 0)
         return {

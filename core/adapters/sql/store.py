@@ -111,15 +111,12 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             )
 
     def get_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
-        with self._tx(write=False) as tx:
-            self._project(tx, project)
-            rows = tx.all(f"SELECT item_id, text, ingested_at FROM items WHERE project = ? AND {self._in('item_id')}",
-                          (project, self._ids(item_ids)))
-        found = {r[0]: Item(project, *r) for r in rows}
-        for item_id in item_ids:
-            if item_id not in found:
-                raise NotFound("item_id", f"no item {item_id[:100]!r} in project {project!r}")
-        return [found[i] for i in item_ids]
+        found = self.find_items(project, item_ids)
+        if len(found) < len(item_ids):
+            have = {item.item_id for item in found}
+            missing = next(i for i in item_ids if i not in have)
+            raise NotFound("item_id", f"no item {missing[:100]!r} in project {project!r}")
+        return found
 
     def count_items(self, project: str) -> int:
         with self._tx(write=False) as tx:
@@ -127,10 +124,7 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             return tx.one("SELECT COUNT(*) FROM items WHERE project = ?", (project,))[0]
 
     def find_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
-        with self._tx(write=False) as tx:
-            self._project(tx, project)
-            rows = tx.all(f"SELECT item_id, text, ingested_at FROM items WHERE project = ? AND {self._in('item_id')}",
-                          (project, self._ids(item_ids)))
+        rows = self._select(project, "SELECT item_id, text, ingested_at FROM items WHERE project = ?", "seq", item_ids)
         found = {r[0]: Item(project, *r) for r in rows}
         return [found[i] for i in item_ids if i in found]
 
