@@ -133,6 +133,8 @@ NEW_OVERLAP = Option("overlap", int, "new most people asked per item", None, env
                      high=100, optional=True)
 NEW_GUIDELINE = Option("guideline_version", str, "new guideline version (every later label carries it)", None,
                        env_name="NEW_GUIDELINE_VERSION", optional=True)
+ADD_CLASSES = Option("add_classes", tuple, "classes to add to the schema, comma-separated (appended; existing "
+                     "classes never change)", None, env_name="ADD_CLASSES", optional=True)
 EXPORT_TARGET = Option("target", str, "HOST:PORT of a server to export from (its ExportRows; the token in "
                        "WINNOW_TOKEN); unset: the store", None, env_name="TARGET", optional=True)
 GUIDELINE_FILE = Option("guideline_file", Path, "a text or Markdown file: the guideline people read on the labeling "
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "audited; the workers take them within seconds")
     update.add_argument("name")
     add_options(update, (*CLIENT_OPTIONS, NEW_BUDGET, NEW_PRECISION, NEW_STRATEGY, NEW_OVERLAP, NEW_GUIDELINE,
-                         GUIDELINE_FILE))
+                         GUIDELINE_FILE, ADD_CLASSES))
     show = project_sub.add_parser("show", help="a project's settings and stats, as JSON")
     show.add_argument("name")
     add_options(show, CLIENT_OPTIONS)
@@ -493,12 +495,14 @@ def cmd_project(args: argparse.Namespace) -> int:
                     changes[key] = value
             if (text := _guideline(args)) is not None:
                 changes["guideline"] = text
+            if added := given(args, ADD_CLASSES):
+                changes["add_classes"] = added
             if not changes:
                 raise InvalidInput("--budget", "nothing to change: give at least one setting")
             made = client.update_project(args.name, **changes)
             print(f"project {made.name}: budget {made.budget_labels}/{made.budget_per_items}, precision target "
                   f"{made.precision_target}, strategy {made.strategy}, overlap {made.overlap}, guideline "
-                  f"{made.guideline_version}")
+                  f"{made.guideline_version}, {len(made.classes)} classes")
         elif args.project_command == "list":
             for p in client.projects():
                 print(f"{p.name:<30} {len(p.classes):>5} classes  budget {p.budget_labels}/{p.budget_per_items}  "

@@ -167,12 +167,13 @@ class WinnowClient:
     def update_project(self, project: str, *, budget_labels: int | None = None, budget_per_items: int | None = None,
                        precision_target: float | None = None, strategy: str | None = None,
                        overlap: int | None = None, guideline_version: str | None = None,
-                       guideline: str | None = None) -> Project:
-        """Change a project's settings (owners); those left None keep their value."""
+                       guideline: str | None = None, add_classes: Sequence[str] = ()) -> Project:
+        """Change a project's settings (owners); those left None keep their value; ``add_classes``
+        are appended to its classes."""
         request = projects_pb2.UpdateProjectRequest(
             project=project, budget_labels=budget_labels, budget_per_items=budget_per_items,
             precision_target=precision_target, strategy=strategy, overlap=overlap,
-            guideline_version=guideline_version, guideline=guideline)
+            guideline_version=guideline_version, guideline=guideline, add_classes=list(add_classes))
         return from_message(self._call(self._projects.UpdateProject, request), Project)
 
     def stats(self, project: str) -> ProjectStats:

@@ -83,6 +83,9 @@ class LabelingService:
         (adaptive overlap, ``consensus.answers_wanted``): another where the answers disagree, or where
         the only answer disagrees with a model confident enough to be audited or probed, up to the
         project's ``overlap``; a task with no ``wanted`` asks for ``overlap`` answers."""
+        if label not in self.project.classes:  # perhaps a class added since the last check, on another replica
+            self._project_check_at = 0.0
+            self._check_project()
         if label not in self.project.classes:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
         added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()),
@@ -175,7 +178,8 @@ class LabelingService:
             else:
                 fit = self._refit()
         # while a server's first fit runs, every annotator counts alike: a majority vote
-        return fit if fit is not None else OneCoinFit.provisional(len(self.project.classes))
+        n_classes = len(self.project.classes)
+        return fit.widened(n_classes) if fit is not None else OneCoinFit.provisional(n_classes)
 
     def resolve(self) -> int:
         """Aggregate the items that have all their answers into final human labels (one batch).

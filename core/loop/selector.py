@@ -129,6 +129,9 @@ class Selector(Stage):
             self.sampler = StreamSampler(self.budget)
         if old.strategy != project.strategy:
             self.strategy = make_strategy(project.strategy)
+        if old.classes != project.classes and self.head is None and len(self.backlog):
+            # before the first model every item is alike over the classes; the next one scores the new ones
+            self.backlog.rescore(*self._scores(self.backlog.emb))
 
     def _build_guard(self, tasks: list[Task], labeled: dict[str, str]) -> None:
         """The near-duplicate guard, from the store: the items queued for people or labeled by them."""

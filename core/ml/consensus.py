@@ -8,7 +8,7 @@ Pass compact ids: results are dense ``[n_items, n_classes]``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 
 import numpy as np
@@ -264,6 +264,15 @@ class OneCoinFit:
         known = {name: float((n * q + m * default) / (n + m))
                  for name, q, n in zip(names, result.annotator_accuracy, given) if np.isfinite(q)}
         return OneCoinFit(prior / prior.sum(), known, default, result.method, int(np.sum(given)))
+
+    def widened(self, n_classes: int) -> "OneCoinFit":
+        """The fit for a schema grown to ``n_classes`` (classes are only appended): each new class
+        gets the prior share of the rarest known one until the next fit measures it."""
+        extra = n_classes - self.prior.size
+        if extra <= 0:
+            return self
+        prior = np.concatenate([self.prior, np.full(extra, self.prior.min())])
+        return replace(self, prior=prior / prior.sum())
 
     def posterior(self, annotators: list[str], labels: list[int]) -> np.ndarray:
         """P(true class | these answers) ``[C]``: each answer is right with its annotator's accuracy,

@@ -71,8 +71,10 @@ class Projects(Protocol):
     @abstractmethod
     def update_project(self, project: Project, actor: str, now: float) -> Project:
         """Replace a project's settings (budget, precision target, strategy, overlap, guideline
-        version) with ``project``'s, audited with what changed; its name, classes and creation time
-        stay. NotFound("project"); InvalidInput("classes") if they differ, and whatever
+        version and text) with ``project``'s, and add the classes it has after the stored ones,
+        audited with what changed; its name and creation time stay. NotFound("project");
+        InvalidInput("classes") unless the stored classes are a prefix of ``project``'s (classes are
+        only ever appended: labels and models refer to them by position), and whatever
         ``validate_project`` raises. Returns the project as stored."""
 
     @abstractmethod

@@ -92,12 +92,21 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         assert store.update_project(updated, "olga", 6.0) == updated  # nothing changed: nothing audited
         assert len([r for r in store.audit_trail(P) if r.action == "project_update"]) == 1
         for bad, field, error in [(Project(P, ("x", "y")), "classes", InvalidInput),
+                                  (Project(P, CLASSES[:-1]), "classes", InvalidInput),
+                                  (Project(P, CLASSES + CLASSES[:1]), "classes", InvalidInput),
                                   (Project(P, CLASSES, budget_labels=200), "budget_labels", InvalidInput),
                                   (Project("nope", CLASSES), "project", NotFound)]:
             with pytest.raises(error) as raised:
                 store.update_project(bad, "olga", 7.0)
             assert raised.value.field == field
         assert store.get_project(P) == updated
+
+    def test_classes_are_only_appended_and_audited(self, store: Store) -> None:
+        store.create_project(Project(P, CLASSES, created_at=1.0))
+        grown = store.update_project(Project(P, CLASSES + ("refund",), created_at=1.0), "olga", 5.0)
+        assert grown.classes == CLASSES + ("refund",) and store.get_project(P) == grown
+        [record] = [r for r in store.audit_trail(P) if r.action == "project_update"]
+        assert json.loads(record.detail) == {"classes": [list(CLASSES), list(CLASSES) + ["refund"]]}
 
     def test_create_project_is_idempotent_and_names_are_unique(self, store: Store) -> None:
         project = Project(P, CLASSES, overlap=3, precision_target=0.95, created_at=5.0)

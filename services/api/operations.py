@@ -227,12 +227,19 @@ class WinnowApi:
         return self.store.get_project(project)
 
     def update_project(self, who: Principal, project: str, changes: Mapping[str, object]) -> Project:
-        """Change a project's settings (owners); audited; the workers take them within seconds."""
+        """Change a project's settings (owners), and add classes (``add_classes``: appended to the
+        schema; people can answer them at once, the model predicts them from its next version);
+        audited; the workers take them within seconds."""
         who.require(Action.SETTINGS, _project(project))
-        unknown = sorted(set(changes) - set(_SETTINGS))
+        unknown = sorted(set(changes) - set(_SETTINGS) - {"add_classes"})
         if unknown:
             raise InvalidInput(unknown[0], "is not a setting that can change")
         current = self.store.get_project(project)
+        changes = dict(changes)
+        if added := tuple(changes.pop("add_classes", ())):
+            if again := [c for c in added if c in current.classes]:
+                raise InvalidInput("add_classes", f"{again[0]!r} is already a class of project {project!r}")
+            changes["classes"] = current.classes + added
         updated = self.store.update_project(dataclasses.replace(current, **changes), who.name, self.clock())
         with self._labeling_lock:
             if project in self._labeling:  # this process's labeling service takes them at once

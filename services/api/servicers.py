@@ -120,7 +120,10 @@ class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
     def UpdateProject(self, request: projects_pb2.UpdateProjectRequest, context: grpc.ServicerContext
                       ) -> records_pb2.Project:
         who = self.who(context)
-        changes = {name: getattr(request, name) for name in _PROJECT_SETTINGS if request.HasField(name)}
+        changes: dict[str, object] = {name: getattr(request, name) for name in _PROJECT_SETTINGS
+                                      if request.HasField(name)}
+        if request.add_classes:
+            changes["add_classes"] = tuple(request.add_classes)
         return to_message(self.api.update_project(who, request.project, changes), records_pb2.Project)
 
     def GetProject(self, request: projects_pb2.GetProjectRequest, context: grpc.ServicerContext

@@ -109,6 +109,18 @@ def test_project_update_changes_only_what_is_given(server, capsys, tmp_path: Pat
     assert code == 2 and "--budget" in err
 
 
+def test_project_update_adds_classes_after_the_existing_ones(server, capsys) -> None:
+    run(["project", "create", "intents", "--classes", "a,b"], capsys)
+    code, out, _ = run(["project", "update", "intents", "--add-classes", "c,d"], capsys)
+    assert code == 0 and "4 classes" in out
+    assert server.get_project("intents").classes == ("a", "b", "c", "d")
+    code, _, err = run(["project", "update", "intents", "--add-classes", "e,b"], capsys)
+    assert code == 2 and "add_classes" in err and "'b' is already a class" in err
+    assert server.get_project("intents").classes == ("a", "b", "c", "d")  # nothing half-added
+    [change] = [json.loads(r.detail) for r in server.audit_trail("intents") if r.action == "project_update"]
+    assert change == {"classes": [["a", "b"], ["a", "b", "c", "d"]]}
+
+
 def test_export_from_the_server_matches_the_store(server, tmp_path: Path, capsys) -> None:
     from winnow.core.domain.records import Label
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -370,3 +371,54 @@ def test_a_close_after_an_older_version_was_promoted_retrains_and_is_served(env,
     assert model is not None and model.n_train == len(store.labels("p", "human"))
     selector.step()  # the models message: it swaps, then serves the close
     assert stream_status(store, "p").state == "closed"
+
+
+def test_a_class_added_mid_stream_is_answered_at_once_and_learned_by_the_next_model(env, tmp_path: Path) -> None:
+    """An owner adds a class: people answer it at once (consensus widens its fit), the backlog scored
+    before the first model stays consistent, and the next model predicts it; the old versions' labels
+    keep their meaning (classes are only appended)."""
+    bus, store = env
+    project = Project("p", CLASSES[:2], budget_labels=40, budget_per_items=100, overlap=2)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, y = clustered(600, seed=3)
+    ids = [f"i{k}" for k in range(600)]
+    truth = dict(zip(ids, (CLASSES[k] for k in y)))
+    selector = Selector(bus, store, project, CONFIG)
+    labeling = LabelingService(bus, store, project, CONFIG)
+    trainer = Trainer(bus, store, project, CONFIG, tmp_path / "models")
+    early = [i for i in ids[:300] if truth[i] != "c"]  # before the class exists, nothing needs it
+
+    def flow(chunk: list[str]) -> None:
+        ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in chunk])
+        score(bus, store, project, chunk, x[[ids.index(i) for i in chunk]])
+        while True:
+            moved = selector.step()
+            for who in ("ann", "bob"):
+                for lease in labeling.lease(who, 100):
+                    labeling.submit(who, lease.item_id, truth[lease.item_id])
+                    moved += 1
+            moved += labeling.resolve() + trainer.step()
+            if not moved:
+                break
+
+    flow(early[:20])  # a backlog before any model
+    grown = store.update_project(dataclasses.replace(store.get_project("p"), classes=CLASSES), "owner", 1.0)
+    for stage in (selector, trainer):
+        stage.check_project(force=True)
+    check_backlog_caches(selector)
+    for start in range(20, len(early), 50):
+        flow(early[start:start + 50])
+    late = ids[300:]
+    for start in range(0, len(late), 50):
+        flow(late[start:start + 50])
+    trainer.maybe_train(force=True)
+    assert labeling.project == grown  # the submits of "c" made the service read the project again
+    human = {label.item_id: label.label for label in store.labels("p", "human")}
+    assert "c" in human.values() and all(truth[i] == label for i, label in human.items())
+    meta = json.loads((Path(store.current_model("p").path) / "meta.json").read_text())
+    assert meta["classes"] == list(CLASSES)
+    selector.step()
+    check_backlog_caches(selector)
+    model_c = [label for label in store.labels("p", "model") if label.label == "c"]
+    assert all(truth[label.item_id] == "c" for label in model_c)

@@ -72,16 +72,19 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         p = project
         with self._tx() as tx:
             old = self._project(tx, p.name)
-            if p.classes != old.classes:
-                raise InvalidInput("classes", "a project's classes cannot change (yet): make a new project")
-            settings = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap",
+            if tuple(p.classes[: len(old.classes)]) != tuple(old.classes):
+                raise InvalidInput("classes", "classes can only be added, after the existing ones (a class cannot be "
+                                   "removed, renamed or moved: every label and model refers to it)")
+            settings = ("classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap",
                         "guideline_version", "guideline")
             changed = {k: [getattr(old, k), getattr(p, k)] for k in settings if getattr(old, k) != getattr(p, k)}
+            if "classes" in changed:
+                changed["classes"] = [list(old.classes), list(p.classes)]
             if changed:
-                tx.run("UPDATE projects SET budget_labels = ?, budget_per_items = ?, precision_target = ?, "
+                tx.run("UPDATE projects SET classes = ?, budget_labels = ?, budget_per_items = ?, precision_target = ?, "
                        "strategy = ?, overlap = ?, guideline_version = ?, guideline = ? WHERE name = ?",
-                       (p.budget_labels, p.budget_per_items, p.precision_target, p.strategy, p.overlap,
-                        p.guideline_version, p.guideline, p.name))
+                       (self.dialect.array(p.classes), p.budget_labels, p.budget_per_items, p.precision_target,
+                        p.strategy, p.overlap, p.guideline_version, p.guideline, p.name))
                 self._audit(tx, p.name, actor, "project_update", changed, now, [p.name])
             return self._project(tx, p.name)
 

@@ -173,7 +173,7 @@ class GetProjectRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class UpdateProjectRequest(_message.Message):
-    __slots__ = ("project", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline")
+    __slots__ = ("project", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline", "add_classes")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_PER_ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class UpdateProjectRequest(_message.Message):
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_FIELD_NUMBER: _ClassVar[int]
+    ADD_CLASSES_FIELD_NUMBER: _ClassVar[int]
     project: str
     budget_labels: int
     budget_per_items: int
@@ -190,7 +191,8 @@ class UpdateProjectRequest(_message.Message):
     overlap: int
     guideline_version: str
     guideline: str
-    def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ...) -> None: ...
+    add_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ..., add_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExportRow(_message.Message):
     __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers")
