@@ -193,6 +193,27 @@ class WinnowApi:
         self._audit(who, project, "disagreements", {"items": len(found)}, [i for i, *_ in found])
         return found
 
+    def gold_items(self, who: Principal, project: str, limit: int) -> tuple[list[dict[str, object]], int]:
+        """The gold set (reviewers): per gold item its text, known answer, people's answers and how
+        many matched it, least matched first (then by id), at most ``limit`` (0: 100); and how many
+        gold items there are. Audited (it reveals labels)."""
+        who.require(Action.QUALITY, _project(project))
+        if not 0 <= limit <= MAX_LEASE_TASKS:
+            raise InvalidInput("limit", f"must be in [0, {MAX_LEASE_TASKS}], got {limit}")
+        gold = self.store.gold(project)
+        answers: Counter[str] = Counter()
+        matched: Counter[str] = Counter()
+        for a in self.store.annotations(project, list(gold)) if gold else []:
+            answers[a.item_id] += 1
+            matched[a.item_id] += a.label == gold[a.item_id]
+        ordered = sorted(gold, key=lambda i: (matched[i] / answers[i] if answers[i] else 1.0, -answers[i], i))
+        chosen = ordered[: limit or 100]
+        texts = {item.item_id: item.text for item in self.store.find_items(project, chosen)}
+        found = [{"item_id": i, "text": texts.get(i, ""), "label": gold[i], "answers": answers[i],
+                  "matched": matched[i]} for i in chosen]
+        self._audit(who, project, "gold_read", {"items": len(found)}, chosen)
+        return found, len(gold)
+
     # -- projects -------------------------------------------------------------------------------
     def create_project(self, who: Principal, project: Project) -> Project:
         """Create the project (the admin only): its topics first, then its row, so a bus that refuses

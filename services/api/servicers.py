@@ -234,6 +234,11 @@ class ReviewServicer(_Servicer, review_pb2_grpc.ReviewServicer):
             review_pb2.Disagreement(item_id=i, answers=answers, final_label=final, model_label=model)
             for i, answers, final, model in found])
 
+    def GoldItems(self, request: review_pb2.GoldItemsRequest, context: grpc.ServicerContext
+                  ) -> review_pb2.GoldItemsResponse:
+        found, total = self.api.gold_items(self.who(context), request.project, request.limit)
+        return review_pb2.GoldItemsResponse(items=[review_pb2.GoldItem(**g) for g in found], total=total)
+
 
 # name -> (servicer class, service descriptor)
 SERVICES: dict[str, tuple[type, ServiceDescriptor]] = {

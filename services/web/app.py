@@ -117,6 +117,7 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
         record = api.project(who, project, Action.QUALITY)
         quality = api.annotator_quality(who, project)
         found = api.disagreements(who, project, 0)
+        gold, gold_total = api.gold_items(who, project, 0)
         return {
             "project": project, "name": who.name, "role": who.role, "items": stats.items,
             "labels_by_source": stats.labels_by_source, "human_fraction": stats.human_fraction,
@@ -124,10 +125,13 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
             "open_tasks": stats.open_tasks, "model_version": stats.current_model_version,
             "threshold": stats.threshold, "stream": stats.stream.state,
             "quality": dataclasses.asdict(stats.quality),
-            "gold_items": stats.labels_by_source.get("gold", 0),
+            "gold_items": gold_total, "gold": gold, "classes": list(record.classes),
             "annotators": [{"name": name, **q} for name, q in sorted(quality.items())],
             "disagreements": [{"item_id": i, "answers": answers, "final_label": final, "model_label": model}
                               for i, answers, final, model in found]}
+
+    def gold(who: Principal, body: dict, project: str) -> dict:
+        return {"gold_items": api.set_gold(who, project, {_text(body, "item_id"): _text(body, "label")})}
 
     async def page(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
@@ -139,6 +143,7 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
         Route("/", page),
         Route("/review", review_page),
         Route("/api/review", endpoint(review), methods=["GET"]),
+        Route("/api/gold", endpoint(gold), methods=["POST"]),
         Route("/api/me", endpoint(me), methods=["GET"]),
         Route("/api/lease", endpoint(lease), methods=["POST"]),
         Route("/api/submit", endpoint(submit), methods=["POST"]),

@@ -136,5 +136,11 @@ def test_a_reviewer_sees_a_planted_disagreement(served, browser, tmp_path: Path)
     assert any("i03" in row and "ana: exchange_rate" in row and "ben: top_up" in row for row in rows)
     assert any("h0" in row and "refund" in row for row in rows)  # the model said refund on this holdout
     assert "rita · intents" in page.inner_text("#who") and "ana" in page.inner_text("#annotators")
+    # the reviewer settles the people's disagreement: its answer becomes gold, scored against both
+    page.select_option('select[aria-label="gold answer for i03"]', "top_up")
+    page.click('#disagreements tbody tr:has-text("i03") button')
+    page.wait_for_selector('#gold tbody tr:has-text("i03")')
+    assert "1 of 2 (50.0%)" in page.inner_text('#gold tbody tr:has-text("i03")')
+    assert store.gold(P) == {"i03": "top_up"}
     page.screenshot(path=str(Path(SHOTS or tmp_path) / "review-page.png"), full_page=True)
     page.close()

@@ -113,6 +113,7 @@ def _requests(world: World) -> dict[str, tuple[str | None, Callable[[str], objec
         "Review/SetGold": ("gold", lambda p: review_pb2.SetGoldRequest(project=p, answers={"seed": "pos"})),
         "Review/AnnotatorQuality": ("quality", lambda p: review_pb2.AnnotatorQualityRequest(project=p)),
         "Review/Disagreements": ("quality", lambda p: review_pb2.DisagreementsRequest(project=p)),
+        "Review/GoldItems": ("quality", lambda p: review_pb2.GoldItemsRequest(project=p)),
         "Access/CreateToken": ("tokens", lambda p: access_pb2.CreateTokenRequest(project=p, role="viewer")),
         "Access/ListTokens": ("tokens", lambda p: access_pb2.ListTokensRequest(project=p)),
         "Access/RevokeToken": ("tokens", lambda p: access_pb2.RevokeTokenRequest(

@@ -119,6 +119,32 @@ def test_the_reviewer_sees_quality_budget_and_disagreements(page) -> None:
     assert client.get("/review").status_code == 200
 
 
+def test_the_reviewer_sees_the_gold_set_most_missed_first_and_adds_to_it(page) -> None:
+    client, store, tokens = page
+    assert client.get("/api/review", headers=_as(tokens["rev"])).json()["gold"] == []
+    for item_id, label in (("i2", "pos"), ("i3", "neg")):
+        response = client.post("/api/gold", json={"item_id": item_id, "label": label}, headers=_as(tokens["rev"]))
+        assert response.status_code == 200
+    assert response.json() == {"gold_items": 2}
+    for who, answer in (("ann", "pos"), ("bob", "neg")):  # both gold tasks come first; i3 is missed by ann
+        client.post("/api/lease", json={}, headers=_as(tokens[who]))
+        for item_id in ("i2", "i3"):
+            client.post("/api/submit", json={"item_id": item_id, "label": answer if item_id == "i3" else "pos"},
+                        headers=_as(tokens[who]))
+    report = client.get("/api/review", headers=_as(tokens["rev"])).json()
+    assert report["gold_items"] == 2 and report["classes"] == ["pos", "neg"]
+    assert [(g["item_id"], g["label"], g["answers"], g["matched"]) for g in report["gold"]] == \
+        [("i3", "neg", 2, 1), ("i2", "pos", 2, 2)]
+    assert report["gold"][0]["text"] == store.get_items(P, ["i3"])[0].text
+    assert "gold_read" in {r.action for r in store.audit_trail(P)}
+    refused = client.post("/api/gold", json={"item_id": "i1", "label": "pos"}, headers=_as(tokens["ann"]))
+    assert refused.status_code == 403
+    bad = client.post("/api/gold", json={"item_id": "i1", "label": "maybe"}, headers=_as(tokens["rev"]))
+    assert bad.status_code == 400 and "maybe" in bad.json()["error"]
+    assert client.post("/api/gold", json={"label": "pos"}, headers=_as(tokens["rev"])).json()["field"] == "item_id"
+    assert set(store.gold(P)) == {"i2", "i3"}
+
+
 def test_the_page_shows_the_annotator_their_own_answers_and_gold_accuracy(page) -> None:
     client, store, tokens = page
     from winnow.core.domain.records import Task as T

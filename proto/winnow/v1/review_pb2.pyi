@@ -83,3 +83,33 @@ class DisagreementsResponse(_message.Message):
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Disagreement]
     def __init__(self, items: _Optional[_Iterable[_Union[Disagreement, _Mapping]]] = ...) -> None: ...
+
+class GoldItemsRequest(_message.Message):
+    __slots__ = ("project", "limit")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    limit: int
+    def __init__(self, project: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class GoldItem(_message.Message):
+    __slots__ = ("item_id", "text", "label", "answers", "matched")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    text: str
+    label: str
+    answers: int
+    matched: int
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., answers: _Optional[int] = ..., matched: _Optional[int] = ...) -> None: ...
+
+class GoldItemsResponse(_message.Message):
+    __slots__ = ("items", "total")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[GoldItem]
+    total: int
+    def __init__(self, items: _Optional[_Iterable[_Union[GoldItem, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...

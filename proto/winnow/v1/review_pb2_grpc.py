@@ -50,6 +50,11 @@ class ReviewStub:
                 request_serializer=winnow_dot_v1_dot_review__pb2.DisagreementsRequest.SerializeToString,
                 response_deserializer=winnow_dot_v1_dot_review__pb2.DisagreementsResponse.FromString,
                 _registered_method=True)
+        self.GoldItems = channel.unary_unary(
+                '/winnow.v1.Review/GoldItems',
+                request_serializer=winnow_dot_v1_dot_review__pb2.GoldItemsRequest.SerializeToString,
+                response_deserializer=winnow_dot_v1_dot_review__pb2.GoldItemsResponse.FromString,
+                _registered_method=True)
 
 
 class ReviewServicer:
@@ -79,6 +84,14 @@ class ReviewServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GoldItems(self, request, context):
+        """The gold set: each gold item with its text, known answer and how often people matched it, the
+        items people miss most first (a gold answer everyone contradicts may itself be wrong); audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReviewServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_ReviewServicer_to_server(servicer, server):
                     servicer.Disagreements,
                     request_deserializer=winnow_dot_v1_dot_review__pb2.DisagreementsRequest.FromString,
                     response_serializer=winnow_dot_v1_dot_review__pb2.DisagreementsResponse.SerializeToString,
+            ),
+            'GoldItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.GoldItems,
+                    request_deserializer=winnow_dot_v1_dot_review__pb2.GoldItemsRequest.FromString,
+                    response_serializer=winnow_dot_v1_dot_review__pb2.GoldItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class Review:
             '/winnow.v1.Review/Disagreements',
             winnow_dot_v1_dot_review__pb2.DisagreementsRequest.SerializeToString,
             winnow_dot_v1_dot_review__pb2.DisagreementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GoldItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/winnow.v1.Review/GoldItems',
+            winnow_dot_v1_dot_review__pb2.GoldItemsRequest.SerializeToString,
+            winnow_dot_v1_dot_review__pb2.GoldItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

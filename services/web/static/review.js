@@ -41,11 +41,38 @@ function rows(table, cells) {
     const tr = document.createElement("tr");
     for (const cell of row) {
       const td = document.createElement("td");
-      td.textContent = cell;
+      if (cell instanceof Node) td.append(cell); else td.textContent = cell;
       tr.append(td);
     }
     body.append(tr);
   }
+}
+
+// A select of the classes and a button that records the chosen one as the item's gold answer.
+function goldControl(itemId, classes, preset) {
+  const box = document.createElement("span");
+  const select = document.createElement("select");
+  select.setAttribute("aria-label", `gold answer for ${itemId}`);
+  for (const name of classes) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    option.selected = name === preset;
+    select.append(option);
+  }
+  const button = document.createElement("button");
+  button.type = "button";
+  button.textContent = "set gold";
+  button.addEventListener("click", async () => {
+    const response = await fetch("/api/gold" + (state.project ? `?project=${encodeURIComponent(state.project)}` : ""), {
+      method: "POST", headers: { "Authorization": `Bearer ${state.token}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ item_id: itemId, label: select.value }),
+    });
+    const data = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+    $("error").textContent = response.ok ? "" : `${itemId}: ${data.error}`;
+    if (response.ok) load();
+  });
+  box.append(select, " ", button);
+  return box;
 }
 
 function render(data) {
@@ -67,7 +94,11 @@ function render(data) {
   rows($("annotators"), data.annotators.map((a) => [a.name, a.answers, pct(a.gold_accuracy), pct(a.estimated_accuracy)]));
   rows($("disagreements"), data.disagreements.map((d) => [
     d.item_id, Object.entries(d.answers).map(([who, label]) => `${who}: ${label}`).join(", "),
-    d.model_label || "-", d.final_label || "(open)"]));
+    d.model_label || "-", d.final_label || "(open)", goldControl(d.item_id, data.classes, d.final_label)]));
+  $("gold-total").textContent = `${data.gold_items} gold item${data.gold_items === 1 ? "" : "s"}` + (data.gold.length < data.gold_items
+    ? `; the ${data.gold.length} most missed shown` : "");
+  rows($("gold"), data.gold.map((g) => [g.item_id, g.text, g.label,
+    g.answers ? `${g.matched} of ${g.answers} (${pct(g.matched / g.answers)})` : "not answered yet"]));
 }
 
 $("signin").addEventListener("submit", (event) => {
