@@ -33,7 +33,7 @@ _OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at, {_SUGGESTION} 
 # open tasks this annotator has neither answered, skipped nor holds, with a free overlap slot
 _OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0, {_SUGGESTION} FROM tasks t
     JOIN items i ON i.project = t.project AND i.item_id = t.item_id
-    WHERE t.project = ? AND NOT t.closed
+    WHERE t.project = ? AND t.closed = FALSE  -- an equality, so the rank index orders the scan and LIMIT stops it
       AND NOT EXISTS (SELECT 1 FROM assignments a
                       WHERE a.project = t.project AND a.item_id = t.item_id AND a.annotator = ?
                         AND (a.state != 'leased' OR a.expires_at > ?))
@@ -198,7 +198,7 @@ class SqlTaskQueue(SqlBase):
     def count_open_tasks(self, project: str) -> int:
         with self._tx(write=False) as tx:
             self._project(tx, project)
-            return tx.one("SELECT COUNT(*) FROM tasks WHERE project = ? AND NOT closed", (project,))[0]
+            return tx.one("SELECT COUNT(*) FROM tasks WHERE project = ? AND closed = FALSE", (project,))[0]
 
     def set_gold(self, project: str, answers: Mapping[str, str]) -> None:
         """Record (or replace) known answers; InvalidInput("label") outside the schema, NotFound
