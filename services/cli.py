@@ -85,6 +85,14 @@ LABELING_ANNOTATORS = Option("annotators", tuple, "concurrent annotators per run
                              env_name="LABELING_ANNOTATORS")
 LABELING_PRIORS = Option("prior", tuple, "annotations already in the project per run, comma-separated",
                          ("1000", "100000"), env_name="LABELING_PRIOR")
+PREF_JSONL = Option("jsonl", Path, "preference pairs, JSONL (.gz): prompt/chosen/rejected, or HH-RLHF dialogues "
+                    "(default: the shipped HH-RLHF harmlessness test split)", None, env_name="PREF_JSONL",
+                    optional=True, metavar="FILE")
+PREF_SEEDS = Option("seeds", int, "seeds (splits and draws) per arm", 5, env_name="PREF_SEEDS", low=1, high=100)
+PREF_NOISE = Option("noise", float, "share of the simulated annotator's answers flipped", 0.0, env_name="PREF_NOISE",
+                    low=0.0, high=0.5, high_open=True)
+PREF_BUDGET = Option("budget", int, "random selection's full budget of comparisons", 800, env_name="PREF_BUDGET",
+                     low=2)
 LABELING_SECONDS = Option("seconds", float, "seconds each run's annotators answer", 10.0, env_name="LABELING_SECONDS",
                           low=0.0, low_open=True, high=3600.0)
 CHAOS_BUS = Option("bus", str, "sqlite: `serve all` on the embedded bus and store; kafka: the six services on a "
@@ -208,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     labeling = bench_sub.add_parser("labeling", help="concurrent annotators on the labeling API at two history "
                                     "lengths: lease and submit latency, answers/s, errors, double leases")
     add_options(labeling, (LABELING_ANNOTATORS, LABELING_PRIORS, LABELING_SECONDS, FUZZ_OUT))
+    preferences = bench_sub.add_parser("preferences", help="preference comparisons: active pair selection against "
+                                       "random, reward model accuracy per comparison, over seeds")
+    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, FUZZ_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
@@ -685,6 +696,20 @@ def cmd_bench_chaos(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
+def cmd_bench_preferences(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.preferences import PreferencePlan, run_preference_benchmark
+
+    plan = PreferencePlan(seeds=given(args, PREF_SEEDS), budget=given(args, PREF_BUDGET), noise=given(args, PREF_NOISE))
+    out = given(args, FUZZ_OUT)
+    console = Console(stderr=True)
+    result = run_preference_benchmark(out, plan, given(args, PREF_JSONL), progress=console.print)
+    console.print({k: result[k] for k in ("random_labels", "random_accuracy", "active_accuracy",
+                                          "labels_to_match_random", "ceiling_accuracy")})
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def cmd_bench_labeling(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.labeling import run_labeling_benchmark
@@ -745,6 +770,7 @@ COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("bench", "labeling"): cmd_bench_labeling,
+            ("bench", "preferences"): cmd_bench_preferences,
             ("serve", None): cmd_serve, ("token", "create"): cmd_token_create,
             ("token", "list"): cmd_token_list, ("token", "revoke"): cmd_token_revoke,
             ("erase", None): cmd_erase, ("export", None): cmd_export, ("import", None): cmd_import,

@@ -1,0 +1,220 @@
+"""The Bradley-Terry reward model of preference projects: a linear reward on a response's sentence
+embedding, fitted on people's comparisons, with its epistemic uncertainty; saved and loaded as a model
+version (reward.safetensors + reward.onnx + meta.json) like the classifier head.
+
+A person prefers response ``a`` over ``b`` with probability ``sigmoid(r(a) - r(b))``, ``r(x) = w . x``
+(Bradley & Terry 1952). The fit is L2-regularised logistic regression on embedding differences,
+solved by Newton's method; a tie counts as half a win each way. Its epistemic uncertainty is the
+Laplace approximation of the posterior, ``N(w, H^-1)`` with ``H`` the Hessian at the optimum
+(MacKay 1992): the ensemble's members are the posterior mean (member 0) and draws from it, so the
+exported graph gives every member's reward in one matrix product, and the pair selector reads the
+uncertainty from the members' disagreement as it does for an ensemble of classifier heads
+(BALD, Houlsby et al. 2011; the preference form is BAL-PM's, Melo et al. 2024).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from winnow.core.domain.errors import InvalidInput, ModelFileError
+from winnow.core.ml.encoder import export_module, onnx_session
+
+WEIGHTS_FILE, ONNX_FILE, META_FILE = "reward.safetensors", "reward.onnx", "meta.json"
+OUTCOMES = {"A": 1.0, "B": 0.0, "tie": 0.5}  # a person's answer -> the share of a win for response A
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """``members``: the posterior mean plus ``members - 1`` draws; ``l2``: the prior's precision (on
+    unit-norm embeddings; larger trusts few comparisons less); ``seed`` for the draws."""
+
+    members: int = 16
+    l2: float = 10.0
+    max_iter: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("members", 1), ("max_iter", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInput(name, f"must be an integer >= {low}, got {value!r}")
+        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not (self.l2 > 0 and
+                                                                                      math.isfinite(self.l2)):
+            raise InvalidInput("l2", f"must be a positive finite number, got {self.l2!r}")
+
+
+class RewardHead(nn.Module):
+    """``members`` linear rewards computed as one matrix product: emb float32 ``[B, dim]`` -> ``[B, members]``."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        if weight.ndim != 2:
+            raise InvalidInput("weight", f"must be [members, dim], got shape {tuple(weight.shape)}")
+        self.weight = nn.Parameter(weight.to(torch.float32), requires_grad=False)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return emb @ self.weight.T
+
+
+@dataclass(frozen=True)
+class RewardFit:
+    """A fitted reward: ``weight`` float64 ``[members, dim]`` (row 0 the posterior mean), and what it saw."""
+
+    weight: np.ndarray
+    n_train: int
+    log_loss: float
+
+    def rewards(self, emb: np.ndarray) -> np.ndarray:
+        """float64 ``[n, members]``: every member's reward of each response."""
+        return np.asarray(emb, np.float64) @ self.weight.T
+
+
+def _pairs(first: np.ndarray, second: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
+    y = np.asarray(outcome, np.float64)
+    if first.ndim != 2 or first.shape != second.shape:
+        raise InvalidInput("second", f"need two [n, dim] arrays of one shape, got {first.shape} and {second.shape}")
+    if y.shape != (len(first),):
+        raise InvalidInput("outcome", f"need one outcome per pair ({len(first)}), got shape {y.shape}")
+    if not len(y):
+        raise InvalidInput("outcome", "need at least one comparison")
+    if not (np.isfinite(first).all() and np.isfinite(second).all()):
+        raise InvalidInput("first", "embeddings must be finite")
+    if not np.isin(y, (0.0, 0.5, 1.0)).all():
+        raise InvalidInput("outcome", "each outcome must be 1 (first better), 0 (second better) or 0.5 (tie)")
+    return first - second, y
+
+
+def fit_reward(first: np.ndarray, second: np.ndarray, outcome: np.ndarray, config: RewardConfig = RewardConfig(),
+               init: RewardFit | None = None) -> RewardFit:
+    """Fit on ``n`` comparisons: embeddings of the two responses ``[n, dim]`` each, and ``outcome``
+    ``[n]`` (1: the first was preferred, 0: the second, 0.5: a tie). Warm-starts from ``init``'s mean."""
+    d, y = _pairs(first, second, outcome)
+    dim = d.shape[1]
+    w = init.weight[0].copy() if init is not None and init.weight.shape[1] == dim else np.zeros(dim)
+    eye = np.eye(dim)
+    for _ in range(config.max_iter):
+        p = 1.0 / (1.0 + np.exp(-(d @ w)))
+        hessian = (d * (p * (1 - p))[:, None]).T @ d + config.l2 * eye
+        step = np.linalg.solve(hessian, d.T @ (p - y) + config.l2 * w)
+        w = w - step
+        if np.abs(step).max() < 1e-8:
+            break
+    z = d @ w
+    p = 1.0 / (1.0 + np.exp(-z))
+    hessian = (d * (p * (1 - p))[:, None]).T @ d + config.l2 * eye
+    # draws from N(w, H^-1): w + L^-T e with H = L L^T, so that Cov = (L L^T)^-1
+    chol = np.linalg.cholesky(hessian)
+    noise = np.random.default_rng(config.seed).standard_normal((dim, config.members - 1))
+    draws = w[None, :] + np.linalg.solve(chol.T, noise).T
+    log_loss = float(np.mean(np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)))
+    return RewardFit(np.vstack([w[None, :], draws]), len(y), log_loss)
+
+
+def preference(rewards_a: np.ndarray, rewards_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """From every member's reward of responses A and B ``[n, members]``: P(A preferred) by the
+    posterior mean (member 0) ``[n]``, and the epistemic uncertainty of the comparison ``[n]``: the
+    mutual information between the answer and the reward (BALD), over the members (0 with one member)."""
+    diff = np.asarray(rewards_a, np.float64) - np.asarray(rewards_b, np.float64)
+    p = 1.0 / (1.0 + np.exp(-diff))
+
+    def entropy(q: np.ndarray) -> np.ndarray:
+        q = np.clip(q, 1e-12, 1 - 1e-12)
+        return -(q * np.log(q) + (1 - q) * np.log(1 - q))
+
+    members = p[:, 1:] if p.shape[1] > 1 else p
+    return p[:, 0], np.maximum(entropy(members.mean(1)) - entropy(members).mean(1), 0.0)
+
+
+def save_reward(folder: Path, fit: RewardFit, meta: dict) -> None:
+    """Write a reward model version: reward.safetensors, reward.onnx (``embeddings`` float32 ``[batch,
+    dim]`` -> ``rewards`` ``[batch, members]``) and meta.json (``meta`` needs ``version``; ``kind``,
+    ``members``, ``dim`` and ``n_train`` are added). Written into a temporary sibling renamed last."""
+    folder = Path(folder)
+    version = meta.get("version")
+    if not isinstance(version, str) or not version or "/" in version:
+        raise InvalidInput("meta.version", f"must be a non-empty string without '/', got {version!r}")
+    if folder.exists():
+        raise InvalidInput("folder", f"{folder} already exists; model versions are never overwritten")
+    members, dim = fit.weight.shape
+    full = {**meta, "kind": "reward", "members": members, "dim": dim, "n_train": fit.n_train,
+            "log_loss": fit.log_loss}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    head = RewardHead(torch.from_numpy(fit.weight)).eval()
+    try:
+        save_file({"weight": head.weight.detach().contiguous()}, tmp / WEIGHTS_FILE)
+        export_module(copy.deepcopy(head), (torch.zeros(2, dim),), tmp / ONNX_FILE, ["embeddings"], ["rewards"],
+                      {"embeddings": {0: "batch"}, "rewards": {0: "batch"}})
+        (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_reward_meta(folder: Path) -> dict:
+    """meta.json of a reward version; ModelFileError naming the file when missing, incomplete or not a reward."""
+    path = Path(folder) / META_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: cannot read model metadata ({e})") from e
+    if not isinstance(meta, dict) or meta.get("kind") != "reward":
+        raise ModelFileError(f"{path}: not a reward model's metadata")
+    missing = [k for k in ("version", "members", "dim") if not isinstance(meta.get(k), (str, int))]
+    if missing:
+        raise ModelFileError(f"{path}: missing keys {missing}")
+    return meta
+
+
+class RewardEngine:
+    """A loaded reward version on ONNX Runtime (``onnx``) or PyTorch (``torch``):
+    ``rewards(emb [n, dim]) -> float32 [n, members]``."""
+
+    def __init__(self, folder: Path, engine: str = "onnx", device: str = "auto") -> None:
+        self.folder = Path(folder)
+        self.meta = load_reward_meta(self.folder)
+        self.members, self.dim = int(self.meta["members"]), int(self.meta["dim"])
+        if engine == "onnx":
+            self._session = onnx_session(self.folder / ONNX_FILE, device, threads=1)
+            if self._session.get_outputs()[0].shape[1:] != [self.members]:
+                raise ModelFileError(f"{self.folder / ONNX_FILE}: rewards shape does not match {META_FILE}")
+            self._head = None
+        elif engine == "torch":
+            path = self.folder / WEIGHTS_FILE
+            try:
+                weight = load_file(path)["weight"]
+            except (OSError, SafetensorError, KeyError) as e:
+                raise ModelFileError(f"{path}: cannot load reward weights ({e})") from e
+            if tuple(weight.shape) != (self.members, self.dim):
+                raise ModelFileError(f"{path}: weights of shape {tuple(weight.shape)} do not match {META_FILE}")
+            self._head = RewardHead(weight).eval()
+        else:
+            raise InvalidInput("engine", f"must be 'onnx' or 'torch', got {engine!r}")
+
+    @property
+    def version(self) -> str:
+        return self.meta["version"]
+
+    def rewards(self, emb: np.ndarray) -> np.ndarray:
+        emb = np.ascontiguousarray(emb, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise InvalidInput("embeddings", f"expected [n, {self.dim}], got shape {emb.shape}")
+        if not len(emb):
+            return np.zeros((0, self.members), np.float32)
+        if self._head is None:
+            return self._session.run(["rewards"], {"embeddings": emb})[0]
+        with torch.inference_mode():
+            return self._head(torch.from_numpy(emb)).numpy()

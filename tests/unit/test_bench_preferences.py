@@ -1,0 +1,58 @@
+"""`winnow bench preferences` end to end on a small file with a planted preference: both arms, the
+controls and the JSON keys the issue names (its numbers come from the committed run, never asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from winnow.bench.preferences import PreferencePlan, run_preference_benchmark
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.testing.fakes import CrcEncoder
+
+
+def _unit(texts):
+    x = CrcEncoder(dim=12).encode(texts)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _file(tmp_path: Path, n: int = 300) -> Path:
+    """Pairs whose chosen reply is the one a fixed direction of the fake embedding prefers."""
+    w = np.random.default_rng(1).standard_normal(12)
+    rows = []
+    for k in range(n):
+        x, y = f"reply one {k}", f"reply two {k}"
+        ex, ey = _unit([f"prompt {k}\n{x}", f"prompt {k}\n{y}"])
+        chosen, rejected = (x, y) if ex @ w > ey @ w else (y, x)
+        rows.append(json.dumps({"prompt": f"prompt {k}", "chosen": chosen, "rejected": rejected}))
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(rows))
+    return path
+
+
+def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> None:
+    out = tmp_path / "prefs.json"
+    plan = PreferencePlan(seeds=2, budget=120, start=20, batch=20)
+    result = run_preference_benchmark(out, plan, _file(tmp_path), encode=_unit)
+    saved = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0
+    for key in ("random_labels", "random_accuracy", "active_accuracy", "labels_to_match_random", "seeds",
+                "ceiling_accuracy", "curves", "planted"):
+        assert key in saved
+    assert saved["random_labels"] == 120 and saved["seeds"] == 2 and saved["pairs"] == 300
+    curves = result["curves"]
+    assert curves["labels"] == list(range(20, 121, 20)) and len(curves["active_mean"]) == 6
+    assert curves["random_mean"][-1] > 0.8  # the planted direction is learnable by either arm
+    assert saved["ceiling_accuracy"] >= 0.85
+
+
+def test_a_budget_beyond_the_pairs_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        run_preference_benchmark(tmp_path / "x.json", PreferencePlan(seeds=1, budget=400), _file(tmp_path, 100),
+                                 encode=_unit)
+    assert raised.value.field == "budget"
+    with pytest.raises(InvalidInput) as raised:
+        PreferencePlan(start=900, budget=800)
+    assert raised.value.field == "start"
