@@ -7,8 +7,8 @@ not by how close the two rewards are: a pair people themselves split on teaches 
 Across prompts: BAL-PM's two signals (Melo et al. 2024), that uncertainty and diversity over
 prompts, here the cosine distance from the prompt to the nearest prompt people have already
 compared (a FAISS index of their embeddings), each scaled by its mean over the candidates and mixed
-by ``diversity``. The mix becomes draw probabilities that sum to the comparisons wanted
-(:func:`winnow.core.select.sampling.spread`) and are never below ``floor`` times the uniform share,
+by ``diversity``. The mix, sharpened by a power and added to a floor, becomes draw probabilities
+that sum to the comparisons wanted (:func:`winnow.core.select.sampling.spread`), none of them zero,
 so every comparison people give is drawn with a known probability, and the certified estimators of
 classification projects (inverse-probability weights) apply unchanged.
 """

@@ -30,10 +30,12 @@ _OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at, {_SUGGESTION} 
     JOIN items i ON i.project = a.project AND i.item_id = a.item_id
     WHERE a.project = ? AND a.annotator = ? AND a.state = 'leased' AND a.expires_at > ? AND NOT t.closed
     ORDER BY {_TASK_ORDER} LIMIT ?"""
-# open tasks this annotator has neither answered, skipped nor holds, with a free overlap slot
+# open tasks this annotator has neither answered, skipped nor holds, with a free overlap slot;
+# "closed = FALSE" is an equality, so the rank index (project, closed, priority DESC, ...) orders the
+# scan and LIMIT stops it ("NOT closed" made SQLite read and sort every task the project ever had)
 _OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0, {_SUGGESTION} FROM tasks t
     JOIN items i ON i.project = t.project AND i.item_id = t.item_id
-    WHERE t.project = ? AND t.closed = FALSE  -- an equality, so the rank index orders the scan and LIMIT stops it
+    WHERE t.project = ? AND t.closed = FALSE
       AND NOT EXISTS (SELECT 1 FROM assignments a
                       WHERE a.project = t.project AND a.item_id = t.item_id AND a.annotator = ?
                         AND (a.state != 'leased' OR a.expires_at > ?))
