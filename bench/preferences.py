@@ -93,13 +93,17 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
         compared += drawn[: plan.budget - len(compared)].tolist()
 
 
+def _split(n: int, seed: int, plan: PreferencePlan) -> tuple[np.ndarray, np.ndarray]:
+    """A seed's test pairs and pool (the same split for both arms, the controls and the ceiling)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(plan.test_share * n))
+    return order[:n_test], order[n_test:]
+
+
 def _curves(a, b, prompts, answer, truth, plan: PreferencePlan, name: str) -> dict:
-    n = len(a)
     runs = {"random": [], "active": []}
     for seed in range(plan.seeds):
-        order = np.random.default_rng(seed).permutation(n)
-        n_test = int(round(plan.test_share * n))
-        test, pool = order[:n_test], order[n_test:]
+        test, pool = _split(len(a), seed, plan)
         if len(pool) < plan.budget:
             raise InvalidInput("budget", f"{plan.budget} comparisons but the pool holds {len(pool)} pairs")
         for arm in runs:
@@ -174,9 +178,7 @@ def _ceiling(a, b, answer, truth, plan: PreferencePlan) -> float:
     """Test accuracy with the whole pool compared, mean over the seeds' splits."""
     scores = []
     for seed in range(plan.seeds):
-        order = np.random.default_rng(seed).permutation(len(a))
-        n_test = int(round(plan.test_share * len(a)))
-        test, pool = order[:n_test], order[n_test:]
+        test, pool = _split(len(a), seed, plan)
         fit = fit_reward(a[pool], b[pool], answer[pool], plan.config)
         scores.append(np.mean(((a[test] - b[test]) @ fit.weight[0] > 0) == truth[test]))
     return round(float(np.mean(scores)), 4)

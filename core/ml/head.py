@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,32 @@ def _checked_meta(meta: dict, config: HeadConfig) -> dict:
     return {**meta, **fields, "temperature": float(temperature)}
 
 
+def write_version_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """Make a model-version folder: ``write`` fills a temporary sibling, renamed to ``folder`` last, so a
+    half-written version never exists; InvalidInput("folder") if it exists (versions are never overwritten)."""
+    folder = Path(folder)
+    if folder.exists():
+        raise InvalidInput("folder", f"{folder} already exists; model versions are never overwritten")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        write(tmp)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_meta(path: Path) -> dict:
+    """A meta.json as a dict; ModelFileError naming the file when unreadable or not a JSON object."""
+    try:
+        meta = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(f"{path}: cannot read model metadata ({e})") from e
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
 def save_model(folder: Path, head: Head, meta: dict) -> None:
     """Write a model version: head.safetensors, head.onnx and meta.json.
 
@@ -111,32 +138,22 @@ def save_model(folder: Path, head: Head, meta: dict) -> None:
     a temporary sibling folder that is renamed to ``folder`` last, so a half-written version never exists.
     The ONNX graph takes ``embeddings`` float32 ``[batch, dim]`` and returns ``logits`` ``[batch, members, classes]``.
     """
-    folder = Path(folder)
     full_meta = _checked_meta(meta, head.config)
-    if folder.exists():
-        raise InvalidInput("folder", f"{folder} already exists; model versions are never overwritten")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     cpu_head = copy.deepcopy(head).cpu().eval()  # the caller's head keeps its device and mode
-    try:
+
+    def write(tmp: Path) -> None:
         save_file({k: v.detach().contiguous() for k, v in cpu_head.state_dict().items()}, tmp / WEIGHTS_FILE)
         export_module(cpu_head, (torch.zeros(2, head.config.dim),), tmp / ONNX_FILE, ["embeddings"], ["logits"],
                       {"embeddings": {0: "batch"}, "logits": {0: "batch"}})
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_version_folder(folder, write)
 
 
 def load_meta(folder: Path) -> dict:
     """meta.json of a model version; ModelFileError naming the file when missing or incomplete."""
     path = Path(folder) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: cannot read model metadata ({e})") from e
-    if not isinstance(meta, dict):
-        raise ModelFileError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_meta(path)
     missing = [k for k in ("version", "classes", "temperature", *_CONFIG_FIELDS) if k not in meta]
     if missing:
         raise ModelFileError(f"{path}: missing keys {missing}")

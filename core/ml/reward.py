@@ -14,12 +14,8 @@ uncertainty from the members' disagreement as it does for an ensemble of classif
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.ml.encoder import export_module, onnx_session
+from winnow.core.ml.head import read_meta, write_version_folder
 
 WEIGHTS_FILE, ONNX_FILE, META_FILE = "reward.safetensors", "reward.onnx", "meta.json"
 OUTCOMES = {"A": 1.0, "B": 0.0, "tie": 0.5}  # a person's answer -> the share of a win for response A
@@ -142,36 +139,28 @@ def save_reward(folder: Path, fit: RewardFit, meta: dict) -> None:
     """Write a reward model version: reward.safetensors, reward.onnx (``embeddings`` float32 ``[batch,
     dim]`` -> ``rewards`` ``[batch, members]``) and meta.json (``meta`` needs ``version``; ``kind``,
     ``members``, ``dim`` and ``n_train`` are added). Written into a temporary sibling renamed last."""
-    folder = Path(folder)
     version = meta.get("version")
     if not isinstance(version, str) or not version or "/" in version:
         raise InvalidInput("meta.version", f"must be a non-empty string without '/', got {version!r}")
-    if folder.exists():
-        raise InvalidInput("folder", f"{folder} already exists; model versions are never overwritten")
     members, dim = fit.weight.shape
     full = {**meta, "kind": "reward", "members": members, "dim": dim, "n_train": fit.n_train,
             "log_loss": fit.log_loss}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     head = RewardHead(torch.from_numpy(fit.weight)).eval()
-    try:
+
+    def write(tmp: Path) -> None:
         save_file({"weight": head.weight.detach().contiguous()}, tmp / WEIGHTS_FILE)
-        export_module(copy.deepcopy(head), (torch.zeros(2, dim),), tmp / ONNX_FILE, ["embeddings"], ["rewards"],
+        export_module(head, (torch.zeros(2, dim),), tmp / ONNX_FILE, ["embeddings"], ["rewards"],
                       {"embeddings": {0: "batch"}, "rewards": {0: "batch"}})
         (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_version_folder(folder, write)
 
 
 def load_reward_meta(folder: Path) -> dict:
     """meta.json of a reward version; ModelFileError naming the file when missing, incomplete or not a reward."""
     path = Path(folder) / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFileError(f"{path}: cannot read model metadata ({e})") from e
-    if not isinstance(meta, dict) or meta.get("kind") != "reward":
+    meta = read_meta(path)
+    if meta.get("kind") != "reward":
         raise ModelFileError(f"{path}: not a reward model's metadata")
     missing = [k for k in ("version", "members", "dim") if not isinstance(meta.get(k), (str, int))]
     if missing:
