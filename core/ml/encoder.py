@@ -12,6 +12,7 @@ import os
 import sqlite3
 import tempfile
 import threading
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -356,12 +357,29 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
-                             " WITHOUT ROWID")
+            self._setup()
         except sqlite3.DatabaseError as e:
             raise ModelFileError(f"{self.path}: not a usable embedding cache ({e})") from e
+
+    _SETUP_WAIT_S = 30.0
+
+    def _setup(self) -> None:
+        """WAL mode and the table. Processes that open a new cache at once (prelabel members sharing a
+        host's cache) race for the switch to WAL, which SQLite refuses at once, without its busy
+        handler, to all but one: the others wait and try again, for up to ``_SETUP_WAIT_S``."""
+        deadline, pause = time.monotonic() + self._SETUP_WAIT_S, 0.01
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA secure_delete=ON")
+                self._db.execute("CREATE TABLE IF NOT EXISTS embedding (key BLOB PRIMARY KEY, vector BLOB NOT NULL)"
+                                 " WITHOUT ROWID")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(2 * pause, 0.5)
 
     def _keys(self, texts: Sequence[str]) -> list[bytes]:
         return self._digest_keys([hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest() for t in texts])

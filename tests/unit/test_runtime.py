@@ -233,6 +233,28 @@ def test_embedding_cache_round_trip(tmp_path: Path) -> None:
         EmbeddingCache(path, "enc-a", dim=4).put_many(["x"], np.zeros((1, 5)))
 
 
+def test_many_openers_of_a_new_cache_all_get_it(tmp_path: Path) -> None:
+    """Prelabel members that share a host's cache open it at once: none may fail on SQLite's switch to
+    WAL (which refuses all but one at once, without waiting; 2 of 30 rounds failed before)."""
+    errors: list[Exception] = []
+    for round_ in range(30):
+        path, start = tmp_path / f"emb-{round_}.sqlite", threading.Barrier(8)
+
+        def open_cache() -> None:
+            start.wait()
+            try:
+                EmbeddingCache(path, "enc-a", dim=4).close()
+            except Exception as e:  # collected: a thread's exception would not fail the test
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_cache) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+
+
 def test_cached_encoder_encodes_only_misses(tmp_path: Path) -> None:
     inner = FakeEncoder()
     encoder = CachedEncoder(inner, EmbeddingCache(tmp_path / "emb.sqlite", inner.encoder_id, dim=inner.dim))
