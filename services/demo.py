@@ -92,7 +92,8 @@ def run_demo(demo: DemoOptions, settings: Settings) -> int:
     out = Path(demo.out_dir)
     prepare_out_dir(out)  # refused before the model loads
     set_torch_threads(settings.runtime.engine, settings.runtime.torch_threads)
-    runtime = make_runtime(settings.runtime.engine, settings.runtime.device, cache_dir=settings.runtime.cache_dir)
+    runtime = make_runtime(settings.runtime.engine, settings.runtime.device, cache_dir=settings.runtime.cache_dir,
+                           encoder=settings.runtime.encoder)
     console.print(f"[bold]Winnow demo[/]: {len(train)} Banking77 items, {len(noise)} simulated annotators "
                   f"(error rates {noise}), overlap {demo.overlap}, {demo.gold} gold items, budget {labels}/{per}, "
                   f"precision target {demo.precision}")

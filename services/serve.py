@@ -110,7 +110,8 @@ def make_stage(name: str, bus: Bus, store: Store, project: str, settings: Settin
 
         runtime = settings.runtime
         return PrelabelWorker(bus, store, record, settings.loop,
-                              make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir))
+                              make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir,
+                                           encoder=runtime.encoder))
     if name == "selector":
         return Selector(bus, store, record, settings.loop)
     # resolved: the paths it registers are loaded by other workers, from other working directories
@@ -322,6 +323,10 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
         from winnow.core.ml.runtime import set_torch_threads
 
         set_torch_threads(settings.runtime.engine, settings.runtime.torch_threads)
+    if "prelabel" in workers:  # an encoder that is not there is refused before anything opens
+        from winnow.core.ml.encoder import encoder_spec
+
+        encoder_spec(settings.runtime.encoder)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stop, options.grace_s)

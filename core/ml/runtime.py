@@ -16,12 +16,12 @@ from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.domain.settings import ENGINES
 from winnow.core.ml.encoder import (
     CachedEncoder,
-    EmbeddingCache,
     Encoder,
-    OnnxEncoder,
-    TorchEncoder,
+    EmbeddingCache,
+    EncoderSpec,
     default_cache_dir,
-    export_onnx,
+    encoder_spec,
+    make_encoder,
 )
 from winnow.core.ml.head import HeadEngine, OnnxHead, TorchHead
 
@@ -107,20 +107,25 @@ class TorchRuntime(Runtime):
 
 def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | None = None,
                  embedding_cache: bool = True, model_folder: Path | None = None,
-                 threads: int | None = None) -> Runtime:
-    """Build a runtime: ``onnx`` (cached MiniLM export on ONNX Runtime) or ``torch`` (MiniLM in PyTorch).
+                 threads: int | None = None, encoder: str | EncoderSpec = "minilm") -> Runtime:
+    """Build a runtime: ``onnx`` (the encoder on ONNX Runtime: Winnow's cached export of a BERT folder,
+    or a declared graph) or ``torch`` (a BERT folder in PyTorch); ``encoder`` names it
+    (:func:`~winnow.core.ml.encoder.encoder_spec`: ``minilm``, ``bge-small``, a folder or an
+    encoder.json).
 
     ``cache_dir`` (default :func:`default_cache_dir`) holds the ONNX export and, with ``embedding_cache``,
-    embeddings.sqlite so that texts already encoded by the same encoder are not encoded again.
+    embeddings.sqlite so that texts already encoded by the same encoder are not encoded again (its
+    keys carry the encoder's id, so encoders never share a vector).
     ``threads`` sets ONNX Runtime's intra-op threads (None: its default).
     """
     if engine not in ENGINES:
         raise InvalidInput("engine", f"{engine!r} is not one of {ENGINES}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    encoder: Encoder = (OnnxEncoder(export_onnx(cache_dir), device, threads) if engine == "onnx"
-                        else TorchEncoder(device))
+    spec = encoder if isinstance(encoder, EncoderSpec) else encoder_spec(encoder)
+    encoder = make_encoder(spec, engine, cache_dir, device, threads)
     if embedding_cache:
-        encoder = CachedEncoder(encoder, EmbeddingCache(cache_dir / "embeddings.sqlite", encoder.encoder_id))
+        encoder = CachedEncoder(encoder, EmbeddingCache(cache_dir / "embeddings.sqlite", encoder.encoder_id,
+                                                        encoder.dim))
     runtime_cls = OnnxRuntime if engine == "onnx" else TorchRuntime
     return runtime_cls(encoder, model_folder, device)
 

@@ -149,3 +149,25 @@ def test_torch_encoder_fp16_on_cuda_matches_cpu(encoded: tuple[np.ndarray, np.nd
     encoder = TorchEncoder(device="cuda")
     assert encoder.encoder_id.endswith("torch-fp16")
     assert (encoder.encode(SENTENCES) * encoded[1]).sum(axis=1).min() > 0.999
+
+
+# --- a second real encoder: bge-small-en-v1.5 (int8 ONNX, shipped in the compartment package) -------------------
+
+def test_bge_small_runs_as_declared_and_ranks_paraphrases_first(tmp_path: Path):
+    runtime = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder="bge-small")
+    encoder = runtime.encoder
+    assert encoder.encoder_id.startswith("bge-small-en-v1.5-int8@6c9c6101a956d62d+cls/onnx") and encoder.dim == 384
+    emb = encoder.encode(SENTENCES)
+    assert emb.shape == (len(SENTENCES), 384) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] and sims[0, 1] > sims[0, 3]  # eating food ~ eating bread, not a baby or a horse
+    assert sims[6, 7] < sims[0, 1]
+    minilm = make_runtime("onnx", "cpu", cache_dir=tmp_path).encoder  # same cache file, its own vectors
+    assert not np.allclose(minilm.encode(SENTENCES[:2]), emb[:2], atol=0.05)
+    np.testing.assert_array_equal(encoder.encode(SENTENCES[:2]), emb[:2])
+
+
+def test_bge_small_has_no_torch_engine(tmp_path: Path):
+    with pytest.raises(InvalidInput) as e:
+        make_runtime("torch", "cpu", cache_dir=tmp_path, encoder="bge-small")
+    assert e.value.field == "engine"

@@ -1,5 +1,5 @@
 """The unit tier runs without model weights: any unit test that reaches for the packaged MiniLM
-weights fails here (real-encoder tests live in tests/integration, marked ``slow``)."""
+weights (or another packaged encoder) fails here (real-encoder tests live in tests/integration, marked ``slow``)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,4 @@ def no_model_weights(monkeypatch: pytest.MonkeyPatch) -> None:
                              "and mark it slow")
 
     monkeypatch.setattr(encoder, "minilm_files", refuse)
+    monkeypatch.setattr(encoder, "package_folder", lambda *args, **kwargs: refuse())

