@@ -305,7 +305,8 @@ def make_runtime_from(settings: Settings, embedding_cache: bool = True):
 
     runtime = settings.runtime
     set_torch_threads(runtime.engine, runtime.torch_threads)
-    return make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir, embedding_cache=embedding_cache)
+    return make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir, embedding_cache=embedding_cache,
+                        encoder=runtime.encoder)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -753,6 +754,12 @@ def _print_table(console, result: dict) -> None:
             cells.append("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
         table.add_row(key, *cells)
     console.print(table)
+    reference = result.get("pool_reference")
+    if reference:
+        console.print("pool reference (whole dataset at once, every label on margin picks, no checks): final "
+                      f"labels {reference['final_label_accuracy']:.4f} "
+                      f"(worst {reference['worst_final_label_accuracy']:.4f}) "
+                      f"at human fraction {reference['human_fraction']:.4f}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
