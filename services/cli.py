@@ -54,6 +54,8 @@ SEEDS = Option("seeds", int, "seeds to run, from --seed on: each reported, then 
 BENCH_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated (one annotator each)",
                      ("0.0",))
 BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 0, low=0)
+BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, a path; "
+                        "NAME:int8 for the int8 export of a BERT encoder", ("minilm", "minilm:int8", "bge-small"))
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
 CSV = Option("csv", Path, "labeled CSV to stream (default: bundled Banking77 train)", None, optional=True)
 TEXT_COL = Option("text_col", str, "text column", "text")
@@ -219,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     preferences = bench_sub.add_parser("preferences", help="preference comparisons: active pair selection against "
                                        "random, reward model accuracy per comparison, over seeds")
     add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, FUZZ_OUT))
+    encoders = bench_sub.add_parser("encoders", help="sentence encoders side by side: sentences/s, int8 cosine to "
+                                    "fp32, test accuracy and the label benchmark's pool reference")
+    add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
@@ -306,7 +311,7 @@ def make_runtime_from(settings: Settings, embedding_cache: bool = True):
     runtime = settings.runtime
     set_torch_threads(runtime.engine, runtime.torch_threads)
     return make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir, embedding_cache=embedding_cache,
-                        encoder=runtime.encoder)
+                        encoder=runtime.encoder, int8=runtime.encoder_int8)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -725,6 +730,30 @@ def cmd_bench_labeling(args: argparse.Namespace) -> int:
     return 0 if all(r["errors"] == 0 and r["double_leases"] == 0 for r in result["runs"]) else 1
 
 
+def cmd_bench_encoders(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.encoders import parse_encoder, run_encoder_benchmark
+    from winnow.core.domain.settings import LoopConfig
+
+    encoders, seeds, out = given(args, BENCH_ENCODERS), given(args, SEEDS), given(args, LABELS_OUT)
+    for text in encoders:
+        parse_encoder(text)
+    train, test = _datasets(args)
+    if test is None:
+        raise InvalidInput("test_csv", "the encoder benchmark measures test accuracy: give --test-csv with --csv")
+    console = Console(stderr=True)
+    result = run_encoder_benchmark(train, test, out, LoopConfig(), encoders, seeds,
+                                   progress=lambda name: console.print(f"encoder {name} ..."))
+    for run in result["encoders"]:
+        cosine = run["cosine_to_fp32"]
+        console.print(f"{run['encoder']:<14} {run['sentences_per_s']:>7.0f} sentences/s  test accuracy "
+                      f"{run['test_accuracy_all_labels']:.4f}  pool reference "
+                      f"{run['pool_reference_final_label_accuracy']:.4f}"
+                      + (f"  cosine to fp32 mean {cosine['mean']:.4f} min {cosine['min']:.4f}" if cosine else ""))
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def cmd_bench_storage(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.storage import run_storage_benchmark
@@ -773,7 +802,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(demo, settings_for(args))
 
 
-COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels,
+COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels, ("bench", "encoders"): cmd_bench_encoders,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("bench", "labeling"): cmd_bench_labeling,

@@ -93,7 +93,7 @@ def run_demo(demo: DemoOptions, settings: Settings) -> int:
     prepare_out_dir(out)  # refused before the model loads
     set_torch_threads(settings.runtime.engine, settings.runtime.torch_threads)
     runtime = make_runtime(settings.runtime.engine, settings.runtime.device, cache_dir=settings.runtime.cache_dir,
-                           encoder=settings.runtime.encoder)
+                           encoder=settings.runtime.encoder, int8=settings.runtime.encoder_int8)
     console.print(f"[bold]Winnow demo[/]: {len(train)} Banking77 items, {len(noise)} simulated annotators "
                   f"(error rates {noise}), overlap {demo.overlap}, {demo.gold} gold items, budget {labels}/{per}, "
                   f"precision target {demo.precision}")

@@ -111,7 +111,7 @@ def make_stage(name: str, bus: Bus, store: Store, project: str, settings: Settin
         runtime = settings.runtime
         return PrelabelWorker(bus, store, record, settings.loop,
                               make_runtime(runtime.engine, runtime.device, cache_dir=runtime.cache_dir,
-                                           encoder=runtime.encoder))
+                                           encoder=runtime.encoder, int8=runtime.encoder_int8))
     if name == "selector":
         return Selector(bus, store, record, settings.loop)
     # resolved: the paths it registers are loaded by other workers, from other working directories
@@ -324,9 +324,10 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
 
         set_torch_threads(settings.runtime.engine, settings.runtime.torch_threads)
     if "prelabel" in workers:  # an encoder that is not there is refused before anything opens
-        from winnow.core.ml.encoder import encoder_spec
+        from winnow.core.ml.encoder import check_encoder, encoder_spec
 
-        encoder_spec(settings.runtime.encoder)
+        runtime = settings.runtime
+        check_encoder(encoder_spec(runtime.encoder), runtime.engine, runtime.encoder_int8)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stop, options.grace_s)

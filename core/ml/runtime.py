@@ -107,11 +107,11 @@ class TorchRuntime(Runtime):
 
 def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | None = None,
                  embedding_cache: bool = True, model_folder: Path | None = None,
-                 threads: int | None = None, encoder: str | EncoderSpec = "minilm") -> Runtime:
+                 threads: int | None = None, encoder: str | EncoderSpec = "minilm", int8: bool = False) -> Runtime:
     """Build a runtime: ``onnx`` (the encoder on ONNX Runtime: Winnow's cached export of a BERT folder,
     or a declared graph) or ``torch`` (a BERT folder in PyTorch); ``encoder`` names it
     (:func:`~winnow.core.ml.encoder.encoder_spec`: ``minilm``, ``bge-small``, a folder or an
-    encoder.json).
+    encoder.json); ``int8``: its ONNX export quantised per channel (CPU).
 
     ``cache_dir`` (default :func:`default_cache_dir`) holds the ONNX export and, with ``embedding_cache``,
     embeddings.sqlite so that texts already encoded by the same encoder are not encoded again (its
@@ -122,7 +122,7 @@ def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | N
         raise InvalidInput("engine", f"{engine!r} is not one of {ENGINES}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     spec = encoder if isinstance(encoder, EncoderSpec) else encoder_spec(encoder)
-    encoder = make_encoder(spec, engine, cache_dir, device, threads)
+    encoder = make_encoder(spec, engine, cache_dir, device, threads, int8)
     if embedding_cache:
         encoder = CachedEncoder(encoder, EmbeddingCache(cache_dir / "embeddings.sqlite", encoder.encoder_id,
                                                         encoder.dim))

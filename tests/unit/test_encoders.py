@@ -207,3 +207,55 @@ def test_the_runtime_caches_each_encoders_vectors_under_its_own_id(bert_folder: 
     np.testing.assert_array_equal(first[0], again[0])
     np.testing.assert_array_equal(first[1], again[1])
     assert np.abs(first[0] - first[1]).max() > 0.05
+
+
+def test_int8_quantises_the_export_per_channel_close_to_fp32_under_its_own_id(bert_folder: Path, tmp_path: Path):
+    spec = EncoderSpec("tiny", bert_folder, max_length=32)
+    fp32_path, int8_path = export_onnx(tmp_path, spec), export_onnx(tmp_path, spec, int8=True)
+    assert int8_path != fp32_path and int8_path.name.endswith("-int8.onnx")
+    assert export_onnx(tmp_path, spec, int8=True) == int8_path  # cached
+    fp32, int8 = OnnxEncoder(fp32_path, "cpu", spec=spec), OnnxEncoder(int8_path, "cpu", spec=spec)
+    assert (fp32.encoder_id.endswith("/onnx-fp32"), int8.encoder_id.endswith("/onnx-int8")) == (True, True)
+    a, b = fp32.encode(TEXTS), int8.encode(TEXTS)
+    cosine = (a * b).sum(1)
+    assert cosine.min() > 0.98 and np.abs(a - b).max() > 1e-4  # close, and really quantised
+    runtime = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=str(bert_folder), int8=True)
+    assert runtime.encoder.encoder_id.endswith("/onnx-int8")
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx"])
+def test_int8_is_refused_where_there_is_no_export_to_quantise(onnx_folder: Path, bert_folder: Path, tmp_path: Path,
+                                                             engine: str):
+    encoder = str(bert_folder) if engine == "torch" else str(_declare(onnx_folder))
+    with pytest.raises(InvalidInput) as e:
+        make_runtime(engine, "cpu", cache_dir=tmp_path, encoder=encoder, int8=True)
+    assert e.value.field == "encoder_int8"
+
+
+def test_the_encoder_benchmark_measures_each_encoder_and_the_int8_cosine(bert_folder: Path, tmp_path: Path):
+    import random
+
+    from winnow.bench.encoders import parse_encoder, run_encoder_benchmark
+    from winnow.core.data.datasets import Dataset
+    from winnow.core.domain.settings import LoopConfig
+
+    rng = random.Random(0)
+    topics = {"food": ["a man is eating food", "eating bread", "the man is eating"],
+              "card": ["my card arrived", "the cards", "my card is up"]}
+    rows = [(rng.choice(texts) + " " + rng.choice(WORDS), label) for label, texts in topics.items() for _ in range(60)]
+    rng.shuffle(rows)
+    make = lambda part, name: Dataset(tuple(t for t, _ in part), tuple(c for _, c in part), ("food", "card"), name)
+    out = tmp_path / "encoders.json"
+    result = run_encoder_benchmark(make(rows[:90], "train"), make(rows[90:], "test"), out,
+                                   LoopConfig(first_model_labels=10), (str(bert_folder), f"{bert_folder}:int8"),
+                                   seeds=2, speed_texts=50)
+    fp32, int8 = result["encoders"]
+    assert fp32["cosine_to_fp32"] is None and 0.98 < int8["cosine_to_fp32"]["min"] <= 1.0
+    assert int8["encoder_id"].endswith("/onnx-int8") and fp32["dim"] == 32
+    for run in (fp32, int8):
+        assert run["sentences_per_s"] > 0 and len(run["pool_reference_seeds"]) == 2
+        assert 0.0 <= run["pool_reference_worst"] <= run["pool_reference_final_label_accuracy"] <= 1.0
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    assert parse_encoder("minilm:int8") == ("minilm", True) and parse_encoder("bge-small") == ("bge-small", False)
+    with pytest.raises(InvalidInput):
+        parse_encoder(":int8")
