@@ -250,9 +250,14 @@ class LoopConfig:
 
     Every arriving item gets a known chance of going to a person (:mod:`winnow.core.select.sampling`):
     ``audit_probability`` where the model would label it or nearly would (the answer checks the
-    model's label; the certified bounds and the next threshold are built from those checks),
+    model's label; the certified bounds and the next threshold are built from those checks; before any
+    threshold is certified, ``certify_probability`` above the model's candidate threshold),
     ``min_probability`` elsewhere; the budget left goes to the most useful backlog items, picked by
     the project's strategy once ``select_batch`` labels of credit are there.
+
+    On Banking77 (3 seeds, budget 25/100), ``certify_probability`` 0.2 against 0.1 everywhere: first
+    threshold certified at 0.40 of the stream instead of 0.74, auto-accepted 0.61 instead of 0.56,
+    certified bound on all final labels 0.84 instead of 0.61, final-label accuracy 0.956 instead of 0.961.
     """
 
     first_model_labels: int = setting(100, "human labels before the first model is trained", low=2)
@@ -261,6 +266,10 @@ class LoopConfig:
     audit_probability: float = setting(
         0.1, "least chance an item the model would label goes to a person instead (checks the model)",
         low=0.0, high=1.0, low_open=True)
+    certify_probability: float = setting(
+        0.2, "chance an item above the model's candidate threshold goes to a person while no threshold is "
+        "certified; higher: the first certificate sooner, fewer labels left for picks", low=0.0, high=1.0,
+        low_open=True)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
     min_probability: float = setting(0.02, "least chance any other item goes to a person at arrival", low=0.0, high=1.0,

@@ -215,12 +215,17 @@ class Selector(Stage):
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item or nearly would (a probe), the minimum elsewhere."""
         confidence = probs.max(1)
-        # probes: people check, as often as audits, every item while no threshold is certified (the
-        # uniform sample the first threshold is estimated on), then the items the model would label
-        # were its threshold lower (above its candidate), where the next threshold's evidence is needed
-        probe = ~audit & ((confidence >= self.candidate) | (not np.isfinite(self.threshold)))
+        # probes: people check the items the model would label were its threshold lower (above its
+        # candidate), where the next threshold's evidence is needed; every item while no candidate and
+        # no threshold exist (the uniform sample the first candidate is found on). Until a threshold is
+        # certified they are drawn at ``certify_probability``: the first certificate comes sooner
+        certified = np.isfinite(self.threshold)
+        region = confidence >= self.candidate if np.isfinite(self.candidate) else np.full(len(ids), not certified)
+        probe = ~audit & region
         if probability is None:  # the items people need most come from the backlog (``_pick``)
-            probability = np.where(audit | probe, self.config.audit_probability, self.config.min_probability)
+            check = self.config.audit_probability if certified else self.config.certify_probability
+            probability = np.where(audit, self.config.audit_probability,
+                                   np.where(probe, check, self.config.min_probability))
         draws = self.sampler.draw(probability, uniforms(self.config.seed, self.project.name, ids, look), arriving)
         drawn = np.flatnonzero(draws.drawn)
         if drawn.size:

@@ -422,3 +422,47 @@ def test_a_class_added_mid_stream_is_answered_at_once_and_learned_by_the_next_mo
     check_backlog_caches(selector)
     model_c = [label for label in store.labels("p", "model") if label.label == "c"]
     assert all(truth[label.item_id] == "c" for label in model_c)
+
+
+@pytest.mark.parametrize("threshold", [None, 0.99], ids=["uncertified", "certified"])
+def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_threshold_is_certified(
+        env, tmp_path: Path, threshold: float | None) -> None:
+    """With a candidate threshold, people check only the items above it (where the next threshold's
+    evidence is needed): at ``certify_probability`` while no threshold is certified, at the audit
+    probability after; the items below get the minimum chance, as plain label tasks."""
+    from winnow.core.ml.head import OnnxHead
+
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=100, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, _ = clustered(600, seed=3)
+    folder = tmp_path / "v1"
+    torch_head = Head(HeadConfig(dim=16, n_classes=len(CLASSES)))
+    save_model(folder, torch_head, {"version": "v1", "classes": list(CLASSES), "temperature": 1.0,
+                                    "threshold": threshold, "candidate_threshold": 0.0})
+    confidence = OnnxHead(folder).logits(x).mean(1)  # [n, C] logits of the one member
+    confidence = np.exp(confidence - confidence.max(1, keepdims=True))
+    confidence = (confidence / confidence.sum(1, keepdims=True)).max(1)
+    candidate = float(np.median(confidence))
+    save_model(tmp_path / "v2", torch_head, {"version": "v2", "classes": list(CLASSES), "temperature": 1.0,
+                                            "threshold": threshold, "candidate_threshold": candidate})
+    store.register_model(ModelVersion("p", "v2", str(tmp_path / "v2"), 0.0, 0, 1.0,
+                                      float("inf") if threshold is None else threshold))
+    config = dataclasses.replace(CONFIG, certify_probability=0.5, audit_probability=0.1, min_probability=0.02,
+                                 select_batch=10_000)  # no picks: only the arrival look draws
+    selector = Selector(bus, store, project, config)
+    ids = [f"i{k}" for k in range(len(x))]
+    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    score(bus, store, project, ids, x)
+    while selector.step():
+        pass
+    above = {i for i, c in zip(ids, confidence) if c >= candidate}
+    tasks = store.tasks("p")
+    probes = [t for t in tasks if t.kind == "holdout"]
+    early = 0.5 if threshold is None else 0.1
+    assert probes and all(t.item_id in above and t.probability == early for t in probes)
+    assert all(t.item_id not in above and t.probability == 0.02 for t in tasks if t.kind == "label")
+    drawn = len(probes) / len(above)
+    assert abs(drawn - early) < 4 * np.sqrt(early * (1 - early) / len(above))  # drawn at that rate
+    selector.close()
