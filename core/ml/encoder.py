@@ -8,6 +8,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -426,13 +427,17 @@ def _quantized(fp32: Path) -> Path:
         return target
     fd, tmp = tempfile.mkstemp(dir=fp32.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    root = logging.getLogger()
+    level = root.level
     try:
+        root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger: not needed
         quantize_dynamic(str(fp32), tmp, per_channel=True, weight_type=QuantType.QInt8)
         model = onnx.load(tmp)
         onnx.helper.set_model_props(model, {_PRECISION_KEY: "int8", _WEIGHTS_KEY: weights_hash})
         onnx.save(model, tmp)
         os.replace(tmp, target)
     finally:
+        root.setLevel(level)
         Path(tmp).unlink(missing_ok=True)
     return target
 
