@@ -15,6 +15,17 @@ same arms, but answers drawn from a known Bradley-Terry reward on them (the all-
 ``planted_scale`` times), so the reward is learnable by construction: where active selection saves
 comparisons there and not on the real answers, the features, not the selector, are the limit.
 
+Model evaluation (``evaluation``, ``interval_coverage``): a simulation with a known win rate on the
+same pairs. Per seed, the reward model is fitted on ``budget`` comparisons and the other pairs form an
+evaluation set on which "model A" answered with the recorded chosen reply with probability
+``eval_win`` and with the rejected one otherwise; people's answers are the recorded choices (flipped
+with probability ``noise``), so A's true win rate on the set is known. For each number of human
+comparisons, ``eval_repeats`` draws give the interval of :func:`winnow.core.ml.evaluation.win_rate`
+three ways: classical (people alone, uniform draws), prediction-powered (the reward model's
+predictions, uniform draws) and active (draws where the model is unsure); their mean width and how
+often they contained the true win rate. The same runs with planted answers show what a reward model
+that carries the preference saves.
+
 This drives the core library (reward model, pair selector, draw probabilities) directly; a served
 preference project (proto, store, API) is not built yet.
 """
@@ -28,6 +39,7 @@ import numpy as np
 from winnow.bench.common import environment, new_figure, save_figure, write_json
 from winnow.core.data.preferences import PreferencePair, hh_rlhf_harmless, load_pairs
 from winnow.core.domain.errors import InvalidInput
+from winnow.core.ml.evaluation import evaluation_probabilities, win_rate
 from winnow.core.ml.reward import RewardConfig, fit_reward
 from winnow.core.select.index import VectorIndex
 from winnow.core.select.pairs import most_uncertain_pairs, novelty, pair_probabilities
@@ -46,6 +58,10 @@ class PreferencePlan:
     sharpness: float = 4.0
     planted_scale: float = 3.0
     test_share: float = 0.2
+    eval_win: float = 0.65     # model A's chance of having the recorded chosen reply (model evaluation)
+    eval_sizes: tuple[int, ...] = (50, 100, 200, 400)  # human comparisons of the evaluation set
+    eval_repeats: int = 100    # draws per seed and size
+    eval_confidence: float = 0.95
     config: RewardConfig = RewardConfig()
 
     def __post_init__(self) -> None:
@@ -155,23 +171,73 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
     planted = _curves(a, b, prompts, planted_answer, p_star > 0.5, plan, "planted")
     planted["answer_agrees_with_truth"] = round(float(np.mean(np.maximum(p_star, 1 - p_star))), 4)
     progress({"planted": {k: planted[k] for k in ("random_accuracy", "active_accuracy", "labels_to_match_random")}})
+    evaluation = {"real": _evaluation(chosen, rejected, flips, plan),
+                  "planted": _evaluation(chosen, rejected, flips, plan, w_star)}
+    progress({"evaluation": {k: evaluation[k]["width"] for k in evaluation}})
     result = {"benchmark": "preferences", "pairs": len(pairs), "seeds": plan.seeds,
               "random_labels": real["random_labels"], "random_accuracy": real["random_accuracy"],
               "active_accuracy": real["active_accuracy"], "labels_to_match_random": real["labels_to_match_random"],
               "share_of_random": real["share_of_random"], "ceiling_accuracy": ceiling,
               "curves": real, "planted": planted,
+              "interval_coverage": min(evaluation[k]["interval_coverage"] for k in evaluation),
+              "evaluation": evaluation,
               "details": {"dataset": str(jsonl) if jsonl else "hh-rlhf harmless-base test (shipped)",
                           "features": "MiniLM embedding of context + reply; reward linear, Laplace posterior",
                           "noise": plan.noise, "start": plan.start, "batch": plan.batch, "diversity": plan.diversity,
                           "floor": plan.floor, "sharpness": plan.sharpness, "members": plan.config.members,
                           "l2": plan.config.l2,
                           "planted_scale": plan.planted_scale, "test_share": plan.test_share,
+                          "eval_win": plan.eval_win, "eval_repeats": plan.eval_repeats,
                           "environment": environment()}}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)
     _plot(out.with_suffix(".png"), result)
     return result
+
+
+def _evaluation(chosen: np.ndarray, rejected: np.ndarray, flips: np.ndarray, plan: PreferencePlan,
+                planted_w: np.ndarray | None = None) -> dict:
+    """Win-rate intervals on an evaluation set with a known win rate (module doc); ``planted_w``:
+    answers drawn from that Bradley-Terry reward instead of the recorded choices."""
+    methods = ("classical", "prediction_powered", "active")
+    sizes = [s for s in plan.eval_sizes if s < len(chosen) - plan.budget]
+    widths = {m: {s: [] for s in sizes} for m in methods}
+    hits = {m: {s: [] for s in sizes} for m in methods}
+    truths = []
+    for seed in range(plan.seeds):
+        rng = np.random.default_rng(5000 + seed)
+        order = rng.permutation(len(chosen))
+        train, held = order[: plan.budget], order[plan.budget:]
+        gets_chosen = rng.random(len(chosen)) < plan.eval_win  # model A's reply: the chosen one, or not
+        a = np.where(gets_chosen[:, None], chosen, rejected)
+        b = np.where(gets_chosen[:, None], rejected, chosen)
+        if planted_w is None:
+            y = (gets_chosen != flips).astype(float)  # people's answer: A (1) or B (0)
+        else:
+            y = (rng.random(len(chosen)) < 1 / (1 + np.exp(-(a - b) @ planted_w))).astype(float)
+        fit = fit_reward(a[train], b[train], y[train], plan.config)  # the reward model, on other prompts
+        f = 1 / (1 + np.exp(-(a[held] - b[held]) @ fit.weight[0]))  # its P(A preferred) on the set
+        y_held, n = y[held], len(held)
+        truth = float(y_held.mean())
+        truths.append(truth)
+        for size in sizes:
+            uniform, active = np.full(n, size / n), evaluation_probabilities(f, size)
+            for r in range(plan.eval_repeats):
+                u = np.random.default_rng([seed, size, r]).random((2, n))
+                for method, pi, row in (("classical", uniform, 0), ("prediction_powered", uniform, 0),
+                                        ("active", active, 1)):
+                    d = u[row] < pi
+                    w = win_rate(np.where(d, y_held, np.nan), d, pi, None if method == "classical" else f,
+                                 plan.eval_confidence)
+                    widths[method][size].append(w.width)
+                    hits[method][size].append(w.lower <= truth <= w.upper)
+    coverage = {m: float(np.mean([h for s in sizes for h in hits[m][s]])) for m in methods}
+    return {"sizes": sizes, "true_win_rate_mean": round(float(np.mean(truths)), 4),
+            "confidence": plan.eval_confidence,
+            "width": {m: [round(float(np.mean(widths[m][s])), 4) for s in sizes] for m in methods},
+            "coverage": {m: round(c, 4) for m, c in coverage.items()},
+            "interval_coverage": round(float(np.mean(list(coverage.values()))), 4)}
 
 
 def _ceiling(a, b, answer, truth, plan: PreferencePlan) -> float:
@@ -185,8 +251,8 @@ def _ceiling(a, b, answer, truth, plan: PreferencePlan) -> float:
 
 
 def _plot(path: Path, result: dict) -> None:
-    fig, axes = new_figure((11, 4), ncols=2)
-    for ax, (title, curves) in zip(axes, (("real answers (HH-RLHF)" if "hh-rlhf" in result["details"]["dataset"]
+    fig, axes = new_figure((16, 4), ncols=3)
+    for ax, (title, curves) in zip(axes[:2], (("real answers (HH-RLHF)" if "hh-rlhf" in result["details"]["dataset"]
                                             else "real answers", result["curves"]),
                                            ("planted Bradley-Terry answers, same features", result["planted"]))):
         xs = np.array(curves["labels"])
@@ -201,4 +267,14 @@ def _plot(path: Path, result: dict) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     axes[0].axhline(result["ceiling_accuracy"], color="black", linestyle="--", linewidth=1)
+    ax = axes[2]
+    for answers, style in (("real", "-"), ("planted", "--")):
+        run = result["evaluation"][answers]
+        for method, colour in (("classical", "tab:gray"), ("prediction_powered", "tab:green"), ("active", "tab:blue")):
+            ax.plot(run["sizes"], run["width"][method], linestyle=style, color=colour, marker=".",
+                    label=f"{answers}: {method.replace('_', '-')} (covered {run['coverage'][method]:.3f})")
+    ax.set(xlabel="human comparisons", ylabel=f"width of the {result['evaluation']['real']['confidence']:.0%} interval",
+           title="model evaluation: win-rate interval")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     save_figure(fig, path)

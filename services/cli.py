@@ -711,7 +711,7 @@ def cmd_bench_preferences(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     result = run_preference_benchmark(out, plan, given(args, PREF_JSONL), progress=console.print)
     console.print({k: result[k] for k in ("random_labels", "random_accuracy", "active_accuracy",
-                                          "labels_to_match_random", "ceiling_accuracy")})
+                                          "labels_to_match_random", "ceiling_accuracy", "interval_coverage")})
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 

@@ -34,13 +34,19 @@ def _file(tmp_path: Path, n: int = 300) -> Path:
 
 def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> None:
     out = tmp_path / "prefs.json"
-    plan = PreferencePlan(seeds=2, budget=120, start=20, batch=20)
+    plan = PreferencePlan(seeds=2, budget=120, start=20, batch=20, eval_sizes=(40, 80), eval_repeats=30)
     result = run_preference_benchmark(out, plan, _file(tmp_path), encode=_unit)
     saved = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 0
     for key in ("random_labels", "random_accuracy", "active_accuracy", "labels_to_match_random", "seeds",
-                "ceiling_accuracy", "curves", "planted"):
+                "ceiling_accuracy", "curves", "planted", "interval_coverage", "evaluation"):
         assert key in saved
+    evaluation = saved["evaluation"]["real"]
+    assert evaluation["sizes"] == [40, 80] and set(evaluation["width"]) == {"classical", "prediction_powered", "active"}
+    assert all(a > b for a, b in zip(evaluation["width"]["classical"], evaluation["width"]["classical"][1:]))
+    # the learnable preference: the reward model's predictions narrow the interval
+    assert evaluation["width"]["prediction_powered"][-1] < evaluation["width"]["classical"][-1]
+    assert 0.85 <= saved["interval_coverage"] <= 1.0
     assert saved["random_labels"] == 120 and saved["seeds"] == 2 and saved["pairs"] == 300
     curves = result["curves"]
     assert curves["labels"] == list(range(20, 121, 20)) and len(curves["active_mean"]) == 6
