@@ -72,6 +72,18 @@ BENCH_HEAD_LABELS = Option("head_labels", int, "Banking77 test rows the head is 
                            env_name="BENCH_HEAD_LABELS", low=10)
 BENCH_PROFILE_DIR = Option("profile_dir", Path, "write cProfile stats of every pipeline thread here (slows the "
                            "pipeline runs)", None, env_name="BENCH_PROFILE_DIR", optional=True)
+SELECT_POOL = Option("pool", Path, "the pool: .npy embeddings, or .csv / .jsonl / .parquet rows (an embedding "
+                     "column, or texts through the encoder; rows with a label are labeled already)", None)
+SELECT_N = Option("n", int, "rows to pick", None, low=1)
+SELECT_STRATEGY = Option("strategy", str, f"selection strategy: {', '.join(STRATEGIES)} (uncertainty, cluster_margin "
+                         "and badge need labeled rows of two classes or more)", "kcenter", choices=STRATEGIES)
+SELECT_ID_COL = Option("id_col", str, "id column (absent: the row number)", "id")
+SELECT_LABEL_COL = Option("label_col", str, "label column: a non-empty value marks a row labeled already", "label")
+SELECT_EMBEDDING_COL = Option("embedding_col", str, "embedding column (a list of floats; JSON text in a CSV)",
+                              "embedding")
+SELECT_SEED = Option("seed", int, "seed of the strategy's random choices", 0, env_name="SELECT_SEED", low=0)
+SELECT_OUT = Option("out", Path, "write the picks here (.csv, else JSON lines) instead of standard output", None,
+                    env_name="SELECT_OUT", optional=True)
 PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
 FUZZ_REQUESTS = Option("requests", int, "malformed and absurd requests to send", 10_000, env_name="FUZZ_REQUESTS",
                        low=1)
@@ -226,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
+
+    select = sub.add_parser("select", help="pick the rows of a dataset at rest people should label next (JSON lines "
+                            "rank, row, id)")
+    add_options(select, (SELECT_POOL, SELECT_N, SELECT_STRATEGY, TEXT_COL, SELECT_ID_COL, SELECT_LABEL_COL,
+                         SELECT_EMBEDDING_COL, SELECT_SEED, SELECT_OUT, *options(RuntimeConfig)))
 
     serve = sub.add_parser("serve", help="run one service (or all) until SIGTERM")
     serve.add_argument("service", choices=(*SERVICES, "all"))
@@ -730,6 +747,37 @@ def cmd_bench_labeling(args: argparse.Namespace) -> int:
     return 0 if all(r["errors"] == 0 and r["double_leases"] == 0 for r in result["runs"]) else 1
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    from winnow.core.data.formats import write_jsonl
+    from winnow.core.select.pool import read_pool, select_rows
+
+    settings = settings_for(args)
+    n, strategy, out = given(args, SELECT_N), given(args, SELECT_STRATEGY), given(args, SELECT_OUT)
+    pool = read_pool(given(args, SELECT_POOL), lambda texts: make_runtime_from(settings).encoder.encode(list(texts)),
+                     given(args, TEXT_COL), given(args, SELECT_ID_COL), given(args, SELECT_LABEL_COL),
+                     given(args, SELECT_EMBEDDING_COL))
+    rows = select_rows(pool, n, strategy, given(args, SELECT_SEED), settings.loop.train)
+    picks = [{"rank": k, "row": int(r), "id": pool.ids[r]} for k, r in enumerate(rows)]
+    text = write_jsonl(picks)
+    if out is not None and out.suffix.lower() == ".csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=["rank", "row", "id"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(picks)
+        text = buffer.getvalue()
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {len(picks)} picks of {sum(label is None for label in pool.labels)} unlabeled rows to {out}",
+              file=sys.stderr)
+    return 0
+
+
 def cmd_bench_encoders(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.encoders import parse_encoder, run_encoder_benchmark
@@ -802,7 +850,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(demo, settings_for(args))
 
 
-COMMANDS = {("demo", None): cmd_demo, ("bench", "labels"): cmd_bench_labels, ("bench", "encoders"): cmd_bench_encoders,
+COMMANDS = {("demo", None): cmd_demo, ("select", None): cmd_select, ("bench", "labels"): cmd_bench_labels,
+            ("bench", "encoders"): cmd_bench_encoders,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("bench", "labeling"): cmd_bench_labeling,
