@@ -84,6 +84,11 @@ SELECT_EMBEDDING_COL = Option("embedding_col", str, "embedding column (a list of
 SELECT_SEED = Option("seed", int, "seed of the strategy's random choices", 0, env_name="SELECT_SEED", low=0)
 SELECT_OUT = Option("out", Path, "write the picks here (.csv, else JSON lines) instead of standard output", None,
                     env_name="SELECT_OUT", optional=True)
+SELECTOR_SIZES = Option("sizes", tuple, "backlog sizes to measure, comma-separated", ("10000", "100000", "1000000"))
+SELECTOR_ARRIVALS = Option("arrivals", int, "items.scored messages per step", 500, low=1)
+SELECTOR_STEPS = Option("steps", int, "steps measured per backlog size (the median is reported)", 20, low=1)
+SELECTOR_STRATEGY = Option("strategy", str, f"the project's strategy: {', '.join(STRATEGIES)}", "cluster_margin",
+                           choices=STRATEGIES)
 PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
 FUZZ_REQUESTS = Option("requests", int, "malformed and absurd requests to send", 10_000, env_name="FUZZ_REQUESTS",
                        low=1)
@@ -236,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     encoders = bench_sub.add_parser("encoders", help="sentence encoders side by side: sentences/s, int8 cosine to "
                                     "fp32, test accuracy and the label benchmark's pool reference")
     add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
+    selector = bench_sub.add_parser("selector", help="one selector's step against its backlog (10,000 to 1,000,000 "
+                                    "waiting): step_s and arrivals_per_s per size")
+    add_options(selector, (SELECTOR_SIZES, SELECTOR_ARRIVALS, SELECTOR_STEPS, SELECTOR_STRATEGY, FUZZ_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
@@ -802,6 +810,21 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_selector(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.selector import run_selector_benchmark
+
+    size = Option("size", int, "a backlog size", low=1)
+    sizes = tuple(size.parse(text, SELECTOR_SIZES.flag) for text in given(args, SELECTOR_SIZES))
+    out = given(args, FUZZ_OUT)
+    console = Console(stderr=True)
+    result = run_selector_benchmark(out, sizes, given(args, SELECTOR_ARRIVALS), given(args, SELECTOR_STEPS),
+                                    given(args, SELECTOR_STRATEGY), progress=console.print)
+    console.print(f"step at the largest backlog / at the smallest: {result['step_ratio_largest_to_smallest']:.2f}")
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def cmd_bench_storage(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.storage import run_storage_benchmark
@@ -851,7 +874,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {("demo", None): cmd_demo, ("select", None): cmd_select, ("bench", "labels"): cmd_bench_labels,
-            ("bench", "encoders"): cmd_bench_encoders,
+            ("bench", "encoders"): cmd_bench_encoders, ("bench", "selector"): cmd_bench_selector,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("bench", "labeling"): cmd_bench_labeling,

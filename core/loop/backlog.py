@@ -1,5 +1,6 @@
 """The selector's backlog: scored items that have neither a final label nor a task, with the state each
-selection step needs kept in step per item, so that a step costs work in proportion to what arrived.
+selection step needs kept in step per item, so that a step costs work in proportion to what arrived
+and what it decides, not to what waits.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ class Backlog:
     - ``emb`` float32 ``[n, D]``: the item's embedding;
     - ``probs`` ``[n, C]`` and ``unc`` ``[n]``: the current head's calibrated probabilities and
       uncertainty (replaced together by :meth:`rescore` when the model changes);
-    - ``dup`` float32 ``[n]``: the highest cosine to any item of the near-duplicate guard, ``-inf``
-      while the guard is empty (raised by :meth:`raise_dup` as items join the guard).
+    - ``conf`` ``[n]``: the highest of ``probs`` per row (what the threshold is compared with).
 
-    Rows live in arrays with spare capacity: :meth:`add` appends in amortised O(arrived); :meth:`drop`
-    compacts once. The array properties are views of the live rows (do not keep them across calls
-    that change the backlog).
+    Rows live in preallocated arrays with spare capacity: :meth:`add` appends in amortised
+    O(arrived); :meth:`drop` moves the last live rows into the holes, O(dropped), so rows do not keep
+    the order they joined in. The array properties are views of the live rows (do not keep them
+    across calls that change the backlog).
     """
 
     def __init__(self) -> None:
@@ -28,7 +29,7 @@ class Backlog:
         self._emb = np.zeros((0, 0), np.float32)
         self._probs = np.zeros((0, 0))
         self._unc = np.zeros(0)
-        self._dup = np.zeros(0, np.float32)
+        self._conf = np.zeros(0)
 
     def __len__(self) -> int:
         return self._n
@@ -38,24 +39,27 @@ class Backlog:
 
     @property
     def ids(self) -> list[str]:
-        """Item ids, in the order they joined (a copy)."""
+        """Item ids of the rows (a copy: O(n); :meth:`id_at` for a few)."""
         return list(self._ids)
+
+    def id_at(self, rows) -> list[str]:
+        """Item ids of ``rows`` (int indices)."""
+        return [self._ids[r] for r in np.asarray(rows, np.int64).tolist()]
 
     emb = property(lambda self: self._emb[: self._n], doc="float32 ``[n, D]`` of the live rows (a view).")
     probs = property(lambda self: self._probs[: self._n], doc="``[n, C]`` of the live rows (a view).")
     unc = property(lambda self: self._unc[: self._n], doc="``[n]`` of the live rows (a view).")
-    dup = property(lambda self: self._dup[: self._n], doc="float32 ``[n]`` of the live rows (a view).")
+    conf = property(lambda self: self._conf[: self._n], doc="``[n]``: ``probs.max(1)`` of the live rows (a view).")
 
-    def add(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, dup: np.ndarray) -> None:
-        """Append items: ``emb`` ``[m, D]``, ``probs`` ``[m, C]``, ``unc`` ``[m]``, ``dup`` ``[m]``.
+    def add(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray) -> None:
+        """Append items: ``emb`` ``[m, D]``, ``probs`` ``[m, C]``, ``unc`` ``[m]``.
 
         Raises ValueError when the arrays disagree in length with ``ids`` or an id is already here
         (the selector filters redeliveries before it adds).
         """
         m = len(ids)
-        if not (len(emb) == len(probs) == len(unc) == len(dup) == m):
-            raise ValueError(f"backlog rows disagree: {m} ids, emb {len(emb)}, probs {len(probs)}, "
-                             f"unc {len(unc)}, dup {len(dup)}")
+        if not (len(emb) == len(probs) == len(unc) == m):
+            raise ValueError(f"backlog rows disagree: {m} ids, emb {len(emb)}, probs {len(probs)}, unc {len(unc)}")
         if not m:
             return
         repeated = [i for i in ids if i in self._index]
@@ -65,7 +69,8 @@ class Backlog:
                 or self._probs.shape[1:] != probs.shape[1:]:
             self._grow(self._n + m, emb.shape[1], probs.shape[1])
         rows = slice(self._n, self._n + m)
-        self._emb[rows], self._probs[rows], self._unc[rows], self._dup[rows] = emb, probs, unc, dup
+        self._emb[rows], self._probs[rows], self._unc[rows] = emb, probs, unc
+        self._conf[rows] = np.asarray(probs).max(1)
         self._index.update((item_id, self._n + k) for k, item_id in enumerate(ids))
         self._ids.extend(ids)
         self._n += m
@@ -83,21 +88,28 @@ class Backlog:
         self._emb = grown(self._emb, (capacity, dim), np.float32)
         self._probs = grown(self._probs, (capacity, n_classes), np.float64)
         self._unc = grown(self._unc, (capacity,), np.float64)
-        self._dup = grown(self._dup, (capacity,), np.float32)
+        self._conf = grown(self._conf, (capacity,), np.float64)
 
     def drop(self, remove: np.ndarray) -> None:
-        """Remove the rows where the boolean mask ``remove`` ``[n]`` is True (kept rows keep their order)."""
+        """Remove the rows where the boolean mask ``remove`` ``[n]`` is True: the last kept rows move
+        into the holes (O(removed), whatever the backlog's size)."""
         remove = np.asarray(remove, bool)
         if remove.shape != (self._n,):
             raise ValueError(f"drop mask has shape {remove.shape}, backlog has {self._n} rows")
-        if not remove.any():
+        gone = np.flatnonzero(remove)
+        if not gone.size:
             return
-        keep = np.flatnonzero(~remove)
-        k = len(keep)
-        self._emb[:k], self._probs[:k] = self._emb[keep], self._probs[keep]
-        self._unc[:k], self._dup[:k] = self._unc[keep], self._dup[keep]
-        self._ids = [self._ids[i] for i in keep.tolist()]
-        self._index = {item_id: row for row, item_id in enumerate(self._ids)}
+        k = self._n - gone.size  # rows left
+        holes = gone[gone < k]  # removed rows inside the part that stays
+        movers = np.flatnonzero(~remove[k:]) + k  # kept rows beyond it, as many as the holes
+        for item_id in self.id_at(gone):
+            del self._index[item_id]
+        for array in (self._emb, self._probs, self._unc, self._conf):
+            array[holes] = array[movers]
+        for hole, mover in zip(holes.tolist(), movers.tolist()):
+            self._ids[hole] = self._ids[mover]
+            self._index[self._ids[hole]] = hole
+        del self._ids[k:]
         self._emb[k:self._n] = 0  # nothing of a dropped (perhaps erased) item stays in memory
         self._probs[k:self._n] = 0
         self._n = k
@@ -109,13 +121,4 @@ class Backlog:
         if self._probs.shape[1:] != probs.shape[1:]:
             self._probs = np.empty((len(self._emb), probs.shape[1]))
         self._probs[: self._n], self._unc[: self._n] = probs, unc
-
-    def reset_dup(self, similarity: np.ndarray) -> None:
-        """Set each row's guard similarity to ``similarity`` ``[n]`` (a guard rebuilt after an erase)."""
-        if len(similarity) != self._n:
-            raise ValueError(f"reset_dup gives {len(similarity)} rows for a backlog of {self._n}")
-        self._dup[: self._n] = similarity
-
-    def raise_dup(self, similarity: np.ndarray) -> None:
-        """Raise each row's guard similarity to ``similarity`` ``[n]`` where that is higher."""
-        np.maximum(self._dup[: self._n], similarity, out=self._dup[: self._n])
+        self._conf[: self._n] = np.asarray(probs).max(1) if self._n else 0.0

@@ -41,17 +41,9 @@ from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.sampling import StreamSampler, spread, uniforms
-from winnow.core.select.index import VectorIndex
 from winnow.core.select.strategies import BudgetController, Candidates, NearDuplicateGuard, make_strategy
 
 log = logging.getLogger(__name__)
-
-
-def _max_cosine(vectors: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """float32 ``[n]``: the highest cosine of each of ``vectors`` ``[n, D]`` to any of ``others`` ``[m, D]``."""
-    index = VectorIndex(others.shape[1])
-    index.add(np.arange(len(others)), others)
-    return index.max_similarity(vectors)
 
 
 AUTO, LOW = "auto_accept", "low_confidence"  # the certified families of model labels
@@ -151,9 +143,6 @@ class Selector(Stage):
         name = self.project.name
         self._build_guard([t for t in self.store.tasks(name) if t.kind != "gold"],
                           {label.item_id: label.source for label in self.store.labels(name)})
-        if len(self.backlog):
-            self.backlog.reset_dup(self.guard.index.max_similarity(self.backlog.emb) if self.guard is not None
-                                   else np.full(len(self.backlog), -np.inf, np.float32))
         log.info("selector forgot project=%s erased=%d backlog=%d", name, len(gone), len(self.backlog))
 
     def _add_backlog(self, ids: list[str], emb: np.ndarray, scores: tuple[np.ndarray, np.ndarray] | None = None) -> None:
@@ -161,17 +150,14 @@ class Selector(Stage):
         if not ids:
             return
         probs, unc = scores if scores is not None else self._scores(emb)
-        dup = (self.guard.index.max_similarity(emb) if self.guard is not None
-               else np.full(len(emb), -np.inf, np.float32))
-        self.backlog.add(ids, emb, probs, unc, dup)
+        self.backlog.add(ids, emb, probs, unc)
 
     def _guard_add(self, emb: np.ndarray) -> None:
+        """Items people were given join the guard (the backlog is checked against it when it picks)."""
         if self.guard is None:
             self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
         self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
         self._guarded += len(emb)
-        if len(self.backlog):  # the backlog against the new guard items only
-            self.backlog.raise_dup(_max_cosine(self.backlog.emb, emb))
 
     # -- scoring ----------------------------------------------------------------------------
     def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -249,13 +235,12 @@ class Selector(Stage):
         returns how many were decided (they leave the backlog)."""
         if not len(self.backlog) or self.head is None or self.budget.credit < 1:
             return 0
-        confidence = self.backlog.probs.max(1)
+        confidence = self.backlog.conf
         rows = np.flatnonzero(confidence >= self.threshold)
         if not rows.size:
             return 0
         rows = rows[np.argsort(-confidence[rows], kind="stable")]
-        ids = self.backlog.ids
-        _, decided = self._look([ids[k] for k in rows], self.backlog.emb[rows], self.backlog.probs[rows],
+        _, decided = self._look(self.backlog.id_at(rows), self.backlog.emb[rows], self.backlog.probs[rows],
                                 self.backlog.unc[rows], f"swap:{self.version}", arriving=False,
                                 audit=np.ones(len(rows), bool))
         gone = np.zeros(len(self.backlog), bool)
@@ -273,27 +258,49 @@ class Selector(Stage):
         wanted = int(self.budget.credit)
         if wanted < self.config.select_batch or self._target_met():
             return 0
-        pool = np.arange(len(self.backlog))
-        if self.guard is not None:
-            pool = pool[self.backlog.dup < self.guard.threshold]  # as guard.is_duplicate(backlog.emb)
+        pool, similarity = self._pool(wanted)
         if not len(pool):
             return 0
         emb = self.backlog.emb[pool]
         probs, unc = self.backlog.probs[pool], self.backlog.unc[pool]
         n = self.budget.grant(min(wanted, len(pool)))
-        chosen = self.strategy.select(Candidates(emb, probs, unc), n, self.rng)  # indices into pool
+        # what people have (labeled or queued) is k-center's anchors: its similarity comes from the guard
+        candidates = Candidates(emb, probs, unc, anchor_similarity=similarity)
+        chosen = self.strategy.select(candidates, n, self.rng)  # indices into pool
         picked = pool[chosen]
         now = self.clock()
-        ids = self.backlog.ids
+        ids = self.backlog.id_at(picked)
         predicted = probs[chosen].argmax(1)
-        self._queue([Task(self.project.name, ids[i], float(u), self.version, now, "label", 1.0,
+        self._queue([Task(self.project.name, item_id, float(u), self.version, now, "label", 1.0,
                           self.project.classes[k] if self.head is not None else None, None, 1)
-                     for i, u, k in zip(picked, unc[chosen], predicted)])
+                     for item_id, u, k in zip(ids, unc[chosen], predicted)])
         picked_mask = np.zeros(len(self.backlog), bool)
         picked_mask[picked] = True
-        self.backlog.drop(picked_mask)  # before the guard grows: the picked rows need no similarity update
+        self.backlog.drop(picked_mask)
         self._guard_add(emb[chosen])
         return len(chosen)
+
+    def _pool(self, wanted: int) -> tuple[np.ndarray, np.ndarray]:
+        """Backlog rows (ascending) the strategy picks ``wanted`` from, and their highest cosine to the
+        guard (float32, -inf before it has items): the rows that duplicate no item of the guard, and of
+        them only the most uncertain where the strategy looks at no others (``Strategy.shortlist``):
+        then a pick costs what it takes, not what waits. The shortlist grows until it holds enough rows
+        that are not duplicates, or the whole backlog."""
+        n = len(self.backlog)
+        need = self.strategy.shortlist(wanted)
+        size = n if need is None else min(n, need)
+        unc = self.backlog.unc
+        while True:
+            rows = (np.arange(n) if size >= n
+                    else np.sort(np.argpartition(-unc, size - 1)[:size]))
+            similarity = np.full(len(rows), -np.inf, np.float32)
+            if self.guard is not None:
+                similarity = self.guard.index.max_similarity(self.backlog.emb[rows])
+                fresh = similarity < self.guard.threshold
+                rows, similarity = rows[fresh], similarity[fresh]
+            if need is None or size >= n or len(rows) >= need:
+                return rows, similarity
+            size = min(n, 2 * size)
 
     def _target_met(self) -> bool:
         """Target mode: whether the certified accuracy of every item's final label, counting each item
@@ -466,7 +473,7 @@ class Selector(Stage):
         elif len(self.backlog):
             n = len(self.backlog)
             probs, ids = self.backlog.probs, self.backlog.ids
-            confidence = probs.max(1)
+            confidence = self.backlog.conf
             credit = 0 if self._target_met() else int(self.budget.credit)  # target mode: nothing more to ask
             probability = spread(1.0 - confidence + 1e-6, float(credit))
             # items above the threshold whose check found no credit during the stream are auto-accepted

@@ -33,12 +33,17 @@ class Candidates:
     anchors : np.ndarray or None
         float32 ``[m, D]``, embeddings of items already labeled or queued; ``None`` becomes
         ``[0, D]``.
+    anchor_similarity : np.ndarray or None
+        float32 ``[n]``: each candidate's highest cosine to any item labeled or queued (``-inf`` with
+        none), when the caller has it already (the stream selector's near-duplicate guard); it
+        stands for ``anchors``, which are then not searched again.
     """
 
     embeddings: np.ndarray
     probs: np.ndarray
     uncertainty: np.ndarray
     anchors: np.ndarray | None = None
+    anchor_similarity: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         emb = as_vectors("embeddings", self.embeddings)
@@ -50,6 +55,11 @@ class Candidates:
         if unc.shape != (n,) or not np.isfinite(unc).all():
             raise InvalidInput("uncertainty", f"expected finite [{n}], got shape {unc.shape}")
         anchors = np.empty((0, dim), np.float32) if self.anchors is None else self.anchors
+        if self.anchor_similarity is not None:
+            sim = np.asarray(self.anchor_similarity, np.float32)
+            if sim.shape != (n,) or np.isnan(sim).any() or (sim > 1.0 + 1e-4).any():
+                raise InvalidInput("anchor_similarity", f"expected [{n}] cosines (or -inf), got shape {sim.shape}")
+            object.__setattr__(self, "anchor_similarity", sim)
         for name, value in (
             ("embeddings", emb),
             ("probs", probs),
@@ -105,6 +115,11 @@ class Strategy(ABC):
     def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
         """Pick exactly ``n`` distinct indices, ``1 <= n <= len(candidates)``."""
 
+    def shortlist(self, n: int) -> int | None:
+        """How many of the most uncertain candidates a pick of ``n`` looks at (it picks the same from
+        them as from the whole pool), or None when it looks at every candidate."""
+        return None
+
 
 class RandomStrategy(Strategy):
     """Uniform sampling without replacement: the baseline every strategy must beat."""
@@ -118,6 +133,9 @@ class UncertaintyStrategy(Strategy):
 
     def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.argsort(-candidates.uncertainty, kind="stable")[:n]
+
+    def shortlist(self, n: int) -> int:
+        return n
 
 
 class KCenterGreedy(Strategy):
@@ -139,12 +157,17 @@ class KCenterGreedy(Strategy):
 
     def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
         x = candidates.embeddings  # [N, D]
-        anchors = VectorIndex(x.shape[1], self.device)
-        anchors.add(np.arange(len(candidates.anchors)), candidates.anchors)
-        min_dist = 2.0 - 2.0 * anchors.max_similarity(x)  # [N]; inf without anchors
+        if candidates.anchor_similarity is not None:
+            similarity = candidates.anchor_similarity.astype(np.float32)
+        else:
+            anchors = VectorIndex(x.shape[1], self.device)
+            anchors.add(np.arange(len(candidates.anchors)), candidates.anchors)
+            similarity = anchors.max_similarity(x)  # -inf without anchors
+        min_dist = 2.0 - 2.0 * similarity  # [N]; inf without anchors
+        no_anchors = not np.isfinite(min_dist).any()
         picks = np.empty(n, dtype=np.int64)
         for t in range(n):
-            first_is_random = t == 0 and len(anchors) == 0
+            first_is_random = t == 0 and no_anchors
             pick = int(rng.integers(len(x))) if first_is_random else int(np.argmax(min_dist))
             picks[t] = pick
             np.minimum(min_dist, 2.0 - 2.0 * (x @ x[pick]), out=min_dist)
@@ -174,6 +197,9 @@ class ClusterMargin(Strategy):
         self.pool_factor = _count("pool_factor", pool_factor, 1)
         self.niter = _count("niter", niter, 1)
         self.device = resolve_device(device)
+
+    def shortlist(self, n: int) -> int:
+        return self.pool_factor * n
 
     def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
         order = np.argsort(-candidates.uncertainty, kind="stable")

@@ -1,5 +1,5 @@
-"""The selector's Backlog keeps its rows in step through any sequence of adds, drops, rescores and
-guard raises (checked against a plain list-of-rows model)."""
+"""The selector's Backlog keeps each item's row in step through any sequence of adds, drops and
+rescores (checked against a plain dict-of-rows model); a drop moves O(dropped) rows."""
 
 from __future__ import annotations
 
@@ -18,58 +18,62 @@ def rows(rng: np.random.Generator, start: int, m: int):
     emb = rng.standard_normal((m, D)).astype(np.float32)
     probs = rng.dirichlet(np.ones(C), m)
     unc = rng.random(m)
-    dup = rng.random(m).astype(np.float32)
-    return ids, emb, probs, unc, dup
+    return ids, emb, probs, unc
 
 
-ops = st.lists(st.tuples(st.sampled_from(["add", "drop", "rescore", "raise"]), st.integers(0, 200)),
-               max_size=30)
+ops = st.lists(st.tuples(st.sampled_from(["add", "drop", "rescore"]), st.integers(0, 200)), max_size=30)
 
 
 @settings(max_examples=60, deadline=None)
 @given(ops=ops, seed=st.integers(0, 2**31 - 1))
 def test_rows_stay_in_step_with_a_plain_model(ops, seed) -> None:
     rng = np.random.default_rng(seed)
-    backlog, model, next_id = Backlog(), [], 0  # model: list of [id, emb, probs, unc, dup]
+    backlog, model, next_id = Backlog(), {}, 0  # model: id -> (emb, probs, unc)
     for op, m in ops:
         if op == "add":
-            new = rows(rng, next_id, m % 70)
+            ids, emb, probs, unc = rows(rng, next_id, m % 70)
             next_id += m % 70
-            backlog.add(*new)
-            model += [list(r) for r in zip(*new)]
+            backlog.add(ids, emb, probs, unc)
+            model.update((i, (e, p, u)) for i, e, p, u in zip(ids, emb, probs, unc))
         elif op == "drop" and model:
-            remove = rng.random(len(model)) < (m % 10) / 10
+            remove = rng.random(len(backlog)) < (m % 10) / 10
+            for item_id in backlog.id_at(np.flatnonzero(remove)):
+                del model[item_id]
             backlog.drop(remove)
-            model = [r for r, gone in zip(model, remove) if not gone]
         elif op == "rescore" and model:
             probs, unc = rng.dirichlet(np.ones(C), len(model)), rng.random(len(model))
             backlog.rescore(probs, unc)
-            for r, p, u in zip(model, probs, unc):
-                r[2], r[3] = p, u
-        elif op == "raise" and model:
-            sim = rng.random(len(model)).astype(np.float32)
-            backlog.raise_dup(sim)
-            for r, s in zip(model, sim):
-                r[4] = max(r[4], s)
-        assert len(backlog) == len(model)
-        assert backlog.ids == [r[0] for r in model]
-        if model:
-            np.testing.assert_array_equal(backlog.emb, np.stack([r[1] for r in model]))
-            np.testing.assert_array_equal(backlog.probs, np.stack([r[2] for r in model]))
-            np.testing.assert_array_equal(backlog.unc, np.array([r[3] for r in model]))
-            np.testing.assert_array_equal(backlog.dup, np.array([r[4] for r in model], np.float32))
-        assert all(r[0] in backlog for r in model)
+            for item_id, p, u in zip(backlog.ids, probs, unc):
+                model[item_id] = (model[item_id][0], p, u)
+        assert len(backlog) == len(model) and sorted(backlog.ids) == sorted(model)
+        for k, item_id in enumerate(backlog.ids):
+            emb, probs, unc = model[item_id]
+            np.testing.assert_array_equal(backlog.emb[k], emb)
+            np.testing.assert_array_equal(backlog.probs[k], probs)
+            assert backlog.unc[k] == unc and backlog.conf[k] == probs.max()
+        assert all(item_id in backlog for item_id in model)
+        assert backlog.id_at(np.arange(len(backlog))) == backlog.ids
+
+
+def test_a_drop_moves_only_rows_from_the_end_into_the_holes() -> None:
+    rng = np.random.default_rng(1)
+    backlog = Backlog()
+    backlog.add(*rows(rng, 0, 6))
+    backlog.drop(np.array([False, True, False, False, True, False]))
+    assert backlog.ids == ["i0", "i5", "i2", "i3"]  # i5 filled i1's hole; i4 was dropped at the end
+    backlog.drop(np.array([False, False, False, True]))
+    assert backlog.ids == ["i0", "i5", "i2"]
 
 
 def test_bad_rows_are_refused_and_leave_the_backlog_unchanged() -> None:
     rng = np.random.default_rng(0)
     backlog = Backlog()
     backlog.add(*rows(rng, 0, 3))
-    ids, emb, probs, unc, dup = rows(rng, 3, 2)
+    ids, emb, probs, unc = rows(rng, 3, 2)
     with pytest.raises(ValueError, match="disagree"):
-        backlog.add(ids, emb[:1], probs, unc, dup)
+        backlog.add(ids, emb[:1], probs, unc)
     with pytest.raises(ValueError, match="already in the backlog"):
-        backlog.add(["i1", "i9"], emb, probs, unc, dup)
+        backlog.add(["i1", "i9"], emb, probs, unc)
     with pytest.raises(ValueError, match="drop mask"):
         backlog.drop(np.zeros(5, bool))
     with pytest.raises(ValueError, match="rescore"):

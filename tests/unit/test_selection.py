@@ -370,3 +370,45 @@ def test_budget_validation(args, field):
         budget.observe(-1)
     with pytest.raises(InvalidInput, match="requested"):
         budget.grant(1.5)
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "cluster_margin"])
+def test_a_strategys_shortlist_picks_what_the_whole_pool_picks(name: str) -> None:
+    """The selector hands these strategies only the ``shortlist(n)`` most uncertain candidates (in pool
+    order): they pick the same items as from the whole pool, so a pick costs what it takes."""
+    from winnow.core.select.strategies import Candidates, make_strategy
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    probs = rng.dirichlet(np.ones(4), 3000)
+    unc = rng.random(3000)  # distinct: no ties at the shortlist's edge
+    strategy = make_strategy(name)
+    full = strategy.select(Candidates(x, probs, unc), 25, np.random.default_rng(9))
+    rows = np.sort(np.argpartition(-unc, strategy.shortlist(25) - 1)[: strategy.shortlist(25)])
+    short = rows[strategy.select(Candidates(x[rows], probs[rows], unc[rows]), 25, np.random.default_rng(9))]
+    np.testing.assert_array_equal(np.sort(short), np.sort(full))
+    assert make_strategy("kcenter").shortlist(25) is None and make_strategy("badge").shortlist(25) is None
+
+
+def test_kcenter_with_the_anchors_similarity_given_picks_as_with_the_anchors() -> None:
+    """The stream selector hands k-center its guard's similarities instead of the anchors themselves:
+    the same picks, and the first is no longer random once anything is labeled or queued."""
+    from winnow.core.select.index import VectorIndex
+    from winnow.core.select.strategies import Candidates, make_strategy
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((500, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    anchors = x[:40]
+    index = VectorIndex(8)
+    index.add(np.arange(40), anchors)
+    probs, unc = np.full((460, 1), 1.0), np.zeros(460)
+    kcenter = make_strategy("kcenter")
+    given_anchors = kcenter.select(Candidates(x[40:], probs, unc, anchors), 20, np.random.default_rng(0))
+    given_similarity = kcenter.select(Candidates(x[40:], probs, unc, anchor_similarity=index.max_similarity(x[40:])),
+                                      20, np.random.default_rng(1))  # another rng: nothing random is left
+    np.testing.assert_array_equal(given_anchors, given_similarity)
+    with pytest.raises(InvalidInput) as e:
+        Candidates(x[40:], probs, unc, anchor_similarity=np.zeros(3))
+    assert e.value.field == "anchor_similarity"

@@ -1,0 +1,107 @@
+"""Selector benchmark: what one selector step costs as its backlog grows, the selector alone.
+
+For each backlog size a fresh SQLite store holds that many scored items (synthetic unit vectors) and a
+model version (a random linear head whose threshold nothing clears, so every item waits in the
+backlog); a selector restores its backlog from the store. Then ``steps`` times: ``arrivals`` new items
+are written to the store (not timed) and handed to the selector as one batch of items.scored
+(timed: the arrival look, the look at the backlog, and the pick from the whole backlog that the
+credit earned funds). Reported per size: the median step, and arrivals per second at that median.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from winnow.bench.common import environment, new_figure, save_figure, write_json
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.records import Item, ModelVersion, Project, Scored
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.topics import create_topics
+from winnow.core.ml.head import Head, HeadConfig, save_model
+
+DIM, CLASSES = 384, 77
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _items(store: SqliteStore, project: str, ids: list[str], vectors: np.ndarray, chunk: int = 50_000) -> None:
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        store.add_items([Item(project, i, "x", 0.0) for i in part])
+        store.put_embeddings(project, part, vectors[start:start + chunk])
+
+
+def measure(size: int, workdir: Path, strategy: str, arrivals: int, steps: int, seed: int) -> dict:
+    """One backlog size: restore seconds, every step's seconds and the backlog after the last."""
+    rng = np.random.default_rng(seed)
+    classes = tuple(f"c{k}" for k in range(CLASSES))
+    project = Project("bench", classes, 25, 100, 0.98, strategy)
+    store, bus = SqliteStore(workdir / "store.sqlite"), SqliteBus(workdir / "bus.sqlite")
+    try:
+        store.create_project(project)
+        create_topics(bus, project.name, 1)
+        folder = workdir / "v1"
+        save_model(folder, Head(HeadConfig(DIM, CLASSES)), {"version": "v1", "classes": list(classes),
+                                                           "temperature": 1.0, "threshold": 0.999,
+                                                           "candidate_threshold": 0.999})
+        store.register_model(ModelVersion(project.name, "v1", str(folder), 0.0, 0, 1.0, 0.999))
+        _items(store, project.name, [f"b{k}" for k in range(size)], _unit(rng, size))
+        started = time.perf_counter()
+        selector = Selector(bus, store, project, LoopConfig(seed=seed))
+        restore_s = time.perf_counter() - started
+        # the backlog's items earned their credit as they arrived, and picks spent it then: the steps
+        # measure the steady state, where each batch of arrivals funds its own share of picks
+        selector.budget.grant(int(selector.budget.credit))
+        times = []
+        for step in range(steps):
+            ids = [f"a{step}-{k}" for k in range(arrivals)]
+            _items(store, project.name, ids, _unit(rng, arrivals))
+            started = time.perf_counter()
+            selector.handle([("items.scored", Scored(i)) for i in ids])
+            times.append(time.perf_counter() - started)
+        backlog = len(selector.backlog)
+        selector.close()
+    finally:
+        store.close()
+        bus.close()
+    return {"restore_s": restore_s, "steps_s": times, "backlog_after": backlog}
+
+
+def run_selector_benchmark(out: Path, sizes: Sequence[int] = (10_000, 100_000, 1_000_000), arrivals: int = 500,
+                           steps: int = 20, strategy: str = "cluster_margin", seed: int = 0,
+                           progress: Callable[[str], None] = lambda _: None) -> dict:
+    """Every size in one run (module doc); JSON at ``out`` (``step_s`` and ``arrivals_per_s`` keyed by
+    the backlog size as a string) and a PNG beside it."""
+    runs = {}
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="winnow-bench-selector-") as tmp:
+            runs[str(size)] = measure(size, Path(tmp), strategy, arrivals, steps, seed)
+        median = statistics.median(runs[str(size)]["steps_s"])
+        progress(f"backlog {size:>9,}: step {median * 1000:.1f} ms, {arrivals / median:,.0f} arrivals/s")
+    step_s = {k: statistics.median(r["steps_s"]) for k, r in runs.items()}
+    result = {
+        "step_s": step_s,
+        "arrivals_per_s": {k: arrivals / s for k, s in step_s.items()},
+        "step_ratio_largest_to_smallest": step_s[str(max(sizes))] / step_s[str(min(sizes))],
+        "details": {"arrivals_per_step": arrivals, "steps": steps, "strategy": strategy, "dim": DIM,
+                    "classes": CLASSES, "budget": "25 per 100 items", "runs": runs, "environment": environment()},
+    }
+    write_json(out, result)
+    fig, ax = new_figure((6, 4))
+    xs = [int(k) for k in step_s]
+    ax.plot(xs, [step_s[str(x)] * 1000 for x in xs], marker="o")
+    ax.set(xscale="log", xlabel="backlog (items waiting)", ylabel=f"median step of {arrivals} arrivals (ms)",
+           title=f"Selector step against its backlog ({strategy})")
+    ax.grid(alpha=0.3)
+    save_figure(fig, Path(out).with_suffix(".png"))
+    return result
