@@ -14,7 +14,9 @@ class Backlog:
     - ``emb`` float32 ``[n, D]``: the item's embedding;
     - ``probs`` ``[n, C]`` and ``unc`` ``[n]``: the current head's calibrated probabilities and
       uncertainty (replaced together by :meth:`rescore` when the model changes);
-    - ``conf`` ``[n]``: the highest of ``probs`` per row (what the threshold is compared with).
+    - ``conf`` ``[n]``: the highest of ``probs`` per row (what the threshold is compared with);
+    - ``dup`` float32 ``[n]``: the highest cosine to the near-duplicate guard's items, where the
+      selector keeps it (strategies that look at every row), ``-inf`` otherwise.
 
     Rows live in preallocated arrays with spare capacity: :meth:`add` appends in amortised
     O(arrived); :meth:`drop` moves the last live rows into the holes, O(dropped), so rows do not keep
@@ -30,6 +32,7 @@ class Backlog:
         self._probs = np.zeros((0, 0))
         self._unc = np.zeros(0)
         self._conf = np.zeros(0)
+        self._dup = np.zeros(0, np.float32)
 
     def __len__(self) -> int:
         return self._n
@@ -50,9 +53,12 @@ class Backlog:
     probs = property(lambda self: self._probs[: self._n], doc="``[n, C]`` of the live rows (a view).")
     unc = property(lambda self: self._unc[: self._n], doc="``[n]`` of the live rows (a view).")
     conf = property(lambda self: self._conf[: self._n], doc="``[n]``: ``probs.max(1)`` of the live rows (a view).")
+    dup = property(lambda self: self._dup[: self._n], doc="float32 ``[n]`` of the live rows (a view).")
 
-    def add(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray) -> None:
-        """Append items: ``emb`` ``[m, D]``, ``probs`` ``[m, C]``, ``unc`` ``[m]``.
+    def add(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray,
+            dup: np.ndarray | None = None) -> None:
+        """Append items: ``emb`` ``[m, D]``, ``probs`` ``[m, C]``, ``unc`` ``[m]``, ``dup`` ``[m]``
+        (None: ``-inf``).
 
         Raises ValueError when the arrays disagree in length with ``ids`` or an id is already here
         (the selector filters redeliveries before it adds).
@@ -71,6 +77,7 @@ class Backlog:
         rows = slice(self._n, self._n + m)
         self._emb[rows], self._probs[rows], self._unc[rows] = emb, probs, unc
         self._conf[rows] = np.asarray(probs).max(1)
+        self._dup[rows] = -np.inf if dup is None else dup
         self._index.update((item_id, self._n + k) for k, item_id in enumerate(ids))
         self._ids.extend(ids)
         self._n += m
@@ -89,6 +96,7 @@ class Backlog:
         self._probs = grown(self._probs, (capacity, n_classes), np.float64)
         self._unc = grown(self._unc, (capacity,), np.float64)
         self._conf = grown(self._conf, (capacity,), np.float64)
+        self._dup = grown(self._dup, (capacity,), np.float32)
 
     def drop(self, remove: np.ndarray) -> None:
         """Remove the rows where the boolean mask ``remove`` ``[n]`` is True: the last kept rows move
@@ -104,7 +112,7 @@ class Backlog:
         movers = np.flatnonzero(~remove[k:]) + k  # kept rows beyond it, as many as the holes
         for item_id in self.id_at(gone):
             del self._index[item_id]
-        for array in (self._emb, self._probs, self._unc, self._conf):
+        for array in (self._emb, self._probs, self._unc, self._conf, self._dup):
             array[holes] = array[movers]
         for hole, mover in zip(holes.tolist(), movers.tolist()):
             self._ids[hole] = self._ids[mover]
@@ -122,3 +130,15 @@ class Backlog:
             self._probs = np.empty((len(self._emb), probs.shape[1]))
         self._probs[: self._n], self._unc[: self._n] = probs, unc
         self._conf[: self._n] = np.asarray(probs).max(1) if self._n else 0.0
+
+    def set_dup(self, similarity: np.ndarray) -> None:
+        """Set each row's guard similarity to ``similarity`` ``[n]``."""
+        if len(similarity) != self._n:
+            raise ValueError(f"set_dup gives {len(similarity)} rows for a backlog of {self._n}")
+        self._dup[: self._n] = similarity
+
+    def raise_dup(self, similarity: np.ndarray) -> None:
+        """Raise each row's guard similarity to ``similarity`` ``[n]`` where that is higher."""
+        if len(similarity) != self._n:
+            raise ValueError(f"raise_dup gives {len(similarity)} rows for a backlog of {self._n}")
+        np.maximum(self._dup[: self._n], similarity, out=self._dup[: self._n])

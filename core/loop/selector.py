@@ -40,6 +40,7 @@ from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
+from winnow.core.select.index import VectorIndex
 from winnow.core.select.sampling import StreamSampler, spread, uniforms
 from winnow.core.select.strategies import BudgetController, Candidates, NearDuplicateGuard, make_strategy
 
@@ -72,6 +73,11 @@ class Selector(Stage):
         self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
         self._guarded = 0
         self.backlog = Backlog()
+        # strategies that look at every backlog row read each row's guard similarity (Backlog.dup), kept
+        # up to date lazily: _dup_upto guard items are in every row's (None: not kept), the guard's
+        # later items wait in _guard_pending until a pick needs them
+        self._dup_upto: int | None = None
+        self._guard_pending: list[np.ndarray] = []
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
         self._close_wait_logged = 0.0
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
@@ -129,7 +135,7 @@ class Selector(Stage):
         """The near-duplicate guard, from the store: the items queued for people or labeled by them."""
         tasked = {t.item_id for t in tasks}
         anchors = list(tasked) + [i for i, source in labeled.items() if source == "human" and i not in tasked]
-        self.guard, self._guarded = None, 0
+        self.guard, self._guarded, self._dup_upto, self._guard_pending = None, 0, None, []
         if anchors:
             self._guard_add(self.store.get_embeddings(self.project.name, anchors))
 
@@ -150,7 +156,8 @@ class Selector(Stage):
         if not ids:
             return
         probs, unc = scores if scores is not None else self._scores(emb)
-        self.backlog.add(ids, emb, probs, unc)
+        kept = self._dup_upto is not None and self.guard is not None
+        self.backlog.add(ids, emb, probs, unc, self.guard.index.max_similarity(emb) if kept else None)
 
     def _guard_add(self, emb: np.ndarray) -> None:
         """Items people were given join the guard (the backlog is checked against it when it picks)."""
@@ -158,6 +165,23 @@ class Selector(Stage):
             self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
         self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
         self._guarded += len(emb)
+        if self._dup_upto is not None:
+            self._guard_pending.append(np.array(emb, np.float32))
+
+    def _whole_backlog_dup(self) -> np.ndarray:
+        """Every backlog row's highest cosine to the guard (``Backlog.dup``), brought up to date: the
+        first time by one search of the whole backlog, then against the guard items added since only."""
+        if self.guard is None or not len(self.backlog):
+            return np.full(len(self.backlog), -np.inf, np.float32)
+        if self._dup_upto is None:
+            self.backlog.set_dup(self.guard.index.max_similarity(self.backlog.emb))
+        elif self._guard_pending and len(self.backlog):
+            recent = np.concatenate(self._guard_pending)
+            index = VectorIndex(recent.shape[1])
+            index.add(np.arange(len(recent)), recent)
+            self.backlog.raise_dup(index.max_similarity(self.backlog.emb))
+        self._dup_upto, self._guard_pending = self._guarded, []
+        return self.backlog.dup
 
     # -- scoring ----------------------------------------------------------------------------
     def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,7 +223,9 @@ class Selector(Stage):
         ``final`` look of the close labels what it cannot check, with probability 0).
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
-        where the model would label the item or nearly would (a probe), the minimum elsewhere."""
+        where the model would label the item, the probe probability where it nearly would (above its
+        candidate threshold: ``certify_probability`` until a threshold is certified, then the audit
+        probability), the minimum elsewhere."""
         confidence = probs.max(1)
         # probes: people check the items the model would label were its threshold lower (above its
         # candidate), where the next threshold's evidence is needed; every item while no candidate and
@@ -291,11 +317,13 @@ class Selector(Stage):
         size = n if need is None else min(n, need)
         unc = self.backlog.unc
         while True:
-            rows = (np.arange(n) if size >= n
-                    else np.sort(np.argpartition(-unc, size - 1)[:size]))
-            similarity = np.full(len(rows), -np.inf, np.float32)
+            if need is None:  # every row: their guard similarities are kept (and brought up to date)
+                rows, similarity = np.arange(n), self._whole_backlog_dup().copy()
+            else:
+                rows = np.arange(n) if size >= n else np.sort(np.argpartition(-unc, size - 1)[:size])
+                similarity = (self.guard.index.max_similarity(self.backlog.emb[rows]) if self.guard is not None
+                              else np.full(len(rows), -np.inf, np.float32))
             if self.guard is not None:
-                similarity = self.guard.index.max_similarity(self.backlog.emb[rows])
                 fresh = similarity < self.guard.threshold
                 rows, similarity = rows[fresh], similarity[fresh]
             if need is None or size >= n or len(rows) >= need:

@@ -21,7 +21,7 @@ def rows(rng: np.random.Generator, start: int, m: int):
     return ids, emb, probs, unc
 
 
-ops = st.lists(st.tuples(st.sampled_from(["add", "drop", "rescore"]), st.integers(0, 200)), max_size=30)
+ops = st.lists(st.tuples(st.sampled_from(["add", "drop", "rescore", "raise"]), st.integers(0, 200)), max_size=30)
 
 
 @settings(max_examples=60, deadline=None)
@@ -29,12 +29,20 @@ ops = st.lists(st.tuples(st.sampled_from(["add", "drop", "rescore"]), st.integer
 def test_rows_stay_in_step_with_a_plain_model(ops, seed) -> None:
     rng = np.random.default_rng(seed)
     backlog, model, next_id = Backlog(), {}, 0  # model: id -> (emb, probs, unc)
+    dup: dict[str, float] = {}
     for op, m in ops:
         if op == "add":
             ids, emb, probs, unc = rows(rng, next_id, m % 70)
             next_id += m % 70
-            backlog.add(ids, emb, probs, unc)
+            given = rng.random(len(ids)).astype(np.float32) if m % 2 else None
+            backlog.add(ids, emb, probs, unc, given)
             model.update((i, (e, p, u)) for i, e, p, u in zip(ids, emb, probs, unc))
+            dup.update(zip(ids, given if given is not None else [-np.inf] * len(ids)))
+        elif op == "raise" and model:
+            similarity = rng.random(len(backlog)).astype(np.float32)
+            for item_id, s in zip(backlog.ids, similarity):
+                dup[item_id] = max(dup[item_id], s)
+            backlog.raise_dup(similarity)
         elif op == "drop" and model:
             remove = rng.random(len(backlog)) < (m % 10) / 10
             for item_id in backlog.id_at(np.flatnonzero(remove)):
@@ -50,7 +58,7 @@ def test_rows_stay_in_step_with_a_plain_model(ops, seed) -> None:
             emb, probs, unc = model[item_id]
             np.testing.assert_array_equal(backlog.emb[k], emb)
             np.testing.assert_array_equal(backlog.probs[k], probs)
-            assert backlog.unc[k] == unc and backlog.conf[k] == probs.max()
+            assert backlog.unc[k] == unc and backlog.conf[k] == probs.max() and backlog.dup[k] == dup[item_id]
         assert all(item_id in backlog for item_id in model)
         assert backlog.id_at(np.arange(len(backlog))) == backlog.ids
 

@@ -155,6 +155,23 @@ def check_backlog_caches(selector: Selector) -> None:
     np.testing.assert_allclose(selector.backlog.conf, probs.max(1), rtol=1e-5, atol=1e-7)
 
 
+def test_kcenter_keeps_the_backlogs_guard_similarities_as_a_search_from_scratch(env, tmp_path: Path) -> None:
+    """Strategies that look at every backlog row read each row's similarity to what people have,
+    kept lazily (the guard's new items only, at pick time): always what a search from scratch gives."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=30, budget_per_items=100, strategy="kcenter")
+    checked = []
+
+    def check(selector: Selector) -> None:
+        if selector.guard is not None and len(selector.backlog):
+            kept = selector._whole_backlog_dup()
+            np.testing.assert_allclose(kept, selector.guard.index.max_similarity(selector.backlog.emb), atol=1e-5)
+            checked.append(len(kept))
+
+    _stream_through(bus, store, project, CONFIG, tmp_path, n=300, on_step=check)
+    assert len(checked) > 5
+
+
 def test_backlog_items_that_duplicate_a_queued_item_are_never_picked(env) -> None:
     """The selector's picks from the backlog skip near-duplicates of items people already have: of
     two identical items, at most one is picked (either may still be drawn at arrival, with the
