@@ -17,6 +17,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.erase import ErasureWatch
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
+from winnow.core.ml.encoder import encoder_model
 from winnow.core.ml.runtime import Prediction, Runtime
 from winnow.core.ml.scoring import mean_probs
 from winnow.core.ports.bus import Bus, Message, next_offsets
@@ -55,6 +56,14 @@ class PrelabelWorker(Stage):
                  overlap: bool = True) -> None:
         super().__init__(bus, store, project, config)
         self.runtime = runtime
+        # a project's vectors all come from one encoder (its heads are fitted on them): the first worker
+        # binds its own; a worker running another is refused before it writes a vector
+        mine = encoder_model(runtime.encoder.encoder_id)
+        bound = store.bind_encoder(project.name, mine)
+        if bound != mine:
+            raise InvalidInput("encoder", f"project {project.name!r} holds vectors of encoder {bound!r}; this "
+                                          f"worker runs {mine!r} (a project keeps one encoder: make a new project "
+                                          "for another)")
         current = store.current_model(project.name)
         if current is not None and runtime.model_version != current.version:
             runtime.swap(Path(current.path))

@@ -119,7 +119,8 @@ class Trainer(Stage):
                        extra_embeddings=extra_emb, extra_labels=extra_y)
         version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
         folder = model_folder(self.models_dir, self.project.name, version)
-        write_version(folder, result, version, self.project.classes, self.config.train)
+        write_version(folder, result, version, self.project.classes, self.config.train,
+                      self.store.project_encoder(self.project.name))
         threshold = result.threshold.threshold
         model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,
                              float(threshold), result.metrics)

@@ -442,6 +442,12 @@ def _quantized(fp32: Path) -> Path:
     return target
 
 
+def encoder_model(encoder_id: str) -> str:
+    """The model part of an encoder id (``name@weights[+pooling]``, without ``/engine``): encoders
+    that differ only in their engine give a project interchangeable vectors."""
+    return encoder_id.rsplit("/", 1)[0]
+
+
 class Encoder(ABC):
     """Texts -> L2-normalised float32 embeddings ``[n, dim]``; ``encoder_id`` names weights and engine."""
 

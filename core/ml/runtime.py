@@ -20,6 +20,7 @@ from winnow.core.ml.encoder import (
     EmbeddingCache,
     EncoderSpec,
     default_cache_dir,
+    encoder_model,
     encoder_spec,
     make_encoder,
 )
@@ -70,11 +71,16 @@ class Runtime(ABC):
             return self._head
 
     def swap(self, model_folder: Path) -> None:
-        """Make the version in ``model_folder`` current; ModelFileError (old head kept) if it cannot be loaded."""
+        """Make the version in ``model_folder`` current; ModelFileError (old head kept) if it cannot be loaded
+        or was fitted on another encoder's vectors (``meta["encoder"]``)."""
         head = self.head_engine(Path(model_folder), self.device)
         if head.config.dim != self.encoder.dim:
             raise ModelFileError(f"{model_folder}: head expects dim {head.config.dim}, "
                                  f"the encoder gives {self.encoder.dim}")
+        fitted_on, mine = head.meta.get("encoder"), encoder_model(self.encoder.encoder_id)
+        if fitted_on is not None and fitted_on != mine:
+            raise ModelFileError(f"{model_folder}: head was fitted on vectors of encoder {fitted_on!r}, "
+                                 f"this runtime's encoder is {mine!r}")
         with self._lock:
             self._head = head
 

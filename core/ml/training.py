@@ -175,11 +175,14 @@ def train(
     return TrainResult(head, temperature, choice, metrics)
 
 
-def write_version(folder: Path, result: TrainResult, version: str, classes: Sequence[str], config: TrainConfig) -> None:
-    """Save a trained head as a model-version folder (safetensors + ONNX + meta.json, atomically)."""
+def write_version(folder: Path, result: TrainResult, version: str, classes: Sequence[str], config: TrainConfig,
+                  encoder: str | None = None) -> None:
+    """Save a trained head as a model-version folder (safetensors + ONNX + meta.json, atomically);
+    ``encoder``: the encoder model whose vectors it was fitted on (``meta["encoder"]``)."""
     threshold = result.threshold
     save_model(folder, result.head, {
         "version": version,
+        "encoder": encoder,
         "classes": list(classes),
         "temperature": result.temperature,
         "threshold": threshold.threshold if np.isfinite(threshold.threshold) else None,

@@ -143,6 +143,15 @@ class Embeddings(Protocol):
     def get_embeddings(self, project: str, item_ids: Sequence[str]) -> np.ndarray:
         """float32 [n, D] in the order asked; NotFound("item_id") naming the first id without a vector."""
 
+    @abstractmethod
+    def bind_encoder(self, project: str, encoder: str) -> str:
+        """The encoder the project's embeddings come from: ``encoder`` if none was bound yet (it is
+        now, atomically), else the one bound first; the caller refuses to write vectors of another."""
+
+    @abstractmethod
+    def project_encoder(self, project: str) -> str | None:
+        """The encoder bound to the project, None before its first prelabel worker."""
+
 
 class TaskQueue(Protocol):
     """Tasks for people, their leases, the answers, and the operator's gold answers.

@@ -232,6 +232,16 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         s.put_embeddings(P, ["i0"], np.ones((1, 8), np.float64))
         assert np.array_equal(s.get_embeddings(P, ["i0", "i1"]), np.vstack([np.ones(8), vectors[1]]).astype(np.float32))
 
+    def test_the_first_encoder_bound_to_a_project_stays(self, s: Store) -> None:
+        assert s.project_encoder(P) is None
+        assert s.bind_encoder(P, "minilm@abc") == "minilm@abc"
+        assert s.bind_encoder(P, "bge@def") == "minilm@abc" and s.project_encoder(P) == "minilm@abc"
+        with pytest.raises(InvalidInput) as bad:
+            s.bind_encoder(P, " ")
+        assert bad.value.field == "encoder"
+        with pytest.raises(NotFound):
+            s.bind_encoder("no-such-project", "minilm@abc")
+
     def test_embedding_errors(self, s: Store) -> None:
         with pytest.raises(NotFound) as err:
             s.get_embeddings(P, ["i3"])

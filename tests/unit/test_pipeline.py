@@ -481,3 +481,13 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     drawn = len(probes) / len(above)
     assert abs(drawn - early) < 4 * np.sqrt(early * (1 - early) / len(above))  # drawn at that rate
     selector.close()
+
+
+def test_a_model_version_names_the_encoder_its_head_was_fitted_on(env, tmp_path: Path) -> None:
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=30, budget_per_items=100)
+    _, _, _, trainer = _stream_through(bus, store, project, CONFIG, tmp_path, n=200)
+    assert json.loads((Path(store.models("p")[-1].path) / "meta.json").read_text())["encoder"] is None
+    store.bind_encoder("p", "crc")  # as the project's first prelabel worker does
+    model = trainer.maybe_train(force=True, again=True)
+    assert json.loads((Path(model.path) / "meta.json").read_text())["encoder"] == "crc"

@@ -30,6 +30,7 @@ class CrcEncoder(Encoder):
     """Deterministic pseudo-embeddings [n, 8] per text (no model weights)."""
 
     encoder_id = "crc/test"
+    dim = 8
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         rows = [np.random.default_rng(zlib.crc32(t.encode())).standard_normal(8) for t in texts]
@@ -119,3 +120,39 @@ def test_a_scored_item_without_an_embedding_is_dead_lettered_by_the_selector(env
     assert dead.key == "ghost" and dead.header("stage") == b"selector"
     assert ITEMS_SCORED.decode(dead.value) == Scored("ghost")
     selector.close()
+
+
+def test_a_prelabel_worker_with_another_encoder_than_the_projects_is_refused(env) -> None:
+    """A project's heads are fitted on one encoder's vectors: its first prelabel worker binds that
+    encoder; a worker of another model is refused before it writes a vector (another engine of the
+    same model is not: the same vectors)."""
+    from winnow.core.domain.errors import InvalidInput
+
+    bus, store = env
+    PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(CrcEncoder()), overlap=False).close()
+    assert store.project_encoder("p") == "crc"
+
+    class OtherEngine(CrcEncoder):
+        encoder_id = "crc/another-engine"
+
+    class OtherModel(CrcEncoder):
+        encoder_id = "bigger-crc/test"
+
+    PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(OtherEngine()), overlap=False).close()
+    with pytest.raises(InvalidInput) as refused:
+        PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(OtherModel()), overlap=False)
+    assert refused.value.field == "encoder" and "'crc'" in refused.value.message
+
+
+def test_a_runtime_refuses_a_head_fitted_on_another_encoders_vectors(tmp_path: Path) -> None:
+    from winnow.core.domain.errors import ModelFileError
+    from winnow.core.ml.head import Head, HeadConfig, save_model
+
+    runtime = OnnxRuntime(CrcEncoder())
+    meta = {"version": "v1", "classes": ["a", "b"], "temperature": 1.0}
+    save_model(tmp_path / "mine", Head(HeadConfig(8, 2)), {**meta, "encoder": "crc"})
+    save_model(tmp_path / "theirs", Head(HeadConfig(8, 2)), {**meta, "version": "v2", "encoder": "bge@x"})
+    runtime.swap(tmp_path / "mine")
+    with pytest.raises(ModelFileError, match="bge@x"):
+        runtime.swap(tmp_path / "theirs")
+    assert runtime.model_version == "v1"  # the old head kept serving

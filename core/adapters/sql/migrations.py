@@ -168,6 +168,9 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (  # 8: the labeling guideline's text (people read it on the labeling page)
         "ALTER TABLE projects ADD COLUMN guideline TEXT NOT NULL DEFAULT ''",
     ),
+    (  # 9: the encoder a project's embeddings come from (bound by its first prelabel worker)
+        "ALTER TABLE projects ADD COLUMN encoder TEXT",
+    ),
 )
 
 

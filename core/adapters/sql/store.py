@@ -205,6 +205,19 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         found = {r[0] for r in rows}
         return [i for i in among if i in found]
 
+    def bind_encoder(self, project: str, encoder: str) -> str:
+        if not isinstance(encoder, str) or not encoder.strip() or len(encoder) > 500:
+            raise InvalidInput("encoder", "expected a non-empty encoder id of at most 500 characters")
+        with self._tx() as tx:
+            self._project(tx, project)
+            tx.run("UPDATE projects SET encoder = ? WHERE name = ? AND encoder IS NULL", (encoder, project))
+            return tx.one("SELECT encoder FROM projects WHERE name = ?", (project,))[0]
+
+    def project_encoder(self, project: str) -> str | None:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            return tx.one("SELECT encoder FROM projects WHERE name = ?", (project,))[0]
+
     def get_embeddings(self, project: str, item_ids: Sequence[str]) -> np.ndarray:
         """float32 [n, D] in the order asked ([0, 0] for no ids); NotFound("item_id") naming the first
         id without a vector; WinnowError if the vectors asked for have different dimensions."""
