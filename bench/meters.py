@@ -73,8 +73,16 @@ class TimedRuntime:
     def model_version(self) -> str | None:
         return self.runtime.model_version
 
+    @property
+    def encoder(self):
+        """The runtime's encoder (the prelabel worker binds the project to it)."""
+        return self.runtime.encoder
+
     def swap(self, model_folder: Path) -> None:
         self.runtime.swap(model_folder)
+
+    def forget(self, text_sha256: Sequence[str]) -> int:
+        return self.runtime.forget(text_sha256)
 
     def predict(self, texts: Sequence[str]) -> Prediction:
         started = time.perf_counter()
