@@ -89,6 +89,8 @@ SELECTOR_ARRIVALS = Option("arrivals", int, "items.scored messages per step", 50
 SELECTOR_STEPS = Option("steps", int, "steps measured per backlog size (the median is reported)", 20, low=1)
 SELECTOR_STRATEGY = Option("strategy", str, f"the project's strategy: {', '.join(STRATEGIES)}", "cluster_margin",
                            choices=STRATEGIES)
+POOL_SIZES = Option("sizes", tuple, "pool sizes, comma-separated", ("20000", "100000"))
+POOL_BUDGET = Option("budget", int, "rows each run picks", 1000, low=1)
 PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
 FUZZ_REQUESTS = Option("requests", int, "malformed and absurd requests to send", 10_000, env_name="FUZZ_REQUESTS",
                        low=1)
@@ -244,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     selector = bench_sub.add_parser("selector", help="one selector's step against its backlog (10,000 to 1,000,000 "
                                     "waiting): step_s and arrivals_per_s per size")
     add_options(selector, (SELECTOR_SIZES, SELECTOR_ARRIVALS, SELECTOR_STEPS, SELECTOR_STRATEGY, FUZZ_OUT))
+    select_bench = bench_sub.add_parser("select", help="pool selection: Winnow's strategies against scikit-activeml "
+                                        "(when installed): seconds, peak memory and coverage per pool size")
+    add_options(select_bench, (POOL_SIZES, POOL_BUDGET, FUZZ_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
@@ -825,6 +830,23 @@ def cmd_bench_selector(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_select(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.select import run_select_benchmark
+
+    size = Option("size", int, "a pool size", low=100)
+    sizes = tuple(size.parse(text, POOL_SIZES.flag) for text in given(args, POOL_SIZES))
+    out = given(args, FUZZ_OUT)
+    console = Console(stderr=True)
+    result = run_select_benchmark(out, sizes, given(args, POOL_BUDGET), progress=lambda run: console.print(
+        f"{run['n']:>9,} {run['implementation']:>16} {run['method']:>8}: {run['wall_s']:8.2f} s, "
+        f"{run['peak_rss_mb']:7.0f} MB, coverage max {run['coverage_max']:.4f} mean {run['coverage_mean']:.4f}"))
+    for skipped in result["skipped"][:1]:
+        console.print(f"{skipped['implementation']}: {skipped['why']}")
+    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def cmd_bench_storage(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.storage import run_storage_benchmark
@@ -875,6 +897,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {("demo", None): cmd_demo, ("select", None): cmd_select, ("bench", "labels"): cmd_bench_labels,
             ("bench", "encoders"): cmd_bench_encoders, ("bench", "selector"): cmd_bench_selector,
+            ("bench", "select"): cmd_bench_select,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("bench", "labeling"): cmd_bench_labeling,
