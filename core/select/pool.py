@@ -92,10 +92,9 @@ def read_pool(path: Path, encode: Callable[[Sequence[str]], np.ndarray] | None =
         raise InvalidInput("pool", f"{path} is not a file")
     if suffix == ".npy":
         try:
-            x = np.load(path, allow_pickle=False)
-        except ValueError as e:
+            x = as_vectors("pool", np.load(path, allow_pickle=False))
+        except ValueError as e:  # not an array file, objects, or values that are not numbers
             raise InvalidInput("pool", f"{path.name}: not a numeric .npy array ({e})") from e
-        x = as_vectors("pool", x)
         return Pool([str(i) for i in range(len(x))], x, [None] * len(x))
     rows = _records(path)
     if not rows:

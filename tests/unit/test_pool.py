@@ -106,6 +106,19 @@ def test_bad_pools_name_their_field(tmp_path: Path, name: str, content: str, fie
     assert e.value.field == field
 
 
+def test_an_npy_that_is_not_numbers_names_the_pool(tmp_path: Path):
+    for name, array in (("words.npy", np.array(["a", "b"])), ("flat.npy", np.zeros(4)),
+                        ("nan.npy", np.array([[np.nan, 1.0]]))):
+        np.save(tmp_path / name, array)
+        with pytest.raises(InvalidInput) as e:
+            read_pool(tmp_path / name)
+        assert e.value.field == "pool"
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    with pytest.raises(InvalidInput) as e:
+        read_pool(tmp_path / "junk.npy")
+    assert e.value.field == "pool"
+
+
 def test_winnow_select_prints_the_picks_and_writes_csv(tmp_path: Path, capsys):
     x, y = clusters(60)
     paths = write_all(tmp_path, x, [str(v) if k < 10 else None for k, v in enumerate(y)])
