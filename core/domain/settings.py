@@ -268,8 +268,8 @@ class LoopConfig:
         low=0.0, high=1.0, low_open=True)
     certify_probability: float = setting(
         0.2, "chance an item above the model's candidate threshold goes to a person while no threshold is "
-        "certified; higher: the first certificate sooner, fewer labels left for picks", low=0.0, high=1.0,
-        low_open=True)
+        "certified (at least --audit-probability); higher: the first certificate sooner, fewer labels left for "
+        "picks", low=0.0, high=1.0, low_open=True)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
     min_probability: float = setting(0.02, "least chance any other item goes to a person at arrival", low=0.0, high=1.0,

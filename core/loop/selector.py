@@ -224,8 +224,8 @@ class Selector(Stage):
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
-        candidate threshold: ``certify_probability`` until a threshold is certified, then the audit
-        probability), the minimum elsewhere."""
+        candidate threshold: ``certify_probability`` (at least the audit probability) until a threshold
+        is certified, then the audit probability), the minimum elsewhere."""
         confidence = probs.max(1)
         # probes: people check the items the model would label were its threshold lower (above its
         # candidate), where the next threshold's evidence is needed; every item while no candidate and
@@ -235,7 +235,8 @@ class Selector(Stage):
         region = confidence >= self.candidate if np.isfinite(self.candidate) else np.full(len(ids), not certified)
         probe = ~audit & region
         if probability is None:  # the items people need most come from the backlog (``_pick``)
-            check = self.config.audit_probability if certified else self.config.certify_probability
+            audit_p = self.config.audit_probability  # never less before a certificate than after it
+            check = audit_p if certified else max(audit_p, self.config.certify_probability)
             probability = np.where(audit, self.config.audit_probability,
                                    np.where(probe, check, self.config.min_probability))
         draws = self.sampler.draw(probability, uniforms(self.config.seed, self.project.name, ids, look), arriving)

@@ -439,12 +439,15 @@ def test_a_class_added_mid_stream_is_answered_at_once_and_learned_by_the_next_mo
     assert all(truth[label.item_id] == "c" for label in model_c)
 
 
-@pytest.mark.parametrize("threshold", [None, 0.99], ids=["uncertified", "certified"])
+@pytest.mark.parametrize("threshold, certify, audit, early", [(None, 0.5, 0.1, 0.5), (None, 0.2, 0.6, 0.6),
+                                                              (0.99, 0.5, 0.1, 0.1)],
+                         ids=["uncertified", "uncertified-audit-higher", "certified"])
 def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_threshold_is_certified(
-        env, tmp_path: Path, threshold: float | None) -> None:
+        env, tmp_path: Path, threshold: float | None, certify: float, audit: float, early: float) -> None:
     """With a candidate threshold, people check only the items above it (where the next threshold's
-    evidence is needed): at ``certify_probability`` while no threshold is certified, at the audit
-    probability after; the items below get the minimum chance, as plain label tasks."""
+    evidence is needed): at ``certify_probability`` (never below the audit probability) while no
+    threshold is certified, at the audit probability after; the items below get the minimum chance,
+    as plain label tasks."""
     from winnow.core.ml.head import OnnxHead
 
     bus, store = env
@@ -464,7 +467,7 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
                                             "threshold": threshold, "candidate_threshold": candidate})
     store.register_model(ModelVersion("p", "v2", str(tmp_path / "v2"), 0.0, 0, 1.0,
                                       float("inf") if threshold is None else threshold))
-    config = dataclasses.replace(CONFIG, certify_probability=0.5, audit_probability=0.1, min_probability=0.02,
+    config = dataclasses.replace(CONFIG, certify_probability=certify, audit_probability=audit, min_probability=0.02,
                                  select_batch=10_000)  # no picks: only the arrival look draws
     selector = Selector(bus, store, project, config)
     ids = [f"i{k}" for k in range(len(x))]
@@ -475,7 +478,6 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     above = {i for i, c in zip(ids, confidence) if c >= candidate}
     tasks = store.tasks("p")
     probes = [t for t in tasks if t.kind == "holdout"]
-    early = 0.5 if threshold is None else 0.1
     assert probes and all(t.item_id in above and t.probability == early for t in probes)
     assert all(t.item_id not in above and t.probability == 0.02 for t in tasks if t.kind == "label")
     drawn = len(probes) / len(above)
