@@ -750,9 +750,7 @@ def cmd_bench_labeling(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.labeling import run_labeling_benchmark
 
-    count = Option("count", int, "a count", low=0)
-    annotators = tuple(count.parse(t, LABELING_ANNOTATORS.flag) for t in given(args, LABELING_ANNOTATORS))
-    priors = tuple(count.parse(t, LABELING_PRIORS.flag) for t in given(args, LABELING_PRIORS))
+    annotators, priors = _ints(args, LABELING_ANNOTATORS, 0), _ints(args, LABELING_PRIORS, 0)
     out, seconds = given(args, FUZZ_OUT), given(args, LABELING_SECONDS)
     console = Console(stderr=True)
     result = run_labeling_benchmark(out, annotators, priors, seconds, progress=lambda run: console.print(run))
@@ -815,13 +813,17 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(args: argparse.Namespace, option: Option, low: int) -> tuple[int, ...]:
+    """A comma-separated option's values as integers of at least ``low`` (InvalidInput naming its flag)."""
+    each = Option(option.dest, int, option.help, low=low)
+    return tuple(each.parse(text, option.flag) for text in given(args, option))
+
+
 def cmd_bench_selector(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.selector import run_selector_benchmark
 
-    size = Option("size", int, "a backlog size", low=1)
-    sizes = tuple(size.parse(text, SELECTOR_SIZES.flag) for text in given(args, SELECTOR_SIZES))
-    out = given(args, FUZZ_OUT)
+    sizes, out = _ints(args, SELECTOR_SIZES, 1), given(args, FUZZ_OUT)
     console = Console(stderr=True)
     result = run_selector_benchmark(out, sizes, given(args, SELECTOR_ARRIVALS), given(args, SELECTOR_STEPS),
                                     given(args, SELECTOR_STRATEGY), progress=console.print)
@@ -834,9 +836,7 @@ def cmd_bench_select(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.select import run_select_benchmark
 
-    size = Option("size", int, "a pool size", low=100)
-    sizes = tuple(size.parse(text, POOL_SIZES.flag) for text in given(args, POOL_SIZES))
-    out = given(args, FUZZ_OUT)
+    sizes, out = _ints(args, POOL_SIZES, 100), given(args, FUZZ_OUT)
     console = Console(stderr=True)
     result = run_select_benchmark(out, sizes, given(args, POOL_BUDGET), progress=lambda run: console.print(
         f"{run['n']:>9,} {run['implementation']:>16} {run['method']:>8}: {run['wall_s']:8.2f} s, "

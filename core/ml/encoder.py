@@ -224,8 +224,7 @@ class Tokenizer:
     def __init__(self, folder: Path | None = None, max_length: int | None = None) -> None:
         folder = folder or minilm_files()
         if max_length is None:  # sentence-transformers' own limit for this model (256)
-            bert_config = folder / "sentence_bert_config.json"
-            max_length = json.loads(bert_config.read_text())["max_seq_length"] if bert_config.is_file() else 256
+            max_length = _sentence_max_length(folder, 256)
         try:
             self._tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as e:  # the Rust binding raises a bare Exception on a bad file
