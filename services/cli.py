@@ -136,8 +136,9 @@ TOKEN_NAME = Option("name", str, "the identity the holder acts as (an annotator'
                     "ROLE-ID", None, env_name="TOKEN_NAME", optional=True)
 BUS = next(o for o in options(ServeConfig) if o.key == "bus")  # `serve --bus`, WINNOW_BUS
 ERASE_PROJECT = Option("project", str, "the project of the items", None, env_name="ERASE_PROJECT")
-EXPORT_FORMAT = Option("format", str, "jsonl, csv or labelstudio", "jsonl", env_name="EXPORT_FORMAT",
-                       choices=("jsonl", "csv", "labelstudio"))
+EXPORT_FORMAT = Option("format", str, "jsonl, csv, labelstudio, or dpo (preference projects: prompt, chosen, "
+                       "rejected and provenance per comparison, for reward-model and DPO trainers)", "jsonl",
+                       env_name="EXPORT_FORMAT", choices=("jsonl", "csv", "labelstudio", "dpo"))
 EXPORT_OUT = Option("out", Path, "file to write (default: standard output)", None, env_name="EXPORT_OUT",
                     optional=True)
 TARGET = Option("target", str, "HOST:PORT of the server's gRPC API", "127.0.0.1:50051", env_name="TARGET")
@@ -146,7 +147,11 @@ TOKEN = Option("token", str, "the bearer token (prefer the variable: a flag show
 TLS_CA = Option("tls_ca", Path, "PEM CA of the server's certificate: speak TLS", None, env_name="TLS_CA",
                 optional=True)
 CLIENT_OPTIONS = (TARGET, TOKEN, TLS_CA)
-CLASSES_OPT = Option("classes", tuple, "the label schema, comma-separated", None, env_name="PROJECT_CLASSES")
+CLASSES_OPT = Option("classes", tuple, "the label schema, comma-separated (none for a preference project: A, B, tie)",
+                     None, env_name="PROJECT_CLASSES")
+KIND = Option("kind", str, "classification (texts, one class each) or preference (a prompt and candidate "
+              "responses; people compare two at a time)", "classification", env_name="PROJECT_KIND",
+              choices=("classification", "preference"))
 GUIDELINE = Option("guideline_version", str, "version of the labeling guideline, carried by every label", "v1",
                    env_name="GUIDELINE_VERSION")
 ID_COL = Option("id_col", str, "item id column (default: FILE's stem and the row number)", None,
@@ -295,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     create_p = project_sub.add_parser("create", help="create a project (the admin); the same settings again change "
                                       "nothing")
     create_p.add_argument("name")
-    add_options(create_p, (*CLIENT_OPTIONS, CLASSES_OPT, BUDGET, PRECISION, STRATEGY, OVERLAP, GUIDELINE,
+    add_options(create_p, (*CLIENT_OPTIONS, CLASSES_OPT, KIND, BUDGET, PRECISION, STRATEGY, OVERLAP, GUIDELINE,
                            GUIDELINE_FILE))
     add_options(project_sub.add_parser("list", help="the projects the token belongs to"), CLIENT_OPTIONS)
     update = project_sub.add_parser("update", help="change a project's settings (owners): only those given change; "
@@ -448,7 +453,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from winnow.core.data.formats import to_label_studio, write_csv, write_jsonl
+    from winnow.core.data.formats import to_dpo, to_label_studio, write_csv, write_jsonl
     from winnow.core.loop.transfer import export_rows
 
     project, fmt, out = given(args, ERASE_PROJECT), given(args, EXPORT_FORMAT), given(args, EXPORT_OUT)
@@ -463,7 +468,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             data = export_rows(store, project, _actor(), time.time())
         finally:
             store.close()
-    text = (write_jsonl(data) if fmt == "jsonl" else write_csv(data) if fmt == "csv"
+    if fmt == "dpo":
+        comparisons = len(data)
+        data = to_dpo(data)
+        print(f"{comparisons - len(data)} of {comparisons} labels left out (ties, or not comparisons)", file=sys.stderr)
+    text = (write_jsonl(data) if fmt in ("jsonl", "dpo") else write_csv(data) if fmt == "csv"
             else json.dumps(to_label_studio(data), ensure_ascii=False, indent=1))
     if out is None:
         sys.stdout.write(text)
@@ -525,11 +534,12 @@ def cmd_project(args: argparse.Namespace) -> int:
     with _client(args) as client:
         if args.project_command == "create":
             labels, per = budget(args)
-            made = client.create_project(args.name, given(args, CLASSES_OPT), budget_labels=labels,
+            made = client.create_project(args.name, given(args, CLASSES_OPT) or (), budget_labels=labels,
                                          budget_per_items=per, precision_target=given(args, PRECISION),
                                          strategy=given(args, STRATEGY), overlap=given(args, OVERLAP),
-                                         guideline_version=given(args, GUIDELINE), guideline=_guideline(args))
-            print(f"project {made.name}: {len(made.classes)} classes, budget {made.budget_labels}/"
+                                         guideline_version=given(args, GUIDELINE), guideline=_guideline(args),
+                                         kind=given(args, KIND))
+            print(f"project {made.name}: {made.kind}, {len(made.classes)} classes, budget {made.budget_labels}/"
                   f"{made.budget_per_items}, precision target {made.precision_target}")
         elif args.project_command == "update":
             changes: dict[str, object] = {}

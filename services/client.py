@@ -147,12 +147,14 @@ class WinnowClient:
     def create_project(self, name: str, classes: Sequence[str], *, budget_labels: int | None = None,
                        budget_per_items: int | None = None, precision_target: float | None = None,
                        strategy: str | None = None, overlap: int | None = None,
-                       guideline_version: str | None = None, guideline: str | None = None) -> Project:
-        """Create a project (settings left None take the server's defaults); idempotent."""
+                       guideline_version: str | None = None, guideline: str | None = None,
+                       kind: str | None = None) -> Project:
+        """Create a project (settings left None take the server's defaults); idempotent. ``kind``
+        "preference": items are prompts with responses, ``classes`` may be empty (A, B, tie)."""
         request = projects_pb2.CreateProjectRequest(
             name=name, classes=classes, budget_labels=budget_labels, budget_per_items=budget_per_items,
             precision_target=precision_target, strategy=strategy, overlap=overlap,
-            guideline_version=guideline_version, guideline=guideline)
+            guideline_version=guideline_version, guideline=guideline, kind=kind)
         return from_message(self._call(self._projects.CreateProject, request), Project)
 
     def projects(self) -> list[Project]:
@@ -212,7 +214,8 @@ class WinnowClient:
             return [{"item_id": m.item_id, "text": m.text, "label": m.label, "source": m.source,
                      "source_id": m.source_id, "aggregation": m.aggregation, "confidence": m.confidence,
                      **{f: getattr(m, f) if m.HasField(f) else None for f in fields},
-                     "guideline_version": m.guideline_version, "created_at": m.created_at, "answers": dict(m.answers)}
+                     "guideline_version": m.guideline_version, "created_at": m.created_at, "answers": dict(m.answers),
+                     **({"responses": [{"text": r.text, "model": r.model} for r in m.responses]} if m.responses else {})}
                     for m in self._projects.ExportRows(projects_pb2.ExportLabelsRequest(project=project))]
 
     def export_labels(self, project: str) -> Iterator[Label]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.domain.records import Item
+from winnow.core.domain.records import Item, Response
 
 MAX_FILE_BYTES = 2 << 30
 
@@ -51,11 +51,29 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
+def _responses(value: object, n: int) -> tuple[Response, ...]:
+    """A JSONL row's ``responses``: a list of texts, or of ``{"text", "model"}`` objects."""
+    if not isinstance(value, list):
+        raise InvalidInput(f"row {n}: responses", "must be a list of texts or of {\"text\", \"model\"} objects")
+    out = []
+    for k, r in enumerate(value):
+        if isinstance(r, str):
+            out.append(Response(r))
+        elif isinstance(r, dict) and isinstance(r.get("text"), str) and isinstance(r.get("model", ""), str):
+            out.append(Response(r["text"], r.get("model", "")))
+        else:
+            raise InvalidInput(f"row {n}: responses[{k}]", "must be a text or a {\"text\", \"model\"} object")
+    return tuple(out)
+
+
 def items_from(path: Path, project: str, text_col: str, id_col: str | None) -> list[Item]:
     """Items from a file: the text column, and the id column (default: ``<file stem>-<row>``, so the
-    same file ingested again adds nothing)."""
+    same file ingested again adds nothing). A JSONL row of a preference project also has
+    ``responses``: its candidate responses, texts or ``{"text", "model"}`` objects (the text column
+    is then the prompt)."""
     rows = read_rows(path, (text_col,) + ((id_col,) if id_col else ()))
-    items = [Item(project, row[id_col] if id_col else f"{Path(path).stem}-{n}", row[text_col])
+    items = [Item(project, row[id_col] if id_col else f"{Path(path).stem}-{n}", row[text_col],
+                  responses=_responses(row["responses"], n) if "responses" in row else ())
              for n, row in enumerate(rows, start=1)]
     seen: set[str] = set()
     for n, item in enumerate(items, start=1):

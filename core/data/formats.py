@@ -19,11 +19,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.domain.records import Annotation, Item, Label
+from winnow.core.domain.records import Annotation, Item, Label, Response
 
-FORMATS = ("jsonl", "csv", "labelstudio")
+FORMATS = ("jsonl", "csv", "labelstudio", "dpo")
 ROW_FIELDS = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold",
               "probability", "guideline_version", "created_at", "answers")
+PAIR_FIELDS = ("response_a", "response_b", "model_a", "model_b")
 FROM_NAME, TO_NAME = "label", "text"  # the Label Studio labeling config: <Choices name="label" toName="text">
 
 
@@ -41,15 +42,40 @@ def parse_time(value: object, where: str) -> float:
         raise InvalidInput(where, f"is not a time: {str(value)[:40]!r}") from None
 
 
-def rows(labels: Sequence[Label], texts: Mapping[str, str], answers: Iterable[Annotation]) -> list[dict]:
-    """One row per final label: the item's text, the label, its provenance and every person's answer."""
+def rows(labels: Sequence[Label], texts: Mapping[str, str], answers: Iterable[Annotation],
+         responses: Mapping[str, Sequence[Response]] | None = None) -> list[dict]:
+    """One row per final label: the item's text, the label, its provenance and every person's answer;
+    a comparison's row also has its two ``responses`` (``{"text", "model"}``, A then B)."""
     given: dict[str, dict[str, str]] = {}
     for a in answers:
         given.setdefault(a.item_id, {})[a.annotator] = a.label
-    return [{"item_id": x.item_id, "text": texts.get(x.item_id, ""), "label": x.label, "source": x.source,
-             "source_id": x.source_id, "aggregation": x.aggregation, "confidence": x.confidence,
-             "threshold": x.threshold, "probability": x.probability, "guideline_version": x.guideline_version,
-             "created_at": _iso(x.created_at), "answers": given.get(x.item_id, {})} for x in labels]
+    out = []
+    for x in labels:
+        row = {"item_id": x.item_id, "text": texts.get(x.item_id, ""), "label": x.label, "source": x.source,
+               "source_id": x.source_id, "aggregation": x.aggregation, "confidence": x.confidence,
+               "threshold": x.threshold, "probability": x.probability, "guideline_version": x.guideline_version,
+               "created_at": _iso(x.created_at), "answers": given.get(x.item_id, {})}
+        if responses and responses.get(x.item_id):
+            row["responses"] = [{"text": r.text, "model": r.model} for r in responses[x.item_id]]
+        out.append(row)
+    return out
+
+
+def to_dpo(data: list[dict]) -> list[dict]:
+    """Preference rows in the layout reward-model and DPO trainers read (TRL's ``prompt``, ``chosen``,
+    ``rejected``): one line per comparison whose final label prefers a response (ties and rows without
+    responses are left out), with the models that wrote the two responses and the label's provenance
+    (who or which reward model version decided, how, with what confidence and certified family)."""
+    out = []
+    for row in data:
+        pair = row.get("responses")
+        if not pair or row["label"] not in ("A", "B"):
+            continue
+        chosen, rejected = (pair[0], pair[1]) if row["label"] == "A" else (pair[1], pair[0])
+        out.append({"prompt": row["text"], "chosen": chosen["text"], "rejected": rejected["text"],
+                    "id": row["item_id"], "chosen_model": chosen["model"], "rejected_model": rejected["model"],
+                    "provenance": {k: row[k] for k in ROW_FIELDS if k not in ("item_id", "text")}})
+    return out
 
 
 def write_jsonl(data: list[dict]) -> str:
@@ -57,13 +83,19 @@ def write_jsonl(data: list[dict]) -> str:
 
 
 def write_csv(data: list[dict]) -> str:
-    """CSV with a header; ``answers`` as ``annotator:label`` pairs joined by ``;``."""
+    """CSV with a header; ``answers`` as ``annotator:label`` pairs joined by ``;``; comparisons add
+    ``response_a``, ``response_b`` and the models that wrote them."""
+    pairs = any("responses" in row for row in data)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=ROW_FIELDS + (PAIR_FIELDS if pairs else ()), lineterminator="\n")
     writer.writeheader()
     for row in data:
-        writer.writerow({**row, "answers": ";".join(f"{who}:{label}" for who, label in sorted(row["answers"].items())),
-                         **{k: "" if row[k] is None else row[k] for k in ("threshold", "probability")}})
+        pair = row.get("responses") or [{"text": "", "model": ""}] * 2
+        flat = {k: v for k, v in row.items() if k != "responses"}
+        writer.writerow({**flat, "answers": ";".join(f"{who}:{label}" for who, label in sorted(row["answers"].items())),
+                         **{k: "" if row[k] is None else row[k] for k in ("threshold", "probability")},
+                         **({"response_a": pair[0]["text"], "response_b": pair[1]["text"], "model_a": pair[0]["model"],
+                             "model_b": pair[1]["model"]} if pairs else {})})
     return out.getvalue()
 
 
@@ -86,7 +118,10 @@ def to_label_studio(data: list[dict]) -> list[dict]:
         predictions = ([{"model_version": row["source_id"], "score": row["confidence"],
                          "result": _choice(row["label"])}] if row["source"] == "model" else [])
         provenance = {k: row[k] for k in ROW_FIELDS if k not in ("text", "answers")}
-        tasks.append({"id": n, "data": {"text": row["text"], "item_id": row["item_id"]}, "annotations": annotations,
+        data = {"text": row["text"], "item_id": row["item_id"]}
+        if row.get("responses"):  # Label Studio's pairwise template reads two texts beside the prompt
+            data.update(response_a=row["responses"][0]["text"], response_b=row["responses"][1]["text"])
+        tasks.append({"id": n, "data": data, "annotations": annotations,
                       "predictions": predictions, "meta": {"winnow": provenance}})
     return tasks
 

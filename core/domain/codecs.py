@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Generic, Iterable, Mapping, TypeVar
 
-from google.protobuf import struct_pb2
+from google.protobuf import message_factory, struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from winnow.core.domain.errors import InvalidInput
@@ -26,7 +26,7 @@ from winnow.v1 import records_pb2
 R = TypeVar("R")
 M = TypeVar("M", bound=Message)
 
-_PLAIN, _OPTIONAL, _ENUM, _STRUCT, _RECORD, _REPEATED, _MAP = range(7)
+_PLAIN, _OPTIONAL, _ENUM, _STRUCT, _RECORD, _REPEATED, _MAP, _RECORDS = range(8)
 
 
 def _plain(value: Any) -> Any:
@@ -70,6 +70,8 @@ class _Plan:
                 continue
             elif kind == _RECORD:
                 value = to_message(value, type(getattr(self.message(), name)))
+            elif kind == _RECORDS:
+                value = [to_message(v, extra[1]) for v in value]
             values[name] = value
         try:
             message = self.message(**values)
@@ -95,6 +97,8 @@ class _Plan:
                 value = _plain(value)
             elif kind == _RECORD:
                 value = from_message(value, extra)
+            elif kind == _RECORDS:
+                value = tuple(from_message(v, extra[0]) for v in value)
             elif kind == _REPEATED:
                 value = tuple(value)
             elif kind == _MAP:
@@ -119,6 +123,8 @@ def _plan(record_cls: type, message_cls: type[Message]) -> _Plan:
             kind = _MAP
         elif field.message_type is not None and dataclasses.is_dataclass(hints[f.name]):
             kind, extra = _RECORD, hints[f.name]
+        elif field.is_repeated and field.message_type is not None:  # a tuple of records
+            kind, extra = _RECORDS, (typing.get_args(hints[f.name])[0], message_factory.GetMessageClass(field.message_type))
         elif field.is_repeated:
             kind = _REPEATED
         elif field.enum_type is not None:

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 LabelSource = Literal["human", "model", "gold"]
+PROJECT_KINDS = ("classification", "preference")
+# a preference project's label schema: response A is better, B is better, or neither (people may say
+# tie; the model labels A or B where it is sure, and may say tie)
+PREFERENCE_CLASSES = ("A", "B", "tie")
 
 
 @dataclass(frozen=True)
@@ -28,16 +32,36 @@ class Project:
     guideline_version: str = "v1"
     created_at: float = 0.0
     guideline: str = ""  # the labeling guideline people read (the labeling page shows it)
+    kind: str = "classification"  # or "preference": items are comparisons, the classes PREFERENCE_CLASSES
+
+    def __post_init__(self) -> None:
+        if not self.kind:  # unset on the wire (a message from before preference projects)
+            object.__setattr__(self, "kind", "classification")
+
+    @property
+    def preference(self) -> bool:
+        return self.kind == "preference"
+
+
+@dataclass(frozen=True)
+class Response:
+    """One candidate response of a preference item, and the model that wrote it ("" when not known)."""
+
+    text: str
+    model: str = ""
 
 
 @dataclass(frozen=True)
 class Item:
-    """One raw item streamed in by a producer."""
+    """One raw item streamed in by a producer. In a preference project ``text`` is the prompt and
+    ``responses`` its candidate responses: a stored item is one comparison, two responses (people are
+    asked which is better; see :mod:`winnow.core.domain.comparisons` for items with more)."""
 
     project: str
     item_id: str
     text: str
     ingested_at: float = 0.0
+    responses: tuple[Response, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,7 @@ class Lease:
     kind: str
     expires_at: float
     suggestion: str | None = None
+    responses: tuple[Response, ...] = ()  # a preference task: the two responses, A then B
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 from winnow.core.domain.errors import InvalidInput, NotFound
-from winnow.core.domain.limits import check_items, check_project_limits
-from winnow.core.domain.records import Annotation, Item, Label, ModelVersion, Project, Task
+from winnow.core.domain.limits import MAX_KEY_BYTES, check_items, check_project_limits
+from winnow.core.domain.records import PREFERENCE_CLASSES, PROJECT_KINDS, Annotation, Item, Label, ModelVersion, Project, Task
 
 MAX_TEXT_BYTES = 64 * 1024
+MAX_RESPONSES = 16  # candidate responses per preference item: 16 give 120 comparisons
 
 
 def validate_items(project: Project, items: Sequence[Item]) -> None:
@@ -35,6 +36,32 @@ def validate_items(project: Project, items: Sequence[Item]) -> None:
             raise InvalidInput("text", f"item {item.item_id!r} has empty text")
         if len(item.text.encode()) > MAX_TEXT_BYTES:
             raise InvalidInput("text", f"item {item.item_id!r} is {len(item.text.encode())} bytes, over {MAX_TEXT_BYTES}")
+        check_responses(project, item)
+
+
+def check_responses(project: Project, item: Item, stored: bool = False) -> None:
+    """InvalidInput("responses") unless a preference project's item has 2 to ``MAX_RESPONSES``
+    responses (exactly 2 once ``stored``: a comparison) and a classification project's has none;
+    each response's "text" non-empty, without NUL and at most ``MAX_TEXT_BYTES``, its "model" a
+    short name."""
+    k, where = len(item.responses), f"item {item.item_id[:100]!r}"
+    if not project.preference:
+        if k:
+            raise InvalidInput("responses", f"{where}: project {project.name!r} classifies texts; its items have "
+                                            "no responses")
+        return
+    if k < 2 or k > (2 if stored else MAX_RESPONSES):
+        raise InvalidInput("responses", f"{where} has {k} responses; a preference item needs 2 to "
+                                        f"{2 if stored else MAX_RESPONSES}")
+    for n, response in enumerate(item.responses):
+        if not isinstance(response.text, str) or not response.text.strip():
+            raise InvalidInput("responses.text", f"{where}: response {n} is empty")
+        check_text("responses.text", response.text)
+        check_text("responses.model", response.model)
+        if len(response.text.encode()) > MAX_TEXT_BYTES:
+            raise InvalidInput("responses.text", f"{where}: response {n} is over {MAX_TEXT_BYTES} bytes")
+        if len(response.model.encode()) > MAX_KEY_BYTES:
+            raise InvalidInput("responses.model", f"{where}: response {n}'s model name is over {MAX_KEY_BYTES} bytes")
 
 
 # -- the store's rules (no database access; the stores call these before opening a transaction) --
@@ -89,6 +116,11 @@ def validate_project(project: Project) -> None:
         raise InvalidInput("precision_target", f"must be in (0, 1), got {project.precision_target}")
     if project.strategy not in STRATEGIES:
         raise InvalidInput("strategy", f"unknown strategy {project.strategy!r}; expected one of {STRATEGIES}")
+    if project.kind not in PROJECT_KINDS:
+        raise InvalidInput("kind", f"unknown project kind {project.kind!r}; expected one of {PROJECT_KINDS}")
+    if project.preference and tuple(project.classes) != PREFERENCE_CLASSES:
+        raise InvalidInput("classes", f"a preference project's classes are {list(PREFERENCE_CLASSES)}, "
+                                      f"got {list(project.classes)}")
 
 
 def validate_item_fields(items: Sequence[Item]) -> None:
@@ -98,6 +130,7 @@ def validate_item_fields(items: Sequence[Item]) -> None:
         check_text("project", item.project)
         check_text("item_id", item.item_id)
         check_text("text", item.text)
+        check_text("responses", *(r.text for r in item.responses), *(r.model for r in item.responses))
         check_finite("ingested_at", item.ingested_at)
         if not item.item_id.strip():
             raise InvalidInput("item_id", f"empty item id in project {item.project!r}")

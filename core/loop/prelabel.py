@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from winnow.core.domain.codecs import ITEMS_SCORED
+from winnow.core.domain.comparisons import comparisons, pair_texts
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.domain.records import Item, Project, Scored
 from winnow.core.domain.settings import LoopConfig
@@ -86,7 +87,7 @@ class PrelabelWorker(Stage):
         items = self._swap_and_pick(records)
         if items:
             self._store_items(items)
-            self._write(items, self.runtime.predict([i.text for i in items]))
+            self._write(items, self._predict(items))
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
         """Without ``overlap``, ``Stage.step``. With it: once the model is done with the batch in
@@ -113,7 +114,7 @@ class PrelabelWorker(Stage):
         items = self._swap_and_pick(records)
         offsets = next_offsets(messages)
         if items:
-            self._in_flight = _InFlight(items, offsets, self._model.submit(self.runtime.predict, [i.text for i in items]))
+            self._in_flight = _InFlight(items, offsets, self._model.submit(self._predict, items))
             self._store_items(items)
         commit: dict[tuple[str, int], int] = {}
         if busy is not None:
@@ -128,6 +129,13 @@ class PrelabelWorker(Stage):
             ahead = self._poll_now(max_messages)
             self._ahead = (ahead, self._decode_all(ahead))
         return len(messages)
+
+    def _predict(self, items: list[Item]) -> Prediction:
+        """The model's output for a batch: texts, or a preference project's comparisons (each scored
+        on the unit difference of its two responses' embeddings)."""
+        if self.project.preference:
+            return self.runtime.predict_pairs(*pair_texts(items))
+        return self.runtime.predict([i.text for i in items])
 
     def _poll_now(self, max_messages: int) -> list[Message]:
         """Up to ``max_messages`` that the bus can hand out without waiting."""
@@ -189,8 +197,8 @@ class PrelabelWorker(Stage):
         for item in items:
             if item.item_id in erased:
                 continue
-            if item.text:
-                kept.append(item)
+            if item.text:  # from a producer that writes items.raw itself: a preference item becomes its pairs
+                kept += comparisons(self.project, [item])
             elif item.item_id in stored:
                 kept.append(stored[item.item_id])
             else:
@@ -200,7 +208,7 @@ class PrelabelWorker(Stage):
 
     def _forget_erased(self) -> None:
         """Drop the cached embeddings of texts erased since the last look."""
-        digests = [d for _, d in self._erasures.new() if d is not None]
+        digests = [d for _, joined in self._erasures.new() if joined for d in joined.split(",")]
         if digests:
             log.info("prelabel forgot project=%s cached_embeddings=%d", self.project.name, self.runtime.forget(digests))
 

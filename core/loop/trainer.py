@@ -19,7 +19,8 @@ from winnow.core.loop.close import CLOSE_CHECK_S, min_train_labels, pending_clos
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.head import Head, load_head
-from winnow.core.ml.training import train, write_version
+from winnow.core.ml.reward import REWARD_FOLDER, fit_preference_head, reward_of, save_reward
+from winnow.core.ml.training import fit_head, train, write_version
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 
@@ -113,14 +114,20 @@ class Trainer(Stage):
             if auto:
                 extra_emb = self.store.get_embeddings(self.project.name, [label.item_id for label in auto])
                 extra_y = np.array([classes[label.label] for label in auto])
+        # a preference project's head is its Bradley-Terry reward model (``fit_preference_head``)
+        fitter = fit_preference_head if self.project.preference else fit_head
         result = train(emb, y, len(classes), self.project.precision_target, self.config.train,
                        init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=sample,
                        threshold_weights=weights,
-                       extra_embeddings=extra_emb, extra_labels=extra_y)
+                       extra_embeddings=extra_emb, extra_labels=extra_y, fitter=fitter)
         version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
         folder = model_folder(self.models_dir, self.project.name, version)
-        write_version(folder, result, version, self.project.classes, self.config.train,
-                      self.store.project_encoder(self.project.name))
+        encoder = self.store.project_encoder(self.project.name)
+        extra = None
+        if self.project.preference:  # the reward itself, for reward-model users: reward/ (reward.onnx: e -> r)
+            def extra(tmp: Path) -> None:
+                save_reward(tmp / REWARD_FOLDER, reward_of(result.head), {"version": version, "encoder": encoder})
+        write_version(folder, result, version, self.project.classes, self.config.train, encoder, extra)
         threshold = result.threshold.threshold
         model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,
                              float(threshold), result.metrics)

@@ -24,8 +24,9 @@ def export_rows(store: Store, project: str, actor: str, now: float) -> list[dict
     """Every final label of the project with its item's text and answers (audited as an export)."""
     labels = store.labels(project)
     ids = [label.item_id for label in labels]
-    texts = {item.item_id: item.text for item in store.find_items(project, ids)} if ids else {}
-    data = rows(labels, texts, store.annotations(project, ids) if ids else [])
+    items = store.find_items(project, ids) if ids else []
+    data = rows(labels, {i.item_id: i.text for i in items}, store.annotations(project, ids) if ids else [],
+                {i.item_id: i.responses for i in items if i.responses})
     store.audit(project, actor, "export_labels", f"{len(data)} labels", now, ids)
     return data
 

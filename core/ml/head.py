@@ -130,7 +130,7 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def save_model(folder: Path, head: Head, meta: dict) -> None:
+def save_model(folder: Path, head: Head, meta: dict, extra: Callable[[Path], None] | None = None) -> None:
     """Write a model version: head.safetensors, head.onnx and meta.json.
 
     ``meta`` needs ``version`` (str), ``classes`` (list[str], one per class) and ``temperature`` (float > 0);
@@ -146,6 +146,8 @@ def save_model(folder: Path, head: Head, meta: dict) -> None:
         export_module(cpu_head, (torch.zeros(2, head.config.dim),), tmp / ONNX_FILE, ["embeddings"], ["logits"],
                       {"embeddings": {0: "batch"}, "logits": {0: "batch"}})
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        if extra is not None:
+            extra(tmp)
 
     write_version_folder(folder, write)
 

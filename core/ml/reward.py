@@ -26,9 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.ml.encoder import export_module, onnx_session
-from winnow.core.ml.head import read_meta, write_version_folder
+from winnow.core.ml.head import Head, HeadConfig, read_meta, write_version_folder
 
 WEIGHTS_FILE, ONNX_FILE, META_FILE = "reward.safetensors", "reward.onnx", "meta.json"
+REWARD_FOLDER = "reward"  # a preference project's model version holds its reward model here
 OUTCOMES = {"A": 1.0, "B": 0.0, "tie": 0.5}  # a person's answer -> the share of a win for response A
 
 
@@ -133,6 +134,59 @@ def preference(rewards_a: np.ndarray, rewards_b: np.ndarray) -> tuple[np.ndarray
 
     members = p[:, 1:] if p.shape[1] > 1 else p
     return p[:, 0], np.maximum(entropy(members.mean(1)) - entropy(members).mean(1), 0.0)
+
+
+TIE_BIAS_RANGE = (-20.0, 10.0)
+
+
+def _tie_bias(z: np.ndarray, ties: float, n: int) -> float:
+    """The tie logit ``b`` at which the head's expected ties, ``sum_i e^b / (e^(z_i/2) + e^(-z_i/2) + e^b)``,
+    match the ties seen (smoothed: ``(ties + 0.5) / (n + 1)`` of the comparisons); by bisection (monotone in b)."""
+    target = (ties + 0.5) / (n + 1) * len(z)
+    scale = np.logaddexp(z / 2, -z / 2)  # log(e^(z/2) + e^(-z/2))
+    low, high = TIE_BIAS_RANGE
+    for _ in range(60):
+        mid = (low + high) / 2
+        expected = np.sum(1.0 / (1.0 + np.exp(scale - mid)))
+        low, high = (mid, high) if expected < target else (low, mid)
+    return (low + high) / 2
+
+
+def preference_head(fit: RewardFit, tie_bias: float) -> Head:
+    """The reward as a classifier head over PREFERENCE_CLASSES (A, B, tie) on comparison vectors ``v``:
+    member ``m``'s logits are ``(w_m . v / 2, -w_m . v / 2, tie_bias)``, so ``P(A) / P(B) = e^(w_m . v)``
+    (Bradley-Terry) and a tie gets ``e^b / (e^(z/2) + e^(-z/2) + e^b)`` (Davidson 1970's model of ties):
+    the selector, the calibration and the certified threshold read it as they read any head."""
+    members, dim = fit.weight.shape
+    head = Head(HeadConfig(dim, 3, 0, members, 0.0))
+    w = torch.from_numpy(fit.weight).to(torch.float32)  # [M, D]
+    with torch.no_grad():
+        head.out_weight.copy_(torch.stack([w / 2, -w / 2, torch.zeros_like(w)], dim=2))  # [M, D, 3]
+        head.out_bias.copy_(torch.tensor([0.0, 0.0, tie_bias]).expand(members, 3))
+    return head.eval()
+
+
+def reward_of(head: Head) -> RewardFit:
+    """The reward a preference head carries (:func:`preference_head`): ``w_m = 2 x`` its A column."""
+    weight = 2.0 * head.out_weight.detach()[:, :, 0].to(torch.float64).numpy()
+    return RewardFit(weight, 0, float("nan"))
+
+
+def fit_preference_head(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, config, init=None,
+                        seed: int | None = None) -> Head:
+    """:func:`fit_reward` on comparison vectors ``[n, D]`` and answers (class ids of PREFERENCE_CLASSES:
+    0 A, 1 B, 2 tie), as a :func:`preference_head`; the training's signature (``config`` a
+    ``TrainConfig``: its seed draws the posterior's members), warm-started from ``init``'s reward."""
+    if n_classes != 3:
+        raise InvalidInput("n_classes", f"a preference head answers A, B or tie (3 classes), got {n_classes}")
+    y = np.asarray(labels)
+    if not np.isin(y, (0, 1, 2)).all():
+        raise InvalidInput("labels", "each answer must be 0 (A), 1 (B) or 2 (tie)")
+    outcome = np.choose(y, (1.0, 0.0, 0.5))
+    v = np.asarray(embeddings, np.float64)
+    start = reward_of(init) if init is not None and init.config.dim == v.shape[1] else None
+    fit = fit_reward(v, np.zeros_like(v), outcome, RewardConfig(seed=config.seed if seed is None else seed), init=start)
+    return preference_head(fit, _tie_bias(v @ fit.weight[0], float(np.sum(y == 2)), len(y)))
 
 
 def save_reward(folder: Path, fit: RewardFit, meta: dict) -> None:

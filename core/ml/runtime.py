@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from winnow.core.domain.comparisons import pair_vectors
 from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.domain.settings import ENGINES
 from winnow.core.ml.encoder import (
@@ -91,6 +92,19 @@ class Runtime(ABC):
         if head is None:
             return Prediction(embeddings, None, None, None)
         return Prediction(embeddings, head.logits(embeddings), head.version, MappingProxyType(head.meta))
+
+    def predict_pairs(self, first: Sequence[str], second: Sequence[str]) -> Prediction:
+        """Comparisons: encode both responses of each, and score the unit difference of their embeddings
+        (:func:`~winnow.core.domain.comparisons.pair_vectors`, the comparison's vector) with one head
+        snapshot; ``embeddings`` are those vectors."""
+        if len(first) != len(second):
+            raise InvalidInput("second", f"need one second response per first one, got {len(second)} for {len(first)}")
+        head = self._snapshot()
+        both = self.encoder.encode([*first, *second])  # one batch (the cache serves texts seen before)
+        vectors = pair_vectors(both[: len(first)], both[len(first):])
+        if head is None:
+            return Prediction(vectors, None, None, None)
+        return Prediction(vectors, head.logits(vectors), head.version, MappingProxyType(head.meta))
 
     def forget(self, text_sha256: Sequence[str]) -> int:
         """Drop cached embeddings of erased texts (by their hex SHA-256); how many there were (0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -108,16 +108,22 @@ def head_logits(head: Head, embeddings: np.ndarray) -> np.ndarray:
         return head(torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))).numpy()
 
 
-def cross_fitted_logits(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, config: TrainConfig) -> np.ndarray:
+Fitter = Callable[..., Head]  # fit_head's signature: (embeddings, labels, n_classes, config, init=, seed=) -> Head
+
+
+def cross_fitted_logits(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, config: TrainConfig,
+                        fitter: Fitter = fit_head) -> np.ndarray:
     """Out-of-fold logits [n, members, classes]: each item scored by a head that never saw its label."""
     n = len(labels)
     folds = min(config.folds, n)
     order = np.random.default_rng(config.seed).permutation(n)
-    out = np.zeros((n, config.members, n_classes), dtype=np.float32)
+    out = None
     for k in range(folds):
         held = order[k::folds]
         train = np.setdiff1d(order, held, assume_unique=True)
-        head = fit_head(embeddings[train], labels[train], n_classes, config, seed=config.seed + 1 + k)
+        head = fitter(embeddings[train], labels[train], n_classes, config, seed=config.seed + 1 + k)
+        if out is None:
+            out = np.zeros((n, head.config.members, n_classes), dtype=np.float32)
         out[held] = head_logits(head, embeddings[held])
     return out
 
@@ -135,6 +141,7 @@ def train(
     threshold_weights: np.ndarray | None = None,
     extra_embeddings: np.ndarray | None = None,
     extra_labels: np.ndarray | None = None,
+    fitter: Fitter = fit_head,
 ) -> TrainResult:
     """Fit the head on all human labels and choose its temperature and auto-accept threshold.
 
@@ -145,10 +152,11 @@ def train(
     it), each weighted by ``threshold_weights`` [n] when given (``1 / probability`` of its draw). Gold answers (operator-given) are
     held out of training and only evaluated on. ``extra_embeddings`` / ``extra_labels`` (certified
     model labels: self-training) join the final fit only, never the cross-fitting that calibrates and
-    chooses the threshold.
+    chooses the threshold. ``fitter`` fits a head (``fit_head``, or a preference project's
+    :func:`~winnow.core.ml.reward.fit_preference_head`).
     """
     started = time.perf_counter()
-    oof = cross_fitted_logits(embeddings, labels, n_classes, config)  # [n, M, C]
+    oof = cross_fitted_logits(embeddings, labels, n_classes, config, fitter)  # [n, M, C]
     temperature = fit_temperature(oof, labels)
     oof_probs = mean_probs(oof, temperature)  # [n, C]
     correct = oof_probs.argmax(1) == labels
@@ -157,10 +165,10 @@ def train(
     choice = choose_threshold(oof_probs.max(1)[sample], correct[sample], precision_target, config.confidence_level,
                               config.min_support, w)
     if extra_labels is not None and len(extra_labels):
-        head = fit_head(np.concatenate([embeddings, extra_embeddings]), np.concatenate([labels, extra_labels]),
-                        n_classes, config, init=init)
+        head = fitter(np.concatenate([embeddings, extra_embeddings]), np.concatenate([labels, extra_labels]),
+                      n_classes, config, init=init)
     else:
-        head = fit_head(embeddings, labels, n_classes, config, init=init)
+        head = fitter(embeddings, labels, n_classes, config, init=init)
     metrics = {
         "n_train": float(len(labels)),
         "heldout_accuracy": float(correct.mean()),
@@ -176,9 +184,10 @@ def train(
 
 
 def write_version(folder: Path, result: TrainResult, version: str, classes: Sequence[str], config: TrainConfig,
-                  encoder: str | None = None) -> None:
+                  encoder: str | None = None, extra: Callable[[Path], None] | None = None) -> None:
     """Save a trained head as a model-version folder (safetensors + ONNX + meta.json, atomically);
-    ``encoder``: the encoder model whose vectors it was fitted on (``meta["encoder"]``)."""
+    ``encoder``: the encoder model whose vectors it was fitted on (``meta["encoder"]``); ``extra``
+    writes more files into the folder before it appears (a preference project's reward model)."""
     threshold = result.threshold
     save_model(folder, result.head, {
         "version": version,
@@ -191,4 +200,4 @@ def write_version(folder: Path, result: TrainResult, version: str, classes: Sequ
                              for k, v in asdict(threshold).items()},
         "metrics": result.metrics,
         "train_config": asdict(config),
-    })
+    }, extra)

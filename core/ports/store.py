@@ -117,8 +117,9 @@ class Items(Protocol):
 
     @abstractmethod
     def erasures(self, project: str, after: int = 0) -> list[tuple[int, str, str | None]]:
-        """``(seq, item_id, text_sha256)`` of the items erased after ``seq`` (the digest, which
-        workers use to drop cached embeddings, is kept for ``ERASURE_DIGEST_S`` only)."""
+        """``(seq, item_id, text_sha256)`` of the items erased after ``seq``: the comma-joined hex
+        SHA-256 of each text the item was embedded from (its text, or a comparison's two feature
+        texts), which workers use to drop cached embeddings, kept for ``ERASURE_DIGEST_S`` only."""
 
     @abstractmethod
     def erased_among(self, project: str, item_ids: Sequence[str]) -> set[str]:

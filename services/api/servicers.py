@@ -14,7 +14,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.limits import MAX_INGEST_BYTES, MAX_ITEMS_PER_CALL
-from winnow.core.domain.records import Item, Project
+from winnow.core.domain.records import PREFERENCE_CLASSES, Item, Project
 from winnow.services.api.convert import from_message, to_message
 from winnow.services.api.errors import guarded, request_decoder
 from winnow.core.access.roles import Principal
@@ -100,6 +100,7 @@ class LabelingServicer(_Servicer, labeling_pb2_grpc.LabelingServicer):
 
 _PROJECT_SETTINGS = ("budget_labels", "budget_per_items", "precision_target", "strategy", "overlap",
                      "guideline_version", "guideline")
+_CREATE_SETTINGS = (*_PROJECT_SETTINGS, "kind")
 
 
 class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
@@ -108,8 +109,10 @@ class ProjectsServicer(_Servicer, projects_pb2_grpc.ProjectsServicer):
     def CreateProject(self, request: projects_pb2.CreateProjectRequest, context: grpc.ServicerContext
                       ) -> records_pb2.Project:
         who = self.who(context)
-        settings = {name: getattr(request, name) for name in _PROJECT_SETTINGS if request.HasField(name)}
-        project = Project(request.name, tuple(request.classes), created_at=self.api.clock(), **settings)
+        settings = {name: getattr(request, name) for name in _CREATE_SETTINGS if request.HasField(name)}
+        # a preference project's classes are fixed: none given means those
+        classes = tuple(request.classes) or (PREFERENCE_CLASSES if settings.get("kind") == "preference" else ())
+        project = Project(request.name, classes, created_at=self.api.clock(), **settings)
         return to_message(self.api.create_project(who, project), records_pb2.Project)
 
     def ListProjects(self, request: projects_pb2.ListProjectsRequest, context: grpc.ServicerContext

@@ -89,6 +89,7 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
         record = api.project(who, project, Action.LABEL)
         mine = api.my_quality(who, project)
         return {"name": who.name, "role": who.role, "project": project, "classes": list(record.classes),
+                "kind": record.kind,
                 "guideline_version": record.guideline_version, "guideline": record.guideline,
                 "answers": mine["answers"],
                 "gold_accuracy": mine["gold_accuracy"]}
@@ -96,7 +97,8 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
     def lease(who: Principal, body: dict, project: str) -> dict:
         leases = api.lease(who, project, "", _int(body, "max_tasks", 10, 1, MAX_LEASE_TASKS))
         return {"leases": [{"item_id": x.item_id, "text": x.text, "kind": x.kind, "expires_at": x.expires_at,
-                            "suggestion": x.suggestion} for x in leases]}
+                            "suggestion": x.suggestion,
+                            "responses": [{"text": r.text, "model": r.model} for r in x.responses]} for x in leases]}
 
     def submit(who: Principal, body: dict, project: str) -> dict:
         recorded, made = api.submit(who, project, "", _text(body, "item_id"), _text(body, "label"))

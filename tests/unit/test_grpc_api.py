@@ -391,3 +391,43 @@ def test_an_owner_changes_settings_and_the_workers_take_them(project: Served) ->
     with pytest.raises(InvalidInput) as bad:
         owner.update_project(P, budget_labels=500)
     assert bad.value.field == "budget_labels"
+
+
+# -- preference projects -------------------------------------------------------------------------
+def test_a_preference_project_carries_its_comparisons_through_ingest_lease_submit_and_the_dpo_export(
+        served: Served) -> None:
+    from winnow.core.data.formats import to_dpo
+    from winnow.core.domain.records import Label, Response
+
+    made = served.client.create_project(P, (), kind="preference", overlap=1)
+    assert made.kind == "preference" and made.classes == ("A", "B", "tie")
+    replies = tuple(Response(f"reply {k}", f"model-{k}") for k in range(3))
+    assert served.client.ingest([Item(P, "q1", "a prompt", responses=replies)]) == 3  # its three pairs
+    with pytest.raises(InvalidInput) as bad:  # a prompt with one response compares nothing
+        served.client.ingest([Item(P, "q2", "a prompt", responses=replies[:1])])
+    assert bad.value.field == "responses"
+    with pytest.raises(InvalidInput) as bad:
+        served.client.ingest([Item(P, "q3", "no responses")])
+    assert bad.value.field == "responses"
+    served.store.add_tasks([Task(P, "q1#0-2", 1.0, None, time.time())])
+    annotator = served.member("ann")
+    [lease] = annotator.lease(P, "ann", 5)
+    assert lease.text == "a prompt" and lease.responses == (replies[0], replies[2])
+    assert annotator.submit(P, "ann", "q1#0-2", "B")
+    with pytest.raises(InvalidInput):
+        annotator.submit(P, "ann", "q1#0-2", "C")
+    now = time.time()
+    served.store.put_labels([Label(P, "q1#0-1", "A", "model", "v0001", 0.99, 0.95, "auto_accept", "v1", now,
+                                   "q1#0-1:selector:v0001", 0.1),
+                             Label(P, "q1#1-2", "tie", "human", "ann", 1.0, None, "single", "v1", now, "k")])
+    rows = served.client.export_rows(P)
+    assert {row["item_id"]: row["responses"][1]["text"] for row in rows} == {
+        "q1#0-1": "reply 1", "q1#0-2": "reply 2", "q1#1-2": "reply 2"}
+    lines = {line["id"]: line for line in to_dpo(rows)}  # the tie has no chosen response
+    assert sorted(lines) == ["q1#0-1", "q1#0-2"]
+    model, human = lines["q1#0-1"], lines["q1#0-2"]
+    assert (model["prompt"], model["chosen"], model["rejected"]) == ("a prompt", "reply 0", "reply 1")
+    assert (model["chosen_model"], model["rejected_model"]) == ("model-0", "model-1")
+    assert model["provenance"]["source"] == "model" and model["provenance"]["aggregation"] == "auto_accept"
+    assert (human["chosen"], human["rejected"]) == ("reply 2", "reply 0")  # the person said B
+    assert human["provenance"]["answers"] == {"ann": "B"}

@@ -10,7 +10,7 @@ from winnow.core.adapters.sql.dialect import Dialect, Tx
 from winnow.core.adapters.sql.migrations import migrate
 from winnow.core.domain.audit import GLOBAL, AuditRecord, link
 from winnow.core.domain.errors import NotFound
-from winnow.core.domain.records import Project
+from winnow.core.domain.records import Project, Response
 from winnow.core.domain.validation import check_text
 
 AUDIT_COLUMNS = "chain, n, time, actor, action, objects, detail, prev_hash, hash"
@@ -22,8 +22,17 @@ def audit_record(row: Sequence[Any]) -> AuditRecord:
 
 PROJECT_COLUMNS = (
     "name, classes, budget_labels, budget_per_items, precision_target, strategy, overlap, "
-    "guideline_version, created_at, guideline"
+    "guideline_version, created_at, guideline, kind"
 )
+
+
+def responses_json(responses: Sequence[Response]) -> str | None:
+    """A preference item's responses as stored (items.responses): JSON ``[[text, model], ...]``, None for none."""
+    return json.dumps([[r.text, r.model] for r in responses], ensure_ascii=False) if responses else None
+
+
+def responses_of(stored: str | None) -> tuple[Response, ...]:
+    return tuple(Response(text, model) for text, model in json.loads(stored)) if stored else ()
 
 
 class SqlBase:

@@ -171,6 +171,10 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
     (  # 9: the encoder a project's embeddings come from (bound by its first prelabel worker)
         "ALTER TABLE projects ADD COLUMN encoder TEXT",
     ),
+    (  # 10: preference projects: the project's kind, and a comparison's two responses (JSON; erased with the text)
+        "ALTER TABLE projects ADD COLUMN kind TEXT NOT NULL DEFAULT 'classification'",
+        "ALTER TABLE items ADD COLUMN responses TEXT",
+    ),
 )
 
 

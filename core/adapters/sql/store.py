@@ -13,14 +13,16 @@ from typing import Sequence
 
 import numpy as np
 from winnow.core.adapters.sql.access import SqlTokens
-from winnow.core.adapters.sql.base import AUDIT_COLUMNS, PROJECT_COLUMNS, audit_record
+from winnow.core.adapters.sql.base import AUDIT_COLUMNS, PROJECT_COLUMNS, audit_record, responses_json, responses_of
 from winnow.core.adapters.sql.task_queue import SqlTaskQueue
 from winnow.core.domain.audit import GLOBAL, AuditRecord
+from winnow.core.domain.comparisons import embedded_texts
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
 from winnow.core.domain.records import Item, Label, ModelVersion, Project
 from winnow.core.domain.validation import (
     check_finite,
     check_label,
+    check_responses,
     check_text,
     validate_item_fields,
     validate_label,
@@ -58,9 +60,9 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         p = project
         with self._tx() as tx:
             if not tx.run(
-                f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_marks(10)}) ON CONFLICT (name) DO NOTHING",
+                f"INSERT INTO projects ({PROJECT_COLUMNS}) VALUES ({_marks(11)}) ON CONFLICT (name) DO NOTHING",
                 (p.name, self.dialect.array(p.classes), p.budget_labels, p.budget_per_items, p.precision_target,
-                 p.strategy, p.overlap, p.guideline_version, p.created_at, p.guideline),
+                 p.strategy, p.overlap, p.guideline_version, p.created_at, p.guideline, p.kind),
             ) and self._project(tx, p.name) != p:
                 raise InvalidInput("name", f"a different project named {p.name!r} exists")
 
@@ -72,6 +74,8 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         p = project
         with self._tx() as tx:
             old = self._project(tx, p.name)
+            if p.kind != old.kind:
+                raise InvalidInput("kind", f"project {p.name!r} is a {old.kind} project; a project's kind never changes")
             if tuple(p.classes[: len(old.classes)]) != tuple(old.classes):
                 raise InvalidInput("classes", "classes can only be added, after the existing ones (a class cannot be "
                                    "removed, renamed or moved: every label and model refers to it)")
@@ -104,13 +108,15 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         item means nothing is written."""
         validate_item_fields(items)
         with self._tx() as tx:
-            for project in sorted({i.project for i in items}):
-                self._project(tx, project)
+            projects = {name: self._project(tx, name) for name in sorted({i.project for i in items})}
+            for item in items:
+                check_responses(projects[item.project], item, stored=True)
             return tx.many(
-                "INSERT INTO items (project, item_id, text, ingested_at) SELECT ?, ?, ?, ? WHERE NOT EXISTS "
+                "INSERT INTO items (project, item_id, text, ingested_at, responses) SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS "
                 "(SELECT 1 FROM erasures e WHERE e.project = ? AND e.item_id = ?) "
                 "ON CONFLICT (project, item_id) DO NOTHING",
-                [(i.project, i.item_id, i.text, i.ingested_at, i.project, i.item_id) for i in items],
+                [(i.project, i.item_id, i.text, i.ingested_at, responses_json(i.responses), i.project, i.item_id)
+                 for i in items],
             )
 
     def get_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
@@ -127,8 +133,9 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             return tx.one("SELECT COUNT(*) FROM items WHERE project = ?", (project,))[0]
 
     def find_items(self, project: str, item_ids: Sequence[str]) -> list[Item]:
-        rows = self._select(project, "SELECT item_id, text, ingested_at FROM items WHERE project = ?", "seq", item_ids)
-        found = {r[0]: Item(project, *r) for r in rows}
+        rows = self._select(project, "SELECT item_id, text, ingested_at, responses FROM items WHERE project = ?", "seq",
+                            item_ids)
+        found = {r[0]: Item(project, r[0], r[1], r[2], responses_of(r[3])) for r in rows}
         return [found[i] for i in item_ids if i in found]
 
     def erase_items(self, project: str, item_ids: Sequence[str], actor: str, now: float) -> Erasure:
@@ -139,8 +146,8 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         with self._tx() as tx:
             self._project(tx, project)
             self.dialect.lock_project(tx, project)
-            present = {r[0]: r[1] for r in tx.all(
-                f"SELECT item_id, text FROM items WHERE project = ? AND {self._in('item_id')}",
+            present = {r[0]: embedded_texts(r[1], responses_of(r[2])) for r in tx.all(
+                f"SELECT item_id, text, responses FROM items WHERE project = ? AND {self._in('item_id')}",
                 (project, self._ids(ids)))}
             before = {r[0] for r in tx.all(
                 f"SELECT item_id FROM erasures WHERE project = ? AND {self._in('item_id')}", (project, self._ids(ids)))}
@@ -155,8 +162,8 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             if erased:
                 tx.run(f"DELETE FROM items WHERE project = ? AND {self._in('item_id')}", (project, self._ids(erased)))
                 tx.many("INSERT INTO erasures (project, item_id, erased_at, text_sha256) VALUES (?, ?, ?, ?)",
-                        [(project, i, now, hashlib.sha256(present[i].encode("utf-8", "surrogatepass")).hexdigest())
-                         for i in erased])
+                        [(project, i, now, ",".join(hashlib.sha256(t.encode("utf-8", "surrogatepass")).hexdigest()
+                                                    for t in present[i])) for i in erased])
             tx.run("UPDATE erasures SET text_sha256 = NULL WHERE project = ? AND erased_at < ?",
                    (project, now - ERASURE_DIGEST_S))
             self._audit(tx, project, actor, "erase", {"erased": len(erased), "already": len(ids) - len(erased),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from winnow.core.adapters.sql.base import SqlBase
+from winnow.core.adapters.sql.base import SqlBase, responses_of
 from winnow.core.domain.errors import InvalidInput, LeaseRequired
 from winnow.core.domain.records import Annotation, Lease, Task
 from winnow.core.domain.validation import (
@@ -25,7 +25,7 @@ _TASK_COLUMNS = "item_id, priority, model_version, created_at, kind, probability
 # the model's label rides along on ordinary tasks only: on audits, holdouts and gold it would bias the
 # very answers that measure the model and the people
 _SUGGESTION = "CASE WHEN t.kind = 'label' THEN t.model_label END"
-_OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at, {_SUGGESTION} FROM assignments a
+_OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at, {_SUGGESTION}, i.responses FROM assignments a
     JOIN tasks t ON t.project = a.project AND t.item_id = a.item_id
     JOIN items i ON i.project = a.project AND i.item_id = a.item_id
     WHERE a.project = ? AND a.annotator = ? AND a.state = 'leased' AND a.expires_at > ? AND NOT t.closed
@@ -33,7 +33,7 @@ _OWN_LEASES = f"""SELECT t.item_id, t.kind, i.text, a.expires_at, {_SUGGESTION} 
 # open tasks this annotator has neither answered, skipped nor holds, with a free overlap slot;
 # "closed = FALSE" is an equality, so the rank index (project, closed, priority DESC, ...) orders the
 # scan and LIMIT stops it ("NOT closed" made SQLite read and sort every task the project ever had)
-_OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0, {_SUGGESTION} FROM tasks t
+_OPEN_TASKS = f"""SELECT t.item_id, t.kind, i.text, 0.0, {_SUGGESTION}, i.responses FROM tasks t
     JOIN items i ON i.project = t.project AND i.item_id = t.item_id
     WHERE t.project = ? AND t.closed = FALSE
       AND NOT EXISTS (SELECT 1 FROM assignments a
@@ -109,8 +109,8 @@ class SqlTaskQueue(SqlBase):
                 + _LATER.format(old="assignments.expires_at", new="excluded.expires_at"),
                 [(project, item_id, annotator, expires_at) for item_id, *_ in rows],
             )
-        return [Lease(project, item_id, annotator, text, kind, max(held, expires_at), suggestion)
-                for item_id, kind, text, held, suggestion in rows]
+        return [Lease(project, item_id, annotator, text, kind, max(held, expires_at), suggestion, responses_of(stored))
+                for item_id, kind, text, held, suggestion, stored in rows]
 
     def heartbeat(self, project: str, annotator: str, item_ids: Sequence[str], lease_s: float, now: float) -> int:
         """Move the expiry of this annotator's live leases to ``now + lease_s`` (never earlier)."""

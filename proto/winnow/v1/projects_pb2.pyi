@@ -94,7 +94,7 @@ class CertifiedQuality(_message.Message):
     def __init__(self, confidence: _Optional[float] = ..., accuracy_lower_bound: _Optional[float] = ..., auto_accepted_precision_lower_bound: _Optional[float] = ..., auto_accepted: _Optional[int] = ..., auto_accepted_errors_upper: _Optional[int] = ..., model_labels: _Optional[int] = ..., model_errors_upper: _Optional[int] = ..., model_errors_estimate: _Optional[float] = ..., audits: _Optional[int] = ..., audits_pending: _Optional[int] = ..., human_error: _Optional[str] = ..., human_error_rate_upper: _Optional[float] = ..., target_met_items: _Optional[int] = ..., target_met_human_labels: _Optional[int] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
-    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline")
+    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +104,7 @@ class CreateProjectRequest(_message.Message):
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     budget_labels: int
@@ -113,7 +114,8 @@ class CreateProjectRequest(_message.Message):
     overlap: int
     guideline_version: str
     guideline: str
-    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ("project",)
@@ -195,7 +197,7 @@ class UpdateProjectRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ..., add_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExportRow(_message.Message):
-    __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers")
+    __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers", "responses")
     class AnswersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +217,7 @@ class ExportRow(_message.Message):
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     text: str
     label: str
@@ -227,4 +230,5 @@ class ExportRow(_message.Message):
     guideline_version: str
     created_at: str
     answers: _containers.ScalarMap[str, str]
-    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[str] = ..., source_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., probability: _Optional[float] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    responses: _containers.RepeatedCompositeFieldContainer[_records_pb2.Response]
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[str] = ..., source_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., probability: _Optional[float] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ..., responses: _Optional[_Iterable[_Union[_records_pb2.Response, _Mapping]]] = ...) -> None: ...

@@ -33,7 +33,7 @@ LABEL_SOURCE_MODEL: LabelSource
 LABEL_SOURCE_GOLD: LabelSource
 
 class Project(_message.Message):
-    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "created_at", "guideline")
+    __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "created_at", "guideline", "kind")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     BUDGET_LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Project(_message.Message):
     GUIDELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     GUIDELINE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     name: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     budget_labels: int
@@ -54,19 +55,30 @@ class Project(_message.Message):
     guideline_version: str
     created_at: float
     guideline: str
-    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[float] = ..., guideline: _Optional[str] = ...) -> None: ...
+    kind: str
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[float] = ..., guideline: _Optional[str] = ..., kind: _Optional[str] = ...) -> None: ...
+
+class Response(_message.Message):
+    __slots__ = ("text", "model")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    model: str
+    def __init__(self, text: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("project", "item_id", "text", "ingested_at")
+    __slots__ = ("project", "item_id", "text", "ingested_at", "responses")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     INGESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
     project: str
     item_id: str
     text: str
     ingested_at: float
-    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., text: _Optional[str] = ..., ingested_at: _Optional[float] = ...) -> None: ...
+    responses: _containers.RepeatedCompositeFieldContainer[Response]
+    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., text: _Optional[str] = ..., ingested_at: _Optional[float] = ..., responses: _Optional[_Iterable[_Union[Response, _Mapping]]] = ...) -> None: ...
 
 class Scored(_message.Message):
     __slots__ = ("item_id", "model_version", "label", "confidence")
@@ -105,7 +117,7 @@ class Task(_message.Message):
     def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., priority: _Optional[float] = ..., model_version: _Optional[str] = ..., created_at: _Optional[float] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., probability: _Optional[float] = ..., model_label: _Optional[str] = ..., family: _Optional[str] = ..., wanted: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("project", "item_id", "annotator", "text", "kind", "expires_at", "suggestion")
+    __slots__ = ("project", "item_id", "annotator", "text", "kind", "expires_at", "suggestion", "responses")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +125,7 @@ class Lease(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
     project: str
     item_id: str
     annotator: str
@@ -120,7 +133,8 @@ class Lease(_message.Message):
     kind: TaskKind
     expires_at: float
     suggestion: str
-    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., annotator: _Optional[str] = ..., text: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., expires_at: _Optional[float] = ..., suggestion: _Optional[str] = ...) -> None: ...
+    responses: _containers.RepeatedCompositeFieldContainer[Response]
+    def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., annotator: _Optional[str] = ..., text: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., expires_at: _Optional[float] = ..., suggestion: _Optional[str] = ..., responses: _Optional[_Iterable[_Union[Response, _Mapping]]] = ...) -> None: ...
 
 class Label(_message.Message):
     __slots__ = ("project", "item_id", "label", "source", "source_id", "confidence", "threshold", "aggregation", "guideline_version", "created_at", "idempotency_key", "probability")

@@ -1,4 +1,5 @@
 // The labeling page: sign in with a token, lease tasks, answer by keyboard, skip, undo the last answer.
+// A preference project's task shows the prompt on top and its two responses side by side (keys A, B, T).
 // The last answer waits (PENDING_MS, or until the next answer) before it is sent, so it can be undone
 // while its task is still this annotator's; leases are kept alive while the page is open.
 "use strict";
@@ -85,6 +86,15 @@ function render() {
   show("work");
   $("kind").textContent = task.kind === "gold" ? "known answer (measures you)" : task.kind === "label" ? "" : task.kind;
   $("text").textContent = task.text;
+  const pair = state.me.kind === "preference";
+  $("pair").hidden = !pair;
+  $("search").hidden = pair;  // three answers: no filter
+  $("pair-keys").hidden = !pair;
+  $("class-keys").hidden = pair;
+  if (pair) {
+    $("response-a").textContent = task.responses[0].text;
+    $("response-b").textContent = task.responses[1].text;
+  }
   $("suggestion").hidden = !task.suggestion;  // never on holdout, audit or gold tasks: the server sends none
   $("suggestion").textContent = task.suggestion ? `Model suggests: ${task.suggestion}` : "";
   $("search").value = "";
@@ -187,6 +197,11 @@ document.addEventListener("keydown", (event) => {
     return undo();
   }
   if (event.key === "Escape") { event.preventDefault(); return skip(); }
+  const pairKey = { a: "A", b: "B", t: "tie" }[event.key.toLowerCase()];
+  if (state.me.kind === "preference" && pairKey && !event.ctrlKey && !event.metaKey && !event.altKey) {
+    event.preventDefault();
+    return answer(pairKey);
+  }
   const options = visibleClasses();
   if (event.key === "ArrowDown" || event.key === "ArrowUp") {
     event.preventDefault();

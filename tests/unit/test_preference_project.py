@@ -1,0 +1,164 @@
+"""Preference projects through the whole embedded loop: comparisons stored and leased with their
+responses, the Bradley-Terry reward as the project's head, certified model labels, and the reward
+model in every version; with a deterministic encoder and a planted preference (no model weights)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from winnow.core.adapters.sqlite_store import SqliteStore
+from winnow.core.domain.comparisons import comparisons, pair_texts, pair_vectors
+from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.records import PREFERENCE_CLASSES, Item, Project, Response
+from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.domain.validation import validate_items, validate_project
+from winnow.core.loop.embedded import EmbeddedLoop
+from winnow.core.loop.labeling import LabelingService
+from winnow.core.ml.reward import REWARD_FOLDER, RewardEngine, fit_preference_head
+from winnow.core.ml.runtime import OnnxRuntime
+from winnow.core.ml.training import head_logits
+from winnow.core.ml.scoring import mean_probs
+from winnow.core.testing.fakes import CrcEncoder
+
+DIM = 16
+PROJECT = Project("prefs", PREFERENCE_CLASSES, budget_labels=25, budget_per_items=100, precision_target=0.9,
+                  kind="preference")
+CONFIG = LoopConfig(first_model_labels=40, retrain_min_new=20, audit_probability=0.3,
+                    train=TrainConfig(folds=3, min_support=10))
+
+
+def planted(encoder: CrcEncoder, seed: int = 0):
+    """A reward ``w* . e`` on the encoder's vectors, and the noise-free person who answers from it."""
+    w = np.random.default_rng(seed).standard_normal(DIM)
+
+    def answer(item: Item) -> str:
+        first, second = pair_texts([item])
+        e = encoder.encode(first + second)
+        return "A" if (e[0] - e[1]) @ w > 0 else "B"
+
+    return w, answer
+
+
+def items(n: int, start: int = 0) -> list[Item]:
+    """Prompts with two responses each; every fifth has three (stored as its three pairs)."""
+    out = []
+    for k in range(start, start + n):
+        k_responses = 3 if k % 5 == 0 else 2
+        out.append(Item(PROJECT.name, f"p{k}", f"prompt {k}",
+                        responses=tuple(Response(f"reply {k}.{j}", f"model-{j}") for j in range(k_responses))))
+    return out
+
+
+def test_an_item_with_more_than_two_responses_is_stored_as_its_pairs() -> None:
+    item = Item("prefs", "x", "prompt", responses=tuple(Response(f"r{j}", f"m{j}") for j in range(4)))
+    pairs = comparisons(PROJECT, [item])
+    assert [p.item_id for p in pairs] == ["x#0-1", "x#0-2", "x#0-3", "x#1-2", "x#1-3", "x#2-3"]
+    assert pairs[4].responses == (Response("r1", "m1"), Response("r3", "m3"))
+    two = Item("prefs", "y", "prompt", responses=(Response("a"), Response("b")))
+    assert comparisons(PROJECT, [two]) == [two]
+
+
+@pytest.mark.parametrize("item, field", [
+    (Item("prefs", "x", "prompt", responses=(Response("only"),)), "responses"),
+    (Item("prefs", "x", "prompt"), "responses"),
+    (Item("prefs", "x", "prompt", responses=(Response("a"), Response("  "))), "responses.text"),
+    (Item("prefs", "x", "prompt", responses=(Response("a"), Response("b\x00"))), "responses.text"),
+    (Item("prefs", "x", "prompt", responses=tuple(Response(f"r{j}") for j in range(17))), "responses"),
+])
+def test_bad_preference_items_are_refused_naming_the_field(item: Item, field: str) -> None:
+    with pytest.raises(InvalidInput) as e:
+        validate_items(PROJECT, [item])
+    assert e.value.field == field
+
+
+def test_a_classification_item_with_responses_and_a_preference_project_with_other_classes_are_refused() -> None:
+    with pytest.raises(InvalidInput) as e:
+        validate_items(Project("c", ("x", "y")), [Item("c", "i", "text", responses=(Response("a"), Response("b")))])
+    assert e.value.field == "responses"
+    with pytest.raises(InvalidInput) as e:
+        validate_project(dataclasses.replace(PROJECT, classes=("yes", "no")))
+    assert e.value.field == "classes"
+    with pytest.raises(InvalidInput) as e:
+        validate_project(dataclasses.replace(PROJECT, kind="ranking"))
+    assert e.value.field == "kind"
+
+
+def test_the_store_keeps_a_comparisons_responses_and_refuses_a_kind_change(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.sqlite")
+    store.create_project(PROJECT)
+    assert store.get_project(PROJECT.name).kind == "preference"
+    pair = comparisons(PROJECT, items(1, start=1))
+    store.add_items(pair)
+    assert store.get_items(PROJECT.name, ["p1"]) == pair
+    with pytest.raises(InvalidInput) as e:  # the store refuses an uncut item: a stored item is one comparison
+        store.add_items(items(1, start=5))
+    assert e.value.field == "responses"
+    with pytest.raises(InvalidInput) as e:
+        store.update_project(dataclasses.replace(PROJECT, kind="classification", classes=("A", "B", "tie")), "me", 1.0)
+    assert e.value.field == "kind"
+    store.close()
+
+
+def test_the_preference_head_learns_a_planted_preference_and_counts_ties() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(DIM)
+    first, second = rng.standard_normal((400, DIM)), rng.standard_normal((400, DIM))
+    v = pair_vectors(first, second)
+    p_a = 1 / (1 + np.exp(-4 * v @ w))
+    y = np.where(rng.random(400) < p_a, 0, 1)
+    y[rng.random(400) < 0.1] = 2  # a tenth are ties
+    head = fit_preference_head(v[:300], y[:300], 3, TrainConfig())
+    probs = mean_probs(head_logits(head, v[300:]), 1.0)
+    assert np.mean((probs[:, 0] > probs[:, 1]) == (v[300:] @ w > 0)) > 0.85
+    assert 0.05 < probs[:, 2].mean() < 0.2  # the tie share it saw
+    # swapping A and B swaps the two probabilities (a Bradley-Terry model has no side)
+    swapped = mean_probs(head_logits(head, -v[300:]), 1.0)
+    np.testing.assert_allclose(swapped[:, [1, 0, 2]], probs, atol=1e-5)
+    with pytest.raises(InvalidInput):
+        fit_preference_head(v[:10], np.full(10, 3), 3, TrainConfig())
+
+
+def test_a_preference_stream_is_labeled_within_budget_by_people_and_a_certified_reward_model(tmp_path: Path) -> None:
+    encoder = CrcEncoder(DIM)
+    w, answer = planted(encoder)
+    loop = EmbeddedLoop(tmp_path, PROJECT, OnnxRuntime(encoder), CONFIG)
+    stored = {}
+
+    def people(service: LabelingService) -> int:
+        leases = service.lease("ann", 50)
+        for lease in leases:
+            assert len(lease.responses) == 2 and lease.text.startswith("prompt")
+            item = Item(PROJECT.name, lease.item_id, lease.text, responses=lease.responses)
+            service.submit("ann", lease.item_id, answer(item))
+        return len(leases)
+
+    sent = items(1000)
+    for start in range(0, len(sent), 100):
+        loop.ingest(sent[start:start + 100])
+        loop.run_until_idle(people)
+    loop.close_stream(people)
+    for item in comparisons(PROJECT, sent):
+        stored[item.item_id] = item
+    labels = loop.store.labels(PROJECT.name)
+    assert sorted(label.item_id for label in labels) == sorted(stored)  # every comparison, once
+    human = [label for label in labels if label.source == "human"]
+    assert len(human) <= 0.25 * len(stored) + 1
+    model = [label for label in labels if label.source == "model"]
+    assert any(label.aggregation == "auto_accept" for label in model)  # certified during the stream
+    accuracy = np.mean([label.label == answer(stored[label.item_id]) for label in labels])
+    assert accuracy > 0.9
+    auto = [label for label in model if label.aggregation == "auto_accept"]
+    assert np.mean([label.label == answer(stored[label.item_id]) for label in auto]) >= 0.9
+    # every version carries its reward model: r(e) = w . e ranks responses as the planted reward does
+    version = loop.store.current_model(PROJECT.name)
+    engine = RewardEngine(Path(version.path) / REWARD_FOLDER)
+    e = encoder.encode([f"probe {k}" for k in range(200)])
+    r = engine.rewards(e)[:, 0]
+    assert np.corrcoef(r, e @ w)[0, 1] > 0.8
+    meta = json.loads((Path(version.path) / "meta.json").read_text())
+    assert meta["classes"] == list(PREFERENCE_CLASSES)
+    loop.close()
