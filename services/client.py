@@ -215,7 +215,8 @@ class WinnowClient:
                      "source_id": m.source_id, "aggregation": m.aggregation, "confidence": m.confidence,
                      **{f: getattr(m, f) if m.HasField(f) else None for f in fields},
                      "guideline_version": m.guideline_version, "created_at": m.created_at, "answers": dict(m.answers),
-                     **({"responses": [{"text": r.text, "model": r.model} for r in m.responses]} if m.responses else {})}
+                     **({"responses": [{"text": r.text, "model": r.model} for r in m.responses]}
+                        if m.responses else {})}
                     for m in self._projects.ExportRows(projects_pb2.ExportLabelsRequest(project=project))]
 
     def export_labels(self, project: str) -> Iterator[Label]:

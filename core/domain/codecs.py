@@ -124,7 +124,8 @@ def _plan(record_cls: type, message_cls: type[Message]) -> _Plan:
         elif field.message_type is not None and dataclasses.is_dataclass(hints[f.name]):
             kind, extra = _RECORD, hints[f.name]
         elif field.is_repeated and field.message_type is not None:  # a tuple of records
-            kind, extra = _RECORDS, (typing.get_args(hints[f.name])[0], message_factory.GetMessageClass(field.message_type))
+            kind = _RECORDS
+            extra = (typing.get_args(hints[f.name])[0], message_factory.GetMessageClass(field.message_type))
         elif field.is_repeated:
             kind = _REPEATED
         elif field.enum_type is not None:

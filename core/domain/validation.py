@@ -13,7 +13,16 @@ from typing import Mapping, Sequence
 import numpy as np
 from winnow.core.domain.errors import InvalidInput, NotFound
 from winnow.core.domain.limits import MAX_KEY_BYTES, check_items, check_project_limits
-from winnow.core.domain.records import PREFERENCE_CLASSES, PROJECT_KINDS, Annotation, Item, Label, ModelVersion, Project, Task
+from winnow.core.domain.records import (
+    PREFERENCE_CLASSES,
+    PROJECT_KINDS,
+    Annotation,
+    Item,
+    Label,
+    ModelVersion,
+    Project,
+    Task,
+)
 
 MAX_TEXT_BYTES = 64 * 1024
 MAX_RESPONSES = 16  # candidate responses per preference item: 16 give 120 comparisons

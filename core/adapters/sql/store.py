@@ -75,7 +75,8 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         with self._tx() as tx:
             old = self._project(tx, p.name)
             if p.kind != old.kind:
-                raise InvalidInput("kind", f"project {p.name!r} is a {old.kind} project; a project's kind never changes")
+                raise InvalidInput("kind", f"project {p.name!r} is a {old.kind} project; a project's kind "
+                                           "never changes")
             if tuple(p.classes[: len(old.classes)]) != tuple(old.classes):
                 raise InvalidInput("classes", "classes can only be added, after the existing ones (a class cannot be "
                                    "removed, renamed or moved: every label and model refers to it)")
@@ -112,8 +113,8 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             for item in items:
                 check_responses(projects[item.project], item, stored=True)
             return tx.many(
-                "INSERT INTO items (project, item_id, text, ingested_at, responses) SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS "
-                "(SELECT 1 FROM erasures e WHERE e.project = ? AND e.item_id = ?) "
+                "INSERT INTO items (project, item_id, text, ingested_at, responses) SELECT ?, ?, ?, ?, ? "
+                "WHERE NOT EXISTS (SELECT 1 FROM erasures e WHERE e.project = ? AND e.item_id = ?) "
                 "ON CONFLICT (project, item_id) DO NOTHING",
                 [(i.project, i.item_id, i.text, i.ingested_at, responses_json(i.responses), i.project, i.item_id)
                  for i in items],
