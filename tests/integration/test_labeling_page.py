@@ -144,3 +144,52 @@ def test_a_reviewer_sees_a_planted_disagreement(served, browser, tmp_path: Path)
     assert store.gold(P) == {"i03": "top_up"}
     page.screenshot(path=str(Path(SHOTS or tmp_path) / "review-page.png"), full_page=True)
     page.close()
+
+
+def test_an_annotator_compares_two_responses_with_the_keys_a_b_and_t(tmp_path: Path, browser) -> None:
+    from winnow.core.domain.records import PREFERENCE_CLASSES, Response
+
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    project = Project("replies", PREFERENCE_CLASSES, kind="preference")
+    store.create_project(project)
+    create_topics(bus, project.name, 1)
+    prompts = {"q0": ("How do I reset my card PIN?", "Open the app, tap Card, then Reset PIN.", "Call us."),
+               "q1": ("Can I freeze my card?", "Yes: Card, then Freeze, in the app.", "No."),
+               "q2": ("What is the fee for a transfer in euros?", "Free within the euro area.", "There are fees.")}
+    ingest(bus.producer(), store, project, [Item(project.name, i, p, responses=(Response(a, "model-x"),
+                                                                                 Response(b, "model-y")))
+                                            for i, (p, a, b) in prompts.items()])
+    store.add_tasks([Task(project.name, "q0", 3.0, "v1", 0.0, "holdout", 0.1, "A"),
+                     Task(project.name, "q1", 2.0, "v1", 0.0, "label", 1.0, "A"),
+                     Task(project.name, "q2", 1.0, "v1", 0.0, "label", 1.0, "B")])
+    token, _ = issue(store, "test", "annotator", project.name, "ana", time.time())
+    server = PageServer(labeling_app(WinnowApi(bus, store, LoopConfig()), Authenticator(store)), "127.0.0.1", 0)
+    server.start()
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 800}, bypass_csp=True)
+        page.goto(f"http://127.0.0.1:{server.port}/")
+        page.fill("#token", token)
+        page.click("#signin button")
+        page.wait_for_selector("#pair:not([hidden])")
+        assert page.is_hidden("#search") and page.is_visible("#pair-keys")
+        answers = {"q0": "t", "q1": "a", "q2": "b"}
+        for item_id in ("q0", "q1", "q2"):
+            prompt, a, b = prompts[item_id]
+            page.wait_for_function(f"document.getElementById('text').textContent === {prompt!r}")
+            assert page.inner_text("#response-a") == a and page.inner_text("#response-b") == b
+            # the model's pick is hidden on the holdout comparison, shown on ordinary ones
+            assert page.is_hidden("#suggestion") == (item_id == "q0")
+            if item_id == "q1":
+                page.screenshot(path=str(Path(SHOTS or tmp_path) / "labeling-page-pairwise.png"))
+            page.keyboard.press(answers[item_id])
+        page.wait_for_selector("#empty:not([hidden])")
+        deadline = time.monotonic() + 20  # the last answer is sent after its undo window
+        while len(store.labels(project.name)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {label.item_id: label.label for label in store.labels(project.name)} == {
+            "q0": "tie", "q1": "A", "q2": "B"}
+        page.close()
+    finally:
+        server.stop()
+        bus.close()
+        store.close()
