@@ -26,8 +26,19 @@ predictions, uniform draws) and active (draws where the model is unsure); their 
 often they contained the true win rate. The same runs with planted answers show what a reward model
 that carries the preference saves.
 
-This drives the core library (reward model, pair selector, draw probabilities) directly; a served
-preference project (proto, store, API) is not built yet.
+The curves above drive the core library (reward model, pair selector, draw probabilities) directly.
+``served`` streams the same pairs through a served preference project instead: the embedded loop
+(ingest, prelabel, selector, labeling, trainer, close), the project's head being its Bradley-Terry
+reward, one run with the project's active strategy and one with ``random``, per seed, on the pool of
+that seed's split. People are the simulated annotator above; checks, probes and the certified
+auto-accept work as in any project, at ``served_precision``. Reported per run: the reward model's
+accuracy on the test pairs at each model version (against the human comparisons it learned from),
+the final labels' accuracy against the recorded choices, the share the model labeled under a
+certified threshold and that share's precision, and the system's own certified bounds. Each pair's
+replies are tagged "model-x" and "model-y", model-x holding the chosen one with probability
+``eval_win``, so the project's win rate of model-x (``winnow.core.loop.evaluation``: from the arrival
+draws and the reward model's predictions) is checked against the true one, people's answers to every
+comparison in its evaluation set.
 """
 
 from __future__ import annotations
@@ -39,6 +50,9 @@ import numpy as np
 from winnow.bench.common import environment, new_figure, save_figure, write_json
 from winnow.core.data.preferences import PreferencePair, hh_rlhf_harmless, load_pairs
 from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.comparisons import feature_text, pair_vectors
+from winnow.core.domain.records import PREFERENCE_CLASSES, Item, ModelVersion, Project, Response
+from winnow.core.domain.settings import LoopConfig
 from winnow.core.ml.evaluation import evaluation_probabilities, win_rate
 from winnow.core.ml.reward import RewardConfig, fit_reward
 from winnow.core.select.index import VectorIndex
@@ -63,6 +77,9 @@ class PreferencePlan:
     eval_repeats: int = 100    # draws per seed and size
     eval_confidence: float = 0.95
     config: RewardConfig = RewardConfig()
+    served_seeds: int = 5      # seeds of the served-path runs (each: an active and a random stream)
+    served_strategy: str = "uncertainty"
+    served_precision: float = 0.8  # precision target of the served project's auto-accepted preferences
 
     def __post_init__(self) -> None:
         for name, low in (("seeds", 1), ("budget", 2), ("start", 1), ("batch", 1)):
@@ -141,16 +158,18 @@ def _curves(a, b, prompts, answer, truth, plan: PreferencePlan, name: str) -> di
 
 
 def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(), jsonl: Path | None = None,
-                             encode=None, progress=lambda _: None) -> dict:
-    """Both arms on real answers and on planted ones, the ceiling; JSON at ``out`` and a PNG beside it.
-    ``encode``: texts -> unit-norm embeddings (default: the runtime's cached MiniLM encoder)."""
+                             runtime=None, progress=lambda _: None) -> dict:
+    """Both arms on real answers and on planted ones, the ceiling, model evaluation and the served
+    runs; JSON at ``out`` and a PNG beside it. ``runtime``: its encoder makes the features and the
+    served projects run on it (default: ONNX Runtime with the cached MiniLM encoder)."""
     pairs: list[PreferencePair] = load_pairs(jsonl) if jsonl is not None else hh_rlhf_harmless()
     if len(pairs) < plan.budget + 10:
         raise InvalidInput("budget", f"{plan.budget} comparisons need more pairs than the {len(pairs)} given")
-    if encode is None:
+    if runtime is None:
         from winnow.core.ml.runtime import make_runtime
 
-        encode = make_runtime("onnx").encoder.encode
+        runtime = make_runtime("onnx")
+    encode = runtime.encoder.encode
     chosen = encode([p.feature_text(p.chosen) for p in pairs]).astype(np.float64)
     rejected = encode([p.feature_text(p.rejected) for p in pairs]).astype(np.float64)
     prompts = encode([p.context for p in pairs]).astype(np.float32)
@@ -174,13 +193,14 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
     evaluation = {"real": _evaluation(chosen, rejected, flips, plan),
                   "planted": _evaluation(chosen, rejected, flips, plan, w_star)}
     progress({"evaluation": {k: evaluation[k]["width"] for k in evaluation}})
+    served = _served(pairs, first_is_chosen, flips, plan, runtime, progress) if plan.served_seeds else None
     result = {"benchmark": "preferences", "pairs": len(pairs), "seeds": plan.seeds,
               "random_labels": real["random_labels"], "random_accuracy": real["random_accuracy"],
               "active_accuracy": real["active_accuracy"], "labels_to_match_random": real["labels_to_match_random"],
               "share_of_random": real["share_of_random"], "ceiling_accuracy": ceiling,
               "curves": real, "planted": planted,
               "interval_coverage": min(evaluation[k]["interval_coverage"] for k in evaluation),
-              "evaluation": evaluation,
+              "evaluation": evaluation, "served": served,
               "details": {"dataset": str(jsonl) if jsonl else "hh-rlhf harmless-base test (shipped)",
                           "features": "MiniLM embedding of context + reply; reward linear, Laplace posterior",
                           "noise": plan.noise, "start": plan.start, "batch": plan.batch, "diversity": plan.diversity,
@@ -194,6 +214,137 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
     write_json(out, result)
     _plot(out.with_suffix(".png"), result)
     return result
+
+
+def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, pool: np.ndarray,
+                test: np.ndarray, runtime, strategy: str, plan: PreferencePlan, seed: int, workdir: Path) -> dict:
+    """One stream of the pool's pairs through an embedded preference project (module doc)."""
+    import time
+
+    from winnow.core.data.simulate import SimulatedAnnotators
+    from winnow.core.loop.embedded import EmbeddedLoop
+    from winnow.core.loop.evaluation import win_rates
+    from winnow.core.loop.quality import certified_quality
+    from winnow.core.ml.head import OnnxHead
+    from winnow.core.ml.runtime import OnnxRuntime
+    from winnow.core.ml.scoring import mean_probs
+
+    started = time.perf_counter()
+
+    def texts(rows: np.ndarray) -> tuple[list[str], list[str]]:
+        a = [pairs[i].chosen if first_is_chosen[i] else pairs[i].rejected for i in rows]
+        b = [pairs[i].rejected if first_is_chosen[i] else pairs[i].chosen for i in rows]
+        return a, b
+
+    encode = runtime.encoder.encode
+    a_test, b_test = texts(test)
+    test_vectors = pair_vectors(encode([feature_text(pairs[i].prompt, t) for i, t in zip(test, a_test)]),
+                                encode([feature_text(pairs[i].prompt, t) for i, t in zip(test, b_test)]))
+    test_truth = first_is_chosen[test]
+    curve: list[dict] = []
+    seen = [0]
+    first_certified = [None]
+
+    def on_version(model: ModelVersion) -> None:
+        probs = mean_probs(OnnxHead(Path(model.path)).logits(test_vectors), model.temperature)
+        accuracy = float(np.mean((probs[:, 0] > probs[:, 1]) == test_truth))
+        curve.append({"human_labels": model.n_train, "test_accuracy": accuracy,
+                      "threshold": model.threshold if np.isfinite(model.threshold) else None})
+        if first_certified[0] is None and np.isfinite(model.threshold):
+            first_certified[0] = seen[0] / len(pool)
+
+    rate = max(1, round(100 * plan.budget / len(pool)))
+    project = Project(f"pref-{strategy}", PREFERENCE_CLASSES, budget_labels=rate, budget_per_items=100,
+                      precision_target=plan.served_precision, strategy=strategy, kind="preference")
+    a_pool, b_pool = texts(pool)
+    ids = [f"pair-{i}" for i in pool]
+    # model evaluation: "model-x" wrote the recorded chosen reply with probability ``eval_win``
+    x_chosen = np.random.default_rng(9000 + seed).random(len(pairs)) < plan.eval_win
+    x_is_a = {item_id: bool(x_chosen[i] == first_is_chosen[i]) for item_id, i in zip(ids, pool)}
+    items = [Item(project.name, item_id, pairs[i].prompt, time.time(),
+                  (Response(a, "model-x" if x_is_a[item_id] else "model-y"),
+                   Response(b, "model-y" if x_is_a[item_id] else "model-x")))
+             for item_id, i, a, b in zip(ids, pool, a_pool, b_pool)]
+    recorded = {item_id: "A" if first_is_chosen[i] else "B" for item_id, i in zip(ids, pool)}
+    answers = {item_id: ("B" if v == "A" else "A") if flips[i] else v
+               for (item_id, v), i in zip(recorded.items(), pool)}
+    people = SimulatedAnnotators(answers, ("A", "B"), (0.0,), seed)  # flips are drawn once, in ``answers``
+    order = np.random.default_rng(seed).permutation(len(items))
+    loop = EmbeddedLoop(workdir, project, OnnxRuntime(runtime.encoder), LoopConfig(seed=seed), on_version=on_version)
+    try:
+        for start in range(0, len(items), 100):
+            seen[0] = min(start + 100, len(items))
+            loop.ingest([items[k] for k in order[start:start + 100]])
+            loop.run_until_idle(people)
+        loop.close_stream(people)
+        labels = loop.store.labels(project.name)
+        quality = certified_quality(loop.store, project.name)
+        rates = win_rates(loop.store, project.name)
+        reachable = [d.item_id for d in loop.store.arrival_draws(project.name) if d.probability > 0]
+    finally:
+        loop.close()
+    # the true win rate of model-x on the comparisons in the evaluation set: people's answers to all
+    x_wins = [(answers[i] == "A") == x_is_a[i] for i in reachable]
+    evaluation = None
+    if rates:
+        [rate] = rates
+        truth = float(np.mean(x_wins))
+        evaluation = {"estimate": round(rate.estimate, 4), "lower": round(rate.lower, 4), "upper": round(rate.upper, 4),
+                      "true_win_rate": round(truth, 4), "covered": rate.lower <= truth <= rate.upper,
+                      "comparisons": rate.comparisons, "items": rate.items, "unreachable": rate.unreachable}
+    auto = [x for x in labels if x.aggregation == "auto_accept"]
+    human = [x for x in labels if x.source == "human"]
+    return {
+        "strategy": strategy, "seed": seed, "items": len(items), "human_labels": len(human),
+        "human_fraction": round(len(human) / len(items), 4),
+        "final_label_accuracy": round(float(np.mean([x.label == recorded[x.item_id] for x in labels])), 4),
+        "auto_accepted_fraction": round(len(auto) / len(items), 4),
+        "auto_accept_precision": (round(float(np.mean([x.label == recorded[x.item_id] for x in auto])), 4)
+                                  if auto else None),
+        "first_certified_at_fraction": first_certified[0],
+        "certified_accuracy_lower_bound": quality.accuracy_lower_bound,
+        "certified_auto_accept_precision_lower_bound": quality.auto_accepted_precision_lower_bound,
+        "test_accuracy": curve[-1]["test_accuracy"] if curve else None, "win_rate": evaluation,
+        "curve": curve, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, plan: PreferencePlan,
+            runtime, progress) -> dict:
+    """Active and random served runs per seed (module doc), and their means."""
+    import tempfile
+
+    runs: dict[str, list[dict]] = {"active": [], "random": []}
+    with tempfile.TemporaryDirectory(prefix="winnow-pref-") as tmp:
+        for seed in range(plan.served_seeds):
+            test, pool = _split(len(pairs), seed, plan)
+            for arm, strategy in (("active", plan.served_strategy), ("random", "random")):
+                run = _served_run(pairs, first_is_chosen, flips, pool, test, runtime, strategy, plan, seed,
+                                  Path(tmp) / f"{arm}-{seed}")
+                runs[arm].append(run)
+                progress({"served": arm, "seed": seed, **{k: run[k] for k in (
+                    "human_labels", "test_accuracy", "final_label_accuracy", "auto_accepted_fraction",
+                    "auto_accept_precision", "certified_auto_accept_precision_lower_bound")}})
+    keys = ("human_fraction", "final_label_accuracy", "auto_accepted_fraction", "auto_accept_precision",
+            "first_certified_at_fraction", "certified_accuracy_lower_bound",
+            "certified_auto_accept_precision_lower_bound", "test_accuracy")
+
+    def mean(values: list) -> float | None:
+        values = [v for v in values if v is not None]
+        return round(float(np.mean(values)), 4) if values else None
+
+    covered = [r["win_rate"]["covered"] for arm_runs in runs.values() for r in arm_runs if r["win_rate"]]
+    return {arm: {**{k: mean([r[k] for r in arm_runs]) for k in keys},
+                  "bound_held": all(r["certified_auto_accept_precision_lower_bound"] is None
+                                    or r["auto_accept_precision"] is None
+                                    or r["certified_auto_accept_precision_lower_bound"] <= r["auto_accept_precision"]
+                                    for r in arm_runs),
+                  # runs whose auto-accepted preferences fell short of the precision target, measured
+                  "auto_accept_below_target": sum(r["auto_accept_precision"] is not None
+                                                  and r["auto_accept_precision"] < plan.served_precision
+                                                  for r in arm_runs),
+                  "runs": arm_runs} for arm, arm_runs in runs.items()} | {
+        "strategy": plan.served_strategy, "precision_target": plan.served_precision, "seeds": plan.served_seeds,
+        "win_rate_intervals_covered": f"{sum(covered)} of {len(covered)}"}
 
 
 def _evaluation(chosen: np.ndarray, rejected: np.ndarray, flips: np.ndarray, plan: PreferencePlan,
@@ -251,7 +402,8 @@ def _ceiling(a, b, answer, truth, plan: PreferencePlan) -> float:
 
 
 def _plot(path: Path, result: dict) -> None:
-    fig, axes = new_figure((16, 4), ncols=3)
+    served = result.get("served")
+    fig, axes = new_figure((21 if served else 16, 4), ncols=4 if served else 3)
     for ax, (title, curves) in zip(axes[:2], (("real answers (HH-RLHF)" if "hh-rlhf" in result["details"]["dataset"]
                                             else "real answers", result["curves"]),
                                            ("planted Bradley-Terry answers, same features", result["planted"]))):
@@ -277,4 +429,14 @@ def _plot(path: Path, result: dict) -> None:
            title="model evaluation: win-rate interval")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
+    if served:
+        ax = axes[3]
+        for arm, colour in (("random", "tab:gray"), ("active", "tab:blue")):
+            for k, run in enumerate(served[arm]["runs"]):
+                ax.plot([p["human_labels"] for p in run["curve"]], [p["test_accuracy"] for p in run["curve"]],
+                        color=colour, alpha=0.7, marker=".", label=f"{arm} ({run['strategy']})" if k == 0 else None)
+        ax.set(xlabel="human comparisons (the version's training set)", ylabel="reward model accuracy on test pairs",
+               title=f"served preference project, {served['seeds']} seeds")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     save_figure(fig, path)

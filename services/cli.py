@@ -112,6 +112,8 @@ PREF_JSONL = Option("jsonl", Path, "preference pairs, JSONL (.gz): prompt/chosen
 PREF_SEEDS = Option("seeds", int, "seeds (splits and draws) per arm", 5, env_name="PREF_SEEDS", low=1, high=100)
 PREF_NOISE = Option("noise", float, "share of the simulated annotator's answers flipped", 0.0, env_name="PREF_NOISE",
                     low=0.0, high=0.5, high_open=True)
+PREF_SERVED = Option("served_seeds", int, "seeds of the served-path runs (a preference project streamed through the "
+                     "loop, active and random; 0 skips them)", 5, env_name="PREF_SERVED_SEEDS", low=0, high=100)
 PREF_BUDGET = Option("budget", int, "random selection's full budget of comparisons", 800, env_name="PREF_BUDGET",
                      low=2)
 LABELING_SECONDS = Option("seconds", float, "seconds each run's annotators answer", 10.0, env_name="LABELING_SECONDS",
@@ -244,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(labeling, (LABELING_ANNOTATORS, LABELING_PRIORS, LABELING_SECONDS, FUZZ_OUT))
     preferences = bench_sub.add_parser("preferences", help="preference comparisons: active pair selection against "
                                        "random, reward model accuracy per comparison, over seeds")
-    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, FUZZ_OUT))
+    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_SERVED, FUZZ_OUT))
     encoders = bench_sub.add_parser("encoders", help="sentence encoders side by side: sentences/s, int8 cosine to "
                                     "fp32, test accuracy and the label benchmark's pool reference")
     add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
@@ -746,7 +748,8 @@ def cmd_bench_preferences(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.preferences import PreferencePlan, run_preference_benchmark
 
-    plan = PreferencePlan(seeds=given(args, PREF_SEEDS), budget=given(args, PREF_BUDGET), noise=given(args, PREF_NOISE))
+    plan = PreferencePlan(seeds=given(args, PREF_SEEDS), budget=given(args, PREF_BUDGET), noise=given(args, PREF_NOISE),
+                          served_seeds=given(args, PREF_SERVED))
     out = given(args, FUZZ_OUT)
     console = Console(stderr=True)
     result = run_preference_benchmark(out, plan, given(args, PREF_JSONL), progress=console.print)

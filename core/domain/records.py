@@ -173,3 +173,16 @@ class ModelVersion:
     temperature: float
     threshold: float
     metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArrivalDraw:
+    """An item's draw at its arrival look, kept for preference projects (model evaluation): its
+    chance of a person (``probability``, set before the draw), whether it was drawn, and ``expected``,
+    the reward model's expected outcome for response A at that look (``P(A) + P(tie) / 2``; 0.5 before
+    the first model). The model then had learned only from answers given before the item arrived."""
+
+    item_id: str
+    probability: float
+    drawn: bool
+    expected: float

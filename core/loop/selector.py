@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 from winnow.core.domain.codecs import TASKS
 from winnow.core.domain.errors import NotFound
-from winnow.core.domain.records import Label, ModelVersion, Project, Scored, Task
+from winnow.core.domain.records import ArrivalDraw, Label, ModelVersion, Project, Scored, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.close import (
     CLOSE_CHECK_S,
@@ -240,6 +240,11 @@ class Selector(Stage):
             probability = np.where(audit, self.config.audit_probability,
                                    np.where(probe, check, self.config.min_probability))
         draws = self.sampler.draw(probability, uniforms(self.config.seed, self.project.name, ids, look), arriving)
+        if arriving and self.project.preference:  # model evaluation's sample (``winnow.core.loop.evaluation``)
+            expected = probs[:, 0] + probs[:, 2] / 2  # the outcome for response A: 1 A, 0 B, 1/2 a tie
+            self.store.record_draws(self.project.name, [
+                ArrivalDraw(i, float(p), bool(d), float(np.clip(e, 0.0, 1.0)))
+                for i, p, d, e in zip(ids, draws.probability, draws.drawn, expected)])
         drawn = np.flatnonzero(draws.drawn)
         if drawn.size:
             now = self.clock()

@@ -24,6 +24,7 @@ from winnow.core.access.tokens import TokenInfo
 from winnow.core.domain.audit import AuditRecord
 from winnow.core.domain.records import (
     Annotation,
+    ArrivalDraw,
     Item,
     Label,
     Lease,
@@ -265,6 +266,21 @@ class Labels(Protocol):
         """
 
 
+class ArrivalDraws(Protocol):
+    """Each comparison's draw at its arrival look (preference projects: the sample model evaluation's
+    win rates rest on, :mod:`winnow.core.loop.evaluation`)."""
+
+    @abstractmethod
+    def record_draws(self, project: str, draws: Sequence[ArrivalDraw]) -> None:
+        """Keep the draws, replacing an item's earlier one (a look redone after a crash is the one whose
+        tasks and labels were written). InvalidInput ("probability", "expected": outside [0, 1],
+        "item_id"), NotFound("item_id") for an item the store does not have; all or nothing."""
+
+    @abstractmethod
+    def arrival_draws(self, project: str) -> list[ArrivalDraw]:
+        """Every recorded draw of the project's items, in the order the items were ingested."""
+
+
 class ModelRegistry(Protocol):
     @abstractmethod
     def register_model(self, model: ModelVersion) -> None:
@@ -350,7 +366,8 @@ class Tokens(Protocol):
         """Revoke it from ``now`` on; idempotent (the first revocation time stays). NotFound("token_id")."""
 
 
-class Store(Projects, Items, Embeddings, TaskQueue, Labels, ModelRegistry, AuditLog, CloseRequests, Tokens):
+class Store(Projects, Items, Embeddings, TaskQueue, Labels, ArrivalDraws, ModelRegistry, AuditLog, CloseRequests,
+            Tokens):
     """Every role in one object (what the loop and the API hold)."""
 
     @abstractmethod

@@ -18,6 +18,9 @@ import pytest
 from winnow.core.access.tokens import TokenInfo
 from winnow.core.domain.errors import InvalidInput, NotFound
 from winnow.core.domain.records import (
+    PREFERENCE_CLASSES,
+    ArrivalDraw,
+    Response,
     Annotation,
     Item,
     Label,
@@ -231,6 +234,30 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         assert np.array_equal(got, vectors[[2, 0]])
         s.put_embeddings(P, ["i0"], np.ones((1, 8), np.float64))
         assert np.array_equal(s.get_embeddings(P, ["i0", "i1"]), np.vstack([np.ones(8), vectors[1]]).astype(np.float32))
+
+    def test_a_preference_projects_comparisons_and_arrival_draws_round_trip(self, store: Store) -> None:
+        project = Project("prefs", PREFERENCE_CLASSES, kind="preference")
+        store.create_project(project)
+        pair = (Response("first reply", "model-x"), Response("second reply", ""))
+        store.add_items([Item("prefs", "c1", "a prompt", 0.0, pair), Item("prefs", "c0", "another", 0.0, pair)])
+        assert store.get_project("prefs").kind == "preference"
+        assert store.get_items("prefs", ["c1"])[0].responses == pair
+        with pytest.raises(InvalidInput) as bad:  # a comparison has two responses
+            store.add_items([Item("prefs", "c2", "a prompt", 0.0, pair[:1])])
+        assert bad.value.field == "responses"
+        store.record_draws("prefs", [ArrivalDraw("c0", 0.2, False, 0.5), ArrivalDraw("c1", 0.3, True, 0.7)])
+        store.record_draws("prefs", [ArrivalDraw("c0", 0.25, True, 0.4)])  # a look redone replaces the first
+        assert store.arrival_draws("prefs") == [ArrivalDraw("c1", 0.3, True, 0.7), ArrivalDraw("c0", 0.25, True, 0.4)]
+        for draw, field in ((ArrivalDraw("c0", 1.5, True, 0.5), "probability"),
+                            (ArrivalDraw("c0", 0.5, True, float("nan")), "expected")):
+            with pytest.raises(InvalidInput) as bad:
+                store.record_draws("prefs", [ArrivalDraw("c1", 0.1, False, 0.5), draw])
+            assert bad.value.field == field
+        with pytest.raises(NotFound):
+            store.record_draws("prefs", [ArrivalDraw("nope", 0.1, False, 0.5)])
+        assert store.arrival_draws("prefs")[0] == ArrivalDraw("c1", 0.3, True, 0.7)  # nothing half-written
+        store.erase_items("prefs", ["c1"], "owner", 1.0)  # the draw goes with the item
+        assert [d.item_id for d in store.arrival_draws("prefs")] == ["c0"]
 
     def test_the_first_encoder_bound_to_a_project_stays(self, s: Store) -> None:
         assert s.project_encoder(P) is None

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from winnow.core.domain.codecs import from_message, to_message
 from winnow.core.loop.close import StreamStatus
+from winnow.core.loop.evaluation import ModelWinRate
 from winnow.core.loop.quality import Quality
 
 __all__ = ["CertifiedQuality", "ProjectStats", "from_message", "to_message"]  # the conversion is the bus codecs' (one mapping)
@@ -53,3 +54,4 @@ class ProjectStats:
     threshold: float | None  # auto-accept threshold of the current model
     stream: StreamStatus  # open, closing or closed
     quality: CertifiedQuality  # the certified bounds on the final labels
+    win_rates: tuple[ModelWinRate, ...] = ()  # preference projects: each pair of models (model evaluation)

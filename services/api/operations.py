@@ -33,6 +33,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.erase import erase
+from winnow.core.loop.evaluation import win_rates
 from winnow.core.loop.gold import add_gold
 from winnow.core.loop.transfer import export_rows
 from winnow.core.loop.ingest import ingest
@@ -275,7 +276,8 @@ class WinnowApi:
         return ProjectStats(project, items, dict(by_source), by_source["human"] / items if items else 0.0,
                             self.store.count_open_tasks(project), None if current is None else current.version,
                             None if current is None else current.threshold, stream_status(self.store, project),
-                            CertifiedQuality.of(certified_quality(self.store, project)))
+                            CertifiedQuality.of(certified_quality(self.store, project)),
+                            tuple(win_rates(self.store, project)))
 
     def close_stream(self, who: Principal, project: str) -> StreamStatus:
         """Ask the selector to close the stream (idempotent while a close is pending); audited."""

@@ -10,12 +10,18 @@ import numpy as np
 import pytest
 from winnow.bench.preferences import PreferencePlan, run_preference_benchmark
 from winnow.core.domain.errors import InvalidInput
+from winnow.core.ml.runtime import OnnxRuntime
 from winnow.core.testing.fakes import CrcEncoder
 
 
+class UnitCrc(CrcEncoder):
+    def encode(self, texts):
+        x = super().encode(texts)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def _unit(texts):
-    x = CrcEncoder(dim=12).encode(texts)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return UnitCrc(12).encode(texts)
 
 
 def _file(tmp_path: Path, n: int = 300) -> Path:
@@ -34,8 +40,9 @@ def _file(tmp_path: Path, n: int = 300) -> Path:
 
 def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> None:
     out = tmp_path / "prefs.json"
-    plan = PreferencePlan(seeds=2, budget=120, start=20, batch=20, eval_sizes=(40, 80), eval_repeats=30)
-    result = run_preference_benchmark(out, plan, _file(tmp_path), encode=_unit)
+    plan = PreferencePlan(seeds=2, budget=120, start=20, batch=20, eval_sizes=(40, 80), eval_repeats=30,
+                          served_seeds=1)
+    result = run_preference_benchmark(out, plan, _file(tmp_path), runtime=OnnxRuntime(UnitCrc(12)))
     saved = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 0
     for key in ("random_labels", "random_accuracy", "active_accuracy", "labels_to_match_random", "seeds",
@@ -52,12 +59,22 @@ def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> No
     assert curves["labels"] == list(range(20, 121, 20)) and len(curves["active_mean"]) == 6
     assert curves["random_mean"][-1] > 0.8  # the planted direction is learnable by either arm
     assert saved["ceiling_accuracy"] >= 0.85
+    # the served path: the same pairs streamed through a preference project, active and random
+    served = saved["served"]
+    for arm in ("active", "random"):
+        [run] = served[arm]["runs"]
+        assert run["items"] == 240 and run["human_labels"] <= 0.55 * 240  # 120 of 240: a rate of 50 per 100
+        assert run["curve"] and run["test_accuracy"] > 0.75
+        assert run["final_label_accuracy"] > 0.8
+        rate = run["win_rate"]  # model-x's win rate in the served project, against its true one
+        assert rate["items"] + rate["unreachable"] == 240 and rate["lower"] <= rate["estimate"] <= rate["upper"]
+    assert served["active"]["runs"][0]["strategy"] == "uncertainty"
 
 
 def test_a_budget_beyond_the_pairs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as raised:
         run_preference_benchmark(tmp_path / "x.json", PreferencePlan(seeds=1, budget=400), _file(tmp_path, 100),
-                                 encode=_unit)
+                                 runtime=OnnxRuntime(UnitCrc(12)))
     assert raised.value.field == "budget"
     with pytest.raises(InvalidInput) as raised:
         PreferencePlan(start=900, budget=800)

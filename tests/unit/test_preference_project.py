@@ -17,6 +17,7 @@ from winnow.core.domain.records import PREFERENCE_CLASSES, Item, Project, Respon
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.embedded import EmbeddedLoop
+from winnow.core.loop.evaluation import win_rates
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.ml.reward import REWARD_FOLDER, RewardEngine, fit_preference_head
 from winnow.core.ml.runtime import OnnxRuntime
@@ -161,4 +162,15 @@ def test_a_preference_stream_is_labeled_within_budget_by_people_and_a_certified_
     assert np.corrcoef(r, e @ w)[0, 1] > 0.8
     meta = json.loads((Path(version.path) / "meta.json").read_text())
     assert meta["classes"] == list(PREFERENCE_CLASSES)
+    # model evaluation: model-0 against model-1 on their comparisons, from the arrival draws
+    rates = {(r.model_a, r.model_b): r for r in win_rates(loop.store, PROJECT.name)}
+    assert set(rates) == {("model-0", "model-1"), ("model-0", "model-2"), ("model-1", "model-2")}
+    head_to_head = rates["model-0", "model-1"]
+    draws = {d.item_id: d for d in loop.store.arrival_draws(PROJECT.name)}
+    assert set(draws) == set(stored)  # every comparison's arrival look was kept
+    pairs = [i for i in stored.values() if {r.model for r in i.responses} == {"model-0", "model-1"}
+             and draws[i.item_id].probability > 0]
+    truth = np.mean([(answer(i) == "A") == (i.responses[0].model == "model-0") for i in pairs])
+    assert head_to_head.items == len(pairs) and head_to_head.pending == 0
+    assert head_to_head.lower <= truth <= head_to_head.upper and head_to_head.upper - head_to_head.lower < 0.3
     loop.close()

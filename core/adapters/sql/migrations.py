@@ -175,6 +175,13 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
         "ALTER TABLE projects ADD COLUMN kind TEXT NOT NULL DEFAULT 'classification'",
         "ALTER TABLE items ADD COLUMN responses TEXT",
     ),
+    (  # 11: preference projects: each comparison's draw at its arrival look (model evaluation's sample)
+        """CREATE TABLE arrival_draws (
+            project TEXT NOT NULL, item_id TEXT NOT NULL, probability DOUBLE PRECISION NOT NULL,
+            drawn BOOLEAN NOT NULL, expected DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (project, item_id),
+            FOREIGN KEY (project, item_id) REFERENCES items(project, item_id) ON DELETE CASCADE)""",
+    ),
 )
 
 

@@ -18,7 +18,7 @@ from winnow.core.adapters.sql.task_queue import SqlTaskQueue
 from winnow.core.domain.audit import GLOBAL, AuditRecord
 from winnow.core.domain.comparisons import embedded_texts
 from winnow.core.domain.errors import InvalidInput, NotFound, WinnowError
-from winnow.core.domain.records import Item, Label, ModelVersion, Project
+from winnow.core.domain.records import ArrivalDraw, Item, Label, ModelVersion, Project
 from winnow.core.domain.validation import (
     check_finite,
     check_label,
@@ -204,6 +204,33 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
                 "ON CONFLICT (project, item_id) DO UPDATE SET dim = excluded.dim, vector = excluded.vector",
                 [(project, item_id, dim, row.tobytes()) for item_id, row in zip(item_ids, rows)],
             )
+
+    # -- arrival draws ----------------------------------------------------------------------
+    def record_draws(self, project: str, draws: Sequence[ArrivalDraw]) -> None:
+        """See :meth:`ArrivalDraws.record_draws`."""
+        for d in draws:
+            check_text("item_id", d.item_id)
+            for name in ("probability", "expected"):
+                value = getattr(d, name)
+                if not 0.0 <= value <= 1.0:  # also refuses NaN
+                    raise InvalidInput(name, f"{name} of item {d.item_id[:100]!r} must be in [0, 1], got {value!r}")
+        if not draws:
+            return
+        with self._tx() as tx:
+            self._project(tx, project)
+            self._require_items(tx, project, [d.item_id for d in draws])
+            tx.many("INSERT INTO arrival_draws (project, item_id, probability, drawn, expected) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (project, item_id) DO UPDATE SET probability = excluded.probability, "
+                    "drawn = excluded.drawn, expected = excluded.expected",
+                    [(project, d.item_id, float(d.probability), bool(d.drawn), float(d.expected)) for d in draws])
+
+    def arrival_draws(self, project: str) -> list[ArrivalDraw]:
+        with self._tx(write=False) as tx:
+            self._project(tx, project)
+            rows = tx.all("SELECT d.item_id, d.probability, d.drawn, d.expected FROM arrival_draws d "
+                          "JOIN items i ON i.project = d.project AND i.item_id = d.item_id "
+                          "WHERE d.project = ? ORDER BY i.seq", (project,))
+        return [ArrivalDraw(item_id, float(p), bool(drawn), float(e)) for item_id, p, drawn, e in rows]
 
     def embedded_ids(self, project: str, among: Sequence[str]) -> list[str]:
         with self._tx(write=False) as tx:

@@ -124,7 +124,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ...) -> None: ...
 
 class ProjectStats(_message.Message):
-    __slots__ = ("project", "items", "labels_by_source", "human_fraction", "open_tasks", "current_model_version", "threshold", "stream", "quality")
+    __slots__ = ("project", "items", "labels_by_source", "human_fraction", "open_tasks", "current_model_version", "threshold", "stream", "quality", "win_rates")
     class LabelsBySourceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class ProjectStats(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    WIN_RATES_FIELD_NUMBER: _ClassVar[int]
     project: str
     items: int
     labels_by_source: _containers.ScalarMap[str, int]
@@ -150,7 +151,34 @@ class ProjectStats(_message.Message):
     threshold: float
     stream: StreamStatus
     quality: CertifiedQuality
-    def __init__(self, project: _Optional[str] = ..., items: _Optional[int] = ..., labels_by_source: _Optional[_Mapping[str, int]] = ..., human_fraction: _Optional[float] = ..., open_tasks: _Optional[int] = ..., current_model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ..., quality: _Optional[_Union[CertifiedQuality, _Mapping]] = ...) -> None: ...
+    win_rates: _containers.RepeatedCompositeFieldContainer[ModelWinRate]
+    def __init__(self, project: _Optional[str] = ..., items: _Optional[int] = ..., labels_by_source: _Optional[_Mapping[str, int]] = ..., human_fraction: _Optional[float] = ..., open_tasks: _Optional[int] = ..., current_model_version: _Optional[str] = ..., threshold: _Optional[float] = ..., stream: _Optional[_Union[StreamStatus, _Mapping]] = ..., quality: _Optional[_Union[CertifiedQuality, _Mapping]] = ..., win_rates: _Optional[_Iterable[_Union[ModelWinRate, _Mapping]]] = ...) -> None: ...
+
+class ModelWinRate(_message.Message):
+    __slots__ = ("model_a", "model_b", "estimate", "lower", "upper", "confidence", "comparisons", "items", "pending", "unreachable", "method")
+    MODEL_A_FIELD_NUMBER: _ClassVar[int]
+    MODEL_B_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATE_FIELD_NUMBER: _ClassVar[int]
+    LOWER_FIELD_NUMBER: _ClassVar[int]
+    UPPER_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    model_a: str
+    model_b: str
+    estimate: float
+    lower: float
+    upper: float
+    confidence: float
+    comparisons: int
+    items: int
+    pending: int
+    unreachable: int
+    method: str
+    def __init__(self, model_a: _Optional[str] = ..., model_b: _Optional[str] = ..., estimate: _Optional[float] = ..., lower: _Optional[float] = ..., upper: _Optional[float] = ..., confidence: _Optional[float] = ..., comparisons: _Optional[int] = ..., items: _Optional[int] = ..., pending: _Optional[int] = ..., unreachable: _Optional[int] = ..., method: _Optional[str] = ...) -> None: ...
 
 class ExportLabelsRequest(_message.Message):
     __slots__ = ("project",)
