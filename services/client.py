@@ -129,9 +129,12 @@ class WinnowClient:
         response = self._call(self._labeling.LeaseTasks, request)
         return [from_message(lease, Lease) for lease in response.leases]
 
-    def submit(self, project: str, annotator: str, item_id: str, label: str) -> bool:
-        """Answer an item; False when this annotator had already answered it."""
-        request = labeling_pb2.SubmitLabelRequest(project=project, annotator=annotator, item_id=item_id, label=label)
+    def submit(self, project: str, annotator: str, item_id: str, label: str, strength: str = "",
+               reason: str = "") -> bool:
+        """Answer an item (a comparison: A, B or tie, optionally how much better and why); False when
+        this annotator had already answered it."""
+        request = labeling_pb2.SubmitLabelRequest(project=project, annotator=annotator, item_id=item_id, label=label,
+                                                  strength=strength, reason=reason)
         return self._call(self._labeling.SubmitLabel, request).recorded
 
     def skip(self, project: str, annotator: str, item_id: str) -> None:
@@ -216,7 +219,9 @@ class WinnowClient:
                      **{f: getattr(m, f) if m.HasField(f) else None for f in fields},
                      "guideline_version": m.guideline_version, "created_at": m.created_at, "answers": dict(m.answers),
                      **({"responses": [{"text": r.text, "model": r.model} for r in m.responses]}
-                        if m.responses else {})}
+                        if m.responses else {}),
+                     **({"answer_details": {who: {"strength": d.strength, "reason": d.reason}
+                                            for who, d in m.answer_details.items()}} if m.answer_details else {})}
                     for m in self._projects.ExportRows(projects_pb2.ExportLabelsRequest(project=project))]
 
     def export_labels(self, project: str) -> Iterator[Label]:

@@ -47,8 +47,11 @@ def rows(labels: Sequence[Label], texts: Mapping[str, str], answers: Iterable[An
     """One row per final label: the item's text, the label, its provenance and every person's answer;
     a comparison's row also has its two ``responses`` (``{"text", "model"}``, A then B)."""
     given: dict[str, dict[str, str]] = {}
+    said: dict[str, dict[str, dict[str, str]]] = {}  # a comparison's strengths and reasons, by annotator
     for a in answers:
         given.setdefault(a.item_id, {})[a.annotator] = a.label
+        if a.strength or a.reason:
+            said.setdefault(a.item_id, {})[a.annotator] = {"strength": a.strength, "reason": a.reason}
     out = []
     for x in labels:
         row = {"item_id": x.item_id, "text": texts.get(x.item_id, ""), "label": x.label, "source": x.source,
@@ -57,6 +60,8 @@ def rows(labels: Sequence[Label], texts: Mapping[str, str], answers: Iterable[An
                "created_at": _iso(x.created_at), "answers": given.get(x.item_id, {})}
         if responses and responses.get(x.item_id):
             row["responses"] = [{"text": r.text, "model": r.model} for r in responses[x.item_id]]
+        if x.item_id in said:
+            row["answer_details"] = said[x.item_id]
         out.append(row)
     return out
 
@@ -74,7 +79,8 @@ def to_dpo(data: list[dict]) -> list[dict]:
         chosen, rejected = (pair[0], pair[1]) if row["label"] == "A" else (pair[1], pair[0])
         out.append({"prompt": row["text"], "chosen": chosen["text"], "rejected": rejected["text"],
                     "id": row["item_id"], "chosen_model": chosen["model"], "rejected_model": rejected["model"],
-                    "provenance": {k: row[k] for k in ROW_FIELDS if k not in ("item_id", "text")}})
+                    "provenance": {**{k: row[k] for k in ROW_FIELDS if k not in ("item_id", "text")},
+                                   "answer_details": row.get("answer_details", {})}})
     return out
 
 
@@ -91,7 +97,7 @@ def write_csv(data: list[dict]) -> str:
     writer.writeheader()
     for row in data:
         pair = row.get("responses") or [{"text": "", "model": ""}] * 2
-        flat = {k: v for k, v in row.items() if k != "responses"}
+        flat = {k: v for k, v in row.items() if k not in ("responses", "answer_details")}
         writer.writerow({**flat, "answers": ";".join(f"{who}:{label}" for who, label in sorted(row["answers"].items())),
                          **{k: "" if row[k] is None else row[k] for k in ("threshold", "probability")},
                          **({"response_a": pair[0]["text"], "response_b": pair[1]["text"], "model_a": pair[0]["model"],

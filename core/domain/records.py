@@ -77,15 +77,22 @@ class Scored:
     confidence: float | None = None
 
 
+STRENGTHS = ("", "slightly", "much")  # how much better the preferred response is ("": not said)
+
+
 @dataclass(frozen=True)
 class Annotation:
-    """One person's answer for one item (several per item with overlap)."""
+    """One person's answer for one item (several per item with overlap). A comparison's answer may
+    say how much better the preferred response is (``strength``, one of ``STRENGTHS``; never on a tie)
+    and why (``reason``, free text)."""
 
     project: str
     item_id: str
     annotator: str
     label: str
     created_at: float
+    strength: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)

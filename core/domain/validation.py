@@ -16,6 +16,7 @@ from winnow.core.domain.limits import MAX_KEY_BYTES, check_items, check_project_
 from winnow.core.domain.records import (
     PREFERENCE_CLASSES,
     PROJECT_KINDS,
+    STRENGTHS,
     Annotation,
     Item,
     Label,
@@ -26,6 +27,7 @@ from winnow.core.domain.records import (
 
 MAX_TEXT_BYTES = 64 * 1024
 MAX_RESPONSES = 16  # candidate responses per preference item: 16 give 120 comparisons
+MAX_REASON_BYTES = 4096  # a person's reason for a preference
 
 
 def validate_items(project: Project, items: Sequence[Item]) -> None:
@@ -205,7 +207,24 @@ def validate_annotation(annotation: Annotation) -> None:
     check_text("project", annotation.project)
     check_text("item_id", annotation.item_id)
     check_text("label", annotation.label)
+    check_text("reason", annotation.reason)
     check_finite("created_at", annotation.created_at)
+    if annotation.strength not in STRENGTHS:
+        raise InvalidInput("strength", f"must be one of {list(STRENGTHS)}, got {annotation.strength[:40]!r}")
+    if len(annotation.reason.encode()) > MAX_REASON_BYTES:
+        raise InvalidInput("reason", f"is over {MAX_REASON_BYTES} bytes")
+
+
+def check_answer(project: Project, annotation: Annotation) -> None:
+    """InvalidInput("label") outside the project's classes; "strength" or "reason" on a project that
+    classifies (they belong to comparisons), and "strength" on a tie (neither response is better)."""
+    check_label(project, annotation.label)
+    if not project.preference:
+        for name in ("strength", "reason"):
+            if getattr(annotation, name):
+                raise InvalidInput(name, f"project {project.name!r} classifies texts; a {name} belongs to a comparison")
+    elif annotation.strength and annotation.label not in ("A", "B"):
+        raise InvalidInput("strength", f"a {annotation.label!r} answer prefers no response; it has no strength")
 
 
 def validate_label(label: Label) -> None:

@@ -76,20 +76,21 @@ class LabelingService:
         """Give back a live lease unanswered (LeaseRequired without one)."""
         self.store.skip(self.project.name, annotator, item_id, leased_at=self.clock())
 
-    def submit(self, annotator: str, item_id: str, label: str) -> bool:
+    def submit(self, annotator: str, item_id: str, label: str, strength: str = "", reason: str = "") -> bool:
         """Record one answer to a task the annotator holds a live lease on (LeaseRequired otherwise;
         an answer given before is not recorded again: False); the item's final label is made once
         its task has all the answers it wants. A task the selector made asks for one answer at first
         (adaptive overlap, ``consensus.answers_wanted``): another where the answers disagree, or where
         the only answer disagrees with a model confident enough to be audited or probed, up to the
-        project's ``overlap``; a task with no ``wanted`` asks for ``overlap`` answers."""
+        project's ``overlap``; a task with no ``wanted`` asks for ``overlap`` answers. A comparison's
+        answer may carry a ``strength`` and a ``reason`` (``Annotation``)."""
         if label not in self.project.classes:  # perhaps a class added since the last check, on another replica
             self._project_check_at = 0.0
             self._check_project()
         if label not in self.project.classes:
             raise InvalidInput("label", f"{label!r} is not in project {self.project.name!r}'s label schema")
-        added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock()),
-                                          leased=True)
+        added = self.store.add_annotation(Annotation(self.project.name, item_id, annotator, label, self.clock(),
+                                                     strength, reason), leased=True)
         if added:
             self._answers_seen += 1
             self._answer_counts[annotator] += 1

@@ -120,14 +120,15 @@ class WinnowApi:
                         [lease.item_id for lease in leases])
         return leases
 
-    def submit(self, who: Principal, project: str, annotator: str, item_id: str, label: str) -> tuple[bool, int]:
-        """Record the answer to a task the caller holds a live lease on, then resolve: (answer
-        recorded, final labels made)."""
+    def submit(self, who: Principal, project: str, annotator: str, item_id: str, label: str, strength: str = "",
+               reason: str = "") -> tuple[bool, int]:
+        """Record the answer to a task the caller holds a live lease on (a comparison's with its
+        ``strength`` and ``reason`` when given), then resolve: (answer recorded, final labels made)."""
         check_keys("item_id", [item_id])
         check_string("label", label, MAX_CLASS_NAME_BYTES)
         service, lock, annotator = self._service(who, project, annotator)
         with lock:
-            recorded = service.submit(annotator, item_id, label)
+            recorded = service.submit(annotator, item_id, label, strength, reason)
             made = service.resolve()
         if recorded:
             ANSWERS.labels(project, annotator).inc()

@@ -85,7 +85,7 @@ class LabelingServicer(_Servicer, labeling_pb2_grpc.LabelingServicer):
     def SubmitLabel(self, request: labeling_pb2.SubmitLabelRequest, context: grpc.ServicerContext
                     ) -> labeling_pb2.SubmitLabelResponse:
         recorded, made = self.api.submit(self.who(context), request.project, request.annotator, request.item_id,
-                                         request.label)
+                                         request.label, request.strength, request.reason)
         return labeling_pb2.SubmitLabelResponse(recorded=recorded, final_labels=made)
 
     def Skip(self, request: labeling_pb2.SkipRequest, context: grpc.ServicerContext) -> labeling_pb2.SkipResponse:

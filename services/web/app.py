@@ -101,7 +101,8 @@ def labeling_app(api: WinnowApi, auth: Authenticator) -> Starlette:
                             "responses": [{"text": r.text, "model": r.model} for r in x.responses]} for x in leases]}
 
     def submit(who: Principal, body: dict, project: str) -> dict:
-        recorded, made = api.submit(who, project, "", _text(body, "item_id"), _text(body, "label"))
+        recorded, made = api.submit(who, project, "", _text(body, "item_id"), _text(body, "label"),
+                                    _optional_text(body, "strength"), _optional_text(body, "reason"))
         return {"recorded": recorded, "final_labels": made}
 
     def skip(who: Principal, body: dict, project: str) -> dict:
@@ -159,6 +160,13 @@ def _text(body: dict, field: str) -> str:
     value = body.get(field)
     if not isinstance(value, str) or not value:
         raise InvalidInput(field, "is required (a string)")
+    return value
+
+
+def _optional_text(body: dict, field: str) -> str:
+    value = body.get(field, "")
+    if not isinstance(value, str):
+        raise InvalidInput(field, "must be a string")
     return value
 
 

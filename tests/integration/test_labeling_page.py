@@ -181,6 +181,12 @@ def test_an_annotator_compares_two_responses_with_the_keys_a_b_and_t(tmp_path: P
             assert page.is_hidden("#suggestion") == (item_id == "q0")
             if item_id == "q1":
                 page.screenshot(path=str(Path(SHOTS or tmp_path) / "labeling-page-pairwise.png"))
+            if item_id == "q2":  # a reason, then "much better" with Shift
+                page.click("#reason")
+                page.keyboard.type("B names the fee")  # its letters answer nothing while typed here
+                page.keyboard.press("Enter")
+                page.keyboard.press("Shift+B")
+                continue
             page.keyboard.press(answers[item_id])
         page.wait_for_selector("#empty:not([hidden])")
         deadline = time.monotonic() + 20  # the last answer is sent after its undo window
@@ -188,6 +194,8 @@ def test_an_annotator_compares_two_responses_with_the_keys_a_b_and_t(tmp_path: P
             time.sleep(0.2)
         assert {label.item_id: label.label for label in store.labels(project.name)} == {
             "q0": "tie", "q1": "A", "q2": "B"}
+        [said] = store.annotations(project.name, ["q2"])
+        assert (said.strength, said.reason) == ("much", "B names the fee")
         page.close()
     finally:
         server.stop()

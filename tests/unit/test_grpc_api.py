@@ -413,9 +413,14 @@ def test_a_preference_project_carries_its_comparisons_through_ingest_lease_submi
     annotator = served.member("ann")
     [lease] = annotator.lease(P, "ann", 5)
     assert lease.text == "a prompt" and lease.responses == (replies[0], replies[2])
-    assert annotator.submit(P, "ann", "q1#0-2", "B")
-    with pytest.raises(InvalidInput):
-        annotator.submit(P, "ann", "q1#0-2", "C")
+    for label, strength, field in (("C", "", "label"), ("B", "huge", "strength"), ("tie", "much", "strength")):
+        with pytest.raises(InvalidInput) as bad:
+            annotator.submit(P, "ann", "q1#0-2", label, strength=strength)
+        assert bad.value.field == field
+    with pytest.raises(InvalidInput) as bad:
+        annotator.submit(P, "ann", "q1#0-2", "B", reason="x" * 5000)
+    assert bad.value.field == "reason"
+    assert annotator.submit(P, "ann", "q1#0-2", "B", strength="much", reason="B answers the question")
     now = time.time()
     served.store.put_labels([Label(P, "q1#0-1", "A", "model", "v0001", 0.99, 0.95, "auto_accept", "v1", now,
                                    "q1#0-1:selector:v0001", 0.1),
@@ -431,3 +436,5 @@ def test_a_preference_project_carries_its_comparisons_through_ingest_lease_submi
     assert model["provenance"]["source"] == "model" and model["provenance"]["aggregation"] == "auto_accept"
     assert (human["chosen"], human["rejected"]) == ("reply 2", "reply 0")  # the person said B
     assert human["provenance"]["answers"] == {"ann": "B"}
+    assert human["provenance"]["answer_details"] == {"ann": {"strength": "much", "reason": "B answers the question"}}
+    assert model["provenance"]["answer_details"] == {}

@@ -104,6 +104,27 @@ def test_the_store_keeps_a_comparisons_responses_and_refuses_a_kind_change(tmp_p
     store.close()
 
 
+def test_a_strength_or_reason_belongs_to_a_comparisons_answer(tmp_path: Path) -> None:
+    from winnow.core.domain.records import Annotation
+
+    store = SqliteStore(tmp_path / "store.sqlite")
+    store.create_project(PROJECT)
+    store.create_project(Project("texts", ("x", "y")))
+    store.add_items(comparisons(PROJECT, items(1, start=1)) + [Item("texts", "t1", "a text")])
+    answer = Annotation(PROJECT.name, "p1", "ann", "A", 1.0, "slightly", "shorter and right")
+    assert store.add_annotation(answer)
+    assert store.annotations(PROJECT.name) == [answer]
+    for bad, field in ((Annotation("texts", "t1", "ann", "x", 1.0, "much"), "strength"),
+                       (Annotation("texts", "t1", "ann", "x", 1.0, reason="because"), "reason"),
+                       (Annotation(PROJECT.name, "p1", "other", "tie", 1.0, "much"), "strength"),
+                       (Annotation(PROJECT.name, "p1", "other", "B", 1.0, "very"), "strength")):
+        with pytest.raises(InvalidInput) as e:
+            store.add_annotation(bad)
+        assert e.value.field == field
+    assert len(store.annotations(PROJECT.name)) == 1  # nothing half-written
+    store.close()
+
+
 def test_the_preference_head_learns_a_planted_preference_and_counts_ties() -> None:
     rng = np.random.default_rng(3)
     w = rng.standard_normal(DIM)

@@ -182,6 +182,10 @@ MIGRATIONS: tuple[tuple[Step, ...], ...] = (
             PRIMARY KEY (project, item_id),
             FOREIGN KEY (project, item_id) REFERENCES items(project, item_id) ON DELETE CASCADE)""",
     ),
+    (  # 12: a comparison's answer: how much better, and why
+        "ALTER TABLE annotations ADD COLUMN strength TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE annotations ADD COLUMN reason TEXT NOT NULL DEFAULT ''",
+    ),
 )
 
 

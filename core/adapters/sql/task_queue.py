@@ -9,6 +9,7 @@ from winnow.core.adapters.sql.base import SqlBase, responses_of
 from winnow.core.domain.errors import InvalidInput, LeaseRequired
 from winnow.core.domain.records import Annotation, Lease, Task
 from winnow.core.domain.validation import (
+    check_answer,
     check_finite,
     check_label,
     check_text,
@@ -154,7 +155,7 @@ class SqlTaskQueue(SqlBase):
         a = annotation
         validate_annotation(a)
         with self._tx() as tx:
-            check_label(self._project(tx, a.project), a.label)
+            check_answer(self._project(tx, a.project), a)
             self._require_items(tx, a.project, [a.item_id])
             if leased:
                 state = tx.one("SELECT state, expires_at FROM assignments WHERE project = ? AND item_id = ? "
@@ -162,9 +163,9 @@ class SqlTaskQueue(SqlBase):
                 if state is None or state[0] == "skipped" or (state[0] == "leased" and state[1] <= a.created_at):
                     raise LeaseRequired(f"no live lease on item {a.item_id[:100]!r}: lease it (again) first")
             if not tx.run(
-                "INSERT INTO annotations (project, item_id, annotator, label, created_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (project, item_id, annotator) DO NOTHING",
-                (a.project, a.item_id, a.annotator, a.label, a.created_at),
+                "INSERT INTO annotations (project, item_id, annotator, label, created_at, strength, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (project, item_id, annotator) DO NOTHING",
+                (a.project, a.item_id, a.annotator, a.label, a.created_at, a.strength, a.reason),
             ):
                 return False
             tx.run(
@@ -175,8 +176,8 @@ class SqlTaskQueue(SqlBase):
             return True
 
     def annotations(self, project: str, item_ids: Sequence[str] | None = None) -> list[Annotation]:
-        rows = self._select(project, "SELECT item_id, annotator, label, created_at FROM annotations WHERE project = ?",
-                            "created_at, seq", item_ids)
+        rows = self._select(project, "SELECT item_id, annotator, label, created_at, strength, reason FROM annotations "
+                            "WHERE project = ?", "created_at, seq", item_ids)
         return [Annotation(project, *r) for r in rows]
 
     def task_ids(self, project: str, kind: str) -> list[str]:

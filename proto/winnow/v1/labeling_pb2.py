@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from winnow.v1 import records_pb2 as winnow_dot_v1_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/labeling.proto\x12\twinnow.v1\x1a\x17winnow/v1/records.proto\"J\n\x11LeaseTasksRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x11\n\tmax_tasks\x18\x03 \x01(\x05\"6\n\x12LeaseTasksResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.winnow.v1.Lease\"X\n\x12SubmitLabelRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"=\n\x13SubmitLabelResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\x14\n\x0c\x66inal_labels\x18\x02 \x01(\x05\"B\n\x0bSkipRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\"\x0e\n\x0cSkipResponse\"H\n\x10HeartbeatRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\"%\n\x11HeartbeatResponse\x12\x10\n\x08\x65xtended\x18\x01 \x01(\x05\x32\xa4\x02\n\x08Labeling\x12I\n\nLeaseTasks\x12\x1c.winnow.v1.LeaseTasksRequest\x1a\x1d.winnow.v1.LeaseTasksResponse\x12L\n\x0bSubmitLabel\x12\x1d.winnow.v1.SubmitLabelRequest\x1a\x1e.winnow.v1.SubmitLabelResponse\x12\x37\n\x04Skip\x12\x16.winnow.v1.SkipRequest\x1a\x17.winnow.v1.SkipResponse\x12\x46\n\tHeartbeat\x12\x1b.winnow.v1.HeartbeatRequest\x1a\x1c.winnow.v1.HeartbeatResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/labeling.proto\x12\twinnow.v1\x1a\x17winnow/v1/records.proto\"J\n\x11LeaseTasksRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x11\n\tmax_tasks\x18\x03 \x01(\x05\"6\n\x12LeaseTasksResponse\x12 \n\x06leases\x18\x01 \x03(\x0b\x32\x10.winnow.v1.Lease\"z\n\x12SubmitLabelRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x10\n\x08strength\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"=\n\x13SubmitLabelResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x08\x12\x14\n\x0c\x66inal_labels\x18\x02 \x01(\x05\"B\n\x0bSkipRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\"\x0e\n\x0cSkipResponse\"H\n\x10HeartbeatRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\x12\x11\n\tannotator\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\"%\n\x11HeartbeatResponse\x12\x10\n\x08\x65xtended\x18\x01 \x01(\x05\x32\xa4\x02\n\x08Labeling\x12I\n\nLeaseTasks\x12\x1c.winnow.v1.LeaseTasksRequest\x1a\x1d.winnow.v1.LeaseTasksResponse\x12L\n\x0bSubmitLabel\x12\x1d.winnow.v1.SubmitLabelRequest\x1a\x1e.winnow.v1.SubmitLabelResponse\x12\x37\n\x04Skip\x12\x16.winnow.v1.SkipRequest\x1a\x17.winnow.v1.SkipResponse\x12\x46\n\tHeartbeat\x12\x1b.winnow.v1.HeartbeatRequest\x1a\x1c.winnow.v1.HeartbeatResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,17 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASETASKSRESPONSE']._serialized_start=140
   _globals['_LEASETASKSRESPONSE']._serialized_end=194
   _globals['_SUBMITLABELREQUEST']._serialized_start=196
-  _globals['_SUBMITLABELREQUEST']._serialized_end=284
-  _globals['_SUBMITLABELRESPONSE']._serialized_start=286
-  _globals['_SUBMITLABELRESPONSE']._serialized_end=347
-  _globals['_SKIPREQUEST']._serialized_start=349
-  _globals['_SKIPREQUEST']._serialized_end=415
-  _globals['_SKIPRESPONSE']._serialized_start=417
-  _globals['_SKIPRESPONSE']._serialized_end=431
-  _globals['_HEARTBEATREQUEST']._serialized_start=433
-  _globals['_HEARTBEATREQUEST']._serialized_end=505
-  _globals['_HEARTBEATRESPONSE']._serialized_start=507
-  _globals['_HEARTBEATRESPONSE']._serialized_end=544
-  _globals['_LABELING']._serialized_start=547
-  _globals['_LABELING']._serialized_end=839
+  _globals['_SUBMITLABELREQUEST']._serialized_end=318
+  _globals['_SUBMITLABELRESPONSE']._serialized_start=320
+  _globals['_SUBMITLABELRESPONSE']._serialized_end=381
+  _globals['_SKIPREQUEST']._serialized_start=383
+  _globals['_SKIPREQUEST']._serialized_end=449
+  _globals['_SKIPRESPONSE']._serialized_start=451
+  _globals['_SKIPRESPONSE']._serialized_end=465
+  _globals['_HEARTBEATREQUEST']._serialized_start=467
+  _globals['_HEARTBEATREQUEST']._serialized_end=539
+  _globals['_HEARTBEATRESPONSE']._serialized_start=541
+  _globals['_HEARTBEATRESPONSE']._serialized_end=578
+  _globals['_LABELING']._serialized_start=581
+  _globals['_LABELING']._serialized_end=873
 # @@protoc_insertion_point(module_scope)

@@ -24,16 +24,20 @@ class LeaseTasksResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[_records_pb2.Lease, _Mapping]]] = ...) -> None: ...
 
 class SubmitLabelRequest(_message.Message):
-    __slots__ = ("project", "annotator", "item_id", "label")
+    __slots__ = ("project", "annotator", "item_id", "label", "strength", "reason")
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     ANNOTATOR_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     project: str
     annotator: str
     item_id: str
     label: str
-    def __init__(self, project: _Optional[str] = ..., annotator: _Optional[str] = ..., item_id: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    strength: str
+    reason: str
+    def __init__(self, project: _Optional[str] = ..., annotator: _Optional[str] = ..., item_id: _Optional[str] = ..., label: _Optional[str] = ..., strength: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SubmitLabelResponse(_message.Message):
     __slots__ = ("recorded", "final_labels")

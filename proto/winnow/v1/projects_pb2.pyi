@@ -225,7 +225,7 @@ class UpdateProjectRequest(_message.Message):
     def __init__(self, project: _Optional[str] = ..., budget_labels: _Optional[int] = ..., budget_per_items: _Optional[int] = ..., precision_target: _Optional[float] = ..., strategy: _Optional[str] = ..., overlap: _Optional[int] = ..., guideline_version: _Optional[str] = ..., guideline: _Optional[str] = ..., add_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExportRow(_message.Message):
-    __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers", "responses")
+    __slots__ = ("item_id", "text", "label", "source", "source_id", "aggregation", "confidence", "threshold", "probability", "guideline_version", "created_at", "answers", "responses", "answer_details")
     class AnswersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,13 @@ class ExportRow(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AnswerDetailsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: AnswerDetail
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[AnswerDetail, _Mapping]] = ...) -> None: ...
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +253,7 @@ class ExportRow(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ANSWERS_FIELD_NUMBER: _ClassVar[int]
     RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_DETAILS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     text: str
     label: str
@@ -259,4 +267,13 @@ class ExportRow(_message.Message):
     created_at: str
     answers: _containers.ScalarMap[str, str]
     responses: _containers.RepeatedCompositeFieldContainer[_records_pb2.Response]
-    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[str] = ..., source_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., probability: _Optional[float] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ..., responses: _Optional[_Iterable[_Union[_records_pb2.Response, _Mapping]]] = ...) -> None: ...
+    answer_details: _containers.MessageMap[str, AnswerDetail]
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., label: _Optional[str] = ..., source: _Optional[str] = ..., source_id: _Optional[str] = ..., aggregation: _Optional[str] = ..., confidence: _Optional[float] = ..., threshold: _Optional[float] = ..., probability: _Optional[float] = ..., guideline_version: _Optional[str] = ..., created_at: _Optional[str] = ..., answers: _Optional[_Mapping[str, str]] = ..., responses: _Optional[_Iterable[_Union[_records_pb2.Response, _Mapping]]] = ..., answer_details: _Optional[_Mapping[str, AnswerDetail]] = ...) -> None: ...
+
+class AnswerDetail(_message.Message):
+    __slots__ = ("strength", "reason")
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    strength: str
+    reason: str
+    def __init__(self, strength: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -1,5 +1,6 @@
 // The labeling page: sign in with a token, lease tasks, answer by keyboard, skip, undo the last answer.
-// A preference project's task shows the prompt on top and its two responses side by side (keys A, B, T).
+// A preference project's task shows the prompt on top and its two responses side by side (keys A, B, T;
+// with Shift, "much better"), and an optional reason sent with the answer.
 // The last answer waits (PENDING_MS, or until the next answer) before it is sent, so it can be undone
 // while its task is still this annotator's; leases are kept alive while the page is open.
 "use strict";
@@ -130,7 +131,8 @@ function renderClasses() {
 async function send(pending) {
   clearTimeout(pending.timer);
   try {
-    await api("/api/submit", { item_id: pending.task.item_id, label: pending.label });
+    await api("/api/submit", { item_id: pending.task.item_id, label: pending.label,
+                               strength: pending.strength || "", reason: pending.reason || "" });
     state.answered += 1;
     if (state.answered % 20 === 0) state.me = { ...state.me, ...(await api("/api/me")) };
     progress();
@@ -147,14 +149,16 @@ async function flush() {
   if (pending) await send(pending);
 }
 
-async function answer(label) {
+async function answer(label, strength) {
   if (!state.current) return;
   say("");
   await flush();  // the answer before this one is final now
   const task = state.current;
-  state.pending = { task, label, timer: setTimeout(flush, PENDING_MS) };
+  const reason = state.me.kind === "preference" ? $("reason").value.trim() : "";
+  $("reason").value = "";
+  state.pending = { task, label, strength: strength || "", reason, timer: setTimeout(flush, PENDING_MS) };
   $("undo").disabled = false;
-  $("pending").textContent = `Answered "${label}". Ctrl+Z to undo.`;
+  $("pending").textContent = `Answered "${label}"${strength ? ` (${strength} better)` : ""}. Ctrl+Z to undo.`;
   state.current = null;
   next();
 }
@@ -169,6 +173,7 @@ function undo() {
   if (state.current) state.queue.unshift(state.current);
   state.current = pending.task;
   render();
+  $("reason").value = pending.reason || "";
 }
 
 async function skip() {
@@ -197,10 +202,14 @@ document.addEventListener("keydown", (event) => {
     return undo();
   }
   if (event.key === "Escape") { event.preventDefault(); return skip(); }
+  if (event.target === $("reason")) {  // typing a reason: Enter ends it, and the keys answer again
+    if (event.key === "Enter") { event.preventDefault(); $("reason").blur(); }
+    return;
+  }
   const pairKey = { a: "A", b: "B", t: "tie" }[event.key.toLowerCase()];
   if (state.me.kind === "preference" && pairKey && !event.ctrlKey && !event.metaKey && !event.altKey) {
     event.preventDefault();
-    return answer(pairKey);
+    return answer(pairKey, event.shiftKey && pairKey !== "tie" ? "much" : "");
   }
   const options = visibleClasses();
   if (event.key === "ArrowDown" || event.key === "ArrowUp") {
