@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(labeling, (LABELING_ANNOTATORS, LABELING_PRIORS, LABELING_SECONDS, FUZZ_OUT))
     preferences = bench_sub.add_parser("preferences", help="preference comparisons: active pair selection against "
                                        "random, reward model accuracy per comparison, over seeds")
-    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_SERVED, FUZZ_OUT))
+    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_SERVED, FUZZ_OUT,
+                              *options(RuntimeConfig)))
     encoders = bench_sub.add_parser("encoders", help="sentence encoders side by side: sentences/s, int8 cosine to "
                                     "fp32, test accuracy and the label benchmark's pool reference")
     add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
@@ -752,7 +753,8 @@ def cmd_bench_preferences(args: argparse.Namespace) -> int:
                           served_seeds=given(args, PREF_SERVED))
     out = given(args, FUZZ_OUT)
     console = Console(stderr=True)
-    result = run_preference_benchmark(out, plan, given(args, PREF_JSONL), progress=console.print)
+    runtime = make_runtime_from(settings_for(args))  # --encoder picks the features
+    result = run_preference_benchmark(out, plan, given(args, PREF_JSONL), runtime=runtime, progress=console.print)
     console.print({k: result[k] for k in ("random_labels", "random_accuracy", "active_accuracy",
                                           "labels_to_match_random", "ceiling_accuracy", "interval_coverage")})
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
