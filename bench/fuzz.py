@@ -32,7 +32,7 @@ from winnow.bench.cluster import stop_process
 from winnow.bench.common import environment, write_json
 from winnow.bench.fuzz_check import check_store
 from winnow.services.client import channel as bearer_channel
-from winnow.v1 import access_pb2, ingest_pb2, labeling_pb2, models_pb2, projects_pb2
+from winnow.v1 import access_pb2, ingest_pb2, labeling_pb2, models_pb2, projects_pb2, records_pb2
 
 PROJECT = "fuzz"
 CLASSES = ("pos", "neg", "mixed")
@@ -149,6 +149,8 @@ class Values:
                 if depth > 1:
                     continue
                 n = self.count(plausible) if f.is_repeated else 1
+                if depth:  # a nested list (an item's responses): short, or a bulk list of them is gigabytes
+                    n = min(n, 3)
                 if n >= 1000 and f.is_repeated:  # many of one message, cheaply
                     one = self.fill(f.message_type, True, depth + 1)
                     items = [message_factory.GetMessageClass(f.message_type)() for _ in range(n)]
@@ -158,8 +160,8 @@ class Values:
                             item.item_id = f"bulk-{k}"
                     getattr(message, f.name).extend(items)
                     continue
-                for _ in range(n):
-                    sub = self.fill(f.message_type, plausible, depth + 1)
+                for _ in range(n):  # a nested list's entries are mostly plausible (short): its wild strings multiply
+                    sub = self.fill(f.message_type, plausible or (depth >= 1 and self.rng.random() < 0.8), depth + 1)
                     (getattr(message, f.name).add() if f.is_repeated else getattr(message, f.name)).CopyFrom(sub)
                 continue
             value: Callable[[], Any] = {
@@ -340,6 +342,12 @@ def _create_project(target: str, admin: str) -> dict[str, str | None]:
                                     response_deserializer=access_pb2.CreatedToken.FromString)
         annotators = {name: token(access_pb2.CreateTokenRequest(project=PROJECT, role="annotator", name=name),
                                   timeout=30).token for name in ("alice", "bob")}
+        # a few real items first, so leases, answers and the store check meet rows whatever the draws send
+        batch = channel.unary_unary("/winnow.v1.Ingest/IngestBatch",
+                                    request_serializer=ingest_pb2.ItemBatch.SerializeToString,
+                                    response_deserializer=ingest_pb2.IngestSummary.FromString)
+        batch(ingest_pb2.ItemBatch(items=[records_pb2.Item(project=PROJECT, item_id=f"seed-{k}", text=f"{w} {k}")
+                                          for k, w in enumerate(WORDS)]), timeout=30)
     return {"admin": admin, **annotators, "nobody": None, "forged": FORGED}
 
 
