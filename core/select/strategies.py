@@ -143,8 +143,8 @@ class KCenterGreedy(Strategy):
 
     The anchors are the initial centres; without anchors the first centre is drawn from ``rng``.
     Each pick is the candidate farthest (squared Euclidean, ``2 - 2 cos``) from every centre so far.
-    Cost: one FAISS search of the candidates against the anchors, then one ``[N, D]`` matrix-vector
-    product per pick.
+    Cost: one FAISS search of the candidates against the anchors, then :func:`farthest_first`, which
+    reads the ``[N, D]`` candidates once per ``block`` picks instead of once per pick.
 
     Parameters
     ----------
@@ -164,15 +164,77 @@ class KCenterGreedy(Strategy):
             anchors.add(np.arange(len(candidates.anchors)), candidates.anchors)
             similarity = anchors.max_similarity(x)  # -inf without anchors
         min_dist = 2.0 - 2.0 * similarity  # [N]; inf without anchors
-        no_anchors = not np.isfinite(min_dist).any()
-        picks = np.empty(n, dtype=np.int64)
-        for t in range(n):
-            first_is_random = t == 0 and no_anchors
-            pick = int(rng.integers(len(x))) if first_is_random else int(np.argmax(min_dist))
-            picks[t] = pick
-            np.minimum(min_dist, 2.0 - 2.0 * (x @ x[pick]), out=min_dist)
-            min_dist[pick] = -np.inf  # stays the minimum: never picked again
-        return picks
+        first = None if np.isfinite(min_dist).any() else int(rng.integers(len(x)))
+        return farthest_first(x, min_dist, n, first)
+
+
+def farthest_first(x: np.ndarray, min_dist: np.ndarray, n: int, first: int | None = None,
+                   block: int = 64) -> np.ndarray:
+    """``n`` rows of ``x`` (float32 ``[N, D]``, unit rows) by farthest-first traversal: each the row whose
+    squared distance (``2 - 2 cos``) to its nearest centre is largest, given ``min_dist`` [N] (to the
+    anchors; inf where there are none) and the picks before it; ``first`` is the first pick, if given.
+
+    Exact, and bandwidth-light (lazy evaluation): a row's stored distance is an upper bound that the
+    picks since the last fold have not lowered yet. A pick scans the rows in the order of their bounds,
+    lowers each scanned row's bound to its exact distance (against those few recent picks only), and
+    stops once the best exact distance is at least the next row's bound: no unscanned row can beat it.
+    Every ``block`` picks, all bounds are made exact again in one matrix product ``[N, D] x [D, block]``,
+    so the candidates are read once per ``block`` picks, not once per pick (the cost of the classic loop,
+    bound by memory bandwidth: 67 s for 1,000 picks of 1,000,000 on two cores).
+    """
+    size = len(x)
+    stale = np.array(min_dist, dtype=np.float32)  # upper bounds on each row's squared distance
+    picks = np.empty(n, dtype=np.int64)
+    pending: list[int] = []  # picks not folded into ``stale`` yet
+    order, pos = np.zeros(0, np.int64), 0  # rows by bound, largest first; how far the scan went
+    frontier, exact = np.zeros(0, np.int64), np.zeros(0, np.float32)  # scanned rows, their exact distance
+    scanned = np.zeros(size, bool)
+    top = min(size, 4096)  # rows ordered after a fold (all of them once a scan goes past these)
+
+    def distance_to_pending(rows: np.ndarray) -> np.ndarray:
+        return 2.0 - 2.0 * (x[rows] @ x[pending].T).max(axis=1)
+
+    def fold() -> None:
+        nonlocal order, pos, frontier, exact
+        if pending:
+            centres = x[pending].T  # [D, B]
+            for start in range(0, size, 65536):
+                part = slice(start, start + 65536)
+                np.minimum(stale[part], 2.0 - 2.0 * (x[part] @ centres).max(axis=1), out=stale[part])
+            stale[pending] = -np.inf  # picked: never again (earlier picks are -inf already)
+            pending.clear()
+        head = np.argpartition(-stale, top - 1)[:top] if top < size else np.arange(size)
+        order = head[np.argsort(-stale[head], kind="stable")]
+        pos, frontier, exact = 0, np.zeros(0, np.int64), np.zeros(0, np.float32)
+        scanned[:] = False
+
+    fold()
+    for t in range(n):
+        if t == 0 and first is not None:
+            pick = first
+        else:
+            while pos < len(order) and (not len(frontier) or exact.max() < stale[order[pos]]):
+                rows = order[pos:pos + 64]
+                pos += 64
+                if pos >= len(order) and len(order) < size:  # past the ordered head: order every row
+                    order, pos = np.argsort(-stale, kind="stable"), 0
+                rows = rows[(stale[rows] > -np.inf) & ~scanned[rows]]
+                scanned[rows] = True
+                if not len(rows):
+                    continue
+                values = stale[rows] if not pending else np.minimum(stale[rows], distance_to_pending(rows))
+                frontier, exact = np.concatenate([frontier, rows]), np.concatenate([exact, values])
+            k = int(np.argmax(exact))
+            pick = int(frontier[k])
+            frontier, exact = np.delete(frontier, k), np.delete(exact, k)
+        picks[t] = pick
+        stale[pick] = -np.inf
+        pending.append(pick)
+        if len(frontier):  # the scanned rows' exact distances, with the new pick
+            np.minimum(exact, 2.0 - 2.0 * (x[frontier] @ x[pick]), out=exact)
+        if len(pending) >= block or (t == 0 and first is not None):  # no bound was finite before the first
+            fold()
+    return picks
 
 
 class ClusterMargin(Strategy):
@@ -227,30 +289,80 @@ class Badge(Strategy):
     the model that produced ``probs`` already reflects the labeled items.
     """
 
-    def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
-        x = candidates.embeddings  # [N, D]
-        probs = candidates.probs  # [N, C]
-        a = probs.copy()
-        a[np.arange(len(a)), probs.argmax(axis=1)] -= 1.0
-        sq_norm = (a * a).sum(axis=1) * (x * x).sum(axis=1, dtype=np.float64)  # [N] = |g_i|^2
-        picks = np.empty(n, dtype=np.int64)
-        picks[0] = np.argmax(sq_norm)
-        min_dist = np.full(len(x), np.inf)
-        for t in range(n):
-            pick = picks[t]
-            dist = sq_norm + sq_norm[pick] - 2.0 * ((a @ a[pick]) * (x @ x[pick]))
-            np.minimum(min_dist, np.maximum(dist, 0.0), out=min_dist)
-            min_dist[pick] = 0.0  # exactly, despite rounding: never drawn again
-            if t + 1 < n:
-                weights = min_dist if min_dist.sum() > 0 else self._unpicked(len(x), picks[: t + 1])
-                picks[t + 1] = rng.choice(len(x), p=weights / weights.sum())
-        return picks
+    def __init__(self, block: int = 64) -> None:
+        self.block = _count("block", block, 1)
 
-    @staticmethod
-    def _unpicked(size: int, picked: np.ndarray) -> np.ndarray:
-        weights = np.ones(size)
-        weights[picked] = 0.0
-        return weights
+    def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
+        x = np.asarray(candidates.embeddings, np.float32)  # [N, D]
+        probs = candidates.probs  # [N, C]
+        a = np.array(probs, np.float32)
+        a[np.arange(len(a)), probs.argmax(axis=1)] -= 1.0
+        sq_norm = (a * a).sum(axis=1, dtype=np.float64) * (x * x).sum(axis=1, dtype=np.float64)  # [N] = |g_i|^2
+        return _kmeans_plus_plus(x, a, sq_norm, n, rng, self.block)
+
+
+def _kmeans_plus_plus(x: np.ndarray, a: np.ndarray, sq_norm: np.ndarray, n: int, rng: np.random.Generator,
+                      block: int) -> np.ndarray:
+    """BADGE's k-means++ seeding on the gradient embeddings ``a_i ⊗ x_i`` (``sq_norm``: their squared norms).
+
+    Each pick after the first is drawn with probability proportional to its squared distance to the
+    nearest pick so far, by rejection sampling on upper bounds: a row is proposed in proportion to its
+    stored distance (exact as of the last fold), and accepted with probability exact / stored, its
+    exact distance taken against the picks since that fold only. An accepted row is thus drawn exactly
+    in proportion to its exact distance (a pick's own is 0: never accepted again). Every ``block``
+    picks one matrix product per factor makes every stored distance exact, so the candidates are read
+    once per ``block`` picks, not once per pick.
+    """
+    size = len(x)
+    stale = np.zeros(size)  # squared distance to the nearest pick, as of the last fold
+    cumulative, total = np.zeros(size), 0.0
+    picks = np.empty(n, dtype=np.int64)
+    picked = np.zeros(size, bool)
+    pending: list[int] = []
+
+    def distance_to_pending(rows: np.ndarray | slice) -> np.ndarray:
+        d = sq_norm[rows][:, None] + sq_norm[pending][None, :] \
+            - 2.0 * (a[rows] @ a[pending].T).astype(np.float64) * (x[rows] @ x[pending].T)
+        return np.maximum(d.min(axis=1), 0.0)
+
+    def fold(first: bool) -> None:
+        nonlocal cumulative, total
+        for start in range(0, size, 65536):
+            part = slice(start, start + 65536)
+            d = distance_to_pending(part)
+            stale[part] = d if first else np.minimum(stale[part], d)
+        stale[pending] = 0.0  # exactly, despite rounding
+        pending.clear()
+        cumulative = np.cumsum(stale)
+        total = float(cumulative[-1])
+
+    picks[0] = int(np.argmax(sq_norm))
+    picked[picks[0]] = True
+    pending.append(int(picks[0]))
+    fold(first=True)
+    for t in range(1, n):
+        rejected = 0
+        while True:
+            if total <= 0.0:  # every distance is 0: uniform among the rows not picked
+                rest = np.flatnonzero(~picked)
+                pick = int(rest[rng.integers(len(rest))])
+                break
+            if rejected >= 64 and pending:  # the recent picks took most of the mass: make the bounds exact
+                fold(first=False)
+                rejected = 0
+                continue
+            pick = min(int(np.searchsorted(cumulative, rng.random() * total, side="right")), size - 1)
+            exact = 0.0 if picked[pick] else stale[pick] if not pending else \
+                min(stale[pick], float(distance_to_pending(np.array([pick]))[0]))
+            if exact > 0.0 and rng.random() * stale[pick] < exact:
+                break
+            rejected += 1
+        picks[t] = pick
+        picked[pick] = True
+        pending.append(pick)
+        if len(pending) >= block:
+            fold(first=False)
+    return picks
 
 
 _SELECTORS: dict[str, type[Strategy]] = {
