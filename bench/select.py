@@ -41,11 +41,9 @@ def pool(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def coverage(x: np.ndarray, centres: np.ndarray) -> tuple[float, float]:
     """Max and mean distance of every row of ``x`` to the nearest of ``centres`` (rows of ``x``)."""
-    from winnow.core.select.index import VectorIndex
+    from winnow.core.select.index import max_similarity_to
 
-    index = VectorIndex(x.shape[1])
-    index.add(np.arange(len(centres)), x[centres])
-    d = np.sqrt(np.maximum(2.0 - 2.0 * index.max_similarity(x).astype(np.float64), 0.0))
+    d = np.sqrt(np.maximum(2.0 - 2.0 * max_similarity_to(x, x[centres]).astype(np.float64), 0.0))
     return float(d.max()), float(d.mean())
 
 

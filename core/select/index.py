@@ -173,6 +173,21 @@ class VectorIndex:
         return out
 
 
+def max_similarity_to(queries: np.ndarray, vectors: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Highest cosine of each query ``[q, D]`` to any of ``vectors`` ``[m, D]``: float32 ``[q]`` (``-inf``
+    when there are none), by blocked matrix products on the CPU. For one exhaustive search of many
+    queries against a set held in memory, as k-center's against its anchors: a FAISS flat index pays
+    for its top-k bookkeeping there (here 4.7x slower than the plain product at 200,000 x 10,000)."""
+    x = as_vectors("queries", queries)
+    v = as_vectors("vectors", vectors, x.shape[1])
+    out = np.full(len(x), -np.inf, np.float32)
+    if not len(v):
+        return out
+    for start in range(0, len(x), block):
+        out[start:start + block] = (x[start:start + block] @ v.T).max(axis=1)
+    return out
+
+
 def kmeans(
     vectors: np.ndarray, k: int, seed: int, niter: int = 20, device: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from fractions import Fraction
 import numpy as np
 from winnow.core.domain.errors import EmptyPoolError, InvalidInput
 from winnow.core.domain.validation import STRATEGIES
-from winnow.core.select.index import VectorIndex, as_vectors, kmeans, resolve_device
+from winnow.core.select.index import VectorIndex, as_vectors, kmeans, max_similarity_to, resolve_device
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,6 +159,8 @@ class KCenterGreedy(Strategy):
         x = candidates.embeddings  # [N, D]
         if candidates.anchor_similarity is not None:
             similarity = candidates.anchor_similarity.astype(np.float32)
+        elif self.device < 0:  # the CPU: one blocked product (module ``index``: FAISS's top-k costs more)
+            similarity = max_similarity_to(x, candidates.anchors)  # -inf without anchors
         else:
             anchors = VectorIndex(x.shape[1], self.device)
             anchors.add(np.arange(len(candidates.anchors)), candidates.anchors)

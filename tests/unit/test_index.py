@@ -161,3 +161,20 @@ def test_set_threads_returns_the_previous_count_and_refuses_nonsense():
                 set_threads(bad)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def test_max_similarity_to_matches_the_index_and_is_minus_inf_without_vectors() -> None:
+    from winnow.core.select.index import max_similarity_to
+
+    rng = np.random.default_rng(4)
+    queries = rng.standard_normal((1000, 16)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    vectors = queries[rng.choice(1000, 70, replace=False)] + 0.1
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(16, -1)
+    index.add(np.arange(70), vectors)
+    np.testing.assert_allclose(max_similarity_to(queries, vectors, block=128), index.max_similarity(queries), atol=1e-5)
+    assert np.isneginf(max_similarity_to(queries, np.zeros((0, 16), np.float32))).all()
+    with pytest.raises(InvalidInput) as bad:
+        max_similarity_to(queries, np.ones((2, 8), np.float32))
+    assert bad.value.field == "vectors"
