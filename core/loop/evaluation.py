@@ -22,14 +22,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-from winnow.core.ml.evaluation import win_rate
+from winnow.core.ml.evaluation import WinRate, win_rate
 from winnow.core.ports.store import Store
 
 OUTCOME = {"A": 1.0, "B": 0.0, "tie": 0.5}
 
 
 @dataclass(frozen=True)
-class ModelWinRate:
+class ModelWinRate(WinRate):
     """Model ``model_a``'s win rate against ``model_b`` (a tie counts half) on their comparisons.
 
     ``items``: comparisons in the evaluation set; ``comparisons``: those answered by people through
@@ -38,15 +38,8 @@ class ModelWinRate:
 
     model_a: str
     model_b: str
-    estimate: float
-    lower: float
-    upper: float
-    confidence: float
-    comparisons: int
-    items: int
     pending: int
     unreachable: int
-    method: str
 
 
 def pair_win_rates(model_a: list[str], model_b: list[str], probability: np.ndarray, drawn: np.ndarray,
@@ -70,8 +63,8 @@ def pair_win_rates(model_a: list[str], model_b: list[str], probability: np.ndarr
         if not keep.any():
             continue
         w = win_rate(np.where(d[keep], y[keep], np.nan), d[keep], pi[keep], f[keep], confidence)
-        out.append(ModelWinRate(first, second, float(w.estimate), float(w.lower), float(w.upper), confidence,
-                                w.comparisons, w.items, int(pending.sum()), int((pi <= 0).sum()), w.method))
+        out.append(ModelWinRate(float(w.estimate), float(w.lower), float(w.upper), confidence, w.comparisons, w.items,
+                                w.method, first, second, int(pending.sum()), int((pi <= 0).sum())))
     return out
 
 
