@@ -43,6 +43,8 @@ comparison in its evaluation set.
 
 from __future__ import annotations
 
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,8 +222,6 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
 def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, pool: np.ndarray,
                 test: np.ndarray, runtime, strategy: str, plan: PreferencePlan, seed: int, workdir: Path) -> dict:
     """One stream of the pool's pairs through an embedded preference project (module doc)."""
-    import time
-
     from winnow.core.data.simulate import SimulatedAnnotators
     from winnow.core.loop.embedded import EmbeddedLoop
     from winnow.core.loop.evaluation import win_rates
@@ -312,8 +312,6 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
 def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, plan: PreferencePlan,
             runtime, progress) -> dict:
     """Active and random served runs per seed (module doc), and their means."""
-    import tempfile
-
     runs: dict[str, list[dict]] = {"active": [], "random": []}
     with tempfile.TemporaryDirectory(prefix="winnow-pref-") as tmp:
         for seed in range(plan.served_seeds):

@@ -30,9 +30,11 @@ MAX_RESPONSES = 16  # candidate responses per preference item: 16 give 120 compa
 MAX_REASON_BYTES = 4096  # a person's reason for a preference
 
 
-def validate_items(project: Project, items: Sequence[Item]) -> None:
+def validate_items(project: Project, items: Sequence[Item], references: bool = False) -> None:
     """Check a batch before anything is written; errors name the field and the item (the limits of
-    :func:`~winnow.core.domain.limits.check_items` first: count, ids, NUL, finite times)."""
+    :func:`~winnow.core.domain.limits.check_items` first: count, ids, NUL, finite times).
+    ``references``: the items are references to stored ones (``ingest`` publishes them without text
+    or responses): they must have neither, and what they refer to was checked when it was stored."""
     check_items(items)
     seen: set[str] = set()
     for item in items:
@@ -43,6 +45,10 @@ def validate_items(project: Project, items: Sequence[Item]) -> None:
         if item.item_id in seen:
             raise InvalidInput("item_id", f"{item.item_id!r} appears twice in one batch")
         seen.add(item.item_id)
+        if references:
+            if item.text or item.responses:
+                raise InvalidInput("text", f"item {item.item_id!r} is a reference: it has no text or responses")
+            continue
         if not item.text.strip():
             raise InvalidInput("text", f"item {item.item_id!r} has empty text")
         if len(item.text.encode()) > MAX_TEXT_BYTES:

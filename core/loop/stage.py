@@ -4,7 +4,6 @@ project's dead-letter topic."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import logging
 import time
@@ -12,7 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Sequence
 
 from winnow.core.domain.codecs import codec_for
-from winnow.core.domain.errors import InvalidInput, WinnowError
+from winnow.core.domain.errors import WinnowError
 from winnow.core.domain.records import Item, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.domain.validation import validate_items
@@ -108,14 +107,8 @@ class Stage(ABC):
         """The typed record a message carries (its topic's codec, ``winnow.core.domain.codecs``); an
         item is validated as ingest validates it. Raises ``InvalidInput``/``NotFound`` on a bad one."""
         record = codec_for(self._stage_of(message)).decode(message.value)
-        if isinstance(record, Item) and record.text:
-            validate_items(self.project, [record])
-        elif isinstance(record, Item):  # without text, a reference to the stored item (see ``ingest``)
-            if record.responses:
-                raise InvalidInput("text", f"item {record.item_id[:100]!r} has responses but no prompt")
-            # checked as ingest checks it (project, id, time); what it refers to holds its text and responses
-            as_text = dataclasses.replace(self.project, kind="classification")
-            validate_items(as_text, [dataclasses.replace(record, text="-")])
+        if isinstance(record, Item):  # without text, a reference to the stored item (see ``ingest``)
+            validate_items(self.project, [record], references=not record.text)
         return record
 
     def _dead_letter(self, message: Message, error: Exception) -> None:

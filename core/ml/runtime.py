@@ -88,10 +88,14 @@ class Runtime(ABC):
     def predict(self, texts: Sequence[str]) -> Prediction:
         """Encode ``texts`` and score them with one head snapshot taken at the start of the call."""
         head = self._snapshot()
-        embeddings = self.encoder.encode(texts)  # [n, dim]
+        return self._scored(head, self.encoder.encode(texts))  # [n, dim]
+
+    @staticmethod
+    def _scored(head: HeadEngine | None, vectors: np.ndarray) -> Prediction:
+        """``vectors`` and ``head``'s logits of them (none before the first version)."""
         if head is None:
-            return Prediction(embeddings, None, None, None)
-        return Prediction(embeddings, head.logits(embeddings), head.version, MappingProxyType(head.meta))
+            return Prediction(vectors, None, None, None)
+        return Prediction(vectors, head.logits(vectors), head.version, MappingProxyType(head.meta))
 
     def predict_pairs(self, first: Sequence[str], second: Sequence[str]) -> Prediction:
         """Comparisons: encode both responses of each, and score the unit difference of their embeddings
@@ -101,10 +105,7 @@ class Runtime(ABC):
             raise InvalidInput("second", f"need one second response per first one, got {len(second)} for {len(first)}")
         head = self._snapshot()
         both = self.encoder.encode([*first, *second])  # one batch (the cache serves texts seen before)
-        vectors = pair_vectors(both[: len(first)], both[len(first):])
-        if head is None:
-            return Prediction(vectors, None, None, None)
-        return Prediction(vectors, head.logits(vectors), head.version, MappingProxyType(head.meta))
+        return self._scored(head, pair_vectors(both[: len(first)], both[len(first):]))
 
     def forget(self, text_sha256: Sequence[str]) -> int:
         """Drop cached embeddings of erased texts (by their hex SHA-256); how many there were (0
