@@ -42,6 +42,7 @@ class Quality:
     human_error: str  # "not measured" (taken as 0) or "gold" (upper bound from gold answers)
     human_error_rate_upper: float
     target_met: dict | None = None  # target mode: items, human labels and bound when it was first met
+    thresholds_withdrawn: tuple[str, ...] = ()  # versions whose threshold their own audits refuted
 
     @property
     def accuracy_lower_bound(self) -> float | None:
@@ -89,12 +90,24 @@ def _human_error(store: Store, project: str, confidence: float) -> tuple[str, fl
     return "gold", upper
 
 
+def _details(log: Sequence[tuple], action: str) -> list[dict]:
+    """The JSON details of the audit log's entries of ``action``, in order."""
+    return [json.loads(detail) for _, _, logged, detail in log if logged == action]
+
+
+def withdrawn_versions(store: Store, project: str) -> list[str]:
+    """The model versions whose auto-accept threshold the selector withdrew (its audits refuted it), in order."""
+    return [d["version"] for d in _details(store.audit_log(project), "threshold_withdrawn")]
+
+
 def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Quality:
     """The project's certified quality now (one read of its labels and tasks)."""
     counts = store.count_labels(project)
     kept, audits = store.audit_record(project)
     kind, rate = _human_error(store, project, confidence)
-    met = [json.loads(detail) for _, _, action, detail in store.audit_log(project) if action == "target_met"]
+    log = store.audit_log(project)
+    met = _details(log, "target_met")
+    withdrawn = tuple(d["version"] for d in _details(log, "threshold_withdrawn"))
     return Quality(
         confidence=confidence,
         final_labels=sum(counts.values()),
@@ -107,4 +120,5 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
         human_error=kind,
         human_error_rate_upper=rate,
         target_met=met[0] if met else None,
+        thresholds_withdrawn=withdrawn,
     )

@@ -32,10 +32,11 @@ from winnow.core.loop.close import (
 )
 from winnow.core.loop.backlog import Backlog
 from winnow.core.loop.erase import ErasureWatch
-from winnow.core.loop.quality import certified_quality
+from winnow.core.loop.quality import certified_quality, family_trials, withdrawn_versions
 from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
+from winnow.core.ml.certify import hidden_errors_lower
 from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
@@ -83,6 +84,8 @@ class Selector(Stage):
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
         self._arrivals = 0  # items that reached this selector in this process's life
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
+        self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
+        self._refute_check_at = 0
         self._erasures = ErasureWatch(store, project.name, False, config.erasure_check_s)  # then _restore reads
         self._restore()
 
@@ -92,6 +95,7 @@ class Selector(Stage):
         current = self.store.current_model(name)
         if current is not None:
             self.head = OnnxHead(Path(current.path))
+        self._withdrawn = set(withdrawn_versions(self.store, name))
         tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
         labeled = {label.item_id: label.source for label in self.store.labels(name)}
         tasked = {t.item_id for t in tasks}
@@ -195,8 +199,41 @@ class Selector(Stage):
 
     @property
     def threshold(self) -> float:
-        value = None if self.head is None else self.head.meta.get("threshold")
+        """The current version's auto-accept threshold (+inf: none certified, or withdrawn)."""
+        value = None if self.head is None or self.head.version in self._withdrawn else self.head.meta.get("threshold")
         return float("inf") if value is None else float(value)
+
+    def _refuted(self, force: bool = False) -> bool:
+        """Whether the current version's own audits now refute its threshold: the anytime-valid lower
+        bound on its wrong auto-accepted labels (:func:`~winnow.core.ml.certify.hidden_errors_lower`)
+        puts their precision below the project's target. Then the threshold is withdrawn for good (the
+        audit log's ``threshold_withdrawn``): the version labels nothing more, its items wait for the
+        next version or the close, and people's checks go where its successor needs evidence. A
+        threshold whose labels meet the target is withdrawn with probability at most ``1 -
+        confidence_level``, over every look. Read from the store at most once per ``select_batch``
+        arrivals (``force``: now)."""
+        version, threshold = self.version, self.threshold
+        if version is None or not np.isfinite(threshold):
+            return False
+        if not force and self._arrivals < self._refute_check_at:
+            return False
+        self._refute_check_at = self._arrivals + self.config.select_batch
+        name = self.project.name
+        trials = family_trials(*self.store.audit_record(name, version), (AUTO,))
+        labels = int((~trials.drawn).sum())
+        if not labels:
+            return False
+        wrong = hidden_errors_lower(trials, self.config.train.confidence_level)
+        upper = 1.0 - wrong / labels
+        if upper >= self.project.precision_target:
+            return False
+        self._withdrawn.add(version)
+        detail = {"version": version, "threshold": threshold, "labels": labels, "audits": int(trials.drawn.sum()),
+                  "errors_seen": int(np.nansum(trials.error[trials.drawn])), "errors_lower": wrong,
+                  "precision_upper": upper, "target": self.project.precision_target}
+        self.store.audit(name, "selector", "threshold_withdrawn", json.dumps(detail), self.clock())
+        log.warning("selector withdrew a refuted threshold project=%s %s", name, detail)
+        return True
 
     @property
     def candidate(self) -> float:
@@ -417,6 +454,7 @@ class Selector(Stage):
                 self._swap(record)
             else:
                 scored.append(record)
+        self._refuted()  # before the arrivals' look: a refuted threshold labels none of them
         if scored:
             self._arrive(scored)
         self._look_at_backlog()  # backlog items above the threshold, as the credit earned now funds
@@ -502,6 +540,7 @@ class Selector(Stage):
         republish_stored(self.producer, self.store, self.project.name, "model",
                          lambda label: ":selector:" in label.idempotency_key
                          and (label.aggregation == LOW or label.idempotency_key.endswith(suffix)))
+        self._refuted(force=True)
         if len(self.backlog) and self.head is None:
             unlabeled = len(self.backlog)
         elif len(self.backlog):

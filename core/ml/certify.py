@@ -151,3 +151,56 @@ def error_bound(trials: Trials, confidence: float = 0.95) -> ErrorBound:
     return ErrorBound(labels=int((~d).sum()), drawn=int(d.sum()), observed_errors=int(observed.sum()),
                       pending=int(pending.sum()), estimate=estimate, hidden_errors_upper=k_max,
                       confidence=confidence)
+
+
+def _sigma(pi: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
+    """``sigma[l, i] = log(1 - pi_i + pi_i * exp(lam_l / pi_i))`` (+inf where ``pi_i`` is 0), ``[L, n]``:
+    the log of the mean of ``exp(lam * xi / pi)`` for an error drawn with probability ``pi``."""
+    pi = np.asarray(pi, np.float64)[None, :]
+    lam = lambdas[:, None]
+    safe = np.where(pi > 0, pi, 1.0)
+    with np.errstate(divide="ignore"):
+        out = np.logaddexp(np.log1p(-safe), np.log(safe) + lam / safe)
+    return np.where(pi > 0, out, np.inf)
+
+
+def hidden_errors_lower(trials: Trials, confidence: float = 0.95) -> int:
+    """The anytime-valid *lower* bound on wrong model labels among the trials not drawn: evidence that a
+    family's labels are worse than claimed, valid at every look (the mirror image of :func:`error_bound`).
+
+    For a fixed ``lam >= 0`` the factor ``exp(lam * xi_i * g_i / pi_i) / E[...]`` also has conditional
+    mean 1, so ``M = prod_i exp(g_i * (lam * xi_i / pi_i - sigma_i(lam)))`` is a nonnegative martingale
+    and so is the same fixed mixture over ``lam``. An observed error adds ``lam / pi - sigma >= 0``, a
+    hidden one subtracts ``sigma``, a correct label adds nothing. ``sigma`` falls as ``pi`` rises, so
+    among configurations with ``k`` hidden errors the mixture is smallest with them on the undrawn trials
+    of smallest ``pi`` (a trial with ``pi = 0`` could hide any error: ``sigma = inf``). Every ``k`` whose
+    smallest mixture stays below ``1 / alpha`` is plausible; the bound is the least of them, and by
+    Ville's inequality it exceeds the true count at *any* time with probability at most ``alpha``.
+    Pending answers count as agreements (the conservative choice here)."""
+    if not 0.0 < confidence < 1.0:
+        raise InvalidInput("confidence", f"must be strictly between 0 and 1, got {confidence!r}")
+    p, d, e = trials.probability, trials.drawn, trials.error
+    observed = d & ~np.isnan(e) & (e == 1.0)
+    threshold = np.log(1.0 / (1.0 - confidence))
+    po = p[observed]
+    logm = ((LAMBDAS[:, None] / po[None, :] - _sigma(po, LAMBDAS)).sum(1) if po.size
+            else np.zeros(len(LAMBDAS)))  # [L]: k = 0
+
+    def plausible(logm_k: np.ndarray) -> bool:  # the mixture stays below 1 / alpha
+        top = logm_k.max()
+        return bool(top == -np.inf or top + np.log(np.exp(logm_k - top).mean()) < threshold)
+
+    if plausible(logm):
+        return 0
+    values, counts = np.unique(p[~d], return_counts=True)  # ascending: where hidden errors weigh most
+    k = 0
+    for value, count in zip(values, counts):
+        sigma = _sigma(np.array([value]), LAMBDAS)[:, 0]  # [L]
+        if plausible(logm - count * sigma):  # within this group: the least m that is plausible
+            lo, hi = 0, int(count)  # m = lo is not plausible, m = hi is
+            while lo + 1 < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if plausible(logm - mid * sigma) else (mid, hi)
+            return k + hi
+        logm, k = logm - count * sigma, k + int(count)
+    return k  # not even every kept label wrong makes the errors seen plausible: all of them, the most there is

@@ -257,8 +257,10 @@ class Labels(Protocol):
         """How many final labels each source made (sources without labels left out), without loading them."""
 
     @abstractmethod
-    def audit_record(self, project: str) -> tuple[list[tuple[str, float | None, int]], list[tuple[str, float, bool | None]]]:
-        """What the certified bounds are computed from, aggregated in the database:
+    def audit_record(self, project: str, version: str | None = None,
+                     ) -> tuple[list[tuple[str, float | None, int]], list[tuple[str, float, bool | None]]]:
+        """What the certified bounds are computed from, aggregated in the database (``version``: only
+        the model labels that version gave and the audit tasks that checked its labels):
 
         - ``(aggregation, probability, count)`` of the model labels, grouped;
         - ``(family, probability, wrong)`` per audit task: ``wrong`` is whether the item's final

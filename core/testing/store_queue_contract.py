@@ -8,7 +8,7 @@ import pytest
 from winnow.core.domain.errors import InvalidInput, LeaseRequired, NotFound
 from winnow.core.domain.records import Annotation, Task
 from winnow.core.ports.store import Store
-from winnow.core.testing.store_records import LEASE_S, P, label, lease_ids, task
+from winnow.core.testing.store_records import LEASE_S, P, items, label, lease_ids, task
 
 
 class TaskQueueContract:
@@ -126,6 +126,13 @@ class TaskQueueContract:
         assert kept == [("auto_accept", 0.1, 2)]
         assert audits == [("auto_accept", 0.1, False), ("auto_accept", 0.1, True), ("low_confidence", 0.3, None)]
         assert s.audit_record(P) == (kept, audits)  # a read: nothing changes
+        # one version's record: the labels it gave and the audits of its labels
+        s.add_items(items("i5", "i6"))
+        s.add_tasks([Task(P, "i5", 0.5, "m2", 0.0, "audit", 0.2, "card", "auto_accept", 1)])
+        s.put_labels([label("i6", probability=0.2, source_id="m2", key="i6:m2")])
+        assert s.audit_record(P, "m2") == ([("auto_accept", 0.2, 1)], [("auto_accept", 0.2, None)])
+        assert s.audit_record(P, "m1") == (kept, audits)
+        assert s.audit_record(P, "m3") == ([], [])
 
     def test_gold_task_open_to_every_annotator_once(self, s: Store) -> None:
         s.add_tasks([task("i0", kind="gold"), task("i1", priority=0.1)])

@@ -30,6 +30,7 @@ class CertifiedQuality:
     human_error_rate_upper: float
     target_met_items: int | None = None
     target_met_human_labels: int | None = None
+    thresholds_withdrawn: tuple[str, ...] = ()
 
     @staticmethod
     def of(q: Quality) -> "CertifiedQuality":
@@ -38,7 +39,8 @@ class CertifiedQuality:
                                 q.model.hidden_errors_upper, q.model.estimate, q.model.drawn, q.model.pending,
                                 q.human_error, q.human_error_rate_upper,
                                 None if q.target_met is None else q.target_met["items"],
-                                None if q.target_met is None else q.target_met["human_labels"])
+                                None if q.target_met is None else q.target_met["human_labels"],
+                                q.thresholds_withdrawn)
 
 
 @dataclass(frozen=True)

@@ -274,11 +274,13 @@ class WinnowApi:
         items = self.store.count_items(project)
         by_source = Counter(self.store.count_labels(project))
         current = self.store.current_model(project)
+        quality = certified_quality(self.store, project)
+        # a threshold the selector withdrew (its audits refuted it) is in force no more
+        in_force = current is not None and current.version not in quality.thresholds_withdrawn
         return ProjectStats(project, items, dict(by_source), by_source["human"] / items if items else 0.0,
                             self.store.count_open_tasks(project), None if current is None else current.version,
-                            None if current is None else current.threshold, stream_status(self.store, project),
-                            CertifiedQuality.of(certified_quality(self.store, project)),
-                            tuple(win_rates(self.store, project)))
+                            current.threshold if in_force else None, stream_status(self.store, project),
+                            CertifiedQuality.of(quality), tuple(win_rates(self.store, project)))
 
     def close_stream(self, who: Principal, project: str) -> StreamStatus:
         """Ask the selector to close the stream (idempotent while a close is pending); audited."""

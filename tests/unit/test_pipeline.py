@@ -493,3 +493,46 @@ def test_a_model_version_names_the_encoder_its_head_was_fitted_on(env, tmp_path:
     store.bind_encoder("p", "crc")  # as the project's first prelabel worker does
     model = trainer.maybe_train(force=True, again=True)
     assert json.loads((Path(model.path) / "meta.json").read_text())["encoder"] == "crc"
+
+
+@pytest.mark.parametrize("model_wrong", [True, False], ids=["refuted", "standing"])
+def test_a_threshold_its_own_audits_refute_is_withdrawn_and_labels_nothing_more(env, tmp_path: Path,
+                                                                                 model_wrong: bool) -> None:
+    """A version auto-accepts the first 120 arrivals (threshold 0), half of them checked by people. When
+    people contradict every checked label, the anytime lower bound on its wrong labels puts their
+    precision below the 0.98 target: the selector withdraws the threshold (audit log, certified quality),
+    the next arrivals wait for people or the next version, and a restarted selector keeps it withdrawn.
+    When people agree with every check, the threshold stands and keeps labeling."""
+    from winnow.core.loop.quality import certified_quality
+
+    bus, store = env
+    project, ids, x = _ingested(bus, store, 240, budget_labels=100)
+    _model(store, tmp_path, 0.0)
+    config = dataclasses.replace(CONFIG, audit_probability=0.5, select_batch=20)
+    selector = Selector(bus, store, project, config)
+    score(bus, store, project, ids[:120], x[:120])
+    while selector.step():
+        pass
+    first = {label.item_id for label in store.labels("p")}
+    audits = [t for t in store.tasks("p") if t.kind == "audit"]
+    assert len(first) > 30 and len(audits) > 30
+    store.put_labels([Label("p", t.item_id, next(c for c in CLASSES if c != t.model_label) if model_wrong
+                            else t.model_label, "human", "ann", 1.0, None, "majority", "v1", 1.0, f"{t.item_id}:h")
+                      for t in audits])
+    score(bus, store, project, ids[120:], x[120:])
+    while selector.step():
+        pass
+    later = {label.item_id for label in store.labels("p") if label.source == "model"} - first
+    withdrawn = [json.loads(d) for _, _, action, d in store.audit_log("p") if action == "threshold_withdrawn"]
+    if model_wrong:
+        assert later == set() and np.isinf(selector.threshold)
+        assert len(withdrawn) == 1 and withdrawn[0]["version"] == "v1"
+        assert withdrawn[0]["precision_upper"] < 0.98 and withdrawn[0]["errors_seen"] == len(audits)
+        assert certified_quality(store, "p").thresholds_withdrawn == ("v1",)
+        restarted = Selector(bus, store, project, config)
+        assert np.isinf(restarted.threshold)
+        restarted.close()
+    else:
+        assert len(later) > 30 and selector.threshold == 0.0 and withdrawn == []
+        assert certified_quality(store, "p").thresholds_withdrawn == ()
+    selector.close()

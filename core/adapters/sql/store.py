@@ -321,16 +321,19 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
             return dict(tx.all("SELECT source, COUNT(*) FROM labels WHERE project = ? GROUP BY source ORDER BY source",
                                (project,)))
 
-    def audit_record(self, project: str) -> tuple[list[tuple[str, float | None, int]], list[tuple[str, float, bool | None]]]:
+    def audit_record(self, project: str, version: str | None = None,
+                     ) -> tuple[list[tuple[str, float | None, int]], list[tuple[str, float, bool | None]]]:
         """See :meth:`Labels.audit_record` (two grouped reads in one transaction)."""
+        labels_of, tasks_of = ("", "") if version is None else (" AND source_id = ?", " AND t.model_version = ?")
+        args = (project,) if version is None else (project, version)
         with self._tx(write=False) as tx:
             self._project(tx, project)
-            kept = tx.all("SELECT aggregation, probability, COUNT(*) FROM labels WHERE project = ? AND source = 'model' "
-                          "GROUP BY aggregation, probability ORDER BY aggregation, probability", (project,))
+            kept = tx.all("SELECT aggregation, probability, COUNT(*) FROM labels WHERE project = ? AND source = 'model'"
+                          f"{labels_of} GROUP BY aggregation, probability ORDER BY aggregation, probability", args)
             audits = tx.all("SELECT t.family, t.probability, l.label, t.model_label FROM tasks t "
                             "LEFT JOIN labels l ON l.project = t.project AND l.item_id = t.item_id "
-                            "AND l.source IN ('human', 'gold') WHERE t.project = ? AND t.kind = 'audit' ORDER BY t.seq",
-                            (project,))
+                            f"AND l.source IN ('human', 'gold') WHERE t.project = ? AND t.kind = 'audit'{tasks_of} "
+                            "ORDER BY t.seq", args)
         return ([(a, p, int(c)) for a, p, c in kept],
                 [(f, p, None if label is None else label != model_label) for f, p, label, model_label in audits])
 

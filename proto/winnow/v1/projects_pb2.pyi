@@ -62,7 +62,7 @@ class StreamStatus(_message.Message):
     def __init__(self, project: _Optional[str] = ..., state: _Optional[_Union[StreamState, str]] = ..., requested_at: _Optional[float] = ..., closed_at: _Optional[float] = ..., tasks: _Optional[int] = ..., low_confidence: _Optional[int] = ..., unlabeled: _Optional[int] = ...) -> None: ...
 
 class CertifiedQuality(_message.Message):
-    __slots__ = ("confidence", "accuracy_lower_bound", "auto_accepted_precision_lower_bound", "auto_accepted", "auto_accepted_errors_upper", "model_labels", "model_errors_upper", "model_errors_estimate", "audits", "audits_pending", "human_error", "human_error_rate_upper", "target_met_items", "target_met_human_labels")
+    __slots__ = ("confidence", "accuracy_lower_bound", "auto_accepted_precision_lower_bound", "auto_accepted", "auto_accepted_errors_upper", "model_labels", "model_errors_upper", "model_errors_estimate", "audits", "audits_pending", "human_error", "human_error_rate_upper", "target_met_items", "target_met_human_labels", "thresholds_withdrawn")
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
     AUTO_ACCEPTED_PRECISION_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class CertifiedQuality(_message.Message):
     HUMAN_ERROR_RATE_UPPER_FIELD_NUMBER: _ClassVar[int]
     TARGET_MET_ITEMS_FIELD_NUMBER: _ClassVar[int]
     TARGET_MET_HUMAN_LABELS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLDS_WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
     confidence: float
     accuracy_lower_bound: float
     auto_accepted_precision_lower_bound: float
@@ -91,7 +92,8 @@ class CertifiedQuality(_message.Message):
     human_error_rate_upper: float
     target_met_items: int
     target_met_human_labels: int
-    def __init__(self, confidence: _Optional[float] = ..., accuracy_lower_bound: _Optional[float] = ..., auto_accepted_precision_lower_bound: _Optional[float] = ..., auto_accepted: _Optional[int] = ..., auto_accepted_errors_upper: _Optional[int] = ..., model_labels: _Optional[int] = ..., model_errors_upper: _Optional[int] = ..., model_errors_estimate: _Optional[float] = ..., audits: _Optional[int] = ..., audits_pending: _Optional[int] = ..., human_error: _Optional[str] = ..., human_error_rate_upper: _Optional[float] = ..., target_met_items: _Optional[int] = ..., target_met_human_labels: _Optional[int] = ...) -> None: ...
+    thresholds_withdrawn: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, confidence: _Optional[float] = ..., accuracy_lower_bound: _Optional[float] = ..., auto_accepted_precision_lower_bound: _Optional[float] = ..., auto_accepted: _Optional[int] = ..., auto_accepted_errors_upper: _Optional[int] = ..., model_labels: _Optional[int] = ..., model_errors_upper: _Optional[int] = ..., model_errors_estimate: _Optional[float] = ..., audits: _Optional[int] = ..., audits_pending: _Optional[int] = ..., human_error: _Optional[str] = ..., human_error_rate_upper: _Optional[float] = ..., target_met_items: _Optional[int] = ..., target_met_human_labels: _Optional[int] = ..., thresholds_withdrawn: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateProjectRequest(_message.Message):
     __slots__ = ("name", "classes", "budget_labels", "budget_per_items", "precision_target", "strategy", "overlap", "guideline_version", "guideline", "kind")
