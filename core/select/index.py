@@ -7,9 +7,20 @@ from __future__ import annotations
 
 from functools import cache
 
-import faiss
 import numpy as np
 from winnow.core.domain.errors import InvalidInput
+
+try:
+    import faiss
+except ImportError:  # an image without FAISS (the GPU bench's): the numpy and torch paths still run
+    faiss = None
+
+
+def _faiss():
+    """The FAISS module; a clear error where it is not installed."""
+    if faiss is None:
+        raise ImportError("FAISS is not installed: pip install faiss-cpu (or a GPU build)")
+    return faiss
 
 
 def resolve_device(device: int | None) -> int:
@@ -17,7 +28,7 @@ def resolve_device(device: int | None) -> int:
 
     ``None`` means GPU 0 when FAISS sees a GPU, else the CPU.
     """
-    n_gpus = faiss.get_num_gpus()
+    n_gpus = _faiss().get_num_gpus()
     if device is None:
         return 0 if n_gpus > 0 else -1
     if not -1 <= device < n_gpus:
@@ -35,19 +46,19 @@ def set_threads(n: int) -> int:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InvalidInput("threads", f"must be an integer of at least 1, got {n!r}")
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
+    previous = _faiss().omp_get_max_threads()
+    _faiss().omp_set_num_threads(n)
     return previous
 
 
 @cache
 def _gpu_resources() -> faiss.StandardGpuResources:
-    return faiss.StandardGpuResources()
+    return _faiss().StandardGpuResources()
 
 
 def _on_device(index: faiss.Index, device: int) -> faiss.Index:
     """``index`` itself on the CPU, else a copy of it on GPU ``device``."""
-    return index if device < 0 else faiss.index_cpu_to_gpu(_gpu_resources(), device, index)
+    return index if device < 0 else _faiss().index_cpu_to_gpu(_gpu_resources(), device, index)
 
 
 def as_vectors(field: str, vectors: object, dim: int | None = None) -> np.ndarray:
@@ -89,7 +100,7 @@ class VectorIndex:
             raise InvalidInput("dim", f"must be at least 1, got {dim!r}")
         self.dim = dim
         self.device = resolve_device(device)
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._index = _faiss().IndexIDMap2(_faiss().IndexFlatIP(dim))
         self._searcher: faiss.Index | None = None
 
     def __len__(self) -> int:
@@ -221,9 +232,9 @@ def kmeans(
     if niter < 1:
         raise InvalidInput("niter", f"must be at least 1, got {niter!r}")
     device = resolve_device(device)
-    km = faiss.Kmeans(
+    km = _faiss().Kmeans(
         x.shape[1], k, niter=niter, seed=seed, spherical=True, min_points_per_centroid=1
     )
-    km.index = _on_device(faiss.IndexFlatIP(x.shape[1]), device)
+    km.index = _on_device(_faiss().IndexFlatIP(x.shape[1]), device)
     km.train(x)
     return km.centroids, km.assign(x)[1]

@@ -15,6 +15,7 @@ from fractions import Fraction
 import numpy as np
 from winnow.core.domain.errors import EmptyPoolError, InvalidInput
 from winnow.core.domain.validation import STRATEGIES
+from winnow.core.select.gpu import cuda_device, farthest_first_cuda, max_similarity_cuda
 from winnow.core.select.index import VectorIndex, as_vectors, kmeans, max_similarity_to, resolve_device
 
 
@@ -143,30 +144,31 @@ class KCenterGreedy(Strategy):
 
     The anchors are the initial centres; without anchors the first centre is drawn from ``rng``.
     Each pick is the candidate farthest (squared Euclidean, ``2 - 2 cos``) from every centre so far.
-    Cost: one FAISS search of the candidates against the anchors, then :func:`farthest_first`, which
-    reads the ``[N, D]`` candidates once per ``block`` picks instead of once per pick.
+    On the CPU: one blocked product of the candidates with the anchors (module ``index``: FAISS's top-k
+    costs more), then :func:`farthest_first`, which reads the ``[N, D]`` candidates once per ``block``
+    picks instead of once per pick. On a CUDA device both run in torch (:mod:`winnow.core.select.gpu`).
 
     Parameters
     ----------
     device : int or None
-        FAISS device for the anchor search (see `winnow.core.select.index.resolve_device`).
+        ``-1`` for the CPU, a CUDA device id, or ``None`` for device 0 when torch sees a GPU.
     """
 
     def __init__(self, device: int | None = None) -> None:
-        self.device = resolve_device(device)
+        self.device = cuda_device(device)
 
     def _select(self, candidates: Candidates, n: int, rng: np.random.Generator) -> np.ndarray:
         x = candidates.embeddings  # [N, D]
         if candidates.anchor_similarity is not None:
             similarity = candidates.anchor_similarity.astype(np.float32)
-        elif self.device < 0:  # the CPU: one blocked product (module ``index``: FAISS's top-k costs more)
+        elif self.device < 0:
             similarity = max_similarity_to(x, candidates.anchors)  # -inf without anchors
         else:
-            anchors = VectorIndex(x.shape[1], self.device)
-            anchors.add(np.arange(len(candidates.anchors)), candidates.anchors)
-            similarity = anchors.max_similarity(x)  # -inf without anchors
+            similarity = max_similarity_cuda(x, candidates.anchors, self.device)
         min_dist = 2.0 - 2.0 * similarity  # [N]; inf without anchors
         first = None if np.isfinite(min_dist).any() else int(rng.integers(len(x)))
+        if self.device >= 0:
+            return farthest_first_cuda(x, min_dist, n, first, self.device)
         return farthest_first(x, min_dist, n, first)
 
 
