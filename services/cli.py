@@ -91,6 +91,14 @@ SELECTOR_STRATEGY = Option("strategy", str, f"the project's strategy: {', '.join
                            choices=STRATEGIES)
 POOL_SIZES = Option("sizes", tuple, "pool sizes, comma-separated", ("20000", "100000"))
 POOL_BUDGET = Option("budget", int, "rows each run picks", 1000, low=1)
+GPU_SIZE = Option("size", int, "pool size of the selection section (k-center and k-means)", 1_000_000, low=100,
+                  env_name="GPU_SIZE")
+GPU_TEXTS = Option("texts", int, "texts each GPU encoder engine encodes (the CPU baseline: at most 2,000)", 20_000,
+                   low=8, env_name="GPU_TEXTS")
+GPU_PIPELINE = Option("pipeline_items", int, "items streamed through the embedded loop with the encoder on CUDA",
+                      4000, low=1, env_name="GPU_PIPELINE_ITEMS")
+GPU_ENCODER = Option("encoder", str, "encoder: minilm, bge-small, or a BERT folder (bench/gpu.sh carries an fp16 "
+                     "copy of MiniLM)", "minilm", env_name="GPU_ENCODER")
 PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
 FUZZ_REQUESTS = Option("requests", int, "malformed and absurd requests to send", 10_000, env_name="FUZZ_REQUESTS",
                        low=1)
@@ -257,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     select_bench = bench_sub.add_parser("select", help="pool selection: Winnow's strategies against scikit-activeml "
                                         "(when installed): seconds, peak memory and coverage per pool size")
     add_options(select_bench, (POOL_SIZES, POOL_BUDGET, FUZZ_OUT))
+    gpu = bench_sub.add_parser("gpu", help="the GPU run: encoder engines, k-center and k-means at 1,000,000 and the "
+                               "pipeline on CUDA, each against this machine's CPU in the same run (bench/gpu.sh)")
+    add_options(gpu, (GPU_ENCODER, GPU_SIZE, GPU_TEXTS, GPU_PIPELINE, FUZZ_OUT))
     storage = bench_sub.add_parser("storage", help="records/s of the SQLite bus and store on their hot calls")
     add_options(storage, (STORAGE_ITEMS, STORAGE_REPEATS, FUZZ_OUT))
 
@@ -862,6 +873,21 @@ def cmd_bench_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_gpu(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from winnow.bench.gpu import run_gpu_benchmark
+
+    out, console = given(args, FUZZ_OUT), Console(stderr=True)
+    result = run_gpu_benchmark(out, given(args, GPU_ENCODER), given(args, GPU_SIZE), texts=given(args, GPU_TEXTS),
+                               pipeline_items=given(args, GPU_PIPELINE),
+                               progress=lambda name: console.print(f"gpu bench: {name}"))
+    for name, engine in result["encoder"].get("engines", {}).items():
+        console.print(f"{name:>16}: " + (f"{engine['sentences_per_s']:,.0f} sentences/s" if "sentences_per_s" in engine
+                                         else f"skipped ({engine['skipped']})"))
+    console.print(f"wrote {out} and {out.with_suffix('.png')} in {result['total_s']:.0f} s")
+    return 0
+
+
 def cmd_bench_storage(args: argparse.Namespace) -> int:
     from rich.console import Console
     from winnow.bench.storage import run_storage_benchmark
@@ -912,7 +938,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {("demo", None): cmd_demo, ("select", None): cmd_select, ("bench", "labels"): cmd_bench_labels,
             ("bench", "encoders"): cmd_bench_encoders, ("bench", "selector"): cmd_bench_selector,
-            ("bench", "select"): cmd_bench_select,
+            ("bench", "select"): cmd_bench_select, ("bench", "gpu"): cmd_bench_gpu,
             ("bench", "throughput"): cmd_bench_throughput, ("bench", "fuzz"): cmd_bench_fuzz,
             ("bench", "chaos"): cmd_bench_chaos, ("bench", "storage"): cmd_bench_storage,
             ("bench", "labeling"): cmd_bench_labeling,

