@@ -290,7 +290,17 @@ class LoopConfig:
                                      "its memory and caches; 0: at every step)", low=0.0)
     max_open_leases: int = setting(50, "most tasks one annotator may hold leased at once (a lease call asking more "
                                    "gets its own live leases back first, up to this many)", low=1, high=1000)
+    evaluation_budget: int = setting(
+        0, "preference projects: human comparisons per 100 arriving, on a budget of their own beside the project's, "
+        "drawn at arrival where the reward model is least sure of the outcome: they narrow the model win-rate "
+        "intervals (0: none)", low=0, high=100)
     partitions: int = setting(4, "partitions of each new project's topics", low=1, high=1024)
+    selector_replicas: int = setting(
+        1, "selector replicas sharing each project's stream: each decides the items of its shard (a hash of the "
+        "item id) with the same budget rate, and a close is served once every replica closed its shard",
+        low=1, high=64)
+    selector_replica: int = setting(0, "which selector replica this process runs, 0 to --selector-replicas - 1",
+                                    low=0, high=63)
     seed: int = setting(0, "seed of the stream order and every random choice", low=0)
     train: TrainConfig = group(TrainConfig, "training")
 
@@ -298,6 +308,9 @@ class LoopConfig:
         _check_fields(self)
         if not isinstance(self.train, TrainConfig):
             raise InvalidInput("train", f"must be a TrainConfig, got {type(self.train).__name__}")
+        if self.selector_replica >= self.selector_replicas:
+            raise InvalidInput("selector_replica", f"must be below --selector-replicas ({self.selector_replicas}), "
+                                                   f"got {self.selector_replica}")
 
 
 ENGINES = ("onnx", "torch")

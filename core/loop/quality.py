@@ -97,7 +97,7 @@ def _details(log: Sequence[tuple], action: str) -> list[dict]:
 
 def withdrawn_versions(store: Store, project: str) -> list[str]:
     """The model versions whose auto-accept threshold the selector withdrew (its audits refuted it), in order."""
-    return [d["version"] for d in _details(store.audit_log(project), "threshold_withdrawn")]
+    return list(dict.fromkeys(d["version"] for d in _details(store.audit_log(project), "threshold_withdrawn")))
 
 
 def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Quality:
@@ -107,7 +107,7 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
     kind, rate = _human_error(store, project, confidence)
     log = store.audit_log(project)
     met = _details(log, "target_met")
-    withdrawn = tuple(d["version"] for d in _details(log, "threshold_withdrawn"))
+    withdrawn = tuple(dict.fromkeys(d["version"] for d in _details(log, "threshold_withdrawn")))
     return Quality(
         confidence=confidence,
         final_labels=sum(counts.values()),

@@ -35,14 +35,15 @@ from winnow.core.loop.erase import ErasureWatch
 from winnow.core.loop.quality import certified_quality, family_trials, withdrawn_versions
 from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
-from winnow.core.loop.topics import topic
+from winnow.core.loop.topics import consumer_group, shard, topic
 from winnow.core.ml.certify import hidden_errors_lower
+from winnow.core.ml.evaluation import evaluation_probabilities
 from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.index import VectorIndex
-from winnow.core.select.sampling import StreamSampler, spread, uniforms
+from winnow.core.select.sampling import StreamSampler, draw_with_extra, spread, uniforms
 from winnow.core.select.strategies import BudgetController, Candidates, NearDuplicateGuard, make_strategy
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class Selector(Stage):
         self.rng = np.random.default_rng(config.seed)
         self.budget = BudgetController(project.budget_labels, project.budget_per_items)
         self.sampler = StreamSampler(self.budget)
+        # model evaluation's own budget (preference projects): it starts afresh at every start, so it never
+        # spends more than its rate, and at most a label's worth of credit is lost per restart
+        self.evaluation = (StreamSampler(BudgetController(config.evaluation_budget, 100))
+                           if project.preference and config.evaluation_budget else None)
         self.head: OnnxHead | None = None
         self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
         self._guarded = 0
@@ -99,17 +104,14 @@ class Selector(Stage):
         tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
         labeled = {label.item_id: label.source for label in self.store.labels(name)}
         tasked = {t.item_id for t in tasks}
-        pending = [i for i in self.store.unlabeled_ids(name) if i not in tasked]
-        self._build_guard(tasks, labeled)
+        pending = [i for i in self.store.unlabeled_ids(name) if i not in tasked and self._mine(i)]
+        self._build_guard(tasks, labeled)  # every shard's: no replica sends people a duplicate of another's
         # undecided items with a vector are the backlog (the others reach the selector through
         # items.scored); a restart does not look at them again, so it draws nothing by itself
         scored = self.store.embedded_ids(name, pending)
         if scored:
             self._add_backlog(scored, self.store.get_embeddings(name, scored))
-        # every item that reached a selector earned the budget its credit, and every task drawn spent one
-        self.budget.observe(len(scored) + len(tasked)
-                            + sum(1 for i, s in labeled.items() if s == "model" and i not in tasked))
-        self.budget.grant(len(tasks))
+        self._count_budget(len(scored), tasks, labeled)
         # a crash may have fallen between a model swap and its audit look: the restored head looks now
         # (with the same draws: uniforms are keyed by item and version), durable before the first step
         if self._look_at_backlog():
@@ -121,19 +123,36 @@ class Selector(Stage):
         old, self.project = self.project, project
         if (old.budget_labels, old.budget_per_items) != (project.budget_labels, project.budget_per_items):
             name = project.name
-            tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
-            tasked = {t.item_id for t in tasks}
-            labeled = {label.item_id: label.source for label in self.store.labels(name)}
             self.budget = BudgetController(project.budget_labels, project.budget_per_items)
-            self.budget.observe(len(self.backlog) + len(tasked)
-                                + sum(1 for i, s in labeled.items() if s == "model" and i not in tasked))
-            self.budget.grant(len(tasks))
+            self._count_budget(len(self.backlog), [t for t in self.store.tasks(name) if t.kind != "gold"],
+                               {label.item_id: label.source for label in self.store.labels(name)})
             self.sampler = StreamSampler(self.budget)
         if old.strategy != project.strategy:
             self.strategy = make_strategy(project.strategy)
         if old.classes != project.classes and self.head is None and len(self.backlog):
             # before the first model every item is alike over the classes; the next one scores the new ones
             self.backlog.rescore(*self._scores(self.backlog.emb))
+
+    def group_name(self, project: Project) -> str:
+        """One consumer group per replica: each reads every message and keeps its shard's (``_mine``)."""
+        return consumer_group(self.name, project.name, self.config.selector_replica, self.config.selector_replicas)
+
+    def _mine(self, item_id: str) -> bool:
+        """Whether the item is this replica's to decide (every item, with one replica). A replica owns a
+        fixed shard, so no rebalance ever moves an item whose backlog row lives in another's memory."""
+        replicas = self.config.selector_replicas
+        return replicas == 1 or shard(item_id, replicas) == self.config.selector_replica
+
+    def _count_budget(self, waiting: int, tasks: list[Task], labeled: dict[str, str]) -> None:
+        """The budget as the store has it, for this replica's shard: every item that reached it (``waiting``
+        in the backlog, queued for people, labeled by the model) earned its credit, every task drawn spent
+        one. Each replica earns at the project's rate on its own arrivals, so the replicas together spend
+        at that rate too."""
+        mine = [t for t in tasks if self._mine(t.item_id)]
+        tasked = {t.item_id for t in mine}
+        models = sum(1 for i, s in labeled.items() if s == "model" and i not in tasked and self._mine(i))
+        self.budget.observe(waiting + len(tasked) + models)
+        self.budget.grant(len(mine))
 
     def _build_guard(self, tasks: list[Task], labeled: dict[str, str]) -> None:
         """The near-duplicate guard, from the store: the items queued for people or labeled by them."""
@@ -276,9 +295,19 @@ class Selector(Stage):
             check = audit_p if certified else max(audit_p, self.config.certify_probability)
             probability = np.where(audit, self.config.audit_probability,
                                    np.where(probe, check, self.config.min_probability))
-        draws = self.sampler.draw(probability, uniforms(self.config.seed, self.project.name, ids, look), arriving)
+        u = uniforms(self.config.seed, self.project.name, ids, look)
+        # preference projects: the expected outcome for response A (1 A, 0 B, 1/2 a tie)
+        expected = probs[:, 0] + probs[:, 2] / 2 if self.project.preference else None
+        if arriving and self.evaluation is not None:
+            # the evaluation budget's draws, where the reward is least sure; scaled up for the items the base
+            # draw already sends, so that its rate is spent
+            rate = self.config.evaluation_budget / 100 * len(ids) / max(float(np.mean(1.0 - probability)), 1e-9)
+            extra = evaluation_probabilities(np.clip(expected, 0.0, 1.0), min(rate, len(ids)))
+            draws = draw_with_extra(self.sampler, self.evaluation, probability, extra, u,
+                                    uniforms(self.config.seed, self.project.name, ids, f"{look}:evaluation"))
+        else:
+            draws = self.sampler.draw(probability, u, arriving)
         if arriving and self.project.preference:  # model evaluation's sample (``winnow.core.loop.evaluation``)
-            expected = probs[:, 0] + probs[:, 2] / 2  # the outcome for response A: 1 A, 0 B, 1/2 a tie
             self.store.record_draws(self.project.name, [
                 ArrivalDraw(i, float(p), bool(d), float(np.clip(e, 0.0, 1.0)))
                 for i, p, d, e in zip(ids, draws.probability, draws.drawn, expected)])
@@ -434,10 +463,12 @@ class Selector(Stage):
         label, so the close waits; and a close that labeled with a model behind its labels would waste
         them. Returns what ``close_stream`` did, or None when nothing was closed.
         """
-        if not pending_close_requests(self.store, self.project.name):
+        requests = pending_close_requests(self.store, self.project.name)
+        if not requests or set(requests) <= self._closed_parts():  # replicas: this one's part is done
             return None
         queued = {t.item_id for t in self.store.open_tasks(self.project.name)}
-        waiting = [i for i in self.store.unlabeled_ids(self.project.name) if i not in queued and i not in self.backlog]
+        waiting = [i for i in self.store.unlabeled_ids(self.project.name)
+                   if i not in queued and i not in self.backlog and self._mine(i)]
         behind = model_behind(self.store, self.project.name, self.config, self.version)
         if waiting or behind:
             if time.monotonic() - self._close_wait_logged >= CLOSE_WAIT_LOG_S:
@@ -452,7 +483,7 @@ class Selector(Stage):
         for stage, record in records:
             if stage == "models":
                 self._swap(record)
-            else:
+            elif self._mine(record.item_id):  # another replica's shard: that replica decides it
                 scored.append(record)
         self._refuted()  # before the arrivals' look: a refuted threshold labels none of them
         if scored:
@@ -519,6 +550,35 @@ class Selector(Stage):
             _, unc = self._scores(self.store.get_embeddings(self.project.name, label_tasks))
             self.store.set_priorities(self.project.name, dict(zip(label_tasks, unc.tolist())))
 
+    def _parts(self) -> list[dict]:
+        """The replicas' closes of their shards (the audit log's ``close_part``), oldest first."""
+        return [json.loads(d) for _, _, action, d in self.store.audit_log(self.project.name) if action == "close_part"]
+
+    def _closed_parts(self) -> set[str]:
+        """The close requests this replica has closed its shard for (none with one replica)."""
+        if self.config.selector_replicas == 1:
+            return set()
+        return {r for part in self._parts() if part["replica"] == self.config.selector_replica for r in part["requests"]}
+
+    def _record_part(self, requests: list[str], tasks: int, low: int, unlabeled: int) -> None:
+        """Record that this replica closed its shard for ``requests``; the requests every replica has
+        closed for are served, with the counts of each replica's last close. The part is written before
+        the others' are read, so of two replicas finishing together the later reader sees both."""
+        replicas, name = self.config.selector_replicas, self.project.name
+        self.store.audit(name, "selector", "close_part", json.dumps({
+            "replica": self.config.selector_replica, "replicas": replicas, "requests": requests, "tasks": tasks,
+            "low_confidence": low, "unlabeled": unlabeled}), self.clock())
+        covered: dict[int, set[str]] = {}
+        last: dict[int, dict] = {}
+        for part in self._parts():
+            covered.setdefault(part["replica"], set()).update(part["requests"])
+            last[part["replica"]] = part
+        served = [r for r in requests if all(r in covered.get(k, ()) for k in range(replicas))]
+        if served:
+            total = {key: sum(last[k][key] for k in range(replicas)) for key in ("tasks", "low_confidence", "unlabeled")}
+            record_close(self.store, name, served, total["tasks"], total["low_confidence"], self.clock(),
+                         total["unlabeled"])
+
     def close_stream(self) -> dict[str, int]:
         """The stream has ended: one last look at the backlog with the current model.
 
@@ -564,7 +624,10 @@ class Selector(Stage):
         self.producer.flush()
         # the requests are served once the output is durable: a crash before this line means the
         # close runs again after restart (its labels are idempotent, its tasks already queued)
-        record_close(self.store, self.project.name, requests, tasks, low, self.clock(), unlabeled)
+        if self.config.selector_replicas == 1:
+            record_close(self.store, self.project.name, requests, tasks, low, self.clock(), unlabeled)
+        else:
+            self._record_part(requests, tasks, low, unlabeled)
         log.info("selector closed the stream project=%s tasks=%d low_confidence=%d unlabeled=%d requests=%d",
                  self.project.name, tasks, low, unlabeled, len(requests))
         return {"tasks": tasks, "low_confidence": low, "unlabeled": unlabeled}

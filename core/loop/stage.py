@@ -40,9 +40,13 @@ class Stage(ABC):
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig) -> None:
         self.bus, self.store, self.project, self.config = bus, store, project, config
         self._project_check_at = time.monotonic() + PROJECT_CHECK_S
-        self.group = consumer_group(self.name, project.name)
+        self.group = self.group_name(project)
         self.producer = bus.producer()
         self.consumer = bus.consumer([topic(project.name, s) for s in self.stages], self.group)
+
+    def group_name(self, project: Project) -> str:
+        """The consumer group this stage's consumer joins: one per stage and project."""
+        return consumer_group(self.name, project.name)
 
     def step(self, max_messages: int = 512, timeout_s: float = 0.0) -> int:
         """Handle one batch; returns how many messages it took off the bus.

@@ -3,6 +3,8 @@ consumer group of each stage."""
 
 from __future__ import annotations
 
+import hashlib
+
 from winnow.core.ports.bus import Bus
 
 STAGES = ("items.raw", "items.scored", "tasks", "labels", "models", "dead-letter")
@@ -22,7 +24,15 @@ def create_topics(bus: Bus, project: str, partitions: int) -> None:
         bus.create_topic(topic(project, stage), 1 if stage == "models" else partitions, compact=stage in TEXT_STAGES)
 
 
-def consumer_group(stage: str, project: str) -> str:
+def consumer_group(stage: str, project: str, replica: int = 0, replicas: int = 1) -> str:
     """The consumer group of one stage of one project, e.g. ``prelabel.banking``: a rebalance among
-    one project's workers never pauses another project's."""
-    return f"{stage}.{project}"
+    one project's workers never pauses another project's. A stage split into ``replicas`` by shard
+    gives each replica a group of its own (``selector.banking.0-of-2``): each reads every message and
+    keeps its shard's."""
+    return f"{stage}.{project}" if replicas == 1 else f"{stage}.{project}.{replica}-of-{replicas}"
+
+
+def shard(item_id: str, shards: int) -> int:
+    """The shard of an item among ``shards`` (a stable hash of its id: the same in every process and
+    on every restart, whatever the bus's partitioning)."""
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big") % shards

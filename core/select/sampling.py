@@ -75,6 +75,35 @@ class StreamSampler:
         return Draws(out, drawn, funded)
 
 
+def draw_with_extra(base: StreamSampler, extra: StreamSampler, p: np.ndarray, q: np.ndarray, u: np.ndarray,
+                    v: np.ndarray) -> Draws:
+    """Arriving items drawn by two samplers on budgets of their own: each item's base draw (``p``, ``u``
+    on ``base``'s budget) and, where that did not draw it, an extra draw (``q``, ``v`` on ``extra``'s).
+    Both chances are set before the item's draws (each depends on the earlier items only), so the
+    item's probability of a person, ``1 - (1 - p') (1 - q')`` with the funded ``p'`` and ``q'``, is
+    known before its draw as every estimator here needs. Each budget stays exact: the extra budget pays
+    only for the items its own draw sent. ``funded`` is the base budget's."""
+    p, q = np.asarray(p, float), np.asarray(q, float)
+    n = len(p)
+    for name, values, uniform in (("probability", p, u), ("extra_probability", q, v)):
+        if len(values) != n or len(uniform) != n or not np.isfinite(values).all() or (
+                (values < 0) | (values > 1)).any():
+            raise InvalidInput(name, f"need {n} probabilities in [0, 1] and as many uniforms")
+    probability, drawn, funded = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool)
+    for k in range(n):
+        base.budget.observe(1)
+        extra.budget.observe(1)
+        funded[k] = base.budget.credit >= 1
+        p_k = p[k] if funded[k] else 0.0
+        q_k = q[k] if extra.budget.credit >= 1 else 0.0
+        probability[k] = 1.0 - (1.0 - p_k) * (1.0 - q_k)
+        if u[k] < p_k:
+            drawn[k] = base.budget.grant(1) == 1
+        elif v[k] < q_k:
+            drawn[k] = extra.budget.grant(1) == 1
+    return Draws(probability, drawn, funded)
+
+
 def spread(weights: np.ndarray, total: float) -> np.ndarray:
     """Probabilities ``clip(s * weights, 0, 1)`` ``[n]`` whose sum is ``total`` (all 1 when ``total >= n``):
     how the close spends the credit that is left, in proportion to each item's weight."""

@@ -536,3 +536,56 @@ def test_a_threshold_its_own_audits_refute_is_withdrawn_and_labels_nothing_more(
         assert len(later) > 30 and selector.threshold == 0.0 and withdrawn == []
         assert certified_quality(store, "p").thresholds_withdrawn == ()
     selector.close()
+
+
+def test_two_selector_replicas_split_the_stream_keep_the_budget_and_a_close_waits_for_both(env, tmp_path: Path) -> None:
+    """Each replica decides the items of its shard (a hash of the id) and spends the project's rate on its
+    own arrivals, so together they keep the budget; a restarted replica rebuilds its shard's backlog
+    only; a close is served once both closed their shard, with their counts summed, and every item ends
+    with exactly one final label or task."""
+    from winnow.core.loop.topics import shard
+
+    bus, store = env
+    project, ids, x = _ingested(bus, store, 300, budget_labels=10)
+    _model(store, tmp_path, None)  # no certified threshold: items wait in the backlogs
+    configs = [dataclasses.replace(CONFIG, selector_replicas=2, selector_replica=r, select_batch=5) for r in (0, 1)]
+    replicas = [Selector(bus, store, project, c) for c in configs]
+    assert {s.group for s in replicas} == {"selector.p.0-of-2", "selector.p.1-of-2"}
+    score(bus, store, project, ids, x)
+    for selector in replicas:
+        while selector.step():
+            pass
+    tasks = store.tasks("p")
+    for r, selector in enumerate(replicas):
+        assert selector.backlog.ids and all(shard(i, 2) == r for i in selector.backlog.ids)
+        mine = sum(shard(i, 2) == r for i in ids)
+        assert 0 < sum(shard(t.item_id, 2) == r for t in tasks) <= mine // 10  # the rate, on its own arrivals
+    assert sorted([*replicas[0].backlog.ids, *replicas[1].backlog.ids, *(t.item_id for t in tasks)]) == sorted(ids)
+    restarted = Selector(bus, store, project, configs[1])
+    assert sorted(restarted.backlog.ids) == sorted(replicas[1].backlog.ids)
+    assert restarted.budget.credit == pytest.approx(replicas[1].budget.credit)
+    restarted.close()
+
+    request_close(store, "p", "operator", 5.0)
+    assert replicas[0].close_if_requested() is not None  # its shard is closed ...
+    assert stream_status(store, "p").state == "closing"  # ... but the other's is not
+    assert replicas[0].close_if_requested() is None  # and it does not close its part twice
+    part = replicas[1].close_if_requested()
+    status = stream_status(store, "p")
+    assert status.state == "closed" and status.low_confidence == len(store.labels("p"))
+    assert part is not None and status.tasks >= part["tasks"]
+    labels = [label.item_id for label in store.labels("p")]
+    queued = [t.item_id for t in store.open_tasks("p")]
+    assert len(set(labels)) == len(labels) and not set(labels) & set(queued)
+    assert sorted(labels + queued) == sorted(ids)
+    assert len(store.tasks("p")) <= 30  # 10 per 100 of 300
+    for selector in replicas:
+        selector.close()
+
+
+def test_a_replica_beyond_the_replicas_is_refused_naming_the_field() -> None:
+    from winnow.core.domain.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as err:
+        LoopConfig(selector_replicas=2, selector_replica=2)
+    assert err.value.field == "selector_replica"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.select.sampling import StreamSampler, spread, uniforms
+from winnow.core.select.sampling import StreamSampler, draw_with_extra, spread, uniforms
 from winnow.core.select.strategies import BudgetController
 
 
@@ -70,3 +70,41 @@ def test_spread_spends_the_total_in_proportion() -> None:
 def test_bad_probabilities_are_refused(probability) -> None:
     with pytest.raises(InvalidInput, match="probability"):
         StreamSampler(BudgetController(1, 10)).draw(probability, np.ones(2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(labels=st.integers(0, 50), extra=st.integers(0, 50), seed=st.integers(0, 2**31 - 1),
+       batches=st.lists(st.integers(1, 300), min_size=1, max_size=6))
+def test_an_extra_draw_keeps_each_budget_exact(labels, extra, seed, batches) -> None:
+    """The base budget pays for the base draws and the extra budget for the items only its draw sent:
+    after M arrivals each has drawn at most its floor(M * rate); the recorded probability is never
+    below either funded chance."""
+    rng = np.random.default_rng(seed)
+    base, more = StreamSampler(BudgetController(labels, 100)), StreamSampler(BudgetController(extra, 100))
+    seen = spent_base = spent_extra = 0
+    for n in batches:
+        p, q, u, v = rng.random(n), rng.random(n), rng.random(n), rng.random(n)
+        d = draw_with_extra(base, more, p, q, u, v)
+        seen += n
+        by_base = d.drawn & (u < p) & d.funded
+        spent_base += int(by_base.sum())
+        spent_extra += int((d.drawn & ~by_base).sum())
+        assert spent_base <= seen * labels // 100 and spent_extra <= seen * extra // 100
+        assert (d.probability[d.drawn] > 0).all() and ((d.probability >= 0) & (d.probability <= 1)).all()
+
+
+def test_an_extra_draw_records_the_chance_it_used() -> None:
+    """Funded on both budgets, an item goes to a person with probability 1 - (1 - p)(1 - q), recorded."""
+    base, more = StreamSampler(BudgetController(100, 100)), StreamSampler(BudgetController(100, 100))
+    rng = np.random.default_rng(1)
+    n = 40_000
+    p, q = np.where(np.arange(n) % 2, 0.1, 0.3), np.where(np.arange(n) % 3, 0.2, 0.05)
+    d = draw_with_extra(base, more, p, q, rng.random(n), rng.random(n))
+    expected = 1 - (1 - p) * (1 - q)
+    np.testing.assert_allclose(d.probability, expected)
+    for value in np.unique(expected):
+        rows = expected == value
+        assert abs(d.drawn[rows].mean() - value) < 4 * np.sqrt(value * (1 - value) / rows.sum())
+    with pytest.raises(InvalidInput) as err:
+        draw_with_extra(base, more, p[:3], np.array([0.5, 2.0, 0.1]), np.zeros(3), np.zeros(3))
+    assert err.value.field == "extra_probability"
