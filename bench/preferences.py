@@ -82,6 +82,8 @@ class PreferencePlan:
     served_seeds: int = 5      # seeds of the served-path runs (each: an active and a random stream)
     served_strategy: str = "uncertainty"
     served_precision: float = 0.8  # precision target of the served project's auto-accepted preferences
+    served_evaluation: int = 10    # per 100 comparisons: the "evaluation" arm's evaluation budget, taken from
+                                   # the labeling budget (same comparisons in all), to narrow the win rates
 
     def __post_init__(self) -> None:
         for name, low in (("seeds", 1), ("budget", 2), ("start", 1), ("batch", 1)):
@@ -220,8 +222,10 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
 
 
 def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, pool: np.ndarray,
-                test: np.ndarray, runtime, strategy: str, plan: PreferencePlan, seed: int, workdir: Path) -> dict:
-    """One stream of the pool's pairs through an embedded preference project (module doc)."""
+                test: np.ndarray, runtime, strategy: str, plan: PreferencePlan, seed: int, workdir: Path,
+                evaluation_budget: int = 0) -> dict:
+    """One stream of the pool's pairs through an embedded preference project (module doc); with
+    ``evaluation_budget`` (per 100) that much of the rate goes to model evaluation's own draws."""
     from winnow.core.data.simulate import SimulatedAnnotators
     from winnow.core.loop.embedded import EmbeddedLoop
     from winnow.core.loop.evaluation import win_rates
@@ -254,7 +258,7 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
         if first_certified[0] is None and np.isfinite(model.threshold):
             first_certified[0] = seen[0] / len(pool)
 
-    rate = max(1, round(100 * plan.budget / len(pool)))
+    rate = max(1, round(100 * plan.budget / len(pool)) - evaluation_budget)
     project = Project(f"pref-{strategy}", PREFERENCE_CLASSES, budget_labels=rate, budget_per_items=100,
                       precision_target=plan.served_precision, strategy=strategy, kind="preference")
     a_pool, b_pool = texts(pool)
@@ -271,7 +275,8 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
                for (item_id, v), i in zip(recorded.items(), pool)}
     people = SimulatedAnnotators(answers, ("A", "B"), (0.0,), seed)  # flips are drawn once, in ``answers``
     order = np.random.default_rng(seed).permutation(len(items))
-    loop = EmbeddedLoop(workdir, project, OnnxRuntime(runtime.encoder), LoopConfig(seed=seed), on_version=on_version)
+    loop = EmbeddedLoop(workdir, project, OnnxRuntime(runtime.encoder),
+                        LoopConfig(seed=seed, evaluation_budget=evaluation_budget), on_version=on_version)
     try:
         for start in range(0, len(items), 100):
             seen[0] = min(start + 100, len(items))
@@ -291,6 +296,7 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
         [rate] = rates
         truth = float(np.mean(x_wins))
         evaluation = {"estimate": round(rate.estimate, 4), "lower": round(rate.lower, 4), "upper": round(rate.upper, 4),
+                      "width": round(rate.width, 4),
                       "true_win_rate": round(truth, 4), "covered": rate.lower <= truth <= rate.upper,
                       "comparisons": rate.comparisons, "items": rate.items, "unreachable": rate.unreachable}
     auto = [x for x in labels if x.aggregation == "auto_accept"]
@@ -306,26 +312,32 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
         "certified_accuracy_lower_bound": quality.accuracy_lower_bound,
         "certified_auto_accept_precision_lower_bound": quality.auto_accepted_precision_lower_bound,
         "test_accuracy": curve[-1]["test_accuracy"] if curve else None, "win_rate": evaluation,
+        "win_rate_width": evaluation["width"] if evaluation else None,
         "curve": curve, "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, plan: PreferencePlan,
             runtime, progress) -> dict:
-    """Active and random served runs per seed (module doc), and their means."""
-    runs: dict[str, list[dict]] = {"active": [], "random": []}
+    """Active, random and (with ``served_evaluation``) evaluation served runs per seed (module doc), and
+    their means. The evaluation arm is the active one with ``served_evaluation`` per 100 of its rate moved
+    to model evaluation's budget: the same human comparisons, spent to narrow the win-rate interval."""
+    arms = [("active", plan.served_strategy, 0), ("random", "random", 0)]
+    if plan.served_evaluation:
+        arms.append(("evaluation", plan.served_strategy, plan.served_evaluation))
+    runs: dict[str, list[dict]] = {arm: [] for arm, _, _ in arms}
     with tempfile.TemporaryDirectory(prefix="winnow-pref-") as tmp:
         for seed in range(plan.served_seeds):
             test, pool = _split(len(pairs), seed, plan)
-            for arm, strategy in (("active", plan.served_strategy), ("random", "random")):
+            for arm, strategy, extra in arms:
                 run = _served_run(pairs, first_is_chosen, flips, pool, test, runtime, strategy, plan, seed,
-                                  Path(tmp) / f"{arm}-{seed}")
+                                  Path(tmp) / f"{arm}-{seed}", extra)
                 runs[arm].append(run)
                 progress({"served": arm, "seed": seed, **{k: run[k] for k in (
                     "human_labels", "test_accuracy", "final_label_accuracy", "auto_accepted_fraction",
-                    "auto_accept_precision", "certified_auto_accept_precision_lower_bound")}})
+                    "auto_accept_precision", "certified_auto_accept_precision_lower_bound", "win_rate_width")}})
     keys = ("human_fraction", "final_label_accuracy", "auto_accepted_fraction", "auto_accept_precision",
             "first_certified_at_fraction", "certified_accuracy_lower_bound",
-            "certified_auto_accept_precision_lower_bound", "test_accuracy")
+            "certified_auto_accept_precision_lower_bound", "test_accuracy", "win_rate_width")
 
     def mean(values: list) -> float | None:
         values = [v for v in values if v is not None]
@@ -343,6 +355,7 @@ def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.
                                                   for r in arm_runs),
                   "runs": arm_runs} for arm, arm_runs in runs.items()} | {
         "strategy": plan.served_strategy, "precision_target": plan.served_precision, "seeds": plan.served_seeds,
+        "evaluation_budget": plan.served_evaluation,
         "win_rate_intervals_covered": f"{sum(covered)} of {len(covered)}"}
 
 
@@ -430,8 +443,8 @@ def _plot(path: Path, result: dict) -> None:
     ax.grid(alpha=0.3)
     if served:
         ax = axes[3]
-        for arm, colour in (("random", "tab:gray"), ("active", "tab:blue")):
-            for k, run in enumerate(served[arm]["runs"]):
+        for arm, colour in (("random", "tab:gray"), ("active", "tab:blue"), ("evaluation", "tab:orange")):
+            for k, run in enumerate(served.get(arm, {}).get("runs", [])):
                 ax.plot([p["human_labels"] for p in run["curve"]], [p["test_accuracy"] for p in run["curve"]],
                         color=colour, alpha=0.7, marker=".", label=f"{arm} ({run['strategy']})" if k == 0 else None)
         ax.set(xlabel="human comparisons (the version's training set)", ylabel="reward model accuracy on test pairs",

@@ -122,6 +122,9 @@ PREF_NOISE = Option("noise", float, "share of the simulated annotator's answers 
                     low=0.0, high=0.5, high_open=True)
 PREF_SERVED = Option("served_seeds", int, "seeds of the served-path runs (a preference project streamed through the "
                      "loop, active and random; 0 skips them)", 5, env_name="PREF_SERVED_SEEDS", low=0, high=100)
+PREF_EVALUATION = Option("served_evaluation", int, "per 100 comparisons of the served evaluation arm's rate moved to "
+                         "model evaluation's own budget (0 skips the arm)", 10, env_name="PREF_SERVED_EVALUATION",
+                         low=0, high=100)
 PREF_BUDGET = Option("budget", int, "random selection's full budget of comparisons", 800, env_name="PREF_BUDGET",
                      low=2)
 LABELING_SECONDS = Option("seconds", float, "seconds each run's annotators answer", 10.0, env_name="LABELING_SECONDS",
@@ -254,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(labeling, (LABELING_ANNOTATORS, LABELING_PRIORS, LABELING_SECONDS, FUZZ_OUT))
     preferences = bench_sub.add_parser("preferences", help="preference comparisons: active pair selection against "
                                        "random, reward model accuracy per comparison, over seeds")
-    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_SERVED, FUZZ_OUT,
+    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_SERVED, PREF_EVALUATION, FUZZ_OUT,
                               *options(RuntimeConfig)))
     encoders = bench_sub.add_parser("encoders", help="sentence encoders side by side: sentences/s, int8 cosine to "
                                     "fp32, test accuracy and the label benchmark's pool reference")
@@ -761,7 +764,7 @@ def cmd_bench_preferences(args: argparse.Namespace) -> int:
     from winnow.bench.preferences import PreferencePlan, run_preference_benchmark
 
     plan = PreferencePlan(seeds=given(args, PREF_SEEDS), budget=given(args, PREF_BUDGET), noise=given(args, PREF_NOISE),
-                          served_seeds=given(args, PREF_SERVED))
+                          served_seeds=given(args, PREF_SERVED), served_evaluation=given(args, PREF_EVALUATION))
     out = given(args, FUZZ_OUT)
     console = Console(stderr=True)
     runtime = make_runtime_from(settings_for(args))  # --encoder picks the features

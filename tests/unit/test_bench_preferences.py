@@ -69,6 +69,10 @@ def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> No
         rate = run["win_rate"]  # model-x's win rate in the served project, against its true one
         assert rate["items"] + rate["unreachable"] == 240 and rate["lower"] <= rate["estimate"] <= rate["upper"]
     assert served["active"]["runs"][0]["strategy"] == "uncertainty"
+    # the evaluation arm: the same comparisons, 10 per 100 of them on model evaluation's own budget
+    [run] = served["evaluation"]["runs"]
+    assert run["human_labels"] <= 0.55 * 240 and run["win_rate"]["comparisons"] > 0
+    assert served["evaluation_budget"] == 10 and served["evaluation"]["win_rate_width"] == run["win_rate_width"]
 
 
 def test_a_budget_beyond_the_pairs_is_refused(tmp_path: Path) -> None:

@@ -195,3 +195,45 @@ def test_a_preference_stream_is_labeled_within_budget_by_people_and_a_certified_
     assert head_to_head.items == len(pairs) and head_to_head.pending == 0
     assert head_to_head.lower <= truth <= head_to_head.upper and head_to_head.upper - head_to_head.lower < 0.3
     loop.close()
+
+
+def test_an_evaluation_budget_asks_more_where_the_reward_is_unsure_and_narrows_the_win_rates(tmp_path: Path) -> None:
+    """``evaluation_budget`` 20 per 100 beside the project's 25: the arrival draws go up most where the
+    reward model is least sure of the outcome, people answer at most the two budgets together, and the
+    win-rate interval rests on more comparisons and is narrower than without it, still covering the truth."""
+    encoder = CrcEncoder(DIM)
+    _, answer = planted(encoder)
+    sent = items(600)
+    stored = {item.item_id: item for item in comparisons(PROJECT, sent)}
+    results = {}
+    for budget in (0, 20):
+        loop = EmbeddedLoop(tmp_path / f"eval-{budget}", PROJECT, OnnxRuntime(encoder),
+                            dataclasses.replace(CONFIG, evaluation_budget=budget))
+
+        def people(service: LabelingService) -> int:
+            leases = service.lease("ann", 50)
+            for lease in leases:
+                service.submit("ann", lease.item_id, answer(stored[lease.item_id]))
+            return len(leases)
+
+        for start in range(0, len(sent), 100):
+            loop.ingest(sent[start:start + 100])
+            loop.run_until_idle(people)
+        loop.close_stream(people)
+        human = sum(label.source == "human" for label in loop.store.labels(PROJECT.name))
+        draws = loop.store.arrival_draws(PROJECT.name)
+        rate = {(r.model_a, r.model_b): r for r in win_rates(loop.store, PROJECT.name)}["model-0", "model-1"]
+        results[budget] = human, draws, rate
+        loop.close()
+    (plain_human, plain_draws, plain), (human, draws, rate) = results[0], results[20]
+    assert human <= 0.45 * len(stored) + 2 and human > plain_human
+    assert np.mean([d.probability for d in draws]) > np.mean([d.probability for d in plain_draws]) + 0.1
+    later = [d for d in draws[len(draws) // 3:] if d.probability > 0]  # once a reward model is there
+    unsure = np.array([abs(d.expected - 0.5) for d in later])
+    p = np.array([d.probability for d in later])
+    assert p[unsure <= np.quantile(unsure, 0.25)].mean() > p[unsure >= np.quantile(unsure, 0.75)].mean()
+    assert rate.comparisons > plain.comparisons and rate.width < plain.width
+    pairs = [stored[d.item_id] for d in draws if d.probability > 0
+             and {r.model for r in stored[d.item_id].responses} == {"model-0", "model-1"}]
+    truth = np.mean([(answer(i) == "A") == (i.responses[0].model == "model-0") for i in pairs])
+    assert rate.lower <= truth <= rate.upper
