@@ -8,6 +8,7 @@ already labeled or queued.
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from fractions import Fraction
@@ -154,6 +155,8 @@ class KCenterGreedy(Strategy):
         ``-1`` for the CPU, a CUDA device id, or ``None`` for device 0 when torch sees a GPU.
     """
 
+    lazy_anchors = 2048  # above this many anchors the CPU path bounds the anchor distances (``anchor_bounds``)
+
     def __init__(self, device: int | None = None) -> None:
         self.device = cuda_device(device)
 
@@ -161,6 +164,10 @@ class KCenterGreedy(Strategy):
         x = candidates.embeddings  # [N, D]
         if candidates.anchor_similarity is not None:
             similarity = candidates.anchor_similarity.astype(np.float32)
+        elif self.device < 0 and len(candidates.anchors) > self.lazy_anchors:
+            # many anchors: bounds from a sample of them, each row made exact only if a scan reaches it
+            bounds, refine = anchor_bounds(x, candidates.anchors)
+            return farthest_first(x, bounds, n, refine=refine)
         elif self.device < 0:
             similarity = max_similarity_to(x, candidates.anchors)  # -inf without anchors
         else:
@@ -173,7 +180,8 @@ class KCenterGreedy(Strategy):
 
 
 def farthest_first(x: np.ndarray, min_dist: np.ndarray, n: int, first: int | None = None,
-                   block: int = 64) -> np.ndarray:
+                   block: int = 64, refine: Callable[[np.ndarray], np.ndarray] | None = None,
+                   refine_ahead: int = 1024) -> np.ndarray:
     """``n`` rows of ``x`` (float32 ``[N, D]``, unit rows) by farthest-first traversal: each the row whose
     squared distance (``2 - 2 cos``) to its nearest centre is largest, given ``min_dist`` [N] (to the
     anchors; inf where there are none) and the picks before it; ``first`` is the first pick, if given.
@@ -185,9 +193,17 @@ def farthest_first(x: np.ndarray, min_dist: np.ndarray, n: int, first: int | Non
     Every ``block`` picks, all bounds are made exact again in one matrix product ``[N, D] x [D, block]``,
     so the candidates are read once per ``block`` picks, not once per pick (the cost of the classic loop,
     bound by memory bandwidth: 67 s for 1,000 picks of 1,000,000 on two cores).
+
+    ``refine``: ``min_dist`` holds only upper bounds on the distance to the anchors, and
+    ``refine(rows)`` gives the exact ones; a row is refined the first time a scan reaches it. The
+    picks are the same (the scan only ever needs an upper bound to skip a row), and the rows no scan
+    reaches never pay for their distance to every anchor (:func:`anchor_bounds`).
     """
     size = len(x)
     stale = np.array(min_dist, dtype=np.float32)  # upper bounds on each row's squared distance
+    loose = np.ones(size, bool) if refine is not None else None  # rows whose anchor distance is a bound
+    refined = np.zeros(size if refine is not None else 0, np.float32)  # exact anchor distances computed ...
+    unapplied = np.zeros(size if refine is not None else 0, bool)  # ... and not folded into ``stale`` yet
     picks = np.empty(n, dtype=np.int64)
     pending: list[int] = []  # picks not folded into ``stale`` yet
     order, pos = np.zeros(0, np.int64), 0  # rows by bound, largest first; how far the scan went
@@ -207,6 +223,9 @@ def farthest_first(x: np.ndarray, min_dist: np.ndarray, n: int, first: int | Non
                 np.minimum(stale[part], 2.0 - 2.0 * (x[part] @ centres).max(axis=1), out=stale[part])
             stale[pending] = -np.inf  # picked: never again (earlier picks are -inf already)
             pending.clear()
+        if refine is not None and unapplied.any():  # the order is made again below: tighten it first
+            np.minimum(stale, np.where(unapplied, refined, np.inf), out=stale)
+            unapplied[:] = False
         head = np.argpartition(-stale, top - 1)[:top] if top < size else np.arange(size)
         order = head[np.argsort(-stale[head], kind="stable")]
         pos, frontier, exact = 0, np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -226,7 +245,17 @@ def farthest_first(x: np.ndarray, min_dist: np.ndarray, n: int, first: int | Non
                 scanned[rows] = True
                 if not len(rows):
                     continue
-                values = stale[rows] if not pending else np.minimum(stale[rows], distance_to_pending(rows))
+                base = stale[rows]
+                if loose is not None:
+                    if loose[rows].any():  # the exact distance to the anchors, once, for these rows and
+                        # the next loose ones in order (one larger product). It is kept aside until the next
+                        # fold: ``stale`` changes only there, so the order the scan relies on stays true
+                        ahead = np.concatenate([rows[loose[rows]], order[pos:pos + refine_ahead]])
+                        ahead = np.unique(ahead[loose[ahead]])
+                        refined[ahead] = refine(ahead)
+                        loose[ahead], unapplied[ahead] = False, True
+                    base = np.where(unapplied[rows], np.minimum(base, refined[rows]), base)
+                values = base if not pending else np.minimum(base, distance_to_pending(rows))
                 frontier, exact = np.concatenate([frontier, rows]), np.concatenate([exact, values])
             k = int(np.argmax(exact))
             pick = int(frontier[k])
@@ -239,6 +268,22 @@ def farthest_first(x: np.ndarray, min_dist: np.ndarray, n: int, first: int | Non
         if len(pending) >= block or (t == 0 and first is not None):  # no bound was finite before the first
             fold()
     return picks
+
+
+def anchor_bounds(x: np.ndarray, anchors: np.ndarray, seed: int = 0, sample: int = 1024,
+                  ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """Upper bounds on each row's squared distance to its nearest anchor, and the function that makes
+    them exact for given rows (``farthest_first(..., refine=)``): the bound is the distance to the
+    nearest of ``sample`` anchors drawn with ``seed`` (any anchor's distance bounds the nearest one's),
+    one ``[N, D] x [D, sample]`` product instead of ``[N, D] x [D, M]``."""
+    chosen = anchors if len(anchors) <= sample else anchors[
+        np.sort(np.random.default_rng(seed).choice(len(anchors), sample, replace=False))]
+    bounds = 2.0 - 2.0 * max_similarity_to(x, chosen)
+
+    def refine(rows: np.ndarray) -> np.ndarray:
+        return 2.0 - 2.0 * max_similarity_to(x[rows], anchors)
+
+    return bounds, refine
 
 
 class ClusterMargin(Strategy):

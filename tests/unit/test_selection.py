@@ -418,3 +418,29 @@ def test_kcenter_with_the_anchors_similarity_given_picks_as_with_the_anchors() -
     with pytest.raises(InvalidInput) as e:
         Candidates(x[40:], probs, unc, anchor_similarity=np.zeros(3))
     assert e.value.field == "anchor_similarity"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_kcenter_with_bounded_anchor_distances_picks_as_with_exact_ones(seed: int) -> None:
+    """Many anchors: their distances start as bounds from a sample of them and are made exact only for
+    the rows a scan reaches; the picks are those of the exact distances."""
+    from winnow.core.select.index import max_similarity_to
+    from winnow.core.select.strategies import anchor_bounds, farthest_first
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((30, DIM))
+    x = unit_rows(centres[rng.integers(0, 30, 12_000)] + 0.5 * rng.standard_normal((12_000, DIM)))
+    anchors = unit_rows(centres[rng.integers(0, 30, 600)] + 0.5 * rng.standard_normal((600, DIM)))
+    exact = farthest_first(x, 2.0 - 2.0 * max_similarity_to(x, anchors), 80)
+    # a sample of 10 anchors leaves most clusters without one: their rows' bounds are far too high, and
+    # the scans go past the rows ordered after a fold (4,096) before the exact best shows
+    bounds, refine = anchor_bounds(x, anchors, sample=10)
+    assert (bounds >= 2.0 - 2.0 * max_similarity_to(x, anchors) - 1e-6).all()  # bounds, never below
+    refined = []
+    picks = farthest_first(x, bounds, 80, refine=lambda rows: refined.append(len(rows)) or refine(rows),
+                           refine_ahead=256)
+    assert picks.tolist() == exact.tolist() and sum(refined) > 4096
+    strategy = KCenterGreedy(device=-1)
+    strategy.lazy_anchors = 100
+    candidates = Candidates(x, np.full((len(x), 2), 0.5), np.zeros(len(x)), anchors)
+    assert strategy.select(candidates, 80, np.random.default_rng(0)).tolist() == exact.tolist()
