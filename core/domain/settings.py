@@ -294,6 +294,9 @@ class LoopConfig:
         0, "preference projects: human comparisons per 100 arriving, on a budget of their own beside the project's, "
         "drawn at arrival where the reward model is least sure of the outcome: they narrow the model win-rate "
         "intervals (0: none)", low=0, high=100)
+    embedding_retention_s: float | None = setting(
+        None, "drop the stored vector of an item this many seconds after the model labeled it (auto-accepted ones "
+        "are kept while --self-training needs them; unset: keep every vector)", low=0.0)
     partitions: int = setting(4, "partitions of each new project's topics", low=1, high=1024)
     selector_replicas: int = setting(
         1, "selector replicas sharing each project's stream: each decides the items of its shard (a hash of the "

@@ -26,6 +26,8 @@ from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
 
+RETENTION_CHECK_S = 60.0  # how often the trainer drops the vectors retention no longer keeps
+
 
 def model_folder(models_dir: Path, project: str, version: str) -> Path:
     """``models_dir/<slug>-<sha256>/version``: the project's folder is derived, never the name itself
@@ -50,7 +52,7 @@ class Trainer(Stage):
                  on_version: Callable[[ModelVersion], None] | None = None) -> None:
         super().__init__(bus, store, project, config)
         self.models_dir, self.clock, self.on_version = Path(models_dir), clock, on_version
-        self._close_check_at = 0.0
+        self._close_check_at = self._retention_at = 0.0
         current = store.current_model(project.name)
         self.trained_on = 0 if current is None else current.n_train
         self.head: Head | None = None if current is None else load_head(Path(current.path))
@@ -65,7 +67,23 @@ class Trainer(Stage):
         if handled or time.monotonic() >= self._close_check_at:
             self._close_check_at = time.monotonic() + CLOSE_CHECK_S
             self.train_for_close()
+        if time.monotonic() >= self._retention_at:
+            self._retention_at = time.monotonic() + RETENTION_CHECK_S
+            self.drop_old_embeddings()
         return handled
+
+    def drop_old_embeddings(self) -> int:
+        """Retention (``embedding_retention_s``): drop the stored vectors of items the model labeled
+        that long ago; nothing reads them again, except self-training, which keeps the auto-accepted
+        ones. Returns how many went."""
+        keep = self.config.embedding_retention_s
+        if keep is None:
+            return 0
+        families = ("low_confidence",) if self.config.self_training else ("auto_accept", "low_confidence")
+        dropped = self.store.drop_model_embeddings(self.project.name, self.clock() - keep, families)
+        if dropped:
+            log.info("trainer dropped old embeddings project=%s dropped=%d", self.project.name, dropped)
+        return dropped
 
     def train_for_close(self) -> ModelVersion | None:
         """A pending close labels the backlog with the current model: make it one that learned from

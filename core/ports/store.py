@@ -146,6 +146,12 @@ class Embeddings(Protocol):
         """float32 [n, D] in the order asked; NotFound("item_id") naming the first id without a vector."""
 
     @abstractmethod
+    def drop_model_embeddings(self, project: str, labeled_before: float, aggregations: Sequence[str]) -> int:
+        """Retention: delete the vectors of items whose final label is a model label of one of
+        ``aggregations`` given before ``labeled_before`` (nothing reads them again: the backlog, the
+        guard and training read only undecided items and people's); returns how many went."""
+
+    @abstractmethod
     def bind_encoder(self, project: str, encoder: str) -> str:
         """The encoder the project's embeddings come from: ``encoder`` if none was bound yet (it is
         now, atomically), else the one bound first; the caller refuses to write vectors of another."""

@@ -240,6 +240,20 @@ class SqlStore(SqlTaskQueue, SqlTokens, Store):
         found = {r[0] for r in rows}
         return [i for i in among if i in found]
 
+    def drop_model_embeddings(self, project: str, labeled_before: float, aggregations: Sequence[str]) -> int:
+        """See :meth:`Embeddings.drop_model_embeddings` (one statement)."""
+        check_finite("labeled_before", labeled_before)
+        if isinstance(aggregations, str) or not all(isinstance(a, str) for a in aggregations):
+            raise InvalidInput("aggregations", "expected a list of label aggregations")
+        if not aggregations:
+            return 0
+        with self._tx() as tx:
+            self._project(tx, project)
+            return tx.run("DELETE FROM embeddings WHERE project = ? AND item_id IN (SELECT item_id FROM labels "
+                          "WHERE project = ? AND source = 'model' AND created_at < ? AND "
+                          f"{self._in('aggregation')})",
+                          (project, project, labeled_before, self._ids(list(aggregations), "aggregation")))
+
     def bind_encoder(self, project: str, encoder: str) -> str:
         if not isinstance(encoder, str) or not encoder.strip() or len(encoder) > 500:
             raise InvalidInput("encoder", "expected a non-empty encoder id of at most 500 characters")
