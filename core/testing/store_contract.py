@@ -269,6 +269,23 @@ class StoreContract(TaskQueueContract, StoreInputContract):
         with pytest.raises(NotFound):
             s.bind_encoder("no-such-project", "minilm@abc")
 
+    def test_retention_drops_the_vectors_of_old_model_labels_only(self, s: Store) -> None:
+        """Vectors of items the model labeled before the cut-off, in the given aggregations, go; people's
+        labels, later model labels and undecided items keep theirs."""
+        s.put_embeddings(P, ["i0", "i1", "i2", "i3", "i4"], np.ones((5, 4), np.float32))
+        s.put_labels([label("i0", created_at=1.0), label("i1", aggregation="low_confidence", created_at=1.0),
+                      label("i2", source="human", key="i2:h", created_at=1.0), label("i3", created_at=10.0)])
+        assert s.drop_model_embeddings(P, 5.0, ()) == 0
+        assert s.drop_model_embeddings(P, 5.0, ("low_confidence",)) == 1
+        assert s.embedded_ids(P, ["i0", "i1", "i2", "i3", "i4"]) == ["i0", "i2", "i3", "i4"]
+        assert s.drop_model_embeddings(P, 5.0, ("auto_accept", "low_confidence")) == 1
+        assert s.embedded_ids(P, ["i0", "i1", "i2", "i3", "i4"]) == ["i2", "i3", "i4"]
+        assert s.drop_model_embeddings(P, 5.0, ("auto_accept",)) == 0  # done: nothing twice
+        for args, field in (((math.nan, ("auto_accept",)), "labeled_before"), ((5.0, "auto_accept"), "aggregations")):
+            with pytest.raises(InvalidInput) as err:
+                s.drop_model_embeddings(P, *args)
+            assert err.value.field == field
+
     def test_embedding_errors(self, s: Store) -> None:
         with pytest.raises(NotFound) as err:
             s.get_embeddings(P, ["i3"])

@@ -589,3 +589,27 @@ def test_a_replica_beyond_the_replicas_is_refused_naming_the_field() -> None:
     with pytest.raises(InvalidInput) as err:
         LoopConfig(selector_replicas=2, selector_replica=2)
     assert err.value.field == "selector_replica"
+
+
+@pytest.mark.parametrize("self_training", [False, True])
+def test_retention_drops_the_vectors_the_model_labeled_and_keeps_what_is_read_again(env, tmp_path: Path,
+                                                                                 self_training: bool) -> None:
+    """``embedding_retention_s``: the trainer drops the vectors of items the model labeled that long ago;
+    people's, undecided items' and (with self-training) auto-accepted items' vectors stay."""
+    bus, store = env
+    project, ids, x = _ingested(bus, store, 8, budget_labels=10)
+    store.put_embeddings("p", ids, x)
+    now = 1000.0
+    store.put_labels([Label("p", "i0", "a", "model", "v1", 0.99, 0.9, "auto_accept", "v1", now - 100, "i0:m", 0.1),
+                      Label("p", "i1", "a", "model", "v1", 0.4, 0.9, "low_confidence", "v1", now - 100, "i1:m", 0.0),
+                      Label("p", "i2", "a", "human", "ann", 1.0, None, "majority", "v1", now - 100, "i2:h"),
+                      Label("p", "i3", "a", "model", "v1", 0.99, 0.9, "auto_accept", "v1", now - 1, "i3:m", 0.1)])
+    keep = Trainer(bus, store, project, LoopConfig(), tmp_path / "models", clock=lambda: now)
+    assert keep.drop_old_embeddings() == 0  # unset: every vector is kept
+    config = dataclasses.replace(CONFIG, embedding_retention_s=10.0, self_training=self_training)
+    trainer = Trainer(bus, store, project, config, tmp_path / "models", clock=lambda: now)
+    assert trainer.drop_old_embeddings() == (1 if self_training else 2)
+    gone = {"i1"} if self_training else {"i0", "i1"}
+    assert store.embedded_ids("p", ids) == [i for i in ids if i not in gone]
+    keep.close()
+    trainer.close()
