@@ -62,6 +62,7 @@ class Selector(Stage):
 
     name = "selector"
     stages = ("items.scored", "models")
+    refute_check_s = 10.0  # least seconds between two reads of the current version's audits (``_refuted``)
 
     def __init__(self, bus: Bus, store: Store, project: Project, config: LoopConfig,
                  clock: Callable[[], float] = time.time) -> None:
@@ -90,7 +91,7 @@ class Selector(Stage):
         self._arrivals = 0  # items that reached this selector in this process's life
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
         self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
-        self._refute_check_at = 0
+        self._refute_check_at, self._refute_check_time = 0, 0.0
         self._erasures = ErasureWatch(store, project.name, False, config.erasure_check_s)  # then _restore reads
         self._restore()
 
@@ -229,14 +230,16 @@ class Selector(Stage):
         audit log's ``threshold_withdrawn``): the version labels nothing more, its items wait for the
         next version or the close, and people's checks go where its successor needs evidence. A
         threshold whose labels meet the target is withdrawn with probability at most ``1 -
-        confidence_level``, over every look. Read from the store at most once per ``select_batch``
-        arrivals (``force``: now)."""
+        confidence_level``, over every look. Read from the store (one grouped read of the version's labels
+        and audits) at most once per ``select_batch`` arrivals and ``refute_check_s`` seconds (``force``:
+        now), so a large project's steps do not each pay for it."""
         version, threshold = self.version, self.threshold
         if version is None or not np.isfinite(threshold):
             return False
-        if not force and self._arrivals < self._refute_check_at:
+        if not force and (self._arrivals < self._refute_check_at or time.monotonic() < self._refute_check_time):
             return False
         self._refute_check_at = self._arrivals + self.config.select_batch
+        self._refute_check_time = time.monotonic() + self.refute_check_s
         name = self.project.name
         trials = family_trials(*self.store.audit_record(name, version), (AUTO,))
         labels = int((~trials.drawn).sum())

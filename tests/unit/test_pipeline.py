@@ -510,6 +510,7 @@ def test_a_threshold_its_own_audits_refute_is_withdrawn_and_labels_nothing_more(
     _model(store, tmp_path, 0.0)
     config = dataclasses.replace(CONFIG, audit_probability=0.5, select_batch=20)
     selector = Selector(bus, store, project, config)
+    selector.refute_check_s = 0.0  # every select_batch arrivals, however fast the test runs
     score(bus, store, project, ids[:120], x[:120])
     while selector.step():
         pass
