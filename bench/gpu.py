@@ -241,7 +241,8 @@ def plot_gpu(path: Path, result: dict) -> None:
     right.bar(list(runs), list(runs.values()), color="#dd8452")
     right.set_yscale("log")
     right.set_ylabel("seconds")
-    right.set_title(f"selection at {result['selection'].get('n', '?'):,}")
+    size = result["selection"].get("n")
+    right.set_title(f"selection at {size:,}" if isinstance(size, int) else "selection (failed)")
     right.tick_params(axis="x", rotation=20)
     save_figure(fig, path)
 

@@ -306,3 +306,6 @@ def test_the_gpu_run_measures_what_this_machine_has_and_says_what_it_skipped(ber
     broken = run_gpu_benchmark(tmp_path / "broken.json", encoder=str(tmp_path / "missing"), size=2000, budget=10,
                                clusters=4, texts=8, cpu_texts=8)
     assert "missing" in broken["encoder"]["error"] and broken["selection"]["kcenter"]["cpu"]["wall_s"] > 0
+    too_many = run_gpu_benchmark(tmp_path / "too-many.json", encoder=str(bert_folder), size=100, budget=500,
+                                 clusters=4, texts=8, cpu_texts=8)  # more picks than rows: that section fails
+    assert too_many["selection"]["error"] and too_many["encoder"]["engines"]["onnx-cpu"]["sentences_per_s"] > 0
