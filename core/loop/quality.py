@@ -95,9 +95,14 @@ def _details(log: Sequence[tuple], action: str) -> list[dict]:
     return [json.loads(detail) for _, _, logged, detail in log if logged == action]
 
 
-def withdrawn_versions(store: Store, project: str) -> list[str]:
+def _withdrawn(log: Sequence[tuple]) -> tuple[str, ...]:
+    """The versions the log's ``threshold_withdrawn`` entries name, once each, in order."""
+    return tuple(dict.fromkeys(d["version"] for d in _details(log, "threshold_withdrawn")))
+
+
+def withdrawn_versions(store: Store, project: str) -> tuple[str, ...]:
     """The model versions whose auto-accept threshold the selector withdrew (its audits refuted it), in order."""
-    return list(dict.fromkeys(d["version"] for d in _details(store.audit_log(project), "threshold_withdrawn")))
+    return _withdrawn(store.audit_log(project))
 
 
 def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Quality:
@@ -107,7 +112,7 @@ def certified_quality(store: Store, project: str, confidence: float = 0.95) -> Q
     kind, rate = _human_error(store, project, confidence)
     log = store.audit_log(project)
     met = _details(log, "target_met")
-    withdrawn = tuple(dict.fromkeys(d["version"] for d in _details(log, "threshold_withdrawn")))
+    withdrawn = _withdrawn(log)
     return Quality(
         confidence=confidence,
         final_labels=sum(counts.values()),

@@ -82,6 +82,16 @@ class Trials:
         return len(self.probability)
 
 
+def _mixture_below(logm: np.ndarray, threshold: float) -> np.ndarray:
+    """Whether the equal-weight mixture over the lambdas (axis 0) of ``exp(logm)`` stays below
+    ``exp(threshold)`` (``1 / alpha``); a column that is ``-inf`` throughout is below."""
+    top = logm.max(0)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a -inf column: settled by the where below
+        mixture = safe + np.log(np.exp(logm - safe).mean(0))
+    return np.where(top == -np.inf, True, mixture < threshold)
+
+
 def _rho(pi: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
     """``rho[l, i] = -log(1 - pi_i + pi_i * exp(-lam_l / pi_i))`` (0 where ``pi_i`` is 0), ``[L, n]``."""
     pi = np.asarray(pi, np.float64)[None, :]
@@ -133,9 +143,8 @@ def error_bound(trials: Trials, confidence: float = 0.95) -> ErrorBound:
         rho = _rho(values, LAMBDAS)  # [L, u]: one hidden error at each probability
         before = seen[:, None] + np.concatenate([np.zeros((len(LAMBDAS), 1)), np.cumsum(rho * counts, 1)[:, :-1]], 1)
 
-        def passes(logm: np.ndarray) -> np.ndarray:  # the equal-weight mixture stays below 1 / alpha
-            top = logm.max(0)
-            return top + np.log(np.exp(logm - top).mean(0)) < threshold
+        def passes(logm: np.ndarray) -> np.ndarray:
+            return _mixture_below(logm, threshold)
 
         # every count is monotone: whole groups pass up to the first that does not
         full = passes(before + rho * counts)  # [u]: all of group j hidden-wrong, on top of those before
@@ -186,9 +195,8 @@ def hidden_errors_lower(trials: Trials, confidence: float = 0.95) -> int:
     logm = ((LAMBDAS[:, None] / po[None, :] - _sigma(po, LAMBDAS)).sum(1) if po.size
             else np.zeros(len(LAMBDAS)))  # [L]: k = 0
 
-    def plausible(logm_k: np.ndarray) -> bool:  # the mixture stays below 1 / alpha
-        top = logm_k.max()
-        return bool(top == -np.inf or top + np.log(np.exp(logm_k - top).mean()) < threshold)
+    def plausible(logm_k: np.ndarray) -> bool:
+        return bool(_mixture_below(logm_k, threshold))
 
     if plausible(logm):
         return 0

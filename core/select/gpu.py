@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.select.index import as_vectors
+from winnow.core.select.index import as_vectors, kmeans_input
 
 DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidia0", "/dev/nvidiactl")  # a loaded NVIDIA driver
 BLOCK = 65_536  # rows per matrix product where a product of all rows at once would not fit
@@ -109,11 +109,7 @@ def kmeans_cuda(vectors: np.ndarray, k: int, seed: int, niter: int = 20,
     and each row's nearest centroid int64 ``[n]`` (as :func:`~winnow.core.select.index.kmeans`)."""
     import torch
 
-    x = as_vectors("vectors", vectors)
-    if not 1 <= k <= len(x):
-        raise InvalidInput("k", f"must be between 1 and the number of vectors {len(x)}, got {k!r}")
-    if niter < 1:
-        raise InvalidInput("niter", f"must be at least 1, got {niter!r}")
+    x = kmeans_input(vectors, k, niter)
     dev = _on(device)
     xt = torch.from_numpy(x).to(dev)  # [n, D]
     start = np.random.default_rng(seed).choice(len(x), k, replace=False)

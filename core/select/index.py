@@ -199,6 +199,17 @@ def max_similarity_to(queries: np.ndarray, vectors: np.ndarray, block: int = 819
     return out
 
 
+def kmeans_input(vectors: np.ndarray, k: int, niter: int) -> np.ndarray:
+    """The vectors of a k-means as float32 ``[n, D]``; InvalidInput naming ``vectors``, ``k`` (not in
+    1..n) or ``niter`` (below 1)."""
+    x = as_vectors("vectors", vectors)
+    if not 1 <= k <= len(x):
+        raise InvalidInput("k", f"must be between 1 and the number of vectors {len(x)}, got {k!r}")
+    if niter < 1:
+        raise InvalidInput("niter", f"must be at least 1, got {niter!r}")
+    return x
+
+
 def kmeans(
     vectors: np.ndarray, k: int, seed: int, niter: int = 20, device: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -226,11 +237,7 @@ def kmeans(
     assignment : np.ndarray
         int64 ``[n]``, the nearest centroid of each vector; a cluster may end up with none.
     """
-    x = as_vectors("vectors", vectors)
-    if not 1 <= k <= len(x):
-        raise InvalidInput("k", f"must be between 1 and the number of vectors {len(x)}, got {k!r}")
-    if niter < 1:
-        raise InvalidInput("niter", f"must be at least 1, got {niter!r}")
+    x = kmeans_input(vectors, k, niter)
     device = resolve_device(device)
     km = _faiss().Kmeans(
         x.shape[1], k, niter=niter, seed=seed, spherical=True, min_points_per_centroid=1
