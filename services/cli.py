@@ -89,6 +89,8 @@ SELECTOR_ARRIVALS = Option("arrivals", int, "items.scored messages per step", 50
 SELECTOR_STEPS = Option("steps", int, "steps measured per backlog size (the median is reported)", 20, low=1)
 SELECTOR_STRATEGY = Option("strategy", str, f"the project's strategy: {', '.join(STRATEGIES)}", "cluster_margin",
                            choices=STRATEGIES)
+SELECTOR_GUARD = Option("guard", int, "items people have labeled before the steps (every pick is checked against "
+                        "them as near-duplicates), in every size's store", 10_000, low=0)
 POOL_SIZES = Option("sizes", tuple, "pool sizes, comma-separated", ("20000", "100000"))
 POOL_BUDGET = Option("budget", int, "rows each run picks", 1000, low=1)
 GPU_SIZE = Option("size", int, "pool size of the selection section (k-center and k-means)", 1_000_000, low=100,
@@ -264,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
     selector = bench_sub.add_parser("selector", help="one selector's step against its backlog (10,000 to 1,000,000 "
                                     "waiting): step_s and arrivals_per_s per size")
-    add_options(selector, (SELECTOR_SIZES, SELECTOR_ARRIVALS, SELECTOR_STEPS, SELECTOR_STRATEGY, FUZZ_OUT))
+    add_options(selector, (SELECTOR_SIZES, SELECTOR_ARRIVALS, SELECTOR_STEPS, SELECTOR_STRATEGY, SELECTOR_GUARD,
+                           FUZZ_OUT))
     select_bench = bench_sub.add_parser("select", help="pool selection: Winnow's strategies against scikit-activeml "
                                         "(when installed): seconds, peak memory and coverage per pool size")
     add_options(select_bench, (POOL_SIZES, POOL_BUDGET, FUZZ_OUT))
@@ -855,7 +858,8 @@ def cmd_bench_selector(args: argparse.Namespace) -> int:
     sizes, out = _ints(args, SELECTOR_SIZES, 1), given(args, FUZZ_OUT)
     console = Console(stderr=True)
     result = run_selector_benchmark(out, sizes, given(args, SELECTOR_ARRIVALS), given(args, SELECTOR_STEPS),
-                                    given(args, SELECTOR_STRATEGY), progress=console.print)
+                                    given(args, SELECTOR_STRATEGY), guard=given(args, SELECTOR_GUARD),
+                                    progress=console.print)
     console.print(f"step at the largest backlog / at the smallest: {result['step_ratio_largest_to_smallest']:.2f}")
     console.print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0

@@ -175,8 +175,12 @@ class Worker:
                         type(e).__name__)
 
 
-def run_worker(worker: Worker, stop: threading.Event, failures: list[BaseException] | None = None) -> None:
+def run_worker(worker: Worker, stop: threading.Event, failures: list[BaseException] | None = None,
+               faiss_threads: int | None = None) -> None:
     """Step ``worker`` until ``stop``; each step's output is durable before its offsets are committed.
+
+    ``faiss_threads``: the OpenMP threads of FAISS's calls in this thread (OpenMP keeps the count per
+    thread, so it is set here, in the worker's own thread; None leaves it).
 
     With ``failures``, a step that raises stops the whole service: the error goes into ``failures``
     and ``stop`` is set, so ``serve`` drains the other workers and exits with an error. The failed
@@ -184,6 +188,8 @@ def run_worker(worker: Worker, stop: threading.Event, failures: list[BaseExcepti
     dead would leave its partitions stuck behind a service that still answers health checks.
     """
     try:
+        if faiss_threads is not None:
+            set_threads(faiss_threads)
         _step_until(worker, stop)
     except Exception as e:
         if failures is None:
@@ -367,8 +373,8 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
             for name in workers:
                 log.info("worker starting name=%s project=%s group=%s", name, project, consumer_group(name, project))
                 running.append(Worker(name, make_stage(name, bus, store, project, settings)))
-        threads = [threading.Thread(target=run_worker, args=(w, stop, failures), name=f"{w.name}-{w.project}",
-                                    daemon=True) for w in running]
+        threads = [threading.Thread(target=run_worker, args=(w, stop, failures, options.faiss_threads),
+                                    name=f"{w.name}-{w.project}", daemon=True) for w in running]
         if running:
             threads.append(threading.Thread(target=measure_until, args=(running, store, stop, options.lag_every_s),
                                             name="metrics", daemon=True))

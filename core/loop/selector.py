@@ -42,7 +42,7 @@ from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
-from winnow.core.select.index import VectorIndex
+from winnow.core.select.index import max_similarity_to
 from winnow.core.select.sampling import StreamSampler, draw_with_extra, spread, uniforms
 from winnow.core.select.strategies import BudgetController, Candidates, NearDuplicateGuard, make_strategy
 
@@ -50,6 +50,14 @@ log = logging.getLogger(__name__)
 
 
 AUTO, LOW = "auto_accept", "low_confidence"  # the certified families of model labels
+GUARD_GROUPS = 8  # most groups of rows one guard check runs (``Selector._guard_similarity``)
+
+
+def pick_rounds(wanted: int, size: int) -> list[int]:
+    """``wanted`` picks as rounds of ``size`` (>= 1), the last taking the remainder: 137, 25 ->
+    [25, 25, 25, 25, 37]; fewer than ``2 * size`` go in one round."""
+    rounds = [size] * max(wanted // size - 1, 0)
+    return rounds + [wanted - sum(rounds)] if wanted > 0 else []
 
 
 class Selector(Stage):
@@ -78,13 +86,7 @@ class Selector(Stage):
                            if project.preference and config.evaluation_budget else None)
         self.head: OnnxHead | None = None
         self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
-        self._guarded = 0
-        self.backlog = Backlog()
-        # strategies that look at every backlog row read each row's guard similarity (Backlog.dup), kept
-        # up to date lazily: _dup_upto guard items are in every row's (None: not kept), the guard's
-        # later items wait in _guard_pending until a pick needs them
-        self._dup_upto: int | None = None
-        self._guard_pending: list[np.ndarray] = []
+        self.backlog = Backlog()  # each row's guard similarity is brought up to date when a pick needs it
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
         self._close_wait_logged = 0.0
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
@@ -159,7 +161,8 @@ class Selector(Stage):
         """The near-duplicate guard, from the store: the items queued for people or labeled by them."""
         tasked = {t.item_id for t in tasks}
         anchors = list(tasked) + [i for i, source in labeled.items() if source == "human" and i not in tasked]
-        self.guard, self._guarded, self._dup_upto, self._guard_pending = None, 0, None, []
+        self.guard = None
+        self.backlog.forget_dup()
         if anchors:
             self._guard_add(self.store.get_embeddings(self.project.name, anchors))
 
@@ -180,32 +183,35 @@ class Selector(Stage):
         if not ids:
             return
         probs, unc = scores if scores is not None else self._scores(emb)
-        kept = self._dup_upto is not None and self.guard is not None
-        self.backlog.add(ids, emb, probs, unc, self.guard.index.max_similarity(emb) if kept else None)
+        self.backlog.add(ids, emb, probs, unc)
 
     def _guard_add(self, emb: np.ndarray) -> None:
         """Items people were given join the guard (the backlog is checked against it when it picks)."""
         if self.guard is None:
             self.guard = NearDuplicateGuard(emb.shape[1], self.config.near_duplicate)
-        self.guard.add(np.arange(self._guarded, self._guarded + len(emb)), emb)
-        self._guarded += len(emb)
-        if self._dup_upto is not None:
-            self._guard_pending.append(np.array(emb, np.float32))
+        self.guard.add(emb)
 
-    def _whole_backlog_dup(self) -> np.ndarray:
-        """Every backlog row's highest cosine to the guard (``Backlog.dup``), brought up to date: the
-        first time by one search of the whole backlog, then against the guard items added since only."""
-        if self.guard is None or not len(self.backlog):
-            return np.full(len(self.backlog), -np.inf, np.float32)
-        if self._dup_upto is None:
-            self.backlog.set_dup(self.guard.index.max_similarity(self.backlog.emb))
-        elif self._guard_pending and len(self.backlog):
-            recent = np.concatenate(self._guard_pending)
-            index = VectorIndex(recent.shape[1])
-            index.add(np.arange(len(recent)), recent)
-            self.backlog.raise_dup(index.max_similarity(self.backlog.emb))
-        self._dup_upto, self._guard_pending = self._guarded, []
-        return self.backlog.dup
+    def _guard_similarity(self, rows: np.ndarray) -> np.ndarray:
+        """Backlog ``rows``' (int indices) highest cosine to the guard (float32, ``-inf`` before it has
+        items), each brought up to date against the guard items added since it was last checked only
+        (``Backlog.dup_at``): a row that stays on the shortlist costs what people were given since.
+        Rows are checked in at most ``GUARD_GROUPS`` groups (a group from its oldest row's mark on:
+        checking a row against items it has seen again changes nothing)."""
+        if self.guard is None:
+            return np.full(len(rows), -np.inf, np.float32)
+        now = len(self.guard)
+        at = self.backlog.dup_at[rows]
+        stale = rows[at < now]
+        if stale.size:
+            marks = self.backlog.dup_at[stale]
+            edges = np.unique(marks)
+            if len(edges) > GUARD_GROUPS:  # the oldest mark of each of GUARD_GROUPS groups of marks
+                edges = edges[np.linspace(0, len(edges), GUARD_GROUPS, endpoint=False).astype(np.int64)]
+            group = np.searchsorted(edges, marks, side="right") - 1
+            for g, since in enumerate(edges.tolist()):
+                part = stale[group == g]
+                self.backlog.raise_dup(part, self.guard.max_similarity(self.backlog.emb[part], since), now)
+        return self.backlog.dup[rows]
 
     # -- scoring ----------------------------------------------------------------------------
     def _scores(self, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -334,7 +340,7 @@ class Selector(Stage):
         """The audit look at the backlog items the current head labels above its threshold, as far as
         the credit funds their checks (most confident first; the rest wait for the next call);
         returns how many were decided (they leave the backlog)."""
-        if not len(self.backlog) or self.head is None or self.budget.credit < 1:
+        if not len(self.backlog) or self.head is None or self.budget.whole < 1 or not np.isfinite(self.threshold):
             return 0
         confidence = self.backlog.conf
         rows = np.flatnonzero(confidence >= self.threshold)
@@ -353,7 +359,14 @@ class Selector(Stage):
         """Send the most useful backlog items to people (the project's strategy over the whole
         backlog under the current model: uncertainty and diversity, near-duplicates of items people
         have left out), once a batch's worth of credit is there. A pick is certain given the backlog
-        (probability 1, recorded); returns how many were picked."""
+        (probability 1, recorded); returns how many were picked.
+
+        A strategy that picks from a shortlist (``Strategy.shortlist``: cluster-margin clusters ``10 n``
+        candidates into ``n``, which costs ``n**2``) picks much credit in rounds of ``select_batch``
+        (:func:`pick_rounds`) from the shortlist of the whole credit, each round from the most uncertain
+        rows the rounds before it left that duplicate none of their picks: a selector that fell behind,
+        or a large batch of arrivals, costs in proportion to what it picks. A strategy that reads every
+        row (k-center, BADGE) picks at once."""
         if not len(self.backlog):
             return 0
         wanted = int(self.budget.credit)
@@ -364,10 +377,13 @@ class Selector(Stage):
             return 0
         emb = self.backlog.emb[pool]
         probs, unc = self.backlog.probs[pool], self.backlog.unc[pool]
-        n = self.budget.grant(min(wanted, len(pool)))
-        # what people have (labeled or queued) is k-center's anchors: its similarity comes from the guard
-        candidates = Candidates(emb, probs, unc, anchor_similarity=similarity)
-        chosen = self.strategy.select(candidates, n, self.rng)  # indices into pool
+        if self.strategy.shortlist(wanted) is None:
+            # what people have (labeled or queued) is k-center's anchors: its similarity comes from the guard
+            chosen = self.strategy.select(Candidates(emb, probs, unc, anchor_similarity=similarity),
+                                          min(wanted, len(pool)), self.rng)  # indices into pool
+        else:
+            chosen = self._pick_rounds(emb, probs, unc, similarity, wanted)
+        self.budget.grant(len(chosen))
         picked = pool[chosen]
         now = self.clock()
         ids = self.backlog.id_at(picked)
@@ -381,6 +397,29 @@ class Selector(Stage):
         self._guard_add(emb[chosen])
         return len(chosen)
 
+    def _pick_rounds(self, emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, similarity: np.ndarray,
+                     wanted: int) -> np.ndarray:
+        """``_pick``'s rounds over a shortlisting strategy's pool (rows ``[m]``); indices into it, at most
+        ``wanted``, in pick order."""
+        left = np.arange(len(emb))  # pool rows no round picked, none a duplicate of a pick
+        chosen: list[np.ndarray] = []
+        for n in pick_rounds(wanted, self.config.select_batch):
+            if not len(left):
+                break
+            need = self.strategy.shortlist(n)
+            rows = left if need >= len(left) else left[np.argpartition(-unc[left], need - 1)[:need]]
+            rows = np.sort(rows)
+            got = rows[self.strategy.select(Candidates(emb[rows], probs[rows], unc[rows],
+                                                       anchor_similarity=similarity[rows]),
+                                            min(n, len(rows)), self.rng)]
+            chosen.append(got)
+            left = np.setdiff1d(left, got, assume_unique=True)
+            if len(left):  # the next rounds see this round's picks as items people have
+                near = max_similarity_to(emb[left], emb[got])
+                similarity[left] = np.maximum(similarity[left], near)
+                left = left[near < self.config.near_duplicate]
+        return np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+
     def _pool(self, wanted: int) -> tuple[np.ndarray, np.ndarray]:
         """Backlog rows (ascending) the strategy picks ``wanted`` from, and their highest cosine to the
         guard (float32, -inf before it has items): the rows that duplicate no item of the guard, and of
@@ -390,14 +429,9 @@ class Selector(Stage):
         n = len(self.backlog)
         need = self.strategy.shortlist(wanted)
         size = n if need is None else min(n, need)
-        unc = self.backlog.unc
         while True:
-            if need is None:  # every row: their guard similarities are kept (and brought up to date)
-                rows, similarity = np.arange(n), self._whole_backlog_dup().copy()
-            else:
-                rows = np.arange(n) if size >= n else np.sort(np.argpartition(-unc, size - 1)[:size])
-                similarity = (self.guard.index.max_similarity(self.backlog.emb[rows]) if self.guard is not None
-                              else np.full(len(rows), -np.inf, np.float32))
+            rows = self.backlog.most_uncertain(size)
+            similarity = self._guard_similarity(rows)
             if self.guard is not None:
                 fresh = similarity < self.guard.threshold
                 rows, similarity = rows[fresh], similarity[fresh]

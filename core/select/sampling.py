@@ -66,7 +66,7 @@ class StreamSampler:
         for k in range(n):
             if arriving:
                 self.budget.observe(1)
-            if self.budget.credit < 1:
+            if self.budget.whole < 1:
                 continue  # no whole label left for it: this item cannot be drawn (probability 0)
             funded[k] = True
             out[k] = p[k]
@@ -93,9 +93,9 @@ def draw_with_extra(base: StreamSampler, extra: StreamSampler, p: np.ndarray, q:
     for k in range(n):
         base.budget.observe(1)
         extra.budget.observe(1)
-        funded[k] = base.budget.credit >= 1
+        funded[k] = base.budget.whole >= 1
         p_k = p[k] if funded[k] else 0.0
-        q_k = q[k] if extra.budget.credit >= 1 else 0.0
+        q_k = q[k] if extra.budget.whole >= 1 else 0.0
         probability[k] = 1.0 - (1.0 - p_k) * (1.0 - q_k)
         if u[k] < p_k:
             drawn[k] = base.budget.grant(1) == 1

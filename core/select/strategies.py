@@ -17,7 +17,13 @@ import numpy as np
 from winnow.core.domain.errors import EmptyPoolError, InvalidInput
 from winnow.core.domain.validation import STRATEGIES
 from winnow.core.select.gpu import cuda_device, farthest_first_cuda, max_similarity_cuda
-from winnow.core.select.index import VectorIndex, as_vectors, kmeans, max_similarity_to, resolve_device
+from winnow.core.select.index import (
+    as_vectors,
+    blocked_max_similarity,
+    kmeans,
+    max_similarity_to,
+    resolve_device,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -446,29 +452,52 @@ def make_strategy(name: str, **kwargs: object) -> Strategy:
 class NearDuplicateGuard:
     """Flags items nearly identical (cosine ``>= threshold``) to ones already labeled or queued.
 
+    The items are kept in the order they were added, never removed (a caller that must forget one
+    builds a new guard), so a caller that has checked a vector against the first ``m`` items checks it
+    against the later ones only: ``max_similarity(vectors, since=m)``. That is how the stream selector
+    keeps each backlog row's similarity without searching the whole guard again at every pick. Exact,
+    by blocked matrix products on the CPU (:func:`~winnow.core.select.index.blocked_max_similarity`).
+
     Parameters
     ----------
     dim : int
         Embedding dimension ``D``.
     threshold : float
         Cosine at or above which two items count as duplicates, in ``(-1, 1]``.
-    device : int or None
-        FAISS device of the backing `VectorIndex`.
     """
 
-    def __init__(self, dim: int, threshold: float = 0.95, device: int | None = None) -> None:
+    def __init__(self, dim: int, threshold: float = 0.95) -> None:
         if not -1.0 < threshold <= 1.0:
             raise InvalidInput("threshold", f"must be in (-1, 1], got {threshold!r}")
+        self.dim = _count("dim", dim, 1)
         self.threshold = threshold
-        self.index = VectorIndex(dim, device)
+        self._vectors = np.zeros((0, dim), np.float32)  # spare capacity beyond the first ``_n`` rows
+        self._n = 0
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Remember items ``[n]`` with embeddings ``[n, D]`` (labeled or queued)."""
-        self.index.add(ids, vectors)
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Remember items with embeddings ``[n, D]`` (labeled or queued), after those added before."""
+        x = as_vectors("vectors", vectors, self.dim)
+        if self._n + len(x) > len(self._vectors):
+            grown = np.empty((max(self._n + len(x), 2 * len(self._vectors), 64), self.dim), np.float32)
+            grown[: self._n] = self._vectors[: self._n]
+            self._vectors = grown
+        self._vectors[self._n: self._n + len(x)] = x
+        self._n += len(x)
+
+    def max_similarity(self, vectors: np.ndarray, since: int = 0) -> np.ndarray:
+        """float32 ``[n]``: each of ``vectors`` ``[n, D]``'s highest cosine to the items added after the
+        first ``since`` (``-inf`` where there are none)."""
+        x = as_vectors("queries", vectors, self.dim)
+        if isinstance(since, bool) or not isinstance(since, (int, np.integer)) or not 0 <= since <= self._n:
+            raise InvalidInput("since", f"must be an integer between 0 and {self._n}, got {since!r}")
+        return blocked_max_similarity(x, self._vectors[since: self._n])
 
     def is_duplicate(self, vectors: np.ndarray) -> np.ndarray:
         """bool ``[n]``: whether each of ``vectors`` ``[n, D]`` nearly duplicates a known item."""
-        return self.index.max_similarity(vectors) >= self.threshold
+        return self.max_similarity(vectors) >= self.threshold
 
 
 class BudgetController:
@@ -497,6 +526,11 @@ class BudgetController:
     def credit(self) -> Fraction:
         """Tasks that may still be granted, fractional."""
         return Fraction(self._units, self.per_items)
+
+    @property
+    def whole(self) -> int:
+        """Whole tasks that may still be granted (``floor(credit)``, without building a Fraction)."""
+        return self._units // self.per_items
 
     def observe(self, n_items: int) -> None:
         """Accrue credit for ``n_items`` arriving items."""

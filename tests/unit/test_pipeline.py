@@ -18,7 +18,7 @@ from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.labeling import LabelingService
-from winnow.core.loop.selector import Selector
+from winnow.core.loop.selector import Selector, pick_rounds
 from winnow.core.loop.topics import create_topics, topic
 from winnow.core.loop.trainer import Trainer
 from winnow.core.ml.head import Head, HeadConfig, save_model
@@ -155,21 +155,70 @@ def check_backlog_caches(selector: Selector) -> None:
     np.testing.assert_allclose(selector.backlog.conf, probs.max(1), rtol=1e-5, atol=1e-7)
 
 
-def test_kcenter_keeps_the_backlogs_guard_similarities_as_a_search_from_scratch(env, tmp_path: Path) -> None:
-    """Strategies that look at every backlog row read each row's similarity to what people have,
-    kept lazily (the guard's new items only, at pick time): always what a search from scratch gives."""
+@pytest.mark.parametrize("strategy", ["kcenter", "cluster_margin"])
+def test_the_backlogs_guard_similarities_are_a_search_from_scratch(env, tmp_path: Path, strategy: str) -> None:
+    """Each backlog row's similarity to what people have is kept lazily (a row is checked against the
+    guard's items added since its last check only, when a pick needs it): the rows a pick read, and any
+    rows brought up to date, hold what a search of the whole guard from scratch gives. A shortlisting
+    strategy leaves the rows it did not read unchecked."""
     bus, store = env
-    project = Project("p", CLASSES, budget_labels=30, budget_per_items=100, strategy="kcenter")
-    checked = []
+    project = Project("p", CLASSES, budget_labels=30, budget_per_items=100, strategy=strategy)
+    checked, partial = [], []
 
     def check(selector: Selector) -> None:
-        if selector.guard is not None and len(selector.backlog):
-            kept = selector._whole_backlog_dup()
-            np.testing.assert_allclose(kept, selector.guard.index.max_similarity(selector.backlog.emb), atol=1e-5)
-            checked.append(len(kept))
+        if selector.guard is None or not len(selector.backlog):
+            return
+        backlog, guard = selector.backlog, selector.guard
+        current = np.flatnonzero(backlog.dup_at == len(guard))
+        scratch = guard.max_similarity(backlog.emb)
+        np.testing.assert_allclose(backlog.dup[current], scratch[current], atol=1e-5)
+        partial.append(len(current) < len(backlog))
+        rows = np.arange(len(backlog))[::-1].copy()  # any order, any subset
+        np.testing.assert_allclose(selector._guard_similarity(rows), scratch[rows], atol=1e-5)
+        checked.append(len(rows))
 
     _stream_through(bus, store, project, CONFIG, tmp_path, n=300, on_step=check)
     assert len(checked) > 5
+    if strategy == "cluster_margin":
+        assert any(partial)  # the shortlist: a pick read only some rows
+
+
+@pytest.mark.parametrize("size", [1, 7, 25])
+def test_pick_rounds_split_exactly(size: int) -> None:
+    for wanted in range(0, 300):
+        rounds = pick_rounds(wanted, size)
+        assert sum(rounds) == wanted
+        assert all(size <= r < 2 * size for r in rounds) or (wanted < size and rounds == ([wanted] if wanted else []))
+
+
+@pytest.mark.parametrize(("strategy", "calls"), [("cluster_margin", [10, 10, 10, 10, 14]), ("kcenter", [54])])
+def test_a_pick_of_much_credit_goes_in_rounds_where_the_strategy_shortlists(env, strategy: str, calls) -> None:
+    """Cluster-margin's clustering costs the square of its pick: 54 labels of credit are picked in rounds
+    of select_batch, each shortlisted from what the rounds before it left (never an item twice, never a
+    near-duplicate of an earlier round's pick); k-center, which reads the whole backlog, picks once."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=100, budget_per_items=100, strategy=strategy)
+    store.create_project(project)
+    create_topics(bus, "p", 1)
+    config = dataclasses.replace(CONFIG, select_batch=10)
+    x, _ = clustered(400, seed=5)
+    ids = [f"i{k}" for k in range(len(x))]
+    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    store.put_embeddings("p", ids, x)
+    selector = Selector(bus, store, project, config)  # the restore: all 400 wait, credit for each
+    assert len(selector.backlog) == 400 and store.count_open_tasks("p") == 0
+    selector.budget.grant(int(selector.budget.credit) - 54)  # leave 54 labels of credit
+    sizes = []
+    select = selector.strategy.select
+    selector.strategy.select = lambda candidates, n, rng: sizes.append(n) or select(candidates, n, rng)
+    assert selector._pick() == 54
+    assert sizes == calls
+    tasks = store.tasks("p")
+    assert len(tasks) == len({t.item_id for t in tasks}) == 54 and len(selector.backlog) == 346
+    picked = store.get_embeddings("p", [t.item_id for t in tasks])
+    cosine = picked @ picked.T
+    np.fill_diagonal(cosine, -1.0)
+    assert cosine.max() < config.near_duplicate
 
 
 def test_backlog_items_that_duplicate_a_queued_item_are_never_picked(env) -> None:
@@ -196,7 +245,7 @@ def test_backlog_items_that_duplicate_a_queued_item_are_never_picked(env) -> Non
     assert len(picked) >= 10 and not any(twin[i] in picked for i in picked)  # never both copies
     assert all(t.probability < 1.0 for i, t in tasks.items() if i not in picked)  # arrival draws
     waiting = [k for k, i in enumerate(selector.backlog.ids) if twin[i] in tasks]
-    assert (selector.guard.index.max_similarity(selector.backlog.emb[waiting]) >= CONFIG.near_duplicate).all()
+    assert (selector.guard.max_similarity(selector.backlog.emb[waiting]) >= CONFIG.near_duplicate).all()
 
 
 def _ingested(bus: SqliteBus, store: SqliteStore, n: int, budget_labels: int) -> tuple[Project, list[str], np.ndarray]:

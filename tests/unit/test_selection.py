@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from winnow.core.domain.errors import EmptyPoolError, InvalidInput
+from winnow.core.select.index import blocked_max_similarity
 from winnow.core.select.strategies import (
     STRATEGIES,
     Badge,
@@ -310,8 +311,8 @@ class TestNearDuplicateGuard:
     def setup_method(self):
         self.rng = np.random.default_rng(12)
         self.known = unit_rows(self.rng.normal(size=(10, 64)))
-        self.guard = NearDuplicateGuard(64, threshold=0.95, device=-1)
-        self.guard.add(np.arange(100, 110), self.known)
+        self.guard = NearDuplicateGuard(64, threshold=0.95)
+        self.guard.add(self.known)
 
     def test_catches_a_perturbed_copy_not_an_unrelated_vector(self):
         copy = perturbed(self.known[3], 0.99, self.rng)
@@ -319,8 +320,8 @@ class TestNearDuplicateGuard:
         np.testing.assert_array_equal(self.guard.is_duplicate(np.stack([copy, unrelated])), [1, 0])
 
     def test_threshold_is_inclusive(self):
-        guard = NearDuplicateGuard(2, threshold=0.6, device=-1)
-        guard.add(np.array([1]), np.array([[1.0, 0.0]]))
+        guard = NearDuplicateGuard(2, threshold=0.6)
+        guard.add(np.array([[1.0, 0.0]]))
         batch = np.array([[0.6, 0.8], [0.0, 1.0], [0.0, 1.0]], np.float32)
         np.testing.assert_array_equal(guard.is_duplicate(batch), [1, 0, 0])
 
@@ -329,6 +330,38 @@ class TestNearDuplicateGuard:
             NearDuplicateGuard(4, threshold=1.5)
         with pytest.raises(InvalidInput, match="queries: expected dimension 64"):
             self.guard.is_duplicate(np.ones((2, 3)))
+        with pytest.raises(InvalidInput, match="vectors: expected dimension 64"):
+            self.guard.add(np.ones((2, 3)))
+        with pytest.raises(InvalidInput, match="since"):
+            self.guard.max_similarity(self.known, since=11)
+        assert len(self.guard) == 10  # a refused add leaves nothing half-written
+
+    @pytest.mark.parametrize("seed", range(20))
+    def test_a_check_from_a_mark_on_and_the_earlier_one_give_the_whole_search(self, seed):
+        # what the stream selector does per backlog row: checked against the first m items, later against the
+        # rest only; the higher of the two is the highest cosine to all of them, whatever the growth in between
+        rng = np.random.default_rng(seed)
+        guard, whole = NearDuplicateGuard(64), []
+        queries = unit_rows(rng.normal(size=(30, 64)))
+        seen, marks = np.full(30, -np.inf, np.float32), np.zeros(30, np.int64)
+        for _ in range(6):
+            batch = unit_rows(rng.normal(size=(int(rng.integers(0, 200)), 64)))
+            guard.add(batch)
+            whole.append(batch)
+            rows = np.flatnonzero(rng.random(30) < 0.5)
+            for r in rows.tolist():
+                seen[r] = max(seen[r], guard.max_similarity(queries[r:r + 1], int(marks[r]))[0])
+                marks[r] = len(guard)
+        every = np.concatenate(whole)
+        checked = marks == len(guard)
+        np.testing.assert_allclose(seen[checked], (queries[checked] @ every.T).max(1), rtol=1e-5)
+
+    def test_blocks_cover_every_vector(self):
+        # more vectors than one block of pairs holds: the products are split, the answer is not
+        vectors = unit_rows(self.rng.normal(size=(3000, 8)))
+        queries = unit_rows(self.rng.normal(size=(700, 8)))
+        np.testing.assert_allclose(blocked_max_similarity(queries, vectors, block=64, cells=1000),
+                                   (queries @ vectors.T).max(1), rtol=1e-5)
 
 
 @pytest.mark.parametrize(("labels", "per_items"), [(25, 100), (1, 3), (2, 7), (0, 5), (4, 4)])
@@ -359,6 +392,7 @@ def test_budget_never_exceeds_its_rate_and_keeps_unspent_credit(labels, extra, s
         spent += granted
         assert 0 <= granted <= requested
         assert spent + budget.credit == Fraction(seen * labels, per_items)
+        assert budget.whole == int(budget.credit)
     spent += budget.grant(10**9)
     assert spent == seen * labels // per_items
 

@@ -196,3 +196,34 @@ def test_serving_prelabel_with_an_encoder_that_is_not_there_is_refused_before_an
     with pytest.raises(InvalidInput) as e:
         serve(settings, ["prelabel"], stop=threading.Event())
     assert e.value.field == "encoder" and not bus.exists()
+
+
+def test_a_worker_thread_runs_faiss_on_the_threads_it_is_given(tmp_path: Path) -> None:
+    """OpenMP keeps its thread count per thread: the worker's own thread sets it (``--faiss-threads``),
+    so the selector's clustering and searches in that thread run on that many threads, whatever the
+    main thread has."""
+    import faiss
+
+    bus, store = SqliteBus(tmp_path / "bus.sqlite"), SqliteStore(tmp_path / "store.sqlite")
+    project = Project("p", ("a", "b"))
+    store.create_project(project)
+    create_topics(bus, "p", 1)
+    trainer = Trainer(bus, store, project, LoopConfig(), tmp_path / "models")
+    worker, stop, seen = Worker("trainer", trainer), threading.Event(), []
+
+    def step(timeout_s=0.5):
+        seen.append(faiss.omp_get_max_threads())
+        stop.set()
+        return 0
+
+    worker.step = step  # type: ignore[method-assign]
+    main = faiss.omp_get_max_threads()
+    for threads in (1, 3):
+        stop.clear()
+        thread = threading.Thread(target=run_worker, args=(worker, stop, [], threads))
+        thread.start()
+        thread.join(10)
+    assert seen == [1, 3] and faiss.omp_get_max_threads() == main
+    trainer.close()
+    bus.close()
+    store.close()
