@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +25,10 @@ from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
+
+# tasks whose answers were asked for against the model's label: on these, an answer that contradicts the
+# (confident) model asks a second person (``answers_wanted``), so the consensus fit reads the model's label
+CHECKED_KINDS = ("audit", "holdout")
 
 
 class LabelingService:
@@ -112,17 +117,36 @@ class LabelingService:
         return added
 
     def _answers(self):
-        """Every annotation of the project as consensus arrays, with gold answers by item index."""
+        """Every annotation of the project as consensus arrays, with gold answers by item index.
+
+        The arrays also hold, after the people's, the model's label on each checked task that has
+        answers (``CHECKED_KINDS``), as the answer of one more annotator per task kind and model
+        version (indices from ``len(names)`` on). How many people answer such an item depended on that
+        label: a second person is asked where the first contradicts it. Without it in the fit, the
+        items with several answers over-represent people's slips, a choice the fit cannot see, and every
+        person's accuracy comes out low; with it, the choice depends only on what the fit reads, and the
+        estimates are unbiased. For people right 0.95, 0.90 and 0.85 of the time, at 1.14 answers per
+        item over 30 simulated streams: 0.85, 0.63 and 0.45 without it, 0.950, 0.903 and 0.848 with it
+        (``tests/unit/test_consensus.py``). The model's
+        label weighs in the fit only: an item's final label comes from people's answers alone
+        (``resolve``), so an audit still checks the model against people."""
         classes = {c: k for k, c in enumerate(self.project.classes)}
         answers = self.store.annotations(self.project.name)
         item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}
         annotators = {a: k for k, a in enumerate(dict.fromkeys([a.annotator for a in answers]))}
-        args = (np.array([item_index[a.item_id] for a in answers], np.int64),
-                np.array([annotators[a.annotator] for a in answers], np.int64),
-                np.array([classes[a.label] for a in answers], np.int64),
-                len(item_index), len(annotators), len(classes))
+        names = list(annotators)
+        checked = [t for t in self.store.tasks(self.project.name, CHECKED_KINDS)
+                   if t.item_id in item_index and t.model_label in classes]
+        model = {}  # (kind, version) -> annotator index, after the people
+        for t in checked:
+            model.setdefault((t.kind, t.model_version), len(annotators) + len(model))
+        args = (np.array([item_index[a.item_id] for a in answers] + [item_index[t.item_id] for t in checked], np.int64),
+                np.array([annotators[a.annotator] for a in answers] + [model[t.kind, t.model_version] for t in checked],
+                         np.int64),
+                np.array([classes[a.label] for a in answers] + [classes[t.model_label] for t in checked], np.int64),
+                len(item_index), len(annotators) + len(model), len(classes))
         gold = {item_index[i]: classes[c] for i, c in self.store.gold(self.project.name).items() if i in item_index}
-        return answers, item_index, list(annotators), args, gold
+        return answers, item_index, names, args, gold
 
     def own_quality(self, annotator: str) -> dict[str, float | None]:
         """One annotator's answers and accuracy on gold (what the labeling page shows them): read from
@@ -138,9 +162,9 @@ class LabelingService:
         answers, _, names, args, gold = self._answers()
         if not answers:
             return {}
-        on_gold = annotator_accuracy_on_gold(*args[:3], gold, *args[3:]) if gold else np.full(len(names), np.nan)
+        on_gold = annotator_accuracy_on_gold(*args[:3], gold, *args[3:]) if gold else np.full(args[4], np.nan)
         estimated = dawid_skene(*args, gold=gold).annotator_accuracy
-        counts = np.bincount(args[1], minlength=len(names))
+        counts = np.bincount(args[1], minlength=args[4])
         return {name: {"answers": int(counts[k]),
                        "gold_accuracy": None if np.isnan(on_gold[k]) else float(on_gold[k]),
                        "estimated_accuracy": None if np.isnan(estimated[k]) else float(estimated[k])}
@@ -149,7 +173,9 @@ class LabelingService:
     def _refit(self) -> OneCoinFit:
         """A one-coin Dawid-Skene fit over every answer of the project (gold clamped)."""
         _, _, names, args, gold = self._answers()
-        fit = OneCoinFit.of(dawid_skene(*args, gold=gold), names, np.bincount(args[1], minlength=len(names)))
+        result = dawid_skene(*args, gold=gold)  # the model's annotators come after the people: not kept
+        result = dataclasses.replace(result, annotator_accuracy=result.annotator_accuracy[: len(names)])
+        fit = OneCoinFit.of(result, names, np.bincount(args[1], minlength=args[4])[: len(names)])
         with self._fit_lock:
             if self._fit is None or fit.answers >= self._fit.answers:
                 self._fit = fit
