@@ -283,6 +283,9 @@ class LoopConfig:
                                     low=-1.0, high=1.0, low_open=True)
     uncertainty: str = setting("margin", "uncertainty score", choices=SCORE_NAMES)
     lease_s: float = setting(600.0, "seconds an annotator holds a leased task", low=0.0, low_open=True)
+    answer_confidence: float = setting(
+        0.95, "adaptive overlap: where an item's answers disagree, among themselves or with the model's label, "
+        "another person is asked while the consensus fit leaves its likeliest class below this", low=0.0, high=1.0)
     consensus_refit_answers: int = setting(
         200, "new answers (or a tenth of all, if more) after which the labeling service refits Dawid-Skene over "
         "every answer; between refits each item is aggregated alone with the last fit", low=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +17,6 @@ from winnow.core.loop.stage import PROJECT_CHECK_S
 from winnow.core.ml.consensus import (
     OneCoinFit,
     annotator_accuracy_on_gold,
-    answers_wanted,
     dawid_skene,
 )
 from winnow.core.ports.bus import Bus
@@ -26,9 +24,8 @@ from winnow.core.ports.store import Store
 
 log = logging.getLogger(__name__)
 
-# tasks whose answers were asked for against the model's label: on these, an answer that contradicts the
-# (confident) model asks a second person (``answers_wanted``), so the consensus fit reads the model's label
-CHECKED_KINDS = ("audit", "holdout")
+MODEL_KINDS = ("label", "audit", "holdout")  # tasks that carry the model's label (``Task.model_label``)
+
 
 
 class LabelingService:
@@ -85,9 +82,10 @@ class LabelingService:
         """Record one answer to a task the annotator holds a live lease on (LeaseRequired otherwise;
         an answer given before is not recorded again: False); the item's final label is made once
         its task has all the answers it wants. A task the selector made asks for one answer at first
-        (adaptive overlap, ``consensus.answers_wanted``): another where the answers disagree, or where
-        the only answer disagrees with a model confident enough to be audited or probed, up to the
-        project's ``overlap``; a task with no ``wanted`` asks for ``overlap`` answers. A comparison's
+        (adaptive overlap, ``OneCoinFit.answers_wanted``): another where the answers disagree among
+        themselves or with the model's label and the consensus fit leaves the likeliest class below
+        ``answer_confidence``, up to the project's ``overlap``; a task with no ``wanted`` asks for
+        ``overlap`` answers. A comparison's
         answer may carry a ``strength`` and a ``reason`` (``Annotation``)."""
         if label not in self.project.classes:  # perhaps a class added since the last check, on another replica
             self._project_check_at = 0.0
@@ -100,16 +98,23 @@ class LabelingService:
             self._answers_seen += 1
             self._answer_counts[annotator] += 1
         if added and item_id not in self.store.gold(self.project.name):
-            answers = [a.label for a in self.store.annotations(self.project.name, [item_id])]
+            given = self.store.annotations(self.project.name, [item_id])
+            answers = [a.label for a in given]
             tasks = self.store.open_tasks(self.project.name, [item_id])
             task = tasks[0] if tasks else None
             if task is None or task.wanted is None:
                 wanted = self.project.overlap
             else:
-                # audits and probes are where the model is (nearly) sure: an answer against it is as
-                # likely a slip as a model error, and these answers certify thresholds
-                wanted = max(task.wanted, answers_wanted(answers, self.project.overlap, task.model_label,
-                                                         task.kind in ("audit", "holdout")))
+                # an answer against a model the fit trusts more asks another person: on checks and probes
+                # the model is nearly sure, and these answers certify thresholds
+                fit, classes = self._current_fit(), {c: k for k, c in enumerate(self.project.classes)}
+                model = ((fit.reference(task.kind, task.model_version), classes[task.model_label])
+                         if task.model_label in classes else None)
+                wanted = max(task.wanted, fit.answers_wanted([a.annotator for a in given],
+                                                             [classes[label] for label in answers],
+                                                             self.project.overlap, model,
+                                                             self.config.answer_confidence,
+                                                             task.kind in ("audit", "holdout")))
                 if wanted > task.wanted:
                     self.store.want_answers(self.project.name, item_id, wanted)
             if len(answers) >= wanted:
@@ -119,10 +124,11 @@ class LabelingService:
     def _answers(self):
         """Every annotation of the project as consensus arrays, with gold answers by item index.
 
-        The arrays also hold, after the people's, the model's label on each checked task that has
-        answers (``CHECKED_KINDS``), as the answer of one more annotator per task kind and model
-        version (indices from ``len(names)`` on). How many people answer such an item depended on that
-        label: a second person is asked where the first contradicts it. Without it in the fit, the
+        The arrays also hold, after the people's, the model's label on each task that has answers, as
+        the answer of one more annotator per task kind and model version (indices from ``len(names)``
+        on, in the order of the returned ``references``). How many people answer an item depends on
+        that label (``OneCoinFit.answers_wanted``): a second person is asked where the first contradicts
+        a model the fit trusts more. Without it in the fit, the
         items with several answers over-represent people's slips, a choice the fit cannot see, and every
         person's accuracy comes out low; with it, the choice depends only on what the fit reads, and the
         estimates are unbiased. For people right 0.95, 0.90 and 0.85 of the time, at 1.14 answers per
@@ -135,9 +141,9 @@ class LabelingService:
         item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}
         annotators = {a: k for k, a in enumerate(dict.fromkeys([a.annotator for a in answers]))}
         names = list(annotators)
-        checked = [t for t in self.store.tasks(self.project.name, CHECKED_KINDS)
+        checked = [t for t in self.store.tasks(self.project.name, MODEL_KINDS)
                    if t.item_id in item_index and t.model_label in classes]
-        model = {}  # (kind, version) -> annotator index, after the people
+        model: dict[tuple[str, str | None], int] = {}  # (kind, version) -> annotator index, after the people
         for t in checked:
             model.setdefault((t.kind, t.model_version), len(annotators) + len(model))
         args = (np.array([item_index[a.item_id] for a in answers] + [item_index[t.item_id] for t in checked], np.int64),
@@ -146,7 +152,7 @@ class LabelingService:
                 np.array([classes[a.label] for a in answers] + [classes[t.model_label] for t in checked], np.int64),
                 len(item_index), len(annotators) + len(model), len(classes))
         gold = {item_index[i]: classes[c] for i, c in self.store.gold(self.project.name).items() if i in item_index}
-        return answers, item_index, names, args, gold
+        return answers, item_index, names, args, gold, list(model)
 
     def own_quality(self, annotator: str) -> dict[str, float | None]:
         """One annotator's answers and accuracy on gold (what the labeling page shows them): read from
@@ -159,7 +165,7 @@ class LabelingService:
 
     def annotator_quality(self) -> dict[str, dict[str, float | None]]:
         """Per annotator: answers given, accuracy on gold items, and the Dawid-Skene estimate."""
-        answers, _, names, args, gold = self._answers()
+        answers, _, names, args, gold, _ = self._answers()
         if not answers:
             return {}
         on_gold = annotator_accuracy_on_gold(*args[:3], gold, *args[3:]) if gold else np.full(args[4], np.nan)
@@ -172,10 +178,9 @@ class LabelingService:
 
     def _refit(self) -> OneCoinFit:
         """A one-coin Dawid-Skene fit over every answer of the project (gold clamped)."""
-        _, _, names, args, gold = self._answers()
-        result = dawid_skene(*args, gold=gold)  # the model's annotators come after the people: not kept
-        result = dataclasses.replace(result, annotator_accuracy=result.annotator_accuracy[: len(names)])
-        fit = OneCoinFit.of(result, names, np.bincount(args[1], minlength=args[4])[: len(names)])
+        _, _, names, args, gold, references = self._answers()
+        fit = OneCoinFit.of(dawid_skene(*args, gold=gold), names, np.bincount(args[1], minlength=args[4])[: len(names)],
+                            references=references)
         with self._fit_lock:
             if self._fit is None or fit.answers >= self._fit.answers:
                 self._fit = fit

@@ -7,8 +7,8 @@ Pass compact ids: results are dense ``[n_items, n_classes]``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from numbers import Real
 
 import numpy as np
@@ -215,24 +215,6 @@ def annotator_accuracy_on_gold(items, annotators, labels, gold: Mapping[int, int
     return np.divide(hits, n_gold, out=np.full(n_annotators, np.nan), where=n_gold > 0)
 
 
-def answers_wanted(labels: list[str], cap: int, model_label: str | None = None, model_confident: bool = False) -> int:
-    """How many answers an item needs, given the ``labels`` people gave so far (adaptive overlap).
-
-    One answer settles an item unless it disagrees with a confident model (then a second is asked);
-    answers that disagree among themselves ask for one more; never more than ``cap``. So two
-    agreeing answers settle an item, and two disagreeing ones ask for a third.
-    """
-    cap = _count("cap", cap)
-    n = len(labels)
-    if n >= cap:
-        return n
-    if len(set(labels)) > 1:
-        return n + 1
-    if n == 1 and model_confident and model_label is not None and labels[0] != model_label:
-        return 2
-    return max(n, 1)
-
-
 @dataclass(frozen=True, eq=False)
 class OneCoinFit:
     """What a one-coin Dawid-Skene fit learned, kept to aggregate new items without refitting:
@@ -247,6 +229,9 @@ class OneCoinFit:
     default_accuracy: float
     method: str
     answers: int  # annotations the fit saw
+    # the model's accuracy as a reference annotator, per (task kind, model version): its label on the
+    # tasks of that kind, read by the fit beside people's answers (``LabelingService._answers``)
+    references: Mapping[tuple[str, str | None], float] = field(default_factory=dict)
 
     @staticmethod
     def provisional(n_classes: int) -> "OneCoinFit":
@@ -254,16 +239,29 @@ class OneCoinFit:
         return OneCoinFit(np.full(n_classes, 1.0 / n_classes), {}, 0.8, "majority_vote", 0)
 
     @staticmethod
-    def of(result: ConsensusResult, names: list[str], given: np.ndarray, smoothing: float = 0.1) -> "OneCoinFit":
-        """From a fit over annotations in which annotator ``k`` (``names[k]``) gave ``given[k]``."""
+    def of(result: ConsensusResult, names: list[str], given: np.ndarray, smoothing: float = 0.1,
+           references: Sequence[tuple[str, str | None]] = ()) -> "OneCoinFit":
+        """From a fit over annotations in which annotator ``k`` (``names[k]``) gave ``given[k]``, and
+        annotator ``len(names) + r`` is the model on the tasks of ``references[r]`` (kind, version)."""
         labeled = result.posterior[result.posterior.sum(axis=1) > 0]
         prior = labeled.sum(axis=0) + smoothing
-        measured = np.isfinite(result.annotator_accuracy)
-        default = float(np.median(result.annotator_accuracy[measured])) if measured.any() else 0.8
+        people = result.annotator_accuracy[: len(names)]
+        measured = np.isfinite(people)
+        default = float(np.median(people[measured])) if measured.any() else 0.8
         m = OneCoinFit.PSEUDO_ANSWERS
         known = {name: float((n * q + m * default) / (n + m))
-                 for name, q, n in zip(names, result.annotator_accuracy, given) if np.isfinite(q)}
-        return OneCoinFit(prior / prior.sum(), known, default, result.method, int(np.sum(given)))
+                 for name, q, n in zip(names, people, given) if np.isfinite(q)}
+        model = {key: float(q) for key, q in zip(references, result.annotator_accuracy[len(names):]) if np.isfinite(q)}
+        return OneCoinFit(prior / prior.sum(), known, default, result.method, int(np.sum(given)), model)
+
+    def reference(self, kind: str, version: str | None) -> float:
+        """The model's accuracy on tasks of ``kind`` made under ``version``; a version the fit has not
+        seen on that kind gets the mean of the versions it has, and a kind it has not seen the
+        people's ``default_accuracy``."""
+        if (kind, version) in self.references:
+            return self.references[kind, version]
+        same = [q for (k, _), q in self.references.items() if k == kind]
+        return float(np.mean(same)) if same else self.default_accuracy
 
     def widened(self, n_classes: int) -> "OneCoinFit":
         """The fit for a schema grown to ``n_classes`` (classes are only appended): each new class
@@ -274,11 +272,52 @@ class OneCoinFit:
         prior = np.concatenate([self.prior, np.full(extra, self.prior.min())])
         return replace(self, prior=prior / prior.sum())
 
-    def posterior(self, annotators: list[str], labels: list[int]) -> np.ndarray:
+    def posterior(self, annotators: list[str], labels: list[int],
+                  model: tuple[float, int] | None = None) -> np.ndarray:
         """P(true class | these answers) ``[C]``: each answer is right with its annotator's accuracy,
-        else any other class alike (the one-coin model's E-step for one item)."""
+        else any other class alike (the one-coin model's E-step for one item); ``model``: the model's
+        label as one more answer, (its accuracy, class id)."""
         c = self.prior.size
-        q = np.clip(np.array([self.accuracy.get(a, self.default_accuracy) for a in annotators], float), 1e-3, 1 - 1e-3)
+        q = [self.accuracy.get(a, self.default_accuracy) for a in annotators]
+        labels = list(labels)
+        if model is not None:
+            q, labels = q + [model[0]], labels + [model[1]]
+        q = np.clip(np.array(q, float), 1e-3, 1 - 1e-3)
         log_post = np.log(self.prior)
         np.add.at(log_post, np.asarray(labels, np.int64), np.log(q) - np.log((1 - q) / max(c - 1, 1)))
         return np.exp(log_post - logsumexp(log_post))
+
+    def answers_wanted(self, annotators: list[str], labels: list[int], cap: int,
+                       model: tuple[float, int] | None = None, level: float = 0.95, check: bool = False) -> int:
+        """How many answers an item needs (adaptive overlap), given the answers so far (their
+        ``annotators`` and class ids ``labels``) and ``model``, the model's label on the task as
+        (its accuracy on such tasks, class id), if the task has one.
+
+        One more is asked only where the answers disagree among themselves or with the model's label,
+        and then only where this fit leaves the likeliest class below ``level``: of people's answers
+        alone where they disagree (the model's label never settles a disagreement between people: on a
+        check, people's label must stand on its own), of theirs and the model's label where only that
+        label disagrees. So an answer against a
+        model right 97% of the time on checks, from a person right 90% of the time, asks a second
+        person (the answer is right with probability 0.22); the same answer against a model right 60%
+        of the time on uncertain picks, from a person right 99% of the time, settles the item (0.98).
+        Two agreeing answers of people right 90% of the time settle it against a model right 97% of
+        the time among 77 classes (0.995), not among three (0.83). At least one answer, never more than
+        ``cap``.
+
+        ``check``: the task is a check or a probe, drawn where the model is (nearly) sure of this item,
+        so a lone answer against it always asks a second person, whatever the model's accuracy on such
+        tasks overall (a slip there would count as the model's error and hold its threshold back)."""
+        cap = _count("cap", cap)
+        n = len(labels)
+        if n >= cap:
+            return n
+        if not n:
+            return 1
+        if len(set(labels)) > 1:
+            return n + 1 if self.posterior(annotators, labels).max() < level else n
+        if model is not None and model[1] != labels[0]:
+            if check and n == 1 or self.posterior(annotators, labels, model).max() < level:
+                return n + 1
+        return n
+

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.ml.consensus import (
+    OneCoinFit,
     annotator_accuracy_on_gold,
-    answers_wanted,
     dawid_skene,
     majority_vote,
 )
@@ -159,29 +159,60 @@ def test_bad_input_names_the_field(change, field):
     assert err.value.field == field
 
 
-def test_adaptive_overlap_asks_a_third_answer_exactly_when_two_disagree():
-    from winnow.core.ml.consensus import answers_wanted
+def _fit(people: dict[str, float], classes: int = 77) -> OneCoinFit:
+    return OneCoinFit(np.full(classes, 1.0 / classes), people, 0.9, "dawid_skene_one_coin", 1000)
 
-    assert answers_wanted([], 3) == 1
-    assert answers_wanted(["a"], 3) == 1  # one answer settles it
-    assert answers_wanted(["a"], 3, model_label="a", model_confident=True) == 1
-    assert answers_wanted(["a"], 3, model_label="b", model_confident=True) == 2  # against a confident model
-    assert answers_wanted(["a"], 3, model_label="b", model_confident=False) == 1
-    assert answers_wanted(["a", "a"], 3) == 2  # two agree: settled
-    assert answers_wanted(["a", "b"], 3) == 3  # two disagree: a third
-    assert answers_wanted(["a", "b", "a"], 3) == 3  # the cap
-    assert answers_wanted(["a", "b"], 2) == 2
-    assert answers_wanted(["a"], 1, model_label="b", model_confident=True) == 1
+
+def test_adaptive_overlap_asks_a_third_answer_exactly_when_two_disagree():
+    fit = _fit({"x": 0.9, "y": 0.9, "z": 0.9})
+    assert fit.answers_wanted([], [], 3) == 1
+    assert fit.answers_wanted(["x"], [0], 3) == 1  # one answer settles it
+    assert fit.answers_wanted(["x"], [0], 3, model=(0.97, 0)) == 1  # the model agrees
+    assert fit.answers_wanted(["x", "y"], [0, 0], 3) == 2  # two agree: settled
+    assert fit.answers_wanted(["x", "y"], [0, 1], 3) == 3  # two disagree: a third
+    assert fit.answers_wanted(["x", "y", "z"], [0, 1, 0], 3) == 3  # the cap
+    assert fit.answers_wanted(["x", "y"], [0, 1], 2) == 2
+    assert fit.answers_wanted(["x"], [0], 1, model=(0.97, 1)) == 1
+    # a check: the model is sure of this item, whatever its accuracy on checks overall
+    assert _fit({"x": 0.999}).answers_wanted(["x"], [0], 3, model=(0.5, 1)) == 1
+    assert _fit({"x": 0.999}).answers_wanted(["x"], [0], 3, model=(0.5, 1), check=True) == 2
+    assert fit.answers_wanted(["x", "y"], [0, 0], 3, model=(0.97, 1), check=True) == 2  # two agree: settled
     with pytest.raises(InvalidInput, match="cap"):
-        answers_wanted(["a"], 0)
+        fit.answers_wanted(["x"], [0], 0)
+
+
+@pytest.mark.parametrize(("person", "model", "classes", "more"), [
+    (0.90, 0.97, 77, True),  # a slip is likelier than an error of a model right 97% of the time: ask again
+    (0.99, 0.60, 77, False),  # a reliable person against an unsure model: settled
+    (0.90, 0.60, 77, True),  # answer right with probability 0.86 < 0.95
+    (0.999, 0.97, 77, False),  # a near-perfect person outweighs even a confident model
+    (0.90, 0.50, 2, True),
+])
+def test_an_answer_against_the_model_asks_another_person_where_the_fit_doubts_it(person, model, classes, more):
+    fit = _fit({"x": person}, classes)
+    posterior = fit.posterior(["x"], [0], (model, 1))
+    assert (posterior.max() < 0.95) == more
+    assert fit.answers_wanted(["x"], [0], 3, model=(model, 1)) == (2 if more else 1)
+    # two agreeing people among many classes outweigh a model right 97% of the time; among three they do not
+    assert _fit({"x": 0.9, "y": 0.9}, 77).answers_wanted(["x", "y"], [0, 0], 3, model=(0.97, 1)) == 2
+    assert _fit({"x": 0.9, "y": 0.9}, 3).answers_wanted(["x", "y"], [0, 0], 3, model=(0.97, 1)) == 3
+
+
+def test_the_models_accuracy_is_read_per_kind_and_version():
+    fit = OneCoinFit(np.full(3, 1 / 3), {}, 0.8, "dawid_skene_one_coin", 10,
+                     {("audit", "v1"): 0.96, ("audit", "v2"): 0.98, ("label", "v2"): 0.55})
+    assert fit.reference("audit", "v2") == 0.98
+    assert fit.reference("audit", "v3") == pytest.approx(0.97)  # a version not fitted yet: its kind's mean
+    assert fit.reference("holdout", "v2") == 0.8  # a kind never fitted: the people's default
 
 
 def _adaptive_checks(seed: int, accuracy=(0.95, 0.90, 0.85), n: int = 1500, classes: int = 10,
                      check_share: float = 0.6, model_accuracy: float = 0.97):
-    """A stream answered with adaptive overlap (``answers_wanted``, cap 3): a share of items are checks
-    of a model label (right ``model_accuracy`` of the time), where an answer against it asks a second
-    person; the rest are picks, which one answer settles. Returns the annotation arrays, the model's
-    labels on the checks as the answers of one more annotator, and the sizes."""
+    """A stream answered with adaptive overlap (``OneCoinFit.answers_wanted``, cap 3, with the true
+    accuracies): a share of items are checks of a model label (right ``model_accuracy`` of the time),
+    where an answer against it asks a second person; the rest are picks, which one answer settles.
+    Returns the annotation arrays, the model's labels on the checks as the answers of one more
+    annotator, and the sizes."""
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, classes, n)
 
@@ -189,6 +220,8 @@ def _adaptive_checks(seed: int, accuracy=(0.95, 0.90, 0.85), n: int = 1500, clas
         o = int(rng.integers(0, classes - 1))
         return o if o < t else o + 1
 
+    fit = OneCoinFit(np.full(classes, 1.0 / classes), {str(k): q for k, q in enumerate(accuracy)}, 0.9,
+                     "dawid_skene_one_coin", 1000)
     i, j, y, mi, my = [], [], [], [], []
     for item, t in enumerate(truth.tolist()):
         check = rng.random() < check_share
@@ -199,7 +232,8 @@ def _adaptive_checks(seed: int, accuracy=(0.95, 0.90, 0.85), n: int = 1500, clas
             answer = t if rng.random() < accuracy[who] else other(t)
             given.append(answer)
             i.append(item), j.append(who), y.append(answer)
-            wanted = answers_wanted([str(g) for g in given], 3, None if model is None else str(model), check)
+            wanted = fit.answers_wanted([str(w) for w in order[:len(given)]], given, 3,
+                                        None if model is None else (model_accuracy, model))
         if check:
             mi.append(item), my.append(model)
     people = (np.array(i), np.array(j), np.array(y))
@@ -224,3 +258,13 @@ def test_the_models_label_on_checks_removes_the_bias_of_adaptive_overlap():
     assert np.abs(fitted.mean(0) - accuracy).max() < 0.01, fitted.mean(0)
     assert np.mean((fitted[:, 0] > fitted[:, 1]) & (fitted[:, 1] > fitted[:, 2])) >= 0.9
     assert (accuracy - alone.mean(0)).min() > 0.05, alone.mean(0)
+
+
+def test_the_models_label_never_settles_a_disagreement_between_people():
+    """On a check the model's label is what people's label is compared with: where two people split, a
+    third is asked whatever the model says, though with it the model's side would be near certain."""
+    fit = _fit({"x": 0.9, "y": 0.9})
+    assert fit.posterior(["x", "y"], [0, 1], (0.97, 0)).max() > 0.95
+    assert fit.answers_wanted(["x", "y"], [0, 1], 3, model=(0.97, 0)) == 3
+    # a split between a person right 99.9% of the time and one right 60% is settled by the people alone
+    assert _fit({"x": 0.999, "y": 0.6}).answers_wanted(["x", "y"], [0, 1], 3, model=(0.97, 1)) == 2

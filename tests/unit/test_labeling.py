@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
@@ -12,6 +13,7 @@ from winnow.core.domain.records import Item, Project, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.labeling import LabelingService
 from winnow.core.loop.topics import create_topics
+from winnow.core.ml.consensus import OneCoinFit
 
 P = "p"
 
@@ -28,6 +30,10 @@ def labeling(tmp_path: Path):
                      Task(P, "i2", 0.5, "v1", 0.0, "label", 1.0, "a", None, 1),
                      Task(P, "i3", 0.5, None, 0.0, "label")])  # no wanted: the project's overlap
     service = LabelingService(bus, store, project, LoopConfig())
+    # what a fit of many answers learned: these people are right 99% of the time, the model 60% on its
+    # picks and 97% on its checks (never stale in these tests: it saw a million answers)
+    service._fit = OneCoinFit(np.full(3, 1 / 3), {"x": 0.99, "y": 0.99, "z": 0.99, "w": 0.99}, 0.99,
+                              "dawid_skene_one_coin", 10**6, {("label", "v1"): 0.6, ("audit", "v1"): 0.97})
     yield service, store
     bus.close()
     store.close()
@@ -45,8 +51,9 @@ def _answer(service: LabelingService, who: str, answers: dict[str, str]) -> list
 def test_a_third_answer_is_asked_exactly_when_two_disagree(labeling) -> None:
     service, store = labeling
     assert sorted(_answer(service, "x", {"i0": "b", "i1": "b", "i2": "a", "i3": "a"})) == ["i0", "i1", "i2", "i3"]
-    # i0: one answer settles an uncertain pick, even against the model; i2 agrees with the model;
-    # i1: the only answer contradicts an audited (confident) model: a second person is asked;
+    # i0: one answer of a reliable person settles a pick against a model right 60% of the time there;
+    # i2 agrees with the model; i1: the only answer contradicts a model right 97% of the time on its
+    # checks: a second person is asked;
     # i3: a task with no wanted asks the project's overlap (3)
     assert service.resolve() == 2 and {x.item_id for x in store.labels(P)} == {"i0", "i2"}
     assert sorted(_answer(service, "y", {"i1": "c", "i3": "a"})) == ["i1", "i3"]
@@ -118,8 +125,6 @@ def _answer_all(service: LabelingService, who: str, answer) -> list[str]:
 
 
 def test_a_submit_reads_only_its_items_answers_between_scheduled_refits(tmp_path: Path) -> None:
-    import numpy as np
-
     service, counting, store, bus = _crowd(tmp_path, 60, refit=30)
     rng = np.random.default_rng(1)
     try:
@@ -139,8 +144,6 @@ def test_a_submit_reads_only_its_items_answers_between_scheduled_refits(tmp_path
 
 @pytest.mark.parametrize("seed", range(5))
 def test_incremental_consensus_is_as_right_as_a_full_refit(tmp_path: Path, seed: int) -> None:
-    import numpy as np
-
     from winnow.core.ml.consensus import dawid_skene
 
     service, counting, store, bus = _crowd(tmp_path, 200, refit=50)
@@ -167,14 +170,12 @@ def test_incremental_consensus_is_as_right_as_a_full_refit(tmp_path: Path, seed:
 
 @pytest.mark.parametrize("seed", range(2))
 def test_annotator_accuracy_is_estimated_without_the_bias_of_adaptive_overlap(tmp_path: Path, seed: int) -> None:
-    """People right 0.95, 0.90 and 0.85 of the time answer a stream of picks and checks; a check whose
-    first answer contradicts the (confident) model asks a second person, so the items with several
-    answers are mostly the slips. The service's estimates read the model's label on the checks: each
+    """People right 0.95, 0.90 and 0.85 of the time answer a stream of picks and checks; an answer that
+    contradicts the model's label asks a second person where the fit doubts it (most often on checks,
+    where the model is right 0.97 of the time), so the items with several answers are mostly the slips. The service's estimates read the model's label on the checks: each
     is within 0.06 of the truth (three standard deviations at this many answers; the bias over many
     seeds is tested in test_consensus.py), and the best is ranked above the worst. A fit of the
     people's answers alone (what the service did before) puts them far too low."""
-    import numpy as np
-
     from winnow.core.ml.consensus import dawid_skene
 
     rng = np.random.default_rng(seed)
@@ -194,8 +195,9 @@ def test_annotator_accuracy_is_estimated_without_the_bias_of_adaptive_overlap(tm
         if rng.random() < 0.6:  # a check: the model labels the item, right 0.97 of the time
             model_label = label if rng.random() < 0.97 else other(label)
             tasks.append(Task(P, item_id, 0.5, "v1", 0.0, "audit", 0.1, model_label, "auto_accept", 1))
-        else:  # a pick: one answer settles it whatever the suggestion
-            tasks.append(Task(P, item_id, 0.5, "v1", 0.0, "label", 1.0, other(label), None, 1))
+        else:  # a pick: the model is unsure there, its suggestion right 0.6 of the time
+            suggestion = label if rng.random() < 0.6 else other(label)
+            tasks.append(Task(P, item_id, 0.5, "v1", 0.0, "label", 1.0, suggestion, None, 1))
     store.add_items([Item(P, i, f"text {i}", 0.0) for i in truth])
     store.add_tasks(tasks)
     service = LabelingService(bus, store, project, LoopConfig(consensus_refit_answers=100))
@@ -216,7 +218,7 @@ def test_annotator_accuracy_is_estimated_without_the_bias_of_adaptive_overlap(tm
         assert estimated["x"] > estimated["z"], estimated
         assert all(abs(estimated[who] - q) < 0.06 for who, q in accuracy.items()), estimated
         answers = store.annotations(P)
-        assert n < len(answers) < 1.4 * n  # little overlap: most items have one answer
+        assert n < len(answers) < 1.5 * n  # little overlap: most items have one answer
         items, names = sorted(truth), sorted(accuracy)
         people_only = dawid_skene(np.array([items.index(a.item_id) for a in answers]),
                                   np.array([names.index(a.annotator) for a in answers]),
