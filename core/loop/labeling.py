@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 MODEL_KINDS = ("label", "audit", "holdout")  # tasks that carry the model's label (``Task.model_label``)
 
 
-
 class LabelingService:
     """What people use: lease tasks, submit, skip, heartbeat; consensus makes the final human label."""
 
@@ -84,9 +83,9 @@ class LabelingService:
         its task has all the answers it wants. A task the selector made asks for one answer at first
         (adaptive overlap, ``OneCoinFit.answers_wanted``): another where the answers disagree among
         themselves or with the model's label and the consensus fit leaves the likeliest class below
-        ``answer_confidence``, up to the project's ``overlap``; a task with no ``wanted`` asks for
-        ``overlap`` answers. A comparison's
-        answer may carry a ``strength`` and a ``reason`` (``Annotation``)."""
+        ``answer_confidence`` (on a check or probe a lone answer against the model always asks
+        another), up to the project's ``overlap``; a task with no ``wanted`` asks for ``overlap``
+        answers. A comparison's answer may carry a ``strength`` and a ``reason`` (``Annotation``)."""
         if label not in self.project.classes:  # perhaps a class added since the last check, on another replica
             self._project_check_at = 0.0
             self._check_project()
@@ -128,14 +127,13 @@ class LabelingService:
         the answer of one more annotator per task kind and model version (indices from ``len(names)``
         on, in the order of the returned ``references``). How many people answer an item depends on
         that label (``OneCoinFit.answers_wanted``): a second person is asked where the first contradicts
-        a model the fit trusts more. Without it in the fit, the
-        items with several answers over-represent people's slips, a choice the fit cannot see, and every
-        person's accuracy comes out low; with it, the choice depends only on what the fit reads, and the
-        estimates are unbiased. For people right 0.95, 0.90 and 0.85 of the time, at 1.14 answers per
-        item over 30 simulated streams: 0.85, 0.63 and 0.45 without it, 0.950, 0.903 and 0.848 with it
-        (``tests/unit/test_consensus.py``). The model's
-        label weighs in the fit only: an item's final label comes from people's answers alone
-        (``resolve``), so an audit still checks the model against people."""
+        it. Without it in the fit, the items with several answers over-represent people's slips, a
+        choice the fit cannot see, and every person's accuracy comes out low; with it, the choice
+        depends only on what the fit reads, and the estimates are unbiased. For people right 0.95, 0.90
+        and 0.85 of the time, at 1.14 answers per item over 30 simulated streams: 0.85, 0.63 and 0.45
+        without it, 0.950, 0.903 and 0.848 with it (``tests/unit/test_consensus.py``). The model's
+        label weighs in the fit and in the choice to ask again, never in an item's final label, which
+        comes from people's answers alone (``resolve``): an audit still checks the model against people."""
         classes = {c: k for k, c in enumerate(self.project.classes)}
         answers = self.store.annotations(self.project.name)
         item_index = {i: k for k, i in enumerate(dict.fromkeys([a.item_id for a in answers]))}

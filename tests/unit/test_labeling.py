@@ -172,10 +172,11 @@ def test_incremental_consensus_is_as_right_as_a_full_refit(tmp_path: Path, seed:
 def test_annotator_accuracy_is_estimated_without_the_bias_of_adaptive_overlap(tmp_path: Path, seed: int) -> None:
     """People right 0.95, 0.90 and 0.85 of the time answer a stream of picks and checks; an answer that
     contradicts the model's label asks a second person where the fit doubts it (most often on checks,
-    where the model is right 0.97 of the time), so the items with several answers are mostly the slips. The service's estimates read the model's label on the checks: each
-    is within 0.06 of the truth (three standard deviations at this many answers; the bias over many
-    seeds is tested in test_consensus.py), and the best is ranked above the worst. A fit of the
-    people's answers alone (what the service did before) puts them far too low."""
+    where the model is right 0.97 of the time), so the items with several answers are mostly the slips.
+    The service's estimates read the model's label on the tasks: each is within 0.06 of the truth
+    (three standard deviations at this many answers; the bias over many seeds is tested in
+    test_consensus.py), and the best is ranked above the worst. A fit of the people's answers alone
+    (what the service did before) puts them far too low."""
     from winnow.core.ml.consensus import dawid_skene
 
     rng = np.random.default_rng(seed)
@@ -208,7 +209,8 @@ def test_annotator_accuracy_is_estimated_without_the_bias_of_adaptive_overlap(tm
             for who in rng.permutation(list(accuracy)):
                 for lease in service.lease(str(who), 20):
                     right = rng.random() < accuracy[who]
-                    service.submit(str(who), lease.item_id, truth[lease.item_id] if right else other(truth[lease.item_id]))
+                    answer = truth[lease.item_id] if right else other(truth[lease.item_id])
+                    service.submit(str(who), lease.item_id, answer)
                     moved += 1
                 service.resolve()
             if not moved:
