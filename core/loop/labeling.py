@@ -106,7 +106,7 @@ class LabelingService:
             else:
                 # an answer against a model the fit trusts more asks another person: on checks and probes
                 # the model is nearly sure, and these answers certify thresholds
-                fit, classes = self._current_fit(), {c: k for k, c in enumerate(self.project.classes)}
+                fit, classes = self._last_fit(), {c: k for k, c in enumerate(self.project.classes)}
                 model = ((fit.reference(task.kind, task.model_version), classes[task.model_label])
                          if task.model_label in classes else None)
                 wanted = max(task.wanted, fit.answers_wanted([a.annotator for a in given],
@@ -190,6 +190,14 @@ class LabelingService:
             self._refit()
         except Exception:
             log.exception("consensus refit failed project=%s; the last fit stays", self.project.name)
+
+    def _last_fit(self) -> OneCoinFit:
+        """The last fit as it is (provisional before the first), for a submit's choice to ask again: a
+        submit never fits (a fit made at the first answers would stand, unmeasured, until the next)."""
+        with self._fit_lock:
+            fit = self._fit
+        n_classes = len(self.project.classes)
+        return fit.widened(n_classes) if fit is not None else OneCoinFit.provisional(n_classes)
 
     def _current_fit(self) -> OneCoinFit:
         """The fit to aggregate with: made now if there is none; refitted (in the background where

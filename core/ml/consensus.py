@@ -297,13 +297,12 @@ class OneCoinFit:
         and then only where this fit leaves the likeliest class below ``level``: of people's answers
         alone where they disagree (the model's label never settles a disagreement between people: on a
         check, people's label must stand on its own), of theirs and the model's label where only that
-        label disagrees. So an answer against a
-        model right 97% of the time on checks, from a person right 90% of the time, asks a second
-        person (the answer is right with probability 0.22); the same answer against a model right 60%
-        of the time on uncertain picks, from a person right 99% of the time, settles the item (0.98).
-        Two agreeing answers of people right 90% of the time settle it against a model right 97% of
-        the time among 77 classes (0.995), not among three (0.83). At least one answer, never more than
-        ``cap``.
+        label disagrees. So an answer against a model right 97% of the time on checks, from a person
+        right 90% of the time, asks a second person (the answer is right with probability 0.22); the
+        same answer against a model right 60% of the time on uncertain picks, from a person right 99%
+        of the time, settles the item (0.98). Two agreeing answers of people right 90% of the time
+        settle it against a model right 97% of the time among 77 classes (0.995), not among three
+        (0.83). At least one answer, never more than ``cap``.
 
         ``check``: the task is a check or a probe, drawn where the model is (nearly) sure of this item,
         so a lone answer against it always asks a second person, whatever the model's accuracy on such

@@ -230,3 +230,27 @@ def test_annotator_accuracy_is_estimated_without_the_bias_of_adaptive_overlap(tm
     finally:
         bus.close()
         store.close()
+
+
+def test_a_submit_asks_again_with_the_last_fit_and_never_fits(tmp_path: Path) -> None:
+    """A submit decides whether to ask again with the fit it has (provisional before the first): a fit
+    made at a project's first answer would judge every later answer by one, until the next refit. The
+    fit is made where the labels are (``resolve``)."""
+    store, bus = SqliteStore(tmp_path / "store.sqlite"), SqliteBus(tmp_path / "bus.sqlite")
+    project = Project(P, ("a", "b", "c"), overlap=3)
+    store.create_project(project)
+    create_topics(bus, P, 1)
+    store.add_items([Item(P, f"i{k}", f"text {k}", 0.0) for k in range(2)])
+    store.add_tasks([Task(P, "i0", 0.5, "v1", 0.0, "label", 1.0, "a", None, 1),
+                     Task(P, "i1", 0.5, "v1", 0.0, "label", 1.0, "a", None, 1)])
+    service = LabelingService(bus, store, project, LoopConfig())
+    try:
+        _answer(service, "x", {"i0": "b", "i1": "a"})
+        assert service._fit is None
+        # provisional: people and the model alike at 0.8, so an answer against the model is in doubt
+        assert [t.wanted for t in store.open_tasks(P, ["i0"])] == [2]
+        service.resolve()  # i1 agreed with the model: settled, and the first fit is made here
+        assert service._fit is not None and {x.item_id for x in store.labels(P)} == {"i1"}
+    finally:
+        bus.close()
+        store.close()
