@@ -324,7 +324,6 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
     if workers and not options.projects:
         raise InvalidInput("--project", f"{workers} consume one project's topics: name it with --project")
     tls = ServerTls.load(options.tls_cert, options.tls_key, options.tls_client_ca)  # refused before anything opens
-    set_threads(options.faiss_threads)
     if "prelabel" in workers or "trainer" in workers:
         from winnow.core.ml.runtime import set_torch_threads
 

@@ -369,7 +369,7 @@ class Selector(Stage):
         row (k-center, BADGE) picks at once."""
         if not len(self.backlog):
             return 0
-        wanted = int(self.budget.credit)
+        wanted = self.budget.whole
         if wanted < self.config.select_batch or self._target_met():
             return 0
         pool, similarity = self._pool(wanted)
@@ -644,7 +644,7 @@ class Selector(Stage):
             n = len(self.backlog)
             probs, ids = self.backlog.probs, self.backlog.ids
             confidence = self.backlog.conf
-            credit = 0 if self._target_met() else int(self.budget.credit)  # target mode: nothing more to ask
+            credit = 0 if self._target_met() else self.budget.whole  # target mode: nothing more to ask
             probability = spread(1.0 - confidence + 1e-6, float(credit))
             # items above the threshold whose check found no credit during the stream are auto-accepted
             # now (their probability recorded); the others are labeled below any certified threshold
