@@ -8,10 +8,16 @@ Each seed is reported, then the mean over seeds (today's keys) and the worst. Wr
 result and a PNG that shows, over the stream, the human labels spent, the certified bound and the
 true accuracy of the final labels, Winnow against random.
 
-Beside them, ``pool_reference`` (:func:`pool_reference`): the final-label accuracy the same encoder
-and head reach with the same number of human labels when the whole dataset is there at once and
-every label goes to margin picks, with nothing spent on checks. It tells a target the stream misses
-from one the encoder cannot reach.
+Beside them, two references say where the points between Winnow and a target go:
+
+- ``pool_reference`` (:func:`pool_reference`): the final-label accuracy the same encoder and head
+  reach with the same number of human labels when the whole dataset is there at once and every label
+  goes to margin picks, with nothing spent on checks. It tells a target the stream misses from one the
+  encoder cannot reach.
+- ``uncertified_reference``: the same stream, strategy and budget with the checks all but off
+  (``UNCERTIFIED`` probabilities: no threshold is certified, so every model label comes from the last
+  model at close, and nothing is vouched for). Winnow against it is what certifying costs: the labels
+  spent on checks, and the labels auto-accepted during the stream by earlier models.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.ml.runtime import Runtime
 from winnow.core.ml.scoring import margin_uncertainty, mean_probs
 from winnow.core.ml.training import fit_head, head_logits
+
+# the uncertified reference's chances of a check (the least the settings allow is above 0)
+UNCERTIFIED = {"audit_probability": 1e-3, "certify_probability": 1e-3, "min_probability": 1e-3}
 
 
 def plot_curves(path: Path, reports: list[StreamReport], title: str) -> None:
@@ -149,18 +158,20 @@ def run_labels_benchmark(
     write ``out`` (JSON) and its PNG. ``noise``: one simulated annotator per error rate; ``gold``:
     rows given as known answers; the project's ``overlap`` is the answers asked per item."""
     started = time.perf_counter()
-    reports: dict[str, list[StreamReport]] = {"winnow": [], "random": []}
+    reports: dict[str, list[StreamReport]] = {"winnow": [], "random": [], "uncertified": []}
     with tempfile.TemporaryDirectory(prefix="winnow-bench-") as tmp:
         for s in range(seed, seed + seeds):
-            for name, strategy in (("winnow", project.strategy), ("random", "random")):
+            for name, strategy, checks in (("winnow", project.strategy, {}), ("random", "random", {}),
+                                           ("uncertified", project.strategy, UNCERTIFIED)):
                 run_project = Project(**{**project.__dict__, "strategy": strategy})
-                run_config = LoopConfig(**{**config.__dict__, "seed": s})
+                run_config = LoopConfig(**{**config.__dict__, "seed": s, **checks})
                 reports[name].append(run_stream(
                     train, Path(tmp) / f"{name}-{s}", runtime, run_project, run_config, test=test, noise=noise,
                     gold=gold, seed=s, progress=None if progress is None else
                     (lambda k, _r, label=f"{name} seed {s}": progress(label, k, len(train))),
                 ))
     winnow, random = summarize(reports["winnow"]), summarize(reports["random"])
+    uncertified = summarize(reports["uncertified"])
     # the pool reference at the human labels each Winnow seed spent (the truth read only here)
     embeddings, truth = runtime.encoder.encode(list(train.texts)), np.array(train.label_ids())
     references = [pool_reference(embeddings, truth, len(train.classes), r.human_labels, config, s)
@@ -174,6 +185,7 @@ def run_labels_benchmark(
             "human_fraction": float(np.mean([r["human_fraction"] for r in references])),
             "seeds": references,
         },
+        "uncertified_reference": {**uncertified, "probabilities": UNCERTIFIED},
         "details": {
             "dataset": train.source,
             "test_dataset": None if test is None else test.source,
@@ -187,7 +199,8 @@ def run_labels_benchmark(
             "seeds": list(range(seed, seed + seeds)),
             "runs": {name: [{
                 "seed": s, "auto_accepted": r.auto_accepted, "low_confidence": r.low_confidence,
-                "annotations": r.annotations, "model_versions": r.model_versions, "quality": r.quality,
+                "tasks_by_kind": r.tasks_by_kind, "annotations": r.annotations, "model_versions": r.model_versions,
+                "quality": r.quality,
                 "annotators": r.annotators, "curve": r.curve, "stream": r.stream,
             } for s, r in zip(range(seed, seed + seeds), runs)] for name, runs in reports.items()},
             "total_wall_s": time.perf_counter() - started,
@@ -195,7 +208,7 @@ def run_labels_benchmark(
         },
     }
     write_json(out, result)
-    plot_stream(Path(out).with_suffix(".png"), {name: runs[0] for name, runs in reports.items()},
+    plot_stream(Path(out).with_suffix(".png"), {name: reports[name][0] for name in ("winnow", "random")},
                 f"Label economics: {Path(train.source).name}, seed {seed}",
                 reference=references[0]["final_label_accuracy"])
     return result

@@ -916,11 +916,16 @@ def _print_table(console, result: dict) -> None:
     table.add_column("")
     table.add_column("winnow", justify="right")
     table.add_column("random", justify="right")
+    uncertified = result.get("uncertified_reference")
+    if uncertified:
+        table.add_column("uncertified", justify="right")
     for key in ("items", "human_labels", "human_fraction", "final_label_accuracy", "worst_final_label_accuracy",
                 "auto_accept_precision", "auto_accepted_fraction", "first_certified_at_fraction",
-                "certified_accuracy_lower_bound", "bound_held", "annotations_per_item", "model_test_accuracy", "wall_s"):
+                "certified_accuracy_lower_bound", "bound_held", "check_fraction", "low_confidence_accuracy",
+                "annotations_per_item", "model_test_accuracy", "wall_s"):
         cells = []
-        for value in (result[key], result["random"][key]):
+        runs = [result, result["random"]] + ([uncertified] if uncertified else [])
+        for value in (run.get(key) for run in runs):
             cells.append("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))
         table.add_row(key, *cells)
     console.print(table)
@@ -930,6 +935,9 @@ def _print_table(console, result: dict) -> None:
                       f"labels {reference['final_label_accuracy']:.4f} "
                       f"(worst {reference['worst_final_label_accuracy']:.4f}) "
                       f"at human fraction {reference['human_fraction']:.4f}")
+    if uncertified:
+        console.print("uncertified reference (the same stream, checks all but off: every model label from the last "
+                      "model at close, nothing vouched for): what certifying costs is winnow's distance to it")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from winnow.core.data.datasets import Dataset
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.domain.records import Item, Label, ModelVersion, Project
+from winnow.core.domain.records import Item, Label, ModelVersion, Project, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.embedded import EmbeddedLoop
 from winnow.core.loop.gold import add_gold
@@ -85,6 +85,9 @@ class StreamReport:
     certified_auto_accept_precision_lower_bound: float | None = None
     annotations_per_item: float = 0.0
     target_met_at_fraction: float | None = None
+    low_confidence_accuracy: float | None = None  # measured: the labels given at close below any threshold
+    check_fraction: float | None = None  # share of the tasks drawn that checked the model (probes and audits)
+    tasks_by_kind: dict[str, int] = field(default_factory=dict)  # see ``task_counts``
     quality: dict = field(default_factory=dict)
     curve: list[dict] = field(default_factory=list)
     stream: list[dict] = field(default_factory=list)  # per chunk: human labels spent, bound, true accuracy
@@ -93,7 +96,8 @@ class StreamReport:
     KEYS = ("items", "human_labels", "human_fraction", "final_label_accuracy", "auto_accept_precision",
             "model_test_accuracy", "wall_s", "auto_accepted_fraction", "first_certified_at_fraction",
             "certified_accuracy_lower_bound", "certified_auto_accept_precision_lower_bound",
-            "annotations_per_item", "unlabeled", "target_met_at_fraction")
+            "annotations_per_item", "unlabeled", "target_met_at_fraction", "low_confidence_accuracy",
+            "check_fraction")
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in self.KEYS}
@@ -112,7 +116,24 @@ def evaluate_labels(labels: Sequence[Label], truth: Mapping[str, str]) -> dict:
         "low_confidence": int(low.sum()),
         "final_label_accuracy": float(correct.mean()) if len(correct) else 0.0,
         "auto_accept_precision": float(correct[auto].mean()) if auto.any() else None,
+        "low_confidence_accuracy": float(correct[low].mean()) if low.any() else None,
     }
+
+
+def task_counts(tasks: Sequence[Task]) -> dict[str, int]:
+    """What people's tasks (gold excepted) were drawn for: ``picks`` (the strategy's choices from the
+    backlog, probability 1), ``floor`` (the least chance every arriving item has), ``probes`` (checks
+    above the model's candidate threshold: the next threshold's evidence) and ``audits`` (checks of
+    labels the model would give)."""
+    counts = {"picks": 0, "floor": 0, "probes": 0, "audits": 0}
+    for t in tasks:
+        if t.kind == "label":
+            counts["picks" if t.probability >= 1.0 else "floor"] += 1
+        elif t.kind == "holdout":
+            counts["probes"] += 1
+        elif t.kind == "audit":
+            counts["audits"] += 1
+    return counts
 
 
 def run_stream(
@@ -196,6 +217,11 @@ def run_stream(
         report.low_confidence = outcome["low_confidence"]
         report.final_label_accuracy = scores["final_label_accuracy"]
         report.auto_accept_precision = scores["auto_accept_precision"]
+        report.low_confidence_accuracy = scores["low_confidence_accuracy"]
+        report.tasks_by_kind = task_counts([t for t in loop.store.tasks(project.name) if t.kind != "gold"])
+        drawn = sum(report.tasks_by_kind.values())
+        checks = report.tasks_by_kind["probes"] + report.tasks_by_kind["audits"]
+        report.check_fraction = checks / drawn if drawn else None
         report.human_fraction = report.human_labels / len(ids)
         report.auto_accepted_fraction = report.auto_accepted / len(ids)
         report.annotations = people.answers

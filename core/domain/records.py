@@ -131,7 +131,8 @@ class Task:
 
     ``kind``: label (drawn because the model is unsure), audit (drawn at a look where the model would
     have labeled it: the people's answer checks that label), gold (a known answer, shown to every
-    annotator once to measure them) or holdout (stores from before the audit: drawn uniformly).
+    annotator once to measure them) or holdout (a probe: drawn above the model's candidate threshold,
+or anywhere while it has none, so that the next threshold has its evidence).
 
     ``probability`` is the chance the item had of being drawn at that look, set before the draw;
     ``model_label`` the model's label at the look (None before the first model); ``family`` (audit

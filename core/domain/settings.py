@@ -272,6 +272,10 @@ class LoopConfig:
         "picks", low=0.0, high=1.0, low_open=True)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
+    check_share: float | None = setting(
+        None, "most of the budget an arrival look's draws (checks, probes and the floor) may spend: where the "
+        "chances above would spend more of what the arriving items earn, they are all scaled down to it, and the "
+        "rest of the credit goes to the strategy's picks (unset: no cap)", low=0.0, high=1.0, low_open=True)
     min_probability: float = setting(0.02, "least chance any other item goes to a person at arrival", low=0.0, high=1.0,
                                      low_open=True)
     target_accuracy: float | None = setting(

@@ -304,6 +304,8 @@ class Selector(Stage):
             check = audit_p if certified else max(audit_p, self.config.certify_probability)
             probability = np.where(audit, self.config.audit_probability,
                                    np.where(probe, check, self.config.min_probability))
+            if arriving:
+                probability = self._capped(probability)
         u = uniforms(self.config.seed, self.project.name, ids, look)
         # preference projects: the expected outcome for response A (1 A, 0 B, 1/2 a tie)
         expected = probs[:, 0] + probs[:, 2] / 2 if self.project.preference else None
@@ -335,6 +337,17 @@ class Selector(Stage):
         keep = audit & ~draws.drawn & (draws.funded | final)
         self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])
         return draws.drawn, draws.drawn | keep
+
+    def _capped(self, probability: np.ndarray) -> np.ndarray:
+        """An arrival look's chances [n], scaled down together where they would spend more than
+        ``check_share`` of the credit the arriving items earn (the rest is the picks'). The scale depends
+        on the look's items only, never on a draw, so every chance is still set before its draw."""
+        share = self.config.check_share
+        if share is None or not len(probability):
+            return probability
+        cap = share * len(probability) * self.budget.labels / self.budget.per_items
+        spend = float(probability.sum())
+        return probability * (cap / spend) if spend > cap else probability
 
     def _look_at_backlog(self) -> int:
         """The audit look at the backlog items the current head labels above its threshold, as far as

@@ -49,6 +49,9 @@ def test_every_item_ends_with_exactly_one_final_label(tmp_path: Path, runtime, s
     assert report.items == len(train)
     assert report.human_labels + report.gold + report.auto_accepted + report.low_confidence == len(train)
     assert report.human_fraction <= 0.25 + 1e-9  # the budget is a hard cap
+    kinds = report.tasks_by_kind  # every task people were given, by what it was drawn for
+    assert sum(kinds.values()) >= report.human_labels and kinds["picks"] > 0
+    assert report.check_fraction == (kinds["probes"] + kinds["audits"]) / sum(kinds.values())
     assert report.model_versions >= 2
     assert report.model_test_accuracy is not None and report.model_test_accuracy > 0.8
     # 600 items, 146 human labels from two noisy people: over seeds 0-2 and certify_probability 0.1 or

@@ -534,6 +534,25 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     selector.close()
 
 
+@pytest.mark.parametrize("share", [None, 0.5, 0.9])
+def test_check_share_scales_an_arrival_looks_chances_down_to_its_share_of_the_credit(env, share) -> None:
+    """Budget 25 per 100: 100 arrivals earn 25 labels. Probes at 0.2 on 90 of them and the floor on 10 would
+    spend 18.2; a share of 0.5 caps the look at 12.5, keeping the chances' proportions; 0.9 (22.5) and no
+    share leave them as they are."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=25, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    selector = Selector(bus, store, project, dataclasses.replace(CONFIG, check_share=share))
+    chances = np.array([0.2] * 90 + [0.02] * 10)
+    capped = selector._capped(chances)
+    if share == 0.5:
+        assert capped.sum() == pytest.approx(12.5) and np.allclose(capped / chances, 12.5 / 18.2)
+    else:
+        assert np.array_equal(capped, chances)
+    selector.close()
+
+
 def test_a_model_version_names_the_encoder_its_head_was_fitted_on(env, tmp_path: Path) -> None:
     bus, store = env
     project = Project("p", CLASSES, budget_labels=30, budget_per_items=100)
