@@ -94,6 +94,8 @@ class PreferencePlan:
             raise InvalidInput("start", f"must be below the budget ({self.budget}), got {self.start}")
         if not 0.0 <= self.noise < 0.5:
             raise InvalidInput("noise", f"must be in [0, 0.5), got {self.noise}")
+        if not (isinstance(self.planted_scale, (int, float)) and 0 < self.planted_scale < float("inf")):
+            raise InvalidInput("planted_scale", f"must be a positive finite number, got {self.planted_scale!r}")
         if not 0.05 <= self.test_share <= 0.5:
             raise InvalidInput("test_share", f"must be in [0.05, 0.5], got {self.test_share}")
 

@@ -83,3 +83,10 @@ def test_a_budget_beyond_the_pairs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as raised:
         PreferencePlan(start=900, budget=800)
     assert raised.value.field == "start"
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan"), "3"])
+def test_a_planted_scale_that_is_not_a_positive_number_is_refused(scale) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        PreferencePlan(planted_scale=scale)
+    assert raised.value.field == "planted_scale"
