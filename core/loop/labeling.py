@@ -25,6 +25,7 @@ from winnow.core.ports.store import Store
 log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("label", "audit", "holdout")  # tasks that carry the model's label (``Task.model_label``)
+CHECK_KINDS = ("audit", "holdout")  # drawn where the model is (nearly) sure: a lone answer against it asks again
 
 
 class LabelingService:
@@ -113,7 +114,7 @@ class LabelingService:
                                                              [classes[label] for label in answers],
                                                              self.project.overlap, model,
                                                              self.config.answer_confidence,
-                                                             task.kind in ("audit", "holdout")))
+                                                             task.kind in CHECK_KINDS))
                 if wanted > task.wanted:
                     self.store.want_answers(self.project.name, item_id, wanted)
             if len(answers) >= wanted:

@@ -316,7 +316,6 @@ class OneCoinFit:
         if len(set(labels)) > 1:
             return n + 1 if self.posterior(annotators, labels).max() < level else n
         if model is not None and model[1] != labels[0]:
-            if check and n == 1 or self.posterior(annotators, labels, model).max() < level:
+            if (check and n == 1) or self.posterior(annotators, labels, model).max() < level:
                 return n + 1
         return n
-
