@@ -927,7 +927,7 @@ def _print_table(console, result: dict) -> None:
     for key in ("items", "human_labels", "human_fraction", "final_label_accuracy", "worst_final_label_accuracy",
                 "auto_accept_precision", "auto_accepted_fraction", "first_certified_at_fraction",
                 "certified_accuracy_lower_bound", "bound_held", "check_fraction", "low_confidence_accuracy",
-                "annotations_per_item", "model_test_accuracy", "wall_s"):
+                "human_label_accuracy", "annotations_per_item", "model_test_accuracy", "wall_s"):
         cells = []
         for value in (run.get(key) for run in runs):
             cells.append("-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value))

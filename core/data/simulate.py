@@ -86,6 +86,7 @@ class StreamReport:
     annotations_per_item: float = 0.0
     target_met_at_fraction: float | None = None
     low_confidence_accuracy: float | None = None  # measured: the labels given at close below any threshold
+    human_label_accuracy: float | None = None  # measured: the final labels people's answers gave
     check_fraction: float | None = None  # share of the tasks drawn that checked the model (probes and audits)
     tasks_by_kind: dict[str, int] = field(default_factory=dict)  # see ``task_counts``
     quality: dict = field(default_factory=dict)
@@ -97,7 +98,7 @@ class StreamReport:
             "model_test_accuracy", "wall_s", "auto_accepted_fraction", "first_certified_at_fraction",
             "certified_accuracy_lower_bound", "certified_auto_accept_precision_lower_bound",
             "annotations_per_item", "unlabeled", "target_met_at_fraction", "low_confidence_accuracy",
-            "check_fraction")
+            "human_label_accuracy", "check_fraction")
 
     def summary(self) -> dict:
         return {k: getattr(self, k) for k in self.KEYS}
@@ -109,6 +110,7 @@ def evaluate_labels(labels: Sequence[Label], truth: Mapping[str, str]) -> dict:
     source = np.array([label.source for label in labels])
     auto = np.array([label.source == "model" and label.aggregation == "auto_accept" for label in labels], bool)
     low = np.array([label.aggregation == "low_confidence" for label in labels], bool)
+    human = source == "human"
     return {
         "human_labels": int((source == "human").sum()),
         "gold": int((source == "gold").sum()),
@@ -117,6 +119,7 @@ def evaluate_labels(labels: Sequence[Label], truth: Mapping[str, str]) -> dict:
         "final_label_accuracy": float(correct.mean()) if len(correct) else 0.0,
         "auto_accept_precision": float(correct[auto].mean()) if auto.any() else None,
         "low_confidence_accuracy": float(correct[low].mean()) if low.any() else None,
+        "human_label_accuracy": float(correct[human].mean()) if human.any() else None,
     }
 
 
@@ -218,6 +221,7 @@ def run_stream(
         report.final_label_accuracy = scores["final_label_accuracy"]
         report.auto_accept_precision = scores["auto_accept_precision"]
         report.low_confidence_accuracy = scores["low_confidence_accuracy"]
+        report.human_label_accuracy = scores["human_label_accuracy"]
         report.tasks_by_kind = task_counts([t for t in loop.store.tasks(project.name) if t.kind != "gold"])
         drawn = sum(report.tasks_by_kind.values())
         checks = report.tasks_by_kind["probes"] + report.tasks_by_kind["audits"]

@@ -270,6 +270,12 @@ class Selector(Stage):
         return float("inf") if value is None else float(value)
 
     @property
+    def reachable(self) -> bool:
+        """Whether the current model may yet meet the precision target (``ThresholdChoice.reachable``):
+        False once its checks put every region of its confidence plausibly below it."""
+        return self.head is None or bool(self.head.meta.get("threshold_choice", {}).get("reachable", True))
+
+    @property
     def version(self) -> str | None:
         return None if self.head is None else self.head.version
 
@@ -290,14 +296,18 @@ class Selector(Stage):
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
         candidate threshold: ``certify_probability`` (at least the audit probability) until a threshold
-        is certified, then the audit probability), the minimum elsewhere."""
+        is certified, then the audit probability), the minimum elsewhere. While a model has neither
+        threshold nor candidate, every item is a probe, unless its checks rule the target out for it
+        (``reachable``): then none is, until a model that may meet the target."""
         confidence = probs.max(1)
         # probes: people check the items the model would label were its threshold lower (above its
         # candidate), where the next threshold's evidence is needed; every item while no candidate and
-        # no threshold exist (the uniform sample the first candidate is found on). Until a threshold is
-        # certified they are drawn at ``certify_probability``: the first certificate comes sooner
+        # no threshold exist (the uniform sample the first candidate is found on), unless that sample
+        # already rules the target out for this model. Until a threshold is certified they are drawn
+        # at ``certify_probability``: the first certificate comes sooner
         certified = np.isfinite(self.threshold)
-        region = confidence >= self.candidate if np.isfinite(self.candidate) else np.full(len(ids), not certified)
+        region = (confidence >= self.candidate if np.isfinite(self.candidate)
+                  else np.full(len(ids), not certified and self.reachable))
         probe = ~audit & region
         if probability is None:  # the items people need most come from the backlog (``_pick``)
             audit_p = self.config.audit_probability  # never less before a certificate than after it

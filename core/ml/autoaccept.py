@@ -37,6 +37,13 @@ class ThresholdChoice:
         The lowest threshold whose *estimated* precision meets the target (no bound; +inf when none):
         where the selector probes with people before a threshold is certified, so that the evidence
         lands where it is needed.
+    reachable : bool
+        False when the held-out evidence rules the target out for this model: the sample holds at
+        least twice the items an error-free certificate of the target takes (``rule_out_items``) and
+        every prefix of at least ``min_support`` of them has its one-sided Clopper-Pearson *upper*
+        bound below the target (no region of its confidence is plausibly that precise). The selector
+        stops probing for a first threshold while it is False: more checks of a model that cannot
+        meet the target buy no certificate, and the labels go to picks instead.
     """
 
     threshold: float
@@ -48,6 +55,7 @@ class ThresholdChoice:
     coverage: float
     n_heldout: int
     candidate: float = float("inf")
+    reachable: bool = True
 
 
 def _probability(name: str, value: float) -> float:
@@ -84,6 +92,14 @@ def _clopper_pearson(successes: np.ndarray, trials: np.ndarray, confidence_level
     lower = beta.ppf(1.0 - confidence_level, np.maximum(successes, 1), failures + 1)
     upper = beta.ppf(confidence_level, successes + 1, np.maximum(failures, 1))
     return np.where(successes > 0, lower, 0.0), np.where(failures > 0, upper, 1.0)
+
+
+def rule_out_items(target_precision: float, confidence_level: float) -> int:
+    """How many held-out items a sample needs before it may rule a target out (``reachable``): twice
+    the ``n`` whose ``n`` of ``n`` right reaches the target's lower bound (``target ** n <= 1 -
+    confidence``: 148 for 0.98 at 95%, so 296). A smaller sample is what the first models are judged on
+    while they still improve fast; ruling them out then stalls the evidence their successors need."""
+    return 2 * int(np.ceil(np.log(1.0 - confidence_level) / np.log(target_precision)))
 
 
 def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precision: float = 0.98,
@@ -149,14 +165,16 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     hits = share * support  # [n] effective correct among the top k
     candidate = np.append(c_sorted[1:] < c_sorted[:-1], True) & (support >= min_support - 1e-9)
     k, s, thresholds = support[candidate], hits[candidate], c_sorted[candidate]
-    lower, _ = _clopper_pearson(s, k, confidence_level)
+    lower, upper = _clopper_pearson(s, k, confidence_level)
     covered = (mass / mass[-1])[candidate]
+    reachable = bool(n < rule_out_items(target_precision, confidence_level) or not k.size
+                     or (upper >= target_precision).any())
 
     estimated = np.flatnonzero(s / k >= target_precision)
     candidate = float(thresholds[estimated[-1]]) if estimated.size else float("inf")
     passing = np.flatnonzero(lower >= target_precision)
     if not passing.size:
-        return dataclasses.replace(nothing, candidate=candidate)
+        return dataclasses.replace(nothing, candidate=candidate, reachable=reachable)
     end = int(passing[-1])
     return ThresholdChoice(
         threshold=float(thresholds[end]),
@@ -168,4 +186,5 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
         coverage=float(covered[end]),
         n_heldout=n,
         candidate=candidate,
+        reachable=reachable,
     )

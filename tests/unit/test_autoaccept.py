@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import optimize, stats
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.ml.autoaccept import choose_threshold
+from winnow.core.ml.autoaccept import choose_threshold, rule_out_items
 
 # Confidence c ~ Beta(A, B) and correct ~ Bernoulli(c): perfectly calibrated scores.
 A, B, TARGET, N_HELDOUT, SEEDS = 8.0, 0.5, 0.98, 5000, range(40)
@@ -166,3 +166,32 @@ def test_bad_weights_name_the_field():
     with pytest.raises(InvalidInput) as err:
         choose_threshold(np.ones(40), np.ones(40, bool), 0.9, 0.95, 30, np.zeros(40))
     assert err.value.field == "weights"
+
+
+def test_reachable_is_false_only_where_the_checks_rule_the_target_out():
+    """A model right 0.70 of the time at every confidence cannot meet 0.98: 400 checks say so (298 may:
+    twice the 149 that certify 0.98 at 95% when error-free), 297 leave it open. One whose most
+    confident items are error-free may meet it (even where no threshold is certified yet)."""
+    assert rule_out_items(0.98, 0.95) == 298 and 0.98 ** 149 <= 0.05 < 0.98 ** 148
+    rng = np.random.default_rng(0)
+    c = rng.uniform(0.2, 1.0, 400)
+    poor = choose_threshold(c, rng.random(400) < 0.70, 0.98, 0.95, 30)
+    assert not poor.reachable and not np.isfinite(poor.threshold) and not np.isfinite(poor.candidate)
+    top_right = (rng.random(400) < 0.70) | (c > 0.85)  # the top 75 or so all right
+    assert choose_threshold(c, top_right, 0.98, 0.95, 30).reachable
+    assert choose_threshold(c[:297], np.zeros(297, bool), 0.98, 0.95, 30).reachable
+    assert not choose_threshold(c[:298], np.zeros(298, bool), 0.98, 0.95, 30).reachable
+
+
+@pytest.mark.parametrize("target", [0.9, 0.98])
+def test_reachable_wrongly_false_at_most_at_the_error_level_over_many_seeds(target):
+    """Where every item is right with exactly the target's probability (every prefix meets it), the
+    checks rule the target out in at most ``1 - confidence_level`` of the samples: each prefix's
+    upper bound is at least the truth with that confidence, and one is enough."""
+    ruled_out = 0
+    seeds = 400
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        c = rng.uniform(0.5, 1.0, 300)
+        ruled_out += not choose_threshold(c, rng.random(300) < target, target, 0.95, 30).reachable
+    assert ruled_out / seeds <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / seeds)

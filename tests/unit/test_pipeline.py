@@ -534,6 +534,34 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     selector.close()
 
 
+@pytest.mark.parametrize("reachable", [True, False])
+def test_no_probes_while_the_checks_rule_the_target_out_for_the_model(env, tmp_path: Path, reachable: bool) -> None:
+    """A model with neither threshold nor candidate has every arriving item probed (the uniform sample
+    its first candidate is found on), unless its checks already rule the target out
+    (``ThresholdChoice.reachable`` False): then every item gets the minimum chance, as a plain label task."""
+    bus, store = env
+    project = Project("p", CLASSES, budget_labels=100, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    x, _ = clustered(600, seed=3)
+    folder = tmp_path / "v1"
+    save_model(folder, Head(HeadConfig(dim=16, n_classes=len(CLASSES))),
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None,
+                "candidate_threshold": None, "threshold_choice": {"reachable": reachable}})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, float("inf")))
+    config = dataclasses.replace(CONFIG, certify_probability=0.3, min_probability=0.02, select_batch=10_000)
+    selector = Selector(bus, store, project, config)
+    ids = [f"i{k}" for k in range(len(x))]
+    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
+    score(bus, store, project, ids, x)
+    while selector.step():
+        pass
+    assert selector.reachable is reachable
+    tasks = store.tasks("p")
+    assert tasks and {(t.kind, t.probability) for t in tasks} == ({("holdout", 0.3)} if reachable else {("label", 0.02)})
+    selector.close()
+
+
 @pytest.mark.parametrize("share", [None, 0.5, 0.9])
 def test_check_share_scales_an_arrival_looks_chances_down_to_its_share_of_the_credit(env, share) -> None:
     """Budget 25 per 100: 100 arrivals earn 25 labels. Probes at 0.2 on 90 of them and the floor on 10 would
