@@ -239,6 +239,13 @@ class TrainConfig:
     min_support: int = setting(30, "fewest items the auto-accept threshold is estimated on",
                                flag_name="train-min-support", low=1)
     seed: int = setting(0, "seed of the head's initialisation, folds and bootstrap", flag_name="train-seed", low=0)
+    neighbours: int = setting(
+        10, "nearest labeled items whose vote a version may blend with its head (the weight is chosen on people's "
+        "labels, 0 where the vote does not help; 0 here: the head alone)", flag_name="train-neighbours", low=0)
+    neighbour_tau: float = setting(0.05, "softness of the neighbours' vote (weights exp((cos - best cos) / tau))",
+                                   flag_name="train-neighbour-tau", low=0.0, low_open=True)
+    neighbour_bank: int = setting(5_000, "most labeled items a version keeps for the vote (a seeded sample beyond)",
+                                  flag_name="train-neighbour-bank", low=1)
 
     def __post_init__(self) -> None:
         _check_fields(self)

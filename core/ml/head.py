@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.ml.encoder import export_module, onnx_session, resolve_torch_device
+from winnow.core.ml.neighbours import NeighbourBlend
 
 WEIGHTS_FILE, ONNX_FILE, META_FILE = "head.safetensors", "head.onnx", "meta.json"
 _CONFIG_FIELDS = ("dim", "n_classes", "hidden", "members", "dropout")
@@ -188,19 +189,23 @@ class HeadEngine(ABC):
         self.folder = Path(folder)
         self.meta = load_meta(self.folder)
         self.config = _config(self.meta, self.folder)
+        # a version that blends its head with its labeled neighbours' vote (``winnow.core.ml.neighbours``)
+        self.blend = NeighbourBlend.load(self.folder) if self.meta.get("neighbours") else None
 
     @property
     def version(self) -> str:
         return self.meta["version"]
 
     def logits(self, emb: np.ndarray) -> np.ndarray:
-        """emb float32 ``[n, dim]`` -> logits float32 ``[n, members, n_classes]`` (before temperature)."""
+        """emb float32 ``[n, dim]`` -> logits float32 ``[n, members, n_classes]`` (before temperature; a
+        version with a neighbour vote gives the blend's log-probabilities, and its temperature is 1)."""
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.config.dim:
             raise InvalidInput("embeddings", f"expected [n, {self.config.dim}], got shape {emb.shape}")
         if not len(emb):
             return np.zeros((0, self.config.members, self.config.n_classes), dtype=np.float32)
-        return self._run(emb)
+        out = self._run(emb)
+        return out if self.blend is None else self.blend.log_probs(emb, out)
 
     @abstractmethod
     def _run(self, emb: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.settings import TrainConfig
 from winnow.core.ml.autoaccept import ThresholdChoice, choose_threshold
 from winnow.core.ml.head import Head, HeadConfig, save_model
+from winnow.core.ml.neighbours import NeighbourBlend, blend_probs, choose_weight, votes
 from winnow.core.ml.scoring import (
     expected_calibration_error,
     fit_temperature,
@@ -26,9 +27,10 @@ class TrainResult:
     """A fitted head with the calibration and auto-accept threshold cross-fitted on its own labels."""
 
     head: Head
-    temperature: float
+    temperature: float  # of the version's logits: 1 where ``blend`` holds the head's own
     threshold: ThresholdChoice
     metrics: dict[str, float]
+    blend: NeighbourBlend | None = None  # the neighbours' vote blended with the head, if it helped
 
 
 def fit_head(
@@ -159,6 +161,23 @@ def train(
     oof = cross_fitted_logits(embeddings, labels, n_classes, config, fitter)  # [n, M, C]
     temperature = fit_temperature(oof, labels)
     oof_probs = mean_probs(oof, temperature)  # [n, C]
+    blend, blend_metrics = None, {}
+    if fitter is fit_head and config.neighbours and len(labels) > 2 * config.neighbours:
+        # the vote of each item's nearest other labeled items in the bank the version keeps (all of them,
+        # or a seeded sample of ``neighbour_bank``), weighed against the head out of fold
+        bank = np.arange(len(labels))
+        if len(bank) > config.neighbour_bank:
+            bank = np.sort(np.random.default_rng(config.seed).choice(len(bank), config.neighbour_bank, False))
+        own = np.full(len(labels), -1)
+        own[bank] = np.arange(len(bank))
+        bank_x, bank_y = np.asarray(embeddings, np.float32)[bank], np.asarray(labels, np.int64)[bank]
+        vote = votes(bank_x, bank_y, n_classes, embeddings, config.neighbours, config.neighbour_tau, own)
+        weight, losses = choose_weight(oof_probs, vote, labels)
+        blend_metrics = {"neighbour_weight": weight, **{f"neighbour_logloss_{w}": v for w, v in losses.items()}}
+        if weight > 0:
+            oof_probs = blend_probs(oof_probs, vote, weight)
+            blend = NeighbourBlend(bank_x, bank_y, n_classes, config.neighbours, config.neighbour_tau, weight,
+                                   temperature)
     correct = oof_probs.argmax(1) == labels
     sample = np.ones(len(labels), bool) if threshold_mask is None else np.asarray(threshold_mask, bool)
     w = (np.ones(len(labels)) if threshold_weights is None else np.asarray(threshold_weights, float))[sample]
@@ -175,21 +194,37 @@ def train(
         "heldout_ece": float(expected_calibration_error(oof_probs, labels)),
         "threshold_sample": float(w.sum() ** 2 / (w**2).sum()) if len(w) else 0.0,
         "threshold_sample_coverage": float(choice.coverage),
+        **blend_metrics,
         "train_s": time.perf_counter() - started,
     }
     if gold_embeddings is not None and gold_labels is not None and len(gold_labels):
-        gold_probs = mean_probs(head_logits(head, gold_embeddings), temperature)
+        gold_logits = head_logits(head, gold_embeddings)
+        gold_probs = (mean_probs(gold_logits, temperature) if blend is None
+                      else mean_probs(blend.log_probs(gold_embeddings, gold_logits), 1.0))
         metrics["gold_accuracy"] = float((gold_probs.argmax(1) == gold_labels).mean())
-    return TrainResult(head, temperature, choice, metrics)
+    return TrainResult(head, 1.0 if blend is not None else temperature, choice, metrics, blend)
 
 
 def write_version(folder: Path, result: TrainResult, version: str, classes: Sequence[str], config: TrainConfig,
                   encoder: str | None = None, extra: Callable[[Path], None] | None = None) -> None:
     """Save a trained head as a model-version folder (safetensors + ONNX + meta.json, atomically);
     ``encoder``: the encoder model whose vectors it was fitted on (``meta["encoder"]``); ``extra``
-    writes more files into the folder before it appears (a preference project's reward model)."""
+    writes more files into the folder before it appears (a preference project's reward model). A version
+    with a neighbour vote (``result.blend``) also holds ``neighbours.npz`` and ``meta["neighbours"]``;
+    its engines return blended log-probabilities (temperature 1), its head.onnx the head's own logits."""
     threshold = result.threshold
-    save_model(folder, result.head, {
+    blend = result.blend
+
+    def write_extra(tmp: Path) -> None:
+        if blend is not None:
+            blend.save(tmp)
+        if extra is not None:
+            extra(tmp)
+
+    described = {} if blend is None else {"neighbours": {
+        "k": blend.k, "tau": blend.tau, "weight": blend.weight, "head_temperature": blend.temperature,
+        "bank": len(blend.labels)}}
+    save_model(folder, result.head, {**described,
         "version": version,
         "encoder": encoder,
         "classes": list(classes),
@@ -200,4 +235,4 @@ def write_version(folder: Path, result: TrainResult, version: str, classes: Sequ
                              for k, v in asdict(threshold).items()},
         "metrics": result.metrics,
         "train_config": asdict(config),
-    }, extra)
+    }, write_extra)

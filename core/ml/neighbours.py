@@ -1,0 +1,109 @@
+"""The nearest-neighbour vote over people's labels that a model version may blend with its head.
+
+A linear head draws one region per class. Where a class is several clusters of the embedding space
+(a coarse label over many intents), the head mislabels whole clusters that a vote of the nearest
+labeled items gets right. The trainer weighs the two on the people's labels themselves (each item's
+head probabilities out of fold, its vote left out of its own neighbours) and keeps the weight with the
+lowest log-loss, 0 (the head alone) where the vote does not help. The same rule on every dataset.
+
+A blended version's engine returns ``log((1 - w) * softmax(head / T) + w * vote)`` per member, so its
+temperature is 1 and every consumer of ``logits`` reads blended probabilities; the head's own
+temperature ``T`` and the bank of labeled vectors live in ``neighbours.npz`` beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from scipy.special import softmax
+from winnow.core.domain.errors import InvalidInput, ModelFileError
+
+BLEND_FILE = "neighbours.npz"
+WEIGHTS = (0.0, 0.25, 0.5, 0.75)  # never the vote alone: the head keeps every class possible
+
+
+def votes(bank: np.ndarray, labels: np.ndarray, n_classes: int, queries: np.ndarray, k: int, tau: float,
+          own_rows: np.ndarray | None = None) -> np.ndarray:
+    """Each query's vote ``[n, C]``: its ``k`` nearest bank vectors by inner product (cosine on the
+    encoder's unit vectors), each weighted ``exp((s - s_max) / tau)``. ``own_rows`` ``[n]``: each
+    query's own row in the bank (-1 where it has none), left out of its vote (a leave-one-out vote)."""
+    bank = np.ascontiguousarray(bank, np.float32)
+    queries = np.ascontiguousarray(queries, np.float32)
+    leave_out = own_rows is not None
+    k = min(k, len(bank) - int(leave_out))
+    if k < 1:
+        raise InvalidInput("bank", f"needs more than {int(leave_out)} labeled vectors, got {len(bank)}")
+    index = faiss.IndexFlatIP(bank.shape[1])
+    index.add(bank)
+    sims, rows = index.search(queries, k + int(leave_out))
+    if leave_out:  # drop the query's own row (where it has none, or it ties past the list: the last neighbour)
+        own = rows == np.asarray(own_rows)[:, None]
+        own[~own.any(1), -1] = True
+        keep = ~own
+        sims = sims[keep].reshape(len(queries), k)
+        rows = rows[keep].reshape(len(queries), k)
+    weight = np.exp((sims - sims[:, :1]) / tau)  # [n, k], 1 for the nearest
+    out = np.zeros((len(queries), n_classes))
+    np.add.at(out, (np.repeat(np.arange(len(queries)), k), labels[rows].ravel()), weight.ravel())
+    return out / out.sum(1, keepdims=True)
+
+
+def blend_probs(head_probs: np.ndarray, vote: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * head_probs + weight * vote``; ``head_probs`` ``[n, C]`` or ``[n, M, C]``."""
+    if head_probs.ndim == 3:
+        vote = vote[:, None, :]
+    return (1.0 - weight) * head_probs + weight * vote
+
+
+def choose_weight(head_probs: np.ndarray, vote: np.ndarray, labels: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The weight of ``WEIGHTS`` with the lowest mean log-loss of the blend on ``labels`` (ties: the
+    smaller weight), and each weight's log-loss. ``head_probs`` ``[n, C]`` out of fold, ``vote``
+    ``[n, C]`` left out."""
+    rows = np.arange(len(labels))
+    losses = {f"{w:g}": float(-np.log(np.maximum(blend_probs(head_probs, vote, w)[rows, labels], 1e-12)).mean())
+              for w in WEIGHTS}
+    best = min(WEIGHTS, key=lambda w: (round(losses[f"{w:g}"], 9), w))
+    return best, losses
+
+
+@dataclass(frozen=True)
+class NeighbourBlend:
+    """A model version's vote: ``bank`` float32 ``[N, D]`` and its ``labels`` int64 ``[N]`` (people's),
+    ``k`` and ``tau`` of :func:`votes`, the vote's ``weight`` and the head's ``temperature``."""
+
+    bank: np.ndarray
+    labels: np.ndarray
+    n_classes: int
+    k: int
+    tau: float
+    weight: float
+    temperature: float
+
+    def log_probs(self, emb: np.ndarray, head_logits: np.ndarray) -> np.ndarray:
+        """Blended log-probabilities ``[n, M, C]`` (float32) of the head's ``head_logits`` ``[n, M, C]``
+        on vectors ``emb`` ``[n, D]``."""
+        vote = votes(self.bank, self.labels, self.n_classes, emb, self.k, self.tau)
+        head = softmax(head_logits.astype(np.float64) / self.temperature, axis=-1)
+        return np.log(np.maximum(blend_probs(head, vote, self.weight), 1e-30)).astype(np.float32)
+
+    def save(self, folder: Path) -> None:
+        np.savez(Path(folder) / BLEND_FILE, bank=self.bank.astype(np.float32), labels=self.labels.astype(np.int64),
+                 params=np.array([self.n_classes, self.k, self.tau, self.weight, self.temperature], np.float64))
+
+    @classmethod
+    def load(cls, folder: Path) -> NeighbourBlend:
+        path = Path(folder) / BLEND_FILE
+        try:
+            with np.load(path) as data:
+                bank, labels, params = data["bank"], data["labels"], data["params"]
+        except (OSError, KeyError, ValueError) as e:
+            raise ModelFileError(f"{path}: cannot load the neighbour vote ({e})") from e
+        n_classes, k, tau, weight, temperature = params.tolist()
+        if bank.ndim != 2 or labels.shape != (len(bank),) or not len(bank) or labels.min() < 0 \
+                or labels.max() >= n_classes or not (k >= 1 and tau > 0 and 0 < weight < 1 and temperature > 0):
+            raise ModelFileError(f"{path}: inconsistent neighbour vote (bank {bank.shape}, labels {labels.shape}, "
+                                 f"params {params.tolist()})")
+        return cls(bank, labels, int(n_classes), int(k), float(tau), float(weight), float(temperature))
