@@ -5,19 +5,22 @@ id stays, marked erased, so no redelivery brings the item back) and then from th
 log overwrites their records, Kafka gets tombstones on its compacted topics. Items ingested through
 the API never put their text on the bus (see :mod:`winnow.core.loop.ingest`). The workers learn of
 erasures from the store (``ErasureWatch``): the prelabel worker drops the cached embedding of each
-erased text, the selector drops the items from its backlog and rebuilds its near-duplicate guard.
-Later model versions train without the items; the erase names the versions that may have learned
-from them.
+erased text, the selector drops the items from its backlog and rebuilds its near-duplicate guard,
+both drop the items' vectors from the neighbour vote of the version they run, and the trainer
+rewrites the vote of every version on disk without them (``forget_in_versions``). Later model
+versions train without the items; the erase names the versions that may have learned from them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Collection, Sequence
 
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.limits import MAX_HEARTBEAT_IDS, check_keys
 from winnow.core.loop.topics import ITEM_KEYED, topic
+from winnow.core.ml.neighbours import BLEND_FILE, NeighbourBlend
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Erasure, Store
 
@@ -60,3 +63,20 @@ class ErasureWatch:
         if rows:
             self._after = rows[-1][0]
         return [(item_id, digest) for _, item_id, digest in rows]
+
+
+def forget_in_versions(store: Store, project: str, item_ids: Collection[str]) -> list[str]:
+    """Rewrite the neighbour vote (``neighbours.npz``) of every version of ``project`` that holds a
+    vector of ``item_ids`` without those rows, atomically; the versions rewritten. The one change a
+    version folder ever gets: its head and threshold stay as they were trained."""
+    rewritten = []
+    for model in store.models(project):
+        folder = Path(model.path)
+        if not (folder / BLEND_FILE).exists():
+            continue
+        blend = NeighbourBlend.load(folder)
+        kept = blend.without(item_ids)
+        if kept is not blend:
+            kept.save(folder)
+            rewritten.append(model.version)
+    return rewritten

@@ -207,8 +207,12 @@ class PrelabelWorker(Stage):
         return kept
 
     def _forget_erased(self) -> None:
-        """Drop the cached embeddings of texts erased since the last look."""
-        digests = [d for _, joined in self._erasures.new() if joined for d in joined.split(",")]
+        """Drop the cached embeddings of texts erased since the last look, and the items' vectors from
+        the neighbour vote of the version this worker runs."""
+        erased = self._erasures.new()
+        if erased:
+            self.runtime.forget_items([item_id for item_id, _ in erased])
+        digests = [d for _, joined in erased if joined for d in joined.split(",")]
         if digests:
             log.info("prelabel forgot project=%s cached_embeddings=%d", self.project.name, self.runtime.forget(digests))
 

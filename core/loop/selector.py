@@ -173,6 +173,8 @@ class Selector(Stage):
         if not gone:
             return
         self.backlog.drop(np.array([i in gone for i in self.backlog.ids], bool))
+        if self.head is not None:  # and their vectors from the version's neighbour vote
+            self.head.forget(gone)
         name = self.project.name
         self._build_guard([t for t in self.store.tasks(name) if t.kind != "gold"],
                           {label.item_id: label.source for label in self.store.labels(name)})

@@ -16,6 +16,7 @@ from winnow.core.domain.codecs import MODELS
 from winnow.core.domain.records import ModelVersion, Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.close import CLOSE_CHECK_S, min_train_labels, pending_close_requests
+from winnow.core.loop.erase import ErasureWatch, forget_in_versions
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.head import Head, load_head
@@ -56,6 +57,8 @@ class Trainer(Stage):
         current = store.current_model(project.name)
         self.trained_on = 0 if current is None else current.n_train
         self.head: Head | None = None if current is None else load_head(Path(current.path))
+        # every erasure on record at start: the version folders outlive the trainer
+        self._erasures = ErasureWatch(store, project.name, True, config.erasure_check_s)
 
     def handle(self, records: list[tuple[str, object]]) -> None:
         self.maybe_train(force=False)
@@ -70,7 +73,17 @@ class Trainer(Stage):
         if time.monotonic() >= self._retention_at:
             self._retention_at = time.monotonic() + RETENTION_CHECK_S
             self.drop_old_embeddings()
+        self.forget_erased()
         return handled
+
+    def forget_erased(self) -> list[str]:
+        """Take the vectors of items erased since the last look out of every version's neighbour vote
+        on disk (``forget_in_versions``); the versions rewritten."""
+        gone = {item_id for item_id, _ in self._erasures.new()}
+        rewritten = forget_in_versions(self.store, self.project.name, gone) if gone else []
+        if rewritten:
+            log.info("trainer forgot project=%s erased=%d versions=%d", self.project.name, len(gone), len(rewritten))
+        return rewritten
 
     def drop_old_embeddings(self) -> int:
         """Retention (``embedding_retention_s``): drop the stored vectors of items the model labeled
@@ -137,7 +150,8 @@ class Trainer(Stage):
         result = train(emb, y, len(classes), self.project.precision_target, self.config.train,
                        init=self.head, gold_embeddings=gold_emb, gold_labels=gold_y, threshold_mask=sample,
                        threshold_weights=weights,
-                       extra_embeddings=extra_emb, extra_labels=extra_y, fitter=fitter)
+                       extra_embeddings=extra_emb, extra_labels=extra_y, fitter=fitter,
+                       ids=[h.item_id for h in humans])
         version = f"v{len(self.store.models(self.project.name)) + 1:04d}-n{n}"
         folder = model_folder(self.models_dir, self.project.name, version)
         encoder = self.store.project_encoder(self.project.name)

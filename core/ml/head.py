@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +195,11 @@ class HeadEngine(ABC):
     @property
     def version(self) -> str:
         return self.meta["version"]
+
+    def forget(self, item_ids: Collection[str]) -> None:
+        """Drop erased items' vectors from this loaded version's neighbour vote (if it has one)."""
+        if self.blend is not None:
+            self.blend = self.blend.without(item_ids)
 
     def logits(self, emb: np.ndarray) -> np.ndarray:
         """emb float32 ``[n, dim]`` -> logits float32 ``[n, members, n_classes]`` (before temperature; a

@@ -13,8 +13,10 @@ temperature ``T`` and the bank of labeled vectors live in ``neighbours.npz`` bes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 from scipy.special import softmax
@@ -85,11 +87,14 @@ def choose_weight(head_probs: np.ndarray, vote: np.ndarray, labels: np.ndarray) 
 
 @dataclass(frozen=True)
 class NeighbourBlend:
-    """A model version's vote: ``bank`` float32 ``[N, D]`` and its ``labels`` int64 ``[N]`` (people's),
-    ``k`` and ``tau`` of :func:`votes`, the vote's ``weight`` and the head's ``temperature``."""
+    """A model version's vote: ``bank`` float32 ``[N, D]``, its ``labels`` int64 ``[N]`` (people's) and
+    the ``ids`` ``[N]`` of their items (so an erased item's vector leaves the bank: ``without``), ``k``
+    and ``tau`` of :func:`votes`, the vote's ``weight`` and the head's ``temperature``. An empty bank
+    (every item erased) leaves the head alone."""
 
     bank: np.ndarray
     labels: np.ndarray
+    ids: np.ndarray
     n_classes: int
     k: int
     tau: float
@@ -99,25 +104,43 @@ class NeighbourBlend:
     def log_probs(self, emb: np.ndarray, head_logits: np.ndarray) -> np.ndarray:
         """Blended log-probabilities ``[n, M, C]`` (float32) of the head's ``head_logits`` ``[n, M, C]``
         on vectors ``emb`` ``[n, D]``."""
-        vote = votes(self.bank, self.labels, self.n_classes, emb, self.k, self.tau)
         head = softmax(head_logits.astype(np.float64) / self.temperature, axis=-1)
-        return np.log(np.maximum(blend_probs(head, vote, self.weight), 1e-30)).astype(np.float32)
+        if len(self.bank):
+            head = blend_probs(head, votes(self.bank, self.labels, self.n_classes, emb, self.k, self.tau), self.weight)
+        return np.log(np.maximum(head, 1e-30)).astype(np.float32)
+
+    def without(self, item_ids: Collection[str]) -> NeighbourBlend:
+        """This vote without the rows of ``item_ids`` (itself where it holds none of them)."""
+        gone = np.isin(self.ids, np.asarray(list(item_ids), dtype=str))
+        if not gone.any():
+            return self
+        keep = ~gone
+        return replace(self, bank=self.bank[keep], labels=self.labels[keep], ids=self.ids[keep])
 
     def save(self, folder: Path) -> None:
-        np.savez(Path(folder) / BLEND_FILE, bank=self.bank.astype(np.float32), labels=self.labels.astype(np.int64),
-                 params=np.array([self.n_classes, self.k, self.tau, self.weight, self.temperature], np.float64))
+        """Write ``neighbours.npz`` into ``folder``, atomically (a temporary file renamed over it)."""
+        path = Path(folder) / BLEND_FILE
+        tmp = path.with_name(f".{BLEND_FILE}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, bank=self.bank.astype(np.float32), labels=self.labels.astype(np.int64),
+                     ids=self.ids.astype(str), params=np.array([self.n_classes, self.k, self.tau, self.weight,
+                                                                 self.temperature], np.float64))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, folder: Path) -> NeighbourBlend:
         path = Path(folder) / BLEND_FILE
         try:
             with np.load(path) as data:
-                bank, labels, params = data["bank"], data["labels"], data["params"]
+                bank, labels, ids, params = data["bank"], data["labels"], data["ids"], data["params"]
         except (OSError, KeyError, ValueError) as e:
             raise ModelFileError(f"{path}: cannot load the neighbour vote ({e})") from e
         n_classes, k, tau, weight, temperature = params.tolist()
-        if bank.ndim != 2 or labels.shape != (len(bank),) or not len(bank) or labels.min() < 0 \
-                or labels.max() >= n_classes or not (k >= 1 and tau > 0 and 0 < weight < 1 and temperature > 0):
+        if bank.ndim != 2 or labels.shape != (len(bank),) or ids.shape != (len(bank),) \
+                or (len(labels) and (labels.min() < 0 or labels.max() >= n_classes)) \
+                or not (k >= 1 and tau > 0 and 0 < weight < 1 and temperature > 0):
             raise ModelFileError(f"{path}: inconsistent neighbour vote (bank {bank.shape}, labels {labels.shape}, "
-                                 f"params {params.tolist()})")
-        return cls(bank, labels, int(n_classes), int(k), float(tau), float(weight), float(temperature))
+                                 f"ids {ids.shape}, params {params.tolist()})")
+        return cls(bank, labels, ids, int(n_classes), int(k), float(tau), float(weight), float(temperature))

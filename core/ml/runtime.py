@@ -107,6 +107,13 @@ class Runtime(ABC):
         both = self.encoder.encode([*first, *second])  # one batch (the cache serves texts seen before)
         return self._scored(head, pair_vectors(both[: len(first)], both[len(first):]))
 
+    def forget_items(self, item_ids: Sequence[str]) -> None:
+        """Drop erased items' vectors from the running version's neighbour vote (and from every version
+        swapped in later: the trainer rewrites their files)."""
+        head = self._snapshot()
+        if head is not None:
+            head.forget(item_ids)
+
     def forget(self, text_sha256: Sequence[str]) -> int:
         """Drop cached embeddings of erased texts (by their hex SHA-256); how many there were (0
         without an embedding cache)."""

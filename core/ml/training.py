@@ -144,6 +144,7 @@ def train(
     extra_embeddings: np.ndarray | None = None,
     extra_labels: np.ndarray | None = None,
     fitter: Fitter = fit_head,
+    ids: Sequence[str] | None = None,
 ) -> TrainResult:
     """Fit the head on all human labels and choose its temperature and auto-accept threshold.
 
@@ -155,7 +156,9 @@ def train(
     held out of training and only evaluated on. ``extra_embeddings`` / ``extra_labels`` (certified
     model labels: self-training) join the final fit only, never the cross-fitting that calibrates and
     chooses the threshold. ``fitter`` fits a head (``fit_head``, or a preference project's
-    :func:`~winnow.core.ml.reward.fit_preference_head`).
+    :func:`~winnow.core.ml.reward.fit_preference_head`). A classification head may be blended with its
+    labeled neighbours' vote (``config.neighbours``, :mod:`winnow.core.ml.neighbours`); ``ids`` [n] name
+    the items, so that an erasure can take their vectors out of the version's bank.
     """
     started = time.perf_counter()
     oof = cross_fitted_logits(embeddings, labels, n_classes, config, fitter)  # [n, M, C]
@@ -176,8 +179,9 @@ def train(
         blend_metrics = {"neighbour_weight": weight, **{f"neighbour_logloss_{w}": v for w, v in losses.items()}}
         if weight > 0:
             oof_probs = blend_probs(oof_probs, vote, weight)
-            blend = NeighbourBlend(bank_x, bank_y, n_classes, config.neighbours, config.neighbour_tau, weight,
-                                   temperature)
+            bank_ids = (np.asarray(ids, dtype=str) if ids is not None else np.full(len(labels), ""))[bank]
+            blend = NeighbourBlend(bank_x, bank_y, bank_ids, n_classes, config.neighbours, config.neighbour_tau,
+                                   weight, temperature)
     correct = oof_probs.argmax(1) == labels
     sample = np.ones(len(labels), bool) if threshold_mask is None else np.asarray(threshold_mask, bool)
     w = (np.ones(len(labels)) if threshold_weights is None else np.asarray(threshold_weights, float))[sample]

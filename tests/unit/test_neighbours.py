@@ -7,7 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from winnow.core.adapters.sqlite_bus import SqliteBus
+from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.errors import InvalidInput, ModelFileError
+from winnow.core.domain.records import Item, ModelVersion, Project
+from winnow.core.domain.settings import LoopConfig
+from winnow.core.loop.erase import forget_in_versions
+from winnow.core.loop.selector import Selector
+from winnow.core.loop.topics import create_topics
+from winnow.core.ml.runtime import OnnxRuntime
+from winnow.core.testing.fakes import CrcEncoder
+from winnow.core.loop.trainer import Trainer
 from winnow.core.domain.settings import TrainConfig
 from winnow.core.ml.head import OnnxHead, TorchHead
 from winnow.core.ml.neighbours import BLEND_FILE, NeighbourBlend, choose_weight, votes
@@ -115,7 +125,51 @@ def test_a_damaged_vote_file_names_itself(tmp_path: Path) -> None:
     (tmp_path / "v1" / BLEND_FILE).write_bytes(b"not a numpy file")
     with pytest.raises(ModelFileError, match=BLEND_FILE):
         OnnxHead(tmp_path / "v1")
-    bad = NeighbourBlend(result.blend.bank, result.blend.labels + 5, 2, 10, 0.05, 0.5, 1.0)
+    bad = NeighbourBlend(result.blend.bank, result.blend.labels + 5, result.blend.ids, 2, 10, 0.05, 0.5, 1.0)
     bad.save(tmp_path)
     with pytest.raises(ModelFileError, match="inconsistent"):
         NeighbourBlend.load(tmp_path)
+
+
+def test_an_erased_item_leaves_the_vote_of_every_version_on_disk_and_in_memory(tmp_path: Path) -> None:
+    """The version's bank holds people's items' vectors by id. Once the store erases two items, the
+    trainer's watch rewrites the file without their rows (their bytes are gone from it, the others'
+    stay), a loaded engine forgets them, and with every row gone the engine gives the head alone."""
+    x, y = two_modes(300)
+    ids = [f"i{k}" for k in range(300)]
+    config = TrainConfig(folds=5)
+    result = train(x, y, 2, 0.9, config, ids=ids)
+    folder = tmp_path / "models" / "v1"
+    write_version(folder, result, "v1", ["a", "b"], config)
+    store, bus = SqliteStore(tmp_path / "store.sqlite"), SqliteBus(tmp_path / "bus.sqlite")
+    store.create_project(Project("p", ("a", "b")))
+    store.add_items([Item("p", i, f"text {i}", 0.0) for i in ids])
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 300, 1.0, float("inf")))
+    create_topics(bus, "p", 1)
+    engine = OnnxHead(folder)
+    config = LoopConfig(erasure_check_s=0.0)
+    trainer = Trainer(bus, store, Project("p", ("a", "b")), config, tmp_path / "models")
+    selector = Selector(bus, store, Project("p", ("a", "b")), config)  # runs v1, loaded before the erase
+    runtime = OnnxRuntime(CrcEncoder(16), folder)  # a prelabel worker's runtime, running v1
+    assert trainer.forget_erased() == []
+    store.erase_items("p", ["i3", "i7"], "owner", 1.0)
+    selector.step()  # the workers learn of it from the store
+    assert len(selector.head.blend.ids) == 298
+    runtime.forget_items(["i3", "i7"])
+    assert len(runtime._snapshot().blend.ids) == 298
+    assert trainer.forget_erased() == ["v1"]
+    kept = NeighbourBlend.load(folder)
+    assert len(kept.ids) == 298 and not {"i3", "i7"} & set(kept.ids.tolist())
+    raw = (folder / BLEND_FILE).read_bytes()
+    assert x[3].tobytes() not in raw and x[7].tobytes() not in raw and x[5].tobytes() in raw
+    assert forget_in_versions(store, "p", ["i3"]) == []  # nothing left to take out
+    engine.forget(["i3", "i7"])
+    assert len(engine.blend.ids) == 298
+    engine.forget(ids)
+    head_alone = mean_probs(engine.logits(x[:20]), 1.0)
+    expected = mean_probs(engine._run(x[:20]), result.blend.temperature)  # the head's own logits
+    assert len(engine.blend.bank) == 0 and np.allclose(head_alone, expected, atol=1e-5)
+    trainer.close()
+    selector.close()
+    store.close()
+    bus.close()
