@@ -35,7 +35,7 @@ from winnow.core.domain.records import Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.ml.runtime import Runtime
 from winnow.core.ml.scoring import margin_uncertainty, mean_probs
-from winnow.core.ml.training import fit_head, head_logits
+from winnow.core.ml.training import head_logits, train
 
 # the uncertified reference's chances of a check (the least the settings allow is above 0)
 UNCERTIFIED = {"audit_probability": 1e-3, "certify_probability": 1e-3, "min_probability": 1e-3}
@@ -112,13 +112,25 @@ def summarize(reports: Sequence[StreamReport]) -> dict:
     return out
 
 
+def _model_probs(embeddings: np.ndarray, labels: np.ndarray, labeled: np.ndarray, n_classes: int,
+                 config: LoopConfig, rows: np.ndarray) -> np.ndarray:
+    """The probabilities ``[len(rows), C]`` a version fitted on the ``labeled`` rows gives ``rows``: the
+    same fit as the trainer's (``train``: the head, and its neighbours' vote where it helps)."""
+    result = train(embeddings[labeled], labels[labeled], n_classes, 0.98, config.train)  # the threshold is unused
+    logits = head_logits(result.head, embeddings[rows])
+    if result.blend is not None:
+        return mean_probs(result.blend.log_probs(embeddings[rows], logits), 1.0)
+    return mean_probs(logits, result.temperature)
+
+
 def pool_reference(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, human_labels: int,
                    config: LoopConfig, seed: int, batch: int = 200) -> dict:
-    """What the same encoder and head reach when a selector sees the whole dataset at once and spends
-    every label on its most uncertain items (margin sampling in batches of ``batch`` from a random
-    start, no checks for the certificate), the model labeling the rest: the reference the stream's
-    final-label accuracy is read against. Not an upper bound in theory (a better selector may pass
-    it); the targets a dataset cannot reach even here are out of any selector's reach on that encoder.
+    """What the same encoder and model (the head, and its neighbours' vote where it helps) reach when a
+    selector sees the whole dataset at once and spends every label on its most uncertain items (margin
+    sampling in batches of ``batch`` from a random start, no checks for the certificate), the model
+    labeling the rest: the reference the stream's final-label accuracy is read against. Not an upper
+    bound in theory (a better selector may pass it); the targets a dataset cannot reach even here are
+    out of any selector's reach on that encoder.
 
     ``embeddings`` float32 ``[n, D]``, ``labels`` int ``[n]`` (the truth); returns
     ``{"human_labels", "human_fraction", "final_label_accuracy", "model_label_accuracy"}``."""
@@ -128,14 +140,12 @@ def pool_reference(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, h
     labeled = np.zeros(n, bool)
     labeled[rng.choice(n, min(config.first_model_labels, human_labels), replace=False)] = True
     while labeled.sum() < human_labels:
-        head = fit_head(embeddings[labeled], labels[labeled], n_classes, config.train)
         rest = np.flatnonzero(~labeled)
-        score = margin_uncertainty(mean_probs(head_logits(head, embeddings[rest]), 1.0))
+        score = margin_uncertainty(_model_probs(embeddings, labels, labeled, n_classes, config, rest))
         take = min(batch, human_labels - int(labeled.sum()))
         labeled[rest[np.argsort(-score, kind="stable")[:take]]] = True
-    head = fit_head(embeddings[labeled], labels[labeled], n_classes, config.train)
     rest = np.flatnonzero(~labeled)
-    right = int((mean_probs(head_logits(head, embeddings[rest]), 1.0).argmax(1) == labels[rest]).sum())
+    right = int((_model_probs(embeddings, labels, labeled, n_classes, config, rest).argmax(1) == labels[rest]).sum())
     return {"human_labels": int(labeled.sum()), "human_fraction": float(labeled.sum() / n),
             "final_label_accuracy": float((labeled.sum() + right) / n),
             "model_label_accuracy": float(right / len(rest)) if len(rest) else None}
