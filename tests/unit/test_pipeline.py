@@ -53,6 +53,24 @@ def score(bus: SqliteBus, store: SqliteStore, project: Project, ids: list[str], 
         producer.publish_many(topic(project.name, "items.scored"), ITEMS_SCORED.keyed(Scored(i) for i in ids))
 
 
+def _full_budget_project(bus, store) -> tuple[Project, np.ndarray]:
+    """Project ``p`` at a budget of 100 per 100 items, its topics, and 600 clustered vectors to stream."""
+    project = Project("p", CLASSES, budget_labels=100, budget_per_items=100)
+    store.create_project(project)
+    create_topics(bus, "p", 2)
+    return project, clustered(600, seed=3)[0]
+
+
+def _arrive_all(bus, store, project: Project, selector: Selector, vectors: np.ndarray) -> list[str]:
+    """Items ``i0 .. i{n-1}`` with ``vectors`` arrive, scored, and the selector steps until idle; their ids."""
+    ids = [f"i{k}" for k in range(len(vectors))]
+    ingest(bus.producer(), store, project, [Item(project.name, i, f"text {i}", 0.0) for i in ids])
+    score(bus, store, project, ids, vectors)
+    while selector.step():
+        pass
+    return ids
+
+
 def _stream_through(bus, store, project: Project, config: LoopConfig, tmp_path: Path, n: int = 400,
                     on_step: Callable[[Selector], None] | None = None):
     """Stream ``n`` clustered items through selector, labeling (a perfect annotator) and trainer,
@@ -500,10 +518,7 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     from winnow.core.ml.head import OnnxHead
 
     bus, store = env
-    project = Project("p", CLASSES, budget_labels=100, budget_per_items=100)
-    store.create_project(project)
-    create_topics(bus, "p", 2)
-    x, _ = clustered(600, seed=3)
+    project, x = _full_budget_project(bus, store)
     folder = tmp_path / "v1"
     torch_head = Head(HeadConfig(dim=16, n_classes=len(CLASSES)))
     save_model(folder, torch_head, {"version": "v1", "classes": list(CLASSES), "temperature": 1.0,
@@ -519,11 +534,7 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     config = dataclasses.replace(CONFIG, certify_probability=certify, audit_probability=audit, min_probability=0.02,
                                  select_batch=10_000)  # no picks: only the arrival look draws
     selector = Selector(bus, store, project, config)
-    ids = [f"i{k}" for k in range(len(x))]
-    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
-    score(bus, store, project, ids, x)
-    while selector.step():
-        pass
+    ids = _arrive_all(bus, store, project, selector, x)
     above = {i for i, c in zip(ids, confidence) if c >= candidate}
     tasks = store.tasks("p")
     probes = [t for t in tasks if t.kind == "holdout"]
@@ -540,10 +551,7 @@ def test_no_probes_while_the_checks_rule_the_target_out_for_the_model(env, tmp_p
     its first candidate is found on), unless its checks already rule the target out
     (``ThresholdChoice.reachable`` False): then every item gets the minimum chance, as a plain label task."""
     bus, store = env
-    project = Project("p", CLASSES, budget_labels=100, budget_per_items=100)
-    store.create_project(project)
-    create_topics(bus, "p", 2)
-    x, _ = clustered(600, seed=3)
+    project, x = _full_budget_project(bus, store)
     folder = tmp_path / "v1"
     save_model(folder, Head(HeadConfig(dim=16, n_classes=len(CLASSES))),
                {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None,
@@ -551,11 +559,7 @@ def test_no_probes_while_the_checks_rule_the_target_out_for_the_model(env, tmp_p
     store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, float("inf")))
     config = dataclasses.replace(CONFIG, certify_probability=0.3, min_probability=0.02, select_batch=10_000)
     selector = Selector(bus, store, project, config)
-    ids = [f"i{k}" for k in range(len(x))]
-    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in ids])
-    score(bus, store, project, ids, x)
-    while selector.step():
-        pass
+    _arrive_all(bus, store, project, selector, x)
     assert selector.reachable is reachable
     tasks = store.tasks("p")
     assert tasks and {(t.kind, t.probability) for t in tasks} == ({("holdout", 0.3)} if reachable else {("label", 0.02)})
