@@ -34,8 +34,8 @@ from winnow.core.data.simulate import StreamReport, run_stream
 from winnow.core.domain.records import Project
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.ml.runtime import Runtime
-from winnow.core.ml.scoring import margin_uncertainty, mean_probs
-from winnow.core.ml.training import head_logits, train
+from winnow.core.ml.scoring import margin_uncertainty
+from winnow.core.ml.training import train
 
 # the uncertified reference's chances of a check (the least the settings allow is above 0)
 UNCERTIFIED = {"audit_probability": 1e-3, "certify_probability": 1e-3, "min_probability": 1e-3}
@@ -116,11 +116,8 @@ def _model_probs(embeddings: np.ndarray, labels: np.ndarray, labeled: np.ndarray
                  config: LoopConfig, rows: np.ndarray) -> np.ndarray:
     """The probabilities ``[len(rows), C]`` a version fitted on the ``labeled`` rows gives ``rows``: the
     same fit as the trainer's (``train``: the head, and its neighbours' vote where it helps)."""
-    result = train(embeddings[labeled], labels[labeled], n_classes, 0.98, config.train)  # the threshold is unused
-    logits = head_logits(result.head, embeddings[rows])
-    if result.blend is not None:
-        return mean_probs(result.blend.log_probs(embeddings[rows], logits), 1.0)
-    return mean_probs(logits, result.temperature)
+    # the threshold is unused
+    return train(embeddings[labeled], labels[labeled], n_classes, 0.98, config.train).probs(embeddings[rows])
 
 
 def pool_reference(embeddings: np.ndarray, labels: np.ndarray, n_classes: int, human_labels: int,

@@ -72,11 +72,7 @@ def forget_in_versions(store: Store, project: str, item_ids: Collection[str]) ->
     rewritten = []
     for model in store.models(project):
         folder = Path(model.path)
-        if not (folder / BLEND_FILE).exists():
-            continue
-        blend = NeighbourBlend.load(folder)
-        kept = blend.without(item_ids)
-        if kept is not blend:
-            kept.save(folder)
+        if (folder / BLEND_FILE).exists() and NeighbourBlend.holds_any(folder, item_ids):  # ids alone first
+            NeighbourBlend.load(folder).without(item_ids).save(folder)
             rewritten.append(model.version)
     return rewritten

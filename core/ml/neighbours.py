@@ -85,6 +85,17 @@ def choose_weight(head_probs: np.ndarray, vote: np.ndarray, labels: np.ndarray) 
     return best, losses
 
 
+def _read(folder: Path, *keys: str) -> list[np.ndarray]:
+    """The arrays ``keys`` of ``neighbours.npz`` in ``folder`` (only those are read); ModelFileError
+    naming the file when it cannot be read."""
+    path = Path(folder) / BLEND_FILE
+    try:
+        with np.load(path) as data:
+            return [data[key] for key in keys]
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelFileError(f"{path}: cannot load the neighbour vote ({e})") from e
+
+
 @dataclass(frozen=True)
 class NeighbourBlend:
     """A model version's vote: ``bank`` float32 ``[N, D]``, its ``labels`` int64 ``[N]`` (people's) and
@@ -129,14 +140,16 @@ class NeighbourBlend:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    @staticmethod
+    def holds_any(folder: Path, item_ids: Collection[str]) -> bool:
+        """Whether the vote in ``folder`` holds a vector of any of ``item_ids`` (reads its ids alone)."""
+        (ids,) = _read(folder, "ids")
+        return bool(np.isin(ids, np.asarray(list(item_ids), dtype=str)).any())
+
     @classmethod
     def load(cls, folder: Path) -> NeighbourBlend:
         path = Path(folder) / BLEND_FILE
-        try:
-            with np.load(path) as data:
-                bank, labels, ids, params = data["bank"], data["labels"], data["ids"], data["params"]
-        except (OSError, KeyError, ValueError) as e:
-            raise ModelFileError(f"{path}: cannot load the neighbour vote ({e})") from e
+        bank, labels, ids, params = _read(folder, "bank", "labels", "ids", "params")
         n_classes, k, tau, weight, temperature = params.tolist()
         if bank.ndim != 2 or labels.shape != (len(bank),) or ids.shape != (len(bank),) \
                 or (len(labels) and (labels.min() < 0 or labels.max() >= n_classes)) \

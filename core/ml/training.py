@@ -32,6 +32,14 @@ class TrainResult:
     metrics: dict[str, float]
     blend: NeighbourBlend | None = None  # the neighbours' vote blended with the head, if it helped
 
+    def probs(self, embeddings: np.ndarray) -> np.ndarray:
+        """The calibrated probabilities ``[n, C]`` this version gives ``embeddings`` ``[n, D]`` (what its
+        engines give: the head, blended with the vote where it has one)."""
+        logits = head_logits(self.head, embeddings)
+        if self.blend is not None:
+            logits = self.blend.log_probs(embeddings, logits)
+        return mean_probs(logits, self.temperature)
+
 
 def fit_head(
     embeddings: np.ndarray,
@@ -201,12 +209,10 @@ def train(
         **blend_metrics,
         "train_s": time.perf_counter() - started,
     }
+    result = TrainResult(head, 1.0 if blend is not None else temperature, choice, metrics, blend)
     if gold_embeddings is not None and gold_labels is not None and len(gold_labels):
-        gold_logits = head_logits(head, gold_embeddings)
-        gold_probs = (mean_probs(gold_logits, temperature) if blend is None
-                      else mean_probs(blend.log_probs(gold_embeddings, gold_logits), 1.0))
-        metrics["gold_accuracy"] = float((gold_probs.argmax(1) == gold_labels).mean())
-    return TrainResult(head, 1.0 if blend is not None else temperature, choice, metrics, blend)
+        metrics["gold_accuracy"] = float((result.probs(gold_embeddings).argmax(1) == gold_labels).mean())
+    return result
 
 
 def write_version(folder: Path, result: TrainResult, version: str, classes: Sequence[str], config: TrainConfig,
