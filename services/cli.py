@@ -91,6 +91,9 @@ SELECTOR_STRATEGY = Option("strategy", str, f"the project's strategy: {', '.join
                            choices=STRATEGIES)
 SELECTOR_GUARD = Option("guard", int, "items people have labeled before the steps (every pick is checked against "
                         "them as near-duplicates), in every size's store", 10_000, low=0)
+SELECTOR_BANK = Option("bank", int, "labeled vectors of the version's neighbours' vote (0: the head alone)", 0, low=0)
+SELECTOR_CARRIED = Option("carried", bool, "items.scored carries the prelabel worker's scores, as served (false: "
+                          "the selector scores every arrival itself, as when the worker runs another version)", True)
 POOL_SIZES = Option("sizes", tuple, "pool sizes, comma-separated", ("20000", "100000"))
 POOL_BUDGET = Option("budget", int, "rows each run picks", 1000, low=1)
 GPU_SIZE = Option("size", int, "pool size of the selection section (k-center and k-means)", 1_000_000, low=100,
@@ -270,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     selector = bench_sub.add_parser("selector", help="one selector's step against its backlog (10,000 to 1,000,000 "
                                     "waiting): step_s and arrivals_per_s per size")
     add_options(selector, (SELECTOR_SIZES, SELECTOR_ARRIVALS, SELECTOR_STEPS, SELECTOR_STRATEGY, SELECTOR_GUARD,
-                           FUZZ_OUT))
+                           SELECTOR_BANK, SELECTOR_CARRIED, FUZZ_OUT))
     select_bench = bench_sub.add_parser("select", help="pool selection: Winnow's strategies against scikit-activeml "
                                         "(when installed): seconds, peak memory and coverage per pool size")
     add_options(select_bench, (POOL_SIZES, POOL_BUDGET, FUZZ_OUT))
@@ -863,6 +866,7 @@ def cmd_bench_selector(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     result = run_selector_benchmark(out, sizes, given(args, SELECTOR_ARRIVALS), given(args, SELECTOR_STEPS),
                                     given(args, SELECTOR_STRATEGY), guard=given(args, SELECTOR_GUARD),
+                                    bank=given(args, SELECTOR_BANK), carried=given(args, SELECTOR_CARRIED),
                                     progress=console.print)
     console.print(f"step at the largest backlog / at the smallest: {result['step_ratio_largest_to_smallest']:.2f}")
     console.print(f"wrote {out} and {out.with_suffix('.png')}")

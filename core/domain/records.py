@@ -66,15 +66,21 @@ class Item:
 
 @dataclass(frozen=True)
 class Scored:
-    """One item scored by a prelabel worker (topic items.scored): its embedding is in the store (the
-    selector re-scores it with its own current head); the pre-label rides along for other consumers.
+    """One item scored by a prelabel worker (topic items.scored): its embedding is in the store.
     ``model_version``, ``label`` and ``confidence`` (the label's calibrated probability) are None
-    before the project's first model."""
+    before the project's first model. ``probs`` are that version's calibrated probabilities of the
+    project's classes (empty before it) and ``uncertainty`` the item's uncertainty under the score
+    ``uncertainty_score``: the selector decides with them where it runs the same version and score (the
+    model, its neighbours' vote included, then runs once per item, in the prelabel workers), and scores
+    the stored embedding with its own head elsewhere."""
 
     item_id: str
     model_version: str | None = None
     label: str | None = None
     confidence: float | None = None
+    probs: tuple[float, ...] = ()
+    uncertainty: float | None = None
+    uncertainty_score: str | None = None
 
 
 STRENGTHS = ("", "slightly", "much")  # how much better the preferred response is ("": not said)

@@ -20,7 +20,7 @@ from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.encoder import encoder_model
 from winnow.core.ml.runtime import Prediction, Runtime
-from winnow.core.ml.scoring import mean_probs
+from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus, Message, next_offsets
 from winnow.core.ports.store import Store
 
@@ -256,14 +256,17 @@ class PrelabelWorker(Stage):
             if not items:
                 return
             self.store.put_embeddings(self.project.name, [i.item_id for i in items], embeddings)
-        # the pre-label (class and calibrated confidence) rides along; the selector re-scores from
-        # the stored embedding with its own current head
+        # the pre-label (class and calibrated confidence) rides along with the version's probabilities
+        # and uncertainty: the selector decides with them where it runs the same version (module
+        # ``winnow.core.loop.selector``), so the model runs once per item, here
         if logits is None:
-            labels, confidence = [None] * len(items), [None] * len(items)
-        else:
-            probs = mean_probs(logits, prediction.meta["temperature"])  # [n, C]
-            labels = [self.project.classes[k] for k in probs.argmax(1)]
-            confidence = probs.max(1).tolist()
+            self.producer.publish_many(topic(self.project.name, "items.scored"),
+                                       ITEMS_SCORED.keyed(Scored(item.item_id) for item in items))
+            return
+        temperature, score = prediction.meta["temperature"], self.config.uncertainty
+        probs = mean_probs(logits, temperature)  # [n, C]
+        labels = [self.project.classes[k] for k in probs.argmax(1)]
+        unsure = uncertainty(score, logits, temperature).tolist()
         self.producer.publish_many(topic(self.project.name, "items.scored"), ITEMS_SCORED.keyed(
-            Scored(item.item_id, prediction.model_version, label, conf)
-            for item, label, conf in zip(items, labels, confidence)))
+            Scored(item.item_id, prediction.model_version, label, conf, tuple(row), u, score)
+            for item, label, conf, row, u in zip(items, labels, probs.max(1).tolist(), probs.tolist(), unsure)))

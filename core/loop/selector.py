@@ -8,6 +8,11 @@ its probability of going to a person (:mod:`winnow.core.select.sampling`), then 
 model would label it (an audit look), a drawn item's human answer checks the model's label, and an
 undrawn item gets that label with its probability recorded: the certified bounds
 (:mod:`winnow.core.ml.certify`, :mod:`winnow.core.loop.quality`) are built from exactly these.
+
+Arriving items come scored: the prelabel worker's message carries its version's probabilities and
+uncertainty, which the selector takes where it runs the same version (its own head scores the others,
+and the backlog at a swap), so the model and its neighbours' vote run once per item, in the stage that
+scales out.
 """
 
 from __future__ import annotations
@@ -224,6 +229,29 @@ class Selector(Stage):
         logits = self.head.logits(emb)  # [n, members, C]
         temperature = self.head.meta["temperature"]
         return mean_probs(logits, temperature), uncertainty(self.config.uncertainty, logits, temperature)
+
+    def _arrival_scores(self, scored: list[Scored], emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities [n, C] and uncertainty [n] of arriving items: those their prelabel worker
+        computed (``Scored.probs``, ``Scored.uncertainty``) where it ran this selector's version and
+        uncertainty score and they are sound (one finite probability in [0, 1] per class, a finite
+        uncertainty), so that the model and its neighbours' vote run once per item, in the scalable
+        stage; the others (a worker a swap behind or ahead, or before any model) scored here from
+        ``emb`` [n, D]."""
+        n_classes, version, score = len(self.project.classes), self.version, self.config.uncertainty
+        carried = [k for k, s in enumerate(scored) if version is not None and s.model_version == version
+                   and s.uncertainty_score == score and len(s.probs) == n_classes and s.uncertainty is not None]
+        probs, unc = np.empty((len(scored), n_classes)), np.empty(len(scored))
+        if carried:
+            p = np.array([scored[k].probs for k in carried], np.float64)
+            u = np.array([scored[k].uncertainty for k in carried], np.float64)
+            sound = np.isfinite(p).all(1) & (p >= 0).all(1) & (p <= 1).all(1) & np.isfinite(u)
+            carried = np.asarray(carried)[sound]
+            probs[carried], unc[carried] = p[sound], u[sound]
+        rest = np.ones(len(scored), bool)
+        rest[carried] = False
+        if rest.any():
+            probs[rest], unc[rest] = self._scores(emb[rest])
+        return probs, unc
 
     @property
     def threshold(self) -> float:
@@ -566,12 +594,13 @@ class Selector(Stage):
         fresh = self._embedded([i for i in unlabeled if i not in queued and i not in self.backlog], scored)
         self._arrivals += len(fresh)
         if fresh:
-            self._take(fresh)
+            self._take(fresh, {s.item_id: s for s in scored})
 
-    def _take(self, fresh: list[str]) -> None:
-        """The arrival look at items new to this selector; the undecided ones join the backlog."""
+    def _take(self, fresh: list[str], scored: dict[str, Scored]) -> None:
+        """The arrival look at items new to this selector (their ``scored`` messages by id); the
+        undecided ones join the backlog."""
         emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
-        probs, unc = self._scores(emb)
+        probs, unc = self._arrival_scores([scored[i] for i in fresh], emb)
         audit = probs.max(1) >= self.threshold
         _, decided = self._look(fresh, emb, probs, unc, "arrive", arriving=True, audit=audit)
         rest = ~decided

@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from winnow.bench.selector import run_selector_benchmark
 from winnow.services.cli import main
 
@@ -18,6 +20,20 @@ def test_the_selector_benchmark_reports_each_size(tmp_path: Path) -> None:
         # a quarter of the arrivals went to people (drawn at arrival or picked from the backlog); the rest wait
         assert run["backlog_after"] == int(size) + 3 * 75
     assert result["details"]["guard"] == 400
+    assert result["details"]["neighbour_bank"] == 0 and result["details"]["scores_carried"] is True
+
+
+@pytest.mark.parametrize("carried", [True, False])
+def test_the_selector_benchmark_runs_a_version_with_a_neighbours_vote(tmp_path: Path, carried: bool) -> None:
+    """With --bank the version blends its head with a vote of that many labeled vectors; the selector takes
+    the worker's scores (--carried true) or scores every arrival itself, and decides the same share either way."""
+    result = run_selector_benchmark(tmp_path / "s.json", sizes=(500,), arrivals=100, steps=2, strategy="uncertainty",
+                                    guard=50, bank=200, carried=carried)
+    assert result["details"]["neighbour_bank"] == 200 and result["details"]["scores_carried"] is carried
+    assert result["details"]["runs"]["500"]["backlog_after"] == 500 + 2 * 75
+    assert main(["bench", "selector", "--sizes", "200", "--arrivals", "40", "--steps", "2", "--guard", "30",
+                 "--bank", "60", "--carried", str(carried).lower(), "--out", str(tmp_path / "cli.json")]) == 0
+    assert main(["bench", "selector", "--bank", "-1", "--out", str(tmp_path / "x.json")]) == 2
     assert main(["bench", "selector", "--sizes", "200", "--arrivals", "40", "--steps", "2", "--guard", "30", "--out",
                  str(tmp_path / "cli.json")]) == 0
     assert main(["bench", "selector", "--sizes", "0", "--out", str(tmp_path / "x.json")]) == 2

@@ -566,6 +566,44 @@ def test_no_probes_while_the_checks_rule_the_target_out_for_the_model(env, tmp_p
     selector.close()
 
 
+def test_the_selector_decides_with_the_workers_scores_where_it_runs_the_same_version_and_score(env, tmp_path) -> None:
+    """items.scored carries the prelabel worker's probabilities and uncertainty: the selector decides
+    with them where the worker ran its version and uncertainty score and they are sound, and scores the
+    stored embedding with its own head elsewhere (another version, another score, a NaN, a wrong length)."""
+    bus, store = env
+    project, x = _full_budget_project(bus, store)
+    folder = tmp_path / "v1"
+    save_model(folder, Head(HeadConfig(dim=16, n_classes=len(CLASSES))),  # its own scores clear no threshold
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": 0.999,
+                "candidate_threshold": 0.999})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, 0.999))
+    config = dataclasses.replace(CONFIG, audit_probability=0.1, min_probability=0.001, select_batch=10_000)
+    selector = Selector(bus, store, project, config)
+    sure = (0.9996, 0.0002, 0.0002)  # class "a", above the threshold
+    groups = {"carried": ("v1", sure, "margin"), "other-version": ("v0", sure, "margin"),
+              "other-score": ("v1", sure, "entropy"), "nan": ("v1", (0.9996, float("nan"), 0.0002), "margin"),
+              "short": ("v1", (0.9996, 0.0004), "margin")}
+    messages, ids = [], {}
+    for name, (version, probs, score) in groups.items():
+        ids[name] = [f"{name}-{k}" for k in range(40)]
+        messages += [Scored(i, version, "a", probs[0], probs, 0.001, score) for i in ids[name]]
+    every = [i for group in ids.values() for i in group]
+    ingest(bus.producer(), store, project, [Item("p", i, f"text {i}", 0.0) for i in every])
+    store.put_embeddings("p", every, x[:len(every)])
+    with bus.producer() as producer:
+        producer.publish_many(topic("p", "items.scored"), ITEMS_SCORED.keyed(messages))
+    while selector.step():
+        pass
+    model = {label.item_id: label for label in store.labels("p", "model")}
+    audits = {t.item_id for t in store.tasks("p") if t.kind == "audit"}
+    assert all((i in model) != (i in audits) for i in ids["carried"])  # decided at arrival: labeled or checked
+    assert {model[i].label for i in ids["carried"] if i in model} == {"a"} and audits
+    others = [i for name, group in ids.items() if name != "carried" for i in group]
+    assert not any(i in model or i in audits for i in others)  # the head's own scores: below its threshold
+    assert sum(i in selector.backlog for i in others) >= len(others) - 3  # waiting (a few drawn at the minimum)
+    selector.close()
+
+
 @pytest.mark.parametrize("share", [None, 0.5, 0.9])
 def test_check_share_scales_an_arrival_looks_chances_down_to_its_share_of_the_credit(env, share) -> None:
     """Budget 25 per 100: 100 arrivals earn 25 labels. Probes at 0.2 on 90 of them and the floor on 10 would

@@ -27,6 +27,7 @@ class HashEncoder(Encoder):
     """Deterministic pseudo-embeddings per text; fails on texts containing ``fail_on``."""
 
     encoder_id = "hash/test"
+    dim = 8
 
     def __init__(self, fail_on: str | None = None) -> None:
         self.fail_on = fail_on
@@ -84,6 +85,33 @@ def test_every_item_is_scored_once_with_its_embedding(env, overlap: bool) -> Non
     assert sorted(scored(bus)) == ids
     assert all(name.startswith("prelabel-model-p") == overlap for name in encoder.threads)
     np.testing.assert_allclose(store.get_embeddings("p", ids), encoder.encode([f"text {i}" for i in ids]))
+    prelabel.close()
+
+
+def test_the_scored_message_carries_the_versions_probabilities_and_uncertainty(env, tmp_path: Path) -> None:
+    """With a model, each items.scored message carries what the selector decides with: the version's
+    calibrated probabilities of the project's classes and the item's uncertainty under the loop's score."""
+    from winnow.core.ml.head import Head, HeadConfig, OnnxHead, save_model
+    from winnow.core.ml.scoring import mean_probs, uncertainty
+
+    bus, store = env
+    save_model(tmp_path / "v1", Head(HeadConfig(dim=8, n_classes=2)), {"version": "v1", "classes": ["a", "b"],
+                                                                       "temperature": 1.5})
+    runtime = OnnxRuntime(HashEncoder())
+    runtime.swap(tmp_path / "v1")
+    ids = ingested(bus, store, 50)
+    prelabel = PrelabelWorker(bus, store, store.get_project("p"), CONFIG, runtime, False)
+    step_until_idle(prelabel, 64)
+    with bus.consumer([topic("p", "items.scored")], "read") as reader:
+        messages = {m.item_id: m for m in (ITEMS_SCORED.decode(r.value) for r in reader.poll(1000, timeout_s=0.5))}
+    assert sorted(messages) == ids
+    logits = OnnxHead(tmp_path / "v1").logits(store.get_embeddings("p", ids))
+    probs, unsure = mean_probs(logits, 1.5), uncertainty(CONFIG.uncertainty, logits, 1.5)
+    got = [messages[i] for i in ids]
+    assert {(m.model_version, m.uncertainty_score) for m in got} == {("v1", CONFIG.uncertainty)}
+    np.testing.assert_allclose([m.probs for m in got], probs, atol=1e-6)  # float32 on the wire
+    np.testing.assert_allclose([m.uncertainty for m in got], unsure, atol=1e-9)
+    assert [m.label for m in got] == [("a", "b")[k] for k in probs.argmax(1)]
     prelabel.close()
 
 

@@ -81,16 +81,22 @@ class Item(_message.Message):
     def __init__(self, project: _Optional[str] = ..., item_id: _Optional[str] = ..., text: _Optional[str] = ..., ingested_at: _Optional[float] = ..., responses: _Optional[_Iterable[_Union[Response, _Mapping]]] = ...) -> None: ...
 
 class Scored(_message.Message):
-    __slots__ = ("item_id", "model_version", "label", "confidence")
+    __slots__ = ("item_id", "model_version", "label", "confidence", "probs", "uncertainty", "uncertainty_score")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAINTY_SCORE_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     model_version: str
     label: str
     confidence: float
-    def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
+    probs: _containers.RepeatedScalarFieldContainer[float]
+    uncertainty: float
+    uncertainty_score: str
+    def __init__(self, item_id: _Optional[str] = ..., model_version: _Optional[str] = ..., label: _Optional[str] = ..., confidence: _Optional[float] = ..., probs: _Optional[_Iterable[float]] = ..., uncertainty: _Optional[float] = ..., uncertainty_score: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("project", "item_id", "priority", "model_version", "created_at", "kind", "probability", "model_label", "family", "wanted")
