@@ -3,8 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from winnow.bench.selector import run_selector_benchmark
 from winnow.services.cli import main
 
@@ -23,16 +21,18 @@ def test_the_selector_benchmark_reports_each_size(tmp_path: Path) -> None:
     assert result["details"]["neighbour_bank"] == 0 and result["details"]["scores_carried"] is True
 
 
-@pytest.mark.parametrize("carried", [True, False])
-def test_the_selector_benchmark_runs_a_version_with_a_neighbours_vote(tmp_path: Path, carried: bool) -> None:
+def test_the_selector_benchmark_runs_a_version_with_a_neighbours_vote(tmp_path: Path) -> None:
     """With --bank the version blends its head with a vote of that many labeled vectors; the selector takes
-    the worker's scores (--carried true) or scores every arrival itself, and decides the same share either way."""
-    result = run_selector_benchmark(tmp_path / "s.json", sizes=(500,), arrivals=100, steps=2, strategy="uncertainty",
-                                    guard=50, bank=200, carried=carried)
-    assert result["details"]["neighbour_bank"] == 200 and result["details"]["scores_carried"] is carried
-    assert result["details"]["runs"]["500"]["backlog_after"] == 500 + 2 * 75
-    assert main(["bench", "selector", "--sizes", "200", "--arrivals", "40", "--steps", "2", "--guard", "30",
-                 "--bank", "60", "--carried", str(carried).lower(), "--out", str(tmp_path / "cli.json")]) == 0
+    the worker's scores (--carried true) or scores every arrival itself, and decides the same items either way."""
+    after = {}
+    for carried in (True, False):
+        result = run_selector_benchmark(tmp_path / f"{carried}.json", sizes=(500,), arrivals=100, steps=2,
+                                        strategy="uncertainty", guard=50, bank=200, carried=carried)
+        assert result["details"]["neighbour_bank"] == 200 and result["details"]["scores_carried"] is carried
+        after[carried] = result["details"]["runs"]["500"]["backlog_after"]
+        assert main(["bench", "selector", "--sizes", "200", "--arrivals", "40", "--steps", "2", "--guard", "30",
+                     "--bank", "60", "--carried", str(carried).lower(), "--out", str(tmp_path / "cli.json")]) == 0
+    assert after[True] == after[False] and 500 + 2 * 70 <= after[True] < 500 + 2 * 100  # at most 25 in 100 decided
     assert main(["bench", "selector", "--bank", "-1", "--out", str(tmp_path / "x.json")]) == 2
     assert main(["bench", "selector", "--sizes", "200", "--arrivals", "40", "--steps", "2", "--guard", "30", "--out",
                  str(tmp_path / "cli.json")]) == 0
