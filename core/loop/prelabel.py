@@ -37,7 +37,8 @@ class _InFlight:
 
 
 class PrelabelWorker(Stage):
-    """items.raw -> embeddings in the store + items.scored (logits of the current model version).
+    """items.raw -> embeddings in the store + items.scored (the current model version's label,
+    probabilities and uncertainty of each item, which the selector decides with).
 
     With ``overlap`` (as ``winnow serve`` runs it) the model works on one batch in a thread of its
     own while ``step`` makes the previous batch's output durable (store writes, publish, flush,
