@@ -260,7 +260,9 @@ class LoopConfig:
     model's label; the certified bounds and the next threshold are built from those checks; before any
     threshold is certified, ``certify_probability`` above the model's candidate threshold),
     ``min_probability`` elsewhere; the budget left goes to the most useful backlog items, picked by
-    the project's strategy once ``select_batch`` labels of credit are there.
+    the project's strategy once ``select_batch`` labels of credit are there, but for ``close_reserve``
+    of it: the close checks the items still waiting with that (a certified bound on the labels the
+    last model gives them).
 
     On Banking77 (3 seeds, budget 25/100), ``certify_probability`` 0.2 against 0.1 everywhere: first
     threshold certified at 0.40 of the stream instead of 0.74, auto-accepted 0.61 instead of 0.56,
@@ -279,6 +281,10 @@ class LoopConfig:
         "picks", low=0.0, high=1.0, low_open=True)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
+    close_reserve: float = setting(
+        0.05, "share of all the credit earned that the selector's picks leave for the close, once a version certified a "
+        "threshold (or ruled the target out): the close's checks of the items still waiting then bound the labels the "
+        "last model gives them (0: none, and they all count as possibly wrong)", low=0.0, high=1.0)
     check_share: float | None = setting(
         None, "most of the budget an arrival look's draws (checks, probes and the floor) may spend: where the "
         "chances above would spend more of what the arriving items earn, they are all scaled down to it, and the "

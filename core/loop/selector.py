@@ -97,6 +97,7 @@ class Selector(Stage):
         self._models_seen: set[str] = set()  # versions a models message brought in this process's life
         self._arrivals = 0  # items that reached this selector in this process's life
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
+        self._reserving = False  # whether the picks leave the close its reserve (``_reserve``)
         self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
         self._refute_check_at, self._refute_check_time = 0, 0.0
         self._erasures = ErasureWatch(store, project.name, False, config.erasure_check_s)  # then _restore reads
@@ -419,10 +420,10 @@ class Selector(Stage):
         (:func:`pick_rounds`) from the shortlist of the whole credit, each round from the most uncertain
         rows the rounds before it left that duplicate none of their picks: a selector that fell behind,
         or a large batch of arrivals, costs in proportion to what it picks. A strategy that reads every
-        row (k-center, BADGE) picks at once."""
+        row (k-center, BADGE) picks at once. The picks leave the close its reserve (:meth:`_reserve`)."""
         if not len(self.backlog):
             return 0
-        wanted = self.budget.whole
+        wanted = self.budget.whole - self._reserve()  # the close's share stays
         if wanted < self.config.select_batch or self._target_met():
             return 0
         pool, similarity = self._pool(wanted)
@@ -449,6 +450,16 @@ class Selector(Stage):
         self.backlog.drop(picked_mask)
         self._guard_add(emb[chosen])
         return len(chosen)
+
+    def _reserve(self) -> int:
+        """Credit the picks leave for the close's checks (:meth:`close_stream`): ``close_reserve`` of all
+        the credit earned, once the race for a first certificate is over (a version certified a threshold,
+        or its checks ruled the target out for it). Before that every label goes to the evidence and the
+        learning the first certificate needs (held from the start, the reserve put it off from 0.32 to
+        0.39 of the stream on Banking77, 3 seeds)."""
+        if not self._reserving and self.head is not None and (np.isfinite(self.threshold) or not self.reachable):
+            self._reserving = True
+        return self.budget.earned(self.config.close_reserve) if self._reserving else 0
 
     def _pick_rounds(self, emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, similarity: np.ndarray,
                      wanted: int) -> np.ndarray:
@@ -673,8 +684,9 @@ class Selector(Stage):
     def close_stream(self) -> dict[str, int]:
         """The stream has ended: one last look at the backlog with the current model.
 
-        Every backlog item gets a probability of a person from the credit left (in proportion to the
-        model's expected error on it); the drawn ones become audit tasks, the others get the model's
+        Every backlog item gets a probability of a person from the credit left (the picks leave
+        ``close_reserve`` of the budget for it), weighted half uniformly and half by the model's expected
+        error on it; the drawn ones become audit tasks, the others get the model's
         label: ``auto_accept`` above the threshold (items whose check found no credit during the
         stream), else ``aggregation="low_confidence"`` (below any certified threshold; their
         confidence, the threshold and their probability are on the label, and the final-label bound
@@ -699,7 +711,11 @@ class Selector(Stage):
             probs, ids = self.backlog.probs, self.backlog.ids
             confidence = self.backlog.conf
             credit = 0 if self._target_met() else self.budget.whole  # target mode: nothing more to ask
-            probability = spread(1.0 - confidence + 1e-6, float(credit))
+            # the weight is half uniform (the check of any label bounds the family the model labels: the
+            # bound takes hidden errors where chances were least) and half the model's expected error
+            # (where a check most often corrects a label)
+            expected = 1.0 - confidence
+            probability = spread(expected + expected.mean() + 1e-6, float(credit))
             # items above the threshold whose check found no credit during the stream are auto-accepted
             # now (their probability recorded); the others are labeled below any certified threshold
             for family, rows in ((AUTO, np.flatnonzero(confidence >= self.threshold)),

@@ -521,6 +521,11 @@ class BudgetController:
         if self.labels > self.per_items:
             raise InvalidInput("labels", f"must be at most per_items={per_items}, got {labels!r}")
         self._units = 0  # credit in 1/per_items tasks
+        self.observed = 0  # items that earned credit
+
+    def earned(self, share: float = 1.0) -> int:
+        """Whole tasks in ``share`` of all the credit the observed items earned (spent or not)."""
+        return int(share * self.observed * self.labels // self.per_items)
 
     @property
     def credit(self) -> Fraction:
@@ -534,7 +539,9 @@ class BudgetController:
 
     def observe(self, n_items: int) -> None:
         """Accrue credit for ``n_items`` arriving items."""
-        self._units += self.labels * _count("n_items", n_items, 0)
+        n_items = _count("n_items", n_items, 0)
+        self._units += self.labels * n_items
+        self.observed += n_items
 
     def grant(self, requested: int) -> int:
         """How many of ``requested`` tasks may be sent now (whole credit, at most ``requested``).

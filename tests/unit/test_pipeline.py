@@ -327,6 +327,38 @@ def test_a_close_request_waits_for_every_item_then_labels_each_once(env, tmp_pat
     assert (again.state, again.requested_at, again.tasks + again.low_confidence) == ("closed", 9.0, 1)
 
 
+@pytest.mark.parametrize("reserve, threshold, held", [(0.0, 0.9999, 0), (0.4, 0.9999, 40), (0.4, None, 0)],
+                         ids=["no-reserve", "certified", "racing"])
+def test_the_picks_leave_the_close_reserve_for_the_closes_checks(env, tmp_path: Path, reserve: float,
+                                                                 threshold: float | None, held: int) -> None:
+    """Once a version certified a threshold, the picks spend the credit but ``close_reserve`` of all the
+    credit earned: the close spends that on checks of the items still waiting (audit tasks), so the labels
+    the last model gives them are bounded by something. While no threshold is certified (and the target
+    is not ruled out), every label goes to the race for the first one: no reserve."""
+    bus, store = env
+    project, ids, x = _ingested(bus, store, 400, budget_labels=25)
+    _model(store, tmp_path, threshold)  # an untrained head: nothing of it clears 0.9999
+    config = dataclasses.replace(CONFIG, close_reserve=reserve, min_probability=0.001, certify_probability=0.001,
+                                 audit_probability=0.001, select_batch=5)
+    selector = Selector(bus, store, project, config)
+    for start in range(0, 400, 50):
+        score(bus, store, project, ids[start:start + 50], x[start:start + 50])
+        while selector.step():
+            pass
+        assert selector.budget.whole >= (selector.budget.earned(reserve) if held else 0)  # never the reserve
+    asked = store.tasks("p")  # picks (and a rare draw at the floor or as a probe)
+    left = selector.budget.whole
+    assert len(asked) + left == 100  # 25 per 100 of 400 items: spent or left
+    assert held <= left < held + 5  # the picks took all above the reserve
+    request_close(store, "p", "operator", 1.0)
+    assert selector.close_if_requested() is not None
+    closing = [t for t in store.tasks("p") if t.kind == "audit"]
+    assert {t.family for t in closing} <= {"low_confidence"}
+    assert abs(len(closing) - left) <= 4 * np.sqrt(left + 1)  # the credit left, spent on the close's checks
+    assert stream_status(store, "p").state == "closed"
+    selector.close()
+
+
 def test_a_close_before_any_model_invents_no_label(env) -> None:
     """With no model to label them, the items stay unlabeled and the status says how many; a later
     close, once a model exists, labels them."""

@@ -393,6 +393,8 @@ def test_budget_never_exceeds_its_rate_and_keeps_unspent_credit(labels, extra, s
         assert 0 <= granted <= requested
         assert spent + budget.credit == Fraction(seen * labels, per_items)
         assert budget.whole == int(budget.credit)
+        assert budget.observed == seen and budget.earned() == seen * labels // per_items
+        assert budget.earned(0.25) == int(0.25 * seen * labels // per_items) <= budget.earned()
     spent += budget.grant(10**9)
     assert spent == seen * labels // per_items
 
