@@ -282,9 +282,9 @@ class LoopConfig:
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
     close_reserve: float = setting(
-        0.05, "share of all the credit earned that the selector's picks leave for the close, once a version certified a "
-        "threshold (or ruled the target out): the close's checks of the items still waiting then bound the labels the "
-        "last model gives them (0: none, and they all count as possibly wrong)", low=0.0, high=1.0)
+        0.05, "share of all the credit earned that the selector's picks leave for the close, once a version certified "
+        "a threshold (or ruled the target out): the close's checks of the items still waiting then bound the labels "
+        "the last model gives them (0: none, and they all count as possibly wrong)", low=0.0, high=1.0)
     check_share: float | None = setting(
         None, "most of the budget an arrival look's draws (checks, probes and the floor) may spend: where the "
         "chances above would spend more of what the arriving items earn, they are all scaled down to it, and the "
