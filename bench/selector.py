@@ -103,7 +103,7 @@ def measure(size: int, workdir: Path, strategy: str, arrivals: int, steps: int, 
         restore_s = time.perf_counter() - started
         # the backlog's items earned their credit as they arrived, and picks spent it then: the steps
         # measure the steady state, where each batch of arrivals funds its own share of picks
-        selector.budget.grant(int(selector.budget.credit))
+        selector.budget.grant(selector.budget.whole - selector._reserve())  # the close's reserve stays held
         times = []
         for step in range(steps):
             ids = [f"a{step}-{k}" for k in range(arrivals)]
