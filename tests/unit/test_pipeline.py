@@ -327,17 +327,25 @@ def test_a_close_request_waits_for_every_item_then_labels_each_once(env, tmp_pat
     assert (again.state, again.requested_at, again.tasks + again.low_confidence) == ("closed", 9.0, 1)
 
 
-@pytest.mark.parametrize("reserve, threshold, held", [(0.0, 0.9999, 0), (0.4, 0.9999, 40), (0.4, None, 0)],
-                         ids=["no-reserve", "certified", "racing"])
+@pytest.mark.parametrize("reserve, threshold, reachable, held", [
+    (0.0, 0.9999, True, 0), (0.4, 0.9999, True, 40), (0.4, None, True, 0), (0.4, None, False, 40)],
+    ids=["no-reserve", "certified", "racing", "ruled-out"])
 def test_the_picks_leave_the_close_reserve_for_the_closes_checks(env, tmp_path: Path, reserve: float,
-                                                                 threshold: float | None, held: int) -> None:
-    """Once a version certified a threshold, the picks spend the credit but ``close_reserve`` of all the
-    credit earned: the close spends that on checks of the items still waiting (audit tasks), so the labels
-    the last model gives them are bounded by something. While no threshold is certified (and the target
-    is not ruled out), every label goes to the race for the first one: no reserve."""
+                                                                 threshold: float | None, reachable: bool,
+                                                                 held: int) -> None:
+    """Once a version certified a threshold (or its checks ruled the target out for it), the picks spend the
+    credit but ``close_reserve`` of all the credit earned: the close spends that on checks of the items still
+    waiting (audit tasks), so the labels the last model gives them are bounded by something. While no
+    threshold is certified and the target is not ruled out, every label goes to the race for the first one:
+    no reserve."""
     bus, store = env
     project, ids, x = _ingested(bus, store, 400, budget_labels=25)
-    _model(store, tmp_path, threshold)  # an untrained head: nothing of it clears 0.9999
+    folder = tmp_path / "v1"  # an untrained head: nothing of it clears 0.9999
+    save_model(folder, Head(HeadConfig(dim=16, n_classes=len(CLASSES))),
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": threshold,
+                "threshold_choice": {"reachable": reachable}})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, float("inf") if threshold is None
+                                      else threshold))
     config = dataclasses.replace(CONFIG, close_reserve=reserve, min_probability=0.001, certify_probability=0.001,
                                  audit_probability=0.001, select_batch=5)
     selector = Selector(bus, store, project, config)
