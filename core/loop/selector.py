@@ -234,8 +234,8 @@ class Selector(Stage):
     def _arrival_scores(self, scored: list[Scored], emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities [n, C] and uncertainty [n] of arriving items: those their prelabel worker
         computed (``Scored.probs``, ``Scored.uncertainty``) where it ran this selector's version and
-        uncertainty score and they are sound (one finite probability in [0, 1] per class, a finite
-        uncertainty), so that the model and its neighbours' vote run once per item, in the scalable
+        uncertainty score and they are sound (one finite probability >= 0 per class, summing to 1, a
+        finite uncertainty), so that the model and its neighbours' vote run once per item, in the scalable
         stage; the others (a worker a swap behind or ahead, or before any model) scored here from
         ``emb`` [n, D]."""
         n_classes, version, score = len(self.project.classes), self.version, self.config.uncertainty
@@ -245,7 +245,8 @@ class Selector(Stage):
         if carried:
             p = np.array([scored[k].probs for k in carried], np.float64)
             u = np.array([scored[k].uncertainty for k in carried], np.float64)
-            sound = np.isfinite(p).all(1) & (p >= 0).all(1) & (p <= 1).all(1) & np.isfinite(u)
+            sound = (np.isfinite(p).all(1) & (p >= 0).all(1) & (np.abs(p.sum(1) - 1.0) < 1e-3)
+                     & np.isfinite(u))
             carried = np.asarray(carried)[sound]
             probs[carried], unc[carried] = p[sound], u[sound]
         rest = np.ones(len(scored), bool)
@@ -316,7 +317,8 @@ class Selector(Stage):
     # -- looks ------------------------------------------------------------------------------
     def _look(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, look: str,
               arriving: bool, audit: np.ndarray, family: str = AUTO,
-              probability: np.ndarray | None = None, final: bool = False) -> tuple[np.ndarray, np.ndarray]:
+              probability: np.ndarray | None = None, final: bool = False,
+              keep: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Decide ``ids`` at one look: each gets its probability of a person, then the draw. Drawn
         items become tasks (audit tasks where ``audit`` [n] says the model would label them); undrawn
         audit items get the model's label in ``family``. Returns the bool masks [n] of the items drawn
@@ -358,7 +360,7 @@ class Selector(Stage):
             draws = draw_with_extra(self.sampler, self.evaluation, probability, extra, u,
                                     uniforms(self.config.seed, self.project.name, ids, f"{look}:evaluation"))
         else:
-            draws = self.sampler.draw(probability, u, arriving)
+            draws = self.sampler.draw(probability, u, arriving, keep)
         if arriving and self.project.preference:  # model evaluation's sample (``winnow.core.loop.evaluation``)
             self.store.record_draws(self.project.name, [
                 ArrivalDraw(i, float(p), bool(d), float(np.clip(e, 0.0, 1.0)))
@@ -392,9 +394,11 @@ class Selector(Stage):
 
     def _look_at_backlog(self) -> int:
         """The audit look at the backlog items the current head labels above its threshold, as far as
-        the credit funds their checks (most confident first; the rest wait for the next call);
-        returns how many were decided (they leave the backlog)."""
-        if not len(self.backlog) or self.head is None or self.budget.whole < 1 or not np.isfinite(self.threshold):
+        the credit beyond the close's reserve (:meth:`_reserve`) funds their checks (most confident first;
+        the rest wait for the next call); returns how many were decided (they leave the backlog)."""
+        reserve = self._reserve()
+        if not len(self.backlog) or self.head is None or self.budget.whole - reserve < 1 \
+                or not np.isfinite(self.threshold):
             return 0
         confidence = self.backlog.conf
         rows = np.flatnonzero(confidence >= self.threshold)
@@ -403,7 +407,7 @@ class Selector(Stage):
         rows = rows[np.argsort(-confidence[rows], kind="stable")]
         _, decided = self._look(self.backlog.id_at(rows), self.backlog.emb[rows], self.backlog.probs[rows],
                                 self.backlog.unc[rows], f"swap:{self.version}", arriving=False,
-                                audit=np.ones(len(rows), bool))
+                                audit=np.ones(len(rows), bool), keep=reserve)
         gone = np.zeros(len(self.backlog), bool)
         gone[rows[decided]] = True
         self.backlog.drop(gone)

@@ -52,10 +52,11 @@ class StreamSampler:
     def __init__(self, budget: BudgetController) -> None:
         self.budget = budget
 
-    def draw(self, probability: np.ndarray, u: np.ndarray, arriving: bool = True) -> Draws:
+    def draw(self, probability: np.ndarray, u: np.ndarray, arriving: bool = True, keep: int = 0) -> Draws:
         """Draw ``n`` items one at a time with ``probability`` ``[n]`` in [0, 1] and uniforms ``u``
         ``[n]``. ``arriving``: the items are new to the stream (each earns the budget its credit
-        before its turn); False for a later look at items already counted."""
+        before its turn); False for a later look at items already counted. An item is funded (may be
+        drawn) while the budget holds a whole label beyond ``keep``."""
         p = np.asarray(probability, float)
         n = len(p)
         if len(u) != n or not np.isfinite(p).all() or ((p < 0) | (p > 1)).any():
@@ -66,7 +67,7 @@ class StreamSampler:
         for k in range(n):
             if arriving:
                 self.budget.observe(1)
-            if self.budget.whole < 1:
+            if self.budget.whole - keep < 1:
                 continue  # no whole label left for it: this item cannot be drawn (probability 0)
             funded[k] = True
             out[k] = p[k]

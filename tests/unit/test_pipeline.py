@@ -609,7 +609,8 @@ def test_no_probes_while_the_checks_rule_the_target_out_for_the_model(env, tmp_p
 def test_the_selector_decides_with_the_workers_scores_where_it_runs_the_same_version_and_score(env, tmp_path) -> None:
     """items.scored carries the prelabel worker's probabilities and uncertainty: the selector decides
     with them where the worker ran its version and uncertainty score and they are sound, and scores the
-    stored embedding with its own head elsewhere (another version, another score, a NaN, a wrong length)."""
+    stored embedding with its own head elsewhere (another version, another score, a NaN, a wrong length,
+    probabilities that do not sum to one)."""
     bus, store = env
     project, x = _full_budget_project(bus, store)
     folder = tmp_path / "v1"
@@ -622,7 +623,7 @@ def test_the_selector_decides_with_the_workers_scores_where_it_runs_the_same_ver
     sure = (0.9996, 0.0002, 0.0002)  # class "a", above the threshold
     groups = {"carried": ("v1", sure, "margin"), "other-version": ("v0", sure, "margin"),
               "other-score": ("v1", sure, "entropy"), "nan": ("v1", (0.9996, float("nan"), 0.0002), "margin"),
-              "short": ("v1", (0.9996, 0.0004), "margin")}
+              "short": ("v1", (0.9996, 0.0004), "margin"), "unnormalised": ("v1", (0.9996, 0.5, 0.0002), "margin")}
     messages, ids = [], {}
     for name, (version, probs, score) in groups.items():
         ids[name] = [f"{name}-{k}" for k in range(40)]

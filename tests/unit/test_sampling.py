@@ -50,6 +50,16 @@ def test_unfunded_items_are_not_drawn() -> None:
     assert d.funded.sum() == 2
 
 
+def test_a_look_that_keeps_credit_draws_only_beyond_it() -> None:
+    """``keep``: the credit a later look needs (the close's reserve) funds none of this look's items."""
+    budget = BudgetController(1, 1)
+    budget.observe(5)
+    sampler = StreamSampler(budget)
+    d = sampler.draw(np.ones(4), np.zeros(4), arriving=False, keep=3)
+    assert d.drawn.tolist() == [True, True, False, False] and d.funded.tolist() == d.drawn.tolist()
+    assert budget.whole == 3 and not sampler.draw(np.ones(2), np.zeros(2), arriving=False, keep=3).funded.any()
+
+
 def test_uniforms_are_stable_per_look_and_differ_across_looks() -> None:
     a = uniforms(0, "p", ["i1", "i2", "i3"], "arrive")
     assert np.array_equal(a, uniforms(0, "p", ["i1", "i2", "i3"], "arrive"))
