@@ -31,11 +31,11 @@ from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.records import Item, Label, ModelVersion, Project, Scored
 from winnow.core.domain.settings import LoopConfig, ServeConfig
+from winnow.core.loop.prelabel import scored_messages
 from winnow.core.loop.selector import Selector
 from winnow.core.loop.topics import create_topics
 from winnow.core.ml.head import Head, HeadConfig, OnnxHead, save_model
 from winnow.core.ml.neighbours import NeighbourBlend
-from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.select.index import set_threads
 
 DIM, CLASSES = 384, 77
@@ -62,8 +62,7 @@ def _version(folder: Path, rng: np.random.Generator, bank: int) -> None:
     if bank:
         ids = np.array([f"n{k}" for k in range(bank)])
         blend = NeighbourBlend(_unit(rng, bank), rng.integers(0, CLASSES, bank), ids, CLASSES, 10, 0.05, 0.5, 1.0)
-        meta["neighbours"] = {"k": blend.k, "tau": blend.tau, "weight": blend.weight, "head_temperature": 1.0,
-                              "bank": bank}
+        meta["neighbours"] = blend.described()
     save_model(folder, Head(HeadConfig(DIM, CLASSES)), meta, None if blend is None else blend.save)
 
 
@@ -72,10 +71,8 @@ def _scored(head: OnnxHead, ids: list[str], vectors: np.ndarray, score: str, car
     scores when ``carried``; the item ids alone otherwise)."""
     if not carried:
         return [Scored(i) for i in ids]
-    logits = head.logits(vectors)
-    probs, unsure = mean_probs(logits, head.meta["temperature"]), uncertainty(score, logits, head.meta["temperature"])
-    return [Scored(i, head.version, f"c{row.argmax()}", float(row.max()), tuple(row.tolist()), float(u), score)
-            for i, row, u in zip(ids, probs, unsure)]
+    return scored_messages(ids, head.meta["classes"], head.version, head.logits(vectors), head.meta["temperature"],
+                           score)
 
 
 def measure(size: int, workdir: Path, strategy: str, arrivals: int, steps: int, seed: int, guard: int = 0,

@@ -36,6 +36,16 @@ class _InFlight:
     prediction: Future[Prediction]
 
 
+def scored_messages(item_ids: list[str], classes: tuple[str, ...] | list[str], version: str, logits: np.ndarray,
+                    temperature: float, score: str) -> list[Scored]:
+    """The items.scored records of items a version scored: ``logits`` ``[n, M, C]`` at ``temperature``
+    give each its label, calibrated probabilities and uncertainty under ``score``."""
+    probs = mean_probs(logits, temperature)  # [n, C]
+    unsure = uncertainty(score, logits, temperature).tolist()
+    return [Scored(item_id, version, classes[int(row.argmax())], float(row.max()), tuple(row.tolist()), u, score)
+            for item_id, row, u in zip(item_ids, probs, unsure)]
+
+
 class PrelabelWorker(Stage):
     """items.raw -> embeddings in the store + items.scored (the current model version's label,
     probabilities and uncertainty of each item, which the selector decides with).
@@ -264,10 +274,6 @@ class PrelabelWorker(Stage):
             self.producer.publish_many(topic(self.project.name, "items.scored"),
                                        ITEMS_SCORED.keyed(Scored(item.item_id) for item in items))
             return
-        temperature, score = prediction.meta["temperature"], self.config.uncertainty
-        probs = mean_probs(logits, temperature)  # [n, C]
-        labels = [self.project.classes[k] for k in probs.argmax(1)]
-        unsure = uncertainty(score, logits, temperature).tolist()
-        self.producer.publish_many(topic(self.project.name, "items.scored"), ITEMS_SCORED.keyed(
-            Scored(item.item_id, prediction.model_version, label, conf, tuple(row), u, score)
-            for item, label, conf, row, u in zip(items, labels, probs.max(1).tolist(), probs.tolist(), unsure)))
+        self.producer.publish_many(topic(self.project.name, "items.scored"), ITEMS_SCORED.keyed(scored_messages(
+            [item.item_id for item in items], self.project.classes, prediction.model_version, logits,
+            prediction.meta["temperature"], self.config.uncertainty)))

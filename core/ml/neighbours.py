@@ -140,6 +140,11 @@ class NeighbourBlend:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    def described(self) -> dict:
+        """What a version's ``meta["neighbours"]`` says of this vote (its presence makes engines load it)."""
+        return {"k": self.k, "tau": self.tau, "weight": self.weight, "head_temperature": self.temperature,
+                "bank": len(self.labels)}
+
     @staticmethod
     def holds_any(folder: Path, item_ids: Collection[str]) -> bool:
         """Whether the vote in ``folder`` holds a vector of any of ``item_ids`` (reads its ids alone)."""

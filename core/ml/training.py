@@ -231,9 +231,7 @@ def write_version(folder: Path, result: TrainResult, version: str, classes: Sequ
         if extra is not None:
             extra(tmp)
 
-    described = {} if blend is None else {"neighbours": {
-        "k": blend.k, "tau": blend.tau, "weight": blend.weight, "head_temperature": blend.temperature,
-        "bank": len(blend.labels)}}
+    described = {} if blend is None else {"neighbours": blend.described()}
     save_model(folder, result.head, {**described,
         "version": version,
         "encoder": encoder,
