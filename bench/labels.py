@@ -22,6 +22,7 @@ Beside them, two references say where the points between Winnow and a target go:
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -204,6 +205,7 @@ def run_labels_benchmark(
             "noise": list(noise),
             "gold": gold,
             "seeds": list(range(seed, seed + seeds)),
+            "settings": dataclasses.asdict(config),  # the loop's settings, the trainer's among them
             "runs": {name: [{
                 "seed": s, "auto_accepted": r.auto_accepted, "low_confidence": r.low_confidence,
                 "tasks_by_kind": r.tasks_by_kind, "annotations": r.annotations, "model_versions": r.model_versions,

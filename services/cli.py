@@ -60,6 +60,9 @@ LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it
 CSV = Option("csv", Path, "labeled CSV to stream (default: bundled Banking77 train)", None, optional=True)
 TEXT_COL = Option("text_col", str, "text column", "text")
 LABEL_COL = Option("label_col", str, "label column", "category")
+CLASS_SKEW = Option("class_skew", float, "stream a class-imbalanced subsample: the classes, in a seeded order, keep "
+                    "shares of their rows falling linearly from all to 1/R (1: every row)", 1.0, low=1.0,
+                    metavar="R")
 TEST_CSV = Option("test_csv", Path, "labeled CSV for model test accuracy (default with no --csv: Banking77 test)",
                   None, optional=True)
 BENCH_BUS = Option("bus", str, "kafka://HOST:PORT, or sqlite for the embedded log (each run gets a fresh one in a "
@@ -248,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG results)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     labels = bench_sub.add_parser("labels", help="label economics on a CSV, against random selection")
-    add_options(labels, (*PROJECT_OPTIONS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, BENCH_NOISE, OVERLAP, BENCH_GOLD,
-                         LABELS_OUT, *loop_options))
+    add_options(labels, (*PROJECT_OPTIONS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, CLASS_SKEW, SEEDS, BENCH_NOISE, OVERLAP,
+                         BENCH_GOLD, LABELS_OUT, *loop_options))
     throughput = bench_sub.add_parser("throughput", help="items/s through the whole pipeline against the model alone")
     add_options(throughput, (BENCH_BUS, BENCH_ITEMS, BENCH_REPEATS, BENCH_HEAD_LABELS, BENCH_PROFILE_DIR, LABELS_OUT,
                              *loop_options))
@@ -679,6 +682,7 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from winnow.bench.labels import run_labels_benchmark
+    from winnow.core.data.datasets import class_skewed
     from winnow.core.domain.records import Project
 
     settings = settings_for(args)
@@ -688,6 +692,7 @@ def cmd_bench_labels(args: argparse.Namespace) -> int:
     seeds, overlap, gold = given(args, SEEDS), given(args, OVERLAP), given(args, BENCH_GOLD)
     noise = tuple(NOISE_RATE.parse(text, BENCH_NOISE.flag) for text in given(args, BENCH_NOISE))
     train, test = _datasets(args)  # validated before anything runs or is written
+    train = class_skewed(train, given(args, CLASS_SKEW), settings.loop.seed)
     project = Project("bench", train.classes, labels, per, precision, strategy, overlap)
     runtime = make_runtime_from(settings)
     console = Console(stderr=True)

@@ -1,9 +1,11 @@
-"""Reading labeled or unlabeled CSV files into a validated in-memory dataset; the bundled Banking77."""
+"""Reading labeled or unlabeled CSV files into a validated in-memory dataset; the bundled Banking77; a
+class-skewed subsample of a labeled one (for benchmarks on imbalanced streams)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -88,3 +90,26 @@ def banking77() -> tuple[Dataset, Dataset]:
     classes = tuple(json.loads((folder / "categories.json").read_text()))
     with resources.as_file(folder) as path:
         return load_csv(path / "train.csv", classes=classes), load_csv(path / "test.csv", classes=classes)
+
+
+def class_skewed(dataset: Dataset, ratio: float, seed: int = 0) -> Dataset:
+    """A class-imbalanced subsample of a labeled dataset, for benchmarks on skewed streams: the classes, in
+    a seeded order, keep shares of their rows falling linearly from all of them to ``1 / ratio`` (each row
+    kept by its own seeded coin), so rare classes are rare by about ``ratio`` beside common ones on top of
+    the dataset's own imbalance. ``ratio`` 1 keeps every row; the schema (``classes``) is unchanged."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 1.0 <= ratio < float("inf"):
+        raise InvalidInput("class_skew", f"must be a finite number >= 1, got {ratio!r}")
+    if dataset.labels is None:
+        raise InvalidInput("labels", f"{dataset.source} has no label column to skew by")
+    if ratio == 1.0:
+        return dataset
+    rng = random.Random(seed)
+    order = list(dataset.classes)
+    rng.shuffle(order)
+    last = max(len(order) - 1, 1)
+    share = {c: 1.0 - (1.0 - 1.0 / ratio) * rank / last for rank, c in enumerate(order)}
+    kept = [k for k, label in enumerate(dataset.labels) if rng.random() < share[label]]
+    if not kept:
+        raise InvalidInput("class_skew", f"ratio {ratio:g} keeps no row of {dataset.source}")
+    return Dataset(tuple(dataset.texts[k] for k in kept), tuple(dataset.labels[k] for k in kept), dataset.classes,
+                   f"{dataset.source} (class skew {ratio:g}, seed {seed})")

@@ -107,3 +107,28 @@ def test_bad_items_are_refused_and_nothing_is_written(tmp_path: Path, runtime, s
         loop.labeling.submit("ann", "ok-1", "not-a-class")
     assert err.value.field == "label"
     loop.close()
+
+
+def test_the_label_benchmark_on_a_skewed_stream_records_its_data_and_settings(tmp_path: Path, runtime, small) -> None:
+    """``winnow bench labels --class-skew R``: the stream is the skewed subsample, and the JSON says which data
+    and which loop settings made it (the three arms run, the budget holds in each)."""
+    import json
+
+    from winnow.bench.labels import run_labels_benchmark
+    from winnow.core.data.datasets import class_skewed
+
+    train, test = small
+    skewed = class_skewed(train, 5.0, seed=1)
+    counts = Counter(skewed.labels)
+    assert max(counts.values()) > 3 * min(counts.values())
+    project = Project("bench", skewed.classes, 25, 100)
+    out = tmp_path / "skewed.json"
+    result = run_labels_benchmark(skewed, test, runtime, out, project, CONFIG, seed=1)
+    written = json.loads(out.read_text())
+    assert written["items"] == len(skewed) and out.with_suffix(".png").is_file()
+    assert "class skew 5, seed 1" in written["details"]["dataset"]
+    settings = written["details"]["settings"]
+    assert settings["first_model_labels"] == 40 and settings["retrain_min_new"] == 30
+    assert settings["train"]["folds"] == 3 and settings["seed"] == CONFIG.seed
+    for arm in (result, result["random"], result["uncertified_reference"]):
+        assert arm["human_fraction"] <= 0.25 + 1e-9

@@ -70,6 +70,8 @@ def test_unknown_test_labels_are_refused(tmp_path: Path, capsys: pytest.CaptureF
     (["bench", "throughput", "--items", "x", "--out", "t.json"], "winnow: error: --items: 'x' is not an integer"),
     (["bench", "throughput", "--repeats", "0", "--out", "t.json"], "winnow: error: --repeats: must be >= 1, got 0"),
     (["bench", "labels"], "winnow: error: --out: is required (or set WINNOW_BENCH_OUT)"),
+    (["bench", "labels", "--class-skew", "0.5", "--out", "t.json"],
+     "winnow: error: --class-skew: must be >= 1, got 0.5"),
     (["serve", "nonsense"], "winnow: error: service: invalid choice: 'nonsense'"),
     (["demo", "--no-such-flag", "1"], "winnow: error: unrecognized arguments: --no-such-flag 1"),
     (["demo", "--seed"], "winnow: error: --seed: expected one argument"),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from winnow.core.data.datasets import banking77, load_csv
+from collections import Counter
+
+from winnow.core.data.datasets import Dataset, banking77, class_skewed, load_csv
 from winnow.core.domain.errors import InvalidInput
 
 
@@ -59,3 +61,46 @@ def test_bundled_banking77() -> None:
     train, test = banking77()
     assert (len(train), len(test), len(train.classes)) == (10003, 3080, 77)
     assert set(test.labels) <= set(train.classes)
+
+
+def _balanced(classes: int = 20, rows: int = 400) -> Dataset:
+    labels = tuple(f"c{k % classes:02d}" for k in range(classes * rows))
+    return Dataset(tuple(f"text {k}" for k in range(len(labels))), labels, tuple(sorted(set(labels))), "balanced")
+
+
+def test_a_class_skew_keeps_shares_falling_linearly_from_all_rows_to_one_in_ratio() -> None:
+    data = _balanced()
+    for seed in range(5):
+        skewed = class_skewed(data, 10.0, seed)
+        counts = Counter(skewed.labels)
+        kept = sorted(counts.values())
+        assert skewed.classes == data.classes and len(counts) == 20
+        # shares 1, ..., 0.1 of 400 rows, each row its own coin: the rarest near 40, the most common near 400
+        assert 20 <= kept[0] <= 65 and 370 <= kept[-1] <= 400
+        assert abs(len(skewed) - 0.55 * len(data)) < 0.03 * len(data)
+        # rows keep their text with their label, in the dataset's order
+        rows = dict(zip(data.texts, data.labels))
+        assert all(rows[t] == label for t, label in zip(skewed.texts, skewed.labels))
+        assert [int(t.split()[1]) for t in skewed.texts] == sorted(int(t.split()[1]) for t in skewed.texts)
+        assert class_skewed(data, 10.0, seed) == skewed  # seeded
+
+    def rare_first(seed: int) -> tuple[str, ...]:
+        counts = Counter(class_skewed(data, 10.0, seed).labels)
+        return tuple(sorted(counts, key=counts.get))
+
+    assert len({rare_first(s) for s in range(3)}) == 3  # the seed chooses which classes are rare
+    assert class_skewed(data, 1.0) is data
+
+
+@pytest.mark.parametrize("ratio", [0.5, float("nan"), float("inf"), True, "10"])
+def test_a_class_skew_refuses_a_ratio_that_is_not_a_finite_number_at_least_one(ratio) -> None:
+    with pytest.raises(InvalidInput) as err:
+        class_skewed(_balanced(2, 5), ratio)
+    assert err.value.field == "class_skew"
+
+
+def test_a_class_skew_needs_labels() -> None:
+    data = Dataset(("a", "b"), None, (), "unlabeled")
+    with pytest.raises(InvalidInput) as err:
+        class_skewed(data, 2.0)
+    assert err.value.field == "labels"
