@@ -42,6 +42,9 @@ PRECISION = Option("precision", float, "precision target for auto-accepted label
                    low_open=True, high_open=True)
 DEMO_ITEMS = Option("items", int, "stream only this many rows (all 10,003 by default)", None, env_name="DEMO_ITEMS",
                     low=1, optional=True)
+DEMO_OVERLAP = Option("overlap", int, "most people asked per item (adaptive: a second or third answer only where "
+                      "answers disagree, or one contradicts a confident model; with the demo's imperfect annotators "
+                      "one answer each could never certify a 0.98 threshold)", 3, low=1, high=16)
 DEMO_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated",
                     ("0.02", "0.05", "0.10"), env_name="DEMO_NOISE")
 NOISE_RATE = Option("noise", float, "error rate of one simulated annotator", low=0.0, high=1.0)
@@ -246,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     loop_options = options(LoopConfig) + options(RuntimeConfig)
 
     demo = sub.add_parser("demo", help="stream Banking77 through the loop with simulated annotators")
-    add_options(demo, (*PROJECT_OPTIONS, DEMO_ITEMS, DEMO_NOISE, OVERLAP, GOLD, OUT_DIR, *loop_options))
+    add_options(demo, (*PROJECT_OPTIONS, DEMO_ITEMS, DEMO_NOISE, DEMO_OVERLAP, GOLD, OUT_DIR, *loop_options))
 
     bench = sub.add_parser("bench", help="benchmarks (JSON + PNG results)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -958,7 +961,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     noise = tuple(NOISE_RATE.parse(text, DEMO_NOISE.flag) for text in given(args, DEMO_NOISE))
     labels, per = budget(args)
-    demo = DemoOptions(items=given(args, DEMO_ITEMS), noise=noise, overlap=given(args, OVERLAP),
+    demo = DemoOptions(items=given(args, DEMO_ITEMS), noise=noise, overlap=given(args, DEMO_OVERLAP),
                        gold=given(args, GOLD), out_dir=given(args, OUT_DIR), strategy=given(args, STRATEGY),
                        budget_labels=labels, budget_per_items=per, precision=given(args, PRECISION))
     return run_demo(demo, settings_for(args))

@@ -40,7 +40,7 @@ class DemoOptions:
     out_dir: Path = Path("winnow-demo")
     items: int | None = None
     noise: tuple[float, ...] = (0.02, 0.05, 0.10)
-    overlap: int = 1
+    overlap: int = 3  # adaptive: more answers only where they disagree; 1 would certify nothing with noisy people
     gold: int = 20
     strategy: str = "cluster_margin"
     budget_labels: int = 25

@@ -318,3 +318,15 @@ def test_erase_on_the_store_and_bus_directly(tmp_path: Path, capsys: pytest.Capt
     assert code == 2 and "item_id: no item 'ghost'" in err
     code, err = run(["erase", "i1", *urls], capsys)
     assert code == 2 and "--project: is required" in err
+
+
+def test_the_demo_asks_adaptive_overlap_of_its_imperfect_annotators_unless_told_otherwise() -> None:
+    """One answer per item from people 2-10% wrong can never certify a 0.98 threshold (measured: the demo
+    then auto-accepted nothing); adaptive overlap up to 3 asks more only where answers disagree."""
+    from winnow.services.cli import DEMO_OVERLAP, OVERLAP, given
+    from winnow.services.demo import DemoOptions
+
+    assert given(build_parser().parse_args(["demo"]), DEMO_OVERLAP) == DemoOptions().overlap == 3
+    assert given(build_parser().parse_args(["demo", "--overlap", "1"]), DEMO_OVERLAP) == 1
+    # the other commands keep one answer per item by default
+    assert given(build_parser().parse_args(["bench", "labels", "--out", "x.json"]), OVERLAP) == 1
