@@ -10,6 +10,7 @@ integer`` with exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -42,13 +43,14 @@ PRECISION = Option("precision", float, "precision target for auto-accepted label
                    low_open=True, high_open=True)
 DEMO_ITEMS = Option("items", int, "stream only this many rows (all 10,003 by default)", None, env_name="DEMO_ITEMS",
                     low=1, optional=True)
-DEMO_OVERLAP = Option("overlap", int, "most people asked per item (adaptive: a second or third answer only where "
-                      "answers disagree, or one contradicts a confident model; with the demo's imperfect annotators "
-                      "one answer each could never certify a 0.98 threshold)", 3, low=1, high=16)
 DEMO_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated",
                     ("0.02", "0.05", "0.10"), env_name="DEMO_NOISE")
 NOISE_RATE = Option("noise", float, "error rate of one simulated annotator", low=0.0, high=1.0)
 OVERLAP = Option("overlap", int, "most people asked per item (adaptive: a second or third answer only where answers disagree)", 1, low=1, high=16)
+# the demo's people are imperfect: one answer each could never certify a 0.98 threshold (``DemoOptions.overlap``)
+DEMO_OVERLAP = dataclasses.replace(OVERLAP, default=3, help="most people asked per item (adaptive: a second or third "
+                                   "answer only where answers disagree, or one contradicts a confident model; with the "
+                                   "demo's imperfect annotators one answer each could never certify a 0.98 threshold)")
 GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 20, low=0)
 OUT_DIR = Option("out_dir", Path, "where the demo writes its store, models, JSON and PNG (a new or empty folder, "
                  "or an earlier demo's output)", Path("winnow-demo"))
