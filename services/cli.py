@@ -519,15 +519,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     import time
 
+    from winnow.core.data.files import read_text
     from winnow.core.data.formats import from_label_studio
     from winnow.core.loop.transfer import import_tasks
     from winnow.services.serve import open_bus
 
     project_name = given(args, ERASE_PROJECT)
-    try:
-        text = args.file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidInput("FILE", f"cannot read {str(args.file)[:200]!r}: {e}") from None
+    text = read_text(args.file)
     store = _token_store(args)
     try:
         project = store.get_project(project_name)
@@ -548,10 +546,9 @@ def _guideline(args: argparse.Namespace) -> str | None:
     path = given(args, GUIDELINE_FILE)
     if path is None:
         return None
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidInput(GUIDELINE_FILE.flag, f"cannot read {str(path)[:200]!r}: {e}") from None
+    from winnow.core.data.files import read_text
+
+    return read_text(path, GUIDELINE_FILE.flag)
 
 
 def _client(args: argparse.Namespace):

@@ -10,10 +10,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from winnow.core.data.files import csv_rows, lines, read_text
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Item, Response
-
-MAX_FILE_BYTES = 2 << 30
 
 
 def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
@@ -21,15 +20,10 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     ``columns`` as non-empty strings; InvalidInput naming ``row N`` (1 is the first data row) and the
     column for the first problem."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise InvalidInput("FILE", f"{path.name} is over {MAX_FILE_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidInput("FILE", f"cannot read {str(path)[:200]!r}: {e}") from None
+    text = read_text(path)
     if path.suffix in (".jsonl", ".json"):
         rows = []
-        for n, line in enumerate((line for line in text.splitlines() if line.strip()), start=1):
+        for n, line in enumerate((line for line in lines(text) if line.strip()), start=1):
             try:
                 row = json.loads(line)
             except ValueError as e:
@@ -38,11 +32,13 @@ def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
                 raise InvalidInput(f"row {n}", "must be a JSON object")
             rows.append(row)
     else:
-        reader = csv.DictReader(text.splitlines())
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        try:
+            header, rows = csv_rows(text)
+        except csv.Error as e:
+            raise InvalidInput("FILE", f"{path.name} is not a readable CSV file: {e}") from None
+        missing = [c for c in columns if c not in header]
         if missing:
-            raise InvalidInput(missing[0], f"no such column in {path.name} (columns: {reader.fieldnames})")
-        rows = list(reader)
+            raise InvalidInput(missing[0], f"no such column in {path.name} (columns: {header})")
     for n, row in enumerate(rows, start=1):
         for column in columns:
             value = row.get(column)

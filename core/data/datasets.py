@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
+from winnow.core.data.files import csv_rows, read_text
 from winnow.core.domain.errors import InvalidInput
 
 MAX_TEXT_CHARS = 20_000
@@ -51,17 +52,12 @@ def load_csv(
     if not path.is_file():
         raise InvalidInput("csv", f"no such file: {path}")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            for field_name, col in (("text_col", text_col), ("label_col", label_col)):
-                if col is not None and col not in columns:
-                    raise InvalidInput(field_name, f"column {col!r} not in {path.name} (columns: {', '.join(columns) or 'none'})")
-            rows = list(reader)
-    except UnicodeDecodeError as e:
-        raise InvalidInput("csv", f"{path.name} is not UTF-8 text: {e}") from e
+        columns, rows = csv_rows(read_text(path, "csv"))
     except csv.Error as e:
         raise InvalidInput("csv", f"{path.name} is not a readable CSV file: {e}") from e
+    for field_name, col in (("text_col", text_col), ("label_col", label_col)):
+        if col is not None and col not in columns:
+            raise InvalidInput(field_name, f"column {col!r} not in {path.name} (columns: {', '.join(columns) or 'none'})")
     if not rows:
         raise InvalidInput("csv", f"{path.name} has a header but no rows")
     texts: list[str] = []

@@ -4,16 +4,15 @@ share every turn but the last reply), and the shipped HH-RLHF harmlessness test 
 
 from __future__ import annotations
 
-import gzip
 import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from winnow.core.data.files import lines, read_text
 from winnow.core.domain.errors import InvalidInput
 
 _ASSISTANT, _HUMAN = "\n\nAssistant:", "\n\nHuman:"
-MAX_FILE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,7 @@ def parse_pairs(lines: list[str], source: str = "file") -> list[PreferencePair]:
 def load_pairs(path: Path) -> list[PreferencePair]:
     """Pairs from a ``.jsonl`` or ``.jsonl.gz`` file (see :func:`parse_pairs`)."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise InvalidInput("FILE", f"{path.name} is over {MAX_FILE_BYTES} bytes")
-        raw = path.read_bytes()
-        text = (gzip.decompress(raw) if path.suffix == ".gz" else raw).decode("utf-8")
-    except (OSError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
-        raise InvalidInput("FILE", f"cannot read {str(path)[:200]!r}: {e}") from None
-    return parse_pairs(text.splitlines(), path.name.split(".")[0])
+    return parse_pairs(lines(read_text(path)), path.name.split(".")[0])
 
 
 def hh_rlhf_harmless() -> list[PreferencePair]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from winnow.core.data.files import csv_rows, lines, read_text
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.settings import TrainConfig
 from winnow.core.select.index import as_vectors
@@ -45,11 +46,13 @@ class Pool:
 def _records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        try:
+            return csv_rows(read_text(path, "pool"))[1]
+        except csv.Error as e:
+            raise InvalidInput("pool", f"{path.name} is not a readable CSV file: {e}") from e
     if suffix == ".jsonl":
         out = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(lines(read_text(path, "pool")), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
