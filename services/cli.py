@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = project_sub.add_parser("show", help="a project's settings and stats, as JSON")
     show.add_argument("name")
     add_options(show, CLIENT_OPTIONS)
-    ingest_p = sub.add_parser("ingest", help="stream a CSV or JSONL file of items into a project, with a progress bar "
-                              "(every row checked before any is sent)")
+    ingest_p = sub.add_parser("ingest", help="stream a CSV or JSONL file (or either gzipped) of items into a project, with "
+                              "a progress bar (every row checked before any is sent)")
     ingest_p.add_argument("file", type=Path, metavar="FILE")
     add_options(ingest_p, (*CLIENT_OPTIONS, ERASE_PROJECT, TEXT_COL, ID_COL))
     gold_p = sub.add_parser("gold", help="upload known answers (a CSV or JSONL file of item ids and labels)")

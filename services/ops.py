@@ -10,20 +10,20 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from winnow.core.data.files import csv_rows, lines, read_text
+from winnow.core.data.files import csv_rows, data_suffix, read_text, split_lines
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Item, Response
 
 
 def read_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """The rows of a CSV (with a header) or JSONL file (by suffix ``.jsonl``/``.json``), each with
-    ``columns`` as non-empty strings; InvalidInput naming ``row N`` (1 is the first data row) and the
-    column for the first problem."""
+    """The rows of a CSV (with a header) or JSONL file (by suffix ``.jsonl``/``.json``; either gzipped
+    too, as ``.jsonl.gz``), each with ``columns`` as non-empty strings; InvalidInput naming ``row N`` (1 is
+    the first data row) and the column for the first problem."""
     path = Path(path)
     text = read_text(path)
-    if path.suffix in (".jsonl", ".json"):
+    if data_suffix(path) in (".jsonl", ".json"):
         rows = []
-        for n, line in enumerate((line for line in lines(text) if line.strip()), start=1):
+        for n, line in enumerate((line for line in split_lines(text) if line.strip()), start=1):
             try:
                 row = json.loads(line)
             except ValueError as e:
@@ -68,7 +68,8 @@ def items_from(path: Path, project: str, text_col: str, id_col: str | None) -> l
     ``responses``: its candidate responses, texts or ``{"text", "model"}`` objects (the text column
     is then the prompt)."""
     rows = read_rows(path, (text_col,) + ((id_col,) if id_col else ()))
-    items = [Item(project, row[id_col] if id_col else f"{Path(path).stem}-{n}", row[text_col],
+    stem = Path(Path(path).name.removesuffix(".gz")).stem  # rows.csv.gz's ids are those of rows.csv
+    items = [Item(project, row[id_col] if id_col else f"{stem}-{n}", row[text_col],
                   responses=_responses(row["responses"], n) if "responses" in row else ())
              for n, row in enumerate(rows, start=1)]
     seen: set[str] = set()

@@ -29,7 +29,7 @@ def read_text(path: Path | str, field: str = "FILE", max_bytes: int = MAX_FILE_B
         raw = path.read_bytes()
     except OSError as e:
         raise InvalidInput(field, f"cannot read {str(path)[:200]!r}: {e}") from None
-    if path.suffix == ".gz":
+    if path.suffix.lower() == ".gz":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
@@ -40,7 +40,13 @@ def read_text(path: Path | str, field: str = "FILE", max_bytes: int = MAX_FILE_B
         raise InvalidInput(field, f"{path.name} is not UTF-8 text: {e}") from None
 
 
-def lines(text: str) -> list[str]:
+def data_suffix(path: Path | str) -> str:
+    """The suffix that says a file's format, under a ``.gz`` (``rows.jsonl.gz``: ``.jsonl``), lower case."""
+    path = Path(path)
+    return Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+
+
+def split_lines(text: str) -> list[str]:
     """The text's lines, split at ``\\n`` only (a ``\\r`` before it dropped); no empty last line for a
     text that ends in a newline."""
     out = text.split("\n")

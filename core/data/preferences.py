@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from winnow.core.data.files import lines, read_text
+from winnow.core.data.files import read_text, split_lines
 from winnow.core.domain.errors import InvalidInput
 
 _ASSISTANT, _HUMAN = "\n\nAssistant:", "\n\nHuman:"
@@ -69,7 +69,7 @@ def parse_pairs(lines: list[str], source: str = "file") -> list[PreferencePair]:
 def load_pairs(path: Path) -> list[PreferencePair]:
     """Pairs from a ``.jsonl`` or ``.jsonl.gz`` file (see :func:`parse_pairs`)."""
     path = Path(path)
-    return parse_pairs(lines(read_text(path)), path.name.split(".")[0])
+    return parse_pairs(split_lines(read_text(path)), path.name.split(".")[0])
 
 
 def hh_rlhf_harmless() -> list[PreferencePair]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from winnow.core.data.files import csv_rows, lines, read_text
+from winnow.core.data.files import csv_rows, read_text, split_lines
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.settings import TrainConfig
 from winnow.core.select.index import as_vectors
@@ -52,7 +52,7 @@ def _records(path: Path) -> list[dict]:
             raise InvalidInput("pool", f"{path.name} is not a readable CSV file: {e}") from e
     if suffix == ".jsonl":
         out = []
-        for number, line in enumerate(lines(read_text(path, "pool")), 1):
+        for number, line in enumerate(split_lines(read_text(path, "pool")), 1):
             if line.strip():
                 try:
                     row = json.loads(line)

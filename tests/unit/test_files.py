@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from winnow.core.data.datasets import load_csv
-from winnow.core.data.files import csv_rows, lines, read_text
+from winnow.core.data.files import csv_rows, read_text, split_lines
 from winnow.core.data.preferences import load_pairs
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.select.pool import read_pool
@@ -39,8 +39,8 @@ def _jsonl(path: Path, rows: list[dict], bom: bool = True) -> Path:
 
 
 def test_lines_split_at_newlines_only() -> None:
-    assert lines("a\u2028b\r\nc\x0cd\n\ne\n") == ["a\u2028b", "c\x0cd", "", "e"]
-    assert lines("") == [] and lines("x") == ["x"] and lines("x\r\n") == ["x"]
+    assert split_lines("a\u2028b\r\nc\x0cd\n\ne\n") == ["a\u2028b", "c\x0cd", "", "e"]
+    assert split_lines("") == [] and split_lines("x") == ["x"] and split_lines("x\r\n") == ["x"]
 
 
 def test_csv_rows_keep_quoted_line_breaks_and_separators_in_texts() -> None:
@@ -77,13 +77,19 @@ def test_read_text_refuses_what_it_cannot_read_naming_the_field(tmp_path: Path, 
 
 def test_every_reader_gets_the_same_rows_from_a_spreadsheets_csv(tmp_path: Path) -> None:
     labels = ["a", "b", "a", "b"]
-    path = _csv(tmp_path / "rows.csv", "text,category,id", [(t, y, f"r{k}") for k, (t, y) in enumerate(zip(TEXTS, labels))])
+    path = _csv(tmp_path / "rows.csv", "text,category,id",
+                [(t, y, f"r{k}") for k, (t, y) in enumerate(zip(TEXTS, labels))])
     data = load_csv(path)
     assert data.texts == tuple(TEXTS) and data.labels == tuple(labels)
     assert [r["text"] for r in read_rows(path, ("text", "category"))] == TEXTS
+    gz = tmp_path / "rows.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert [r["text"] for r in read_rows(gz, ("text", "category"))] == TEXTS
     items = items_from(path, "p", "text", None)
     assert [i.text for i in items] == TEXTS and [i.item_id for i in items] == [f"rows-{n}" for n in (1, 2, 3, 4)]
-    pool = read_pool(path, encode=lambda texts: np.eye(len(texts), 8, dtype=np.float32), id_col="id", label_col="category")
+    assert [(i.item_id, i.text) for i in items_from(gz, "p", "text", None)] == [(i.item_id, i.text) for i in items]
+    pool = read_pool(path, encode=lambda texts: np.eye(len(texts), 8, dtype=np.float32), id_col="id",
+                     label_col="category")
     assert pool.ids == ["r0", "r1", "r2", "r3"] and pool.labels == labels
 
 
@@ -93,5 +99,20 @@ def test_every_jsonl_reader_keeps_a_line_separator_inside_a_string(tmp_path: Pat
     assert [r["text"] for r in read_rows(path, ("text",))] == TEXTS
     pool = read_pool(path, encode=lambda texts: np.eye(len(texts), 8, dtype=np.float32), label_col=None)
     assert pool.ids == ["r0", "r1", "r2", "r3"]
+    gz = tmp_path / "rows.jsonl.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert [r["text"] for r in read_rows(gz, ("text",))] == TEXTS
     pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"say {t}", "chosen": t, "rejected": "no"} for t in TEXTS])
     assert [p.chosen for p in load_pairs(pairs)] == TEXTS
+
+
+def test_a_pool_or_ingest_file_that_is_not_utf8_is_one_error_naming_its_field(tmp_path: Path) -> None:
+    for name in ("pool.csv", "pool.jsonl"):
+        path = tmp_path / name
+        path.write_bytes("text\ncaf\xe9\n".encode("latin-1"))
+        with pytest.raises(InvalidInput) as err:
+            read_pool(path, encode=lambda texts: np.eye(len(texts), 8, dtype=np.float32))
+        assert err.value.field == "pool" and "not UTF-8 text" in str(err.value)
+        with pytest.raises(InvalidInput) as err:
+            read_rows(path, ("text",))
+        assert err.value.field == "FILE" and "not UTF-8 text" in str(err.value)
