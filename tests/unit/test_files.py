@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from winnow.core.data.datasets import load_csv
 from winnow.core.data.files import csv_rows, read_text, split_lines
+from winnow.core.data.formats import write_jsonl
 from winnow.core.data.preferences import load_pairs
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.select.pool import read_pool
@@ -116,3 +117,12 @@ def test_a_pool_or_ingest_file_that_is_not_utf8_is_one_error_naming_its_field(tm
         with pytest.raises(InvalidInput) as err:
             read_rows(path, ("text",))
         assert err.value.field == "FILE" and "not UTF-8 text" in str(err.value)
+
+
+def test_an_exported_jsonl_reads_back_row_for_row(tmp_path: Path) -> None:
+    # the JSONL export writes U+2028 unescaped (ensure_ascii=False): ingesting it again keeps each row whole
+    data = [{"id": f"r{k}", "text": t} for k, t in enumerate(TEXTS)]
+    path = tmp_path / "export.jsonl"
+    path.write_text(write_jsonl(data), encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert read_rows(path, ("id", "text")) == data
