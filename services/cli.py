@@ -62,7 +62,8 @@ BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure 
 BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, a path; "
                         "NAME:int8 for the int8 export of a BERT encoder", ("minilm", "minilm:int8", "bge-small"))
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
-CSV = Option("csv", Path, "labeled CSV to stream (default: bundled Banking77 train)", None, optional=True)
+CSV = Option("csv", Path, "labeled CSV to stream, comma, tab, semicolon or bar separated as its header says "
+             "(default: bundled Banking77 train)", None, optional=True)
 TEXT_COL = Option("text_col", str, "text column", "text")
 LABEL_COL = Option("label_col", str, "label column", "category")
 CLASS_SKEW = Option("class_skew", float, "stream a class-imbalanced subsample: the classes, in a seeded order, keep "
@@ -345,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     show = project_sub.add_parser("show", help="a project's settings and stats, as JSON")
     show.add_argument("name")
     add_options(show, CLIENT_OPTIONS)
-    ingest_p = sub.add_parser("ingest", help="stream a CSV or JSONL file (or either gzipped) of items into a project, with "
-                              "a progress bar (every row checked before any is sent)")
+    ingest_p = sub.add_parser("ingest", help="stream a CSV or JSONL file (or either gzipped) of items into a "
+                              "project, with a progress bar (every row checked before any is sent)")
     ingest_p.add_argument("file", type=Path, metavar="FILE")
     add_options(ingest_p, (*CLIENT_OPTIONS, ERASE_PROJECT, TEXT_COL, ID_COL))
     gold_p = sub.add_parser("gold", help="upload known answers (a CSV or JSONL file of item ids and labels)")

@@ -4,7 +4,8 @@ mark dropped, as spreadsheet programs write one), its JSON lines and its CSV row
 Lines are split at ``\\n`` (``\\r\\n`` too) and nowhere else: ``str.splitlines`` also splits at
 characters that may sit inside a text (U+2028 LINE SEPARATOR, which JSON writes unescaped, form feeds,
 ``\\x1c``-``\\x1e``), and would turn one row into two. CSV rows come from the csv module reading the
-whole text, so a quoted field keeps its line breaks."""
+whole text, so a quoted field keeps its line breaks; a header with tabs, semicolons or bars and no comma
+says the file's delimiter."""
 
 from __future__ import annotations
 
@@ -55,9 +56,21 @@ def split_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in out]
 
 
+def delimiter(header: str) -> str:
+    """The field delimiter a CSV's header line says: a comma, unless the header has no comma and one
+    (only one) of tab, semicolon or bar, as tab-separated files and spreadsheets in locales whose decimal
+    mark is a comma write them (a one-column header is read with a comma, the same either way)."""
+    if "," in header:
+        return ","
+    found = [d for d in ("\t", ";", "|") if d in header]
+    return found[0] if len(found) == 1 else ","
+
+
 def csv_rows(text: str) -> tuple[list[str], list[dict[str, str]]]:
     """A CSV text's header and its rows as dicts (``csv.DictReader``: a short row's missing cells are
-    None). Quoted fields keep their line breaks. Raises csv.Error for text the csv module cannot parse."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    None), delimited as its header line says (:func:`delimiter`). Quoted fields keep their line breaks.
+    Raises csv.Error for text the csv module cannot parse."""
+    header = text.split("\n", 1)[0]
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter(header))
     rows = list(reader)
     return list(reader.fieldnames or []), rows

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from winnow.core.data.datasets import load_csv
-from winnow.core.data.files import csv_rows, read_text, split_lines
+from winnow.core.data.files import csv_rows, delimiter, read_text, split_lines
 from winnow.core.data.formats import write_jsonl
 from winnow.core.data.preferences import load_pairs
 from winnow.core.domain.errors import InvalidInput
@@ -126,3 +126,20 @@ def test_an_exported_jsonl_reads_back_row_for_row(tmp_path: Path) -> None:
     path.write_text(write_jsonl(data), encoding="utf-8")
     assert "\u2028" in path.read_text(encoding="utf-8")
     assert read_rows(path, ("id", "text")) == data
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    ("text,category", ","), ("text\tcategory", "\t"), ("text;category", ";"), ("text|category", "|"),
+    ("text", ","), ("a;b,c", ","), ("a;b\tc", ","),
+])
+def test_the_header_line_says_the_delimiter(header: str, expected: str) -> None:
+    assert delimiter(header) == expected
+
+
+@pytest.mark.parametrize("sep", ["\t", ";", "|"])
+def test_tab_semicolon_and_bar_separated_files_read_like_comma_separated_ones(tmp_path: Path, sep: str) -> None:
+    path = tmp_path / "rows.tsv"
+    path.write_text(f"text{sep}category\r\nhello, there{sep}a\r\n\"two\nlines\"{sep}b\r\n", encoding="utf-8-sig")
+    data = load_csv(path)
+    assert data.texts == ("hello, there", "two\nlines") and data.labels == ("a", "b")
+    assert [r["category"] for r in read_rows(path, ("text", "category"))] == ["a", "b"]
