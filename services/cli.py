@@ -81,7 +81,7 @@ BENCH_HEAD_LABELS = Option("head_labels", int, "Banking77 test rows the head is 
                            env_name="BENCH_HEAD_LABELS", low=10)
 BENCH_PROFILE_DIR = Option("profile_dir", Path, "write cProfile stats of every pipeline thread here (slows the "
                            "pipeline runs)", None, env_name="BENCH_PROFILE_DIR", optional=True)
-SELECT_POOL = Option("pool", Path, "the pool: .npy embeddings, or .csv / .jsonl / .parquet rows (an embedding "
+SELECT_POOL = Option("pool", Path, "the pool: .npy embeddings, or .csv / .tsv / .jsonl / .parquet rows (an embedding "
                      "column, or texts through the encoder; rows with a label are labeled already)", None)
 SELECT_N = Option("n", int, "rows to pick", None, low=1)
 SELECT_STRATEGY = Option("strategy", str, f"selection strategy: {', '.join(STRATEGIES)} (uncertainty, cluster_margin "

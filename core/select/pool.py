@@ -4,7 +4,7 @@ labeled already) and pick the ``n`` rows people should label next with one of th
 Formats, by extension:
 
 - ``.npy``: float ``[N, D]`` embeddings, one row per item; ids are the row numbers; nothing labeled.
-- ``.csv``, ``.jsonl``: one item per row; ``.parquet`` (pyarrow): one per table row. The vector is
+- ``.csv`` (or ``.tsv``), ``.jsonl``: one item per row; ``.parquet`` (pyarrow): one per table row. The vector is
   the ``embedding_col`` column when the file has it (a list of floats; in a CSV, its JSON text),
   else the ``text_col`` column through the encoder. ``id_col`` names rows (else their row number);
   a non-empty ``label_col`` value marks a row labeled already.
@@ -31,7 +31,7 @@ from winnow.core.select.index import as_vectors
 from winnow.core.select.strategies import Candidates, make_strategy
 
 MODEL_STRATEGIES = ("uncertainty", "cluster_margin", "badge")  # need a head, so labeled rows
-FORMATS = (".npy", ".csv", ".jsonl", ".parquet")
+FORMATS = (".npy", ".csv", ".tsv", ".jsonl", ".parquet")
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,7 +45,7 @@ class Pool:
 
 def _records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
-    if suffix == ".csv":
+    if suffix in (".csv", ".tsv"):  # the header says the delimiter (``files.delimiter``)
         try:
             return csv_rows(read_text(path, "pool"))[1]
         except csv.Error as e:

@@ -143,3 +143,6 @@ def test_tab_semicolon_and_bar_separated_files_read_like_comma_separated_ones(tm
     data = load_csv(path)
     assert data.texts == ("hello, there", "two\nlines") and data.labels == ("a", "b")
     assert [r["category"] for r in read_rows(path, ("text", "category"))] == ["a", "b"]
+    pool = read_pool(path, encode=lambda texts: np.eye(len(texts), 8, dtype=np.float32), id_col=None,
+                     label_col="category")
+    assert pool.labels == ["a", "b"]
