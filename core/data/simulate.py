@@ -185,6 +185,9 @@ def run_stream(
 
     # each run gets its own head on the shared encoder (and its embedding cache)
     loop = EmbeddedLoop(workdir, project, OnnxRuntime(runtime.encoder), config, on_version=on_version)
+    # the selector re-reads its version's audits every ``select_batch`` arrivals, not at most every 10 s of
+    # this machine's time: a seed gives the same labels on a fast machine and a slow one, measured or not
+    loop.selector.refute_check_s = 0.0
     people = SimulatedAnnotators(truth, project.classes, noise, seed)
     try:
         if gold:
