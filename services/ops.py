@@ -68,7 +68,8 @@ def items_from(path: Path, project: str, text_col: str, id_col: str | None) -> l
     ``responses``: its candidate responses, texts or ``{"text", "model"}`` objects (the text column
     is then the prompt)."""
     rows = read_rows(path, (text_col,) + ((id_col,) if id_col else ()))
-    stem = Path(Path(path).name.removesuffix(".gz")).stem  # rows.csv.gz's ids are those of rows.csv
+    name = Path(path).name
+    stem = Path(name[:-3] if name.lower().endswith(".gz") else name).stem  # rows.csv.gz's ids are rows.csv's
     items = [Item(project, row[id_col] if id_col else f"{stem}-{n}", row[text_col],
                   responses=_responses(row["responses"], n) if "responses" in row else ())
              for n, row in enumerate(rows, start=1)]
