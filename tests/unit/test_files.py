@@ -20,7 +20,7 @@ from winnow.services.ops import items_from, read_rows
 
 BOM = "\ufeff"
 # texts a spreadsheet or a scraper writes: a line separator (which JSON leaves unescaped), a form feed,
-# a quoted line break, a record separator
+# a quoted line break, a group separator
 TEXTS = ["hello\u2028there", "form\x0cfeed", "two\nlines", "group\x1dsep"]
 
 
