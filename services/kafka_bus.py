@@ -19,10 +19,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
     InvalidPartitionsError,
     InvalidTopicError,
     KafkaError,
+    RebalanceInProgressError,
     TopicAlreadyExistsError,
+    UnknownMemberIdError,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -173,13 +177,17 @@ class KafkaConsumerMember(Consumer):
         """Commit, for each assigned partition, the position after the last record ``poll`` handed out
         (with ``offsets``, those positions, of the partitions still assigned).
 
-        Raises ``BusError`` when the group rebalanced since that ``poll`` (Kafka refuses the commit
-        from a stale generation): those messages go to the partitions' new owners again.
+        When the group is rebalancing, or rebalanced since that ``poll``, Kafka refuses the commit (a
+        stale generation): nothing is committed and nothing raised, as with partitions lost to a
+        rebalance on any bus. The messages are handed out again by the partitions' owners after the
+        rebalance (this member or another), and their output is idempotent. Raising here stopped every
+        member that committed while another joined or left the group, so one member's crash or a
+        scale-out restarted the others.
         """
         self._check_open()
         with _broker_errors("commit"):
             if offsets is None:
-                self._consumer.commit()
+                self._commit(None)
                 return
             check_offsets(offsets, self._handed)
             owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
@@ -187,8 +195,16 @@ class KafkaConsumerMember(Consumer):
             if lost := offsets.keys() - chosen.keys():
                 log.warning("kafka commit skips partitions not assigned group=%s lost=%s", self._group, sorted(lost))
             if chosen:
-                self._consumer.commit({TopicPartition(t, p): OffsetAndMetadata(offset, "", -1)
-                                       for (t, p), offset in chosen.items()})
+                self._commit({TopicPartition(t, p): OffsetAndMetadata(offset, "", -1)
+                              for (t, p), offset in chosen.items()})
+
+    def _commit(self, offsets: dict | None) -> None:
+        """The client's commit, where a refusal for a rebalance is a warning (``commit``)."""
+        try:
+            self._consumer.commit(offsets)  # None: every position polled so far
+        except (CommitFailedError, RebalanceInProgressError, IllegalGenerationError, UnknownMemberIdError) as e:
+            log.warning("kafka commit refused across a rebalance, its messages will be handed out again "
+                        "group=%s error=%s", self._group, type(e).__name__)
 
     def close(self, commit: bool = False) -> None:
         """Commit first if asked, then leave the group so its partitions move to the other members."""

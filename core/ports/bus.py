@@ -97,7 +97,9 @@ class Consumer(ABC):
 
         An offset past what ``poll`` has handed out for its partition raises ``InvalidInput``. A
         partition this member no longer owns (lost to a rebalance) is not committed: its new owner
-        gets those messages again (Kafka also raises ``BusError`` for a commit across a rebalance).
+        gets those messages again. A commit the bus refuses because the group is rebalancing (Kafka:
+        a stale generation) commits nothing and raises nothing: the owners after the rebalance hand
+        those messages out again. Neither is an error of the member: it goes on polling.
         """
 
     @abstractmethod

@@ -85,6 +85,62 @@ class TestKafkaBus(BusContract):
             pytest.fail(f"no stable assignment within {ASSIGNMENT_DEADLINE_S} s")
 
 
+def test_a_commit_while_another_member_joins_raises_nothing_and_loses_nothing(kafka_bootstrap: str) -> None:
+    """A member commits while another is joining the group. The broker takes the commit, or refuses it
+    for the rebalance (a stale generation: then the adapter warns and commits nothing; before, it raised,
+    and a worker stopped its process whenever another member joined or left; the refusal itself is
+    tested in tests/unit/test_kafka_client.py). Either way nothing is raised and nothing is lost: once
+    the members commit what they are handed after the rebalance, every message is committed, and only
+    messages of the topic were handed out again."""
+    bus = KafkaBus(kafka_bootstrap, client_id="winnow-rebalance", session_timeout_ms=SESSION_TIMEOUT_MS)
+    topic, group = f"contract-rebalance-{uuid.uuid4().hex[:12]}", f"group-{uuid.uuid4().hex[:12]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="winnow-rebalance-admin")
+    try:
+        bus.create_topic(topic, 2)
+        with bus.producer() as producer:
+            sent = [f"m-{i}".encode() for i in range(20)]
+            producer.publish_many(topic, [(f"key-{i % 8}", v) for i, v in enumerate(sent)])
+            producer.flush()
+        with bus.consumer([topic], group) as a, bus.consumer([topic], group) as b:
+            first: list = []
+            deadline = time.monotonic() + ASSIGNMENT_DEADLINE_S
+            while len(first) < len(sent) and time.monotonic() < deadline:
+                first += a.poll(timeout_s=0.1)
+            assert sorted(m.value for m in first) == sorted(sent)
+
+            def settled() -> bool:
+                owned = [a.assignment(), b.assignment()]
+                return all(owned) and not owned[0] & owned[1]
+
+            def drive(member: KafkaConsumerMember) -> list:
+                """Poll (and commit what it is handed) until both members own partitions and this
+                member's have nothing left."""
+                got: list = []
+                while time.monotonic() < deadline and not (settled() and member.lag() == 0):
+                    if batch := member.poll(timeout_s=0.05):
+                        got += batch
+                        member.commit()
+                return got
+
+            def state() -> str:
+                info = admin.describe_groups([group])[group]
+                return info.get("group_state") or info.get("state") or ""
+
+            with ThreadPoolExecutor(2) as pool:
+                joining = pool.submit(drive, b)  # b joins: the group waits for a to rejoin
+                while state() != "PreparingRebalance":
+                    assert time.monotonic() < deadline, f"the group never started to rebalance ({state()})"
+                    time.sleep(0.05)
+                a.commit()  # taken, or refused for the rebalance: never an error
+                handed = drive(a) + joining.result()
+            assert settled() and a.lag() == 0 and b.lag() == 0
+            assert {m.value for m in handed} <= set(sent)
+    finally:
+        admin.close()
+        bus.delete_topics([topic])
+        bus.close()
+
+
 def test_poison_messages_go_to_the_dead_letter_topic_on_kafka(kafka_bootstrap: str, tmp_path) -> None:
     """The selector stage on Kafka: malformed messages are dead-lettered and committed past."""
     import uuid

@@ -9,7 +9,14 @@ import re
 import pytest
 from kafka import KafkaConsumer
 from kafka.coordinator.consumer import ConsumerCoordinator
-from winnow.core.domain.errors import InvalidInput
+from kafka.errors import (
+    CommitFailedError,
+    IllegalGenerationError,
+    NodeNotReadyError,
+    RebalanceInProgressError,
+    UnknownMemberIdError,
+)
+from winnow.core.domain.errors import BusError, InvalidInput
 from winnow.services import kafka_bus
 
 
@@ -60,3 +67,30 @@ def test_bus_url_options_become_client_settings(tmp_path) -> None:
     assert security_from_url(url, environ={SASL_PASSWORD_ENV: "s3cret"}) == ("a:1", {
         "security_protocol": "SASL_SSL", "ssl_cafile": str(ca), "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "w", "sasl_plain_password": "s3cret"})
+
+
+@pytest.mark.parametrize("refusal", [RebalanceInProgressError, CommitFailedError, IllegalGenerationError,
+                                     UnknownMemberIdError])
+def test_a_commit_the_broker_refuses_for_a_rebalance_is_a_warning_not_an_error(refusal, caplog) -> None:
+    """The exceptions kafka-python raises when a commit comes from a stale generation (the group is
+    rebalancing, or rebalanced since the poll): the member commits nothing and goes on, as on the
+    SQLite bus; the owners after the rebalance hand those messages out again. Any other broker error
+    still raises ``BusError``."""
+
+    class Refusing(KafkaConsumer):
+        error: type[Exception] = refusal
+
+        def commit(self, offsets=None):  # the client's call that met the broker's answer
+            raise self.error()
+
+    consumer = Refusing(bootstrap_servers="127.0.0.1:9", group_id="g", api_version=(3, 0), enable_auto_commit=False)
+    try:
+        member = kafka_bus.KafkaConsumerMember(consumer, "g", 100, admin=None)
+        with caplog.at_level("WARNING", logger=kafka_bus.log.name):
+            member.commit()
+        assert "refused across a rebalance" in caplog.text and refusal.__name__ in caplog.text
+        Refusing.error = NodeNotReadyError
+        with pytest.raises(BusError, match="kafka commit failed: NodeNotReadyError"):
+            member.commit()
+    finally:
+        consumer.close(autocommit=False, timeout_ms=100)
