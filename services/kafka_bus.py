@@ -180,9 +180,9 @@ class KafkaConsumerMember(Consumer):
         When the group is rebalancing, or rebalanced since that ``poll``, Kafka refuses the commit (a
         stale generation): nothing is committed and nothing raised, as with partitions lost to a
         rebalance on any bus. The messages are handed out again by the partitions' owners after the
-        rebalance (this member or another), and their output is idempotent. Raising here stopped every
+        rebalance (this member or another), and their output is idempotent. Raising here stopped any
         member that committed while another joined or left the group, so one member's crash or a
-        scale-out restarted the others.
+        scale-out could stop the others.
         """
         self._check_open()
         with _broker_errors("commit"):
