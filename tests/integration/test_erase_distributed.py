@@ -5,6 +5,7 @@ the embedding cache and no later export holds the erased text; the selector has 
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -50,17 +51,20 @@ def _records_holding(broker: Broker, project: str, needle: bytes) -> list[str]:
 
 
 def _files_holding(root: Path | None, needle: bytes) -> list[str]:
-    """Files under ``root`` whose bytes hold ``needle``; a file the server deletes while it is read (Kafka
-    removes segments marked ``-delete`` on its own schedule) holds nothing any more."""
+    """Files under ``root`` whose bytes hold ``needle``; a file or folder the server deletes while it is
+    read (Kafka removes the folders of deleted topics, marked ``-delete``, on its own schedule) holds
+    nothing any more: ``os.walk`` skips a folder that vanished (``Path.rglob`` raised there)."""
     if root is None:
         return []
     found = []
-    for path in root.rglob("*"):
-        try:
-            if path.is_file() and needle in path.read_bytes():
-                found.append(str(path))
-        except FileNotFoundError:
-            continue
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                if needle in path.read_bytes():
+                    found.append(str(path))
+            except (FileNotFoundError, IsADirectoryError):
+                continue
     return sorted(found)
 
 
