@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from winnow.core.data.files import csv_rows, data_suffix, read_text, split_lines
+from winnow.core.data.files import csv_rows, data_suffix, read_text, split_lines, unzipped
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.domain.records import Item, Response
 
@@ -68,8 +68,7 @@ def items_from(path: Path, project: str, text_col: str, id_col: str | None) -> l
     ``responses``: its candidate responses, texts or ``{"text", "model"}`` objects (the text column
     is then the prompt)."""
     rows = read_rows(path, (text_col,) + ((id_col,) if id_col else ()))
-    name = Path(path).name
-    stem = Path(name[:-3] if name.lower().endswith(".gz") else name).stem  # rows.csv.gz's ids are rows.csv's
+    stem = unzipped(path).stem  # rows.csv.gz's ids are those of rows.csv
     items = [Item(project, row[id_col] if id_col else f"{stem}-{n}", row[text_col],
                   responses=_responses(row["responses"], n) if "responses" in row else ())
              for n, row in enumerate(rows, start=1)]

@@ -41,10 +41,15 @@ def read_text(path: Path | str, field: str = "FILE", max_bytes: int = MAX_FILE_B
         raise InvalidInput(field, f"{path.name} is not UTF-8 text: {e}") from None
 
 
+def unzipped(path: Path | str) -> Path:
+    """The file's path without a ``.gz`` suffix (``rows.jsonl.gz``: ``rows.jsonl``); others unchanged."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix.lower() == ".gz" else path
+
+
 def data_suffix(path: Path | str) -> str:
     """The suffix that says a file's format, under a ``.gz`` (``rows.jsonl.gz``: ``.jsonl``), lower case."""
-    path = Path(path)
-    return Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    return unzipped(path).suffix.lower()
 
 
 def split_lines(text: str) -> list[str]:
