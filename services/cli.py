@@ -59,8 +59,9 @@ SEEDS = Option("seeds", int, "seeds to run, from --seed on: each reported, then 
 BENCH_NOISE = Option("noise", tuple, "error rate of each simulated annotator, comma-separated (one annotator each)",
                      ("0.0",))
 BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 0, low=0)
-BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, a path; "
-                        "NAME:int8 for the int8 export of a BERT encoder", ("minilm", "minilm:int8", "bge-small"))
+BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, mpnet, a "
+                        "path; NAME:int8 for the int8 export of a BERT or MPNet encoder",
+                        ("minilm", "minilm:int8", "bge-small", "mpnet", "mpnet:int8"))
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
 CSV = Option("csv", Path, "labeled CSV to stream, comma, tab, semicolon or bar separated as its header says "
              "(default: bundled Banking77 train)", None, optional=True)
@@ -111,8 +112,8 @@ GPU_TEXTS = Option("texts", int, "texts each GPU encoder engine encodes (the CPU
                    low=8, env_name="GPU_TEXTS")
 GPU_PIPELINE = Option("pipeline_items", int, "items streamed through the embedded loop with the encoder on CUDA",
                       4000, low=1, env_name="GPU_PIPELINE_ITEMS")
-GPU_ENCODER = Option("encoder", str, "encoder: minilm, bge-small, or a BERT folder (bench/gpu.sh carries an fp16 "
-                     "copy of MiniLM)", "minilm", env_name="GPU_ENCODER")
+GPU_ENCODER = Option("encoder", str, "encoder: minilm, bge-small, mpnet, or a BERT or MPNet folder (bench/gpu.sh "
+                     "carries an fp16 copy of MiniLM)", "minilm", env_name="GPU_ENCODER")
 PROJECT_OPTIONS = (STRATEGY, BUDGET, PRECISION)
 FUZZ_REQUESTS = Option("requests", int, "malformed and absurd requests to send", 10_000, env_name="FUZZ_REQUESTS",
                        low=1)

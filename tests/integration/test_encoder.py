@@ -180,3 +180,51 @@ def test_bge_small_has_no_torch_engine(tmp_path: Path):
     with pytest.raises(InvalidInput) as e:
         make_runtime("torch", "cpu", cache_dir=tmp_path, encoder="bge-small")
     assert e.value.field == "engine"
+
+
+# --- a third real encoder: all-mpnet-base-v2 (MPNet, unpacked from its five PyPI packages) ----------------------
+
+# transformers 4.57.1's MPNetModel (CPU, fp32) on SENTENCES, mean-pooled and L2-normalised as
+# sentence-transformers pools all-mpnet-base-v2: first 8 components of rows 0 and 6, and the cosine of rows 0, 1
+MPNET_REFERENCE = {
+    0: [0.035501, -0.008432, 0.022024, 0.016263, -0.005402, 0.006836, -0.096077, 0.026986],
+    6: [0.033118, 0.024241, -0.027198, 0.012669, -0.027675, 0.018258, 0.000166, 0.018616],
+}
+
+
+@pytest.fixture(scope="module")
+def mpnet_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mpnet-cache")
+
+
+def test_mpnet_is_unpacked_once_checked_against_upstreams_hash(mpnet_cache: Path, monkeypatch: pytest.MonkeyPatch):
+    import winnow.core.ml.encoder as encoder
+
+    monkeypatch.setattr(encoder, "MPNET_SHA256", "0" * 64)  # weights that are not upstream's are refused
+    with pytest.raises(ModelFileError, match="not upstream's"):
+        encoder.mpnet_files(mpnet_cache)
+    assert not (mpnet_cache / "encoders" / f"all-mpnet-base-v2-{'0' * 16}").exists()
+    assert [p.name for p in (mpnet_cache / "encoders").iterdir()] == []  # nothing half-unpacked is left
+    monkeypatch.undo()
+    folder = encoder.mpnet_files(mpnet_cache)
+    assert folder.name == "all-mpnet-base-v2-78c0197b6159d926"
+    assert encoder.weights_sha256(folder / "model.safetensors") == encoder.MPNET_SHA256
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert encoder.mpnet_files(mpnet_cache) == folder and (folder / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_mpnet_reproduces_the_reference_implementation_in_torch_and_onnx(mpnet_cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    from winnow.core.ml.encoder import encoder_spec, make_encoder
+
+    monkeypatch.setenv("WINNOW_CACHE_DIR", str(mpnet_cache))
+    spec = encoder_spec("mpnet")
+    assert (spec.name, spec.pooling, spec.max_length) == ("all-mpnet-base-v2", "mean", 384)
+    for engine in ("torch", "onnx"):
+        encoder = make_encoder(spec, engine, mpnet_cache, device="cpu")
+        assert encoder.dim == 768 and encoder.encoder_id.startswith("all-mpnet-base-v2@78c0197b6159d926/")
+        emb = encoder.encode(SENTENCES)
+        for row, expected in MPNET_REFERENCE.items():
+            np.testing.assert_allclose(emb[row, :8], expected, atol=2e-6)
+        assert emb[0] @ emb[1] == pytest.approx(0.660113, abs=1e-5)
+        assert emb[0] @ emb[1] > emb[0] @ emb[2]

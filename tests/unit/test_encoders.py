@@ -20,6 +20,7 @@ from winnow.core.ml.encoder import (
     Bert,
     DeclaredOnnxEncoder,
     EncoderSpec,
+    MPNet,
     OnnxEncoder,
     TorchEncoder,
     encoder_spec,
@@ -82,6 +83,27 @@ def onnx_folder(tmp_path_factory: pytest.TempPathFactory, bert_folder: Path) -> 
     export_module(_Hidden(Bert.from_files(bert_folder)), (sample, sample, torch.zeros_like(sample)),
                   folder / "graph.onnx", ["input_ids", "attention_mask", "token_type_ids"], ["last_hidden_state"],
                   {"input_ids": axes, "attention_mask": axes, "token_type_ids": axes, "last_hidden_state": axes})
+    _tokenizer(folder)
+    return folder
+
+
+MPNET_CONFIG = {"model_type": "mpnet", "hidden_size": 32, "layer_norm_eps": 1e-5, "vocab_size": len(VOCAB),
+                "max_position_embeddings": 64, "num_attention_heads": 2, "intermediate_size": 64,
+                "num_hidden_layers": 2, "relative_attention_num_buckets": 32, "pad_token_id": 1}
+
+
+@pytest.fixture(scope="module")
+def mpnet_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MPNet checkpoint as sentence-transformers saves one (no prefix, the pooler included), random weights."""
+    folder = tmp_path_factory.mktemp("tiny-mpnet")
+    torch.manual_seed(1)
+    model = MPNet(MPNET_CONFIG)
+    with torch.no_grad():  # visible position biases, so that a wrong bucket changes the output
+        model.encoder.relative_attention_bias.weight.normal_(0.0, 2.0)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["pooler.dense.weight"] = torch.zeros(32, 32)
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(MPNET_CONFIG))
     _tokenizer(folder)
     return folder
 
@@ -157,6 +179,43 @@ def test_torch_and_the_onnx_export_of_a_bert_folder_agree_for_either_pooling(ber
     mean = TorchEncoder("cpu", spec=EncoderSpec("tiny", bert_folder)).encode(TEXTS)
     cls = TorchEncoder("cpu", spec=EncoderSpec("tiny", bert_folder, pooling="cls")).encode(TEXTS)
     assert np.abs(mean - cls).max() > 0.05  # the pooling is not ignored
+
+
+def test_mpnet_buckets_relative_positions_as_mpnet_and_t5_do():
+    """The bucket of (query - key): exact below 8 tokens, log-spaced from 8 to 128 over 8 buckets, capped;
+    keys after the query in the upper 16. Expected values worked out by hand from that rule."""
+    model = MPNet(MPNET_CONFIG)
+    with torch.no_grad():  # head 0's bias is the bucket number itself
+        model.encoder.relative_attention_bias.weight[:, 0] = torch.arange(32, dtype=torch.float32)
+        bias = model._position_bias(210)[0, 0]
+    assert bias.shape == (210, 210)
+    expected = {(0, 0): 0, (5, 0): 5, (0, 5): 21, (7, 0): 7, (8, 0): 8, (20, 4): 10, (32, 0): 12, (64, 0): 14,
+                (127, 0): 15, (200, 0): 15, (0, 40): 28, (0, 200): 31, (100, 100): 0}
+    assert {qk: int(bias[qk]) for qk in expected} == expected
+
+
+def test_an_mpnet_folder_runs_in_torch_and_as_winnows_export_alike(mpnet_folder: Path, tmp_path: Path):
+    spec = encoder_spec(str(mpnet_folder))
+    assert isinstance(Bert.from_files(mpnet_folder), MPNet)
+    torch_encoder = TorchEncoder("cpu", spec=spec)
+    batched = torch_encoder.encode(TEXTS)
+    assert batched.shape == (len(TEXTS), 32) and torch_encoder.dim == 32
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, rtol=1e-5)
+    alone = np.vstack([torch_encoder.encode([t]) for t in TEXTS])  # padding beside a longer text changes nothing
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    onnx_out = OnnxEncoder(export_onnx(tmp_path, spec), "cpu", spec=spec).encode(TEXTS)
+    np.testing.assert_allclose(onnx_out, batched, atol=2e-5)
+    cls = TorchEncoder("cpu", spec=EncoderSpec("tiny-mpnet", mpnet_folder, pooling="cls")).encode(TEXTS)
+    assert np.abs(batched - cls).max() > 0.05
+
+
+def test_mpnet_weights_that_do_not_match_its_config_are_refused(mpnet_folder: Path, tmp_path: Path):
+    folder = tmp_path / "short"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**MPNET_CONFIG, "num_hidden_layers": 3}))
+    (folder / "model.safetensors").write_bytes((mpnet_folder / "model.safetensors").read_bytes())
+    with pytest.raises(ModelFileError, match="cannot load MPNet weights"):
+        Bert.from_files(folder)
 
 
 def test_a_declared_graph_pooled_as_declared_matches_the_same_model_in_torch(bert_folder: Path, onnx_folder: Path):
