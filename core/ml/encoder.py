@@ -420,8 +420,9 @@ class Bert(nn.Module):
         emb = self.embeddings
         x = emb.word_embeddings(input_ids) + emb.position_embeddings(emb.position_ids[:, : input_ids.shape[1]])
         x = emb.LayerNorm(x + emb.token_type_embeddings.weight[0])  # token_type_ids are all zero
+        mask_bias = _mask_bias(attention_mask, x.dtype)
         for layer in self.encoder.layer:
-            x = layer(x, _mask_bias(attention_mask, x.dtype))
+            x = layer(x, mask_bias)
         return _pool(x, attention_mask, self.pooling)
 
 
