@@ -533,8 +533,8 @@ def _slug(name: str) -> str:
 
 def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = False) -> Path:
     """ONNX export of the BERT or MPNet encoder ``spec`` (default: the installed MiniLM) as :class:`Bert`
-    or :class:`MPNet` with its pooling, cached as ``cache_dir/minilm-<16 hex of the weights' sha256>.onnx`` for MiniLM,
-    ``cache_dir/<name>-<pooling>-<16 hex>.onnx`` for another.
+    or :class:`MPNet` with its pooling, cached as ``cache_dir/minilm-<16 hex of the weights' sha256>.onnx``
+    for MiniLM, ``cache_dir/<name>-<pooling>-<16 hex>.onnx`` for another.
 
     Inputs ``input_ids``, ``attention_mask`` int64 ``[batch, sequence]``; output ``embeddings`` float32
     ``[batch, dim]``. A cached file is re-used when it parses and carries the weights hash in its metadata
@@ -544,10 +544,14 @@ def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = F
     ``int8``: the fp32 export quantised by ONNX Runtime's ``quantize_dynamic`` with int8 weights per
     output channel (per-tensor scales lose too much: cosine to fp32 0.94-0.96 on MiniLM), cached
     beside it as ``...-int8.onnx``. For CPUs: about 1.7x the sentences/s, at a small cost in the vectors.
+    MPNet keeps each layer's second feed-forward matrix in fp32: its input (after GELU) has outliers that
+    int8 activations with one scale per tensor cannot carry (quantised too, cosine to fp32 0.878 on average,
+    0.786 at worst, on 500 Banking77 texts; kept, 0.991 and 0.973, at 166 against 231 sentences/s).
     """
-    if int8:
-        return _quantized(export_onnx(cache_dir, spec))
     spec = spec or _minilm_spec()
+    if int8:
+        mpnet = spec.onnx is None and json.loads((spec.folder / "config.json").read_text()).get("model_type") == "mpnet"
+        return _quantized(export_onnx(cache_dir, spec), keep_ffn_output=mpnet)
     if spec.onnx is not None:
         raise InvalidInput("encoder", f"{spec.name!r} is a declared ONNX graph already; nothing to export")
     folder = spec.folder
@@ -576,8 +580,19 @@ def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = F
     return target
 
 
-def _quantized(fp32: Path) -> Path:
-    """The int8 (per-channel, dynamic) version of the export ``fp32``, cached beside it."""
+def _ffn_output_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The MatMul nodes of each layer's second feed-forward matrix: those whose weight has the widest input
+    (the intermediate size), wider than its output."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer if len(t.dims) == 2}
+    matmuls = [(n.name, shapes[n.input[1]]) for n in model.graph.node
+               if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in shapes]
+    widest = max((dims[0] for _, dims in matmuls), default=0)
+    return [name for name, (d_in, d_out) in matmuls if d_in == widest and d_in > d_out]
+
+
+def _quantized(fp32: Path, keep_ffn_output: bool = False) -> Path:
+    """The int8 (per-channel, dynamic) version of the export ``fp32``, cached beside it; with
+    ``keep_ffn_output``, the second feed-forward matrix of every layer stays fp32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weights_hash = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}[_WEIGHTS_KEY]
@@ -590,7 +605,8 @@ def _quantized(fp32: Path) -> Path:
     level = root.level
     try:
         root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing on the root logger: not needed
-        quantize_dynamic(str(fp32), tmp, per_channel=True, weight_type=QuantType.QInt8)
+        keep = _ffn_output_matmuls(onnx.load(str(fp32))) if keep_ffn_output else []
+        quantize_dynamic(str(fp32), tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         model = onnx.load(tmp)
         onnx.helper.set_model_props(model, {_PRECISION_KEY: "int8", _WEIGHTS_KEY: weights_hash})
         onnx.save(model, tmp)

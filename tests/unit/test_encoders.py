@@ -282,6 +282,27 @@ def test_int8_quantises_the_export_per_channel_close_to_fp32_under_its_own_id(be
     assert runtime.encoder.encoder_id.endswith("/onnx-int8")
 
 
+def _matmuls(path: Path) -> dict[str, int]:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    return {op: ops.count(op) for op in ("MatMul", "MatMulInteger")}
+
+
+def test_int8_keeps_mpnets_second_feed_forward_matrix_in_fp32_and_quantises_the_rest(
+        mpnet_folder: Path, bert_folder: Path, tmp_path: Path):
+    layers = MPNET_CONFIG["num_hidden_layers"]
+    mpnet = EncoderSpec("tiny-mpnet", mpnet_folder, max_length=32)
+    fp32, int8 = _matmuls(export_onnx(tmp_path, mpnet)), _matmuls(export_onnx(tmp_path, mpnet, int8=True))
+    weights = 6 * layers  # q, k, v, o and the two feed-forward matrices; the rest multiply activations
+    assert int8["MatMulInteger"] == weights - layers and int8["MatMul"] == fp32["MatMul"] - weights + layers
+    bert = EncoderSpec("tiny", bert_folder, max_length=32)
+    assert _matmuls(export_onnx(tmp_path, bert, int8=True))["MatMulInteger"] == 6 * CONFIG["num_hidden_layers"]
+    a = OnnxEncoder(export_onnx(tmp_path, mpnet), "cpu", spec=mpnet).encode(TEXTS)
+    b = OnnxEncoder(export_onnx(tmp_path, mpnet, int8=True), "cpu", spec=mpnet).encode(TEXTS)
+    assert (a * b).sum(1).min() > 0.98
+
+
 @pytest.mark.parametrize("engine", ["torch", "onnx"])
 def test_int8_is_refused_where_there_is_no_export_to_quantise(onnx_folder: Path, bert_folder: Path, tmp_path: Path,
                                                              engine: str):
