@@ -376,6 +376,29 @@ class _Layer(nn.Module):
         return self.output(F.gelu(self.intermediate["dense"](x)), x)
 
 
+def _embeddings(config: dict, token_types: bool) -> nn.Module:
+    """The embeddings block named as in the checkpoints: words, absolute positions, token types (BERT
+    only), their LayerNorm, and the ``position_ids`` buffer they store."""
+    d, positions = config["hidden_size"], config["max_position_embeddings"]
+    emb = nn.Module()
+    emb.word_embeddings = nn.Embedding(config["vocab_size"], d)
+    emb.position_embeddings = nn.Embedding(positions, d)
+    if token_types:
+        emb.token_type_embeddings = nn.Embedding(config["type_vocab_size"], d)
+    emb.LayerNorm = nn.LayerNorm(d, eps=config["layer_norm_eps"])
+    emb.register_buffer("position_ids", torch.arange(positions)[None])
+    return emb
+
+
+def _encoder(config: dict, layer: type[nn.Module]) -> nn.Module:
+    """``encoder.layer``: ``num_hidden_layers`` of ``layer`` as the config sizes them."""
+    encoder = nn.Module()
+    encoder.layer = nn.ModuleList(
+        layer(config["hidden_size"], config["num_attention_heads"], config["intermediate_size"],
+              config["layer_norm_eps"]) for _ in range(config["num_hidden_layers"]))
+    return encoder
+
+
 class Bert(nn.Module):
     """BERT encoder whose state-dict names match a BERT-family model.safetensors (all-MiniLM-L6-v2's and
     the like, with or without the ``bert.`` prefix), with mean pooling over the attention mask (or the
@@ -386,17 +409,7 @@ class Bert(nn.Module):
         if pooling not in ("mean", "cls"):
             raise InvalidInput("pooling", f"a BERT encoder pools by mean or cls, not {pooling!r}")
         self.pooling = pooling
-        d, eps = config["hidden_size"], config["layer_norm_eps"]
-        self.embeddings = nn.Module()
-        self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], d)
-        self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], d)
-        self.embeddings.token_type_embeddings = nn.Embedding(config["type_vocab_size"], d)
-        self.embeddings.LayerNorm = nn.LayerNorm(d, eps=eps)
-        self.embeddings.register_buffer("position_ids", torch.arange(config["max_position_embeddings"])[None])
-        self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList(
-            _Layer(d, config["num_attention_heads"], config["intermediate_size"], eps)
-            for _ in range(config["num_hidden_layers"]))
+        self.embeddings, self.encoder = _embeddings(config, token_types=True), _encoder(config, _Layer)
 
     @classmethod
     def from_files(cls, folder: Path | None = None, pooling: str = "mean") -> nn.Module:
@@ -471,16 +484,7 @@ class MPNet(nn.Module):
             raise InvalidInput("pooling", f"an MPNet encoder pools by mean or cls, not {pooling!r}")
         self.pooling, self.buckets = pooling, int(config.get("relative_attention_num_buckets", 32))
         self.padding_idx = int(config.get("pad_token_id", 1))
-        d, eps = config["hidden_size"], config["layer_norm_eps"]
-        self.embeddings = nn.Module()
-        self.embeddings.word_embeddings = nn.Embedding(config["vocab_size"], d)
-        self.embeddings.position_embeddings = nn.Embedding(config["max_position_embeddings"], d)
-        self.embeddings.LayerNorm = nn.LayerNorm(d, eps=eps)
-        self.embeddings.register_buffer("position_ids", torch.arange(config["max_position_embeddings"])[None])
-        self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList(
-            _MPNetLayer(d, config["num_attention_heads"], config["intermediate_size"], eps)
-            for _ in range(config["num_hidden_layers"]))
+        self.embeddings, self.encoder = _embeddings(config, token_types=False), _encoder(config, _MPNetLayer)
         self.encoder.relative_attention_bias = nn.Embedding(self.buckets, config["num_attention_heads"])
 
     def _position_bias(self, length: int, max_distance: int = 128) -> torch.Tensor:
