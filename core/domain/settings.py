@@ -357,7 +357,7 @@ class RuntimeConfig:
                            "file with encoder.json declaring an ONNX graph (onnx, output, pooling, max_length)",
                            metavar="NAME|PATH")
     encoder_int8: bool = setting(False, "run the encoder's ONNX export quantised to int8 per channel (CPU: about "
-                                 "1.7x the sentences/s; a BERT or MPNet folder, minilm or mpnet with --engine onnx)")
+                                 "2x the sentences/s; a BERT or MPNet folder, minilm or mpnet with --engine onnx)")
     device: str = setting("auto", "device of the encoder and head (auto: CUDA when present)", choices=DEVICES)
     cache_dir: Path | None = setting(None, "cache for the ONNX export and embeddings (unset: ~/.cache/winnow)")
     torch_threads: int | None = setting(None, "torch intra-op threads, set once at start (unset: 1 with the onnx "

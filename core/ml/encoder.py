@@ -547,7 +547,7 @@ def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = F
 
     ``int8``: the fp32 export quantised by ONNX Runtime's ``quantize_dynamic`` with int8 weights per
     output channel (per-tensor scales lose too much: cosine to fp32 0.94-0.96 on MiniLM), cached
-    beside it as ``...-int8.onnx``. For CPUs: about 1.7x the sentences/s, at a small cost in the vectors.
+    beside it as ``...-int8.onnx``. For CPUs: about 2x the sentences/s, at a small cost in the vectors.
     MPNet keeps each layer's second feed-forward matrix in fp32: its input (after GELU) has outliers that
     int8 activations with one scale per tensor cannot carry (quantised too, cosine to fp32 0.878 on average,
     0.786 at worst, on 500 Banking77 texts; kept, 0.991 and 0.973, at 166 against 231 sentences/s).
