@@ -14,6 +14,11 @@ compared, the most any selection can reach on these features. ``planted``: the s
 same arms, but answers drawn from a known Bradley-Terry reward on them (the all-pairs fit, sharpened
 ``planted_scale`` times), so the reward is learnable by construction: where active selection saves
 comparisons there and not on the real answers, the features, not the selector, are the limit.
+``planted_sweep``: the planted control again at each of ``sweep_scales`` (from answers about as noisy
+as the real ones to nearly noise-free), over ``sweep_seeds`` seeds (more than the curves: the
+comparisons active selection needs to match random are read where both curves flatten, so a few seeds
+leave that number to chance): how much selection saves when the features carry the preference
+exactly, at each strength of it.
 
 Model evaluation (``evaluation``, ``interval_coverage``): a simulation with a known win rate on the
 same pairs. Per seed, the reward model is fitted on ``budget`` comparisons and the other pairs form an
@@ -45,7 +50,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +89,8 @@ class PreferencePlan:
     served_precision: float = 0.8  # precision target of the served project's auto-accepted preferences
     served_evaluation: int = 10    # per 100 comparisons: the "evaluation" arm's evaluation budget, taken from
                                    # the labeling budget (same comparisons in all), to narrow the win rates
+    sweep_scales: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)  # the planted sweep's strengths (planted_scale's)
+    sweep_seeds: int = 20      # seeds of each planted sweep point (0 skips the sweep)
 
     def __post_init__(self) -> None:
         for name, low in (("seeds", 1), ("budget", 2), ("start", 1), ("batch", 1)):
@@ -94,8 +101,11 @@ class PreferencePlan:
             raise InvalidInput("start", f"must be below the budget ({self.budget}), got {self.start}")
         if not 0.0 <= self.noise < 0.5:
             raise InvalidInput("noise", f"must be in [0, 0.5), got {self.noise}")
-        if not (isinstance(self.planted_scale, (int, float)) and 0 < self.planted_scale < float("inf")):
-            raise InvalidInput("planted_scale", f"must be a positive finite number, got {self.planted_scale!r}")
+        for name, scale in [("planted_scale", self.planted_scale)] + [("sweep_scales", x) for x in self.sweep_scales]:
+            if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+                raise InvalidInput(name, f"must be a positive finite number, got {scale!r}")
+        if isinstance(self.sweep_seeds, bool) or not isinstance(self.sweep_seeds, int) or self.sweep_seeds < 0:
+            raise InvalidInput("sweep_seeds", f"must be an integer >= 0, got {self.sweep_seeds!r}")
         if not 0.05 <= self.test_share <= 0.5:
             raise InvalidInput("test_share", f"must be in [0.05, 0.5], got {self.test_share}")
 
@@ -130,6 +140,16 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
         drawn = rest[u < probability]
         look += 1
         compared += drawn[: plan.budget - len(compared)].tolist()
+
+
+def _planted_curves(a, b, prompts, w_star: np.ndarray, plan: PreferencePlan) -> dict:
+    """Both arms on answers drawn from the Bradley-Terry reward ``w_star`` (module doc: ``planted``), scored
+    against its own preference; with the share of answers that agree with it."""
+    p_star = 1 / (1 + np.exp(-(a - b) @ w_star))
+    answer = (np.random.default_rng(777).random(len(a)) < p_star).astype(float)
+    out = _curves(a, b, prompts, answer, p_star > 0.5, plan, "planted")
+    out["answer_agrees_with_truth"] = round(float(np.mean(np.maximum(p_star, 1 - p_star))), 4)
+    return out
 
 
 def _split(n: int, seed: int, plan: PreferencePlan) -> tuple[np.ndarray, np.ndarray]:
@@ -191,11 +211,15 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
     everything = fit_reward(a, b, answer, plan.config)
     ceiling = _ceiling(a, b, answer, first_is_chosen, plan)
     w_star = plan.planted_scale * everything.weight[0]
-    p_star = 1 / (1 + np.exp(-(a - b) @ w_star))
-    planted_answer = (np.random.default_rng(777).random(len(pairs)) < p_star).astype(float)
-    planted = _curves(a, b, prompts, planted_answer, p_star > 0.5, plan, "planted")
-    planted["answer_agrees_with_truth"] = round(float(np.mean(np.maximum(p_star, 1 - p_star))), 4)
+    planted = _planted_curves(a, b, prompts, w_star, plan)
     progress({"planted": {k: planted[k] for k in ("random_accuracy", "active_accuracy", "labels_to_match_random")}})
+    sweep = []
+    for scale in plan.sweep_scales if plan.sweep_seeds else ():
+        run = _planted_curves(a, b, prompts, scale * everything.weight[0], replace(plan, seeds=plan.sweep_seeds))
+        sweep.append({"planted_scale": scale, "seeds": plan.sweep_seeds,
+                      **{k: run[k] for k in ("answer_agrees_with_truth", "random_accuracy", "active_accuracy",
+                                             "labels_to_match_random", "share_of_random")}})
+        progress({"planted_sweep": sweep[-1]})
     evaluation = {"real": _evaluation(chosen, rejected, flips, plan),
                   "planted": _evaluation(chosen, rejected, flips, plan, w_star)}
     progress({"evaluation": {k: evaluation[k]["width"] for k in evaluation}})
@@ -204,7 +228,7 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
               "random_labels": real["random_labels"], "random_accuracy": real["random_accuracy"],
               "active_accuracy": real["active_accuracy"], "labels_to_match_random": real["labels_to_match_random"],
               "share_of_random": real["share_of_random"], "ceiling_accuracy": ceiling,
-              "curves": real, "planted": planted,
+              "curves": real, "planted": planted, "planted_sweep": sweep,
               "interval_coverage": min(evaluation[k]["interval_coverage"] for k in evaluation),
               "evaluation": evaluation, "served": served,
               "details": {"dataset": str(jsonl) if jsonl else "hh-rlhf harmless-base test (shipped)",
@@ -214,6 +238,7 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
                           "floor": plan.floor, "sharpness": plan.sharpness, "members": plan.config.members,
                           "l2": plan.config.l2,
                           "planted_scale": plan.planted_scale, "test_share": plan.test_share,
+                          "sweep_scales": list(plan.sweep_scales), "sweep_seeds": plan.sweep_seeds,
                           "eval_win": plan.eval_win, "eval_repeats": plan.eval_repeats,
                           "environment": environment()}}
     out = Path(out)
@@ -416,8 +441,9 @@ def _ceiling(a, b, answer, truth, plan: PreferencePlan) -> float:
 
 
 def _plot(path: Path, result: dict) -> None:
-    served = result.get("served")
-    fig, axes = new_figure((21 if served else 16, 4), ncols=4 if served else 3)
+    served, sweep = result.get("served"), result.get("planted_sweep")
+    ncols = 3 + bool(served) + bool(sweep)
+    fig, axes = new_figure((5.3 * ncols, 4), ncols=ncols)
     for ax, (title, curves) in zip(axes[:2], (("real answers (HH-RLHF)" if "hh-rlhf" in result["details"]["dataset"]
                                             else "real answers", result["curves"]),
                                            ("planted Bradley-Terry answers, same features", result["planted"]))):
@@ -451,6 +477,21 @@ def _plot(path: Path, result: dict) -> None:
                         color=colour, alpha=0.7, marker=".", label=f"{arm} ({run['strategy']})" if k == 0 else None)
         ax.set(xlabel="human comparisons (the version's training set)", ylabel="reward model accuracy on test pairs",
                title=f"served preference project, {served['seeds']} seeds")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if sweep:
+        ax = axes[-1]
+        agree = [p["answer_agrees_with_truth"] for p in sweep]
+        share = [p["share_of_random"] if p["share_of_random"] is not None else np.nan for p in sweep]
+        ax.plot(agree, share, color="tab:blue", marker="o", label="active selection (planted answers)")
+        for p, x, y in zip(sweep, agree, share):
+            ax.annotate(f"x{p['planted_scale']:g}", (x, y if np.isfinite(y) else 1.0), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+        ax.axhline(1.0, color="tab:gray", linestyle=":", linewidth=1, label="random's budget")
+        ax.axhline(0.7, color="tab:red", linestyle="--", linewidth=1, label="a 30% saving")
+        ax.set(xlabel="planted answers that agree with the planted preference",
+               ylabel="comparisons to match random, share of its budget", ylim=(0, 1.1),
+               title=f"planted sweep, {sweep[0]['seeds']} seeds a point")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     save_figure(fig, path)

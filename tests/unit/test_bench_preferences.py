@@ -41,7 +41,7 @@ def _file(tmp_path: Path, n: int = 300) -> Path:
 def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> None:
     out = tmp_path / "prefs.json"
     plan = PreferencePlan(seeds=2, budget=120, start=20, batch=20, eval_sizes=(40, 80), eval_repeats=30,
-                          served_seeds=1)
+                          served_seeds=1, sweep_scales=(0.5, 30.0), sweep_seeds=3)
     result = run_preference_benchmark(out, plan, _file(tmp_path), runtime=OnnxRuntime(UnitCrc(12)))
     saved = json.loads(out.read_text())
     assert out.with_suffix(".png").stat().st_size > 0
@@ -59,6 +59,16 @@ def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> No
     assert curves["labels"] == list(range(20, 121, 20)) and len(curves["active_mean"]) == 6
     assert curves["random_mean"][-1] > 0.8  # the planted direction is learnable by either arm
     assert saved["ceiling_accuracy"] >= 0.85
+    # the planted sweep: one point per strength, each over its own seeds; a stronger planted reward gives
+    # answers that agree with it more, and both arms learn it better
+    weak, strong = saved["planted_sweep"]
+    assert [weak["planted_scale"], strong["planted_scale"]] == [0.5, 30.0] and weak["seeds"] == strong["seeds"] == 3
+    assert 0.5 <= weak["answer_agrees_with_truth"] < strong["answer_agrees_with_truth"] <= 1.0
+    assert weak["random_accuracy"] < strong["random_accuracy"]
+    for point in (weak, strong):
+        match = point["labels_to_match_random"]
+        assert match is None or (20 <= match <= 120 and point["share_of_random"] == round(match / 120, 3))
+    assert saved["details"]["sweep_seeds"] == 3
     # the served path: the same pairs streamed through a preference project, active and random
     served = saved["served"]
     for arm in ("active", "random"):
@@ -90,3 +100,18 @@ def test_a_planted_scale_that_is_not_a_positive_number_is_refused(scale) -> None
     with pytest.raises(InvalidInput) as raised:
         PreferencePlan(planted_scale=scale)
     assert raised.value.field == "planted_scale"
+
+
+@pytest.mark.parametrize(("field", "value"), [("sweep_seeds", -1), ("sweep_seeds", 2.0), ("sweep_seeds", True),
+                                              ("sweep_scales", (3.0, 0.0)), ("sweep_scales", (float("nan"),))])
+def test_a_sweep_that_is_not_seeds_and_positive_scales_is_refused(field, value) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        PreferencePlan(**{field: value})
+    assert raised.value.field == field
+
+
+def test_no_sweep_seeds_skip_the_sweep(tmp_path: Path) -> None:
+    plan = PreferencePlan(seeds=1, budget=60, start=20, batch=20, eval_sizes=(40,), eval_repeats=5, served_seeds=0,
+                          sweep_seeds=0)
+    result = run_preference_benchmark(tmp_path / "p.json", plan, _file(tmp_path, 120), runtime=OnnxRuntime(UnitCrc(12)))
+    assert result["planted_sweep"] == [] and (tmp_path / "p.png").stat().st_size > 0
