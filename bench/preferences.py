@@ -4,10 +4,11 @@ Each seed splits the pairs into a test fifth and a pool, and starts both arms fr
 ``start`` random comparisons. Then, round after round, each arm fits the Bradley-Terry reward model
 (:mod:`winnow.core.ml.reward`) on the comparisons it has and draws ``batch`` more from the pool with
 known probabilities: uniform for random; for active, the pair selector's probabilities
-(:mod:`winnow.core.select.pairs`: the reward's epistemic uncertainty and novelty over prompts, with a
-floor). A simulated annotator answers from the data (the pair's recorded choice, flipped with
-probability ``noise``). The reward model's accuracy on the test pairs (agreement with the recorded
-choice) is recorded against the number of comparisons.
+(:mod:`winnow.core.select.pairs`: by default what each answer is expected to tell about the outcomes of
+a seeded sample of ``targets`` pool comparisons, ``acquisition`` "epig"; or the reward's epistemic
+uncertainty, "bald"; with novelty over prompts and a floor). A simulated annotator answers from the
+data (the pair's recorded choice, flipped with probability ``noise``). The reward model's accuracy on
+the test pairs (agreement with the recorded choice) is recorded against the number of comparisons.
 
 Two controls say why the curves look as they do. ``ceiling``: the accuracy with the whole pool
 compared, the most any selection can reach on these features. ``planted``: the same features and the
@@ -63,7 +64,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.ml.evaluation import evaluation_probabilities, win_rate
 from winnow.core.ml.reward import RewardConfig, fit_reward
 from winnow.core.select.index import VectorIndex
-from winnow.core.select.pairs import most_uncertain_pairs, novelty, pair_probabilities
+from winnow.core.select.pairs import most_uncertain_pairs, novelty, pair_probabilities, predictive_information
 from winnow.core.select.sampling import uniforms
 
 
@@ -89,6 +90,8 @@ class PreferencePlan:
     served_precision: float = 0.8  # precision target of the served project's auto-accepted preferences
     served_evaluation: int = 10    # per 100 comparisons: the "evaluation" arm's evaluation budget, taken from
                                    # the labeling budget (same comparisons in all), to narrow the win rates
+    acquisition: str = "epig"  # active's score across prompts: "epig" (predictive_information) or "bald"
+    targets: int = 500         # pool comparisons EPIG scores the information about (a seeded sample)
     sweep_scales: tuple[float, ...] = (3.0, 10.0, 30.0, 100.0)  # the planted sweep's strengths (planted_scale's)
     sweep_seeds: int = 20      # seeds of each planted sweep point (0 skips the sweep)
 
@@ -106,6 +109,10 @@ class PreferencePlan:
                 raise InvalidInput(name, f"must be a positive finite number, got {scale!r}")
         if isinstance(self.sweep_seeds, bool) or not isinstance(self.sweep_seeds, int) or self.sweep_seeds < 0:
             raise InvalidInput("sweep_seeds", f"must be an integer >= 0, got {self.sweep_seeds!r}")
+        if self.acquisition not in ("epig", "bald"):
+            raise InvalidInput("acquisition", f"must be 'epig' or 'bald', got {self.acquisition!r}")
+        if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 1:
+            raise InvalidInput("targets", f"must be an integer >= 1, got {self.targets!r}")
         if not 0.05 <= self.test_share <= 0.5:
             raise InvalidInput("test_share", f"must be in [0.05, 0.5], got {self.test_share}")
 
@@ -115,6 +122,7 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
     """One arm's learning curve: comparisons -> test accuracy (against ``truth``)."""
     rng = np.random.default_rng(seed)
     compared = list(rng.choice(pool, plan.start, replace=False))
+    targets = np.sort(rng.choice(pool, min(plan.targets, len(pool)), replace=False))
     curve: dict[int, float] = {}
     fit, look = None, 0
     while True:
@@ -130,9 +138,12 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
             rewards = fit.rewards(np.vstack([a, b])[rows])
             k = len(rest)
             pairs = most_uncertain_pairs(rewards, [(j, j + k) for j in range(k)])
+            score = pairs.uncertainty
+            if plan.acquisition == "epig":  # what each answer tells about the pool's outcomes (a sample of it)
+                score = predictive_information(a[rest] - b[rest], a[targets] - b[targets], fit)
             index = VectorIndex(prompts.shape[1])
             index.add(np.arange(len(compared)), prompts[compared])
-            probability = pair_probabilities(pairs.uncertainty, novelty(prompts[rest], index), want,
+            probability = pair_probabilities(score, novelty(prompts[rest], index), want,
                                              plan.diversity, plan.floor, plan.sharpness)
         else:
             probability = np.full(len(rest), want / len(rest))
@@ -235,6 +246,7 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
                           "features": f"{runtime.encoder.encoder_id} embedding of context + reply; reward linear, "
                                       "Laplace posterior",
                           "noise": plan.noise, "start": plan.start, "batch": plan.batch, "diversity": plan.diversity,
+                          "acquisition": plan.acquisition, "targets": plan.targets,
                           "floor": plan.floor, "sharpness": plan.sharpness, "members": plan.config.members,
                           "l2": plan.config.l2,
                           "planted_scale": plan.planted_scale, "test_share": plan.test_share,

@@ -68,11 +68,15 @@ class RewardHead(nn.Module):
 
 @dataclass(frozen=True)
 class RewardFit:
-    """A fitted reward: ``weight`` float64 ``[members, dim]`` (row 0 the posterior mean), and what it saw."""
+    """A fitted reward: ``weight`` float64 ``[members, dim]`` (row 0 the posterior mean), and what it saw;
+    ``precision`` ``[dim, dim]``: the Laplace posterior's precision ``H`` (its covariance is ``H^-1``), kept
+    by :func:`fit_reward` for selection that needs the posterior's covariances (None for a reward read back
+    from a head, which carries only its members)."""
 
     weight: np.ndarray
     n_train: int
     log_loss: float
+    precision: np.ndarray | None = None
 
     def rewards(self, emb: np.ndarray) -> np.ndarray:
         """float64 ``[n, members]``: every member's reward of each response."""
@@ -118,7 +122,7 @@ def fit_reward(first: np.ndarray, second: np.ndarray, outcome: np.ndarray, confi
     noise = np.random.default_rng(config.seed).standard_normal((dim, config.members - 1))
     draws = w[None, :] + np.linalg.solve(chol.T, noise).T
     log_loss = float(np.mean(np.logaddexp(0, -z) * y + np.logaddexp(0, z) * (1 - y)))
-    return RewardFit(np.vstack([w[None, :], draws]), len(y), log_loss)
+    return RewardFit(np.vstack([w[None, :], draws]), len(y), log_loss, hessian)
 
 
 def preference(rewards_a: np.ndarray, rewards_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,11 @@ not by how close the two rewards are: a pair people themselves split on teaches 
 Across prompts: BAL-PM's two signals (Melo et al. 2024), that uncertainty and diversity over
 prompts, here the cosine distance from the prompt to the nearest prompt people have already
 compared (a FAISS index of their embeddings), each scaled by its mean over the candidates and mixed
-by ``diversity``. The mix, sharpened by a power and added to a floor, becomes draw probabilities
+by ``diversity``. Or, in place of the uncertainty, what a comparison's answer is expected to tell
+about the outcomes of the comparisons the reward will be asked to predict
+(:func:`predictive_information`, EPIG: Smith, Foster & Rainforth 2023): BALD ranks comparisons by how
+much they would move the reward's weights, also in directions that no comparison that matters varies
+in. The mix, sharpened by a power and added to a floor, becomes draw probabilities
 that sum to the comparisons wanted (:func:`winnow.core.select.sampling.spread`), none of them zero,
 so every comparison people give is drawn with a known probability, and the certified estimators of
 classification projects (inverse-probability weights) apply unchanged.
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.ml.reward import preference
+from winnow.core.ml.reward import RewardFit, preference
 from winnow.core.select.index import VectorIndex
 from winnow.core.select.sampling import spread
 
@@ -53,6 +57,39 @@ def most_uncertain_pairs(rewards: np.ndarray, prompts: Sequence[Sequence[int]]) 
         p_first.append(p[best])
         unc.append(u[best])
     return PromptPairs(np.array(first, np.int64), np.array(second, np.int64), np.array(p_first), np.array(unc))
+
+
+def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: RewardFit) -> np.ndarray:
+    """Per candidate comparison ``[n, dim]`` (first response's embedding minus the second's): the
+    information its answer is expected to give about the outcomes of the ``targets`` ``[t, dim]`` (the
+    comparisons the reward will be asked to predict; EPIG, Smith, Foster & Rainforth 2023), in closed form
+    for the reward's Laplace posterior ``N(w, H^-1)`` (``fit.precision``), mean over the targets.
+
+    With ``z = w . x`` the comparison's logit, ``s_x = x' H^-1 x`` its posterior variance and ``v_x = p(1-p)``
+    at the mean, ``0.5 log(1 + v_t s_t)`` is the linearised information between target ``t``'s outcome and
+    the weights (BALD in closed form, MacKay 1992). An answer to candidate ``x`` acts, linearised, as an
+    observation of ``z_x`` with noise variance ``1 / v_x``, after which ``z_t``'s variance is
+    ``s_t - c^2 / (s_x + 1 / v_x)``, ``c = x' H^-1 t``; the score is the drop of the targets' information."""
+    x, t = np.asarray(candidates, np.float64), np.asarray(targets, np.float64)
+    if fit.precision is None:
+        raise InvalidInput("fit", "needs the posterior's precision: a fit_reward result, not a reward read from a head")
+    dim = fit.weight.shape[1]
+    if x.ndim != 2 or x.shape[1] != dim or t.ndim != 2 or t.shape[1] != dim or not len(t):
+        raise InvalidInput("targets", f"need [n, {dim}] candidates and [t >= 1, {dim}] targets, got {x.shape} and "
+                                      f"{t.shape}")
+    chol = np.linalg.cholesky(fit.precision)  # H = L L', so x' H^-1 t = (L^-1 x) . (L^-1 t)
+    lx, lt = np.linalg.solve(chol, x.T), np.linalg.solve(chol, t.T)  # [dim, n], [dim, t]
+    s_x, s_t = (lx**2).sum(0), (lt**2).sum(0)
+    w = fit.weight[0]
+
+    def spread_of(v: np.ndarray) -> np.ndarray:
+        p = 1.0 / (1.0 + np.exp(-(v @ w)))
+        return p * (1.0 - p)
+
+    v_x, v_t = spread_of(x), spread_of(t)
+    c = lx.T @ lt  # [n, t]
+    after = np.maximum(s_t[None, :] - c**2 / (s_x + 1.0 / np.maximum(v_x, 1e-12))[:, None], 0.0)
+    return 0.5 * (np.log1p(v_t * s_t)[None, :] - np.log1p(v_t[None, :] * after)).mean(1)
 
 
 def novelty(prompt_emb: np.ndarray, compared: VectorIndex | None) -> np.ndarray:

@@ -115,3 +115,24 @@ def test_no_sweep_seeds_skip_the_sweep(tmp_path: Path) -> None:
                           sweep_seeds=0)
     result = run_preference_benchmark(tmp_path / "p.json", plan, _file(tmp_path, 120), runtime=OnnxRuntime(UnitCrc(12)))
     assert result["planted_sweep"] == [] and (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("field", "value"), [("acquisition", "margin"), ("acquisition", None), ("targets", 0),
+                                              ("targets", 1.5)])
+def test_an_unknown_acquisition_or_no_targets_is_refused(field, value) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        PreferencePlan(**{field: value})
+    assert raised.value.field == field
+
+
+def test_both_acquisitions_run_the_active_arm(tmp_path: Path) -> None:
+    results = {}
+    for acquisition in ("epig", "bald"):
+        plan = PreferencePlan(seeds=1, budget=100, start=20, batch=20, eval_sizes=(40,), eval_repeats=5,
+                              served_seeds=0, sweep_seeds=0, acquisition=acquisition, targets=50)
+        results[acquisition] = run_preference_benchmark(tmp_path / f"{acquisition}.json", plan, _file(tmp_path, 200),
+                                                        runtime=OnnxRuntime(UnitCrc(12)))
+        assert results[acquisition]["details"]["acquisition"] == acquisition
+    # the same random arm; the active arms draw differently
+    assert results["epig"]["curves"]["random_mean"] == results["bald"]["curves"]["random_mean"]
+    assert results["epig"]["curves"]["active_mean"] != results["bald"]["curves"]["active_mean"]

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from winnow.core.data.preferences import hh_rlhf_harmless, load_pairs, parse_pairs
 from winnow.core.domain.errors import InvalidInput, ModelFileError
-from winnow.core.ml.reward import RewardConfig, RewardEngine, fit_reward, preference, save_reward
+from winnow.core.ml.reward import RewardConfig, RewardEngine, RewardFit, fit_reward, preference, save_reward
 from winnow.core.select.index import VectorIndex
-from winnow.core.select.pairs import most_uncertain_pairs, novelty, pair_probabilities
+from winnow.core.select.pairs import most_uncertain_pairs, novelty, pair_probabilities, predictive_information
 
 
 def _planted(n: int, dim: int = 16, seed: int = 0, scale: float = 4.0):
@@ -93,6 +93,64 @@ def test_the_most_uncertain_pair_of_each_prompt_is_asked() -> None:
     with pytest.raises(InvalidInput) as raised:
         most_uncertain_pairs(rewards, [[0]])
     assert raised.value.field == "prompts[0]"
+
+
+def test_the_fit_keeps_the_precision_its_members_are_drawn_from() -> None:
+    a, b, answers, _ = _planted(300, dim=3, seed=5)
+    fit = fit_reward(a, b, answers, RewardConfig(members=4001, l2=1.0))
+    spread = np.cov(fit.weight[1:].T)  # the draws' covariance: H^-1
+    np.testing.assert_allclose(spread, np.linalg.inv(fit.precision), rtol=0.1, atol=2e-3)
+
+
+def _bald_closed_form(x: np.ndarray, fit: RewardFit) -> np.ndarray:
+    s = np.einsum("ij,jk,ik->i", x, np.linalg.inv(fit.precision), x)
+    p = 1 / (1 + np.exp(-x @ fit.weight[0]))
+    return 0.5 * np.log1p(p * (1 - p) * s)
+
+
+def test_predictive_information_has_its_closed_form_in_one_dimension() -> None:
+    # w = 0 (p = 1/2, v = 1/4), H = 2; candidate x = 1, target t = 2: s_x = 1/2, s_t = 2, c = 1,
+    # after an answer at x the target's variance is 2 - 1 / (1/2 + 4)
+    fit = RewardFit(np.zeros((1, 1)), 0, 0.0, np.array([[2.0]]))
+    after = 2 - 1 / (0.5 + 4)
+    expected = 0.5 * (np.log(1 + 0.25 * 2) - np.log(1 + 0.25 * after))
+    assert predictive_information(np.array([[1.0]]), np.array([[2.0]]), fit)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_predictive_information_goes_where_the_targets_vary_and_bald_does_not() -> None:
+    fit = RewardFit(np.zeros((1, 2)), 0, 0.0, np.eye(2))
+    targets = np.array([[0.5, 0.0], [-0.3, 0.0], [0.8, 0.0]])  # outcomes to predict vary along the first axis only
+    candidates = np.array([[0.5, 0.0], [0.0, 2.0]])  # a small step along it; a long one across it
+    epig = predictive_information(candidates, targets, fit)
+    assert epig[0] > 0 and epig[1] == pytest.approx(0.0, abs=1e-15)  # nothing about the targets across them
+    bald = _bald_closed_form(candidates, fit)
+    assert bald[1] > bald[0]  # BALD prefers the long step: it moves the weights most
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_predictive_information_is_bounded_by_what_the_targets_hold_and_shrinks_with_comparisons(seed: int) -> None:
+    a, b, answers, _ = _planted(600, dim=8, seed=seed)
+    pool_a, pool_b, _, _ = _planted(200, dim=8, seed=seed + 50)
+    candidates, targets = pool_a[:100] - pool_b[:100], pool_a[100:] - pool_b[100:]
+    few = fit_reward(a[:40], b[:40], answers[:40], RewardConfig(members=2, l2=1.0))
+    many = fit_reward(a, b, answers, RewardConfig(members=2, l2=1.0))
+    for fit in (few, many):
+        score = predictive_information(candidates, targets, fit)
+        assert (score >= 0).all() and (score <= _bald_closed_form(targets, fit).mean() + 1e-12).all()
+    assert predictive_information(candidates, targets, many).mean() < predictive_information(candidates, targets,
+                                                                                           few).mean()
+
+
+def test_predictive_information_refuses_a_fit_without_its_posterior_or_the_wrong_shapes() -> None:
+    fit = RewardFit(np.zeros((2, 3)), 0, 0.0)  # a reward read from a head: members only
+    with pytest.raises(InvalidInput) as raised:
+        predictive_information(np.zeros((2, 3)), np.zeros((2, 3)), fit)
+    assert raised.value.field == "fit"
+    fit = RewardFit(np.zeros((2, 3)), 0, 0.0, np.eye(3))
+    for x, t in ((np.zeros((2, 4)), np.zeros((2, 3))), (np.zeros((2, 3)), np.zeros((0, 3)))):
+        with pytest.raises(InvalidInput) as raised:
+            predictive_information(x, t, fit)
+        assert raised.value.field == "targets"
 
 
 def test_novelty_is_the_distance_to_the_nearest_compared_prompt() -> None:
