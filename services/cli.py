@@ -145,6 +145,9 @@ PREF_BUDGET = Option("budget", int, "random selection's full budget of compariso
 PREF_PLANTED = Option("planted_scale", float, "the planted control's reward: this many times the all-pairs fit "
                       "(higher: less noisy planted answers)", 3.0, env_name="PREF_PLANTED_SCALE", low=0.0, low_open=True,
                       high=1000.0)
+PREF_ACQUISITION = Option("acquisition", str, "active arm's score across prompts: epig (what an answer tells about the "
+                          "outcomes to predict) or bald (the reward's epistemic uncertainty)", "epig",
+                          env_name="PREF_ACQUISITION", choices=("epig", "bald"))
 PREF_SWEEP = Option("sweep_seeds", int, "seeds of each point of the planted sweep (the planted control at 3, 10, 30 "
                     "and 100 times the all-pairs fit; 0 skips it)", 20, env_name="PREF_SWEEP_SEEDS", low=0, high=200)
 LABELING_SECONDS = Option("seconds", float, "seconds each run's annotators answer", 10.0, env_name="LABELING_SECONDS",
@@ -277,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(labeling, (LABELING_ANNOTATORS, LABELING_PRIORS, LABELING_SECONDS, FUZZ_OUT))
     preferences = bench_sub.add_parser("preferences", help="preference comparisons: active pair selection against "
                                        "random, reward model accuracy per comparison, over seeds")
-    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_PLANTED, PREF_SWEEP, PREF_SERVED,
-                              PREF_EVALUATION, FUZZ_OUT, *options(RuntimeConfig)))
+    add_options(preferences, (PREF_JSONL, PREF_SEEDS, PREF_NOISE, PREF_BUDGET, PREF_PLANTED, PREF_SWEEP,
+                              PREF_ACQUISITION, PREF_SERVED, PREF_EVALUATION, FUZZ_OUT, *options(RuntimeConfig)))
     encoders = bench_sub.add_parser("encoders", help="sentence encoders side by side: sentences/s, int8 cosine to "
                                     "fp32, test accuracy and the label benchmark's pool reference")
     add_options(encoders, (BENCH_ENCODERS, CSV, TEXT_COL, LABEL_COL, TEST_CSV, SEEDS, LABELS_OUT))
@@ -785,7 +788,8 @@ def cmd_bench_preferences(args: argparse.Namespace) -> int:
 
     plan = PreferencePlan(seeds=given(args, PREF_SEEDS), budget=given(args, PREF_BUDGET), noise=given(args, PREF_NOISE),
                           served_seeds=given(args, PREF_SERVED), served_evaluation=given(args, PREF_EVALUATION),
-                          planted_scale=given(args, PREF_PLANTED), sweep_seeds=given(args, PREF_SWEEP))
+                          planted_scale=given(args, PREF_PLANTED), sweep_seeds=given(args, PREF_SWEEP),
+                          acquisition=given(args, PREF_ACQUISITION))
     out = given(args, FUZZ_OUT)
     console = Console(stderr=True)
     runtime = make_runtime_from(settings_for(args))  # --encoder picks the features

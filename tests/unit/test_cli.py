@@ -330,3 +330,18 @@ def test_the_demo_asks_adaptive_overlap_of_its_imperfect_annotators_unless_told_
     assert given(build_parser().parse_args(["demo", "--overlap", "1"]), DEMO_OVERLAP) == 1
     # the other commands keep one answer per item by default
     assert given(build_parser().parse_args(["bench", "labels", "--out", "x.json"]), OVERLAP) == 1
+
+
+def test_bench_preferences_takes_the_acquisition_and_sweep_seeds_and_refuses_others(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from winnow.services.cli import PREF_ACQUISITION, PREF_SWEEP, given
+
+    args = build_parser().parse_args(["bench", "preferences", "--acquisition", "bald", "--sweep-seeds", "0",
+                                      "--out", str(tmp_path / "p.json")])
+    assert given(args, PREF_ACQUISITION) == "bald" and given(args, PREF_SWEEP) == 0
+    defaults = build_parser().parse_args(["bench", "preferences", "--out", str(tmp_path / "p.json")])
+    assert given(defaults, PREF_ACQUISITION) == "epig" and given(defaults, PREF_SWEEP) == 20
+    for flag, value in (("--acquisition", "margin"), ("--sweep-seeds", "-1")):
+        code, err = run(["bench", "preferences", flag, value, "--out", str(tmp_path / "p.json")], capsys)
+        assert code == 2 and flag in err
+    assert not (tmp_path / "p.json").exists()
