@@ -59,7 +59,8 @@ def most_uncertain_pairs(rewards: np.ndarray, prompts: Sequence[Sequence[int]]) 
     return PromptPairs(np.array(first, np.int64), np.array(second, np.int64), np.array(p_first), np.array(unc))
 
 
-def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: RewardFit) -> np.ndarray:
+def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: RewardFit,
+                           block: int = 4096) -> np.ndarray:
     """Per candidate comparison ``[n, dim]`` (first response's embedding minus the second's): the
     information its answer is expected to give about the outcomes of the ``targets`` ``[t, dim]`` (the
     comparisons the reward will be asked to predict; EPIG, Smith, Foster & Rainforth 2023), in closed form
@@ -69,7 +70,8 @@ def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: Rew
     at the mean, ``0.5 log(1 + v_t s_t)`` is the linearised information between target ``t``'s outcome and
     the weights (BALD in closed form, MacKay 1992). An answer to candidate ``x`` acts, linearised, as an
     observation of ``z_x`` with noise variance ``1 / v_x``, after which ``z_t``'s variance is
-    ``s_t - c^2 / (s_x + 1 / v_x)``, ``c = x' H^-1 t``; the score is the drop of the targets' information."""
+    ``s_t - c^2 / (s_x + 1 / v_x)``, ``c = x' H^-1 t``; the score is the drop of the targets' information.
+    Candidates are scored ``block`` at a time (memory: ``block x t`` floats)."""
     x, t = np.asarray(candidates, np.float64), np.asarray(targets, np.float64)
     if fit.precision is None:
         raise InvalidInput("fit", "needs the posterior's precision: a fit_reward result, not a reward read from a head")
@@ -77,19 +79,30 @@ def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: Rew
     if x.ndim != 2 or x.shape[1] != dim or t.ndim != 2 or t.shape[1] != dim or not len(t):
         raise InvalidInput("targets", f"need [n, {dim}] candidates and [t >= 1, {dim}] targets, got {x.shape} and "
                                       f"{t.shape}")
+    for name, v in (("candidates", x), ("targets", t)):
+        if not np.isfinite(v).all():
+            raise InvalidInput(name, "comparison vectors must be finite")
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise InvalidInput("block", f"must be an integer >= 1, got {block!r}")
     chol = np.linalg.cholesky(fit.precision)  # H = L L', so x' H^-1 t = (L^-1 x) . (L^-1 t)
-    lx, lt = np.linalg.solve(chol, x.T), np.linalg.solve(chol, t.T)  # [dim, n], [dim, t]
-    s_x, s_t = (lx**2).sum(0), (lt**2).sum(0)
     w = fit.weight[0]
 
-    def spread_of(v: np.ndarray) -> np.ndarray:
+    def variance(v: np.ndarray) -> np.ndarray:  # p(1-p) of each comparison's outcome at the posterior mean
         p = 1.0 / (1.0 + np.exp(-(v @ w)))
         return p * (1.0 - p)
 
-    v_x, v_t = spread_of(x), spread_of(t)
-    c = lx.T @ lt  # [n, t]
-    after = np.maximum(s_t[None, :] - c**2 / (s_x + 1.0 / np.maximum(v_x, 1e-12))[:, None], 0.0)
-    return 0.5 * (np.log1p(v_t * s_t)[None, :] - np.log1p(v_t[None, :] * after)).mean(1)
+    lt = np.linalg.solve(chol, t.T)  # [dim, t]
+    s_t, v_t = (lt**2).sum(0), variance(t)
+    before = np.log1p(v_t * s_t)
+    out = np.empty(len(x))
+    for start in range(0, len(x), block):  # [block, t] covariances at a time: memory bounded for any pool
+        part = x[start:start + block]
+        lx = np.linalg.solve(chol, part.T)  # [dim, b]
+        s_x, v_x = (lx**2).sum(0), variance(part)
+        c = lx.T @ lt  # [b, t]
+        after = np.maximum(s_t[None, :] - c**2 / (s_x + 1.0 / np.maximum(v_x, 1e-12))[:, None], 0.0)
+        out[start:start + block] = 0.5 * (before[None, :] - np.log1p(v_t[None, :] * after)).mean(1)
+    return out
 
 
 def novelty(prompt_emb: np.ndarray, compared: VectorIndex | None) -> np.ndarray:

@@ -151,6 +151,21 @@ def test_predictive_information_refuses_a_fit_without_its_posterior_or_the_wrong
         with pytest.raises(InvalidInput) as raised:
             predictive_information(x, t, fit)
         assert raised.value.field == "targets"
+    bad = np.zeros((2, 3))
+    bad[1, 2] = np.nan
+    for x, t, block, field in ((bad, np.ones((2, 3)), 8, "candidates"), (np.ones((2, 3)), bad, 8, "targets"),
+                               (np.ones((2, 3)), np.ones((2, 3)), 0, "block")):
+        with pytest.raises(InvalidInput) as raised:
+            predictive_information(x, t, fit, block=block)
+        assert raised.value.field == field
+
+
+def test_predictive_information_is_the_same_scored_in_blocks() -> None:
+    a, b, answers, _ = _planted(300, dim=6, seed=9)
+    fit = fit_reward(a, b, answers, RewardConfig(members=2, l2=1.0))
+    candidates, targets = a[:50] - b[:50], a[50:] - b[50:]
+    np.testing.assert_allclose(predictive_information(candidates, targets, fit, block=7),
+                               predictive_information(candidates, targets, fit), rtol=1e-12, atol=1e-15)
 
 
 def test_novelty_is_the_distance_to_the_nearest_compared_prompt() -> None:
