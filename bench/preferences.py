@@ -96,7 +96,7 @@ class PreferencePlan:
     sweep_seeds: int = 20      # seeds of each planted sweep point (0 skips the sweep)
 
     def __post_init__(self) -> None:
-        for name, low in (("seeds", 1), ("budget", 2), ("start", 1), ("batch", 1)):
+        for name, low in (("seeds", 1), ("budget", 2), ("start", 1), ("batch", 1), ("sweep_seeds", 0), ("targets", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidInput(name, f"must be an integer >= {low}, got {value!r}")
@@ -107,12 +107,8 @@ class PreferencePlan:
         for name, scale in [("planted_scale", self.planted_scale)] + [("sweep_scales", x) for x in self.sweep_scales]:
             if isinstance(scale, bool) or not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
                 raise InvalidInput(name, f"must be a positive finite number, got {scale!r}")
-        if isinstance(self.sweep_seeds, bool) or not isinstance(self.sweep_seeds, int) or self.sweep_seeds < 0:
-            raise InvalidInput("sweep_seeds", f"must be an integer >= 0, got {self.sweep_seeds!r}")
         if self.acquisition not in ("epig", "bald"):
             raise InvalidInput("acquisition", f"must be 'epig' or 'bald', got {self.acquisition!r}")
-        if isinstance(self.targets, bool) or not isinstance(self.targets, int) or self.targets < 1:
-            raise InvalidInput("targets", f"must be an integer >= 1, got {self.targets!r}")
         if not 0.05 <= self.test_share <= 0.5:
             raise InvalidInput("test_share", f"must be in [0.05, 0.5], got {self.test_share}")
 
@@ -123,6 +119,7 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
     rng = np.random.default_rng(seed)
     compared = list(rng.choice(pool, plan.start, replace=False))
     targets = np.sort(rng.choice(pool, min(plan.targets, len(pool)), replace=False))
+    target_vectors = a[targets] - b[targets]  # the comparisons EPIG scores information about, fixed per arm
     curve: dict[int, float] = {}
     fit, look = None, 0
     while True:
@@ -140,7 +137,7 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
             pairs = most_uncertain_pairs(rewards, [(j, j + k) for j in range(k)])
             score = pairs.uncertainty
             if plan.acquisition == "epig":  # what each answer tells about the pool's outcomes (a sample of it)
-                score = predictive_information(a[rest] - b[rest], a[targets] - b[targets], fit)
+                score = predictive_information(a[rest] - b[rest], target_vectors, fit)
             index = VectorIndex(prompts.shape[1])
             index.add(np.arange(len(compared)), prompts[compared])
             probability = pair_probabilities(score, novelty(prompts[rest], index), want,
