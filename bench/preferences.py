@@ -36,8 +36,12 @@ The curves above drive the core library (reward model, pair selector, draw proba
 ``served`` streams the same pairs through a served preference project instead: the embedded loop
 (ingest, prelabel, selector, labeling, trainer, close), the project's head being its Bradley-Terry
 reward, one run with the project's active strategy and one with ``random``, per seed, on the pool of
-that seed's split. People are the simulated annotator above; checks, probes and the certified
-auto-accept work as in any project, at ``served_precision``. Reported per run: the reward model's
+that seed's split, and one more whose selector scores comparisons by EPIG against a sample of the
+arrivals (``LoopConfig.pair_acquisition``) instead of the members' margin. ``served_planted``: the same
+runs on planted answers, planted on the served features (the all-pairs fit on the comparison vectors a
+served project reads, sharpened ``planted_scale`` times). People are the simulated annotator
+above (on the planted runs, the planted answers); checks, probes and the certified auto-accept work as
+in any project, at ``served_precision``. Reported per run: the reward model's
 accuracy on the test pairs at each model version (against the human comparisons it learned from),
 the final labels' accuracy against the recorded choices, the share the model labeled under a
 certified threshold and that share's precision, and the system's own certified bounds. Each pair's
@@ -150,11 +154,16 @@ def _arm(active: bool, a: np.ndarray, b: np.ndarray, prompts: np.ndarray, answer
         compared += drawn[: plan.budget - len(compared)].tolist()
 
 
+def _planted_answers(a: np.ndarray, b: np.ndarray, w_star: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The planted control's answers (1: A, 0: B) drawn from the Bradley-Terry reward ``w_star``, and P(A)."""
+    p_star = 1 / (1 + np.exp(-(a - b) @ w_star))
+    return (np.random.default_rng(777).random(len(a)) < p_star).astype(float), p_star
+
+
 def _planted_curves(a, b, prompts, w_star: np.ndarray, plan: PreferencePlan) -> dict:
     """Both arms on answers drawn from the Bradley-Terry reward ``w_star`` (module doc: ``planted``), scored
     against its own preference; with the share of answers that agree with it."""
-    p_star = 1 / (1 + np.exp(-(a - b) @ w_star))
-    answer = (np.random.default_rng(777).random(len(a)) < p_star).astype(float)
+    answer, p_star = _planted_answers(a, b, w_star)
     out = _curves(a, b, prompts, answer, p_star > 0.5, plan, "planted")
     out["answer_agrees_with_truth"] = round(float(np.mean(np.maximum(p_star, 1 - p_star))), 4)
     return out
@@ -231,14 +240,24 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
     evaluation = {"real": _evaluation(chosen, rejected, flips, plan),
                   "planted": _evaluation(chosen, rejected, flips, plan, w_star)}
     progress({"evaluation": {k: evaluation[k]["width"] for k in evaluation}})
-    served = _served(pairs, first_is_chosen, flips, plan, runtime, progress) if plan.served_seeds else None
+    served = served_planted = None
+    if plan.served_seeds:
+        served = _served(pairs, first_is_chosen, answer == 1, first_is_chosen, plan, runtime, progress)
+        # planted on the served features (a comparison's unit difference, each reply read with the end of its
+        # prompt): the all-pairs fit there, sharpened planted_scale times, so the served reward can learn it
+        v = _served_vectors(pairs, first_is_chosen, encode)
+        w_served = plan.planted_scale * fit_reward(v, np.zeros_like(v), answer, plan.config).weight[0]
+        planted_answer, p_star = _planted_answers(v, np.zeros_like(v), w_served)
+        served_planted = _served(pairs, first_is_chosen, planted_answer == 1, p_star > 0.5, plan, runtime, progress,
+                                 planted=True)
+        served_planted["answer_agrees_with_truth"] = round(float(np.mean(np.maximum(p_star, 1 - p_star))), 4)
     result = {"benchmark": "preferences", "pairs": len(pairs), "seeds": plan.seeds,
               "random_labels": real["random_labels"], "random_accuracy": real["random_accuracy"],
               "active_accuracy": real["active_accuracy"], "labels_to_match_random": real["labels_to_match_random"],
               "share_of_random": real["share_of_random"], "ceiling_accuracy": ceiling,
               "curves": real, "planted": planted, "planted_sweep": sweep,
               "interval_coverage": min(evaluation[k]["interval_coverage"] for k in evaluation),
-              "evaluation": evaluation, "served": served,
+              "evaluation": evaluation, "served": served, "served_planted": served_planted,
               "details": {"dataset": str(jsonl) if jsonl else "hh-rlhf harmless-base test (shipped)",
                           "features": f"{runtime.encoder.encoder_id} embedding of context + reply; reward linear, "
                                       "Laplace posterior",
@@ -257,11 +276,21 @@ def run_preference_benchmark(out: Path, plan: PreferencePlan = PreferencePlan(),
     return result
 
 
-def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, pool: np.ndarray,
-                test: np.ndarray, runtime, strategy: str, plan: PreferencePlan, seed: int, workdir: Path,
-                evaluation_budget: int = 0) -> dict:
-    """One stream of the pool's pairs through an embedded preference project (module doc); with
-    ``evaluation_budget`` (per 100) that much of the rate goes to model evaluation's own draws."""
+def _served_vectors(pairs: list[PreferencePair], first_is_chosen: np.ndarray, encode) -> np.ndarray:
+    """float64 ``[pairs, dim]``: each pair's comparison vector as a served project reads it (reply A is the
+    chosen one where ``first_is_chosen``)."""
+    a = [feature_text(p.prompt, p.chosen if f else p.rejected) for p, f in zip(pairs, first_is_chosen)]
+    b = [feature_text(p.prompt, p.rejected if f else p.chosen) for p, f in zip(pairs, first_is_chosen)]
+    return pair_vectors(encode(a), encode(b)).astype(np.float64)
+
+
+def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, answer_a: np.ndarray, truth_a: np.ndarray,
+                pool: np.ndarray, test: np.ndarray, runtime, arm: ServedArm, plan: PreferencePlan, seed: int,
+                workdir: Path) -> dict:
+    """One stream of the pool's pairs through an embedded preference project (module doc): people answer A
+    where ``answer_a`` [pairs], and A is the better reply where ``truth_a`` (what accuracy is measured
+    against); with the arm's ``evaluation_budget`` (per 100) that much of the rate goes to model
+    evaluation's own draws."""
     from winnow.core.data.simulate import SimulatedAnnotators
     from winnow.core.loop.embedded import EmbeddedLoop
     from winnow.core.loop.evaluation import win_rates
@@ -281,7 +310,7 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
     a_test, b_test = texts(test)
     test_vectors = pair_vectors(encode([feature_text(pairs[i].prompt, t) for i, t in zip(test, a_test)]),
                                 encode([feature_text(pairs[i].prompt, t) for i, t in zip(test, b_test)]))
-    test_truth = first_is_chosen[test]
+    test_truth = truth_a[test]
     curve: list[dict] = []
     seen = [0]
     first_certified = [None]
@@ -294,9 +323,9 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
         if first_certified[0] is None and np.isfinite(model.threshold):
             first_certified[0] = seen[0] / len(pool)
 
-    rate = max(1, round(100 * plan.budget / len(pool)) - evaluation_budget)
-    project = Project(f"pref-{strategy}", PREFERENCE_CLASSES, budget_labels=rate, budget_per_items=100,
-                      precision_target=plan.served_precision, strategy=strategy, kind="preference")
+    rate = max(1, round(100 * plan.budget / len(pool)) - arm.evaluation_budget)
+    project = Project(f"pref-{arm.strategy}", PREFERENCE_CLASSES, budget_labels=rate, budget_per_items=100,
+                      precision_target=plan.served_precision, strategy=arm.strategy, kind="preference")
     a_pool, b_pool = texts(pool)
     ids = [f"pair-{i}" for i in pool]
     # model evaluation: "model-x" wrote the recorded chosen reply with probability ``eval_win``
@@ -306,13 +335,14 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
                   (Response(a, "model-x" if x_is_a[item_id] else "model-y"),
                    Response(b, "model-y" if x_is_a[item_id] else "model-x")))
              for item_id, i, a, b in zip(ids, pool, a_pool, b_pool)]
-    recorded = {item_id: "A" if first_is_chosen[i] else "B" for item_id, i in zip(ids, pool)}
-    answers = {item_id: ("B" if v == "A" else "A") if flips[i] else v
-               for (item_id, v), i in zip(recorded.items(), pool)}
+    recorded = {item_id: "A" if truth_a[i] else "B" for item_id, i in zip(ids, pool)}
+    answers = {item_id: "A" if answer_a[i] else "B" for item_id, i in zip(ids, pool)}
     people = SimulatedAnnotators(answers, ("A", "B"), (0.0,), seed)  # flips are drawn once, in ``answers``
     order = np.random.default_rng(seed).permutation(len(items))
     loop = EmbeddedLoop(workdir, project, OnnxRuntime(runtime.encoder),
-                        LoopConfig(seed=seed, evaluation_budget=evaluation_budget), on_version=on_version)
+                        LoopConfig(seed=seed, evaluation_budget=arm.evaluation_budget,
+                                   pair_acquisition=arm.pair_acquisition, uncertainty=arm.uncertainty),
+                        on_version=on_version)
     try:
         for start in range(0, len(items), 100):
             seen[0] = min(start + 100, len(items))
@@ -338,7 +368,8 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
     auto = [x for x in labels if x.aggregation == "auto_accept"]
     human = [x for x in labels if x.source == "human"]
     return {
-        "strategy": strategy, "seed": seed, "items": len(items), "human_labels": len(human),
+        "strategy": arm.strategy, "pair_acquisition": arm.pair_acquisition, "uncertainty": arm.uncertainty,
+        "seed": seed, "items": len(items), "human_labels": len(human),
         "human_fraction": round(len(human) / len(items), 4),
         "final_label_accuracy": round(float(np.mean([x.label == recorded[x.item_id] for x in labels])), 4),
         "auto_accepted_fraction": round(len(auto) / len(items), 4),
@@ -352,23 +383,44 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips:
         "curve": curve, "wall_s": round(time.perf_counter() - started, 1)}
 
 
-def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.ndarray, plan: PreferencePlan,
-            runtime, progress) -> dict:
-    """Active, random and (with ``served_evaluation``) evaluation served runs per seed (module doc), and
-    their means. The evaluation arm is the active one with ``served_evaluation`` per 100 of its rate moved
-    to model evaluation's budget: the same human comparisons, spent to narrow the win-rate interval."""
-    arms = [("active", plan.served_strategy, 0), ("random", "random", 0)]
-    if plan.served_evaluation:
-        arms.append(("evaluation", plan.served_strategy, plan.served_evaluation))
-    runs: dict[str, list[dict]] = {arm: [] for arm, _, _ in arms}
+@dataclass(frozen=True)
+class ServedArm:
+    """One arm of the served runs: the project's strategy, how its selector scores comparisons
+    (``LoopConfig.pair_acquisition`` and ``uncertainty``) and its evaluation budget (per 100)."""
+
+    name: str
+    strategy: str
+    pair_acquisition: str = "uncertainty"
+    uncertainty: str = "margin"
+    evaluation_budget: int = 0
+
+
+def _served_arms(plan: PreferencePlan, planted: bool) -> list[ServedArm]:
+    """The served arms: active (a served project's default: the members' margin), random, epig (the active
+    strategy scoring comparisons by EPIG, ``--pair-acquisition epig``) and, on the real answers, the
+    evaluation arm (the active one with ``served_evaluation`` per 100 of its rate moved to model evaluation's
+    budget: the same human comparisons, spent to narrow the win-rate interval)."""
+    arms = [ServedArm("active", plan.served_strategy, "uncertainty"), ServedArm("random", "random", "uncertainty"),
+            ServedArm("epig", plan.served_strategy, "epig")]
+    if not planted and plan.served_evaluation:
+        arms.append(ServedArm("evaluation", plan.served_strategy, "uncertainty", "margin", plan.served_evaluation))
+    return arms
+
+
+def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, answer_a: np.ndarray, truth_a: np.ndarray,
+            plan: PreferencePlan, runtime, progress, planted: bool = False) -> dict:
+    """The served runs of every arm (:func:`_served_arms`) per seed (module doc), and their means; on the
+    real answers, or (``planted``) on the planted control's."""
+    arms = _served_arms(plan, planted)
+    runs: dict[str, list[dict]] = {arm.name: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="winnow-pref-") as tmp:
         for seed in range(plan.served_seeds):
             test, pool = _split(len(pairs), seed, plan)
-            for arm, strategy, extra in arms:
-                run = _served_run(pairs, first_is_chosen, flips, pool, test, runtime, strategy, plan, seed,
-                                  Path(tmp) / f"{arm}-{seed}", extra)
-                runs[arm].append(run)
-                progress({"served": arm, "seed": seed, **{k: run[k] for k in (
+            for arm in arms:
+                run = _served_run(pairs, first_is_chosen, answer_a, truth_a, pool, test, runtime, arm, plan, seed,
+                                  Path(tmp) / f"{arm.name}-{seed}")
+                runs[arm.name].append(run)
+                progress({"served_planted" if planted else "served": arm.name, "seed": seed, **{k: run[k] for k in (
                     "human_labels", "test_accuracy", "final_label_accuracy", "auto_accepted_fraction",
                     "auto_accept_precision", "certified_auto_accept_precision_lower_bound", "win_rate_width")}})
     keys = ("human_fraction", "final_label_accuracy", "auto_accepted_fraction", "auto_accept_precision",
@@ -391,7 +443,9 @@ def _served(pairs: list[PreferencePair], first_is_chosen: np.ndarray, flips: np.
                                                   for r in arm_runs),
                   "runs": arm_runs} for arm, arm_runs in runs.items()} | {
         "strategy": plan.served_strategy, "precision_target": plan.served_precision, "seeds": plan.served_seeds,
-        "evaluation_budget": plan.served_evaluation,
+        "evaluation_budget": 0 if planted else plan.served_evaluation,
+        "arms": {arm.name: {"strategy": arm.strategy, "pair_acquisition": arm.pair_acquisition,
+                            "uncertainty": arm.uncertainty} for arm in arms},
         "win_rate_intervals_covered": f"{sum(covered)} of {len(covered)}"}
 
 
@@ -450,8 +504,8 @@ def _ceiling(a, b, answer, truth, plan: PreferencePlan) -> float:
 
 
 def _plot(path: Path, result: dict) -> None:
-    served, sweep = result.get("served"), result.get("planted_sweep")
-    ncols = 3 + bool(served) + bool(sweep)
+    served, served_planted, sweep = result.get("served"), result.get("served_planted"), result.get("planted_sweep")
+    ncols = 3 + bool(served) + bool(served_planted) + bool(sweep)
     fig, axes = new_figure((5.3 * ncols, 4), ncols=ncols)
     for ax, (title, curves) in zip(axes[:2], (("real answers (HH-RLHF)" if "hh-rlhf" in result["details"]["dataset"]
                                             else "real answers", result["curves"]),
@@ -478,14 +532,17 @@ def _plot(path: Path, result: dict) -> None:
            title="model evaluation: win-rate interval")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    if served:
-        ax = axes[3]
-        for arm, colour in (("random", "tab:gray"), ("active", "tab:blue"), ("evaluation", "tab:orange")):
-            for k, run in enumerate(served.get(arm, {}).get("runs", [])):
+    panels = [(run, title) for run, title in ((served, "served preference project"),
+                                              (served_planted, "served project, planted answers")) if run]
+    for ax, (runs, title) in zip(axes[3:], panels):
+        for arm, colour in (("random", "tab:gray"), ("active", "tab:blue"), ("evaluation", "tab:orange"),
+                            ("margin", "tab:red")):
+            for k, run in enumerate(runs.get(arm, {}).get("runs", [])):
                 ax.plot([p["human_labels"] for p in run["curve"]], [p["test_accuracy"] for p in run["curve"]],
-                        color=colour, alpha=0.7, marker=".", label=f"{arm} ({run['strategy']})" if k == 0 else None)
+                        color=colour, alpha=0.7, marker=".",
+                        label=f"{arm} ({run['strategy']}, {run['pair_acquisition']})" if k == 0 else None)
         ax.set(xlabel="human comparisons (the version's training set)", ylabel="reward model accuracy on test pairs",
-               title=f"served preference project, {served['seeds']} seeds")
+               title=f"{title}, {runs['seeds']} seeds")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     if sweep:

@@ -136,7 +136,8 @@ PREF_SEEDS = Option("seeds", int, "seeds (splits and draws) per arm", 5, env_nam
 PREF_NOISE = Option("noise", float, "share of the simulated annotator's answers flipped", 0.0, env_name="PREF_NOISE",
                     low=0.0, high=0.5, high_open=True)
 PREF_SERVED = Option("served_seeds", int, "seeds of the served-path runs (a preference project streamed through the "
-                     "loop, active and random; 0 skips them)", 5, env_name="PREF_SERVED_SEEDS", low=0, high=100)
+                     "loop: active, random and EPIG-scored, on the real answers and on planted ones; 0 skips them)",
+                     5, env_name="PREF_SERVED_SEEDS", low=0, high=100)
 PREF_EVALUATION = Option("served_evaluation", int, "per 100 comparisons of the served evaluation arm's rate moved to "
                          "model evaluation's own budget (0 skips the arm)", 10, env_name="PREF_SERVED_EVALUATION",
                          low=0, high=100)

@@ -21,6 +21,7 @@ from winnow.core.ml.scoring import SCORE_NAMES
 
 T = TypeVar("T")
 ENV_PREFIX = "WINNOW_"
+PAIR_ACQUISITIONS = ("uncertainty", "epig")  # how a preference project's selector scores comparisons
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -316,6 +317,12 @@ class LoopConfig:
                                      "its memory and caches; 0: at every step)", low=0.0)
     max_open_leases: int = setting(50, "most tasks one annotator may hold leased at once (a lease call asking more "
                                    "gets its own live leases back first, up to this many)", low=1, high=1000)
+    pair_acquisition: str = setting(
+        "uncertainty", "preference projects: how the selector scores a comparison: uncertainty (the --uncertainty "
+        "score of the reward's members: people get the comparisons the reward would label worst) or epig (what its "
+        "answer is expected to tell about the outcomes of a seeded sample of the comparisons that arrived, under "
+        "the reward's posterior: a better reward model mid-stream, less accurate final labels)",
+        choices=PAIR_ACQUISITIONS)
     evaluation_budget: int = setting(
         0, "preference projects: human comparisons per 100 arriving, on a budget of their own beside the project's, "
         "drawn at arrival where the reward model is least sure of the outcome: they narrow the model win-rate "

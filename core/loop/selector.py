@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 from winnow.core.domain.codecs import TASKS
-from winnow.core.domain.errors import NotFound
+from winnow.core.domain.errors import ModelFileError, NotFound
 from winnow.core.domain.records import ArrivalDraw, Label, ModelVersion, Project, Scored, Task
 from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.close import (
@@ -44,10 +44,12 @@ from winnow.core.loop.topics import consumer_group, shard, topic
 from winnow.core.ml.certify import hidden_errors_lower
 from winnow.core.ml.evaluation import evaluation_probabilities
 from winnow.core.ml.head import OnnxHead
+from winnow.core.ml.reward import REWARD_FOLDER, load_reward_fit
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.index import max_similarity_to
+from winnow.core.select.pairs import PairInformation, TargetSample
 from winnow.core.select.sampling import StreamSampler, draw_with_extra, spread, uniforms
 from winnow.core.select.strategies import BudgetController, Candidates, NearDuplicateGuard, make_strategy
 
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 
 AUTO, LOW = "auto_accept", "low_confidence"  # the certified families of model labels
+EPIG_TARGETS = 500  # comparisons sampled from the arrivals as a preference project's EPIG targets
 GUARD_GROUPS = 8  # most groups of rows one guard check runs (``Selector._guard_similarity``)
 
 
@@ -90,6 +93,11 @@ class Selector(Stage):
         self.evaluation = (StreamSampler(BudgetController(config.evaluation_budget, 100))
                            if project.preference and config.evaluation_budget else None)
         self.head: OnnxHead | None = None
+        # preference projects: comparisons scored by EPIG against a sample of those that arrived, with the
+        # current version's posterior (``_pair_information``), where the version keeps it
+        self._targets = (TargetSample(EPIG_TARGETS, config.seed)
+                         if project.preference and config.pair_acquisition == "epig" else None)
+        self._information: tuple[str, PairInformation | None] | None = None  # (version, its scorer)
         self.guard: NearDuplicateGuard | None = None  # against items already labeled by people or queued
         self.backlog = Backlog()  # each row's guard similarity is brought up to date when a pick needs it
         self._close_check_at = 0.0  # time.monotonic() of the next look for a close request
@@ -119,7 +127,10 @@ class Selector(Stage):
         # items.scored); a restart does not look at them again, so it draws nothing by itself
         scored = self.store.embedded_ids(name, pending)
         if scored:
-            self._add_backlog(scored, self.store.get_embeddings(name, scored))
+            emb = self.store.get_embeddings(name, scored)
+            if self._targets is not None:  # after a restart, the sample starts from what waits
+                self._targets.add(emb)
+            self._add_backlog(scored, emb)
         self._count_budget(len(scored), tasks, labeled)
         # a crash may have fallen between a model swap and its audit look: the restored head looks now
         # (with the same draws: uniforms are keyed by item and version), durable before the first step
@@ -229,7 +240,36 @@ class Selector(Stage):
             return np.full((len(emb), n_classes), 1.0 / n_classes), np.ones(len(emb))
         logits = self.head.logits(emb)  # [n, members, C]
         temperature = self.head.meta["temperature"]
-        return mean_probs(logits, temperature), uncertainty(self.config.uncertainty, logits, temperature)
+        information = self._pair_information()
+        return mean_probs(logits, temperature), (information.scores(emb) if information is not None
+                                                 else uncertainty(self.config.uncertainty, logits, temperature))
+
+    def _pair_information(self) -> PairInformation | None:
+        """A preference project's EPIG scorer for the current version (built at its first use, against the
+        arrivals sampled until then, and kept for the version so that its scores compare), or None: not a
+        preference project, ``pair_acquisition`` uncertainty, no arrival yet, or a version whose reward has no
+        posterior (written before rewards kept it) or cannot be read (logged): then the ``uncertainty`` score."""
+        if self._targets is None or self.head is None or not len(self._targets):
+            return None
+        version = self.head.version
+        if self._information is None or self._information[0] != version:
+            try:
+                fit = load_reward_fit(self.head.folder / REWARD_FOLDER)
+            except ModelFileError as e:  # the head itself loaded: score by its members rather than stop
+                log.warning("selector cannot read the reward's posterior project=%s version=%s: %s",
+                            self.project.name, version, e)
+                fit = None
+            information = None if fit is None or fit.precision is None else PairInformation(self._targets.vectors, fit)
+            self._information = (version, information)
+            log.info("selector pair scores project=%s version=%s score=%s targets=%d", self.project.name, version,
+                     "epig" if information is not None else self.config.uncertainty, len(self._targets))
+        return self._information[1]
+
+    @property
+    def score_name(self) -> str:
+        """The uncertainty score the selector gives the current version's items: ``epig``, or the name of the
+        ``uncertainty`` setting's score."""
+        return "epig" if self._pair_information() is not None else self.config.uncertainty
 
     def _arrival_scores(self, scored: list[Scored], emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities [n, C] and uncertainty [n] of arriving items: those their prelabel worker
@@ -238,7 +278,7 @@ class Selector(Stage):
         finite uncertainty), so that the model and its neighbours' vote run once per item, in the scalable
         stage; the others (a worker a swap behind or ahead, or before any model) scored here from
         ``emb`` [n, D]."""
-        n_classes, version, score = len(self.project.classes), self.version, self.config.uncertainty
+        n_classes, version, score = len(self.project.classes), self.version, self.score_name
         carried = [k for k, s in enumerate(scored) if version is not None and s.model_version == version
                    and s.uncertainty_score == score and len(s.probs) == n_classes and s.uncertainty is not None]
         probs, unc = np.empty((len(scored), n_classes)), np.empty(len(scored))
@@ -615,6 +655,8 @@ class Selector(Stage):
         """The arrival look at items new to this selector (their ``scored`` messages by id); the
         undecided ones join the backlog."""
         emb = self.store.get_embeddings(self.project.name, fresh)  # [n, D]
+        if self._targets is not None:
+            self._targets.add(emb)
         probs, unc = self._arrival_scores([scored[i] for i in fresh], emb)
         audit = probs.max(1) >= self.threshold
         _, decided = self._look(fresh, emb, probs, unc, "arrive", arriving=True, audit=audit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter, defaultdict
 import logging
@@ -20,7 +21,7 @@ from winnow.core.loop.erase import ErasureWatch, forget_in_versions
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
 from winnow.core.ml.head import Head, load_head
-from winnow.core.ml.reward import REWARD_FOLDER, fit_preference_head, reward_of, save_reward
+from winnow.core.ml.reward import REWARD_FOLDER, fit_preference_head, laplace_precision, reward_of, save_reward
 from winnow.core.ml.training import fit_head, train, write_version
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
@@ -157,8 +158,14 @@ class Trainer(Stage):
         encoder = self.store.project_encoder(self.project.name)
         extra = None
         if self.project.preference:  # the reward itself, for reward-model users: reward/ (reward.onnx: e -> r)
+            # with its Laplace posterior's precision on the comparisons it was fitted on: the selector's EPIG
+            reward = reward_of(result.head)
+            fitted = emb if extra_emb is None else np.concatenate([emb, extra_emb])
+            reward = dataclasses.replace(reward, n_train=len(fitted),
+                                         precision=laplace_precision(fitted, reward.weight[0]))
+
             def extra(tmp: Path) -> None:
-                save_reward(tmp / REWARD_FOLDER, reward_of(result.head), {"version": version, "encoder": encoder})
+                save_reward(tmp / REWARD_FOLDER, reward, {"version": version, "encoder": encoder})
         write_version(folder, result, version, self.project.classes, self.config.train, encoder, extra)
         threshold = result.threshold.threshold
         model = ModelVersion(self.project.name, version, str(folder), self.clock(), n, result.temperature,

@@ -99,6 +99,15 @@ def _pairs(first: np.ndarray, second: np.ndarray, outcome: np.ndarray) -> tuple[
     return first - second, y
 
 
+def laplace_precision(differences: np.ndarray, mean: np.ndarray, l2: float = RewardConfig.l2) -> np.ndarray:
+    """The Hessian of the fit's loss at the reward ``mean`` ``[dim]`` on comparisons ``differences``
+    ``[n, dim]``: ``sum_i p_i (1 - p_i) d_i d_i' + l2 I`` (the answers do not enter it), the precision of the
+    Laplace posterior ``N(mean, H^-1)`` where ``mean`` is the fit's optimum."""
+    d = np.asarray(differences, np.float64)
+    p = 1.0 / (1.0 + np.exp(-(d @ np.asarray(mean, np.float64))))
+    return (d * (p * (1 - p))[:, None]).T @ d + l2 * np.eye(d.shape[1])
+
+
 def fit_reward(first: np.ndarray, second: np.ndarray, outcome: np.ndarray, config: RewardConfig = RewardConfig(),
                init: RewardFit | None = None) -> RewardFit:
     """Fit on ``n`` comparisons: embeddings of the two responses ``[n, dim]`` each, and ``outcome``
@@ -106,17 +115,14 @@ def fit_reward(first: np.ndarray, second: np.ndarray, outcome: np.ndarray, confi
     d, y = _pairs(first, second, outcome)
     dim = d.shape[1]
     w = init.weight[0].copy() if init is not None and init.weight.shape[1] == dim else np.zeros(dim)
-    eye = np.eye(dim)
     for _ in range(config.max_iter):
         p = 1.0 / (1.0 + np.exp(-(d @ w)))
-        hessian = (d * (p * (1 - p))[:, None]).T @ d + config.l2 * eye
-        step = np.linalg.solve(hessian, d.T @ (p - y) + config.l2 * w)
+        step = np.linalg.solve(laplace_precision(d, w, config.l2), d.T @ (p - y) + config.l2 * w)
         w = w - step
         if np.abs(step).max() < 1e-8:
             break
     z = d @ w
-    p = 1.0 / (1.0 + np.exp(-z))
-    hessian = (d * (p * (1 - p))[:, None]).T @ d + config.l2 * eye
+    hessian = laplace_precision(d, w, config.l2)
     # draws from N(w, H^-1): w + L^-T e with H = L L^T, so that Cov = (L L^T)^-1
     chol = np.linalg.cholesky(hessian)
     noise = np.random.default_rng(config.seed).standard_normal((dim, config.members - 1))
@@ -202,11 +208,17 @@ def save_reward(folder: Path, fit: RewardFit, meta: dict) -> None:
         raise InvalidInput("meta.version", f"must be a non-empty string without '/', got {version!r}")
     members, dim = fit.weight.shape
     full = {**meta, "kind": "reward", "members": members, "dim": dim, "n_train": fit.n_train,
-            "log_loss": fit.log_loss}
+            "log_loss": fit.log_loss, "precision": fit.precision is not None}
     head = RewardHead(torch.from_numpy(fit.weight)).eval()
+    tensors = {"weight": head.weight.detach().contiguous()}
+    if fit.precision is not None:
+        precision = np.asarray(fit.precision, np.float64)
+        if precision.shape != (dim, dim) or not np.isfinite(precision).all():
+            raise InvalidInput("precision", f"must be a finite [{dim}, {dim}] matrix, got shape {precision.shape}")
+        tensors["precision"] = torch.from_numpy(precision).contiguous()
 
     def write(tmp: Path) -> None:
-        save_file({"weight": head.weight.detach().contiguous()}, tmp / WEIGHTS_FILE)
+        save_file(tensors, tmp / WEIGHTS_FILE)
         export_module(head, (torch.zeros(2, dim),), tmp / ONNX_FILE, ["embeddings"], ["rewards"],
                       {"embeddings": {0: "batch"}, "rewards": {0: "batch"}})
         (tmp / META_FILE).write_text(json.dumps(full, indent=2, sort_keys=True))
@@ -224,6 +236,25 @@ def load_reward_meta(folder: Path) -> dict:
     if missing:
         raise ModelFileError(f"{path}: missing keys {missing}")
     return meta
+
+
+def load_reward_fit(folder: Path) -> RewardFit:
+    """The reward a version's reward folder holds, its posterior's precision included where it was saved
+    (``precision`` None otherwise: versions written before it was kept); ModelFileError naming the file."""
+    meta = load_reward_meta(folder)
+    path = Path(folder) / WEIGHTS_FILE
+    try:
+        tensors = load_file(path)
+        weight = tensors["weight"].to(torch.float64).numpy()
+    except (OSError, SafetensorError, KeyError) as e:
+        raise ModelFileError(f"{path}: cannot load reward weights ({e})") from e
+    members, dim = int(meta["members"]), int(meta["dim"])
+    precision = tensors["precision"].numpy() if "precision" in tensors else None
+    if weight.shape != (members, dim) or (precision is not None and precision.shape != (dim, dim)):
+        raise ModelFileError(f"{path}: tensors do not match {META_FILE} ({members} members, dim {dim})")
+    log_loss = meta.get("log_loss")
+    return RewardFit(weight, int(meta.get("n_train") or 0), float(log_loss) if log_loss is not None else float("nan"),
+                     precision)
 
 
 class RewardEngine:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from winnow.core.domain.errors import InvalidInput
 from winnow.core.ml.reward import RewardFit, preference
 from winnow.core.select.index import VectorIndex
@@ -59,6 +60,94 @@ def most_uncertain_pairs(rewards: np.ndarray, prompts: Sequence[Sequence[int]]) 
     return PromptPairs(np.array(first, np.int64), np.array(second, np.int64), np.array(p_first), np.array(unc))
 
 
+class PairInformation:
+    """EPIG scores against fixed targets: :func:`predictive_information`'s computation, with the
+    posterior's factor and the targets' part done once, so that a served selector scores each batch of
+    comparisons against one version's targets at the cost of the batch alone."""
+
+    def __init__(self, targets: np.ndarray, fit: RewardFit, block: int = 4096) -> None:
+        t = np.asarray(targets, np.float64)
+        if fit.precision is None:
+            raise InvalidInput("fit", "needs the posterior's precision: a fit_reward result, not a reward read "
+                                      "from a head")
+        self.dim = dim = fit.weight.shape[1]
+        if t.ndim != 2 or t.shape[1] != dim or not len(t):
+            raise InvalidInput("targets", f"need [t >= 1, {dim}] target comparisons, got shape {t.shape}")
+        if not np.isfinite(t).all():
+            raise InvalidInput("targets", "comparison vectors must be finite")
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise InvalidInput("block", f"must be an integer >= 1, got {block!r}")
+        self.block, self.targets = block, t
+        # H = L L', so that x' H^-1 t = (L^-1 x) . (L^-1 t)
+        self._chol = np.linalg.cholesky(np.asarray(fit.precision, np.float64))
+        self._w = np.asarray(fit.weight[0], np.float64)
+        self._lt = solve_triangular(self._chol, t.T, lower=True)  # [dim, t]
+        self._s_t, self._v_t = (self._lt**2).sum(0), self._variance(t)
+        self._before = np.log1p(self._v_t * self._s_t)
+
+    def _variance(self, v: np.ndarray) -> np.ndarray:  # p(1-p) of each comparison's outcome at the posterior mean
+        p = 1.0 / (1.0 + np.exp(-(v @ self._w)))
+        return p * (1.0 - p)
+
+    def scores(self, candidates: np.ndarray) -> np.ndarray:
+        """Per candidate comparison ``[n, dim]``: the mean over the targets of the information drop."""
+        x = np.asarray(candidates, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise InvalidInput("candidates", f"need [n, {self.dim}] candidate comparisons, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise InvalidInput("candidates", "comparison vectors must be finite")
+        out = np.empty(len(x))
+        for start in range(0, len(x), self.block):  # [block, t] covariances at a time: memory bounded for any pool
+            part = x[start:start + self.block]
+            lx = solve_triangular(self._chol, part.T, lower=True)  # [dim, b]
+            s_x, v_x = (lx**2).sum(0), self._variance(part)
+            c = lx.T @ self._lt  # [b, t]
+            after = np.maximum(self._s_t[None, :] - c**2 / (s_x + 1.0 / np.maximum(v_x, 1e-12))[:, None], 0.0)
+            out[start:start + self.block] = 0.5 * (self._before[None, :] - np.log1p(self._v_t[None, :] * after)).mean(1)
+        return out
+
+
+class TargetSample:
+    """A seeded uniform sample of at most ``size`` of the comparison vectors ``[dim]`` that arrived (a
+    reservoir: Vitter's algorithm R): the comparisons a served reward will be asked to predict, EPIG's
+    targets (:class:`PairInformation`). Each arrival is kept with probability ``size / seen``."""
+
+    def __init__(self, size: int = 500, seed: int = 0) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise InvalidInput("size", f"must be an integer >= 1, got {size!r}")
+        self.size, self.seen = size, 0
+        self._rng = np.random.default_rng(seed)
+        self._rows: np.ndarray | None = None  # [<= size, dim]
+
+    def __len__(self) -> int:
+        return 0 if self._rows is None else len(self._rows)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """float64 ``[min(seen, size), dim]``: the sample (a copy)."""
+        return np.zeros((0, 0)) if self._rows is None else self._rows.copy()
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Offer ``vectors`` ``[n, dim]``, in order."""
+        v = np.asarray(vectors, np.float64)
+        if v.ndim != 2 or (self._rows is not None and v.shape[1] != self._rows.shape[1]):
+            raise InvalidInput("vectors", f"need [n, dim] comparison vectors of one dim, got shape {v.shape}")
+        if not len(v):
+            return
+        if self._rows is None:
+            self._rows = np.zeros((0, v.shape[1]))
+        room = min(self.size - len(self._rows), len(v))
+        if room > 0:
+            self._rows = np.vstack([self._rows, v[:room]])
+        rest = v[max(room, 0):]
+        if len(rest):  # item number k (from 0) replaces a uniform slot with probability size / (k + 1)
+            number = self.seen + max(room, 0) + np.arange(len(rest))
+            slot = np.floor(self._rng.random(len(rest)) * (number + 1)).astype(np.int64)
+            for row, k in zip(np.flatnonzero(slot < self.size).tolist(), slot[slot < self.size].tolist()):
+                self._rows[k] = rest[row]
+        self.seen += len(v)
+
+
 def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: RewardFit,
                            block: int = 4096) -> np.ndarray:
     """Per candidate comparison ``[n, dim]`` (first response's embedding minus the second's): the
@@ -71,38 +160,9 @@ def predictive_information(candidates: np.ndarray, targets: np.ndarray, fit: Rew
     the weights (BALD in closed form, MacKay 1992). An answer to candidate ``x`` acts, linearised, as an
     observation of ``z_x`` with noise variance ``1 / v_x``, after which ``z_t``'s variance is
     ``s_t - c^2 / (s_x + 1 / v_x)``, ``c = x' H^-1 t``; the score is the drop of the targets' information.
-    Candidates are scored ``block`` at a time (memory: ``block x t`` floats)."""
-    x, t = np.asarray(candidates, np.float64), np.asarray(targets, np.float64)
-    if fit.precision is None:
-        raise InvalidInput("fit", "needs the posterior's precision: a fit_reward result, not a reward read from a head")
-    dim = fit.weight.shape[1]
-    if x.ndim != 2 or x.shape[1] != dim or t.ndim != 2 or t.shape[1] != dim or not len(t):
-        raise InvalidInput("targets", f"need [n, {dim}] candidates and [t >= 1, {dim}] targets, got {x.shape} and "
-                                      f"{t.shape}")
-    for name, v in (("candidates", x), ("targets", t)):
-        if not np.isfinite(v).all():
-            raise InvalidInput(name, "comparison vectors must be finite")
-    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise InvalidInput("block", f"must be an integer >= 1, got {block!r}")
-    chol = np.linalg.cholesky(fit.precision)  # H = L L', so x' H^-1 t = (L^-1 x) . (L^-1 t)
-    w = fit.weight[0]
-
-    def variance(v: np.ndarray) -> np.ndarray:  # p(1-p) of each comparison's outcome at the posterior mean
-        p = 1.0 / (1.0 + np.exp(-(v @ w)))
-        return p * (1.0 - p)
-
-    lt = np.linalg.solve(chol, t.T)  # [dim, t]
-    s_t, v_t = (lt**2).sum(0), variance(t)
-    before = np.log1p(v_t * s_t)
-    out = np.empty(len(x))
-    for start in range(0, len(x), block):  # [block, t] covariances at a time: memory bounded for any pool
-        part = x[start:start + block]
-        lx = np.linalg.solve(chol, part.T)  # [dim, b]
-        s_x, v_x = (lx**2).sum(0), variance(part)
-        c = lx.T @ lt  # [b, t]
-        after = np.maximum(s_t[None, :] - c**2 / (s_x + 1.0 / np.maximum(v_x, 1e-12))[:, None], 0.0)
-        out[start:start + block] = 0.5 * (before[None, :] - np.log1p(v_t[None, :] * after)).mean(1)
-    return out
+    Candidates are scored ``block`` at a time (memory: ``block x t`` floats); :class:`PairInformation`
+    keeps the targets' part for many calls."""
+    return PairInformation(targets, fit, block).scores(candidates)
 
 
 def novelty(prompt_emb: np.ndarray, compared: VectorIndex | None) -> np.ndarray:

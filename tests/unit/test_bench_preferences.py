@@ -83,6 +83,19 @@ def test_the_benchmark_writes_both_curves_and_its_controls(tmp_path: Path) -> No
     [run] = served["evaluation"]["runs"]
     assert run["human_labels"] <= 0.55 * 240 and run["win_rate"]["comparisons"] > 0
     assert served["evaluation_budget"] == 10 and served["evaluation"]["win_rate_width"] == run["win_rate_width"]
+    assert run["pair_acquisition"] == served["active"]["runs"][0]["pair_acquisition"] == "uncertainty"
+    # the same strategy scoring comparisons by EPIG; and all of it again on the planted control's answers
+    planted = saved["served_planted"]
+    assert set(served["arms"]) == {"active", "random", "epig", "evaluation"}
+    assert set(planted["arms"]) == {"active", "random", "epig"} and planted["evaluation_budget"] == 0
+    assert planted["arms"]["epig"] == {"strategy": "uncertainty", "pair_acquisition": "epig", "uncertainty": "margin"}
+    assert 0.5 <= planted["answer_agrees_with_truth"] <= 1.0
+    for runs in (served, planted):
+        for arm in runs["arms"]:
+            [run] = runs[arm]["runs"]
+            assert run["items"] == 240 and run["human_labels"] <= 0.55 * 240 and run["curve"]
+            assert 0.0 <= run["final_label_accuracy"] <= 1.0
+            assert run["pair_acquisition"] == runs["arms"][arm]["pair_acquisition"]
 
 
 def test_a_budget_beyond_the_pairs_is_refused(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +20,14 @@ from winnow.core.domain.validation import validate_items, validate_project
 from winnow.core.loop.embedded import EmbeddedLoop
 from winnow.core.loop.evaluation import win_rates
 from winnow.core.loop.labeling import LabelingService
-from winnow.core.ml.reward import REWARD_FOLDER, RewardEngine, fit_preference_head
+from winnow.core.loop.selector import EPIG_TARGETS, Selector
+from winnow.core.ml.head import load_head
+from winnow.core.ml.reward import (REWARD_FOLDER, RewardEngine, fit_preference_head, fit_reward, load_reward_fit,
+                                   save_reward)
+from winnow.core.select.pairs import TargetSample, predictive_information
 from winnow.core.ml.runtime import OnnxRuntime
 from winnow.core.ml.training import head_logits
-from winnow.core.ml.scoring import mean_probs
+from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.testing.fakes import CrcEncoder
 
 DIM = 16
@@ -237,3 +242,109 @@ def test_an_evaluation_budget_asks_more_where_the_reward_is_unsure_and_narrows_t
              and {r.model for r in stored[d.item_id].responses} == {"model-0", "model-1"}]
     truth = np.mean([(answer(i) == "A") == (i.responses[0].model == "model-0") for i in pairs])
     assert rate.lower <= truth <= rate.upper
+
+
+def _stream(loop: EmbeddedLoop, answer, n: int, batches: int = 100) -> None:
+    def people(service: LabelingService) -> int:
+        leases = service.lease("ann", 50)
+        for lease in leases:
+            service.submit("ann", lease.item_id, answer(Item(PROJECT.name, lease.item_id, lease.text,
+                                                             responses=lease.responses)))
+        return len(leases)
+
+    sent = items(n)
+    for start in range(0, n, batches):
+        loop.ingest(sent[start:start + batches])
+        loop.run_until_idle(people)
+
+
+def test_the_served_selector_scores_comparisons_by_epig_with_the_versions_posterior(tmp_path: Path) -> None:
+    encoder = CrcEncoder(DIM)
+    _, answer = planted(encoder)
+    config = dataclasses.replace(CONFIG, pair_acquisition="epig")
+    loop = EmbeddedLoop(tmp_path, PROJECT, OnnxRuntime(encoder), config)
+    _stream(loop, answer, 400)
+    version = loop.store.current_model(PROJECT.name)
+    assert version is not None
+    # the version keeps its reward's Laplace posterior: the precision fit_reward has on the comparisons the
+    # version was fitted on (the first n_train human answers: labels only accrue)
+    fit = load_reward_fit(Path(version.path) / REWARD_FOLDER)
+    humans = loop.store.labels(PROJECT.name, "human")[:version.n_train]
+    assert fit.n_train == version.n_train == len(humans)
+    v = loop.store.get_embeddings(PROJECT.name, [h.item_id for h in humans])
+    direct = fit_reward(v, np.zeros_like(v), np.array([{"A": 1.0, "B": 0.0, "tie": 0.5}[h.label] for h in humans]))
+    np.testing.assert_allclose(fit.weight[0], direct.weight[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fit.precision, direct.precision, rtol=1e-4)
+    # the backlog waits with what its answer tells about a sample of the comparisons that arrived
+    selector = loop.selector
+    assert selector.score_name == "epig" and 0 < len(selector._targets) <= EPIG_TARGETS
+    information = selector._pair_information()
+    stored = loop.store.get_embeddings(PROJECT.name, [i.item_id for i in comparisons(PROJECT, items(400))])
+    assert len(information.targets) == len(selector._targets)
+    assert np.isclose(information.targets @ stored.T, 1.0, atol=1e-6).any(1).all()  # each one an arrival's vector
+    assert len(selector.backlog) > 0
+    np.testing.assert_allclose(selector.backlog.unc, predictive_information(selector.backlog.emb, information.targets,
+                                                                            fit), rtol=1e-9, atol=1e-15)
+    assert not np.allclose(selector.backlog.unc, uncertainty(CONFIG.uncertainty, head_logits(
+        load_head(Path(version.path)), selector.backlog.emb), version.temperature))
+    loop.close()
+
+
+def test_pair_acquisition_uncertainty_and_versions_without_a_readable_posterior_keep_the_uncertainty_score(
+        tmp_path: Path) -> None:
+    encoder = CrcEncoder(DIM)
+    _, answer = planted(encoder)
+    config = CONFIG  # pair_acquisition uncertainty: the default
+    assert config.pair_acquisition == "uncertainty"
+    loop = EmbeddedLoop(tmp_path / "u", PROJECT, OnnxRuntime(encoder), config)
+    _stream(loop, answer, 300)
+    assert loop.selector.score_name == config.uncertainty and loop.selector._targets is None
+    head = loop.selector.head
+    emb = loop.selector.backlog.emb
+    np.testing.assert_allclose(loop.selector.backlog.unc, uncertainty(config.uncertainty, head.logits(emb),
+                                                                      head.meta["temperature"]), rtol=1e-6)
+    loop.close()
+    # a version written before rewards kept their posterior: EPIG cannot run, the selector says so and scores
+    # by the uncertainty score
+    epig = dataclasses.replace(CONFIG, pair_acquisition="epig")
+    loop = EmbeddedLoop(tmp_path / "e", PROJECT, OnnxRuntime(encoder), epig)
+    _stream(loop, answer, 300)
+    assert loop.selector.score_name == "epig"
+    folder = Path(loop.store.current_model(PROJECT.name).path) / REWARD_FOLDER
+    fit = load_reward_fit(folder)
+    shutil.rmtree(folder)
+    save_reward(folder, dataclasses.replace(fit, precision=None), {"version": "old"})
+    selector = Selector(loop.bus, loop.store, PROJECT, epig)  # a restart reads the version again
+    assert load_reward_fit(folder).precision is None and selector.score_name == epig.uncertainty
+    assert len(selector._targets) > 0  # sampled from the backlog it restored
+    # a reward folder that cannot be read: the head still scores, by its members, and the step goes on
+    (folder / "reward.safetensors").write_bytes(b"not safetensors")
+    selector = Selector(loop.bus, loop.store, PROJECT, epig)
+    assert selector.score_name == epig.uncertainty and len(selector.backlog) > 0
+    loop.close()
+
+
+def test_the_target_sample_keeps_each_arrival_with_the_same_chance() -> None:
+    # algorithm R: after n arrivals each one is in the sample with probability size / n, batches or not
+    size, n, runs = 20, 100, 2000
+    kept = np.zeros(n)
+    for seed in range(runs):
+        sample = TargetSample(size, seed)
+        vectors = np.eye(n)
+        for start, stop in ((0, 7), (7, 30), (30, 31), (31, 100)):
+            sample.add(vectors[start:stop])
+        assert len(sample) == size and sample.seen == n
+        kept += sample.vectors.sum(0)
+        assert np.all(np.isin(sample.vectors.sum(0), (0.0, 1.0)))  # distinct arrivals
+    share = kept / runs
+    assert np.abs(share - size / n).max() < 4 * np.sqrt(size / n * (1 - size / n) / runs)
+    small = TargetSample(size, 0)
+    small.add(vectors[:5])
+    np.testing.assert_array_equal(small.vectors, vectors[:5])  # fewer arrivals than its size: all of them
+    for bad, field in (({"size": 0}, "size"), ({"size": True}, "size")):
+        with pytest.raises(InvalidInput) as raised:
+            TargetSample(**bad)
+        assert raised.value.field == field
+    with pytest.raises(InvalidInput) as raised:
+        small.add(np.zeros((2, 3)))
+    assert raised.value.field == "vectors"

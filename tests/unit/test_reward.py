@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from winnow.core.data.preferences import hh_rlhf_harmless, load_pairs, parse_pairs
 from winnow.core.domain.errors import InvalidInput, ModelFileError
-from winnow.core.ml.reward import RewardConfig, RewardEngine, RewardFit, fit_reward, preference, save_reward
+from winnow.core.ml.reward import (RewardConfig, RewardEngine, RewardFit, fit_reward, laplace_precision,
+                                   load_reward_fit, preference, save_reward)
 from winnow.core.select.index import VectorIndex
 from winnow.core.select.pairs import most_uncertain_pairs, novelty, pair_probabilities, predictive_information
 
@@ -83,6 +84,29 @@ def test_a_reward_version_round_trips(tmp_path: Path, engine: str) -> None:
         RewardEngine(tmp_path / "r2", engine)
 
 
+def test_a_reward_version_keeps_its_posterior_precision(tmp_path: Path) -> None:
+    a, b, answers, _ = _planted(200, seed=6)
+    config = RewardConfig(members=3, l2=4.0)
+    fit = fit_reward(a, b, answers, config)
+    # the Hessian at the optimum: the answers do not enter it, the prior's precision does
+    np.testing.assert_allclose(laplace_precision(a - b, fit.weight[0], config.l2), fit.precision, rtol=1e-12)
+    assert not np.allclose(laplace_precision(a - b, fit.weight[0], 1.0), fit.precision)
+    save_reward(tmp_path / "r1", fit, {"version": "r1"})
+    loaded = load_reward_fit(tmp_path / "r1")
+    assert loaded.n_train == 200 and loaded.precision is not None
+    np.testing.assert_allclose(loaded.precision, fit.precision, rtol=1e-12)
+    np.testing.assert_allclose(loaded.weight, fit.weight, rtol=1e-6)  # stored as float32
+    save_reward(tmp_path / "r2", RewardFit(fit.weight, 5, 0.5), {"version": "r2"})  # members only
+    assert load_reward_fit(tmp_path / "r2").precision is None
+    for bad in (np.eye(3), np.full((16, 16), np.nan)):
+        with pytest.raises(InvalidInput) as raised:
+            save_reward(tmp_path / "r3", RewardFit(fit.weight, 5, 0.5, bad), {"version": "r3"})
+        assert raised.value.field == "precision" and not (tmp_path / "r3").exists()
+    (tmp_path / "r1" / "reward.safetensors").write_bytes(b"broken")
+    with pytest.raises(ModelFileError):
+        load_reward_fit(tmp_path / "r1")
+
+
 def test_the_most_uncertain_pair_of_each_prompt_is_asked() -> None:
     # three responses: members agree on 0 vs 1 (far apart), disagree on 1 vs 2
     rewards = np.array([[5.0, 5.0, 5.0], [0.0, 0.0, 0.0], [0.0, 3.0, -3.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
@@ -147,10 +171,12 @@ def test_predictive_information_refuses_a_fit_without_its_posterior_or_the_wrong
         predictive_information(np.zeros((2, 3)), np.zeros((2, 3)), fit)
     assert raised.value.field == "fit"
     fit = RewardFit(np.zeros((2, 3)), 0, 0.0, np.eye(3))
-    for x, t in ((np.zeros((2, 4)), np.zeros((2, 3))), (np.zeros((2, 3)), np.zeros((0, 3)))):
+    for x, t, field in ((np.zeros((2, 4)), np.zeros((2, 3)), "candidates"),
+                        (np.zeros((2, 3)), np.zeros((0, 3)), "targets"),
+                        (np.zeros((2, 3)), np.zeros((2, 4)), "targets")):
         with pytest.raises(InvalidInput) as raised:
             predictive_information(x, t, fit)
-        assert raised.value.field == "targets"
+        assert raised.value.field == field
     bad = np.zeros((2, 3))
     bad[1, 2] = np.nan
     for x, t, block, field in ((bad, np.ones((2, 3)), 8, "candidates"), (np.ones((2, 3)), bad, 8, "targets"),
