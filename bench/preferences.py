@@ -536,11 +536,12 @@ def _plot(path: Path, result: dict) -> None:
                                               (served_planted, "served project, planted answers")) if run]
     for ax, (runs, title) in zip(axes[3:], panels):
         for arm, colour in (("random", "tab:gray"), ("active", "tab:blue"), ("evaluation", "tab:orange"),
-                            ("margin", "tab:red")):
+                            ("epig", "tab:green")):
             for k, run in enumerate(runs.get(arm, {}).get("runs", [])):
+                scored = "EPIG" if run.get("pair_acquisition") == "epig" else run.get("uncertainty", "margin")
                 ax.plot([p["human_labels"] for p in run["curve"]], [p["test_accuracy"] for p in run["curve"]],
                         color=colour, alpha=0.7, marker=".",
-                        label=f"{arm} ({run['strategy']}, {run['pair_acquisition']})" if k == 0 else None)
+                        label=f"{arm} ({run['strategy']}, {scored})" if k == 0 else None)
         ax.set(xlabel="human comparisons (the version's training set)", ylabel="reward model accuracy on test pairs",
                title=f"{title}, {runs['seeds']} seeds")
         ax.legend(fontsize=8)
