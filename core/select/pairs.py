@@ -136,12 +136,12 @@ class TargetSample:
             return
         if self._rows is None:
             self._rows = np.zeros((0, v.shape[1]))
-        room = min(self.size - len(self._rows), len(v))
-        if room > 0:
+        room = min(self.size - len(self._rows), len(v))  # the first ``size`` arrivals are all kept
+        if room:
             self._rows = np.vstack([self._rows, v[:room]])
-        rest = v[max(room, 0):]
-        if len(rest):  # item number k (from 0) replaces a uniform slot with probability size / (k + 1)
-            number = self.seen + max(room, 0) + np.arange(len(rest))
+        rest = v[room:]
+        if len(rest):  # arrival number k (from 0) replaces a uniform slot with probability size / (k + 1)
+            number = self.seen + room + np.arange(len(rest))
             slot = np.floor(self._rng.random(len(rest)) * (number + 1)).astype(np.int64)
             for row, k in zip(np.flatnonzero(slot < self.size).tolist(), slot[slot < self.size].tolist()):
                 self._rows[k] = rest[row]
