@@ -306,10 +306,7 @@ def _served_run(pairs: list[PreferencePair], first_is_chosen: np.ndarray, answer
         b = [pairs[i].rejected if first_is_chosen[i] else pairs[i].chosen for i in rows]
         return a, b
 
-    encode = runtime.encoder.encode
-    a_test, b_test = texts(test)
-    test_vectors = pair_vectors(encode([feature_text(pairs[i].prompt, t) for i, t in zip(test, a_test)]),
-                                encode([feature_text(pairs[i].prompt, t) for i, t in zip(test, b_test)]))
+    test_vectors = _served_vectors([pairs[i] for i in test], first_is_chosen[test], runtime.encoder.encode)
     test_truth = truth_a[test]
     curve: list[dict] = []
     seen = [0]
