@@ -280,11 +280,11 @@ class LoopConfig:
     retrain_growth: float = setting(0.07, "retrain when human labels grew by this share", low=0.0)
     retrain_min_new: int = setting(50, "and by at least this many labels", low=1)
     audit_probability: float = setting(
-        0.1, "least chance an item the model would label goes to a person instead (checks the model)",
+        0.07, "least chance an item the model would label goes to a person instead (checks the model)",
         low=0.0, high=1.0, low_open=True)
     certify_probability: float = setting(
-        0.2, "chance an item above the model's candidate threshold goes to a person while no threshold is "
-        "certified (at least --audit-probability); higher: the first certificate sooner, fewer labels left for "
+        0.2, "chance an item above the model's candidate threshold goes to a person until the project's first "
+        "threshold is certified (at least --audit-probability); higher: the first certificate sooner, fewer labels left for "
         "picks", low=0.0, high=1.0, low_open=True)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
