@@ -274,6 +274,13 @@ class LoopConfig:
     (0.958) on Banking77 (3 seeds), 0.955 instead of 0.953 with three 0.90 annotators (3 seeds), 0.932 against
     0.933 and auto-accepted 0.56 against 0.43 on a 5,481-item stream skewed as ``--class-skew 10`` does (one
     seed): fresher models pick, and re-score the backlog, with what people answered since.
+
+    ``audit_probability`` 0.07 against 0.1 (Winnow alone, 3 seeds each, side by side on one machine): final labels
+    0.969 (worst 0.965) instead of 0.961 (0.960) on Banking77, auto-accepted 0.62 in both, certified bound on all
+    final labels 0.94 instead of 0.92; 0.960 instead of 0.957 with three 0.90 annotators; 0.965 instead of 0.957 on
+    8 coarse classes; 0.948 instead of 0.944 on a skewed stream. A check of a confident label corrects about 0.02
+    errors, a pick about a quarter of one: below 0.05 the thresholds lose their evidence (0.03: auto-accepted 0.57;
+    0.02: 0.40).
     """
 
     first_model_labels: int = setting(100, "human labels before the first model is trained", low=2)
@@ -283,8 +290,8 @@ class LoopConfig:
         0.07, "least chance an item the model would label goes to a person instead (checks the model)",
         low=0.0, high=1.0, low_open=True)
     certify_probability: float = setting(
-        0.2, "chance an item above the model's candidate threshold goes to a person until the project's first "
-        "threshold is certified (at least --audit-probability); higher: the first certificate sooner, fewer labels left for "
+        0.2, "chance an item above the model's candidate threshold goes to a person while no threshold is "
+        "certified (at least --audit-probability); higher: the first certificate sooner, fewer labels left for "
         "picks", low=0.0, high=1.0, low_open=True)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)

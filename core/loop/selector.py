@@ -106,7 +106,6 @@ class Selector(Stage):
         self._arrivals = 0  # items that reached this selector in this process's life
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
         self._reserving = False  # whether the picks leave the close its reserve (``_reserve``)
-        self._certified_once = False  # whether any version of the project certified a threshold (then _restore reads)
         self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
         self._refute_check_at, self._refute_check_time = 0, 0.0
         self._erasures = ErasureWatch(store, project.name, False, config.erasure_check_s)  # then _restore reads
@@ -119,7 +118,6 @@ class Selector(Stage):
         if current is not None:
             self.head = OnnxHead(Path(current.path))
         self._withdrawn = set(withdrawn_versions(self.store, name))
-        self._certified_once = any(np.isfinite(m.threshold) for m in self.store.models(name))
         tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
         labeled = {label.item_id: label.source for label in self.store.labels(name)}
         tasked = {t.item_id for t in tasks}
@@ -370,9 +368,8 @@ class Selector(Stage):
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
-        candidate threshold: ``certify_probability`` (at least the audit probability) until the project's
-        first threshold is certified, then the audit probability, also for a later version that certifies
-        none), the minimum elsewhere. While a model has neither
+        candidate threshold: ``certify_probability`` (at least the audit probability) until a threshold
+        is certified, then the audit probability), the minimum elsewhere. While a model has neither
         threshold nor candidate, every item is a probe, unless its checks rule the target out for it
         (``reachable``): then none is, until a model that may meet the target."""
         confidence = probs.max(1)
@@ -386,10 +383,8 @@ class Selector(Stage):
                   else np.full(len(ids), not certified and self.reachable))
         probe = ~audit & region
         if probability is None:  # the items people need most come from the backlog (``_pick``)
-            # the race for the project's first certificate is run once: a later version with no threshold
-            # of its own probes at the audit probability
             audit_p = self.config.audit_probability  # never less before a certificate than after it
-            check = audit_p if certified or self._certified_once else max(audit_p, self.config.certify_probability)
+            check = audit_p if certified else max(audit_p, self.config.certify_probability)
             probability = np.where(audit, self.config.audit_probability,
                                    np.where(probe, check, self.config.min_probability))
             if arriving:
@@ -692,7 +687,6 @@ class Selector(Stage):
                                  lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
-        self._certified_once = self._certified_once or bool(np.isfinite(self.threshold))
         log.info("selector swapped project=%s version=%s threshold=%s backlog=%d", self.project.name,
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
-from winnow.core.domain.codecs import ITEMS_SCORED, MODELS
+from winnow.core.domain.codecs import ITEMS_SCORED
 from winnow.core.domain.records import Annotation, Item, Label, ModelVersion, Project, Scored, Task
 from winnow.core.domain.settings import LoopConfig, TrainConfig
 from winnow.core.loop.close import StreamStatus, request_close, stream_status
@@ -582,49 +582,6 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     assert all(t.item_id not in above and t.probability == 0.02 for t in tasks if t.kind == "label")
     drawn = len(probes) / len(above)
     assert abs(drawn - early) < 4 * np.sqrt(early * (1 - early) / len(above))  # drawn at that rate
-    selector.close()
-
-
-@pytest.mark.parametrize("path", ["restart", "swap"])
-def test_after_the_projects_first_certificate_a_version_without_a_threshold_probes_at_the_audit_probability(
-        env, tmp_path: Path, path: str) -> None:
-    """The race for a first certificate is run once per project: once a version certified a threshold, a
-    later version that certifies none probes above its candidate at the audit probability, not at
-    ``certify_probability`` (whether the selector swapped to it or started with it current)."""
-    from winnow.core.ml.head import OnnxHead
-
-    bus, store = env
-    project, x = _full_budget_project(bus, store)
-    torch_head = Head(HeadConfig(dim=16, n_classes=len(CLASSES)))
-    save_model(tmp_path / "v1", torch_head, {"version": "v1", "classes": list(CLASSES), "temperature": 1.0,
-                                            "threshold": 0.9999, "candidate_threshold": 0.9999})
-    logits = OnnxHead(tmp_path / "v1").logits(x).mean(1)
-    confidence = np.exp(logits - logits.max(1, keepdims=True))
-    confidence = (confidence / confidence.sum(1, keepdims=True)).max(1)
-    candidate = float(np.median(confidence))
-    save_model(tmp_path / "v2", torch_head, {"version": "v2", "classes": list(CLASSES), "temperature": 1.0,
-                                            "threshold": None, "candidate_threshold": candidate})
-    first = ModelVersion("p", "v1", str(tmp_path / "v1"), 0.0, 0, 1.0, 0.9999)
-    second = ModelVersion("p", "v2", str(tmp_path / "v2"), 1.0, 0, 1.0, float("inf"))
-    config = dataclasses.replace(CONFIG, certify_probability=0.5, audit_probability=0.1, min_probability=0.02,
-                                 select_batch=10_000)  # no picks: only the arrival look draws
-    store.register_model(first)
-    if path == "restart":
-        store.register_model(second)
-        selector = Selector(bus, store, project, config)
-    else:
-        selector = Selector(bus, store, project, config)
-        assert selector.threshold == 0.9999
-        store.register_model(second)
-        with bus.producer() as producer:
-            producer.publish_many(topic("p", "models"), MODELS.keyed([second]))
-        while selector.step():
-            pass
-    assert selector.version == "v2" and not np.isfinite(selector.threshold)
-    ids = _arrive_all(bus, store, project, selector, x)
-    above = {i for i, c in zip(ids, confidence) if c >= candidate}
-    probes = [t for t in store.tasks("p") if t.kind == "holdout"]
-    assert probes and all(t.item_id in above and t.probability == 0.1 for t in probes)
     selector.close()
 
 
