@@ -22,6 +22,7 @@ from winnow.core.ml.scoring import SCORE_NAMES
 T = TypeVar("T")
 ENV_PREFIX = "WINNOW_"
 PAIR_ACQUISITIONS = ("uncertainty", "epig")  # how a preference project's selector scores comparisons
+THRESHOLD_WEIGHTS = ("pooled", "inverse_probability")  # how the checks a threshold is chosen on are weighed
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -217,6 +218,21 @@ class TrainConfig:
     ``input_scale`` (the scale is folded into the saved weights). On Banking77 with 2,500
     margin-sampled labels this gave 0.929 test accuracy against 0.920 for 300 AdamW steps, at
     less than half the CPU time. MLP heads and ensembles (for BALD) use full-batch AdamW.
+
+    ``threshold_weights``: the checks a threshold is chosen on (probes and audits) were drawn at
+    different chances: probes at ``certify_probability`` before a certificate, audits at
+    ``audit_probability`` after. Weighed by 1 / chance (``inverse_probability``, Horvitz-Thompson), each
+    audit counts for several probes, and Kish's effective sample falls when audits join: 400 probes at 0.2
+    and 100 audits at 0.03 make 236 effective items, fewer than the probes alone, so a version loses the
+    threshold its predecessor certified and the probes start again. ``pooled`` counts each check once:
+    in a stream that arrives in random order, each look's checks are a uniform sample of the items above
+    its cut-off, so where every look's cut-off lies below the threshold's region, the pooled sample is
+    the multiple-importance-sampling (balance heuristic) estimate of that region's precision [Veach &
+    Guibas 1995], with the variance of a plain sample. It is a decision rule either way: the guarantee on
+    the labels it leads to is the design-based audit bound (:mod:`winnow.core.ml.certify`), which keeps
+    each audit's own chance, and the selector withdraws a threshold whose audits refute it. Banking77,
+    3 seeds, audits at 0.03: final labels 0.978 (worst 0.978) pooled against 0.969 (0.968), auto-accepted
+    0.66 against 0.57, measured precision of the auto-accepted labels 0.981-0.988.
     """
 
     hidden: int = setting(0, "hidden units of the head (0: linear head)", flag_name="train-hidden", low=0)
@@ -247,6 +263,10 @@ class TrainConfig:
                                    flag_name="train-neighbour-tau", low=0.0, low_open=True)
     neighbour_bank: int = setting(5_000, "most labeled items a version keeps for the vote (a seeded sample beyond)",
                                   flag_name="train-neighbour-bank", low=1)
+    threshold_weights: str = setting(
+        "pooled", "how the checks a threshold is chosen on are weighed: pooled (each once; the stream arrives in "
+        "random order) or inverse_probability (1 / the chance of its draw)", flag_name="train-threshold-weights",
+        choices=THRESHOLD_WEIGHTS)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -281,13 +301,18 @@ class LoopConfig:
     8 coarse classes; 0.948 instead of 0.944 on a skewed stream. A check of a confident label corrects about 0.02
     errors, a pick about a quarter of one: below 0.05 the thresholds lose their evidence (0.03: auto-accepted 0.57;
     0.02: 0.40).
+
+    ``audit_probability`` 0.03 against 0.07, with the threshold's checks pooled (``TrainConfig.threshold_weights``;
+    weighed by 1 / chance, audits at 0.03 lost the thresholds their evidence had certified, above): final labels
+    0.978 (worst 0.978) instead of 0.969 (0.965) on Banking77, auto-accepted 0.66 instead of 0.62, certified bound on
+    all final labels 0.94 in both. 0.02 gave 0.979 (0.976) but auto-accepted 0.62 under a bound of 0.92.
     """
 
     first_model_labels: int = setting(100, "human labels before the first model is trained", low=2)
     retrain_growth: float = setting(0.07, "retrain when human labels grew by this share", low=0.0)
     retrain_min_new: int = setting(50, "and by at least this many labels", low=1)
     audit_probability: float = setting(
-        0.07, "least chance an item the model would label goes to a person instead (checks the model)",
+        0.03, "least chance an item the model would label goes to a person instead (checks the model)",
         low=0.0, high=1.0, low_open=True)
     certify_probability: float = setting(
         0.2, "chance an item above the model's candidate threshold goes to a person while no threshold is "

@@ -128,8 +128,8 @@ class Trainer(Stage):
         gold_emb = self.store.get_embeddings(self.project.name, gold_ids) if gold_ids else None
         gold_y = np.array([classes[gold[i]] for i in gold_ids]) if gold_ids else None
         # the threshold's sample: the items drawn where the model would (or almost would) label them,
-        # each standing for 1 / (its draw's probability) items there; people's other picks are the hard
-        # items and would bias it
+        # each once or standing for 1 / (its draw's probability) items there (``TrainConfig.threshold_weights``);
+        # people's other picks are the hard items and would bias it
         drawn = {t.item_id: t.probability for t in self.store.tasks(self.project.name, ("holdout", "audit"))}
         # answers with no majority (three people, three answers) leave the label a guess: kept out of
         # the sample, which only lowers its precision estimate (the first of them erred, and people

@@ -160,7 +160,8 @@ def train(
     predictions for the human-labelled items [cross-fitting], with a one-sided Clopper-Pearson bound
     (``autoaccept.choose_threshold``) on the items of ``threshold_mask`` [n] when given (the items
     drawn where the model would label them: people's other picks are the hard items and would bias
-    it), each weighted by ``threshold_weights`` [n] when given (``1 / probability`` of its draw). Gold answers (operator-given) are
+    it), each weighted by ``threshold_weights`` [n] (``1 / probability`` of its draw) when given and
+    ``config.threshold_weights`` is ``inverse_probability`` (else each counts once). Gold answers (operator-given) are
     held out of training and only evaluated on. ``extra_embeddings`` / ``extra_labels`` (certified
     model labels: self-training) join the final fit only, never the cross-fitting that calibrates and
     chooses the threshold. ``fitter`` fits a head (``fit_head``, or a preference project's
@@ -192,7 +193,8 @@ def train(
                                    weight, temperature)
     correct = oof_probs.argmax(1) == labels
     sample = np.ones(len(labels), bool) if threshold_mask is None else np.asarray(threshold_mask, bool)
-    w = (np.ones(len(labels)) if threshold_weights is None else np.asarray(threshold_weights, float))[sample]
+    pooled = threshold_weights is None or config.threshold_weights == "pooled"  # TrainConfig's docstring
+    w = (np.ones(len(labels)) if pooled else np.asarray(threshold_weights, float))[sample]
     choice = choose_threshold(oof_probs.max(1)[sample], correct[sample], precision_target, config.confidence_level,
                               config.min_support, w)
     if extra_labels is not None and len(extra_labels):

@@ -162,6 +162,34 @@ def test_weights_make_a_biased_sample_stand_for_the_stream():
     assert np.isfinite(weighted.candidate) and weighted.candidate <= weighted.threshold
 
 
+@pytest.mark.parametrize("confidence_level", [0.95, 0.99])
+def test_checks_pooled_across_looks_at_different_chances_meet_the_target(confidence_level):
+    """A stream in random order, checked at 0.2 for its first 30% and at 0.03 after (probes, then
+    audits), every look over all of its items: counted once each (``TrainConfig.threshold_weights``
+    ``pooled``), the checks certify a threshold in every seed and meet the target at the stated rate,
+    and they choose a threshold no higher than the same checks weighed by 1 / chance in most seeds: the
+    weighed sample's effective size is about half, and it certifies nothing in some seeds (3 of 40 at
+    95%, 15 of 40 at 99%)."""
+    allowed = stats.binom.ppf(0.99, len(SEEDS), 1 - confidence_level)
+    misses, lower = 0, 0
+    for seed in SEEDS:
+        rng = np.random.default_rng(seed)
+        n = 20000
+        c = rng.beta(A, B, n)
+        correct = rng.random(n) < c
+        pi = np.where(np.arange(n) < 0.3 * n, 0.2, 0.03)
+        drawn = rng.random(n) < pi
+        pooled = choose_threshold(c[drawn], correct[drawn], TARGET, confidence_level)
+        weighed = choose_threshold(c[drawn], correct[drawn], TARGET, confidence_level, 30, 1.0 / pi[drawn])
+        assert np.isfinite(pooled.threshold)
+        misses += population_precision(pooled.threshold) < TARGET
+        lower += pooled.threshold <= weighed.threshold
+        w = 1.0 / pi[drawn]
+        assert w.sum() ** 2 / (w**2).sum() < 0.6 * drawn.sum()  # Kish: the audits count for many probes each
+    assert misses <= allowed
+    assert lower >= 0.8 * len(SEEDS)
+
+
 def test_bad_weights_name_the_field():
     with pytest.raises(InvalidInput) as err:
         choose_threshold(np.ones(40), np.ones(40, bool), 0.9, 0.95, 30, np.zeros(40))

@@ -478,6 +478,31 @@ def test_answers_with_no_majority_stay_out_of_the_thresholds_sample(env, tmp_pat
     assert model.n_train == 40 and model.metrics["threshold_sample"] == pytest.approx(39)
 
 
+@pytest.mark.parametrize("weights", ["pooled", "inverse_probability"])
+def test_the_thresholds_sample_counts_each_check_once_unless_weighed_by_its_chance(env, tmp_path: Path,
+                                                                                     weights: str) -> None:
+    """Probes drawn at 0.2 and audits at 0.03 (``TrainConfig.threshold_weights``): pooled, the sample
+    is every check once; weighed by 1 / chance, the 10 audits count as 67 probes each, and Kish's
+    effective sample is smaller than the 30 probes alone."""
+    bus, store = env
+    project = Project("p", CLASSES)
+    store.create_project(project)
+    create_topics(bus, "p", 1)
+    x, y = clustered(40)
+    ids = [f"i{k}" for k in range(40)]
+    store.add_items([Item("p", i, f"text {i}", 0.0) for i in ids])
+    store.put_embeddings("p", ids, x)
+    store.add_tasks([Task("p", i, 0.5, None, 0.0, "holdout" if k < 30 else "audit", 0.2 if k < 30 else 0.03)
+                     for k, i in enumerate(ids)])
+    for k, i in enumerate(ids):
+        store.put_label(Label("p", i, CLASSES[y[k]], "human", "x", 1.0, None, "single", "v1", 1.0, f"{i}:h"))
+    config = dataclasses.replace(CONFIG, train=dataclasses.replace(CONFIG.train, threshold_weights=weights))
+    model = Trainer(bus, store, project, config, tmp_path / "models").maybe_train(force=True)
+    w = np.array([5.0] * 30 + [1 / 0.03] * 10)
+    kish = w.sum() ** 2 / (w**2).sum()  # 16.9
+    assert model.metrics["threshold_sample"] == pytest.approx(40 if weights == "pooled" else kish)
+
+
 def test_a_close_after_an_older_version_was_promoted_retrains_and_is_served(env, tmp_path: Path) -> None:
     """An operator promoted an older version: the close waits for a model that learned every human
     label, so the trainer trains again though it saw no new label, and the close is then served."""
