@@ -457,17 +457,23 @@ def test_target_mode_stops_asking_once_the_certified_bound_meets_the_target(env,
         assert len(met) == 1 and met[0]["bound"] >= target and met[0]["human_labels"] >= 0.25 * met[0]["items"]
 
 
+def stored_items(bus: SqliteBus, store: SqliteStore, project: Project, n: int = 40) -> tuple[list[str], np.ndarray]:
+    """A project with ``n`` stored items and their vectors (``clustered``): their ids and class ids."""
+    store.create_project(project)
+    create_topics(bus, project.name, 1)
+    x, y = clustered(n)
+    ids = [f"i{k}" for k in range(n)]
+    store.add_items([Item(project.name, i, f"text {i}", 0.0) for i in ids])
+    store.put_embeddings(project.name, ids, x)
+    return ids, y
+
+
 def test_answers_with_no_majority_stay_out_of_the_thresholds_sample(env, tmp_path: Path) -> None:
     """Three people, three answers: the label is a guess, so the item is left out of the sample the
     threshold is estimated on (it still trains the model)."""
     bus, store = env
     project = Project("p", CLASSES, overlap=3)
-    store.create_project(project)
-    create_topics(bus, "p", 1)
-    x, y = clustered(40)
-    ids = [f"i{k}" for k in range(40)]
-    store.add_items([Item("p", i, f"text {i}", 0.0) for i in ids])
-    store.put_embeddings("p", ids, x)
+    ids, y = stored_items(bus, store, project)
     store.add_tasks([Task("p", i, 0.5, None, 0.0, "holdout", 0.5) for i in ids])
     for k, i in enumerate(ids):
         answers = [CLASSES[y[k]]] if k else list(CLASSES)  # i0: a, b and c from three people
@@ -482,16 +488,11 @@ def test_answers_with_no_majority_stay_out_of_the_thresholds_sample(env, tmp_pat
 def test_the_thresholds_sample_counts_each_check_once_unless_weighed_by_its_chance(env, tmp_path: Path,
                                                                                      weights: str) -> None:
     """Probes drawn at 0.2 and audits at 0.03 (``TrainConfig.threshold_weights``): pooled, the sample
-    is every check once; weighed by 1 / chance, the 10 audits count as 67 probes each, and Kish's
-    effective sample is smaller than the 30 probes alone."""
+    is every check once; weighed by 1 / chance, each of the 10 audits counts for almost seven probes, and
+    Kish's effective sample (16.9) is smaller than the 30 probes alone."""
     bus, store = env
     project = Project("p", CLASSES)
-    store.create_project(project)
-    create_topics(bus, "p", 1)
-    x, y = clustered(40)
-    ids = [f"i{k}" for k in range(40)]
-    store.add_items([Item("p", i, f"text {i}", 0.0) for i in ids])
-    store.put_embeddings("p", ids, x)
+    ids, y = stored_items(bus, store, project)
     store.add_tasks([Task("p", i, 0.5, None, 0.0, "holdout" if k < 30 else "audit", 0.2 if k < 30 else 0.03)
                      for k, i in enumerate(ids)])
     for k, i in enumerate(ids):
