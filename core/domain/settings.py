@@ -223,7 +223,7 @@ class TrainConfig:
     different chances: probes at ``certify_probability`` before a certificate, audits at
     ``audit_probability`` after. Weighed by 1 / chance (``inverse_probability``, Horvitz-Thompson), each
     audit counts for several probes, and Kish's effective sample falls when audits join: 400 probes at 0.2
-    and 100 audits at 0.03 make 236 effective items, fewer than the probes alone, so a version loses the
+    and 100 audits at 0.03 make 235 effective items, fewer than the probes alone, so a version loses the
     threshold its predecessor certified and the probes start again. ``pooled`` counts each check once:
     in a stream that arrives in random order, each look's checks are a uniform sample of the items above
     its cut-off, so where every look's cut-off lies below the threshold's region, the pooled sample is

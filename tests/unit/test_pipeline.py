@@ -489,7 +489,7 @@ def test_the_thresholds_sample_counts_each_check_once_unless_weighed_by_its_chan
                                                                                      weights: str) -> None:
     """Probes drawn at 0.2 and audits at 0.03 (``TrainConfig.threshold_weights``): pooled, the sample
     is every check once; weighed by 1 / chance, each of the 10 audits counts for almost seven probes, and
-    Kish's effective sample (16.9) is smaller than the 30 probes alone."""
+    Kish's effective sample (19.7) is smaller than the 30 probes alone."""
     bus, store = env
     project = Project("p", CLASSES)
     ids, y = stored_items(bus, store, project)
@@ -500,7 +500,7 @@ def test_the_thresholds_sample_counts_each_check_once_unless_weighed_by_its_chan
     config = dataclasses.replace(CONFIG, train=dataclasses.replace(CONFIG.train, threshold_weights=weights))
     model = Trainer(bus, store, project, config, tmp_path / "models").maybe_train(force=True)
     w = np.array([5.0] * 30 + [1 / 0.03] * 10)
-    kish = w.sum() ** 2 / (w**2).sum()  # 16.9
+    kish = w.sum() ** 2 / (w**2).sum()  # 19.7
     assert model.metrics["threshold_sample"] == pytest.approx(40 if weights == "pooled" else kish)
 
 
