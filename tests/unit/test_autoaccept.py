@@ -179,12 +179,12 @@ def test_checks_pooled_across_looks_at_different_chances_meet_the_target(confide
         correct = rng.random(n) < c
         pi = np.where(np.arange(n) < 0.3 * n, 0.2, 0.03)
         drawn = rng.random(n) < pi
+        w = 1.0 / pi[drawn]
         pooled = choose_threshold(c[drawn], correct[drawn], TARGET, confidence_level)
-        weighed = choose_threshold(c[drawn], correct[drawn], TARGET, confidence_level, 30, 1.0 / pi[drawn])
+        weighed = choose_threshold(c[drawn], correct[drawn], TARGET, confidence_level, 30, w)
         assert np.isfinite(pooled.threshold)
         misses += population_precision(pooled.threshold) < TARGET
         lower += pooled.threshold <= weighed.threshold
-        w = 1.0 / pi[drawn]
         assert w.sum() ** 2 / (w**2).sum() < 0.6 * drawn.sum()  # Kish: the audits count for many probes each
     assert misses <= allowed
     assert lower >= 0.8 * len(SEEDS)
