@@ -6,6 +6,8 @@ import json
 import math
 import os
 import platform
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ def environment() -> dict:
         providers = ort.get_available_providers()
     except ImportError:
         providers = []
+    torch = sys.modules.get("torch")  # imported by whatever ran the benchmark; never imported here
     return {
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
@@ -34,7 +37,24 @@ def environment() -> dict:
         "gpu": "CUDAExecutionProvider" in providers,
         "onnxruntime_providers": providers,
         "versions": versions,
+        "commit": _commit(),
+        # a seed's stream reproduces only on the same number of threads (their sums round differently)
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
     }
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when its tracked files differ from it), or None outside a
+    git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"], capture_output=True,
+                               timeout=10).returncode != 0
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+changes" if dirty else head
 
 
 def standard(value: Any) -> Any:
