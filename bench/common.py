@@ -44,15 +44,17 @@ def environment() -> dict:
 
 
 def _commit() -> str | None:
-    """The checkout's commit (with ``+changes`` when its tracked files differ from it), or None outside a
-    git checkout."""
+    """The checkout's commit (with ``+changes`` when its tracked files differ from it), or None where this
+    code is not the top of a git checkout (an installed wheel, even inside another repository)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        top, head = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
+                                   capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        if Path(top).resolve() != root:
+            return None
         dirty = subprocess.run(["git", "-C", str(root), "diff", "--quiet", "HEAD", "--"], capture_output=True,
                                timeout=10).returncode != 0
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, ValueError, subprocess.SubprocessError):
         return None
     return f"{head}+changes" if dirty else head
 
