@@ -41,6 +41,7 @@ from winnow.core.loop.quality import certified_quality, family_trials, withdrawn
 from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import consumer_group, shard, topic
+from winnow.core.ml.autoaccept import rule_out_items
 from winnow.core.ml.certify import hidden_errors_lower
 from winnow.core.ml.evaluation import evaluation_probabilities
 from winnow.core.ml.head import OnnxHead
@@ -368,7 +369,8 @@ class Selector(Stage):
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
-        candidate threshold: ``certify_probability`` (at least the audit probability) until a threshold
+        candidate threshold: ``certify_probability`` or, near a certificate, ``near_certify_probability``
+        (:meth:`_probe_probability`; at least the audit probability) until a threshold
         is certified, then the audit probability), the minimum elsewhere. While a model has neither
         threshold nor candidate, every item is a probe, unless its checks rule the target out for it
         (``reachable``): then none is, until a model that may meet the target."""
@@ -384,7 +386,7 @@ class Selector(Stage):
         probe = ~audit & region
         if probability is None:  # the items people need most come from the backlog (``_pick``)
             audit_p = self.config.audit_probability  # never less before a certificate than after it
-            check = audit_p if certified else max(audit_p, self.config.certify_probability)
+            check = audit_p if certified else max(audit_p, self._probe_probability())
             probability = np.where(audit, self.config.audit_probability,
                                    np.where(probe, check, self.config.min_probability))
             if arriving:
@@ -420,6 +422,17 @@ class Selector(Stage):
         keep = audit & ~draws.drawn & (draws.funded | final)
         self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])
         return draws.drawn, draws.drawn | keep
+
+    def _probe_probability(self) -> float:
+        """A probe's chance before a certificate: ``near_certify_probability`` while the current model's
+        candidate is near one (``ThresholdChoice.to_certify`` at most :func:`rule_out_items` more right
+        checks: the sprint costs labels only where a certificate is in sight), else ``certify_probability``."""
+        near = self.config.near_certify_probability
+        if near is None or self.head is None:
+            return self.config.certify_probability
+        to_certify = (self.head.meta.get("threshold_choice") or {}).get("to_certify")
+        within = rule_out_items(self.project.precision_target, self.config.train.confidence_level)
+        return near if to_certify is not None and to_certify <= within else self.config.certify_probability
 
     def _capped(self, probability: np.ndarray) -> np.ndarray:
         """An arrival look's chances [n], scaled down together where they would spend more than

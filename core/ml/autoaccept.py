@@ -44,6 +44,10 @@ class ThresholdChoice:
         bound below the target (no region of its confidence is plausibly that precise). The selector
         stops probing for a first threshold while it is False: more checks of a model that cannot
         meet the target buy no certificate, and the labels go to picks instead.
+    to_certify : float
+        How many more checks above ``candidate``, all of them right, would certify it (its prefix's
+        one-sided Clopper-Pearson lower bound reaching the target); +inf without a candidate, or beyond
+        3,000. The selector probes harder where a certificate is this near (``near_certify_probability``).
     """
 
     threshold: float
@@ -56,6 +60,7 @@ class ThresholdChoice:
     n_heldout: int
     candidate: float = float("inf")
     reachable: bool = True
+    to_certify: float = float("inf")
 
 
 def _probability(name: str, value: float) -> float:
@@ -172,9 +177,15 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
 
     estimated = np.flatnonzero(s / k >= target_precision)
     candidate = float(thresholds[estimated[-1]]) if estimated.size else float("inf")
+    to_certify = float("inf")
+    if estimated.size:  # m more right checks: the bound of s + m right of k + m
+        more = np.arange(3001)
+        kc, sc = k[estimated[-1]], s[estimated[-1]]
+        enough = np.flatnonzero(beta.ppf(1.0 - confidence_level, sc + more, kc - sc + 1) >= target_precision)
+        to_certify = float(more[enough[0]]) if enough.size else float("inf")
     passing = np.flatnonzero(lower >= target_precision)
     if not passing.size:
-        return dataclasses.replace(nothing, candidate=candidate, reachable=reachable)
+        return dataclasses.replace(nothing, candidate=candidate, reachable=reachable, to_certify=to_certify)
     end = int(passing[-1])
     return ThresholdChoice(
         threshold=float(thresholds[end]),
@@ -187,4 +198,5 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
         n_heldout=n,
         candidate=candidate,
         reachable=reachable,
+        to_certify=to_certify,
     )

@@ -223,3 +223,32 @@ def test_reachable_wrongly_false_at_most_at_the_error_level_over_many_seeds(targ
         c = rng.uniform(0.5, 1.0, 300)
         ruled_out += not choose_threshold(c, rng.random(300) < target, target, 0.95, 30).reachable
     assert ruled_out / seeds <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / seeds)
+
+
+def test_to_certify_counts_the_right_checks_the_candidate_still_needs():
+    """100 checks, all right: 0.98 at 95% needs 149 (0.98 ** 149 <= 0.05 < 0.98 ** 148), so 49 more. No
+    candidate, no count."""
+    confidence = np.linspace(0.5, 1.0, 100)
+    assert choose_threshold(confidence, np.ones(100, bool)).to_certify == 49
+    assert np.isinf(choose_threshold(confidence, np.zeros(100, bool)).to_certify)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_to_certify_more_right_checks_certify_the_candidate_and_one_fewer_leave_its_bound_short(seed):
+    """Over many samples: adding ``to_certify`` right checks above every item certifies a threshold at or
+    below the candidate, and the candidate's own prefix with one fewer stays below the target."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(60, 400))
+    confidence = rng.uniform(0.3, 1.0, n)
+    correct = rng.uniform(size=n) < 0.9 + 0.1 * confidence  # more right where more confident
+    choice = choose_threshold(confidence, correct)
+    if not np.isfinite(choice.candidate) or np.isfinite(choice.threshold):
+        return
+    m = int(choice.to_certify)
+    top = np.full(m, 1.5)  # above every item: in every prefix
+    more = choose_threshold(np.concatenate([confidence, top]), np.concatenate([correct, np.ones(m, bool)]))
+    assert more.threshold <= choice.candidate
+    above = confidence >= choice.candidate
+    right, trials = correct[above].sum() + m - 1, above.sum() + m - 1
+    lower = stats.beta.ppf(0.05, right, trials - right + 1) if m >= 1 else 0.0
+    assert lower < 0.98

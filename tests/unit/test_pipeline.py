@@ -819,3 +819,25 @@ def test_retention_drops_the_vectors_the_model_labeled_and_keeps_what_is_read_ag
     assert store.embedded_ids("p", ids) == [i for i in ids if i not in gone]
     keep.close()
     trainer.close()
+
+
+@pytest.mark.parametrize("to_certify, near, expected", [(40.0, 0.5, 0.5), (400.0, 0.5, 0.3), (40.0, None, 0.3),
+                                                        (None, 0.5, 0.3)],
+                         ids=["near", "far", "unset", "no-candidate"])
+def test_probes_sprint_only_where_a_certificate_is_near(env, tmp_path: Path, to_certify, near, expected) -> None:
+    """Before a certificate, probes go at ``near_certify_probability`` while the model's candidate is at
+    most ``rule_out_items`` (298 for 0.98 at 95%) more right checks from one, else at ``certify_probability``."""
+    bus, store = env
+    project, x = _full_budget_project(bus, store)
+    folder = tmp_path / "v1"
+    save_model(folder, Head(HeadConfig(dim=16, n_classes=len(CLASSES))),
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None,
+                "candidate_threshold": 0.0, "threshold_choice": {"reachable": True, "to_certify": to_certify}})
+    store.register_model(ModelVersion("p", "v1", str(folder), 0.0, 0, 1.0, float("inf")))
+    config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=near,
+                                 min_probability=0.02, select_batch=10_000)
+    selector = Selector(bus, store, project, config)
+    _arrive_all(bus, store, project, selector, x)
+    tasks = store.tasks("p")
+    assert tasks and {(t.kind, t.probability) for t in tasks} == {("holdout", expected)}
+    selector.close()
