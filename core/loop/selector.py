@@ -426,13 +426,14 @@ class Selector(Stage):
     def _probe_probability(self) -> float:
         """A probe's chance before a certificate: ``near_certify_probability`` while the current model's
         candidate is near one (``ThresholdChoice.to_certify`` at most :func:`rule_out_items` more right
-        checks: the sprint costs labels only where a certificate is in sight), else ``certify_probability``."""
-        near = self.config.near_certify_probability
+        checks: the sprint costs labels only where a certificate is in sight), else ``certify_probability``.
+        A sprint never slows the probes: an operator's ``certify_probability`` above it stands throughout."""
+        near, base = self.config.near_certify_probability, self.config.certify_probability
         if near is None or self.head is None:
-            return self.config.certify_probability
+            return base
         to_certify = (self.head.meta.get("threshold_choice") or {}).get("to_certify")
         within = rule_out_items(self.project.precision_target, self.config.train.confidence_level)
-        return near if to_certify is not None and to_certify <= within else self.config.certify_probability
+        return max(near, base) if to_certify is not None and to_certify <= within else base
 
     def _capped(self, probability: np.ndarray) -> np.ndarray:
         """An arrival look's chances [n], scaled down together where they would spend more than

@@ -822,11 +822,12 @@ def test_retention_drops_the_vectors_the_model_labeled_and_keeps_what_is_read_ag
 
 
 @pytest.mark.parametrize("to_certify, near, expected", [(40.0, 0.5, 0.5), (400.0, 0.5, 0.3), (40.0, None, 0.3),
-                                                        (None, 0.5, 0.3)],
-                         ids=["near", "far", "unset", "no-candidate"])
+                                                        (None, 0.5, 0.3), (40.0, 0.2, 0.3)],
+                         ids=["near", "far", "unset", "no-candidate", "never-slower"])
 def test_probes_sprint_only_where_a_certificate_is_near(env, tmp_path: Path, to_certify, near, expected) -> None:
     """Before a certificate, probes go at ``near_certify_probability`` while the model's candidate is at
-    most ``rule_out_items`` (298 for 0.98 at 95%) more right checks from one, else at ``certify_probability``."""
+    most ``rule_out_items`` (298 for 0.98 at 95%) more right checks from one, else at ``certify_probability``;
+    a sprint below ``certify_probability`` leaves it as it is."""
     bus, store = env
     project, x = _full_budget_project(bus, store)
     folder = tmp_path / "v1"
