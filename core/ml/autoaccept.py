@@ -181,7 +181,7 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     if estimated.size:  # m more right checks: the bound of s + m right of k + m
         more = np.arange(3001)
         kc, sc = k[estimated[-1]], s[estimated[-1]]
-        enough = np.flatnonzero(beta.ppf(1.0 - confidence_level, sc + more, kc - sc + 1) >= target_precision)
+        enough = np.flatnonzero(_clopper_pearson(sc + more, kc + more, confidence_level)[0] >= target_precision)
         to_certify = float(more[enough[0]]) if enough.size else float("inf")
     passing = np.flatnonzero(lower >= target_precision)
     if not passing.size:
