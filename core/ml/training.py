@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from winnow.core.domain.errors import InvalidInput
+from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.domain.settings import TrainConfig
 from winnow.core.ml.autoaccept import ThresholdChoice, choose_threshold
 from winnow.core.ml.head import Head, HeadConfig, save_model
@@ -31,6 +31,7 @@ class TrainResult:
     threshold: ThresholdChoice
     metrics: dict[str, float]
     blend: NeighbourBlend | None = None  # the neighbours' vote blended with the head, if it helped
+    checks: Checks | None = None  # the checks its threshold was chosen on (``checks.npz``)
 
     def probs(self, embeddings: np.ndarray) -> np.ndarray:
         """The calibrated probabilities ``[n, C]`` this version gives ``embeddings`` ``[n, D]`` (what its
@@ -39,6 +40,45 @@ class TrainResult:
         if self.blend is not None:
             logits = self.blend.log_probs(embeddings, logits)
         return mean_probs(logits, self.temperature)
+
+
+CHECKS_FILE = "checks.npz"
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The checks a version's threshold was chosen on, as the choice saw them: out-of-fold confidence and
+    correctness [n] and each check's weight [n]. A selector weighs them again to the mix of another
+    population (a backlog) before it labels that with the version (``autoaccept.threshold_for_mix``)."""
+
+    confidence: np.ndarray
+    correct: np.ndarray
+    weights: np.ndarray
+
+    def save(self, folder: Path) -> None:
+        """Write ``checks.npz`` into ``folder`` (a version's folder while it is written)."""
+        np.savez(Path(folder) / CHECKS_FILE, confidence=self.confidence.astype(np.float64),
+                 correct=self.correct.astype(bool), weights=self.weights.astype(np.float64))
+
+    @classmethod
+    def load(cls, folder: Path) -> Checks | None:
+        """The checks of the version in ``folder``; None for a version written without them.
+        ModelFileError naming the file when it cannot be read or its arrays disagree."""
+        path = Path(folder) / CHECKS_FILE
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as f:
+                checks = cls(f["confidence"], f["correct"], f["weights"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelFileError(f"{path}: cannot read the checks ({e})") from e
+        n = checks.confidence.shape
+        if len(n) != 1 or checks.correct.shape != n or checks.weights.shape != n \
+                or checks.correct.dtype != np.bool_ or not np.isfinite(checks.confidence).all() \
+                or not (np.isfinite(checks.weights) & (checks.weights > 0)).all():
+            raise ModelFileError(f"{path}: inconsistent checks (confidence {checks.confidence.shape}, correct "
+                                 f"{checks.correct.shape} {checks.correct.dtype}, weights {checks.weights.shape})")
+        return checks
 
 
 def fit_head(
@@ -211,7 +251,8 @@ def train(
         **blend_metrics,
         "train_s": time.perf_counter() - started,
     }
-    result = TrainResult(head, 1.0 if blend is not None else temperature, choice, metrics, blend)
+    checks = Checks(oof_probs.max(1)[sample], correct[sample], w)
+    result = TrainResult(head, 1.0 if blend is not None else temperature, choice, metrics, blend, checks)
     if gold_embeddings is not None and gold_labels is not None and len(gold_labels):
         metrics["gold_accuracy"] = float((result.probs(gold_embeddings).argmax(1) == gold_labels).mean())
     return result
@@ -223,13 +264,16 @@ def write_version(folder: Path, result: TrainResult, version: str, classes: Sequ
     ``encoder``: the encoder model whose vectors it was fitted on (``meta["encoder"]``); ``extra``
     writes more files into the folder before it appears (a preference project's reward model). A version
     with a neighbour vote (``result.blend``) also holds ``neighbours.npz`` and ``meta["neighbours"]``;
-    its engines return blended log-probabilities (temperature 1), its head.onnx the head's own logits."""
+    its engines return blended log-probabilities (temperature 1), its head.onnx the head's own logits. The
+    checks its threshold was chosen on (``result.checks``) go in ``checks.npz``."""
     threshold = result.threshold
     blend = result.blend
 
     def write_extra(tmp: Path) -> None:
         if blend is not None:
             blend.save(tmp)
+        if result.checks is not None:
+            result.checks.save(tmp)
         if extra is not None:
             extra(tmp)
 
