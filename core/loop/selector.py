@@ -41,12 +41,13 @@ from winnow.core.loop.quality import certified_quality, family_trials, withdrawn
 from winnow.core.loop.labels_out import republish_own, republish_stored, same_stage, write_final_labels
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import consumer_group, shard, topic
-from winnow.core.ml.autoaccept import rule_out_items
+from winnow.core.ml.autoaccept import rule_out_items, threshold_for_mix
 from winnow.core.ml.certify import hidden_errors_lower
 from winnow.core.ml.evaluation import evaluation_probabilities
 from winnow.core.ml.head import OnnxHead
 from winnow.core.ml.reward import REWARD_FOLDER, load_reward_fit
 from winnow.core.ml.scoring import mean_probs, uncertainty
+from winnow.core.ml.training import Checks
 from winnow.core.ports.bus import Bus
 from winnow.core.ports.store import Store
 from winnow.core.select.index import max_similarity_to
@@ -109,6 +110,7 @@ class Selector(Stage):
         self._reserving = False  # whether the picks leave the close its reserve (``_reserve``)
         self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
         self._refute_check_at, self._refute_check_time = 0, 0.0
+        self._cut: tuple[str, float] | None = None  # (version, the backlog's threshold): ``_backlog_threshold``
         self._erasures = ErasureWatch(store, project.name, False, config.erasure_check_s)  # then _restore reads
         self._restore()
 
@@ -150,6 +152,8 @@ class Selector(Stage):
             self.sampler = StreamSampler(self.budget)
         if old.strategy != project.strategy:
             self.strategy = make_strategy(project.strategy)
+        if old.precision_target != project.precision_target:
+            self._cut = None  # the backlog's threshold is certified for the target
         if old.classes != project.classes and self.head is None and len(self.backlog):
             # before the first model every item is alike over the classes; the next one scores the new ones
             self.backlog.rescore(*self._scores(self.backlog.emb))
@@ -359,7 +363,7 @@ class Selector(Stage):
     def _look(self, ids: list[str], emb: np.ndarray, probs: np.ndarray, unc: np.ndarray, look: str,
               arriving: bool, audit: np.ndarray, family: str = AUTO,
               probability: np.ndarray | None = None, final: bool = False,
-              keep: int = 0) -> tuple[np.ndarray, np.ndarray]:
+              keep: int = 0, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decide ``ids`` at one look: each gets its probability of a person, then the draw. Drawn
         items become tasks (audit tasks where ``audit`` [n] says the model would label them); undrawn
         audit items get the model's label in ``family``. Returns the bool masks [n] of the items drawn
@@ -420,7 +424,8 @@ class Selector(Stage):
                               family if audit[k] else None, first if probe[k] else 1) for k in drawn])
             self._guard_add(emb[drawn])
         keep = audit & ~draws.drawn & (draws.funded | final)
-        self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep])
+        self._accept([ids[k] for k in np.flatnonzero(keep)], probs[keep], family, draws.probability[keep],
+                     threshold)
         return draws.drawn, draws.drawn | keep
 
     def _probe_probability(self) -> float:
@@ -446,8 +451,44 @@ class Selector(Stage):
         spend = float(probability.sum())
         return probability * (cap / spend) if spend > cap else probability
 
+    def _backlog_threshold(self, again: bool = False) -> float:
+        """The threshold the current version labels the backlog with: its own (``backlog_threshold``
+        ``arrival``), or (``mix``) its own raised where its checks, weighed to the mix of confidence of the
+        backlog above it, do not certify the backlog's share there
+        (:func:`~winnow.core.ml.autoaccept.threshold_for_mix`; +inf where they certify none of it). The
+        threshold is certified on checks of arrivals, and the backlog is the items earlier versions were
+        unsure of: lifted over a new version's threshold, they crowd just above it, where labels are least
+        often right. Worked out once per version, on the backlog it re-scored (``again``: now, for the close);
+        a version written without its checks labels the backlog at its own threshold, one whose checks
+        cannot be read labels none of it (logged)."""
+        threshold, version = self.threshold, self.version
+        if version is None or not np.isfinite(threshold) or self.config.backlog_threshold == "arrival":
+            return threshold
+        if self._cut is not None and self._cut[0] == version and not again:
+            return self._cut[1]
+        try:
+            checks = Checks.load(self.head.folder)
+        except ModelFileError as e:  # the version's own threshold might label a backlog its checks would not
+            log.error("selector cannot read the checks; the backlog waits project=%s version=%s: %s",
+                      self.project.name, version, e)
+            self._cut = (version, float("inf"))
+            return float("inf")
+        cut = threshold
+        if checks is not None and len(self.backlog):
+            train = self.config.train
+            choice = threshold_for_mix(checks.confidence, checks.correct, self.backlog.conf, threshold,
+                                       self.project.precision_target, train.confidence_level, train.min_support,
+                                       checks.weights)
+            cut = max(threshold, choice.threshold)
+            log.info("selector backlog threshold project=%s version=%s threshold=%.4f backlog_threshold=%s "
+                     "backlog_above=%d", self.project.name, version, threshold, f"{cut:.4f}",
+                     int((self.backlog.conf >= threshold).sum()))
+        self._cut = (version, cut)
+        return cut
+
     def _look_at_backlog(self) -> int:
-        """The audit look at the backlog items the current head labels above its threshold, as far as
+        """The audit look at the backlog items the current head labels above its backlog threshold
+        (:meth:`_backlog_threshold`), as far as
         the credit beyond the close's reserve (:meth:`_reserve`) funds their checks (most confident first;
         the rest wait for the next call); returns how many were decided (they leave the backlog)."""
         reserve = self._reserve()
@@ -455,13 +496,14 @@ class Selector(Stage):
                 or not np.isfinite(self.threshold):
             return 0
         confidence = self.backlog.conf
-        rows = np.flatnonzero(confidence >= self.threshold)
+        cut = self._backlog_threshold()
+        rows = np.flatnonzero(confidence >= cut)
         if not rows.size:
             return 0
         rows = rows[np.argsort(-confidence[rows], kind="stable")]
         _, decided = self._look(self.backlog.id_at(rows), self.backlog.emb[rows], self.backlog.probs[rows],
                                 self.backlog.unc[rows], f"swap:{self.version}", arriving=False,
-                                audit=np.ones(len(rows), bool), keep=reserve)
+                                audit=np.ones(len(rows), bool), keep=reserve, threshold=cut)
         gone = np.zeros(len(self.backlog), bool)
         gone[rows[decided]] = True
         self.backlog.drop(gone)
@@ -587,13 +629,16 @@ class Selector(Stage):
         self._target_logged = self._target_logged or self._target_state
         return self._target_state
 
-    def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str, probability: np.ndarray) -> int:
-        """Write model labels for the given items (all of them); returns how many were new."""
+    def _accept(self, ids: list[str], probs: np.ndarray, aggregation: str, probability: np.ndarray,
+                threshold: float | None = None) -> int:
+        """Write model labels for the given items (all of them), each with the threshold its look used
+        (``threshold``; the version's by default); returns how many were new."""
         if not ids:
             return 0
         version = self.version or "none"
         now = self.clock()
-        threshold = self.threshold if np.isfinite(self.threshold) else None
+        threshold = self.threshold if threshold is None else threshold
+        threshold = threshold if np.isfinite(threshold) else None
         classes = [self.project.classes[k] for k in probs.argmax(1).tolist()]
         labels = [Label(self.project.name, item_id, label, "model", version, confidence, threshold, aggregation,
                         self.project.guideline_version, now, self._label_key(item_id), float(pi))
@@ -705,6 +750,7 @@ class Selector(Stage):
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):
             self.backlog.rescore(*self._scores(self.backlog.emb))
+            self._cut = None  # the new version's backlog threshold, on the backlog it re-scored
             self._look_at_backlog()
         open_tasks = self.store.open_tasks(self.project.name)
         label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]
@@ -746,11 +792,11 @@ class Selector(Stage):
 
         Every backlog item gets a probability of a person from the credit left (the picks leave
         ``close_reserve`` of the budget for it), weighted half uniformly and half by the model's expected
-        error on it; the drawn ones become audit tasks, the others get the model's
-        label: ``auto_accept`` above the threshold (items whose check found no credit during the
-        stream), else ``aggregation="low_confidence"`` (below any certified threshold; their
-        confidence, the threshold and their probability are on the label, and the final-label bound
-        counts them).
+        error on it; the drawn ones become audit tasks, the others get the model's label:
+        ``auto_accept`` above the backlog's threshold (:meth:`_backlog_threshold`, worked out on the
+        backlog the close labels; items whose check found no credit during the stream), else
+        ``aggregation="low_confidence"`` (below any certified threshold; their confidence, the threshold
+        and their probability are on the label, and the final-label bound counts them).
         Before any model exists nothing is invented: the items stay unlabeled (``unlabeled`` in the
         outcome and the stream status) and a later close, after people labeled enough, labels them.
         """
@@ -778,13 +824,13 @@ class Selector(Stage):
             probability = spread(expected + expected.mean() + 1e-6, float(credit))
             # items above the threshold whose check found no credit during the stream are auto-accepted
             # now (their probability recorded); the others are labeled below any certified threshold
-            for family, rows in ((AUTO, np.flatnonzero(confidence >= self.threshold)),
-                                 (LOW, np.flatnonzero(confidence < self.threshold))):
+            cut = self._backlog_threshold(again=True)  # on the backlog the close labels
+            for family, rows in ((AUTO, np.flatnonzero(confidence >= cut)), (LOW, np.flatnonzero(confidence < cut))):
                 if rows.size:
                     drawn, _ = self._look([ids[k] for k in rows], self.backlog.emb[rows], probs[rows],
                                           self.backlog.unc[rows], f"close:{self.version}", arriving=False,
                                           audit=np.ones(rows.size, bool), family=family,
-                                          probability=probability[rows], final=True)
+                                          probability=probability[rows], final=True, threshold=cut)
                     tasks += int(drawn.sum())
                     low += int((~drawn).sum()) if family == LOW else 0
             self.backlog.drop(np.ones(n, bool))

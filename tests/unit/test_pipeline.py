@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
 from winnow.core.adapters.sqlite_bus import SqliteBus
 from winnow.core.adapters.sqlite_store import SqliteStore
 from winnow.core.domain.codecs import ITEMS_SCORED
@@ -841,4 +842,74 @@ def test_probes_sprint_only_where_a_certificate_is_near(env, tmp_path: Path, to_
     _arrive_all(bus, store, project, selector, x)
     tasks = store.tasks("p")
     assert tasks and {(t.kind, t.probability) for t in tasks} == {("holdout", expected)}
+    selector.close()
+
+
+def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.ndarray, np.ndarray] | None) -> Head:
+    """Save a version whose head gives class "a" the logit ``6 * x[0]`` (the others 0: confidence
+    ``e^(6 x0) / (e^(6 x0) + 2)``), with ``threshold`` and, when given, the checks it was chosen on."""
+    from winnow.core.ml.training import Checks
+
+    head = Head(HeadConfig(dim=16, n_classes=len(CLASSES)))
+    with torch.no_grad():
+        head.out_weight.zero_()
+        head.out_bias.zero_()
+        head.out_weight[0, 0, 0] = 6.0
+
+    def extra(tmp: Path) -> None:
+        if checks is not None:
+            Checks(checks[0], checks[1], np.ones(len(checks[0]))).save(tmp)
+
+    save_model(folder, head, {"version": version, "classes": list(CLASSES), "temperature": 1.0, "threshold": threshold,
+                              "candidate_threshold": threshold}, extra)
+    return head
+
+
+def _at_confidence(confidence: np.ndarray) -> np.ndarray:
+    """Vectors [n, 16] that ``_sure_of_a`` gives these confidences."""
+    x0 = np.log(2 * confidence / (1 - confidence)) / 6.0
+    x = np.zeros((len(confidence), 16), np.float32)
+    x[:, 0], x[:, 1] = x0, np.sqrt(1 - x0**2)
+    return x
+
+
+@pytest.mark.parametrize("mode, backlog, labeled", [("arrival", "crowded", True), ("mix", "crowded", False),
+                                                    ("mix", "spread", True), ("mix", "no-checks", True),
+                                                    ("mix", "damaged", False)])
+def test_the_backlog_is_labeled_at_a_threshold_its_own_mix_certifies(env, tmp_path: Path, mode, backlog,
+                                                                     labeled) -> None:
+    """``backlog_threshold``: a version's threshold is certified on checks mostly far above it. A backlog
+    crowded just above it, where its checks were 90% right, is labeled at it with ``arrival``; with ``mix``
+    the checks weighed to the backlog's mix certify none of it, so it waits, and the close gives it
+    ``low_confidence`` labels. A backlog spread like the checks is labeled either way, and so is one under a
+    version written without its checks; under one whose checks cannot be read, it waits."""
+    bus, store = env
+    n = 220
+    if backlog == "crowded":
+        confidence = np.full(n, 0.915)
+    else:
+        confidence = np.where(np.arange(n) % 11 == 0, 0.915, 0.995)
+    project, ids, _ = _ingested(bus, store, n, budget_labels=25)
+    store.put_embeddings("p", ids, _at_confidence(confidence))
+    checks = (np.r_[np.full(100, 0.91), np.full(1000, 0.99)], np.r_[np.arange(100) < 90, np.ones(1000, bool)])
+    _sure_of_a(tmp_path / "v1", "v1", 0.9, None if backlog == "no-checks" else checks)
+    if backlog == "damaged":
+        (tmp_path / "v1" / "checks.npz").write_bytes(b"not a numpy file")
+    store.register_model(ModelVersion("p", "v1", str(tmp_path / "v1"), 0.0, 0, 1.0, 0.9))
+    config = dataclasses.replace(CONFIG, backlog_threshold=mode, select_batch=10_000, audit_probability=0.03)
+    selector = Selector(bus, store, project, config)  # the restored head looks at the backlog
+    auto = [label for label in store.labels("p") if label.aggregation == "auto_accept"]
+    tasks = store.tasks("p")
+    if labeled:
+        # mix: the lowest confidence the weighed checks certify (0.91), not the version's own
+        cut = 0.91 if backlog == "spread" else 0.9
+        assert len(auto) + len(tasks) == n and all(label.threshold == cut for label in auto)
+    else:
+        assert not auto and not tasks and len(selector.backlog) == n
+        request_close(store, "p", "test", 0.0)
+        assert selector.close_if_requested() is not None
+        final = store.labels("p")
+        assert {label.aggregation for label in final} == {"low_confidence"}
+        assert len(final) + len(store.tasks("p")) == n
+        assert all(label.threshold is None for label in final)  # below a backlog threshold of +inf
     selector.close()
