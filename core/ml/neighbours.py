@@ -14,6 +14,7 @@ temperature ``T`` and the bank of labeled vectors live in ``neighbours.npz`` bes
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Collection
@@ -92,7 +93,7 @@ def _read(folder: Path, *keys: str) -> list[np.ndarray]:
     try:
         with np.load(path) as data:
             return [data[key] for key in keys]
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated file: BadZipFile
         raise ModelFileError(f"{path}: cannot load the neighbour vote ({e})") from e
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -70,7 +71,7 @@ class Checks:
         try:
             with np.load(path) as f:
                 checks = cls(f["confidence"], f["correct"], f["weights"])
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # a truncated file: BadZipFile
             raise ModelFileError(f"{path}: cannot read the checks ({e})") from e
         n = checks.confidence.shape
         if len(n) != 1 or checks.correct.shape != n or checks.weights.shape != n \

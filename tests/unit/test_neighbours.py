@@ -122,6 +122,10 @@ def test_a_damaged_vote_file_names_itself(tmp_path: Path) -> None:
     x, y = two_modes(300)
     result = train(x, y, 2, 0.9, TrainConfig(folds=5))
     write_version(tmp_path / "v1", result, "v1", ["a", "b"], TrainConfig(folds=5))
+    whole = (tmp_path / "v1" / BLEND_FILE).read_bytes()
+    (tmp_path / "v1" / BLEND_FILE).write_bytes(whole[: len(whole) // 2])  # cut off mid-copy
+    with pytest.raises(ModelFileError, match=BLEND_FILE):
+        OnnxHead(tmp_path / "v1")
     (tmp_path / "v1" / BLEND_FILE).write_bytes(b"not a numpy file")
     with pytest.raises(ModelFileError, match=BLEND_FILE):
         OnnxHead(tmp_path / "v1")

@@ -42,6 +42,11 @@ def test_checks_missing_or_damaged(tmp_path: Path) -> None:
     (tmp_path / CHECKS_FILE).write_bytes(b"not a numpy file")
     with pytest.raises(ModelFileError, match=CHECKS_FILE):
         Checks.load(tmp_path)
+    Checks(np.array([0.9, 0.95]), np.array([True, False]), np.ones(2)).save(tmp_path)
+    whole = (tmp_path / CHECKS_FILE).read_bytes()
+    (tmp_path / CHECKS_FILE).write_bytes(whole[: len(whole) // 2])  # cut off mid-write
+    with pytest.raises(ModelFileError, match=CHECKS_FILE):
+        Checks.load(tmp_path)
     Checks(np.array([0.9, 0.95]), np.array([True, False]), np.array([1.0])).save(tmp_path)
     with pytest.raises(ModelFileError, match="inconsistent"):
         Checks.load(tmp_path)
