@@ -96,7 +96,7 @@ def read_pool(path: Path, encode: Callable[[Sequence[str]], np.ndarray] | None =
     if suffix == ".npy":
         try:
             x = as_vectors("pool", np.load(path, allow_pickle=False))
-        except ValueError as e:  # not an array file, objects, or values that are not numbers
+        except (ValueError, EOFError) as e:  # not an array file (or an empty one), objects, or values not numbers
             raise InvalidInput("pool", f"{path.name}: not a numeric .npy array ({e})") from e
         return Pool([str(i) for i in range(len(x))], x, [None] * len(x))
     rows = _records(path)

@@ -113,10 +113,11 @@ def test_an_npy_that_is_not_numbers_names_the_pool(tmp_path: Path):
         with pytest.raises(InvalidInput) as e:
             read_pool(tmp_path / name)
         assert e.value.field == "pool"
-    (tmp_path / "junk.npy").write_bytes(b"not an array")
-    with pytest.raises(InvalidInput) as e:
-        read_pool(tmp_path / "junk.npy")
-    assert e.value.field == "pool"
+    for name, data in (("junk.npy", b"not an array"), ("empty.npy", b"")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(InvalidInput) as e:
+            read_pool(tmp_path / name)
+        assert e.value.field == "pool"
 
 
 def test_winnow_select_prints_the_picks_and_writes_csv(tmp_path: Path, capsys):
