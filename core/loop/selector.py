@@ -750,7 +750,6 @@ class Selector(Stage):
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):
             self.backlog.rescore(*self._scores(self.backlog.emb))
-            self._cut = None  # the new version's backlog threshold, on the backlog it re-scored
             self._look_at_backlog()
         open_tasks = self.store.open_tasks(self.project.name)
         label_tasks = [t.item_id for t in open_tasks if t.kind == "label"]

@@ -90,6 +90,14 @@ def _validate(confidence, correct, min_support) -> tuple[np.ndarray, np.ndarray]
     return c, ok
 
 
+def _weights(weights: np.ndarray | None, n: int) -> np.ndarray:
+    """The checks' weights [n] (each once when None); InvalidInput("weights") unless finite and > 0."""
+    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (n,) or not np.isfinite(w).all() or (w <= 0).any():
+        raise InvalidInput("weights", f"expected {n} finite weights > 0, got shape {list(w.shape)}")
+    return w
+
+
 def _clopper_pearson(successes: np.ndarray, trials: np.ndarray, confidence_level: float):
     """One-sided exact binomial (lower, upper) bounds, each at ``confidence_level``
     [Clopper & Pearson 1934]; lower is 0 with no successes, upper is 1 with no failures."""
@@ -154,9 +162,7 @@ def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_precisi
     confidence_level = _probability("confidence_level", confidence_level)
     c, ok = _validate(confidence, correct, min_support)
     n = c.size
-    w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
-    if w.shape != c.shape or not np.isfinite(w).all() or (w <= 0).any():
-        raise InvalidInput("weights", f"expected {n} finite weights > 0, got shape {list(w.shape)}")
+    w = _weights(weights, n)
     nothing = ThresholdChoice(np.inf, target_precision, confidence_level, np.nan, np.nan, 0, 0.0, n)
     if n < min_support:
         return nothing
@@ -241,9 +247,7 @@ def threshold_for_mix(confidence: np.ndarray, correct: np.ndarray, population: n
     pop = np.asarray(population, dtype=np.float64)
     if pop.ndim != 1 or not np.isfinite(pop).all():
         raise InvalidInput("population", f"expected a 1-D array of finite floats, got shape {list(pop.shape)}")
-    w = np.ones(c.size) if weights is None else np.asarray(weights, np.float64)
-    if w.shape != c.shape or not np.isfinite(w).all() or (w <= 0).any():
-        raise InvalidInput("weights", f"expected {c.size} finite weights > 0, got shape {list(w.shape)}")
+    w = _weights(weights, c.size)
     if isinstance(max_bins, bool) or not isinstance(max_bins, (int, np.integer)) or max_bins < 1:
         raise InvalidInput("max_bins", f"must be an integer >= 1, got {max_bins!r}")
     if not isinstance(floor, Real) or np.isnan(floor):

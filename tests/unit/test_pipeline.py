@@ -845,7 +845,7 @@ def test_probes_sprint_only_where_a_certificate_is_near(env, tmp_path: Path, to_
     selector.close()
 
 
-def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.ndarray, np.ndarray] | None) -> Head:
+def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Save a version whose head gives class "a" the logit ``6 * x[0]`` (the others 0: confidence
     ``e^(6 x0) / (e^(6 x0) + 2)``), with ``threshold`` and, when given, the checks it was chosen on."""
     from winnow.core.ml.training import Checks
@@ -862,7 +862,6 @@ def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.nd
 
     save_model(folder, head, {"version": version, "classes": list(CLASSES), "temperature": 1.0, "threshold": threshold,
                               "candidate_threshold": threshold}, extra)
-    return head
 
 
 def _at_confidence(confidence: np.ndarray) -> np.ndarray:
