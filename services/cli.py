@@ -60,7 +60,8 @@ BENCH_NOISE = Option("noise", tuple, "error rate of each simulated annotator, co
                      ("0.0",))
 BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 0, low=0)
 BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, mpnet, a "
-                        "path; NAME:int8 for the int8 export of a BERT or MPNet encoder",
+                        "path, several joined by + side by side; NAME:int8 for the int8 export of a BERT or MPNet "
+                        "encoder",
                         ("minilm", "minilm:int8", "bge-small", "mpnet", "mpnet:int8"))
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
 CSV = Option("csv", Path, "labeled CSV to stream, comma, tab, semicolon or bar separated as its header says "

@@ -329,10 +329,10 @@ def serve(settings: Settings, services: Sequence[str], stop: threading.Event | N
 
         set_torch_threads(settings.runtime.engine, settings.runtime.torch_threads)
     if "prelabel" in workers:  # an encoder that is not there is refused before anything opens
-        from winnow.core.ml.encoder import check_encoder, encoder_spec
+        from winnow.core.ml.encoder import check_encoders, encoder_specs
 
         runtime = settings.runtime
-        check_encoder(encoder_spec(runtime.encoder), runtime.engine, runtime.encoder_int8)
+        check_encoders(encoder_specs(runtime.encoder), runtime.engine, runtime.encoder_int8)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stop, options.grace_s)

@@ -426,10 +426,12 @@ class RuntimeConfig:
     encoder: str = setting("minilm", "sentence encoder: minilm (all-MiniLM-L6-v2), bge-small (bge-small-en-v1.5 "
                            "int8), mpnet (all-mpnet-base-v2), a BERT or MPNet folder (model.safetensors, "
                            "config.json, tokenizer.json) or a folder or "
-                           "file with encoder.json declaring an ONNX graph (onnx, output, pooling, max_length)",
+                           "file with encoder.json declaring an ONNX graph (onnx, output, pooling, max_length); "
+                           "several joined by + run side by side, their vectors concatenated (minilm+bge-small)",
                            metavar="NAME|PATH")
     encoder_int8: bool = setting(False, "run the encoder's ONNX export quantised to int8 per channel (CPU: about "
-                                 "2x the sentences/s; a BERT or MPNet folder, minilm or mpnet with --engine onnx)")
+                                 "2x the sentences/s; a BERT or MPNet folder, minilm or mpnet with --engine onnx; "
+                                 "side by side, each part that is such an export)")
     device: str = setting("auto", "device of the encoder and head (auto: CUDA when present)", choices=DEVICES)
     cache_dir: Path | None = setting(None, "cache for the ONNX export and embeddings (unset: ~/.cache/winnow)")
     torch_threads: int | None = setting(None, "torch intra-op threads, set once at start (unset: 1 with the onnx "

@@ -17,12 +17,14 @@ from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.domain.settings import ENGINES
 from winnow.core.ml.encoder import (
     CachedEncoder,
+    ConcatEncoder,
     Encoder,
     EmbeddingCache,
     EncoderSpec,
+    check_encoders,
     default_cache_dir,
     encoder_model,
-    encoder_spec,
+    encoder_specs,
     make_encoder,
 )
 from winnow.core.ml.head import HeadEngine, OnnxHead, TorchHead
@@ -135,11 +137,13 @@ class TorchRuntime(Runtime):
 
 def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | None = None,
                  embedding_cache: bool = True, model_folder: Path | None = None,
-                 threads: int | None = None, encoder: str | EncoderSpec = "minilm", int8: bool = False) -> Runtime:
+                 threads: int | None = None, encoder: str | EncoderSpec | Sequence[EncoderSpec] = "minilm",
+                 int8: bool = False) -> Runtime:
     """Build a runtime: ``onnx`` (the encoder on ONNX Runtime: Winnow's cached export of a BERT folder,
     or a declared graph) or ``torch`` (a BERT folder in PyTorch); ``encoder`` names it
-    (:func:`~winnow.core.ml.encoder.encoder_spec`: ``minilm``, ``bge-small``, a folder or an
-    encoder.json); ``int8``: its ONNX export quantised per channel (CPU).
+    (:func:`~winnow.core.ml.encoder.encoder_specs`: ``minilm``, ``bge-small``, a folder or an
+    encoder.json, or several joined by ``+``, run side by side); ``int8``: its ONNX export quantised
+    per channel (CPU; each part that is Winnow's export, where several).
 
     ``cache_dir`` (default :func:`default_cache_dir`) holds the ONNX export and, with ``embedding_cache``,
     embeddings.sqlite so that texts already encoded by the same encoder are not encoded again (its
@@ -149,11 +153,16 @@ def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | N
     if engine not in ENGINES:
         raise InvalidInput("engine", f"{engine!r} is not one of {ENGINES}")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    spec = encoder if isinstance(encoder, EncoderSpec) else encoder_spec(encoder)
-    encoder = make_encoder(spec, engine, cache_dir, device, threads, int8)
-    if embedding_cache:
-        encoder = CachedEncoder(encoder, EmbeddingCache(cache_dir / "embeddings.sqlite", encoder.encoder_id,
-                                                        encoder.dim))
+    specs = (encoder,) if isinstance(encoder, EncoderSpec) else (
+        encoder_specs(encoder) if isinstance(encoder, str) else tuple(encoder))
+    check_encoders(specs, engine, int8)
+    parts = []
+    for spec in specs:  # each part cached under its own id: its vectors serve it alone or beside another
+        part = make_encoder(spec, engine, cache_dir, device, threads, int8 and (len(specs) == 1 or spec.onnx is None))
+        if embedding_cache:
+            part = CachedEncoder(part, EmbeddingCache(cache_dir / "embeddings.sqlite", part.encoder_id, part.dim))
+        parts.append(part)
+    encoder = parts[0] if len(parts) == 1 else ConcatEncoder(parts)
     runtime_cls = OnnxRuntime if engine == "onnx" else TorchRuntime
     return runtime_cls(encoder, model_folder, device)
 

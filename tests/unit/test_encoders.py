@@ -18,12 +18,15 @@ from torch import nn
 from winnow.core.domain.errors import InvalidInput, ModelFileError
 from winnow.core.ml.encoder import (
     Bert,
+    ConcatEncoder,
     DeclaredOnnxEncoder,
     EncoderSpec,
     MPNet,
     OnnxEncoder,
     TorchEncoder,
+    encoder_model,
     encoder_spec,
+    encoder_specs,
     export_module,
     export_onnx,
 )
@@ -385,3 +388,60 @@ def test_the_gpu_run_measures_what_this_machine_has_and_says_what_it_skipped(ber
     too_many = run_gpu_benchmark(tmp_path / "too-many.json", encoder=str(bert_folder), size=100, budget=500,
                                  clusters=4, texts=8, cpu_texts=8)  # more picks than rows: that section fails
     assert too_many["selection"]["error"] and too_many["encoder"]["engines"]["onnx-cpu"]["sentences_per_s"] > 0
+
+
+# --- encoders side by side ----------------------------------------------------------------------------------------
+
+
+def test_two_encoders_side_by_side_concatenate_their_vectors_normalised(bert_folder: Path, onnx_folder: Path,
+                                                                        tmp_path: Path):
+    """``a+b``: each part's vectors, scaled by 1/sqrt(2) so the whole is unit length; each part cached under
+    its own id, so a part's vectors serve it alone too; the project's encoder model names both parts."""
+    declared = str(_declare(onnx_folder, pooling="cls"))
+    both = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=f"{bert_folder}+{declared}")
+    alone = [make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=ref) for ref in (str(bert_folder), declared)]
+    assert isinstance(both.encoder, ConcatEncoder) and both.encoder.dim == sum(r.encoder.dim for r in alone) == 64
+    vectors = both.encoder.encode(TEXTS)
+    np.testing.assert_allclose(vectors, np.hstack([r.encoder.encode(TEXTS) for r in alone]) / np.sqrt(2), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert both.encoder.encode([]).shape == (0, 64)
+    models = [encoder_model(r.encoder.encoder_id) for r in alone]
+    assert encoder_model(both.encoder.encoder_id) == "&".join(models)
+    assert both.encoder.encoder_id.endswith("/onnx-fp32&onnx")
+    for part, one in zip(both.encoder.parts, alone):
+        assert part.encoder_id == one.encoder.encoder_id  # the same cache entries
+    swapped = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=f"{declared}+{bert_folder}")
+    assert swapped.encoder.encoder_id != both.encoder.encoder_id  # the order is part of the vectors
+
+
+def test_int8_side_by_side_quantises_the_export_and_leaves_a_declared_graph_as_shipped(
+        bert_folder: Path, onnx_folder: Path, tmp_path: Path):
+    declared = str(_declare(onnx_folder))
+    both = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=f"{bert_folder}+{declared}", int8=True)
+    assert both.encoder.encoder_id.endswith("/onnx-int8&onnx")
+    copy = tmp_path / "declared-copy"
+    copy.mkdir()
+    for name in ("graph.onnx", "tokenizer.json", "encoder.json"):
+        (copy / name).write_bytes((onnx_folder / name).read_bytes())
+    with pytest.raises(InvalidInput) as e:  # nothing in it to quantise
+        make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=f"{declared}+{copy}", int8=True)
+    assert e.value.field == "encoder_int8"
+    with pytest.raises(InvalidInput) as e:  # a declared graph has no torch weights, beside another or not
+        make_runtime("torch", "cpu", cache_dir=tmp_path, encoder=f"{bert_folder}+{declared}")
+    assert e.value.field == "engine"
+
+
+@pytest.mark.parametrize("ref", ["minilm+", "+minilm", "minilm++bge-small", "minilm+minilm", "no-such-encoder+minilm"])
+def test_a_bad_side_by_side_name_is_refused_naming_the_field(ref: str):
+    with pytest.raises(InvalidInput) as e:
+        encoder_specs(ref)
+    assert e.value.field == "encoder"
+
+
+def test_a_path_with_a_plus_in_its_name_is_one_encoder(bert_folder: Path, tmp_path: Path):
+    folder = tmp_path / "tiny+bert"
+    folder.mkdir()
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        (folder / name).write_bytes((bert_folder / name).read_bytes())
+    (spec,) = encoder_specs(str(folder))
+    assert spec.folder == folder and spec.name == "tiny+bert"
