@@ -18,7 +18,7 @@ from winnow.core.domain.settings import LoopConfig
 from winnow.core.loop.erase import ErasureWatch
 from winnow.core.loop.stage import Stage
 from winnow.core.loop.topics import topic
-from winnow.core.ml.encoder import encoder_model
+from winnow.core.ml.encoder import builtin_ref, encoder_model
 from winnow.core.ml.runtime import Prediction, Runtime
 from winnow.core.ml.scoring import mean_probs, uncertainty
 from winnow.core.ports.bus import Bus, Message, next_offsets
@@ -73,9 +73,11 @@ class PrelabelWorker(Stage):
         mine = encoder_model(runtime.encoder.encoder_id)
         bound = store.bind_encoder(project.name, mine)
         if bound != mine:
+            ref = builtin_ref(bound)
             raise InvalidInput("encoder", f"project {project.name!r} holds vectors of encoder {bound!r}; this "
-                                          f"worker runs {mine!r} (a project keeps one encoder: make a new project "
-                                          "for another)")
+                                          f"worker runs {mine!r} (a project keeps one encoder: "
+                                          + (f"run its workers with --encoder {ref}, or " if ref else "")
+                                          + "make a new project for another)")
         current = store.current_model(project.name)
         if current is not None and runtime.model_version != current.version:
             runtime.swap(Path(current.path))

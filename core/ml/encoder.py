@@ -195,6 +195,15 @@ def _mpnet_spec() -> EncoderSpec:
 
 
 BUILTIN_ENCODERS = {"minilm": _minilm_spec, "bge-small": _bge_small_spec, "mpnet": _mpnet_spec}
+_BUILTIN_NAMES = {"all-MiniLM-L6-v2": "minilm", "bge-small-en-v1.5-int8": "bge-small", "all-mpnet-base-v2": "mpnet"}
+
+
+def builtin_ref(model: str) -> str | None:
+    """The ``--encoder`` that runs the encoder model ``model`` (:func:`encoder_model`'s form, one part or
+    several joined by ``&``) where each part is a built-in one (``minilm``, ``minilm+bge-small``); None
+    where a part is not. For messages only: the weights' hash is not checked here."""
+    refs = [_BUILTIN_NAMES.get(part.split("@", 1)[0]) for part in model.split("&")]
+    return None if any(r is None for r in refs) else COMBINE.join(refs)  # type: ignore[arg-type]
 
 
 def _sentence_max_length(folder: Path, default: int) -> int:

@@ -445,3 +445,24 @@ def test_a_path_with_a_plus_in_its_name_is_one_encoder(bert_folder: Path, tmp_pa
         (folder / name).write_bytes((bert_folder / name).read_bytes())
     (spec,) = encoder_specs(str(folder))
     assert spec.folder == folder and spec.name == "tiny+bert"
+
+
+@pytest.mark.parametrize("model, ref", [
+    ("all-MiniLM-L6-v2@53aa51172d142c89", "minilm"),
+    ("all-MiniLM-L6-v2@53aa51172d142c89&bge-small-en-v1.5-int8@6c9c6101a956d62d+cls", "minilm+bge-small"),
+    ("all-mpnet-base-v2@78c0197b6159d926", "mpnet"),
+    ("all-MiniLM-L6-v2@53aa51172d142c89&tiny@0011223344556677", None),
+    ("crc", None),
+])
+def test_a_bound_encoder_model_names_the_built_in_flag_that_runs_it(model: str, ref: str | None):
+    from winnow.core.ml.encoder import builtin_ref
+
+    assert builtin_ref(model) == ref
+
+
+def test_the_default_encoder_is_two_side_by_side_on_onnx_and_minilm_on_torch():
+    from winnow.core.domain.settings import RuntimeConfig, resolve
+
+    assert RuntimeConfig().encoder == "minilm+bge-small"
+    assert RuntimeConfig(engine="torch").encoder == resolve(RuntimeConfig, {"engine": "torch"}).encoder == "minilm"
+    assert resolve(RuntimeConfig, {}, {"WINNOW_ENCODER": "mpnet"}).encoder == "mpnet"

@@ -142,6 +142,18 @@ def test_a_prelabel_worker_with_another_encoder_than_the_projects_is_refused(env
     with pytest.raises(InvalidInput) as refused:
         PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(OtherModel()), overlap=False)
     assert refused.value.field == "encoder" and "'crc'" in refused.value.message
+    assert "--encoder" not in refused.value.message  # crc is no built-in encoder: nothing to suggest
+
+
+def test_a_refused_worker_is_told_which_built_in_encoder_the_project_holds(env) -> None:
+    """A project bound before the default encoder changed keeps its own: the refusal names the flag that runs it."""
+    from winnow.core.domain.errors import InvalidInput
+
+    bus, store = env
+    store.bind_encoder("p", "all-MiniLM-L6-v2@53aa51172d142c89")
+    with pytest.raises(InvalidInput) as refused:
+        PrelabelWorker(bus, store, PROJECT, LoopConfig(), OnnxRuntime(CrcEncoder()), overlap=False)
+    assert "run its workers with --encoder minilm," in refused.value.message
 
 
 def test_a_runtime_refuses_a_head_fitted_on_another_encoders_vectors(tmp_path: Path) -> None:
