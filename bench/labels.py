@@ -205,6 +205,7 @@ def run_labels_benchmark(
             "noise": list(noise),
             "gold": gold,
             "seeds": list(range(seed, seed + seeds)),
+            "encoder": runtime.encoder.encoder_id,  # the features every arm's model is fitted on
             "settings": dataclasses.asdict(config),  # the loop's settings, the trainer's among them
             "runs": {name: [{
                 "seed": s, "auto_accepted": r.auto_accepted, "low_confidence": r.low_confidence,

@@ -110,8 +110,8 @@ def test_bad_items_are_refused_and_nothing_is_written(tmp_path: Path, runtime, s
 
 
 def test_the_label_benchmark_on_a_skewed_stream_records_its_data_and_settings(tmp_path: Path, runtime, small) -> None:
-    """``winnow bench labels --class-skew R``: the stream is the skewed subsample, and the JSON says which data
-    and which loop settings made it (the three arms run, the budget holds in each)."""
+    """``winnow bench labels --class-skew R``: the stream is the skewed subsample, and the JSON says which data,
+    encoder and loop settings made it (the three arms run, the budget holds in each)."""
     import json
 
     from winnow.bench.labels import run_labels_benchmark
@@ -127,6 +127,7 @@ def test_the_label_benchmark_on_a_skewed_stream_records_its_data_and_settings(tm
     written = json.loads(out.read_text())
     assert written["items"] == len(skewed) and out.with_suffix(".png").is_file()
     assert "class skew 5, seed 1" in written["details"]["dataset"]
+    assert written["details"]["encoder"] == runtime.encoder.encoder_id
     settings = written["details"]["settings"]
     assert settings["first_model_labels"] == 40 and settings["retrain_min_new"] == 30
     assert settings["train"]["folds"] == 3 and settings["seed"] == CONFIG.seed

@@ -182,6 +182,23 @@ def test_bge_small_has_no_torch_engine(tmp_path: Path):
     assert e.value.field == "engine"
 
 
+def test_the_default_runs_minilm_and_bge_small_side_by_side(tmp_path: Path):
+    """The settings' default on ONNX Runtime: 768-d unit vectors, each half its part's vectors (from the
+    parts' own cache entries) over sqrt(2), paraphrases ranked first; MiniLM alone on torch."""
+    from winnow.core.domain.settings import RuntimeConfig
+
+    default = RuntimeConfig()
+    runtime = make_runtime(default.engine, "cpu", cache_dir=tmp_path, encoder=default.encoder)
+    emb = runtime.encoder.encode(SENTENCES)
+    assert runtime.encoder.dim == 768 and emb.shape == (len(SENTENCES), 768)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    parts = [make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=name).encoder for name in ("minilm", "bge-small")]
+    np.testing.assert_allclose(emb, np.hstack([p.encode(SENTENCES) for p in parts]) / np.sqrt(2), atol=1e-6)
+    sims = emb @ emb.T
+    assert sims[0, 1] > sims[0, 2] and sims[0, 1] > sims[0, 3]
+    assert RuntimeConfig(engine="torch").encoder == "minilm"
+
+
 # --- a third real encoder: all-mpnet-base-v2 (MPNet, unpacked from its five PyPI packages) ----------------------
 
 # transformers 4.57.1's MPNetModel (CPU, fp32) on SENTENCES, mean-pooled and L2-normalised as
