@@ -260,9 +260,10 @@ def encoder_specs(ref: str) -> tuple[EncoderSpec, ...]:
     parts = ref.split(COMBINE)
     if any(not p.strip() for p in parts):
         raise InvalidInput("encoder", f"{ref!r}: an empty name between {COMBINE!r}")
+    parts = [p.strip() for p in parts]
     if len(set(parts)) < len(parts):
         raise InvalidInput("encoder", f"{ref!r} names an encoder twice")
-    return tuple(encoder_spec(p.strip()) for p in parts)
+    return tuple(encoder_spec(p) for p in parts)
 
 
 def file_sha256(path: Path) -> str:
@@ -671,6 +672,11 @@ class Encoder(ABC):
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings float32 ``[n, dim]``, row i for ``texts[i]``; ``[0, dim]`` for no texts."""
 
+    def forget(self, text_sha256: Sequence[str]) -> int:
+        """Drop the cached vectors of the texts with these hex SHA-256 digests (an erase); how many
+        entries there were. An encoder without a cache holds none."""
+        return 0
+
 
 class ConcatEncoder(Encoder):
     """Several encoders side by side: each text's vectors, one L2-normalised vector per encoder,
@@ -700,6 +706,10 @@ class ConcatEncoder(Encoder):
             at += part.dim
         out *= self._scale
         return out
+
+    def forget(self, text_sha256: Sequence[str]) -> int:
+        """Every part's cached vectors of these texts (one entry a part a text)."""
+        return sum(part.forget(text_sha256) for part in self.parts)
 
 
 class _BucketedEncoder(Encoder):
@@ -962,3 +972,6 @@ class CachedEncoder(Encoder):
             vectors[misses] = encoded[[row[texts[i]] for i in misses]]
             self.cache.put_many(missing, encoded)
         return vectors
+
+    def forget(self, text_sha256: Sequence[str]) -> int:
+        return self.cache.forget(text_sha256) if text_sha256 else 0

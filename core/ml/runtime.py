@@ -117,10 +117,9 @@ class Runtime(ABC):
             head.forget(item_ids)
 
     def forget(self, text_sha256: Sequence[str]) -> int:
-        """Drop cached embeddings of erased texts (by their hex SHA-256); how many there were (0
-        without an embedding cache)."""
-        cache = getattr(self.encoder, "cache", None)
-        return 0 if cache is None or not text_sha256 else cache.forget(text_sha256)
+        """Drop cached embeddings of erased texts (by their hex SHA-256), every part's where encoders
+        run side by side; how many entries there were (0 without an embedding cache)."""
+        return self.encoder.forget(text_sha256) if text_sha256 else 0
 
 
 class OnnxRuntime(Runtime):

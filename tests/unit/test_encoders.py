@@ -414,6 +414,21 @@ def test_two_encoders_side_by_side_concatenate_their_vectors_normalised(bert_fol
     assert swapped.encoder.encoder_id != both.encoder.encoder_id  # the order is part of the vectors
 
 
+def test_an_erase_forgets_the_text_in_every_parts_cache(bert_folder: Path, onnx_folder: Path, tmp_path: Path):
+    import hashlib
+
+    declared = str(_declare(onnx_folder, pooling="cls"))
+    both = make_runtime("onnx", "cpu", cache_dir=tmp_path, encoder=f"{bert_folder}+{declared}")
+    both.encoder.encode(TEXTS)
+    caches = [part.cache for part in both.encoder.parts]
+    assert all(cache.get_many(TEXTS)[1].all() for cache in caches)
+    digests = [hashlib.sha256(t.encode()).hexdigest() for t in TEXTS[:2]]
+    assert both.forget(digests) == 4  # two texts, two parts
+    for cache in caches:
+        assert cache.get_many(TEXTS)[1].tolist() == [False, False, True, True, True]
+    assert both.forget([]) == 0
+
+
 def test_int8_side_by_side_quantises_the_export_and_leaves_a_declared_graph_as_shipped(
         bert_folder: Path, onnx_folder: Path, tmp_path: Path):
     declared = str(_declare(onnx_folder))
