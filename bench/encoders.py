@@ -22,7 +22,8 @@ from winnow.core.ml.runtime import make_runtime
 from winnow.core.ml.scoring import mean_probs
 from winnow.core.ml.training import fit_head, head_logits
 
-DEFAULT_ENCODERS = ("minilm", "minilm:int8", "bge-small", "mpnet", "mpnet:int8")
+DEFAULT_ENCODERS = ("minilm", "minilm:int8", "bge-small", "minilm+bge-small", "minilm+bge-small:int8", "mpnet",
+                    "mpnet:int8")
 
 
 def parse_encoder(text: str) -> tuple[str, bool]:

@@ -62,7 +62,8 @@ BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure 
 BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, mpnet, a "
                         "path, several joined by + side by side; NAME:int8 for the int8 export of a BERT or MPNet "
                         "encoder",
-                        ("minilm", "minilm:int8", "bge-small", "mpnet", "mpnet:int8"))
+                        ("minilm", "minilm:int8", "bge-small", "minilm+bge-small", "minilm+bge-small:int8", "mpnet",
+                         "mpnet:int8"))
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
 CSV = Option("csv", Path, "labeled CSV to stream, comma, tab, semicolon or bar separated as its header says "
              "(default: bundled Banking77 train)", None, optional=True)
