@@ -20,6 +20,7 @@ from typing import TypeVar
 from urllib.parse import quote
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.errors import CoordinatorNotAvailableError
 from psycopg.conninfo import conninfo_to_dict
 
 T = TypeVar("T")
@@ -243,8 +244,12 @@ class Broker:
         return out
 
     def members(self, group: str) -> list[frozenset[tuple[str, int]]]:
-        """Each live member's assigned (topic, partition) pairs (empty while the group rebalances)."""
-        info = self.admin.describe_groups([group])[group]
+        """Each live member's assigned (topic, partition) pairs (empty while the group rebalances, or
+        while a new broker has no coordinator for groups yet)."""
+        try:
+            info = self.admin.describe_groups([group])[group]
+        except CoordinatorNotAvailableError:
+            return []
         assignments = [member["member_assignment"] for member in info["members"]]
         return [frozenset((owned["topic"], p) for owned in assignment["assigned_partitions"]
                           for p in owned["partitions"]) if isinstance(assignment, dict) else frozenset()

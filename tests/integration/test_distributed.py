@@ -19,10 +19,11 @@ from winnow.core.adapters.postgres_store import PostgresStore
 from winnow.core.data.datasets import banking77
 from winnow.core.domain.codecs import ITEMS_SCORED, MODELS, TASKS
 from winnow.core.domain.records import Item, ModelVersion, Project
-from winnow.core.domain.settings import LoopConfig, TrainConfig
+from winnow.core.domain.settings import LoopConfig, RuntimeConfig, TrainConfig
 from winnow.core.loop.ingest import ingest
 from winnow.core.loop.topics import STAGES, consumer_group, create_topics, topic
 from winnow.core.ml.encoder import export_onnx
+from winnow.core.ml.runtime import make_runtime
 from winnow.core.ml.training import train, write_version
 from winnow.core.ports.bus import partition_for
 from winnow.services.client import WinnowClient
@@ -275,12 +276,13 @@ def _handled(service: Service) -> float:
     return service.counter("winnow_messages_total")
 
 
-def _new_version(project: Project, models_dir: Path) -> ModelVersion:
-    """A head version for ``project`` fitted on synthetic embeddings, written as the trainer writes one."""
+def _new_version(project: Project, models_dir: Path, dim: int) -> ModelVersion:
+    """A head version for ``project`` fitted on synthetic ``dim``-d embeddings (the workers' encoder's), written
+    as the trainer writes one."""
     rng = np.random.default_rng(0)
     n_classes = len(project.classes)
     labels = np.arange(40 * n_classes) % n_classes
-    embeddings = rng.normal(size=(len(labels), 384)).astype(np.float32)
+    embeddings = rng.normal(size=(len(labels), dim)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     config = TrainConfig()
     result = train(embeddings, labels, n_classes, project.precision_target, config)
@@ -315,7 +317,9 @@ def test_every_prelabel_member_swaps_to_a_new_version(cluster: Cluster, broker: 
         wait_until(two_members, deadline, "two prelabel members, each owning partitions",
                    lambda: f"{broker.members(prelabel)}\n{cluster.logs()}")
         # a new version, registered and announced as the trainer does it
-        model = _new_version(record, cluster.workdir / "models")
+        encoder = cluster.env.get("WINNOW_ENCODER", RuntimeConfig().encoder)  # what the workers run
+        dim = make_runtime("onnx", "cpu", cache_dir=cluster.cache_dir, encoder=encoder).encoder.dim
+        model = _new_version(record, cluster.workdir / "models", dim)
         store.register_model(model)
         producer = bus.producer()
         producer.publish_many(models, MODELS.keyed([model]))
