@@ -419,7 +419,7 @@ DEVICES = ("auto", "cpu", "cuda")
 # the encoder each engine runs when none is named: on ONNX Runtime MiniLM and bge-small side by side (0.8 points
 # of final labels over MiniLM alone on Banking77 at the same human labels; README, "Two encoders side by side");
 # torch runs folders of weights only, and bge-small ships as an ONNX graph
-DEFAULT_ENCODERS = {"onnx": "minilm+bge-small", "torch": "minilm"}
+DEFAULT_ENCODER_BY_ENGINE = {"onnx": "minilm+bge-small", "torch": "minilm"}
 
 
 @dataclass(frozen=True)
@@ -446,7 +446,7 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         _check_fields(self)
         if self.encoder is None:
-            object.__setattr__(self, "encoder", DEFAULT_ENCODERS[self.engine])
+            object.__setattr__(self, "encoder", DEFAULT_ENCODER_BY_ENGINE[self.engine])
 
 
 SERVICES = ("ingest", "labeling", "projects", "prelabel", "selector", "trainer")  # what `winnow serve` runs

