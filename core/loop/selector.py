@@ -108,6 +108,7 @@ class Selector(Stage):
         self._arrivals = 0  # items that reached this selector in this process's life
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
         self._reserving = False  # whether the picks leave the close its reserve (``_reserve``)
+        self._certified_once = False  # whether a version has certified a threshold (``_probe_probability``)
         self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
         self._refute_check_at, self._refute_check_time = 0, 0.0
         self._cut: tuple[str, float] | None = None  # (version, the backlog's threshold): ``_backlog_threshold``
@@ -120,6 +121,7 @@ class Selector(Stage):
         current = self.store.current_model(name)
         if current is not None:
             self.head = OnnxHead(Path(current.path))
+        self._certified_once = any(np.isfinite(m.threshold) for m in self.store.models(name))
         self._withdrawn = set(withdrawn_versions(self.store, name))
         tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
         labeled = {label.item_id: label.source for label in self.store.labels(name)}
@@ -429,10 +431,16 @@ class Selector(Stage):
         return draws.drawn, draws.drawn | keep
 
     def _probe_probability(self) -> float:
-        """A probe's chance before a certificate: ``near_certify_probability`` while the current model's
-        candidate is near one (``ThresholdChoice.to_certify`` at most :func:`rule_out_items` more right
-        checks: the sprint costs labels only where a certificate is in sight), else ``certify_probability``.
-        A sprint never slows the probes: an operator's ``certify_probability`` above it stands throughout."""
+        """A probe's chance while the current version has no threshold. Before the project's first
+        certificate: ``near_certify_probability`` while the current model's candidate is near one
+        (``ThresholdChoice.to_certify`` at most :func:`rule_out_items` more right checks: the sprint costs
+        labels only where a certificate is in sight), else ``certify_probability``; a sprint never slows the
+        probes: an operator's ``certify_probability`` above it stands throughout. After it,
+        ``recertify_probability`` (when set): every check stays in the evidence each later version's
+        threshold is chosen on, so a version that misses a threshold lacks little of it, and sprinting again
+        for it took the labels of hundreds of picks (LoopConfig's docstring)."""
+        if self._certified_once and self.config.recertify_probability is not None:
+            return self.config.recertify_probability
         near, base = self.config.near_certify_probability, self.config.certify_probability
         if near is None or self.head is None:
             return base
@@ -746,6 +754,7 @@ class Selector(Stage):
                                  lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
+        self._certified_once = self._certified_once or np.isfinite(self.threshold)
         log.info("selector swapped project=%s version=%s threshold=%s backlog=%d", self.project.name,
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):

@@ -845,6 +845,51 @@ def test_probes_sprint_only_where_a_certificate_is_near(env, tmp_path: Path, to_
     selector.close()
 
 
+@pytest.mark.parametrize("how", ["restored", "swapped"])
+@pytest.mark.parametrize("recertify, expected", [(0.05, 0.05), (0.01, 0.03), (None, 0.3)],
+                         ids=["set", "never-below-audits", "unset"])
+def test_after_a_first_certificate_a_version_without_a_threshold_probes_at_recertify_probability(
+        env, tmp_path: Path, how, recertify, expected) -> None:
+    """Once a version of the project certified a threshold, a later version without one probes its candidate
+    region at ``recertify_probability`` (at least the audit probability), not the first certificate's
+    sprint; unset (the default), it sprints again. Known whether the certified version came before a restart (the store's
+    versions) or through a swap."""
+    bus, store = env
+    project, x = _full_budget_project(bus, store)
+    _sure_of_a(tmp_path / "v0", "v0", 0.9, None)
+    certified = ModelVersion("p", "v0", str(tmp_path / "v0"), 0.0, 0, 1.0, 0.9)
+    save_model(tmp_path / "v1", Head(HeadConfig(dim=16, n_classes=len(CLASSES))),
+               {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None,
+                "candidate_threshold": 0.0, "threshold_choice": {"reachable": True, "to_certify": 40.0}})
+    uncertified = ModelVersion("p", "v1", str(tmp_path / "v1"), 1.0, 0, 1.0, float("inf"))
+    assert LoopConfig().recertify_probability is None
+    config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
+                                 min_probability=0.02, recertify_probability=recertify, select_batch=10_000)
+    if how == "restored":
+        store.register_model(certified)
+        store.register_model(uncertified)
+        selector = Selector(bus, store, project, config)
+    else:
+        selector = Selector(bus, store, project, config)
+        for model in (certified, uncertified):
+            store.register_model(model)
+            selector._swap(model)
+    assert selector.version == "v1" and not np.isfinite(selector.threshold)
+    _arrive_all(bus, store, project, selector, x)
+    tasks = store.tasks("p")
+    assert tasks and {(t.kind, t.probability) for t in tasks} == {("holdout", expected)}
+    selector.close()
+
+
+def test_a_refused_recertify_probability_names_the_field() -> None:
+    from winnow.core.domain.errors import InvalidInput
+
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(InvalidInput) as err:
+            LoopConfig(recertify_probability=bad)
+        assert err.value.field == "recertify_probability"
+
+
 def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.ndarray, np.ndarray] | None) -> None:
     """Save a version whose head gives class "a" the logit ``6 * x[0]`` (the others 0: confidence
     ``e^(6 x0) / (e^(6 x0) + 2)``), with ``threshold`` and, when given, the checks it was chosen on."""
