@@ -375,9 +375,10 @@ class Selector(Stage):
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
-        candidate threshold: ``certify_probability`` or, near a certificate, ``near_certify_probability``
-        (:meth:`_probe_probability`; at least the audit probability) until a threshold
-        is certified, then the audit probability), the minimum elsewhere. While a model has neither
+        candidate threshold: ``certify_probability`` or, near a certificate, ``near_certify_probability``, or
+        once an earlier version certified one, ``recertify_probability`` where set (:meth:`_probe_probability`;
+        at least the audit probability) while the current version has no threshold, then the audit
+        probability), the minimum elsewhere. While a model has neither
         threshold nor candidate, every item is a probe, unless its checks rule the target out for it
         (``reachable``): then none is, until a model that may meet the target."""
         confidence = probs.max(1)
@@ -754,7 +755,7 @@ class Selector(Stage):
                                  lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
-        self._certified_once = self._certified_once or np.isfinite(self.threshold)
+        self._certified_once = self._certified_once or bool(np.isfinite(self.threshold))
         log.info("selector swapped project=%s version=%s threshold=%s backlog=%d", self.project.name,
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):
