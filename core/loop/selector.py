@@ -349,6 +349,12 @@ class Selector(Stage):
         return float("inf") if value is None else float(value)
 
     @property
+    def probe_floor(self) -> float:
+        """The confidence probes start at: ``probe_start`` of the way from the candidate to 1 (+inf: no candidate)."""
+        candidate = self.candidate
+        return candidate + (1.0 - candidate) * self.config.probe_start if np.isfinite(candidate) else candidate
+
+    @property
     def reachable(self) -> bool:
         """Whether the current model may yet meet the precision target (``ThresholdChoice.reachable``):
         False once its checks put every region of its confidence plausibly below it."""
@@ -375,7 +381,7 @@ class Selector(Stage):
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
-        candidate threshold: ``certify_probability`` or, near a certificate, ``near_certify_probability``, or
+        candidate threshold, from :attr:`probe_floor` on: ``certify_probability`` or, near a certificate, ``near_certify_probability``, or
         once an earlier version certified one, ``recertify_probability`` where set (:meth:`_probe_probability`;
         at least the audit probability) while the current version has no threshold, then the audit
         probability), the minimum elsewhere. While a model has neither
@@ -388,7 +394,7 @@ class Selector(Stage):
         # already rules the target out for this model. Until a threshold is certified they are drawn
         # at ``certify_probability``: the first certificate comes sooner
         certified = np.isfinite(self.threshold)
-        region = (confidence >= self.candidate if np.isfinite(self.candidate)
+        region = (confidence >= self.probe_floor if np.isfinite(self.candidate)
                   else np.full(len(ids), not certified and self.reachable))
         probe = ~audit & region
         if probability is None:  # the items people need most come from the backlog (``_pick``)

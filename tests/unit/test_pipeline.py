@@ -917,6 +917,42 @@ def _at_confidence(confidence: np.ndarray) -> np.ndarray:
     return x
 
 
+@pytest.mark.parametrize("start, floor", [(0.0, 0.5), (0.5, 0.75)], ids=["at-the-candidate", "halfway-to-1"])
+def test_probes_start_probe_start_of_the_way_from_the_candidate_to_one(env, tmp_path: Path, start, floor) -> None:
+    """``probe_start``: before a certificate, items at or above ``candidate + (1 - candidate) * probe_start``
+    are probes (``certify_probability``); those between the candidate and there go at ``min_probability``."""
+    bus, store = env
+    project, _ = _full_budget_project(bus, store)
+    _sure_of_a(tmp_path / "v1", "v1", 0.5, None)
+    meta_path = tmp_path / "v1" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "threshold": None, "candidate_threshold": 0.5}))
+    store.register_model(ModelVersion("p", "v1", str(tmp_path / "v1"), 0.0, 0, 1.0, float("inf")))
+    config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None,
+                                 min_probability=0.02, probe_start=start, select_batch=10_000)
+    selector = Selector(bus, store, project, config)
+    assert selector.probe_floor == pytest.approx(floor)
+    confidence = np.repeat([0.45, 0.6, 0.7, 0.8, 0.9], 120)
+    ids = _arrive_all(bus, store, project, selector, _at_confidence(confidence))
+    chance = {t.item_id: t.probability for t in store.tasks("p")}
+    by_confidence = {c: {chance[i] for i, ci in zip(ids, confidence) if ci == c and i in chance}
+                     for c in np.unique(confidence)}
+    for c, chances in by_confidence.items():
+        assert chances <= ({0.3} if c >= floor else {0.02}), (c, chances)
+    assert by_confidence[0.9] == {0.3} and by_confidence[0.45] == {0.02}
+    assert by_confidence[0.6] == ({0.3} if start == 0.0 else {0.02})
+    selector.close()
+
+
+def test_a_refused_probe_start_names_the_field() -> None:
+    from winnow.core.domain.errors import InvalidInput
+
+    for bad in (-0.1, 1.0):
+        with pytest.raises(InvalidInput) as err:
+            LoopConfig(probe_start=bad)
+        assert err.value.field == "probe_start"
+
+
 @pytest.mark.parametrize("mode, backlog, labeled", [("arrival", "crowded", True), ("mix", "crowded", False),
                                                     ("mix", "spread", True), ("mix", "no-checks", True),
                                                     ("mix", "damaged", False)])
