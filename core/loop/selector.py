@@ -381,10 +381,10 @@ class Selector(Stage):
 
         ``probability`` [n] overrides the look's probabilities: by default the audit probability
         where the model would label the item, the probe probability where it nearly would (above its
-        candidate threshold, from :attr:`probe_floor` on: ``certify_probability`` or, near a certificate, ``near_certify_probability``, or
-        once an earlier version certified one, ``recertify_probability`` where set (:meth:`_probe_probability`;
-        at least the audit probability) while the current version has no threshold, then the audit
-        probability), the minimum elsewhere. While a model has neither
+        candidate threshold, from :attr:`probe_floor` on: ``certify_probability`` or, near a certificate,
+        ``near_certify_probability``, or once an earlier version certified one, ``recertify_probability``
+        where set (:meth:`_probe_probability`; at least the audit probability) while the current version
+        has no threshold, then the audit probability), the minimum elsewhere. While a model has neither
         threshold nor candidate, every item is a probe, unless its checks rule the target out for it
         (``reachable``): then none is, until a model that may meet the target."""
         confidence = probs.max(1)
