@@ -17,13 +17,10 @@ from winnow.bench.common import environment, new_figure, save_figure, write_json
 from winnow.bench.labels import pool_reference
 from winnow.core.data.datasets import Dataset
 from winnow.core.domain.errors import InvalidInput
-from winnow.core.domain.settings import LoopConfig
+from winnow.core.domain.settings import COMPARED_ENCODERS, LoopConfig
 from winnow.core.ml.runtime import make_runtime
 from winnow.core.ml.scoring import mean_probs
 from winnow.core.ml.training import fit_head, head_logits
-
-DEFAULT_ENCODERS = ("minilm", "minilm:int8", "bge-small", "minilm+bge-small", "minilm+bge-small:int8", "mpnet",
-                    "mpnet:int8")
 
 
 def parse_encoder(text: str) -> tuple[str, bool]:
@@ -35,7 +32,7 @@ def parse_encoder(text: str) -> tuple[str, bool]:
 
 
 def run_encoder_benchmark(train: Dataset, test: Dataset, out: Path, config: LoopConfig,
-                          encoders: Sequence[str] = DEFAULT_ENCODERS, seeds: int = 3, human_fraction: float = 0.25,
+                          encoders: Sequence[str] = COMPARED_ENCODERS, seeds: int = 3, human_fraction: float = 0.25,
                           speed_texts: int = 2000, progress: Callable[[str], None] | None = None) -> dict:
     """Measure every encoder of ``encoders`` (``NAME[:int8]``) on ``train``/``test``; write ``out``
     (JSON) and its PNG. Vectors are computed afresh (no embedding cache), on the CPU."""

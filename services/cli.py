@@ -22,6 +22,7 @@ from winnow.core.access.roles import ROLES
 from winnow.core.domain.errors import InvalidInput, WinnowError
 from winnow.core.domain.validation import STRATEGIES
 from winnow.core.domain.settings import (
+    COMPARED_ENCODERS,
     SERVICES,
     LoopConfig,
     Option,
@@ -61,9 +62,7 @@ BENCH_NOISE = Option("noise", tuple, "error rate of each simulated annotator, co
 BENCH_GOLD = Option("gold", int, "rows given as known answers (gold) to measure annotators", 0, low=0)
 BENCH_ENCODERS = Option("encoders", tuple, "encoders to compare, comma-separated: minilm, bge-small, mpnet, a "
                         "path, several joined by + side by side; NAME:int8 for the int8 export of a BERT or MPNet "
-                        "encoder",
-                        ("minilm", "minilm:int8", "bge-small", "minilm+bge-small", "minilm+bge-small:int8", "mpnet",
-                         "mpnet:int8"))
+                        "encoder", COMPARED_ENCODERS)
 LABELS_OUT = Option("out", Path, "result JSON path; the PNG is written beside it", None, env_name="BENCH_OUT")
 CSV = Option("csv", Path, "labeled CSV to stream, comma, tab, semicolon or bar separated as its header says "
              "(default: bundled Banking77 train)", None, optional=True)

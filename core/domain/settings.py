@@ -453,6 +453,9 @@ DEVICES = ("auto", "cpu", "cuda")
 # of final labels over MiniLM alone on Banking77 at the same human labels; README, "Two encoders side by side");
 # torch runs folders of weights only, and bge-small ships as an ONNX graph
 DEFAULT_ENCODER_BY_ENGINE = {"onnx": "minilm+bge-small", "torch": "minilm"}
+# the encoders ``winnow bench encoders`` compares unless told which (here, where the CLI reads it without loading a model)
+COMPARED_ENCODERS = ("minilm", "minilm:int8", "bge-small", "minilm+bge-small", "minilm+bge-small:int8", "mpnet",
+                     "mpnet:int8")
 
 
 @dataclass(frozen=True)

@@ -890,9 +890,11 @@ def test_a_refused_recertify_probability_names_the_field() -> None:
         assert err.value.field == "recertify_probability"
 
 
-def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.ndarray, np.ndarray] | None) -> None:
+def _sure_of_a(folder: Path, version: str, threshold: float | None, checks: tuple[np.ndarray, np.ndarray] | None,
+               candidate: float | None = None) -> None:
     """Save a version whose head gives class "a" the logit ``6 * x[0]`` (the others 0: confidence
-    ``e^(6 x0) / (e^(6 x0) + 2)``), with ``threshold`` and, when given, the checks it was chosen on."""
+    ``e^(6 x0) / (e^(6 x0) + 2)``), with ``threshold`` (None: none certified), its candidate (``threshold``
+    unless given) and, when given, the checks it was chosen on."""
     from winnow.core.ml.training import Checks
 
     head = Head(HeadConfig(dim=16, n_classes=len(CLASSES)))
@@ -906,7 +908,7 @@ def _sure_of_a(folder: Path, version: str, threshold: float, checks: tuple[np.nd
             Checks(checks[0], checks[1], np.ones(len(checks[0]))).save(tmp)
 
     save_model(folder, head, {"version": version, "classes": list(CLASSES), "temperature": 1.0, "threshold": threshold,
-                              "candidate_threshold": threshold}, extra)
+                              "candidate_threshold": threshold if candidate is None else candidate}, extra)
 
 
 def _at_confidence(confidence: np.ndarray) -> np.ndarray:
@@ -923,10 +925,7 @@ def test_probes_start_probe_start_of_the_way_from_the_candidate_to_one(env, tmp_
     are probes (``certify_probability``); those between the candidate and there go at ``min_probability``."""
     bus, store = env
     project, _ = _full_budget_project(bus, store)
-    _sure_of_a(tmp_path / "v1", "v1", 0.5, None)
-    meta_path = tmp_path / "v1" / "meta.json"
-    meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({**meta, "threshold": None, "candidate_threshold": 0.5}))
+    _sure_of_a(tmp_path / "v1", "v1", None, None, candidate=0.5)
     store.register_model(ModelVersion("p", "v1", str(tmp_path / "v1"), 0.0, 0, 1.0, float("inf")))
     config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None,
                                  min_probability=0.02, probe_start=start, select_batch=10_000)
