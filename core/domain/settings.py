@@ -379,6 +379,9 @@ class LoopConfig:
         "none (at least --audit-probability; 0.03: more picks, fewer items auto-accepted); unset: "
         "--certify-probability and the sprint again, as before the first certificate",
         low=0.0, high=1.0, low_open=True)
+    recertify_patience: int | None = setting(
+        None, "with --recertify-probability: versions in a row without a threshold, after one that certified, before "
+        "probes go back to --certify-probability and the sprint (unset: never)", low=1)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)
     close_reserve: float = setting(

@@ -109,6 +109,7 @@ class Selector(Stage):
         self._target_check_at, self._target_state, self._target_logged = 0, False, False
         self._reserving = False  # whether the picks leave the close its reserve (``_reserve``)
         self._certified_once = False  # whether a version has certified a threshold (``_probe_probability``)
+        self._misses = 0  # versions in a row since the last that certified one, without a threshold (the same)
         self._withdrawn: set[str] = set()  # versions whose threshold their own audits refuted (then _restore reads)
         self._refute_check_at, self._refute_check_time = 0, 0.0
         self._cut: tuple[str, float] | None = None  # (version, the backlog's threshold): ``_backlog_threshold``
@@ -121,8 +122,10 @@ class Selector(Stage):
         current = self.store.current_model(name)
         if current is not None:
             self.head = OnnxHead(Path(current.path))
-        self._certified_once = any(np.isfinite(m.threshold) for m in self.store.models(name))
         self._withdrawn = set(withdrawn_versions(self.store, name))
+        certified = [np.isfinite(m.threshold) and m.version not in self._withdrawn for m in self.store.models(name)]
+        self._certified_once = any(certified)
+        self._misses = certified[::-1].index(True) if self._certified_once else 0
         tasks = [t for t in self.store.tasks(name) if t.kind != "gold"]
         labeled = {label.item_id: label.source for label in self.store.labels(name)}
         tasked = {t.item_id for t in tasks}
@@ -445,8 +448,12 @@ class Selector(Stage):
         probes: an operator's ``certify_probability`` above it stands throughout. After it,
         ``recertify_probability`` (when set): every check stays in the evidence each later version's
         threshold is chosen on, so a version that misses a threshold lacks little of it, and sprinting again
-        for it took the labels of hundreds of picks (LoopConfig's docstring)."""
-        if self._certified_once and self.config.recertify_probability is not None:
+        for it took the labels of hundreds of picks (LoopConfig's docstring). Until ``recertify_patience``
+        versions in a row have missed one: then the sprint comes back, since probes at the audit rate alone
+        may never gather the evidence a lost threshold needs."""
+        patience = self.config.recertify_patience
+        if (self._certified_once and self.config.recertify_probability is not None
+                and (patience is None or self._misses < patience)):
             return self.config.recertify_probability
         near, base = self.config.near_certify_probability, self.config.certify_probability
         if near is None or self.head is None:
@@ -761,7 +768,9 @@ class Selector(Stage):
                                  lambda label: label.idempotency_key.endswith(suffix))
             return
         self.head = OnnxHead(Path(model.path))
-        self._certified_once = self._certified_once or bool(np.isfinite(self.threshold))
+        certified = bool(np.isfinite(self.threshold))
+        self._certified_once = self._certified_once or certified
+        self._misses = 0 if certified or not self._certified_once else self._misses + 1
         log.info("selector swapped project=%s version=%s threshold=%s backlog=%d", self.project.name,
                  model.version, self.threshold, len(self.backlog))
         if len(self.backlog):

@@ -890,6 +890,53 @@ def test_a_refused_recertify_probability_names_the_field() -> None:
         assert err.value.field == "recertify_probability"
 
 
+@pytest.mark.parametrize("how", ["restored", "swapped"])
+@pytest.mark.parametrize("thresholds, patience, expected", [
+    ((0.9, None), 2, 0.05), ((0.9, None, None), 2, 0.3), ((0.9, None, None), None, 0.05),
+    ((0.9, None, 0.9, None), 2, 0.05), ((None, None, 0.9, None, None), 2, 0.3)],
+    ids=["one-miss", "patience-spent", "no-patience", "a-later-certificate-starts-again", "misses-before-count-not"])
+def test_after_recertify_patience_versions_without_a_threshold_the_sprint_comes_back(
+        env, tmp_path: Path, how, thresholds, patience, expected) -> None:
+    """``recertify_patience``: once a version certified a threshold, ``recertify_patience`` versions in a row
+    without one (counted from the last that certified) put probes back at ``certify_probability``; fewer,
+    or unset, and they stay at ``recertify_probability``. The same after a restart (the store's versions)
+    and through swaps."""
+    bus, store = env
+    project, x = _full_budget_project(bus, store)
+    models = []
+    for k, threshold in enumerate(thresholds):
+        _sure_of_a(tmp_path / f"v{k}", f"v{k}", threshold, None, candidate=0.0)
+        models.append(ModelVersion("p", f"v{k}", str(tmp_path / f"v{k}"), float(k), 0, 1.0,
+                                   float("inf") if threshold is None else threshold))
+    assert LoopConfig().recertify_patience is None
+    config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
+                                 min_probability=0.02, recertify_probability=0.05, recertify_patience=patience,
+                                 select_batch=10_000)
+    if how == "restored":
+        for model in models:
+            store.register_model(model)
+        selector = Selector(bus, store, project, config)
+    else:
+        selector = Selector(bus, store, project, config)
+        for model in models:
+            store.register_model(model)
+            selector._swap(model)
+    assert selector.version == models[-1].version and not np.isfinite(selector.threshold)
+    _arrive_all(bus, store, project, selector, x)
+    tasks = store.tasks("p")
+    assert tasks and {(t.kind, t.probability) for t in tasks} == {("holdout", expected)}
+    selector.close()
+
+
+def test_a_refused_recertify_patience_names_the_field() -> None:
+    from winnow.core.domain.errors import InvalidInput
+
+    for bad in (0, -1):
+        with pytest.raises(InvalidInput) as err:
+            LoopConfig(recertify_patience=bad)
+        assert err.value.field == "recertify_patience"
+
+
 def _sure_of_a(folder: Path, version: str, threshold: float | None, checks: tuple[np.ndarray, np.ndarray] | None,
                candidate: float | None = None) -> None:
     """Save a version whose head gives class "a" the logit ``6 * x[0]`` (the others 0: confidence
