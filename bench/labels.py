@@ -39,7 +39,8 @@ from winnow.core.ml.scoring import margin_uncertainty
 from winnow.core.ml.training import train
 
 # the uncertified reference's chances of a check (the least the settings allow is above 0)
-UNCERTIFIED = {"audit_probability": 1e-3, "certify_probability": 1e-3, "min_probability": 1e-3}
+UNCERTIFIED = {"audit_probability": 1e-3, "certify_probability": 1e-3, "recertify_probability": 1e-3,
+               "min_probability": 1e-3}
 
 
 def plot_curves(path: Path, reports: list[StreamReport], title: str) -> None:

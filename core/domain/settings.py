@@ -360,7 +360,7 @@ class LoopConfig:
     retrain_growth: float = setting(0.07, "retrain when human labels grew by this share", low=0.0)
     retrain_min_new: int = setting(50, "and by at least this many labels", low=1)
     audit_probability: float = setting(
-        0.03, "least chance an item the model would label goes to a person instead (checks the model)",
+        0.02, "least chance an item the model would label goes to a person instead (checks the model)",
         low=0.0, high=1.0, low_open=True)
     certify_probability: float = setting(
         0.2, "chance an item above the model's candidate threshold goes to a person while no threshold is "
@@ -372,15 +372,14 @@ class LoopConfig:
         "more right checks away (never below --certify-probability; none: --certify-probability throughout)",
         low=0.0, high=1.0, low_open=True)
     probe_start: float = setting(
-        0.0, "where probes start above the model's candidate threshold, as a share of the way from it to confidence 1 "
+        0.25, "where probes start above the model's candidate threshold, as a share of the way from it to confidence 1 "
         "(0: at the candidate; the items between go at --min-probability)", low=0.0, high=1.0, high_open=True)
     recertify_probability: float | None = setting(
-        None, "chance of a probe once a version of the project has certified a threshold and the current one has "
-        "none (at least --audit-probability; 0.03: more picks, fewer items auto-accepted); unset: "
-        "--certify-probability and the sprint again, as before the first certificate",
-        low=0.0, high=1.0, low_open=True)
+        0.03, "chance of a probe once a version of the project has certified a threshold and the current one has "
+        "none (at least --audit-probability); unset: --certify-probability and the sprint again, as before the first "
+        "certificate", low=0.0, high=1.0, low_open=True)
     recertify_patience: int | None = setting(
-        None, "with --recertify-probability: versions in a row without a threshold, after one that certified, before "
+        3, "with --recertify-probability: versions in a row without a threshold, after one that certified, before "
         "probes go back to --certify-probability and the sprint (unset: never)", low=1)
     select_batch: int = setting(25, "labels of spare credit the selector gathers before it picks from the backlog",
                                 low=1)

@@ -578,8 +578,8 @@ def test_a_class_added_mid_stream_is_answered_at_once_and_learned_by_the_next_mo
                          ids=["uncertified", "uncertified-audit-higher", "certified"])
 def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_threshold_is_certified(
         env, tmp_path: Path, threshold: float | None, certify: float, audit: float, early: float) -> None:
-    """With a candidate threshold, people check only the items above it (where the next threshold's
-    evidence is needed): at ``certify_probability`` (never below the audit probability) while no
+    """With a candidate threshold (and ``probe_start`` 0), people check only the items above it (where the next
+    threshold's evidence is needed): at ``certify_probability`` (never below the audit probability) while no
     threshold is certified, at the audit probability after; the items below get the minimum chance,
     as plain label tasks."""
     from winnow.core.ml.head import OnnxHead
@@ -599,7 +599,7 @@ def test_probes_land_above_the_candidate_at_the_certify_probability_until_a_thre
     store.register_model(ModelVersion("p", "v2", str(tmp_path / "v2"), 0.0, 0, 1.0,
                                       float("inf") if threshold is None else threshold))
     config = dataclasses.replace(CONFIG, certify_probability=certify, audit_probability=audit, min_probability=0.02,
-                                 select_batch=10_000)  # no picks: only the arrival look draws
+                                 probe_start=0.0, select_batch=10_000)  # no picks: only the arrival look draws
     selector = Selector(bus, store, project, config)
     ids = _arrive_all(bus, store, project, selector, x)
     above = {i for i, c in zip(ids, confidence) if c >= candidate}
@@ -862,7 +862,7 @@ def test_after_a_first_certificate_a_version_without_a_threshold_probes_at_recer
                {"version": "v1", "classes": list(CLASSES), "temperature": 1.0, "threshold": None,
                 "candidate_threshold": 0.0, "threshold_choice": {"reachable": True, "to_certify": 40.0}})
     uncertified = ModelVersion("p", "v1", str(tmp_path / "v1"), 1.0, 0, 1.0, float("inf"))
-    assert LoopConfig().recertify_probability is None
+    assert LoopConfig().recertify_probability == 0.03
     config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
                                  min_probability=0.02, recertify_probability=recertify, select_batch=10_000)
     if how == "restored":
@@ -908,7 +908,7 @@ def test_after_recertify_patience_versions_without_a_threshold_the_sprint_comes_
         _sure_of_a(tmp_path / f"v{k}", f"v{k}", threshold, None, candidate=0.0)
         models.append(ModelVersion("p", f"v{k}", str(tmp_path / f"v{k}"), float(k), 0, 1.0,
                                    float("inf") if threshold is None else threshold))
-    assert LoopConfig().recertify_patience is None
+    assert LoopConfig().recertify_patience == 3
     config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
                                  min_probability=0.02, recertify_probability=0.05, recertify_patience=patience,
                                  select_batch=10_000)
