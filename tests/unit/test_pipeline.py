@@ -928,6 +928,34 @@ def test_after_recertify_patience_versions_without_a_threshold_the_sprint_comes_
     selector.close()
 
 
+@pytest.mark.parametrize("thresholds, patience, expected", [((0.9, None), None, 0.05), ((0.9, None, None), 3, 0.05),
+                                                             ((0.9, None, None), 2, 0.3)],
+                         ids=["still-certified-once", "withdrawn-is-no-miss", "patience-spent"])
+def test_a_restart_counts_a_withdrawn_threshold_as_certified_as_its_swap_did(env, tmp_path: Path, thresholds,
+                                                                            patience, expected) -> None:
+    """A version whose audits withdrew its threshold had certified one when it was swapped in: after a restart
+    it still counts as the project's first certificate and starts the count of misses again, as it did for the
+    selector that never restarted."""
+    import json
+
+    bus, store = env
+    project, x = _full_budget_project(bus, store)
+    for k, threshold in enumerate(thresholds):
+        _sure_of_a(tmp_path / f"v{k}", f"v{k}", threshold, None, candidate=0.0)
+        store.register_model(ModelVersion("p", f"v{k}", str(tmp_path / f"v{k}"), float(k), 0, 1.0,
+                                          float("inf") if threshold is None else threshold))
+    store.audit("p", "selector", "threshold_withdrawn", json.dumps({"version": "v0", "threshold": 0.9}), 0.0)
+    config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
+                                 min_probability=0.02, recertify_probability=0.05, recertify_patience=patience,
+                                 select_batch=10_000)
+    selector = Selector(bus, store, project, config)
+    assert "v0" in selector._withdrawn and selector._certified_once
+    _arrive_all(bus, store, project, selector, x)
+    tasks = store.tasks("p")
+    assert tasks and {(t.kind, t.probability) for t in tasks} == {("holdout", expected)}
+    selector.close()
+
+
 def test_a_refused_recertify_patience_names_the_field() -> None:
     from winnow.core.domain.errors import InvalidInput
 
