@@ -6,7 +6,7 @@ import dataclasses
 import json
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -903,11 +903,7 @@ def test_after_recertify_patience_versions_without_a_threshold_the_sprint_comes_
     and through swaps."""
     bus, store = env
     project, x = _full_budget_project(bus, store)
-    models = []
-    for k, threshold in enumerate(thresholds):
-        _sure_of_a(tmp_path / f"v{k}", f"v{k}", threshold, None, candidate=0.0)
-        models.append(ModelVersion("p", f"v{k}", str(tmp_path / f"v{k}"), float(k), 0, 1.0,
-                                   float("inf") if threshold is None else threshold))
+    models = _versions_of_a(tmp_path, thresholds)
     assert LoopConfig().recertify_patience == 3
     config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
                                  min_probability=0.02, recertify_probability=0.05, recertify_patience=patience,
@@ -936,14 +932,10 @@ def test_a_restart_counts_a_withdrawn_threshold_as_certified_as_its_swap_did(env
     """A version whose audits withdrew its threshold had certified one when it was swapped in: after a restart
     it still counts as the project's first certificate and starts the count of misses again, as it did for the
     selector that never restarted."""
-    import json
-
     bus, store = env
     project, x = _full_budget_project(bus, store)
-    for k, threshold in enumerate(thresholds):
-        _sure_of_a(tmp_path / f"v{k}", f"v{k}", threshold, None, candidate=0.0)
-        store.register_model(ModelVersion("p", f"v{k}", str(tmp_path / f"v{k}"), float(k), 0, 1.0,
-                                          float("inf") if threshold is None else threshold))
+    for model in _versions_of_a(tmp_path, thresholds):
+        store.register_model(model)
     store.audit("p", "selector", "threshold_withdrawn", json.dumps({"version": "v0", "threshold": 0.9}), 0.0)
     config = dataclasses.replace(CONFIG, certify_probability=0.3, near_certify_probability=None, audit_probability=0.03,
                                  min_probability=0.02, recertify_probability=0.05, recertify_patience=patience,
@@ -984,6 +976,17 @@ def _sure_of_a(folder: Path, version: str, threshold: float | None, checks: tupl
 
     save_model(folder, head, {"version": version, "classes": list(CLASSES), "temperature": 1.0, "threshold": threshold,
                               "candidate_threshold": threshold if candidate is None else candidate}, extra)
+
+
+def _versions_of_a(folder: Path, thresholds: Sequence[float | None]) -> list[ModelVersion]:
+    """Versions v0, v1, ... saved by ``_sure_of_a`` under ``folder``, oldest first, with these thresholds (None:
+    none certified) and candidate 0 (every item above it)."""
+    models = []
+    for k, threshold in enumerate(thresholds):
+        _sure_of_a(folder / f"v{k}", f"v{k}", threshold, None, candidate=0.0)
+        models.append(ModelVersion("p", f"v{k}", str(folder / f"v{k}"), float(k), 0, 1.0,
+                                   float("inf") if threshold is None else threshold))
+    return models
 
 
 def _at_confidence(confidence: np.ndarray) -> np.ndarray:
